@@ -1,0 +1,60 @@
+// swift-tools-version: 6.1
+// Winsock Secure Socket Extensions on Linux IPsec (XFRM).
+import PackageDescription
+
+let package = Package(
+    name: "WinsockSecureSocket",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "XFRM", targets: ["XFRM"]),
+        .executable(name: "xfrm-demo", targets: ["xfrm-demo"]),
+        .executable(name: "xfrm-bench", targets: ["xfrm-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C: the kernel's XFRM/netlink UAPI, libmnl and libnl-xfrm-3. No C anywhere else.
+        .systemLibrary(
+            name: "CNetlink",
+            path: "CModules/CNetlink",
+            pkgConfig: "libnl-xfrm-3.0",
+            providers: [.apt(["libnl-3-dev", "libnl-xfrm-3-dev", "libmnl-dev"])]
+        ),
+        // The kernel layer: NETLINK_XFRM client, per-socket policies, event monitor.
+        .target(
+            name: "XFRM",
+            dependencies: [
+                "CNetlink",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
+        .target(
+            name: "NetnsTestSupport",
+            dependencies: ["XFRM", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .executableTarget(
+            name: "xfrm-demo",
+            dependencies: [
+                "XFRM", "NetnsTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "xfrm-bench",
+            dependencies: [
+                "XFRM", "NetnsTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // Tier 1: no privileges.
+        .testTarget(name: "XFRMUnitTests", dependencies: ["XFRM", "CNetlink"]),
+        // Tier 2: the host kernel, a fresh network namespace per test.
+        .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "CNetlink"]),
+        // Tier 3: real ESP under the user-mode-linux kernel.
+        .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "CNetlink"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

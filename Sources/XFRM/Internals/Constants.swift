@@ -1,0 +1,76 @@
+import CNetlink
+
+// The only file that names CNetlink's constants. C enums and macros import as `Int` or `Int32`;
+// they are converted to the widths the kernel's structs use, once, here.
+
+// Netlink message types (XFRM_MSG_*).
+let _XFRM_MSG_NEWSA = UInt16(XFRM_MSG_NEWSA)
+let _XFRM_MSG_DELSA = UInt16(XFRM_MSG_DELSA)
+let _XFRM_MSG_GETSA = UInt16(XFRM_MSG_GETSA)
+let _XFRM_MSG_NEWPOLICY = UInt16(XFRM_MSG_NEWPOLICY)
+let _XFRM_MSG_DELPOLICY = UInt16(XFRM_MSG_DELPOLICY)
+let _XFRM_MSG_GETPOLICY = UInt16(XFRM_MSG_GETPOLICY)
+let _XFRM_MSG_ALLOCSPI = UInt16(XFRM_MSG_ALLOCSPI)
+let _XFRM_MSG_ACQUIRE = UInt16(XFRM_MSG_ACQUIRE)
+let _XFRM_MSG_EXPIRE = UInt16(XFRM_MSG_EXPIRE)
+let _XFRM_MSG_UPDPOLICY = UInt16(XFRM_MSG_UPDPOLICY)
+let _XFRM_MSG_UPDSA = UInt16(XFRM_MSG_UPDSA)
+let _XFRM_MSG_POLEXPIRE = UInt16(XFRM_MSG_POLEXPIRE)
+let _XFRM_MSG_FLUSHSA = UInt16(XFRM_MSG_FLUSHSA)
+let _XFRM_MSG_FLUSHPOLICY = UInt16(XFRM_MSG_FLUSHPOLICY)
+
+// Attributes (XFRMA_*).
+let _XFRMA_ALG_AUTH = UInt16(XFRMA_ALG_AUTH.rawValue)
+let _XFRMA_ALG_CRYPT = UInt16(XFRMA_ALG_CRYPT.rawValue)
+let _XFRMA_ALG_COMP = UInt16(XFRMA_ALG_COMP.rawValue)
+let _XFRMA_ENCAP = UInt16(XFRMA_ENCAP.rawValue)
+let _XFRMA_TMPL = UInt16(XFRMA_TMPL.rawValue)
+let _XFRMA_SA = UInt16(XFRMA_SA.rawValue)
+let _XFRMA_POLICY = UInt16(XFRMA_POLICY.rawValue)
+let _XFRMA_LTIME_VAL = UInt16(XFRMA_LTIME_VAL.rawValue)
+let _XFRMA_SRCADDR = UInt16(XFRMA_SRCADDR.rawValue)
+let _XFRMA_POLICY_TYPE = UInt16(XFRMA_POLICY_TYPE.rawValue)
+let _XFRMA_ALG_AUTH_TRUNC = UInt16(XFRMA_ALG_AUTH_TRUNC.rawValue)
+let _XFRMA_MARK = UInt16(XFRMA_MARK.rawValue)
+let _XFRMA_ALG_AEAD = UInt16(XFRMA_ALG_AEAD.rawValue)
+let _XFRMA_ADDRESS_FILTER = UInt16(XFRMA_ADDRESS_FILTER.rawValue)
+let _XFRMA_PROTO = UInt16(XFRMA_PROTO.rawValue)
+let _XFRMA_IF_ID = UInt16(XFRMA_IF_ID.rawValue)
+
+// Multicast groups (XFRMNLGRP_*).
+let _XFRMNLGRP_ACQUIRE = UInt32(XFRMNLGRP_ACQUIRE.rawValue)
+let _XFRMNLGRP_EXPIRE = UInt32(XFRMNLGRP_EXPIRE.rawValue)
+let _XFRMNLGRP_SA = UInt32(XFRMNLGRP_SA.rawValue)
+let _XFRMNLGRP_POLICY = UInt32(XFRMNLGRP_POLICY.rawValue)
+
+// Netlink framing.
+let _NLMSG_ERROR = UInt16(NLMSG_ERROR)
+let _NLMSG_DONE = UInt16(NLMSG_DONE)
+let _NLMSG_NOOP = UInt16(NLMSG_NOOP)
+let _NLMSG_OVERRUN = UInt16(NLMSG_OVERRUN)
+let _NLM_F_REQUEST = UInt16(NLM_F_REQUEST)
+let _NLM_F_MULTI = UInt16(NLM_F_MULTI)
+let _NLM_F_ACK = UInt16(NLM_F_ACK)
+let _NLM_F_DUMP = UInt16(NLM_F_DUMP)
+let _NLM_F_DUMP_INTR = UInt16(NLM_F_DUMP_INTR)
+let _NLM_F_CREATE = UInt16(NLM_F_CREATE)
+let _NLM_F_EXCL = UInt16(NLM_F_EXCL)
+let _NLM_F_REPLACE = UInt16(NLM_F_REPLACE)
+let _NLM_F_CAPPED = UInt16(NLM_F_CAPPED)
+let _NLM_F_ACK_TLVS = UInt16(NLM_F_ACK_TLVS)
+let _NLMSGERR_ATTR_MSG = UInt16(NLMSGERR_ATTR_MSG.rawValue)
+let _NLMSGERR_ATTR_OFFS = UInt16(NLMSGERR_ATTR_OFFS.rawValue)
+let _NETLINK_XFRM = CInt(NETLINK_XFRM)
+let _NETLINK_EXT_ACK = CInt(NETLINK_EXT_ACK)
+let _NETLINK_CAP_ACK = CInt(NETLINK_CAP_ACK)
+let _SOL_NETLINK = CInt(SOL_NETLINK)
+let _NLA_F_NESTED = UInt16(NLA_F_NESTED)
+let _NLA_F_NET_BYTEORDER = UInt16(NLA_F_NET_BYTEORDER)
+
+let _XFRM_INF: UInt64 = cnl_xfrm_inf()
+let _IP_XFRM_POLICY: CInt = cnl_ip_xfrm_policy()
+let _IPV6_XFRM_POLICY: CInt = cnl_ipv6_xfrm_policy()
+
+// Sizes of the kernel structs, as the compiler laid them out from <linux/xfrm.h>.
+let nlmsghdrSize = MemoryLayout<nlmsghdr>.size
+let nlattrSize = MemoryLayout<nlattr>.size

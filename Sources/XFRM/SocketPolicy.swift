@@ -1,0 +1,90 @@
+import CNetlink
+import Glibc
+import SystemPackage
+
+/// Per-socket XFRM policies: `setsockopt(IP_XFRM_POLICY)` on IPv4 sockets, `setsockopt(IPV6_XFRM_POLICY)` on
+/// IPv6 sockets. A socket policy is used instead of the SPD for that socket's flows (of its family).
+///
+/// What the kernel does (see `kernel-notes.md`): one policy per direction, `dir` must be in or out, a second
+/// call for a direction replaces it; removal clears both directions; policies cannot be read back
+/// (`getsockopt` gives `ENOPROTOOPT`); a listener's policies are copied into each accepted socket; an
+/// `AF_INET6` policy does not apply to v4-mapped peers. Setting or clearing needs `CAP_NET_ADMIN`.
+public enum SocketPolicy {
+    /// Sets `policy` for its direction on the socket `fd`, replacing what that direction had.
+    ///
+    /// The policy's selector family must match the socket's (`.inet` on IPv4 sockets; `.inet6` on IPv6
+    /// sockets, except to cover v4-mapped flows). The corresponding C call is
+    /// `setsockopt(fd, SOL_IP, IP_XFRM_POLICY, &xfrm_userpolicy_info + xfrm_user_tmpl[n], len)`.
+    public static func set(_ policy: XFRMPolicy, on fd: FileDescriptor) throws(XFRMError) {
+        let operation = "setsockopt \(optionName(try socketFamily(fd)))"
+        guard policy.direction == .inbound || policy.direction == .outbound else {
+            throw .invalid(operation, "a socket policy's direction is in or out, not \(policy.direction)")
+        }
+        guard policy.selector.family == .inet || policy.selector.family == .inet6 else {
+            throw .invalid(operation, "a socket policy needs a selector family (inet or inet6)")
+        }
+        try policy.validate(operation: operation)
+        try setRaw(encode(policy), on: fd, operation: operation)
+    }
+
+    /// Sets the same templates for both directions: the usual way to require IPsec on a socket.
+    public static func require(_ templates: [XFRMTemplate], on fd: FileDescriptor,
+                               selector: XFRMSelector? = nil) throws(XFRMError) {
+        let family = try socketFamily(fd)
+        let selector = selector ?? .any(family)
+        for direction in [XFRMDirection.outbound, .inbound] {
+            try set(XFRMPolicy(selector: selector, direction: direction, templates: templates), on: fd)
+        }
+    }
+
+    /// Lets the socket's traffic bypass every global policy (an `allow` policy without templates in both
+    /// directions), as IKE daemons do on their own sockets.
+    public static func setBypass(on fd: FileDescriptor) throws(XFRMError) {
+        try require([], on: fd)
+    }
+
+    /// Removes the socket's policies, both directions (the kernel has no per-direction removal).
+    /// The corresponding C call is `setsockopt(fd, SOL_IP, IP_XFRM_POLICY, NULL, 0)`.
+    public static func clear(on fd: FileDescriptor) throws(XFRMError) {
+        let family = try socketFamily(fd)
+        let operation = "clear \(optionName(family))"
+        let level = family == .inet6 ? CInt(IPPROTO_IPV6) : CInt(IPPROTO_IP)
+        let option = family == .inet6 ? _IPV6_XFRM_POLICY : _IP_XFRM_POLICY
+        guard setsockopt(fd.rawValue, level, option, nil, 0) == 0 else {
+            throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno))
+        }
+    }
+
+    /// The exact bytes given to `setsockopt`: `struct xfrm_userpolicy_info` then the templates.
+    public static func encode(_ policy: XFRMPolicy) -> [UInt8] {
+        withUnsafeBytes(of: policy.userPolicyInfo) { Array($0) } + policy.templateBytes
+    }
+
+    private static func setRaw(_ bytes: [UInt8], on fd: FileDescriptor, operation: String) throws(XFRMError) {
+        let family = try socketFamily(fd)
+        let level = family == .inet6 ? CInt(IPPROTO_IPV6) : CInt(IPPROTO_IP)
+        let option = family == .inet6 ? _IPV6_XFRM_POLICY : _IP_XFRM_POLICY
+        let rc = bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) }
+        guard rc == 0 else { throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno)) }
+    }
+
+    /// The socket's address family (`SO_DOMAIN`); only IPv4 and IPv6 sockets take XFRM policies.
+    static func socketFamily(_ fd: FileDescriptor) throws(XFRMError) -> XFRMAddressFamily {
+        var domain: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        guard getsockopt(fd.rawValue, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 else {
+            throw .syscall("socket policy", "getsockopt SO_DOMAIN", errno: Errno(rawValue: errno))
+        }
+        switch domain {
+        case AF_INET: return .inet
+        case AF_INET6: return .inet6
+        default:
+            throw XFRMError(.invalidArgument, operation: "socket policy", errno: .notSupported,
+                            detail: "socket family \(domain) takes no XFRM policy (only AF_INET and AF_INET6)")
+        }
+    }
+
+    private static func optionName(_ family: XFRMAddressFamily) -> String {
+        family == .inet6 ? "IPV6_XFRM_POLICY" : "IP_XFRM_POLICY"
+    }
+}

@@ -1,0 +1,125 @@
+import CNetlink
+import Glibc
+import Synchronization
+
+/// Typed events from the XFRM multicast groups of one namespace: `ip xfrm monitor` as an `AsyncSequence`.
+///
+/// The socket is opened and joined to its groups when the monitor is created, so events that happen after
+/// `init` returns are never missed. Note the kernel only creates larval states and sends ACQUIREs while
+/// some socket listens on the acquire group in that namespace.
+///
+/// A dedicated thread reads the socket with a bounded receive timeout and stops when the monitor is
+/// cancelled (the consuming task is cancelled, or ``stop()`` is called). Malformed messages and kernel
+/// overruns end the sequence with an ``XFRMError``, nothing is dropped silently.
+public final class XFRMMonitor: AsyncSequence, Sendable {
+    public typealias Element = XFRMEvent
+
+    /// The multicast groups to join (`XFRMNLGRP_*`).
+    public struct Groups: OptionSet, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        /// ACQUIRE messages. The C constant is `XFRMNLGRP_ACQUIRE`.
+        public static let acquire = Groups(rawValue: 1 << 0)
+        /// Soft/hard expiry of states and policies. The C constant is `XFRMNLGRP_EXPIRE`.
+        public static let expire = Groups(rawValue: 1 << 1)
+        /// States added, updated, deleted, flushed. The C constant is `XFRMNLGRP_SA`.
+        public static let states = Groups(rawValue: 1 << 2)
+        /// Policies added, updated, deleted, flushed. The C constant is `XFRMNLGRP_POLICY`.
+        public static let policies = Groups(rawValue: 1 << 3)
+        public static let all: Groups = [.acquire, .expire, .states, .policies]
+
+        var numbers: [UInt32] {
+            var result: [UInt32] = []
+            if contains(.acquire) { result.append(_XFRMNLGRP_ACQUIRE) }
+            if contains(.expire) { result.append(_XFRMNLGRP_EXPIRE) }
+            if contains(.states) { result.append(_XFRMNLGRP_SA) }
+            if contains(.policies) { result.append(_XFRMNLGRP_POLICY) }
+            return result
+        }
+    }
+
+    public let namespace: NetworkNamespace
+    private let stream: AsyncThrowingStream<XFRMEvent, any Error>
+
+    /// Opens the event socket in `namespace` and starts reading.
+    public init(namespace: NetworkNamespace = .current, groups: Groups = .all) throws(XFRMError) {
+        self.namespace = namespace
+        let socket = try NetlinkSocket(namespace: namespace, groups: groups.numbers, receiveTimeoutMilliseconds: 100,
+                                       receiveBufferBytes: 4 << 20, operation: "monitor")
+        let (stream, continuation) = AsyncThrowingStream<XFRMEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
+        self.stream = stream
+        let reader = EventReader(socket: socket, continuation: continuation)
+        let stopFlag = StopFlag()
+        continuation.onTermination = { _ in stopFlag.stop() }
+        self.stopFlag = stopFlag
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(ReaderContext(reader: reader, stop: stopFlag))
+        let rc = pthread_create(&thread, nil, { raw in
+            let context = Unmanaged<ReaderContext>.fromOpaque(raw!).takeRetainedValue()
+            context.reader.run(until: context.stop)
+            return nil
+        }, context.toOpaque())
+        guard rc == 0 else {
+            context.release()
+            throw .syscall("monitor", "pthread_create", errno: .init(rawValue: rc))
+        }
+        pthread_detach(thread)
+    }
+
+    private let stopFlag: StopFlag
+
+    /// Stops reading; the sequence finishes within the receive timeout (100 ms).
+    public func stop() { stopFlag.stop() }
+
+    deinit { stopFlag.stop() }
+
+    public func makeAsyncIterator() -> AsyncThrowingStream<XFRMEvent, any Error>.Iterator {
+        stream.makeAsyncIterator()
+    }
+}
+
+final class StopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func stop() { flag.store(true, ordering: .releasing) }
+    var isStopped: Bool { flag.load(ordering: .acquiring) }
+}
+
+private final class ReaderContext {
+    let reader: EventReader
+    let stop: StopFlag
+    init(reader: EventReader, stop: StopFlag) {
+        self.reader = reader
+        self.stop = stop
+    }
+}
+
+/// Owns the socket on the reader thread; closes it when the loop ends.
+private final class EventReader {
+    let socket: NetlinkSocket
+    let continuation: AsyncThrowingStream<XFRMEvent, any Error>.Continuation
+
+    init(socket: NetlinkSocket, continuation: AsyncThrowingStream<XFRMEvent, any Error>.Continuation) {
+        self.socket = socket
+        self.continuation = continuation
+    }
+
+    /// Each receive waits at most 100 ms, so the loop notices `stop` within that bound.
+    func run(until stop: StopFlag) {
+        do throws(XFRMError) {
+            while !stop.isStopped {
+                guard let datagram = try socket.receive(operation: "monitor") else { continue }
+                for message in try NetlinkMessage.split(datagram, operation: "monitor") {
+                    guard message.portID == 0 else {
+                        throw XFRMError(.unexpectedSender, operation: "monitor",
+                                        detail: "event addressed to port \(message.portID)")
+                    }
+                    if message.type == _NLMSG_NOOP || message.type == _NLMSG_DONE { continue }
+                    continuation.yield(try XFRMEvent.decode(message))
+                }
+            }
+            continuation.finish()
+        } catch {
+            continuation.finish(throwing: error)
+        }
+    }
+}
