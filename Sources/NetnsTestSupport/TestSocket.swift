@@ -81,9 +81,13 @@ public final class TestSocket: @unchecked Sendable {
 
     /// One `connect()` call; returns the errno it failed with, or nil on success.
     public func connectOnce(_ address: XFRMAddress, port: UInt16) -> Errno? {
-        (try? withSockaddr(address, port) { sa, len -> Errno? in
-            Glibc.connect(fd.rawValue, sa, len) == 0 ? nil : Errno(rawValue: errno)
-        }) ?? .invalidArgument
+        do {
+            return try withSockaddr(address, port) { sa, len -> Errno? in
+                Glibc.connect(fd.rawValue, sa, len) == 0 ? nil : Errno(rawValue: errno)
+            }
+        } catch {
+            return .invalidArgument
+        }
     }
 
     /// Connects, retrying while the kernel answers `EAGAIN` (no SA yet), at most `seconds` long.
@@ -113,10 +117,14 @@ public final class TestSocket: @unchecked Sendable {
 
     /// One `sendto()`; returns the errno it failed with, or nil.
     public func sendTo(_ bytes: [UInt8], _ address: XFRMAddress, port: UInt16) -> Errno? {
-        (try? withSockaddr(address, port) { sa, len -> Errno? in
-            bytes.withUnsafeBytes { Glibc.sendto(fd.rawValue, $0.baseAddress, $0.count, 0, sa, len) } >= 0
-                ? nil : Errno(rawValue: errno)
-        }) ?? .invalidArgument
+        do {
+            return try withSockaddr(address, port) { sa, len -> Errno? in
+                bytes.withUnsafeBytes { Glibc.sendto(fd.rawValue, $0.baseAddress, $0.count, 0, sa, len) } >= 0
+                    ? nil : Errno(rawValue: errno)
+            }
+        } catch {
+            return .invalidArgument
+        }
     }
 
     /// Receives up to `count` bytes, waiting at most `timeout` seconds.
