@@ -50,6 +50,15 @@ public final class TestSocket: @unchecked Sendable {
         try? fd.close()
     }
 
+    /// Closes with `SO_LINGER {on, 0}`: the kernel frees the socket (and its XFRM policies) at once instead
+    /// of keeping it in FIN_WAIT while unsent data waits for an SA that will never come.
+    public func closeAbortively() {
+        guard !closed else { return }
+        var option = linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd.rawValue, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+        close()
+    }
+
     /// Sets send and receive timeouts so no call blocks for longer than `seconds`.
     public func setTimeouts(_ seconds: Double) {
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))

@@ -272,3 +272,15 @@ final class WireLayoutTests: XCTestCase {
                        "dst 10.0.0.2 proto esp spi 0x00001000")
     }
 }
+
+final class AlgorithmDecodingTests: XCTestCase {
+    /// The kernel reports auth-trunc as both XFRMA_ALG_AUTH and XFRMA_ALG_AUTH_TRUNC; the model keeps one.
+    func testLegacyAuthDuplicateIsDropped() {
+        let key = [UInt8](repeating: 1, count: 32)
+        let list = [XFRMAlgorithm(.authentication, name: "hmac(sha256)", key: key),
+                    XFRMAlgorithm(.authenticationTruncated(truncationBits: 128), name: "hmac(sha256)", key: key),
+                    XFRMAlgorithm(.encryption, name: "cbc(aes)", key: [UInt8](repeating: 2, count: 16))]
+        XCTAssertEqual(XFRMAlgorithm.canonical(list).map(\.name), ["cbc(aes)", "hmac(sha256)"])
+        XCTAssertEqual(XFRMAlgorithm.canonical(list).last?.kind, .authenticationTruncated(truncationBits: 128))
+    }
+}

@@ -104,6 +104,8 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 # Run folder (its path goes on the kernel command line: no whitespace).
 run=$(mktemp -d /tmp/uml-run.XXXXXXXX)
 upid=
+tpid=
+# shellcheck disable=SC2329 # invoked by the EXIT trap
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM HUP
@@ -116,6 +118,10 @@ cleanup() {
     done
     kill -KILL -- "-$upid" 2>/dev/null || true
     wait "$upid" 2>/dev/null || true
+  fi
+  if [[ -n $tpid ]]; then
+    kill "$tpid" 2>/dev/null || true
+    wait "$tpid" 2>/dev/null || true
   fi
   rm -rf -- "$run"
   exit "$rc"
@@ -150,11 +156,16 @@ ulimit -c 0 # a UML panic would otherwise try to dump a huge core
 ) &
 upid=$!
 
-# Stream the command's output live; tail exits shortly after UML does.
-tail -n +1 -s 0.1 -f --pid="$upid" "$run/output" || true
+# Stream the command's output live; tail exits (after a final read) shortly
+# after UML does.  tail runs in the background so that `wait` -- unlike a
+# foreground command -- is interrupted at once by INT/TERM (-> cleanup).
+tail -n +1 -s 0.1 -f --pid="$upid" "$run/output" &
+tpid=$!
 urc=0
 wait "$upid" || urc=$?
 upid=
+wait "$tpid" || true
+tpid=
 
 if [[ ${UML_VERBOSE:-0} != 0 ]]; then
   printf -- '--- UML console log ---\n' >&2

@@ -123,6 +123,28 @@ extension XFRMMark {
 extension XFRMAlgorithm {
     static let maximumNameLength = 63
 
+    /// The kernel reports an `auth-trunc` algorithm twice, as `XFRMA_ALG_AUTH_TRUNC` and as the legacy
+    /// `XFRMA_ALG_AUTH`: keep the complete one, and order the list aead, enc, auth, comp.
+    static func canonical(_ algorithms: [XFRMAlgorithm]) -> [XFRMAlgorithm] {
+        let truncated = Set(algorithms.compactMap { a -> String? in
+            if case .authenticationTruncated = a.kind { return a.name }
+            return nil
+        })
+        func rank(_ kind: Kind) -> Int {
+            switch kind {
+            case .aead: 0
+            case .encryption: 1
+            case .authentication, .authenticationTruncated: 2
+            case .compression: 3
+            }
+        }
+        return algorithms
+            .filter { !($0.kind == .authentication && truncated.contains($0.name)) }
+            .enumerated()
+            .sorted { (rank($0.element.kind), $0.offset) < (rank($1.element.kind), $1.offset) }
+            .map(\.element)
+    }
+
     func validate(operation: String) throws(XFRMError) {
         guard !name.isEmpty, name.utf8.count <= Self.maximumNameLength else {
             throw .invalid(operation, "algorithm name must be 1...\(Self.maximumNameLength) bytes: \(name)")
@@ -267,9 +289,10 @@ extension XFRMState {
         statistics.replayWindow = info.stats.replay_window
         statistics.replay = info.stats.replay
         statistics.integrityFailed = info.stats.integrity_failed
+        var decoded: [XFRMAlgorithm] = []
         for attribute in attributes {
             if let algorithm = try XFRMAlgorithm.decode(attribute, operation: operation) {
-                algorithms.append(algorithm)
+                decoded.append(algorithm)
             } else if attribute.type == _XFRMA_MARK {
                 let m = try attribute.load(xfrm_mark.self, operation: operation)
                 mark = XFRMMark(value: m.v, mask: m.m)
@@ -280,6 +303,7 @@ extension XFRMState {
                                                   originalAddress: XFRMAddress(family: family, kernelValue: e.encap_oa))
             }
         }
+        algorithms = XFRMAlgorithm.canonical(decoded)
     }
 }
 
