@@ -21,10 +21,12 @@
 # The command runs with the current working directory preserved, a clean
 # environment (HOME=/root, PATH=/usr/local/sbin:...:/bin:/opt/swift/usr/bin,
 # TERM=dumb, UML_INSIDE=1, UML_RUN_DIR=<run folder, a scratch dir that is
-# deleted afterwards>, plus --env/CI) and stdin from /dev/null.  Its combined stdout+stderr is streamed to our stdout and
-# we exit with its exit status.  If UML fails to boot, the command never
-# reports a status or the timeout hits, we exit 125 with a message on stderr
-# (the UML console log is shown; set UML_VERBOSE=1 to always show it).
+# deleted afterwards>, plus --env/CI) and stdin from /dev/null.  Its
+# combined stdout+stderr is streamed live to our stdout and we exit with its
+# exit status.  If UML fails to boot, the command never reports a status or
+# the timeout hits, we exit 125 with a message on stderr (plus the tail of
+# the UML console log; UML_VERBOSE=1 always shows the whole log).  INT/TERM
+# kill UML at once.  A run costs ~2.2-2.8 s on top of the command.
 #
 # How: a run folder /tmp/uml-run.XXXXXXXX holds init.sh (PID 1 in UML, see
 # init.sh), config.sh (cwd/env/command as bash arrays), output and status.

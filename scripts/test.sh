@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every test tier, as root, on a fresh Debian 12 machine: installs dependencies, builds once,
+# then runs tier 1 (unit), tier 2 (host kernel, own namespaces) and tier 3 (real ESP under
+# user-mode-linux) from the built products. Set CI=true to make unreachable tiers fail, not skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/opt/swift/usr/bin:$PATH
+scripts/install-deps.sh
+
+# C lives in CModules/ only.
+stray=$(git ls-files '*.c' '*.h' '*.cc' '*.cpp' '*.m' | grep -v '^CModules/' || true)
+if [[ -n $stray ]]; then echo "C sources outside CModules/: $stray" >&2; exit 1; fi
+
+netns_before=$(ip netns list 2>/dev/null | sort || true)
+xfrm_before=$( (ip xfrm state; ip xfrm policy) 2>/dev/null | md5sum)
+
+start=$(date +%s)
+swift build --build-tests 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]' || { echo "build failed" >&2; exit 1; }
+echo "build: $(( $(date +%s) - start )) s"
+
+summary=()
+run_tier() {
+  local name=$1 filter=$2 t0 rc
+  t0=$(date +%s)
+  echo "=== $name ==="
+  set +e
+  swift test --skip-build --filter "$filter" 2>&1 | tee "/tmp/wss-$filter.log" | grep -Ev '^Test Case .* started'
+  rc=${PIPESTATUS[0]}
+  set -e
+  local executed
+  executed=$(grep -E "Executed [0-9]+ tests?" "/tmp/wss-$filter.log" | tail -1 | sed 's/^[[:space:]]*//')
+  summary+=("$name: exit $rc, $(( $(date +%s) - t0 )) s, $executed")
+  rm -f "/tmp/wss-$filter.log"
+  return "$rc"
+}
+
+status=0
+run_tier "tier 1 (unit)" XFRMUnitTests || status=1
+run_tier "tier 2 (host kernel)" XFRMKernelTests || status=1
+run_tier "tier 3 (ESP under user-mode-linux)" XFRMESPTests || status=1
+
+# Nothing may be left on the host.
+netns_after=$(ip netns list 2>/dev/null | sort || true)
+if [[ "$netns_before" != "$netns_after" ]]; then
+  echo "network namespaces left behind: $(comm -13 <(echo "$netns_before") <(echo "$netns_after"))" >&2
+  status=1
+fi
+if [[ "$xfrm_before" != "$( (ip xfrm state; ip xfrm policy) 2>/dev/null | md5sum)" ]]; then
+  echo "the host namespace's XFRM states or policies changed during the tests" >&2
+  status=1
+fi
+
+echo
+echo "=== summary ==="
+printf '%s\n' "${summary[@]}"
+echo "total: $(( $(date +%s) - start )) s, $([[ $status == 0 ]] && echo PASSED || echo FAILED)"
+exit "$status"
