@@ -22,6 +22,9 @@ public final class XFRMClient: Sendable {
     public static let requestDeadline: Int = 120
     /// Largest batch sent in one `sendto` (kept well under the default socket send buffer).
     static let batchBytes = 60 * 1024
+    /// Most requests in one batch: each ack costs about 1 KiB of the receive buffer (skb truesize), and an
+    /// overrun loses acks (`ENOBUFS`), after which nobody can tell which requests were applied.
+    static let batchMessages = 128
 
     private let socket: Mutex<NetlinkSocket>
 
@@ -113,7 +116,8 @@ public final class XFRMClient: Sendable {
                     let sequence = count == 0 ? first : socket.allocateSequence()
                     builder.setSequence(sequence)
                     let bytes = builder.finished()
-                    if !datagram.isEmpty && datagram.count + bytes.count > Self.batchBytes { break }
+                    if !datagram.isEmpty
+                        && (datagram.count + bytes.count > Self.batchBytes || count == Self.batchMessages) { break }
                     datagram += bytes
                     last = sequence
                     count += 1

@@ -38,7 +38,10 @@ final class NetlinkSocket {
         let fd = mnl_socket_get_fd(handle)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         if var size = receiveBufferBytes {
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            // SO_RCVBUFFORCE passes net.core.rmem_max when we have CAP_NET_ADMIN; SO_RCVBUF is capped by it.
+            if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
         }
         let mask = groups.reduce(UInt32(0)) { $0 | cnl_group_bit($1) }
         guard mnl_socket_bind(handle, mask, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
