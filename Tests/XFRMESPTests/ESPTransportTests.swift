@@ -65,6 +65,16 @@ final class ESPTransportTests: XCTestCase {
             XCTAssertEqual(try client.getState(gcm.id).lifetime, updated.lifetime)
             XCTAssertThrowsError(try client.addState(gcm)) { XCTAssertEqual(($0 as? XFRMError)?.errno, .fileExists) }
 
+            // libnl-xfrm's own reading of the same SAD agrees on ids, reqids and the AEAD key.
+            let theirs = try LibnlOracle.states(in: ns.namespace)
+            XCTAssertEqual(Set(theirs.map(\.spi)), [0x100, 0x200])
+            let theirGCM = try XCTUnwrap(theirs.first { $0.spi == 0x100 })
+            XCTAssertEqual(theirGCM.reqid, 3)
+            XCTAssertEqual(theirGCM.destination, "10.6.0.2")
+            XCTAssertEqual(theirGCM.aeadName, "rfc4106(gcm(aes))")
+            XCTAssertEqual(theirGCM.aeadKey, gcm.algorithms[0].key)
+            XCTAssertEqual(theirGCM.aeadICVBits, 128)
+
             try client.flushStates(proto: .esp)
             XCTAssertEqual(try client.states(), [])
         }

@@ -136,4 +136,26 @@ final class PolicyTests: XCTestCase {
         XCTAssertNotNil(deleted, "policy delete event; saw \(recorder.recorded)")
         XCTAssertNotNil(try recorder.wait(timeout: 5) { $0 == .policiesFlushed })
     }
+
+    /// Two decoders of one kernel dump: ours and libnl-xfrm's caches must agree on every policy.
+    func testLibnlReadsTheSameSPD() throws {
+        try client.addPolicies([
+            XFRMPolicy(selector: .host("10.10.0.1", "10.10.0.2", protocol: .tcp, destinationPort: 443),
+                       direction: .outbound, priority: 5, templates: [XFRMTemplate(reqid: 1), XFRMTemplate(reqid: 2)]),
+            XFRMPolicy(selector: .host("fd10::1", "fd10::2"), direction: .inbound, action: .block, priority: 6),
+            XFRMPolicy(selector: .any(.inet), direction: .forward, priority: 7, templates: [XFRMTemplate(reqid: 3)]),
+        ])
+        let socket = try TestSocket.make(in: ns.namespace, family: .inet, kind: .udp)
+        defer { socket.close() }
+        try SocketPolicy.require([XFRMTemplate(reqid: 99)], on: socket.fd)
+
+        let ours = try client.policies().map { p in
+            LibnlOracle.Policy(index: p.index, direction: p.direction.rawValue, priority: p.priority,
+                               action: p.action.rawValue, source: p.selector.source, destination: p.selector.destination,
+                               destinationPort: p.selector.destinationPort, reqids: p.templates.map(\.reqid))
+        }
+        let theirs = try LibnlOracle.policies(in: ns.namespace)
+        XCTAssertEqual(ours.count, 5)
+        XCTAssertEqual(Set(ours), Set(theirs))
+    }
 }
