@@ -34,6 +34,9 @@ final class SocketPolicyTests: XCTestCase {
     func requiredESPScenario(family: XFRMAddressFamily) throws {
         let (addressA, addressB) = pair.addresses(family)
         let clientA = try XFRMClient(namespace: pair.a.namespace)
+        // The larval state an ACQUIRE creates lives net.core.xfrm_acq_expires seconds (per namespace); make it
+        // short so its hard EXPIRE can be seen.
+        try pair.a.exec(["sysctl", "-q", "-w", "net.core.xfrm_acq_expires=1"])
         // The kernel only raises ACQUIREs while someone listens in the namespace.
         let recorder = EventRecorder(try XFRMMonitor(namespace: pair.a.namespace, groups: [.acquire, .expire]))
         defer { recorder.stop() }
@@ -72,6 +75,15 @@ final class SocketPolicyTests: XCTestCase {
         XCTAssertEqual(acquire.templates.first?.level, .required)
         XCTAssertTrue(acquire.isFromSocketPolicy, "policy index \(acquire.policy.index) names a socket policy")
         XCTAssertNotEqual(acquire.sequence, 0)
+
+        // The unanswered ACQUIRE ends with a hard EXPIRE of the larval (SPI 0) state.
+        let expired = try recorder.wait(timeout: 10) {
+            if case .expire(let state, hard: true) = $0 { return state.id.spi == 0 && state.reqid == reqid }
+            return false
+        }
+        guard case .expire(let larval, _)? = expired else { return XCTFail("no hard EXPIRE; saw \(recorder.recorded)") }
+        XCTAssertEqual(larval.id.destination, addressB)
+        XCTAssertEqual(larval.selector.destinationPort, serverPort)
 
         // Nothing reached the receiver meanwhile.
         XCTAssertThrowsError(try receiver.receive(timeout: 0.2))
@@ -121,6 +133,22 @@ final class SocketPolicyTests: XCTestCase {
         XCTAssertEqual(try clientB.policies(), [])
         try clientB.flushStates()
         XCTAssertEqual(try clientB.states(), [])
+    }
+
+    /// A second `setsockopt` for a direction replaces that direction only.
+    func testSettingADirectionAgainReplacesIt() throws {
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet6, kind: .tcp)
+        defer { socket.close() }
+        let client = try XFRMClient(namespace: pair.a.namespace)
+        try SocketPolicy.require([XFRMTemplate(reqid: 1)], on: socket.fd)
+        try SocketPolicy.set(XFRMPolicy(selector: .any(.inet6), direction: .outbound,
+                                        templates: [XFRMTemplate(reqid: 2, level: .use)]), on: socket.fd)
+        let policies = try client.policies()
+        XCTAssertEqual(policies.count, 2)
+        XCTAssertEqual(policies.first { $0.direction == .socketOutbound }?.templates.map(\.reqid), [2])
+        XCTAssertEqual(policies.first { $0.direction == .socketOutbound }?.templates.map(\.level), [.use])
+        XCTAssertEqual(policies.first { $0.direction == .socketInbound }?.templates.map(\.reqid), [1])
+        XCTAssertEqual(Set(policies.map(\.selector.family)), [.inet6])
     }
 
     func testBypassAndValidation() throws {
