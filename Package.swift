@@ -7,6 +7,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "XFRM", targets: ["XFRM"]),
+        .library(name: "Keying", targets: ["Keying"]),
         .executable(name: "xfrm-demo", targets: ["xfrm-demo"]),
         .executable(name: "xfrm-bench", targets: ["xfrm-bench"]),
     ],
@@ -29,6 +30,11 @@ let package = Package(
                 "CNetlink",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
+        ),
+        // Keying: strongSwan's charon driven over VICI, and a private charon per namespace.
+        .target(
+            name: "Keying",
+            dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
@@ -55,6 +61,8 @@ let package = Package(
         .testTarget(name: "XFRMUnitTests", dependencies: ["XFRM", "CNetlink"]),
         // Tier 2: the host kernel, a fresh network namespace per test.
         .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
+        .testTarget(name: "KeyingUnitTests", dependencies: ["Keying"]),
+        .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
     ],

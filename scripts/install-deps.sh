@@ -6,6 +6,8 @@ packages=(
   pkg-config libnl-3-dev libnl-xfrm-3-dev libmnl-dev   # CModules/CNetlink
   iproute2 kmod tcpdump                                # namespaces, veth, captures
   user-mode-linux                                      # the ESP-capable kernel for tier 3
+  strongswan-charon strongswan-swanctl strongswan-pki  # keying: charon driven over VICI, test certificates
+  libcharon-extra-plugins                              # eap-identity / eap-md5 for the second auth round
 )
 missing=()
 for p in "${packages[@]}"; do

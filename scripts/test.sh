@@ -24,20 +24,23 @@ run_tier() {
   t0=$(date +%s)
   echo "=== $name ==="
   set +e
-  swift test --skip-build --filter "$filter" 2>&1 | tee "/tmp/wss-$filter.log" | grep -Ev '^Test Case .* started'
+  local log
+  log=$(mktemp /tmp/wss-tier.XXXXXX)
+  swift test --skip-build --filter "$filter" 2>&1 | tee "$log" | grep -Ev '^Test Case .* started'
   rc=${PIPESTATUS[0]}
   set -e
   local executed
-  executed=$(grep -E "Executed [0-9]+ tests?" "/tmp/wss-$filter.log" | tail -1 | sed 's/^[[:space:]]*//')
+  executed=$(grep -E "Executed [0-9]+ tests?" "$log" | tail -1 | sed 's/^[[:space:]]*//')
   summary+=("$name: exit $rc, $(( $(date +%s) - t0 )) s, $executed")
-  rm -f "/tmp/wss-$filter.log"
+  rm -f "$log"
   return "$rc"
 }
 
 status=0
-run_tier "tier 1 (unit)" XFRMUnitTests || status=1
-run_tier "tier 2 (host kernel)" XFRMKernelTests || status=1
-run_tier "tier 3 (ESP under user-mode-linux)" XFRMESPTests || status=1
+# Test targets are named by tier: *UnitTests (1), *KernelTests (2), *ESPTests (3).
+run_tier "tier 1 (unit)" 'UnitTests\.' || status=1
+run_tier "tier 2 (host kernel)" 'KernelTests\.' || status=1
+run_tier "tier 3 (ESP under user-mode-linux)" 'ESPTests\.' || status=1
 
 # Nothing may be left on the host.
 netns_after=$(ip netns list 2>/dev/null | sort || true)

@@ -1,0 +1,1 @@
+// The keying layer: strongSwan charon over VICI. See the module documentation.
