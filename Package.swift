@@ -36,6 +36,8 @@ let package = Package(
             name: "Keying",
             dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // Application layer enforcement: the endpoint table and each endpoint's state machine.
+        .target(name: "ALE", dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
             name: "NetnsTestSupport",
@@ -62,6 +64,7 @@ let package = Package(
         // Tier 2: the host kernel, a fresh network namespace per test.
         .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
         .testTarget(name: "KeyingUnitTests", dependencies: ["Keying"]),
+        .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),

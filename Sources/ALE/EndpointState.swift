@@ -1,0 +1,134 @@
+/// How an endpoint's protection ended up, as far as the kernel and the keying daemon have told us.
+public struct ProtectionInfo: Hashable, Sendable {
+    /// The IKE SA and CHILD SA unique ids charon reports (`uniqueid`), for the IPSEC2 query form.
+    public var ikeSAID: UInt64?
+    public var childSAID: UInt64?
+    /// The authenticated peer identity (IKE `remote-id`) and, after a second round, the peer user (`remote-eap-id`).
+    public var peerIdentity: String?
+    public var peerUserIdentity: String?
+    /// Algorithms of the CHILD SA, in charon's words (`AES_GCM_16`, `HMAC_SHA2_256_128`).
+    public var encryptionAlgorithm: String?
+    public var integrityAlgorithm: String?
+
+    public init(ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, peerIdentity: String? = nil,
+                peerUserIdentity: String? = nil, encryptionAlgorithm: String? = nil, integrityAlgorithm: String? = nil) {
+        self.ikeSAID = ikeSAID
+        self.childSAID = childSAID
+        self.peerIdentity = peerIdentity
+        self.peerUserIdentity = peerUserIdentity
+        self.encryptionAlgorithm = encryptionAlgorithm
+        self.integrityAlgorithm = integrityAlgorithm
+    }
+}
+
+/// Why an endpoint could not be secured.
+public enum EndpointFailure: Hashable, Sendable, CustomStringConvertible {
+    /// No SA within the bound.
+    case negotiationTimedOut(seconds: Double)
+    /// The peer authenticated as someone other than the peer target name.
+    case peerNameMismatch(expected: String, detail: String)
+    /// The keying daemon refused or failed (its own words).
+    case negotiationFailed(String)
+    /// No keying daemon could be reached or started.
+    case keyingUnavailable(String)
+    /// The SAs were negotiated without encryption although encryption is guaranteed.
+    case encryptionNotNegotiated(String)
+
+    public var description: String {
+        switch self {
+        case .negotiationTimedOut(let s): "no IPsec SA within \(s) s"
+        case .peerNameMismatch(let expected, let detail): "peer is not \(expected): \(detail)"
+        case .negotiationFailed(let text): "negotiation failed: \(text)"
+        case .keyingUnavailable(let text): "keying daemon unavailable: \(text)"
+        case .encryptionNotNegotiated(let text): "encryption required but not negotiated: \(text)"
+        }
+    }
+}
+
+/// The life of one secured endpoint: requested → negotiating → secured / failed(reason) → closed, plus
+/// `insecure` when `ALLOW_INSECURE` let it fall back to clear text after a failed negotiation.
+public enum EndpointState: Hashable, Sendable, CustomStringConvertible {
+    case requested
+    case negotiating
+    case secured(ProtectionInfo)
+    case failed(EndpointFailure)
+    case insecure(after: EndpointFailure)
+    case closed
+
+    public var description: String {
+        switch self {
+        case .requested: "requested"
+        case .negotiating: "negotiating"
+        case .secured(let info): "secured (peer \(info.peerIdentity ?? "?"))"
+        case .failed(let failure): "failed: \(failure)"
+        case .insecure(let failure): "insecure after \(failure)"
+        case .closed: "closed"
+        }
+    }
+}
+
+/// What happened to an endpoint (from the kernel's XFRM events, the keying daemon's events, or the library).
+public enum EndpointEvent: Hashable, Sendable {
+    /// The library asked the keying daemon to negotiate, or the kernel raised an ACQUIRE for the endpoint.
+    case negotiationStarted
+    /// A CHILD SA protecting the endpoint is up (also after a rekey).
+    case childUp(ProtectionInfo)
+    /// The CHILD SA went down or its SAs expired hard.
+    case childDown
+    case failed(EndpointFailure)
+    /// `ALLOW_INSECURE`: after a failure the endpoint now sends in clear.
+    case fellBackToClear
+    case closed
+}
+
+/// What the owner of the machine must do after an event.
+public enum EndpointAction: Hashable, Sendable {
+    /// Wake threads waiting for the endpoint to settle (connect, query).
+    case notifyWaiters
+    /// Release the reqid, the child config and SAs the endpoint held (once, when closed).
+    case releaseResources
+}
+
+/// The pure state machine of one endpoint: events in, actions out, no I/O.
+public struct EndpointStateMachine: Hashable, Sendable {
+    public private(set) var state: EndpointState = .requested
+    /// Whether clear text is an allowed outcome (the `ALLOW_INSECURE` setting).
+    public let allowInsecure: Bool
+
+    public init(allowInsecure: Bool) { self.allowInsecure = allowInsecure }
+
+    public mutating func handle(_ event: EndpointEvent) -> [EndpointAction] {
+        switch (state, event) {
+        case (.closed, _):
+            return []
+        case (_, .closed):
+            state = .closed
+            return [.notifyWaiters, .releaseResources]
+        case (.requested, .negotiationStarted), (.failed, .negotiationStarted):
+            state = .negotiating
+            return []
+        case (.negotiating, .negotiationStarted), (.secured, .negotiationStarted), (.insecure, .negotiationStarted):
+            return []
+        case (_, .childUp(let info)):
+            if case .insecure = state { return [] }   // a clear connection stays clear for its whole life
+            state = .secured(info)
+            return [.notifyWaiters]
+        case (.secured, .childDown):
+            state = .negotiating
+            return [.notifyWaiters]
+        case (_, .childDown):
+            return []
+        case (.secured, .failed):
+            return []   // a late failure report for a connection that is already protected
+        case (_, .failed(let failure)):
+            if case .insecure = state { return [] }
+            state = .failed(failure)
+            return [.notifyWaiters]
+        case (.failed(let failure), .fellBackToClear) where allowInsecure:
+            state = .insecure(after: failure)
+            return [.notifyWaiters]
+        case (_, .fellBackToClear):
+            return []
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import Synchronization
+import XFRM
+
+/// One socket the library secures, keyed by its kernel cookie.
+public struct Endpoint: Sendable {
+    public var cookie: UInt64
+    /// The descriptor it was registered through (informational: fds are reused, cookies are not).
+    public var descriptor: Int32
+    public var family: XFRMAddressFamily
+    public var kind: SocketFacts.Kind
+    /// The reqid in the socket's policy templates; nil when no per-socket policy was set.
+    public var reqid: UInt32?
+    /// Peer target names by peer address; `nil` key for "whatever peer" (TCP with a zero PeerAddress).
+    public var peerTargetNames: [XFRMAddress?: String] = [:]
+    /// The keying daemon's configuration names this endpoint loaded (conn names), to unload on close.
+    public var keyingConfigs: Set<String> = []
+    public var machine: EndpointStateMachine
+    /// Settings in force, as a free-form summary for inspection tools.
+    public var summary: String
+
+    public var state: EndpointState { machine.state }
+
+    public init(cookie: UInt64, descriptor: Int32, family: XFRMAddressFamily, kind: SocketFacts.Kind, reqid: UInt32?,
+                allowInsecure: Bool, summary: String) {
+        self.cookie = cookie
+        self.descriptor = descriptor
+        self.family = family
+        self.kind = kind
+        self.reqid = reqid
+        self.machine = EndpointStateMachine(allowInsecure: allowInsecure)
+        self.summary = summary
+    }
+
+    /// The name that applies to a peer: its own, else the catch-all one.
+    public func peerTargetName(for peer: XFRMAddress?) -> String? {
+        if let peer, let name = peerTargetNames[peer] { return name }
+        return peerTargetNames[nil] ?? nil
+    }
+}
+
+/// The endpoint table: O(1) by cookie and by reqid, safe from any thread.
+public final class EndpointTable: Sendable {
+    private struct Storage {
+        var byCookie: [UInt64: Endpoint] = [:]
+        var byReqid: [UInt32: Set<UInt64>] = [:]
+    }
+
+    private let storage = Mutex(Storage())
+
+    public init() {}
+
+    public enum InsertError: Error, Equatable { case alreadyRegistered }
+
+    /// Registers an endpoint; a cookie can be registered once.
+    public func insert(_ endpoint: Endpoint) throws(InsertError) {
+        try storage.withLock { (s) throws(InsertError) in
+            guard s.byCookie[endpoint.cookie] == nil else { throw .alreadyRegistered }
+            s.byCookie[endpoint.cookie] = endpoint
+            if let reqid = endpoint.reqid { s.byReqid[reqid, default: []].insert(endpoint.cookie) }
+        }
+    }
+
+    public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie] } }
+
+    /// The endpoints whose policies carry `reqid` (a listener and its accepted sockets share one).
+    public func endpoints(reqid: UInt32) -> [Endpoint] {
+        storage.withLock { s in (s.byReqid[reqid] ?? []).compactMap { s.byCookie[$0] } }
+    }
+
+    public var all: [Endpoint] { storage.withLock { Array($0.byCookie.values) } }
+    public var count: Int { storage.withLock { $0.byCookie.count } }
+
+    /// Changes an endpoint in place; returns what `body` returns, or nil if the cookie is unknown.
+    @discardableResult
+    public func update<T>(cookie: UInt64, _ body: (inout Endpoint) -> T) -> T? {
+        storage.withLock { s in
+            guard var endpoint = s.byCookie[cookie] else { return nil }
+            let oldReqid = endpoint.reqid
+            let result = body(&endpoint)
+            if oldReqid != endpoint.reqid {
+                if let oldReqid { s.byReqid[oldReqid]?.remove(cookie) }
+                if let reqid = endpoint.reqid { s.byReqid[reqid, default: []].insert(cookie) }
+            }
+            s.byCookie[cookie] = endpoint
+            return result
+        }
+    }
+
+    /// Feeds an event to an endpoint's state machine; returns the actions (empty for an unknown cookie).
+    public func handle(_ event: EndpointEvent, cookie: UInt64) -> [EndpointAction] {
+        update(cookie: cookie) { $0.machine.handle(event) } ?? []
+    }
+
+    /// Removes an endpoint; returns it.
+    @discardableResult
+    public func remove(cookie: UInt64) -> Endpoint? {
+        storage.withLock { s in
+            guard let endpoint = s.byCookie.removeValue(forKey: cookie) else { return nil }
+            if let reqid = endpoint.reqid {
+                s.byReqid[reqid]?.remove(cookie)
+                if s.byReqid[reqid]?.isEmpty == true { s.byReqid[reqid] = nil }
+            }
+            return endpoint
+        }
+    }
+
+    /// How many endpoints still use `reqid`.
+    public func users(of reqid: UInt32) -> Int { storage.withLock { $0.byReqid[reqid]?.count ?? 0 } }
+}

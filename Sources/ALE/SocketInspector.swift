@@ -1,0 +1,134 @@
+import Glibc
+import SystemPackage
+import XFRM
+
+/// What the kernel says about a socket: its identity (`SO_COOKIE`), family, type, and whether it is bound,
+/// listening or connected. ALE keys endpoints by cookie, never by fd number: fds are reused, cookies are not.
+public struct SocketFacts: Hashable, Sendable {
+    public enum Kind: Hashable, Sendable { case stream, datagram, other(Int32) }
+
+    /// The kernel's socket cookie (`SO_COOKIE`), unique for the life of the network namespace's boot.
+    public var cookie: UInt64
+    /// `AF_INET`, `AF_INET6` or something else (`.unspecified` then, with `rawFamily` kept).
+    public var family: XFRMAddressFamily
+    public var rawFamily: Int32
+    public var kind: Kind
+    /// `IPPROTO_TCP`, `IPPROTO_UDP`, ...
+    public var protocolNumber: Int32
+    /// Local address and port (port 0 when unbound).
+    public var local: SocketEndpointAddress?
+    /// Peer address and port when connected.
+    public var peer: SocketEndpointAddress?
+    /// Whether `listen()` was called (`SO_ACCEPTCONN`).
+    public var isListening: Bool
+    /// Whether the descriptor is in non-blocking mode (`O_NONBLOCK`).
+    public var isNonBlocking: Bool
+
+    public var isBound: Bool { (local?.port ?? 0) != 0 }
+    public var isConnected: Bool { peer != nil }
+}
+
+/// An IP address and port.
+public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible {
+    public var address: XFRMAddress
+    public var port: UInt16
+    public init(address: XFRMAddress, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+    public var description: String {
+        address.family == .inet6 ? "[\(address)]:\(port)" : "\(address):\(port)"
+    }
+
+    /// Whether this is an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+    public var isV4Mapped: Bool {
+        address.family == .inet6 && address.bytes.prefix(10).allSatisfy { $0 == 0 }
+            && address.bytes[10] == 0xff && address.bytes[11] == 0xff
+    }
+
+    /// Reads a `sockaddr_in` / `sockaddr_in6`; nil for other families or short buffers.
+    public init?(sockaddr pointer: UnsafeRawPointer, length: Int) {
+        guard length >= 2 else { return nil }
+        let family = Int32(pointer.loadUnaligned(as: sa_family_t.self))
+        switch family {
+        case AF_INET:
+            guard length >= MemoryLayout<sockaddr_in>.size else { return nil }
+            let sin = pointer.loadUnaligned(as: sockaddr_in.self)
+            let bytes = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
+            self.init(address: XFRMAddress(bytes: bytes)!, port: UInt16(bigEndian: sin.sin_port))
+        case AF_INET6:
+            guard length >= MemoryLayout<sockaddr_in6>.size else { return nil }
+            let sin6 = pointer.loadUnaligned(as: sockaddr_in6.self)
+            let bytes = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
+            self.init(address: XFRMAddress(bytes: bytes)!, port: UInt16(bigEndian: sin6.sin6_port))
+        default:
+            return nil
+        }
+    }
+
+    /// Calls `body` with this address as a `sockaddr_in` / `sockaddr_in6`.
+    public func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) rethrows -> T {
+        if address.family == .inet6 {
+            var sa = sockaddr_in6()
+            sa.sin6_family = sa_family_t(AF_INET6)
+            sa.sin6_port = port.bigEndian
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: address.bytes) }
+            return try withUnsafePointer(to: &sa) {
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        }
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = port.bigEndian
+        withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyBytes(from: address.bytes) }
+        return try withUnsafePointer(to: &sa) {
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
+}
+
+public enum SocketInspector {
+    /// Reads the facts of `fd`. Throws `ENOTSOCK` for a descriptor that is not a socket, `EBADF` for one that is
+    /// not open.
+    public static func facts(of fd: CInt) throws(Errno) -> SocketFacts {
+        func intOption(_ name: CInt) throws(Errno) -> Int32 {
+            var value: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(fd, SOL_SOCKET, name, &value, &length) == 0 else { throw Errno(rawValue: errno) }
+            return value
+        }
+        var cookie: UInt64 = 0
+        var cookieLength = socklen_t(MemoryLayout<UInt64>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &cookieLength) == 0 else { throw Errno(rawValue: errno) }
+        let domain = try intOption(SO_DOMAIN)
+        let type = try intOption(SO_TYPE)
+        let proto = try intOption(SO_PROTOCOL)
+        let listening = try intOption(SO_ACCEPTCONN) != 0
+        let flags = fcntl(fd, F_GETFL)
+        let family: XFRMAddressFamily = domain == AF_INET ? .inet : domain == AF_INET6 ? .inet6 : .unspecified
+        let kind: SocketFacts.Kind = type == Int32(SOCK_STREAM.rawValue) ? .stream
+            : type == Int32(SOCK_DGRAM.rawValue) ? .datagram : .other(type)
+        return SocketFacts(cookie: cookie, family: family, rawFamily: domain, kind: kind, protocolNumber: proto,
+                           local: address(fd, getsockname), peer: address(fd, getpeername), isListening: listening,
+                           isNonBlocking: flags >= 0 && flags & O_NONBLOCK != 0)
+    }
+
+    /// The socket cookie alone (cheap: one getsockopt).
+    public static func cookie(of fd: CInt) -> UInt64? {
+        var cookie: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
+    }
+
+    private static func address(_ fd: CInt,
+                                _ call: (CInt, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> CInt)
+        -> SocketEndpointAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, &length) == 0 }
+        }
+        guard ok else { return nil }
+        return withUnsafeBytes(of: storage) { SocketEndpointAddress(sockaddr: $0.baseAddress!, length: Int(length)) }
+    }
+}
