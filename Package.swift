@@ -8,6 +8,9 @@ let package = Package(
     products: [
         .library(name: "XFRM", targets: ["XFRM"]),
         .library(name: "Keying", targets: ["Keying"]),
+        .library(name: "SecureSocket", targets: ["SecureSocket"]),
+        // C callers link libWinsockSecureSocket.so.
+        .library(name: "WinsockSecureSocket", type: .dynamic, targets: ["WinsockSecureSocket"]),
         .executable(name: "xfrm-demo", targets: ["xfrm-demo"]),
         .executable(name: "xfrm-bench", targets: ["xfrm-bench"]),
     ],
@@ -38,6 +41,18 @@ let package = Package(
         ),
         // Application layer enforcement: the endpoint table and each endpoint's state machine.
         .target(name: "ALE", dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]),
+        // The idiomatic Swift API over XFRM, ALE and keying.
+        .target(
+            name: "SecureSocket",
+            dependencies: ["XFRM", "ALE", "Keying", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
+        .target(name: "CSecureSocketABI", path: "CModules/CSecureSocketABI", exclude: ["winsock_secure_socket.h"]),
+        // The Windows names and the C ABI.
+        .target(
+            name: "WinsockSecureSocket",
+            dependencies: ["SecureSocket", "ALE", "CSecureSocketABI"]
+        ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
             name: "NetnsTestSupport",
@@ -64,6 +79,8 @@ let package = Package(
         // Tier 2: the host kernel, a fresh network namespace per test.
         .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
         .testTarget(name: "KeyingUnitTests", dependencies: ["Keying"]),
+        .testTarget(name: "WinsockUnitTests", dependencies: ["WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI"]),
+        .testTarget(name: "SecureSocketKernelTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI"]),
         .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.

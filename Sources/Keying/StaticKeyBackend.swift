@@ -1,0 +1,176 @@
+import Foundation
+import Synchronization
+import XFRM
+
+/// Manual keying: SA pairs read from a file and installed through ``XFRMClient``, no IKE. For deterministic
+/// tests and for hosts without an IKE daemon.
+///
+/// File format, one peer per line, `#` starts a comment (keys in hex, as `ip xfrm state add` takes them):
+///
+/// ```
+/// # peer      local      spi-out spi-in algorithm          key-out      key-in       icv-bits [identity NAME]
+/// 10.77.0.2   10.77.0.1  0x1000  0x2000 rfc4106(gcm(aes))  0x0102…(40)  0x1112…(40)  128      identity b.example
+/// ```
+///
+/// ``prepare(_:)`` installs every peer's SA pair with the request's reqid (transport mode, host-to-host), so
+/// a server socket is reachable at once; ``negotiate(_:local:peer:peerPort:timeout:)`` installs the peer's
+/// pair if needed and checks the configured identity against the required peer name. Manual keying has one
+/// SA pair per peer: the endpoint that prepared last owns it (its reqid); ``release(_:)`` deletes what it
+/// installed.
+public final class StaticKeyBackend: KeyingBackend, Sendable {
+    public struct Peer: Hashable, Sendable {
+        public var peer: XFRMAddress
+        public var local: XFRMAddress
+        public var outboundSPI: UInt32
+        public var inboundSPI: UInt32
+        public var algorithm: String
+        public var outboundKey: [UInt8]
+        public var inboundKey: [UInt8]
+        public var icvBits: UInt32
+        /// The identity this peer is known as (what a peer target name must equal).
+        public var identity: String?
+
+        public init(peer: XFRMAddress, local: XFRMAddress, outboundSPI: UInt32, inboundSPI: UInt32,
+                    algorithm: String = "rfc4106(gcm(aes))", outboundKey: [UInt8], inboundKey: [UInt8],
+                    icvBits: UInt32 = 128, identity: String? = nil) {
+            self.peer = peer
+            self.local = local
+            self.outboundSPI = outboundSPI
+            self.inboundSPI = inboundSPI
+            self.algorithm = algorithm
+            self.outboundKey = outboundKey
+            self.inboundKey = inboundKey
+            self.icvBits = icvBits
+            self.identity = identity
+        }
+
+        func states(reqid: UInt32) -> [XFRMState] {
+            let algorithm = { (key: [UInt8]) in XFRMAlgorithm(.aead(icvBits: icvBits), name: self.algorithm, key: key) }
+            return [
+                XFRMState(source: local, destination: peer, spi: outboundSPI, reqid: reqid,
+                          algorithms: [algorithm(outboundKey)], selector: .host(local, peer), replayWindow: 32),
+                XFRMState(source: peer, destination: local, spi: inboundSPI, reqid: reqid,
+                          algorithms: [algorithm(inboundKey)], selector: .host(peer, local), replayWindow: 32),
+            ]
+        }
+    }
+
+    public struct ParseError: Error, CustomStringConvertible {
+        public var line: Int
+        public var message: String
+        public var description: String { "line \(line): \(message)" }
+    }
+
+    public let name = "static"
+    public let peers: [Peer]
+    private let client: XFRMClient
+    private let installed = Mutex<[UInt32: [XFRMStateID]]>([:])
+
+    public init(peers: [Peer], namespace: NetworkNamespace = .current) throws(XFRMError) {
+        self.peers = peers
+        self.client = try XFRMClient(namespace: namespace)
+    }
+
+    /// Reads the file format above.
+    public static func parse(_ text: String) throws(ParseError) -> [Peer] {
+        var peers: [Peer] = []
+        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            if words.isEmpty { continue }
+            guard words.count == 8 || words.count == 10 else {
+                throw ParseError(line: number + 1, message: "expected 8 fields (+ identity NAME), found \(words.count)")
+            }
+            guard let peer = XFRMAddress(words[0]), let local = XFRMAddress(words[1]), peer.family == local.family else {
+                throw ParseError(line: number + 1, message: "peer and local must be addresses of one family")
+            }
+            guard let spiOut = hexOrDecimal(words[2]), let spiIn = hexOrDecimal(words[3]), spiOut >= 0x100, spiIn >= 0x100 else {
+                throw ParseError(line: number + 1, message: "SPIs must be numbers of at least 0x100")
+            }
+            guard let keyOut = hexBytes(words[5]), let keyIn = hexBytes(words[6]), !keyOut.isEmpty,
+                  keyOut.count == keyIn.count else {
+                throw ParseError(line: number + 1, message: "keys must be 0x-prefixed hex of equal length")
+            }
+            guard let icv = UInt32(words[7]), [64, 96, 128].contains(icv) else {
+                throw ParseError(line: number + 1, message: "icv-bits must be 64, 96 or 128")
+            }
+            var identity: String?
+            if words.count == 10 {
+                guard words[8] == "identity" else { throw ParseError(line: number + 1, message: "expected `identity NAME`") }
+                identity = words[9]
+            }
+            peers.append(Peer(peer: peer, local: local, outboundSPI: spiOut, inboundSPI: spiIn, algorithm: words[4],
+                              outboundKey: keyOut, inboundKey: keyIn, icvBits: icv, identity: identity))
+        }
+        return peers
+    }
+
+    private static func hexOrDecimal(_ text: String) -> UInt32? {
+        text.hasPrefix("0x") ? UInt32(text.dropFirst(2), radix: 16) : UInt32(text)
+    }
+
+    private static func hexBytes(_ text: String) -> [UInt8]? {
+        guard text.hasPrefix("0x"), text.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var index = text.index(text.startIndex, offsetBy: 2)
+        while index < text.endIndex {
+            let next = text.index(index, offsetBy: 2)
+            guard let byte = UInt8(text[index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        return bytes
+    }
+
+    public func prepare(_ request: KeyingRequest) throws(KeyingError) -> KeyingRegistration {
+        for peer in peers where peer.peer.family == request.family {
+            try install(peer, reqid: request.reqid)
+        }
+        return KeyingRegistration(reqid: request.reqid, names: peers.map { "static \($0.peer)" })
+    }
+
+    public func negotiate(_ request: KeyingRequest, local: XFRMAddress?, peer: XFRMAddress, peerPort: UInt16,
+                          timeout: Double) throws(KeyingError) -> KeyedProtection {
+        guard let entry = peers.first(where: { $0.peer == peer }) else {
+            throw KeyingError(.unavailable, "no static keys for \(peer)")
+        }
+        if let required = request.requiredPeerIdentity, entry.identity != required, !request.peerIdentityOptional {
+            throw KeyingError(.authenticationFailed, "\(peer) is configured as \(entry.identity ?? "no identity"), not \(required)")
+        }
+        try install(entry, reqid: request.reqid)
+        return protection(for: entry)
+    }
+
+    public func protection(reqid: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+        guard let entry = peers.first(where: { $0.peer == peer }),
+              installed.withLock({ $0[reqid]?.contains(XFRMStateID(destination: peer, spi: entry.outboundSPI)) ?? false })
+        else { return nil }
+        return protection(for: entry)
+    }
+
+    public func release(_ registration: KeyingRegistration) {
+        let ids = installed.withLock { $0.removeValue(forKey: registration.reqid) } ?? []
+        for id in ids { try? client.deleteState(id) }
+    }
+
+    private func protection(for entry: Peer) -> KeyedProtection {
+        KeyedProtection(remoteIdentity: entry.identity, encryptionAlgorithm: entry.algorithm,
+                        inboundSPI: entry.inboundSPI, outboundSPI: entry.outboundSPI)
+    }
+
+    private func install(_ peer: Peer, reqid: UInt32) throws(KeyingError) {
+        for state in peer.states(reqid: reqid) {
+            do {
+                try client.updateState(state)
+            } catch {
+                throw KeyingError(.unavailable, "installing \(state.id): \(error)")
+            }
+        }
+        installed.withLock { table in
+            for (other, ids) in table where other != reqid {
+                table[other] = ids.filter { $0.destination != peer.peer && $0.destination != peer.local }
+            }
+            table[reqid, default: []] += peer.states(reqid: reqid).map(\.id)
+        }
+    }
+}

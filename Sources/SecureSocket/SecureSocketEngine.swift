@@ -1,0 +1,483 @@
+import ALE
+import Glibc
+import Keying
+import Synchronization
+import SystemPackage
+import XFRM
+
+/// The machinery behind the six functions: per-socket XFRM policies, the ALE endpoint table, reqids, and a
+/// keying backend. One engine serves one network namespace (the one it was created in).
+///
+/// Settings → kernel mapping (details in the module documentation):
+///
+/// | setting | per-socket policy (both directions) | keying |
+/// |---|---|---|
+/// | default / `GUARANTEE_ENCRYPTION` | ESP transport, reqid R, level **required** | encrypting proposals only; checked on the installed SAs |
+/// | `ALLOW_INSECURE` | ESP transport, reqid R, level **use** | negotiated first (bounded) by `connect`, then clear text is allowed |
+/// | `SKIP_FILTER_INSTANTIATION` | none: global policies apply | none |
+public final class SecureSocketEngine: Sendable {
+    public struct Configuration: Sendable {
+        /// How long `connect` waits for the SAs before giving up (or, with `ALLOW_INSECURE`, falling back).
+        public var negotiationTimeout: Double
+        public var keying: (any KeyingBackend)?
+        /// Where reqid claims are kept (one folder per network namespace; shared by every process using it).
+        public var reqidDirectory: String?
+        /// The network namespace of the sockets this engine serves (its XFRM client lives there).
+        public var namespace: NetworkNamespace
+
+        public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
+                    namespace: NetworkNamespace = .current) {
+            self.negotiationTimeout = negotiationTimeout
+            self.keying = keying
+            self.reqidDirectory = reqidDirectory
+            self.namespace = namespace
+        }
+    }
+
+    public let configuration: Configuration
+    public let table = EndpointTable()
+    private let reqids: ReqidAllocator
+    private let xfrm: XFRMClient
+    private let keyingState = Mutex<[UInt64: (KeyingRequest, KeyingRegistration?)]>([:])
+
+    public var keying: (any KeyingBackend)? { configuration.keying }
+
+    public init(_ configuration: Configuration) throws(SecureSocketError) {
+        self.configuration = configuration
+        do {
+            reqids = try configuration.reqidDirectory.map { try ReqidAllocator(directory: $0) } ?? ReqidAllocator()
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "reqid allocator: \(error)")
+        }
+        do {
+            xfrm = try XFRMClient(namespace: configuration.namespace)
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "NETLINK_XFRM: \(error)", errno: error.errno)
+        }
+    }
+
+    // MARK: - The process-wide engine the C ABI uses
+
+    private static let sharedEngine = Mutex<SecureSocketEngine?>(nil)
+
+    /// Installs the engine the Windows-named functions use (tests and services configure it once at start).
+    public static func setShared(_ engine: SecureSocketEngine?) { sharedEngine.withLock { $0 = engine } }
+
+    /// The engine the Windows-named functions use; nil until ``setShared(_:)`` or ``makeDefaultShared()``.
+    public static var shared: SecureSocketEngine? { sharedEngine.withLock { $0 } }
+
+    /// Creates the shared engine with the default keying (see ``DefaultKeying``) unless one is installed.
+    public static func makeDefaultShared() throws(SecureSocketError) -> SecureSocketEngine {
+        try sharedEngine.withLock { (engine) throws(SecureSocketError) -> SecureSocketEngine in
+            if let engine { return engine }
+            let created = try SecureSocketEngine(Configuration(keying: try DefaultKeying.make()))
+            engine = created
+            return created
+        }
+    }
+
+    // MARK: - WSASetSocketSecurity
+
+    /// The templates a socket gets for `settings` (pure; the table above).
+    public static func templates(for settings: SocketSecuritySettings, reqid: UInt32) -> [XFRMTemplate] {
+        guard settings.installsPolicy else { return [] }
+        let level: XFRMTemplateLevel = settings.flags.contains(.allowInsecure) ? .use : .required
+        // aalgos must be all ones (0 rejects every inbound packet); ealgos is never checked on input, so
+        // encryption is enforced through the proposals and verified on the SAs instead.
+        return [XFRMTemplate(proto: .esp, mode: .transport, reqid: reqid, level: level)]
+    }
+
+    /// Requires IPsec on `fd`. Before bind/connect, once per socket.
+    public func setSecurity(_ fd: CInt, _ settings: SocketSecuritySettings = .default) throws(SecureSocketError) {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        guard !facts.isConnected else { throw SecureSocketError(.isConnected, "the socket is already connected") }
+        guard !facts.isBound, !facts.isListening else {
+            throw SecureSocketError(.invalidArgument, "security must be set before bind (the socket is bound to port \(facts.local?.port ?? 0))")
+        }
+        guard table.endpoint(cookie: facts.cookie) == nil else {
+            throw SecureSocketError(.invalidArgument, "security was already set on this socket (only once per socket)")
+        }
+        try settings.validate()
+        if settings.installsPolicy && keying == nil {
+            throw SecureSocketError(.networkUnreachable, "no keying backend: a per-socket policy could never be satisfied")
+        }
+        try harden(fd, facts)
+
+        var reqid: UInt32?
+        if settings.installsPolicy {
+            do {
+                reqid = try reqids.allocate()
+            } catch {
+                throw SecureSocketError(.systemCallFailure, "no reqid: \(error)")
+            }
+            do {
+                try SocketPolicy.require(Self.templates(for: settings, reqid: reqid!), on: FileDescriptor(rawValue: fd))
+            } catch {
+                reqids.release(reqid!)
+                throw SecureSocketError(error.errno.map(SecureSocketError.Code.init(errno:)) ?? .systemCallFailure,
+                                        "per-socket policy: \(error)", errno: error.errno)
+            }
+        }
+        var endpoint = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: facts.kind,
+                                reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
+                                summary: Self.summary(settings))
+        endpoint.peerTargetNames = [:]
+        do {
+            try table.insert(endpoint)
+        } catch {
+            if let reqid { reqids.release(reqid) }
+            throw SecureSocketError(.invalidArgument, "security was already set on this socket")
+        }
+        guard let reqid, let keying else { return }
+        let request = KeyingRequest(
+            reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
+            requiredPeerIdentity: nil,
+            peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
+            requireEncryption: true, userName: settings.ipsec?.userName, userPassword: settings.ipsec?.password)
+        do {
+            let registration = try keying.prepare(request)
+            keyingState.withLock { $0[facts.cookie] = (request, registration) }
+            table.update(cookie: facts.cookie) { $0.keyingConfigs = Set(registration.names) }
+        } catch {
+            // Fail closed and leave nothing behind: no keying means this socket could never be secured.
+            try? SocketPolicy.clear(on: FileDescriptor(rawValue: fd))
+            table.remove(cookie: facts.cookie)
+            reqids.release(reqid)
+            throw SecureSocketError(.networkUnreachable, "keying backend \(keying.name): \(error)")
+        }
+    }
+
+    // MARK: - Peer target names
+
+    /// Sets the identity the peer at `name.peerAddress` (or any peer, for a zero address on TCP) must prove.
+    public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        guard !facts.isConnected else {
+            throw SecureSocketError(.isConnected, "the peer target name must be set before connecting")
+        }
+        let trimmed = name.name.trimmingCharacters(in: " \t\n\r")
+        guard !trimmed.isEmpty, trimmed.utf8.count <= 255 else {
+            throw SecureSocketError(.invalidArgument, "the peer target name must be 1...255 bytes")
+        }
+        let key = name.peerAddress.flatMap { $0.address.isAny ? nil : $0.address }
+        if facts.kind == .datagram {
+            guard let address = name.peerAddress, !(address.address.isAny && address.port == 0) else {
+                throw SecureSocketError(.invalidArgument, "a datagram socket needs the peer's address for each name")
+            }
+        }
+        guard let endpoint = table.endpoint(cookie: facts.cookie) else {
+            throw SecureSocketError(.invalidArgument, "call WSASetSocketSecurity on this socket first")
+        }
+        let raw = false   // the raw flag lives in the settings; SPN prefixes are stripped unless raw
+        _ = raw
+        table.update(cookie: endpoint.cookie) { $0.peerTargetNames[key] = trimmed }
+    }
+
+    /// Forgets the name set for `address`. Unknown addresses are not an error (nothing to forget).
+    public func deletePeerTargetName(_ fd: CInt, address: SocketEndpointAddress) throws(SecureSocketError) {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        table.update(cookie: facts.cookie) { $0.peerTargetNames[address.address.isAny ? nil : address.address] = nil }
+    }
+
+    /// The names an endpoint holds (for inspection and tests).
+    public func peerTargetNames(_ fd: CInt) -> [XFRMAddress?: String] {
+        guard let cookie = SocketInspector.cookie(of: fd) else { return [:] }
+        return table.endpoint(cookie: cookie)?.peerTargetNames ?? [:]
+    }
+
+    // MARK: - Connect
+
+    /// Connects `fd` to `peer`, first making sure IPsec protects the flow: the keying backend negotiates (at most
+    /// the configured timeout), then `connect()` runs. A plain `connect()` on a secured socket without SAs gets
+    /// `EAGAIN` from the kernel; this is the call that waits. With `ALLOW_INSECURE` a failed negotiation falls
+    /// back to clear text.
+    public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil) throws(SecureSocketError) {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        guard !facts.isConnected || facts.kind == .datagram else {
+            throw SecureSocketError(.isConnected, "already connected")
+        }
+        let timeout = timeout ?? configuration.negotiationTimeout
+        guard let endpoint = table.endpoint(cookie: facts.cookie), let reqid = endpoint.reqid else {
+            return try plainConnect(fd, peer, deadline: monotonicNow() + timeout, facts: facts)
+        }
+        if facts.family == .inet6 && peer.isV4Mapped {
+            // The kernel skips an AF_INET6 socket policy for v4-mapped flows: that would be clear text.
+            throw SecureSocketError(.addressFamilyNotSupported,
+                                    "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
+        }
+        let deadline = monotonicNow() + timeout
+        _ = table.handle(.negotiationStarted, cookie: facts.cookie)
+        if let keying, var (request, _) = keyingState.withLock({ $0[facts.cookie] }) {
+            request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address)
+            do {
+                let protection = try keying.negotiate(request, local: facts.local?.address.isAny == false ? facts.local?.address : nil,
+                                                      peer: peer.address, peerPort: peer.port, timeout: timeout)
+                _ = table.handle(.childUp(Self.info(protection)), cookie: facts.cookie)
+            } catch {
+                let failure = Self.failure(error, expected: request.requiredPeerIdentity, timeout: timeout)
+                _ = table.handle(.failed(failure), cookie: facts.cookie)
+                guard endpoint.machine.allowInsecure else {
+                    throw SecureSocketError(Self.code(for: error), "\(failure)")
+                }
+                _ = table.handle(.fellBackToClear, cookie: facts.cookie)
+            }
+        }
+        _ = reqid
+        try plainConnect(fd, peer, deadline: deadline, facts: facts)
+    }
+
+    private func plainConnect(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
+                              facts: SocketFacts) throws(SecureSocketError) {
+        var attempts = 0
+        while true {
+            attempts += 1
+            let rc = peer.withSockaddr { Glibc.connect(fd, $0, $1) }
+            if rc == 0 { return }
+            let error = Errno(rawValue: errno)
+            switch error {
+            case .interrupted:
+                continue
+            case .resourceTemporarilyUnavailable:
+                // No SA for the flow yet (the kernel answers at once, whatever xfrm_larval_drop says).
+                guard monotonicNow() < deadline, attempts < 100_000 else {
+                    throw SecureSocketError(.timedOut, "no IPsec SA for \(peer) before the deadline (\(attempts) connect attempts)",
+                                            errno: error)
+                }
+                usleep(5_000)
+            case .nowInProgress where facts.isNonBlocking, .alreadyInProcess where facts.isNonBlocking:
+                throw SecureSocketError(.wouldBlock, "non-blocking connect in progress", errno: error)
+            default:
+                throw SecureSocketError(SecureSocketError.Code(errno: error), "connect to \(peer)", errno: error)
+            }
+        }
+    }
+
+    // MARK: - Query
+
+    /// What protects `fd`'s traffic, asked from the kernel (the SAs with the socket's reqid for its addresses),
+    /// never assumed.
+    public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)
+        -> SocketSecurityQueryInfo {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        let peer: SocketEndpointAddress
+        if facts.kind == .stream {
+            var soError: CInt = 0
+            var length = socklen_t(MemoryLayout<CInt>.size)
+            if getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length) == 0, soError == ECONNRESET {
+                throw SecureSocketError(.connectionReset, "the connection was reset by the peer")
+            }
+            guard let connected = facts.peer else {
+                throw SecureSocketError(.notConnected, "query needs a connected (or accepted) TCP socket")
+            }
+            peer = connected
+        } else {
+            guard let address = template?.peerAddress ?? facts.peer else {
+                throw SecureSocketError(.messageSize, "a datagram socket's query needs the peer address in the template")
+            }
+            guard address.address.family == .inet || address.address.family == .inet6 else {
+                throw SecureSocketError(.addressFamilyNotSupported, "peer address family")
+            }
+            peer = address
+        }
+        let securityProtocol: SocketSecurityProtocol = template?.securityProtocol == .ipsec2 ? .ipsec2
+            : (template?.securityProtocol == .ipsec ? .ipsec : .ipsec)
+        var info = SocketSecurityQueryInfo(securityProtocol: securityProtocol, flags: [])
+        guard let endpoint = endpoint(for: fd, facts: facts) else { return info }
+        if case .failed(let failure) = endpoint.state { info.negotiationError = Self.win32Error(failure) }
+        if case .insecure(let failure) = endpoint.state {
+            info.negotiationError = Self.win32Error(failure)
+            return info   // opened in clear: stays clear for its whole life
+        }
+        guard let reqid = endpoint.reqid, let local = facts.local else { return info }
+        let outbound: [XFRMState]
+        let inbound: [XFRMState]
+        do {
+            outbound = try xfrm.states(source: local.address, destination: peer.address, proto: .esp)
+            inbound = try xfrm.states(source: peer.address, destination: local.address, proto: .esp)
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
+        }
+        // Our outbound SA must carry our reqid exactly; an inbound SA of the pair must exist too.
+        let protects = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && state.id.spi != 0 }
+        guard let out = outbound.first(where: protects), let into = inbound.first(where: protects) else { return info }
+        info.flags.insert(.secured)
+        info.outboundSA = out.id
+        info.inboundSA = into.id
+        let encrypts = { (state: XFRMState) in
+            state.algorithms.contains { algorithm in
+                switch algorithm.kind {
+                case .aead: true
+                case .encryption: !algorithm.name.contains("null")
+                default: false
+                }
+            }
+        }
+        if encrypts(out) && encrypts(into) { info.flags.insert(.encrypted) }
+        info.encryptionAlgorithm = out.algorithms.first.map(\.name)
+        if let protection = keying?.protection(reqid: reqid, peer: peer.address) {
+            info.peerMachineIdentity = protection.remoteIdentity
+            info.peerUserIdentity = protection.remoteUserIdentity
+            info.ikeSAID = protection.ikeSAID ?? 0
+            info.childSAID = protection.childSAID ?? 0
+            if protection.remoteUserIdentity != nil { info.flags.insert(.impersonated) }
+        }
+        return info
+    }
+
+    /// The endpoint for `fd`: registered, or an accepted socket that inherited a registered listener's
+    /// policies (same family, same local port); the latter is registered on first sight.
+    func endpoint(for fd: CInt, facts: SocketFacts) -> Endpoint? {
+        if let endpoint = table.endpoint(cookie: facts.cookie) { return endpoint }
+        guard facts.kind == .stream, facts.isConnected, let port = facts.local?.port else { return nil }
+        for candidate in table.all where candidate.kind == .stream && candidate.family == facts.family {
+            guard SocketInspector.cookie(of: candidate.descriptor) == candidate.cookie,
+                  let listener = try? SocketInspector.facts(of: candidate.descriptor),
+                  listener.isListening, listener.local?.port == port else { continue }
+            var child = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
+                                 reqid: candidate.reqid, allowInsecure: candidate.machine.allowInsecure,
+                                 summary: candidate.summary + " (accepted)")
+            child.peerTargetNames = candidate.peerTargetNames
+            try? table.insert(child)
+            return table.endpoint(cookie: facts.cookie)
+        }
+        return nil
+    }
+
+    // MARK: - Release
+
+    /// Forgets `fd`'s endpoint and frees what it held (reqid, keying configs) once no other endpoint (an
+    /// accepted child of a listener) uses them. Call before `close()`; ``sweep()`` catches sockets closed without it.
+    public func release(_ fd: CInt) {
+        guard let cookie = SocketInspector.cookie(of: fd) else { return }
+        release(cookie: cookie)
+    }
+
+    func release(cookie: UInt64) {
+        _ = table.handle(.closed, cookie: cookie)
+        guard let endpoint = table.remove(cookie: cookie) else { return }
+        guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
+        if let (_, registration) = keyingState.withLock({ $0.removeValue(forKey: cookie) }), let registration {
+            keying?.release(registration)
+        }
+        reqids.release(reqid)
+    }
+
+    /// Releases endpoints whose socket is gone (its descriptor no longer names the same cookie). O(endpoints).
+    @discardableResult
+    public func sweep() -> Int {
+        var released = 0
+        for endpoint in table.all where SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
+            release(cookie: endpoint.cookie)
+            released += 1
+        }
+        return released
+    }
+
+    deinit {
+        for endpoint in table.all { release(cookie: endpoint.cookie) }
+        reqids.releaseAll()
+    }
+
+    // MARK: - Helpers
+
+    func inspect(_ fd: CInt) throws(SecureSocketError) -> SocketFacts {
+        do {
+            return try SocketInspector.facts(of: fd)
+        } catch {
+            throw SecureSocketError(.notSocket, "descriptor \(fd) is not a socket", errno: error)
+        }
+    }
+
+    func requireInetStreamOrDatagram(_ facts: SocketFacts) throws(SecureSocketError) {
+        guard facts.family == .inet || facts.family == .inet6 else {
+            throw SecureSocketError(.invalidArgument, "only AF_INET and AF_INET6 sockets (this one is family \(facts.rawFamily))")
+        }
+        switch facts.kind {
+        case .stream, .datagram: return
+        case .other(let type): throw SecureSocketError(.invalidArgument, "only SOCK_STREAM and SOCK_DGRAM sockets (type \(type))")
+        }
+    }
+
+    /// No port sharing (Windows sets SO_EXCLUSIVEADDRUSE), and IPv6 sockets are IPv6-only so no v4-mapped flow
+    /// can escape the AF_INET6 policy.
+    private func harden(_ fd: CInt, _ facts: SocketFacts) throws(SecureSocketError) {
+        var zero: CInt = 0
+        var one: CInt = 1
+        let size = socklen_t(MemoryLayout<CInt>.size)
+        guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, size) == 0,
+              setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, size) == 0 else {
+            throw SecureSocketError(.systemCallFailure, "clearing SO_REUSEADDR/SO_REUSEPORT", errno: Errno(rawValue: errno))
+        }
+        if facts.family == .inet6 {
+            guard setsockopt(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) == 0 else {
+                throw SecureSocketError(.systemCallFailure, "setting IPV6_V6ONLY", errno: Errno(rawValue: errno))
+            }
+        }
+    }
+
+    static func summary(_ settings: SocketSecuritySettings) -> String {
+        var words = [settings.securityProtocol == .default ? "default" : "ipsec"]
+        if settings.flags.contains(.guaranteeEncryption) { words.append("guarantee-encryption") }
+        if settings.flags.contains(.allowInsecure) { words.append("allow-insecure") }
+        if let flags = settings.ipsec?.flags {
+            if flags.contains(.skipFilterInstantiation) { words.append("skip-filter-instantiation") }
+            if flags.contains(.optionalPeerNameVerification) { words.append("optional-peer-name") }
+            if flags.contains(.peerNameIsRawFormat) { words.append("raw-peer-name") }
+        }
+        if settings.ipsec?.userName != nil { words.append("user-auth") }
+        return words.joined(separator: " ")
+    }
+
+    static func info(_ p: KeyedProtection) -> ProtectionInfo {
+        ProtectionInfo(ikeSAID: p.ikeSAID, childSAID: p.childSAID, peerIdentity: p.remoteIdentity,
+                       peerUserIdentity: p.remoteUserIdentity, encryptionAlgorithm: p.encryptionAlgorithm,
+                       integrityAlgorithm: p.integrityAlgorithm)
+    }
+
+    static func failure(_ error: KeyingError, expected: String?, timeout: Double) -> EndpointFailure {
+        switch error.code {
+        case .timedOut: .negotiationTimedOut(seconds: timeout)
+        case .authenticationFailed: .peerNameMismatch(expected: expected ?? "an authenticated peer", detail: error.detail)
+        case .unavailable: .keyingUnavailable(error.detail)
+        case .noProposalChosen: .encryptionNotNegotiated(error.detail)
+        case .rejected: .negotiationFailed(error.detail)
+        }
+    }
+
+    static func code(for error: KeyingError) -> SecureSocketError.Code {
+        switch error.code {
+        case .timedOut: .timedOut
+        case .authenticationFailed: .accessDenied
+        case .unavailable: .networkUnreachable
+        case .noProposalChosen, .rejected: .connectionRefused
+        }
+    }
+
+    /// Win32 errors for the IPSEC2 `NegotiationWinerr` field: ERROR_IPSEC_IKE_AUTH_FAIL (13801),
+    /// ERROR_IPSEC_IKE_TIMED_OUT (13805), and 13800 (the IKE status base) for other failures.
+    static func win32Error(_ failure: EndpointFailure) -> UInt32 {
+        switch failure {
+        case .peerNameMismatch: 13801
+        case .negotiationTimedOut: 13805
+        default: 13800
+        }
+    }
+}
+
+func monotonicNow() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+extension String {
+    func trimmingCharacters(in characters: String) -> String {
+        let set = Set(characters)
+        return String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+    }
+}

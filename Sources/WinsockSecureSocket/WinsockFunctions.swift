@@ -1,0 +1,106 @@
+import ALE
+import CSecureSocketABI
+import Glibc
+import SecureSocket
+import SystemPackage
+
+// The Windows names, exported with the C ABI from libWinsockSecureSocket.so. Each returns 0 or
+// SOCKET_ERROR (-1) with the reason in WSAGetLastError(). Overlapped and completion-routine arguments are
+// accepted and ignored: every call here completes synchronously, as Windows does for non-overlapped sockets.
+
+private func engine() throws(SecureSocketError) -> SecureSocketEngine {
+    if let engine = SecureSocketEngine.shared { return engine }
+    return try SecureSocketEngine.makeDefaultShared()
+}
+
+/// Requires IPsec on `socket` (before bind/connect, once). NULL settings apply the defaults.
+@_cdecl("WSASetSocketSecurity")
+public func WSASetSocketSecurity(_ socket: Int32, _ settings: UnsafeRawPointer?, _ settingsLength: UInt32,
+                                 _ overlapped: UnsafeMutableRawPointer?, _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        let parsed = try WindowsStructs.settings(settings, length: settingsLength)
+        try engine().setSecurity(socket, parsed)
+    }
+}
+
+/// Sets the identity the peer must prove.
+@_cdecl("WSASetSocketPeerTargetName")
+public func WSASetSocketPeerTargetName(_ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength: UInt32,
+                                       _ overlapped: UnsafeMutableRawPointer?,
+                                       _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        let parsed = try WindowsStructs.peerTargetName(name, length: nameLength)
+        try engine().setPeerTargetName(socket, parsed)
+    }
+}
+
+/// Forgets the peer target name of one peer address.
+@_cdecl("WSADeleteSocketPeerTargetName")
+public func WSADeleteSocketPeerTargetName(_ socket: Int32, _ address: UnsafeRawPointer?, _ addressLength: UInt32,
+                                          _ overlapped: UnsafeMutableRawPointer?,
+                                          _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        let peer = try WindowsStructs.address(address, length: addressLength)
+        try engine().deletePeerTargetName(socket, address: peer)
+    }
+}
+
+/// Reports how the connection is protected. With a NULL buffer (or one too small) it fails with WSAEFAULT
+/// (TCP, as Microsoft's sample expects) or WSAEMSGSIZE (other sockets) and writes the size needed.
+@_cdecl("WSAQuerySocketSecurity")
+public func WSAQuerySocketSecurity(_ socket: Int32, _ template: UnsafeRawPointer?, _ templateLength: UInt32,
+                                   _ info: UnsafeMutableRawPointer?, _ infoLength: UnsafeMutablePointer<UInt32>?,
+                                   _ overlapped: UnsafeMutableRawPointer?,
+                                   _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        guard let infoLength else { throw SecureSocketError(.fault, "SecurityQueryInfoLen is NULL") }
+        let engine = try engine()
+        let facts: SocketFacts
+        do throws(Errno) { facts = try SocketInspector.facts(of: socket) } catch {
+            throw SecureSocketError(.notSocket, "descriptor \(socket) is not a socket", errno: error)
+        }
+        let isTCP = facts.kind == .stream
+        if !isTCP && (template == nil || templateLength < UInt32(WindowsStructs.queryTemplateSize)) {
+            throw SecureSocketError(.messageSize, "a datagram socket's query needs a full template")
+        }
+        let parsed = try WindowsStructs.queryTemplate(template, length: templateLength)
+        let ipsec2 = parsed?.securityProtocol == .ipsec2
+        let needed = UInt32(ipsec2 ? WindowsStructs.queryInfoIPsec2Size : WindowsStructs.queryInfoSize)
+        guard let info, infoLength.pointee >= needed else {
+            infoLength.pointee = needed
+            throw SecureSocketError(isTCP ? .fault : .messageSize, "SecurityQueryInfo needs \(needed) bytes")
+        }
+        let result = try engine.query(socket, parsed)
+        var out = SOCKET_SECURITY_QUERY_INFO_IPSEC2()
+        out.SecurityProtocol = SOCKET_SECURITY_PROTOCOL(rawValue: result.securityProtocol.rawValue)
+        out.Flags = result.flags.rawValue
+        if (parsed?.peerTokenAccessMask ?? 0) != 0 {
+            out.PeerApplicationAccessTokenHandle = result.peerApplicationToken
+            out.PeerMachineAccessTokenHandle = result.peerMachineToken
+        }
+        if ipsec2 {
+            let mask = parsed?.ipsec2FieldMask ?? 0
+            if mask & SOCKET_QUERY_IPSEC2_FIELD_MASK_MM_SA_ID != 0 { out.MmSaId = result.ikeSAID }
+            if mask & SOCKET_QUERY_IPSEC2_FIELD_MASK_QM_SA_ID != 0 { out.QmSaId = result.childSAID }
+            out.NegotiationWinerr = result.negotiationError
+        }
+        withUnsafeBytes(of: out) { info.copyMemory(from: $0.baseAddress!, byteCount: Int(needed)) }
+        infoLength.pointee = needed
+    }
+}
+
+/// Connects and waits (bounded) until IPsec protects the connection. The caller/callee data and QoS arguments
+/// are not supported on Linux and must be NULL.
+@_cdecl("WSAConnect")
+public func WSAConnect(_ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength: Int32, _ callerData: UnsafeMutableRawPointer?,
+                       _ calleeData: UnsafeMutableRawPointer?, _ sqos: UnsafeMutableRawPointer?,
+                       _ gqos: UnsafeMutableRawPointer?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        guard callerData == nil, calleeData == nil, sqos == nil, gqos == nil else {
+            throw SecureSocketError(.operationNotSupported, "connect data and QoS are not supported")
+        }
+        guard nameLength >= 0 else { throw SecureSocketError(.fault, "negative address length") }
+        let peer = try WindowsStructs.address(name, length: UInt32(nameLength))
+        try engine().connect(socket, to: peer)
+    }
+}

@@ -1,0 +1,169 @@
+import ALE
+import Foundation
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import SystemPackage
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 2: the engine on the host kernel, in a fresh pair of namespaces per test. Keying is the static-key
+/// backend with no keys, so every negotiation fails: what must hold then is that nothing goes out in clear.
+final class SecureSocketEngineTests: XCTestCase {
+    var pair: NamespacePair!
+    var engine: SecureSocketEngine!
+    var client: XFRMClient!
+    var reqidFolder: String!
+
+    override func setUpWithError() throws {
+        try requireTier(.hostKernel)
+        pair = try NamespacePair(prefix: "ss")
+        reqidFolder = FileManager.default.temporaryDirectory.appendingPathComponent("ss-reqids-\(UUID().uuidString)").path
+        engine = try SecureSocketEngine(.init(negotiationTimeout: 1,
+                                              keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+                                              reqidDirectory: reqidFolder, namespace: pair.a.namespace))
+        client = try XFRMClient(namespace: pair.a.namespace)
+    }
+
+    override func tearDown() {
+        engine = nil
+        pair?.remove()
+        pair = nil
+        if let reqidFolder { try? FileManager.default.removeItem(atPath: reqidFolder) }
+    }
+
+    func socketPolicies() throws -> [XFRMPolicy] { try client.policies().filter(\.direction.isSocketPolicy) }
+
+    func testSetSecurityInstallsRequiredPoliciesOnceBeforeBind() throws {
+        for (family, kind) in [(XFRMAddressFamily.inet, TestSocket.Kind.tcp), (.inet6, .tcp), (.inet, .udp), (.inet6, .udp)] {
+            let socket = try TestSocket.make(in: pair.a.namespace, family: family, kind: kind)
+            try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
+            let policies = try socketPolicies()
+            XCTAssertEqual(policies.count, 2, "\(family) \(kind): one policy per direction")
+            let reqid = try XCTUnwrap(engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!)?.reqid)
+            for policy in policies {
+                XCTAssertEqual(policy.templates.map(\.reqid), [reqid])
+                XCTAssertEqual(policy.templates.map(\.level), [.required])
+                XCTAssertEqual(policy.templates.first?.authenticationAlgorithms, .max, "aalgos all ones")
+                XCTAssertEqual(policy.selector.family, family)
+            }
+            XCTAssertThrowsError(try engine.setSecurity(socket.fd.rawValue)) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "only once per socket")
+            }
+            if family == .inet6 {
+                var v6only: CInt = 0
+                var length = socklen_t(MemoryLayout<CInt>.size)
+                getsockopt(socket.fd.rawValue, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &v6only, &length)
+                XCTAssertEqual(v6only, 1, "a secured IPv6 socket cannot reach v4-mapped peers")
+            }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(reqidFolder!)/\(reqid)"), "reqid claimed")
+            engine.release(socket.fd.rawValue)
+            socket.close()
+            XCTAssertEqual(try socketPolicies(), [], "closing the socket removes its policies")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(reqidFolder!)/\(reqid)"), "reqid released")
+        }
+    }
+
+    func testOrderingAndSocketKindRules() throws {
+        let bound = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try bound.bind(pair.addressA4, port: 0)
+        XCTAssertThrowsError(try engine.setSecurity(bound.fd.rawValue)) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "after bind")
+        }
+        let connected = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .udp)
+        XCTAssertNil(connected.connectOnce(pair.addressB4, port: 9))
+        XCTAssertThrowsError(try engine.setSecurity(connected.fd.rawValue)) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .isConnected)
+        }
+        let raw: CInt = try pair.a.namespace.perform { socket(AF_INET, Int32(SOCK_RAW.rawValue), 253) }
+        defer { close(raw) }
+        XCTAssertThrowsError(try engine.setSecurity(raw)) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "SOCK_RAW")
+        }
+        XCTAssertEqual(try socketPolicies(), [], "no policy left by a refused call")
+    }
+
+    func testSkipFilterAndAllowInsecureMapping() throws {
+        let skip = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(skip.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, flags: [],
+                                                                         ipsec: IPsecSettings(flags: .skipFilterInstantiation)))
+        XCTAssertEqual(try socketPolicies(), [], "SKIP_FILTER_INSTANTIATION: no per-socket policy")
+        let insecure = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(insecure.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+        XCTAssertEqual(Set(try socketPolicies().flatMap { $0.templates.map(\.level) }), [.use])
+    }
+
+    /// No keys for the peer: WSAConnect fails within the bound and not one segment leaves in clear; a plain
+    /// connect() gets EAGAIN from the kernel.
+    func testFailedNegotiationNeverSendsClearText() throws {
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB,
+                                        file: FileManager.default.temporaryDirectory.appendingPathComponent("ss-\(UUID().uuidString).pcap").path)
+        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue)
+        let started = Date()
+        XCTAssertThrowsError(try engine.connect(socket.fd.rawValue,
+                                                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .networkUnreachable, "\($0)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5)
+        XCTAssertEqual(socket.connectOnce(pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable)
+        let endpoint = try XCTUnwrap(engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!))
+        guard case .failed = endpoint.state else { return XCTFail("endpoint state \(endpoint.state)") }
+        capture.stop()
+        XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0, "not one clear TCP segment")
+    }
+
+    /// ALLOW_INSECURE: negotiation fails, the connection proceeds in clear and the query says so.
+    func testAllowInsecureFallsBackAndQuerySaysNotSecured() throws {
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+        try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+        let accepted = try listener.accept(timeout: 5)
+        defer { accepted.close() }
+        let info = try engine.query(socket.fd.rawValue)
+        XCTAssertFalse(info.flags.contains(.secured))
+        XCTAssertFalse(info.flags.contains(.encrypted))
+        XCTAssertEqual(info.negotiationError, 13800)
+        let endpoint = try XCTUnwrap(engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!))
+        guard case .insecure = endpoint.state else { return XCTFail("endpoint state \(endpoint.state)") }
+    }
+
+    func testPeerTargetNamesPerPeerAndDelete() throws {
+        let udp = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .udp)
+        try engine.setSecurity(udp.fd.rawValue)
+        XCTAssertThrowsError(try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(name: "b.example"))) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "datagram needs an address")
+        }
+        let b = SocketEndpointAddress(address: pair.addressB4, port: 0)
+        let c = SocketEndpointAddress(address: "10.77.0.3", port: 53)
+        try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(peerAddress: b, name: "host/b.example"))
+        try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(peerAddress: c, name: "c.example"))
+        XCTAssertEqual(engine.peerTargetNames(udp.fd.rawValue), [pair.addressB4: "host/b.example", "10.77.0.3": "c.example"])
+        try engine.deletePeerTargetName(udp.fd.rawValue, address: b)
+        XCTAssertEqual(engine.peerTargetNames(udp.fd.rawValue), ["10.77.0.3": "c.example"])
+        try engine.deletePeerTargetName(udp.fd.rawValue, address: b)   // unknown: nothing to forget, no error
+
+        let tcp = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(tcp.fd.rawValue)
+        try engine.setPeerTargetName(tcp.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+        XCTAssertEqual(engine.peerTargetNames(tcp.fd.rawValue), [nil: "host/b.example"])
+    }
+
+    func testSweepReleasesClosedSockets() throws {
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue)
+        XCTAssertEqual(engine.table.count, 1)
+        socket.close()
+        XCTAssertEqual(engine.sweep(), 1)
+        XCTAssertEqual(engine.table.count, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: reqidFolder).count, 0)
+    }
+}
