@@ -81,6 +81,7 @@ let package = Package(
         .testTarget(name: "KeyingUnitTests", dependencies: ["Keying"]),
         .testTarget(name: "WinsockUnitTests", dependencies: ["WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI"]),
         .testTarget(name: "SecureSocketKernelTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI"]),
+        .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.

@@ -161,7 +161,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     private func install(_ peer: Peer, reqid: UInt32) throws(KeyingError) {
         for state in peer.states(reqid: reqid) {
             do {
-                try client.updateState(state)
+                try client.addOrUpdateState(state)
             } catch {
                 throw KeyingError(.unavailable, "installing \(state.id): \(error)")
             }

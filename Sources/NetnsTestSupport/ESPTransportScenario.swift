@@ -177,7 +177,10 @@ public final class PacketCapture: @unchecked Sendable {
         self.file = file
         process = Process()
         process.executableURL = URL(fileURLWithPath: ip)
-        process.arguments = ["netns", "exec", namespace.name, tcpdump, "-i", interface, "-U", "-s", "0", "-n", "-w", file]
+        // --immediate-mode: libpcap otherwise hands packets over in blocks (up to 1 s late), and packets still in a
+        // block when tcpdump is interrupted never reach the file: a capture that misses packets proves nothing.
+        process.arguments = ["netns", "exec", namespace.name, tcpdump, "--immediate-mode", "-i", interface, "-U", "-s", "0", "-n",
+                             "-w", file]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice

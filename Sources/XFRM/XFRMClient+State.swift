@@ -10,12 +10,22 @@ extension XFRMClient {
         _ = try request(Self.stateMessage(state, type: _XFRM_MSG_NEWSA, create: true), operation: "state add")
     }
 
-    /// Replaces a state with the same ID (or the larval state an ACQUIRE created), or adds it.
+    /// Replaces a state with the same ID (or the larval state an ACQUIRE or ALLOCSPI created). The kernel
+    /// answers `ESRCH` when there is nothing to replace; use ``addOrUpdateState(_:)`` for either.
     ///
     /// Equivalent to: `ip xfrm state update …`.
     public func updateState(_ state: XFRMState) throws(XFRMError) {
         try state.validate(operation: "state update")
         _ = try request(Self.stateMessage(state, type: _XFRM_MSG_UPDSA, create: false), operation: "state update")
+    }
+
+    /// Adds the state, or replaces the one with the same ID.
+    public func addOrUpdateState(_ state: XFRMState) throws(XFRMError) {
+        do {
+            try addState(state)
+        } catch where error.code == .kernelRejected && error.errno == .fileExists {
+            try updateState(state)
+        }
     }
 
     /// Adds many states with as few system calls as fit (see ``XFRMClient``'s batching); each is acked.

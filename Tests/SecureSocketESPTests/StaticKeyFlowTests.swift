@@ -1,0 +1,131 @@
+import ALE
+import Foundation
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 3: the Windows sample flow over real ESP, keyed by the static-key backend (no IKE), so the engine,
+/// policies, query and capture are checked deterministically. The charon-keyed flow has its own tests.
+final class StaticKeyFlowTests: XCTestCase {
+    struct Ends {
+        let pair: NamespacePair
+        let a: SecureSocketEngine
+        let b: SecureSocketEngine
+        let folders: [String]
+    }
+
+    func makeEnds(family: XFRMAddressFamily, identityOfB: String = "b.example") throws -> Ends {
+        let pair = try NamespacePair(prefix: "sk")
+        let (addressA, addressB) = pair.addresses(family)
+        var random = SystemRandomNumberGenerator()
+        let keyAB = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
+        let keyBA = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
+        let folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString)").path }
+        let peersOfA = [StaticKeyBackend.Peer(peer: addressB, local: addressA, outboundSPI: 0x1100, inboundSPI: 0x2200,
+                                              outboundKey: keyAB, inboundKey: keyBA, identity: identityOfB)]
+        let peersOfB = [StaticKeyBackend.Peer(peer: addressA, local: addressB, outboundSPI: 0x2200, inboundSPI: 0x1100,
+                                              outboundKey: keyBA, inboundKey: keyAB, identity: "a.example")]
+        let a = try SecureSocketEngine(.init(negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
+                                             reqidDirectory: folders[0], namespace: pair.a.namespace))
+        let b = try SecureSocketEngine(.init(negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
+                                             reqidDirectory: folders[1], namespace: pair.b.namespace))
+        return Ends(pair: pair, a: a, b: b, folders: folders)
+    }
+
+    func sampleFlow(family: XFRMAddressFamily) throws {
+        let ends = try makeEnds(family: family)
+        defer {
+            ends.pair.remove()
+            for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
+        }
+        let (_, addressB) = ends.pair.addresses(family)
+        let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                                        file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path)
+        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+
+        // Server: set security, bind, listen, accept, query.
+        let listener = try TestSocket.make(in: ends.pair.b.namespace, family: family, kind: .tcp)
+        try ends.b.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
+        try listener.bind(addressB, port: 0)
+        try listener.listen()
+
+        // Client: set security, peer target name, WSAConnect, send.
+        let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
+        client.setTimeouts(5)
+        try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
+        try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
+        try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: addressB, port: listener.localPort))
+        let marker = Array("12345678-\(UUID().uuidString)".utf8)
+        try client.send(marker)
+
+        let accepted = try listener.accept(timeout: 5)
+        accepted.setTimeouts(5)
+        XCTAssertEqual(try accepted.receiveExactly(marker.count, timeout: 5), marker)
+        try accepted.send(Array("91011121314".utf8))
+        XCTAssertEqual(try client.receiveExactly(11, timeout: 5), Array("91011121314".utf8))
+
+        let serverView = try ends.b.query(accepted.fd.rawValue)
+        XCTAssertEqual(serverView.flags, [.secured, .encrypted], "accepted socket: \(serverView)")
+        XCTAssertEqual(serverView.peerMachineIdentity, "a.example")
+        let clientView = try ends.a.query(client.fd.rawValue)
+        XCTAssertEqual(clientView.flags, [.secured, .encrypted])
+        XCTAssertEqual(clientView.peerMachineIdentity, "b.example")
+        XCTAssertEqual(clientView.encryptionAlgorithm, "rfc4106(gcm(aes))")
+        XCTAssertEqual(try ends.a.query(client.fd.rawValue), clientView, "repeatable")
+
+        capture.stop()
+        let analysis = try capture.analyse(markers: [marker])
+        XCTAssertGreaterThan(analysis.espPackets, 0, "capture: \(analysis.summary)")
+        XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+        XCTAssertFalse(analysis.markerFound)
+
+        for socket in [client, accepted, listener] {
+            ends.a.release(socket.fd.rawValue)
+            ends.b.release(socket.fd.rawValue)
+            socket.closeAbortively()
+        }
+    }
+
+    func testSampleFlowIPv4() throws {
+        try inESPKernel(self) { try sampleFlow(family: .inet) }
+    }
+
+    func testSampleFlowIPv6() throws {
+        try inESPKernel(self) { try sampleFlow(family: .inet6) }
+    }
+
+    /// The peer is known as b.example; asking for another name is refused and nothing crosses in clear.
+    func testWrongPeerNameIsRefused() throws {
+        try inESPKernel(self) {
+            let ends = try makeEnds(family: .inet)
+            defer {
+                ends.pair.remove()
+                for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
+            }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                                            file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/mallory.example"))
+            XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue,
+                                                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
+            }
+            let endpoint = try XCTUnwrap(ends.a.table.endpoint(cookie: SocketInspector.cookie(of: client.fd.rawValue)!))
+            guard case .failed(.peerNameMismatch(let expected, _)) = endpoint.state else {
+                return XCTFail("state \(endpoint.state)")
+            }
+            XCTAssertEqual(expected, "host/mallory.example")
+            capture.stop()
+            XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0)
+        }
+    }
+}
