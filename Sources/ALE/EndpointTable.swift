@@ -17,6 +17,8 @@ public struct Endpoint: Sendable {
     public var machine: EndpointStateMachine
     /// Settings in force, as a free-form summary for inspection tools.
     public var summary: String
+    /// `PEER_NAME_IS_RAW_FORMAT`: peer target names are identities as given (no `service/` SPN prefix removed).
+    public var peerNameIsRaw = false
 
     public var state: EndpointState { machine.state }
 

@@ -122,7 +122,7 @@ public final class SecureSocketEngine: Sendable {
         var endpoint = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: facts.kind,
                                 reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
                                 summary: Self.summary(settings))
-        endpoint.peerTargetNames = [:]
+        endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
         do {
             try table.insert(endpoint)
         } catch {
@@ -170,8 +170,6 @@ public final class SecureSocketEngine: Sendable {
         guard let endpoint = table.endpoint(cookie: facts.cookie) else {
             throw SecureSocketError(.invalidArgument, "call WSASetSocketSecurity on this socket first")
         }
-        let raw = false   // the raw flag lives in the settings; SPN prefixes are stripped unless raw
-        _ = raw
         table.update(cookie: endpoint.cookie) { $0.peerTargetNames[key] = trimmed }
     }
 
@@ -212,7 +210,9 @@ public final class SecureSocketEngine: Sendable {
         let deadline = monotonicNow() + timeout
         _ = table.handle(.negotiationStarted, cookie: facts.cookie)
         if let keying, var (request, _) = keyingState.withLock({ $0[facts.cookie] }) {
-            request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address)
+            request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address).map {
+                SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
+            }
             do {
                 let protection = try keying.negotiate(request, local: facts.local?.address.isAny == false ? facts.local?.address : nil,
                                                       peer: peer.address, peerPort: peer.port, timeout: timeout)
@@ -342,6 +342,7 @@ public final class SecureSocketEngine: Sendable {
                                  reqid: candidate.reqid, allowInsecure: candidate.machine.allowInsecure,
                                  summary: candidate.summary + " (accepted)")
             child.peerTargetNames = candidate.peerTargetNames
+            child.peerNameIsRaw = candidate.peerNameIsRaw
             try? table.insert(child)
             return table.endpoint(cookie: facts.cookie)
         }

@@ -56,7 +56,7 @@ final class StaticKeyFlowTests: XCTestCase {
         let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
         client.setTimeouts(5)
         try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
-        try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
+        try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
         try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: addressB, port: listener.localPort))
         let marker = Array("12345678-\(UUID().uuidString)".utf8)
         try client.send(marker)
@@ -123,7 +123,7 @@ final class StaticKeyFlowTests: XCTestCase {
             guard case .failed(.peerNameMismatch(let expected, _)) = endpoint.state else {
                 return XCTFail("state \(endpoint.state)")
             }
-            XCTAssertEqual(expected, "host/mallory.example")
+            XCTAssertEqual(expected, "mallory.example", "the SPN service prefix is not part of the identity")
             capture.stop()
             XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0)
         }
