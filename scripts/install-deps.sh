@@ -8,6 +8,7 @@ packages=(
   user-mode-linux                                      # the ESP-capable kernel for tier 3
   strongswan-charon strongswan-swanctl strongswan-pki  # keying: charon driven over VICI, test certificates
   libcharon-extra-plugins                              # eap-identity / eap-md5 for the second auth round
+  libstrongswan-standard-plugins                       # openssl + gcm: ECDSA, X25519/ECP groups, AES-GCM in charon
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,126 @@
+import Glibc
+import Synchronization
+
+/// One event charon raised: its name (`ike-updown`, `child-updown`, `ike-rekey`, `child-rekey`, `alert`, `log`)
+/// and its message.
+public struct VICIEvent: Hashable, Sendable, CustomStringConvertible {
+    public var name: String
+    public var message: VICIMessage
+
+    public init(name: String, message: VICIMessage) {
+        self.name = name
+        self.message = message
+    }
+
+    /// `up = yes` / `up = no` in `ike-updown` and `child-updown`; nil for other events. charon omits `up`
+    /// on a down event in some versions, so a present section without `up = yes` counts as down.
+    public var isUp: Bool? {
+        guard name == "ike-updown" || name == "child-updown" else { return nil }
+        return message.bool("up") ?? false
+    }
+
+    /// The IKE SAs the event talks about (`ike-updown`, `child-updown`, `child-rekey`), parsed like `list-sa`.
+    public var ikeSAs: [IKESAInfo] { IKESAInfo.parse(event: message) }
+
+    public var description: String { "\(name) {\(message)}" }
+}
+
+/// Long-lived listening to charon's events on a connection of its own: `swanctl --monitor` as an
+/// `AsyncSequence`.
+///
+/// Every event is registered (and confirmed by charon) before `init` returns, so events that happen after
+/// that are never missed. A dedicated thread reads the socket with polls of at most 100 ms and stops when the
+/// stream is cancelled (the consuming task is cancelled, or ``stop()`` is called) or deinitialised; the socket
+/// closes with it, which ends the registrations on charon's side. A malformed packet or the daemon going away
+/// ends the sequence with a ``VICIError``; nothing is dropped silently.
+public final class VICIEventStream: AsyncSequence, Sendable {
+    public typealias Element = VICIEvent
+
+    /// The socket path the events come from.
+    public let path: String
+    /// The events registered.
+    public let events: [String]
+    private let stream: AsyncThrowingStream<VICIEvent, any Error>
+    private let stopFlag: EventStopFlag
+
+    /// Connects to `path`, registers every event in `events` (``VICIError/Code/unknownEvent`` if charon knows
+    /// one not) and starts reading.
+    public init(path: String, events: [String], timeout: Duration = .seconds(10)) throws(VICIError) {
+        self.path = path
+        self.events = events
+        let deadline = Deadline(after: timeout)
+        let link = try VICIConnection(path: path, deadline: deadline, command: "event stream")
+        for event in events {
+            try VICIClient.register(event, on: link, deadline: deadline, command: "register \(event)")
+        }
+        let (stream, continuation) = AsyncThrowingStream<VICIEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
+        self.stream = stream
+        let stopFlag = EventStopFlag()
+        self.stopFlag = stopFlag
+        continuation.onTermination = { _ in stopFlag.stop() }
+        let context = Unmanaged.passRetained(EventReaderContext(link: link, continuation: continuation, stop: stopFlag))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            let context = Unmanaged<EventReaderContext>.fromOpaque(raw).takeRetainedValue()
+            context.run()
+            return nil
+        }, context.toOpaque())
+        guard rc == 0 else {
+            context.release()
+            throw .syscall("event stream", "pthread_create", errno: .init(rawValue: rc))
+        }
+        pthread_detach(thread)
+    }
+
+    /// Stops reading; the sequence finishes within one poll (100 ms) and the socket is closed.
+    public func stop() { stopFlag.stop() }
+
+    deinit { stopFlag.stop() }
+
+    public func makeAsyncIterator() -> AsyncThrowingStream<VICIEvent, any Error>.Iterator {
+        stream.makeAsyncIterator()
+    }
+}
+
+final class EventStopFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func stop() { flag.store(true, ordering: .releasing) }
+    var isStopped: Bool { flag.load(ordering: .acquiring) }
+}
+
+/// Owns the connection on the reader thread; closes it when the loop ends.
+private final class EventReaderContext {
+    let link: VICIConnection
+    let continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation
+    let stop: EventStopFlag
+
+    init(link: VICIConnection, continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation,
+         stop: EventStopFlag) {
+        self.link = link
+        self.continuation = continuation
+        self.stop = stop
+    }
+
+    /// Each wait is at most 100 ms, so the loop notices `stop` within that bound. Ends at the first error.
+    func run() {
+        do throws(VICIError) {
+            while !stop.isStopped {
+                guard let packet = try link.receiveIfReady(within: .milliseconds(100), command: "event stream") else {
+                    continue
+                }
+                switch packet {
+                case .event(let name, let message):
+                    continuation.yield(VICIEvent(name: name, message: message))
+                case .eventConfirm:
+                    continue
+                default:
+                    throw .malformed("event stream", "unexpected packet type \(packet.typeByte) on an event connection")
+                }
+            }
+            continuation.finish()
+        } catch {
+            continuation.finish(throwing: error)
+        }
+    }
+}
