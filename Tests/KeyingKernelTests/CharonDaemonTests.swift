@@ -363,27 +363,15 @@ final class CharonDaemonTests: XCTestCase {
 
     /// A CA and certificates for a.lab.test and b.lab.test (subjectAltName = the name) in a temporary folder.
     static func makeCertificates(keyType: String) throws -> String {
-        let folder = NSTemporaryDirectory() + "keying-certs-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
-        // pki writes to stdout and complains about absent plugins on stderr: keep them apart.
-        let script = """
-            set -e
-            cd '\(folder)'
-            pki --gen --type \(keyType) --outform pem > ca.key 2>/dev/null
-            pki --self --in ca.key --type \(keyType) --dn 'CN=Keying Test CA' --ca --outform pem > ca.crt 2>/dev/null
-            for n in a b; do
-              pki --gen --type \(keyType) --outform pem > $n.key 2>/dev/null
-              pki --issue --in $n.key --type priv --cacert ca.crt --cakey ca.key \\
-                --dn "CN=$n.lab.test" --san $n.lab.test --outform pem > $n.crt 2>/dev/null
-            done
-            """
-        do {
-            try Command.run(["sh", "-c", script], timeout: 120)
-        } catch {
-            try? FileManager.default.removeItem(atPath: folder)
-            throw error
+        let certificates = try TestCertificates(names: ["a.lab.test", "b.lab.test"], keyType: keyType)
+        // The tests read a.crt / b.crt / a.key / b.key: keep those names.
+        for n in ["a", "b"] {
+            for ext in ["crt", "key"] {
+                try FileManager.default.moveItem(atPath: "\(certificates.folder)/\(n).lab.test.\(ext)",
+                                                 toPath: "\(certificates.folder)/\(n).\(ext)")
+            }
         }
-        return folder
+        return certificates.folder
     }
 
     /// IKE SA establishment time between namespaces (IKE-only `initiate`, which charon 5.9.8 accepts), PSK, with

@@ -1,0 +1,154 @@
+import ALE
+import Foundation
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 3: the Windows sample flow keyed by real charons (one private charon per namespace, driven over VICI),
+/// over real ESP under user-mode-linux.
+final class CharonFlowTests: XCTestCase {
+    enum Auth { case psk, ecdsa }
+
+    final class Ends {
+        let pair: NamespacePair
+        let a: SecureSocketEngine
+        let b: SecureSocketEngine
+        let backendA: StrongSwanBackend
+        let backendB: StrongSwanBackend
+        let folders: [String]
+        let certificates: TestCertificates?
+
+        init(auth: Auth, identityOfB: String = "b.example") throws {
+            pair = try NamespacePair(prefix: "cf")
+            folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString)").path }
+            var random = SystemRandomNumberGenerator()
+            let secret = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &random), radix: 16) }.joined()
+            let credentials: (String) throws -> StrongSwanBackend.Credentials
+            switch auth {
+            case .psk:
+                certificates = nil
+                credentials = { StrongSwanBackend.Credentials(identity: $0, method: .psk(secret)) }
+            case .ecdsa:
+                let made = try TestCertificates(names: ["a.example", identityOfB])
+                certificates = made
+                credentials = { name in
+                    StrongSwanBackend.Credentials(identity: name, method: .certificate(
+                        certificate: try made.certificate(name), privateKey: try made.key(name),
+                        authorities: [try made.authority()]))
+                }
+            }
+            backendA = try StrongSwanBackend.systemOrPrivate(credentials: credentials("a.example"), namespace: pair.a.namespace)
+            backendB = try StrongSwanBackend.systemOrPrivate(credentials: credentials(identityOfB), namespace: pair.b.namespace)
+            a = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backendA, reqidDirectory: folders[0],
+                                             namespace: pair.a.namespace))
+            b = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backendB, reqidDirectory: folders[1],
+                                             namespace: pair.b.namespace))
+        }
+
+        func close() {
+            backendA.daemon?.stop()
+            backendB.daemon?.stop()
+            pair.remove()
+            certificates?.remove()
+            for folder in folders { try? FileManager.default.removeItem(atPath: folder) }
+        }
+    }
+
+    func capture(_ ends: Ends) throws -> PacketCapture {
+        try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                          file: FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString).pcap").path)
+    }
+
+    /// Client: set security, peer target name, WSAConnect, send. Server: set security, bind, listen, accept,
+    /// query. Both queries report SECURED|ENCRYPTED and the other's authenticated identity; only ESP on the wire.
+    func tcpFlow(family: XFRMAddressFamily, auth: Auth) throws {
+        let ends = try Ends(auth: auth)
+        defer { ends.close() }
+        let (_, addressB) = ends.pair.addresses(family)
+        let capture = try capture(ends)
+        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+
+        let listener = try TestSocket.make(in: ends.pair.b.namespace, family: family, kind: .tcp)
+        try ends.b.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
+        try listener.bind(addressB, port: 0)
+        try listener.listen()
+
+        let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
+        client.setTimeouts(5)
+        try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
+        try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+        let started = Date()
+        try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: addressB, port: listener.localPort))
+        let firstContact = Date().timeIntervalSince(started)
+        let marker = Array("12345678-\(UUID().uuidString)".utf8)
+        try client.send(marker)
+        let accepted = try listener.accept(timeout: 5)
+        accepted.setTimeouts(5)
+        XCTAssertEqual(try accepted.receiveExactly(marker.count, timeout: 5), marker)
+        try accepted.send(Array("91011121314".utf8))
+        XCTAssertEqual(try client.receiveExactly(11, timeout: 5), Array("91011121314".utf8))
+
+        let clientView = try ends.a.query(client.fd.rawValue)
+        XCTAssertEqual(clientView.flags, [.secured, .encrypted], "\(clientView)")
+        XCTAssertEqual(clientView.peerMachineIdentity, "b.example")
+        XCTAssertNotEqual(clientView.ikeSAID, 0)
+        XCTAssertNotEqual(clientView.childSAID, 0)
+        let serverView = try ends.b.query(accepted.fd.rawValue)
+        XCTAssertEqual(serverView.flags, [.secured, .encrypted], "\(serverView)")
+        XCTAssertEqual(serverView.peerMachineIdentity, "a.example")
+        print("first contact (WSAConnect, \(auth), \(family)): \(String(format: "%.1f", firstContact * 1000)) ms")
+
+        capture.stop()
+        let analysis = try capture.analyse(markers: [marker])
+        XCTAssertGreaterThan(analysis.espPackets, 0)
+        XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+        XCTAssertFalse(analysis.markerFound)
+        for socket in [client, accepted, listener] {
+            ends.a.release(socket.fd.rawValue)
+            ends.b.release(socket.fd.rawValue)
+            socket.closeAbortively()
+        }
+    }
+
+    func testTCPWithPSKOverIPv4() throws {
+        try inESPKernel(self) { try tcpFlow(family: .inet, auth: .psk) }
+    }
+
+    func testTCPWithECDSACertificatesOverIPv6() throws {
+        try inESPKernel(self) { try tcpFlow(family: .inet6, auth: .ecdsa) }
+    }
+
+    /// B holds a valid certificate, but for another name: the client refuses it and not one payload byte
+    /// crosses the wire.
+    func testValidCertificateForTheWrongNameIsRefused() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .ecdsa, identityOfB: "mallory.example")
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+            XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue,
+                                                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
+            }
+            let endpoint = try XCTUnwrap(ends.a.table.endpoint(cookie: SocketInspector.cookie(of: client.fd.rawValue)!))
+            guard case .failed(.peerNameMismatch(let expected, _)) = endpoint.state else {
+                return XCTFail("state \(endpoint.state)")
+            }
+            XCTAssertEqual(expected, "b.example")
+            XCTAssertEqual(client.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable,
+                           "a plain connect() cannot go around it")
+            capture.stop()
+            XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0)
+        }
+    }
+}
