@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "WinsockSecureSocket", type: .dynamic, targets: ["WinsockSecureSocket"]),
         .executable(name: "xfrm-demo", targets: ["xfrm-demo"]),
         .executable(name: "xfrm-bench", targets: ["xfrm-bench"]),
+        .executable(name: "secure-socket-bench", targets: ["secure-socket-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -64,6 +65,13 @@ let package = Package(
             name: "xfrm-demo",
             dependencies: [
                 "XFRM", "NetnsTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "secure-socket-bench",
+            dependencies: [
+                "SecureSocket", "WinsockSecureSocket", "Keying", "ALE", "XFRM", "NetnsTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
