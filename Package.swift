@@ -48,7 +48,7 @@ let package = Package(
             dependencies: ["XFRM", "ALE", "Keying", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
-        .target(name: "CSecureSocketABI", path: "CModules/CSecureSocketABI", exclude: ["winsock_secure_socket.h"]),
+        .target(name: "CSecureSocketABI", path: "CModules/CSecureSocketABI", exclude: ["winsock_secure_socket.h", "examples"]),
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",

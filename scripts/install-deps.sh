@@ -3,6 +3,7 @@
 # Swift itself is expected at /opt/swift (or on PATH).
 set -euo pipefail
 packages=(
+  gcc libc6-dev                                         # the C sample programs of the C ABI
   pkg-config libnl-3-dev libnl-xfrm-3-dev libmnl-dev   # CModules/CNetlink
   iproute2 kmod tcpdump                                # namespaces, veth, captures
   user-mode-linux                                      # the ESP-capable kernel for tier 3

@@ -1,12 +1,23 @@
+import Foundation
 import Keying
 
-/// The keying a process gets when it configures nothing.
+/// The keying a process gets when it configures nothing in code: the file ``Keying/KeyingConfiguration``
+/// describes (`$WSS_KEYING_CONFIG`, else `/etc/winsock-secure-socket/keying.conf`): a system charon when its
+/// VICI socket answers, otherwise a private charon for this namespace that ends with the process.
 ///
-/// Meant order (issue 3): a system charon whose VICI socket answers; otherwise a private charon for this
-/// namespace, supervised by the library and ended with the process. Until the strongSwan backend is wired in,
-/// no backend is available and securing a socket fails closed with `WSAENETUNREACH`.
+/// Without that file there is no backend, and securing a socket fails closed with `WSAENETUNREACH` (a
+/// per-socket policy that no one can satisfy would only make every send fail).
 public enum DefaultKeying {
-    public static func make() throws(SecureSocketError) -> (any KeyingBackend)? {
-        nil
+    public static func make() throws(SecureSocketError) -> (configuration: KeyingConfiguration, backend: any KeyingBackend)? {
+        let path = KeyingConfiguration.defaultPath
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        do {
+            let configuration = try KeyingConfiguration.parse(String(decoding: data, as: UTF8.self))
+            return (configuration, try configuration.makeBackend())
+        } catch let error as KeyingConfiguration.ParseError {
+            throw SecureSocketError(.invalidArgument, "\(path): \(error)")
+        } catch {
+            throw SecureSocketError(.networkUnreachable, "\(path): \(error)")
+        }
     }
 }

@@ -70,10 +70,30 @@ public final class SecureSocketEngine: Sendable {
     public static func makeDefaultShared() throws(SecureSocketError) -> SecureSocketEngine {
         try sharedEngine.withLock { (engine) throws(SecureSocketError) -> SecureSocketEngine in
             if let engine { return engine }
-            let created = try SecureSocketEngine(Configuration(keying: try DefaultKeying.make()))
+            let keying = try DefaultKeying.make()
+            let created = try SecureSocketEngine(Configuration(negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
+                                                               keying: keying?.backend))
             engine = created
+            // A private charon and the reqid claims must not outlive the process.
+            atexit { SecureSocketEngine.shutdownShared() }
             return created
         }
+    }
+
+    /// Releases every endpoint of the shared engine and stops a private charon it started (run at exit).
+    public static func shutdownShared() {
+        guard let engine = sharedEngine.withLock({ engine -> SecureSocketEngine? in
+            defer { engine = nil }
+            return engine
+        }) else { return }
+        engine.shutdown()
+    }
+
+    /// Releases every endpoint and stops the keying backend's private daemon, if it has one.
+    public func shutdown() {
+        for endpoint in table.all { release(cookie: endpoint.cookie) }
+        reqids.releaseAll()
+        (keying as? StrongSwanBackend)?.daemon?.stop()
     }
 
     // MARK: - WSASetSocketSecurity
@@ -100,7 +120,8 @@ public final class SecureSocketEngine: Sendable {
         }
         try settings.validate()
         if settings.installsPolicy && keying == nil {
-            throw SecureSocketError(.networkUnreachable, "no keying backend: a per-socket policy could never be satisfied")
+            throw SecureSocketError(.networkUnreachable,
+                                    "no keying backend (configure \(KeyingConfiguration.defaultPath)): a per-socket policy could never be satisfied")
         }
         try harden(fd, facts)
 
