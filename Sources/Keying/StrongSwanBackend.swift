@@ -167,7 +167,15 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } catch {
             throw Self.classify(error)
         }
-        guard let protection = protection(reqid: request.reqid, peer: peer) else {
+        // `initiate` answers when the CHILD SA is up; the IKE SA may still be busy for a moment, so ask with
+        // waiting (not `noblock`), a few times within a second.
+        var found: KeyedProtection?
+        for attempt in 0..<20 {
+            found = protection(reqid: request.reqid, peer: peer, wait: true)
+            if found != nil { break }
+            if attempt < 19 { usleep(50_000) }
+        }
+        guard let protection = found else {
             throw KeyingError(.rejected, "charon reported success but no CHILD SA with reqid \(request.reqid) is installed")
         }
         if let required = request.requiredPeerIdentity, request.peerIdentityOptional,
@@ -198,7 +206,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     public func protection(reqid: UInt32, peer: XFRMAddress) -> KeyedProtection? {
-        guard let sas = try? vici.listSAs(noblock: true) else { return nil }
+        protection(reqid: reqid, peer: peer, wait: false)
+    }
+
+    /// `wait: false` skips IKE SAs that are busy (`noblock`), so a query never stalls behind a negotiation.
+    func protection(reqid: UInt32, peer: XFRMAddress, wait: Bool) -> KeyedProtection? {
+        guard let sas = try? vici.listSAs(noblock: !wait) else { return nil }
         let peerText = "\(peer)"
         for ike in sas where ike.isEstablished && ike.remoteHost == peerText {
             guard let child = ike.children.first(where: { $0.reqid == reqid && $0.isInstalled }) else { continue }

@@ -318,8 +318,10 @@ public final class SecureSocketEngine: Sendable {
         let outbound: [XFRMState]
         let inbound: [XFRMState]
         do {
-            outbound = try xfrm.states(source: local.address, destination: peer.address, proto: .esp)
-            inbound = try xfrm.states(source: peer.address, destination: local.address, proto: .esp)
+            // A socket bound to the wildcard address has no local address of its own: match on the peer alone.
+            let localAddress = local.address.isAny ? nil : local.address
+            outbound = try xfrm.states(source: localAddress, destination: peer.address, proto: .esp)
+            inbound = try xfrm.states(source: peer.address, destination: localAddress, proto: .esp)
         } catch {
             throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
         }

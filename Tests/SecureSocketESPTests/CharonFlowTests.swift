@@ -152,3 +152,129 @@ final class CharonFlowTests: XCTestCase {
         }
     }
 }
+
+extension CharonFlowTests {
+    /// UDP: the server binds the wildcard address; the client names the server per peer address, connects
+    /// (negotiating first) and sends; both queries (the server's with the peer in the template) say secured.
+    func testUDPWithPSKOverIPv4() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let server = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .udp)
+            try ends.b.setSecurity(server.fd.rawValue)
+            try server.bind(.any(.inet), port: 0)
+            let port = server.localPort
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .udp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: port)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(peerAddress: peer, name: "b.example"))
+            try ends.a.connect(client.fd.rawValue, to: peer)
+            let marker = Array("udp-\(UUID().uuidString)".utf8)
+            try client.send(marker)
+            XCTAssertEqual(try server.receive(timeout: 5), marker)
+
+            let clientView = try ends.a.query(client.fd.rawValue)
+            XCTAssertEqual(clientView.flags, [.secured, .encrypted], "\(clientView)")
+            XCTAssertEqual(clientView.peerMachineIdentity, "b.example")
+            let clientAddress = SocketEndpointAddress(address: ends.pair.addressA4, port: client.localPort)
+            let serverView = try ends.b.query(server.fd.rawValue, SocketSecurityQueryTemplate(peerAddress: clientAddress))
+            XCTAssertEqual(serverView.flags, [.secured, .encrypted], "\(serverView)")
+            XCTAssertEqual(serverView.peerMachineIdentity, "a.example")
+            XCTAssertThrowsError(try ends.b.query(server.fd.rawValue)) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .messageSize, "UDP needs the peer in the template")
+            }
+            capture.stop()
+            let analysis = try capture.analyse(markers: [marker])
+            XCTAssertGreaterThan(analysis.espPackets, 0)
+            XCTAssertFalse(analysis.markerFound)
+            XCTAssertEqual(try Command.run(["tcpdump", "-r", capture.file, "-n", "udp and not port 500 and not port 4500"]).output
+                .split(separator: "\n").filter { !$0.hasPrefix("reading") }.count, 0, "no clear datagram")
+        }
+    }
+
+    /// ALLOW_INSECURE against a peer without IPsec: negotiation fails (bounded), the connection works in
+    /// clear, and the query says not secured.
+    func testAllowInsecureAgainstAPeerWithoutIPsec() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            ends.backendB.daemon?.stop()   // B runs no IKE at all
+            let insecure = try SecureSocketEngine(.init(negotiationTimeout: 2, keying: ends.backendA,
+                                                        reqidDirectory: ends.folders[0] + "-insecure",
+                                                        namespace: ends.pair.a.namespace))
+            defer { try? FileManager.default.removeItem(atPath: ends.folders[0] + "-insecure") }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try insecure.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+            let started = Date()
+            try insecure.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            XCTAssertLessThan(Date().timeIntervalSince(started), 8, "the fallback comes after the bounded negotiation")
+            let accepted = try listener.accept(timeout: 5)
+            try client.send(Array("hello".utf8))
+            XCTAssertEqual(try accepted.receiveExactly(5, timeout: 5), Array("hello".utf8))
+            let view = try insecure.query(client.fd.rawValue)
+            XCTAssertEqual(view.flags, [], "clear text is reported as such")
+            XCTAssertNotEqual(view.negotiationError, 0)
+            insecure.release(client.fd.rawValue)
+            client.closeAbortively()
+            accepted.closeAbortively()
+        }
+    }
+
+    /// charon dies in the middle of a secured connection: the SAs it installed stay in the kernel and keep
+    /// protecting the flow, new connections cannot be secured and fail, and nothing crosses in clear.
+    func testKillingCharonMidConnectionNeverYieldsClearText() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            client.setTimeouts(5)
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            let accepted = try listener.accept(timeout: 5)
+            try client.send(Array("before".utf8))
+            XCTAssertEqual(try accepted.receiveExactly(6, timeout: 5), Array("before".utf8))
+
+            for daemon in [ends.backendA.daemon, ends.backendB.daemon] {
+                if let pid = daemon?.pid { kill(pid, SIGKILL) }
+            }
+            usleep(300_000)
+            let after = Array("after-\(UUID().uuidString)".utf8)
+            try client.send(after)
+            if let echoed = try? accepted.receiveExactly(after.count, timeout: 3) {
+                XCTAssertEqual(echoed, after, "delivered, through the SAs still in the kernel")
+            }
+            XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted],
+                           "the kernel still holds the SAs with this socket's reqid")
+
+            let second = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            do {
+                try ends.a.setSecurity(second.fd.rawValue)
+                XCTAssertThrowsError(try ends.a.connect(second.fd.rawValue,
+                                                        to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)))
+                XCTAssertEqual(second.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable)
+            } catch let error as SecureSocketError {
+                // Keying is dead: WSASetSocketSecurity itself fails closed and says so.
+                XCTAssertEqual(error.code, .networkUnreachable, "\(error)")
+            }
+
+            capture.stop()
+            let analysis = try capture.analyse(markers: [after, Array("before".utf8)])
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+            client.closeAbortively()
+            accepted.closeAbortively()
+            second.closeAbortively()
+        }
+    }
+}
