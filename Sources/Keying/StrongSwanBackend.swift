@@ -15,7 +15,8 @@ import XFRM
 ///   reqid R with `remote_ts = dynamic[proto/port]`, then VICI `initiate` and wait (bounded).
 /// - Only encrypting ESP proposals are offered (AES-GCM, AES-CBC+SHA-2), so `GUARANTEE_ENCRYPTION` holds by
 ///   construction; the query still checks the installed SAs.
-/// - Names carry the pid (`wss<pid>…`), so several processes can share one charon without collisions.
+/// - Names carry the pid and an instance number (`wss<pid>x<n>…`), so several processes (and several backends
+///   in one process) share one charon without name collisions; reqids never collide (ALE's reqid allocator).
 public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// How this host authenticates itself.
     public struct Credentials: Sendable {
@@ -45,6 +46,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     public static let espProposals = ["aes256gcm16", "aes128gcm16", "aes256-sha256", "aes128-sha256"]
 
     private let prefix: String
+    private static let instances = Atomic<Int>(0)
     private let responderChildren = Mutex<[UInt32: ChildConfig]>([:])
     private let initiatorConns = Mutex<[UInt32: Set<String>]>([:])
 
@@ -53,7 +55,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         self.vici = vici
         self.daemon = daemon
         self.credentials = credentials
-        self.prefix = "wss\(getpid())"
+        // pid + instance: unique among every process and backend sharing one charon.
+        self.prefix = "wss\(getpid())x\(Self.instances.wrappingAdd(1, ordering: .relaxed).oldValue)"
         do {
             switch credentials.method {
             case .psk(let secret):

@@ -24,13 +24,17 @@ public final class SecureSocketEngine: Sendable {
         public var reqidDirectory: String?
         /// The network namespace of the sockets this engine serves (its XFRM client lives there).
         public var namespace: NetworkNamespace
+        /// Follow the kernel's and the keying daemon's events (see ``EndpointEventPump``): endpoint states stay
+        /// current, and ACQUIREs for secured sockets are answered, so plain `connect()` retries succeed.
+        public var followEvents: Bool
 
         public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
-                    namespace: NetworkNamespace = .current) {
+                    namespace: NetworkNamespace = .current, followEvents: Bool = true) {
             self.negotiationTimeout = negotiationTimeout
             self.keying = keying
             self.reqidDirectory = reqidDirectory
             self.namespace = namespace
+            self.followEvents = followEvents
         }
     }
 
@@ -39,6 +43,7 @@ public final class SecureSocketEngine: Sendable {
     private let reqids: ReqidAllocator
     private let xfrm: XFRMClient
     private let keyingState = Mutex<[UInt64: (KeyingRequest, KeyingRegistration?)]>([:])
+    private let pump = Mutex<EndpointEventPump?>(nil)
 
     public var keying: (any KeyingBackend)? { configuration.keying }
 
@@ -53,6 +58,32 @@ public final class SecureSocketEngine: Sendable {
             xfrm = try XFRMClient(namespace: configuration.namespace)
         } catch {
             throw SecureSocketError(.systemCallFailure, "NETLINK_XFRM: \(error)", errno: error.errno)
+        }
+        if configuration.followEvents, let keying = configuration.keying {
+            let keyingState = self.keyingStateBox
+            do {
+                let started = try EndpointEventPump(table: table, keying: keying, namespace: configuration.namespace,
+                                                    timeout: configuration.negotiationTimeout) { reqid in
+                    keyingState.request(reqid: reqid)
+                }
+                pump.withLock { $0 = started }
+            } catch {
+                throw SecureSocketError(.systemCallFailure, "XFRM event monitor: \(error)", errno: error.errno)
+            }
+        }
+    }
+
+    /// Looks up the keying request of an endpoint with `reqid` (for the event pump).
+    private var keyingStateBox: KeyingStateBox { KeyingStateBox(engine: self) }
+
+    struct KeyingStateBox: @unchecked Sendable {
+        weak var engine: SecureSocketEngine?
+        func request(reqid: UInt32) -> KeyingRequest? {
+            guard let engine else { return nil }
+            let cookies = Set(engine.table.endpoints(reqid: reqid).map(\.cookie))
+            return engine.keyingState.withLock { state in
+                state.first { cookies.contains($0.key) }?.value.0
+            }
         }
     }
 
@@ -91,6 +122,7 @@ public final class SecureSocketEngine: Sendable {
 
     /// Releases every endpoint and stops the keying backend's private daemon, if it has one.
     public func shutdown() {
+        pump.withLock { $0?.stop(); $0 = nil }
         for endpoint in table.all { release(cookie: endpoint.cookie) }
         reqids.releaseAll()
         (keying as? StrongSwanBackend)?.daemon?.stop()
@@ -403,6 +435,7 @@ public final class SecureSocketEngine: Sendable {
     }
 
     deinit {
+        pump.withLock { $0?.stop() }
         for endpoint in table.all { release(cookie: endpoint.cookie) }
         reqids.releaseAll()
     }

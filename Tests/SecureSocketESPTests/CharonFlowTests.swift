@@ -278,3 +278,54 @@ extension CharonFlowTests {
         }
     }
 }
+
+extension CharonFlowTests {
+    /// A caller that uses plain `connect()` on a secured socket gets EAGAIN from the kernel; the engine answers
+    /// the kernel's ACQUIRE for the socket's reqid by negotiating, so a retry succeeds, and the endpoint's
+    /// state follows charon's child-updown events. When the peer's charon closes the CHILD SA, the endpoint
+    /// learns it.
+    func testPlainConnectRetriesSucceedThroughACQUIREAndStatesFollowEvents() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
+            XCTAssertEqual(client.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable,
+                           "no SA yet: the kernel refuses at once")
+            let attempts = try client.connect(ends.pair.addressB4, port: listener.localPort, retryFor: 10)
+            XCTAssertGreaterThan(attempts, 1)
+            let accepted = try listener.accept(timeout: 5)
+            let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
+            let deadline = Date().addingTimeInterval(5)
+            var state = ends.a.table.endpoint(cookie: cookie)?.state
+            while Date() < deadline {
+                state = ends.a.table.endpoint(cookie: cookie)?.state
+                if case .secured = state { break }
+                usleep(20_000)
+            }
+            guard case .secured(let info)? = state else { return XCTFail("endpoint state \(String(describing: state))") }
+            XCTAssertEqual(info.peerIdentity, "b.example")
+            XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted])
+
+            // B closes the listener's CHILD SAs (its endpoint is released): A's endpoint hears the child go down.
+            ends.b.release(accepted.fd.rawValue)
+            ends.b.release(listener.fd.rawValue)
+            let downDeadline = Date().addingTimeInterval(5)
+            while Date() < downDeadline {
+                state = ends.a.table.endpoint(cookie: cookie)?.state
+                if case .negotiating = state { break }
+                usleep(20_000)
+            }
+            guard case .negotiating? = state else { return XCTFail("after the peer's delete: \(String(describing: state))") }
+            XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [], "no SA protects the flow any more")
+            client.closeAbortively()
+            accepted.closeAbortively()
+            listener.closeAbortively()
+        }
+    }
+}
