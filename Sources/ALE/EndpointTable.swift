@@ -17,6 +17,10 @@ public struct Endpoint: Sendable {
     public var machine: EndpointStateMachine
     /// Settings in force, as a free-form summary for inspection tools.
     public var summary: String
+    /// The local port last seen for the socket (kept so that a closed listener's accepted sockets can be found).
+    public var lastLocalPort: UInt16?
+    /// Whether the socket was last seen listening.
+    public var wasListening = false
     /// `PEER_NAME_IS_RAW_FORMAT`: peer target names are identities as given (no `service/` SPN prefix removed).
     public var peerNameIsRaw = false
 

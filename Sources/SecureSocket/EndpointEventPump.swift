@@ -25,6 +25,7 @@ final class EndpointEventPump: Sendable {
     static let maximumConcurrentNegotiations = 8
 
     init(table: EndpointTable, keying: any KeyingBackend, namespace: NetworkNamespace, timeout: Double,
+         sweepInterval: Duration = .seconds(1), sweep: @escaping @Sendable () -> Void,
          requests: @escaping @Sendable (UInt32) -> KeyingRequest?) throws(XFRMError) {
         self.table = table
         self.keying = keying
@@ -44,7 +45,15 @@ final class EndpointEventPump: Sendable {
                 // The monitor ended (stopped, or the kernel dropped events): queries still ask the kernel.
             }
         }
-        var started = [xfrmTask]
+        // Sockets closed without release(): their endpoints, reqids and keying configs are freed within a second.
+        let sweeper = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: sweepInterval)
+                if Task.isCancelled { break }
+                sweep()
+            }
+        }
+        var started = [xfrmTask, sweeper]
         if let vici {
             started.append(Task { [weak self] in
                 do {

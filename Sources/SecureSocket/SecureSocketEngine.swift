@@ -1,4 +1,5 @@
 import ALE
+import Foundation
 import Glibc
 import Keying
 import Synchronization
@@ -42,7 +43,8 @@ public final class SecureSocketEngine: Sendable {
     public let table = EndpointTable()
     private let reqids: ReqidAllocator
     private let xfrm: XFRMClient
-    private let keyingState = Mutex<[UInt64: (KeyingRequest, KeyingRegistration?)]>([:])
+    /// Keying per reqid (a listener and the sockets it accepted share one).
+    private let keyingState = Mutex<[UInt32: (KeyingRequest, KeyingRegistration?)]>([:])
     private let pump = Mutex<EndpointEventPump?>(nil)
 
     public var keying: (any KeyingBackend)? { configuration.keying }
@@ -63,7 +65,8 @@ public final class SecureSocketEngine: Sendable {
             let keyingState = self.keyingStateBox
             do {
                 let started = try EndpointEventPump(table: table, keying: keying, namespace: configuration.namespace,
-                                                    timeout: configuration.negotiationTimeout) { reqid in
+                                                    timeout: configuration.negotiationTimeout,
+                                                    sweep: { keyingState.sweep() }) { reqid in
                     keyingState.request(reqid: reqid)
                 }
                 pump.withLock { $0 = started }
@@ -78,12 +81,10 @@ public final class SecureSocketEngine: Sendable {
 
     struct KeyingStateBox: @unchecked Sendable {
         weak var engine: SecureSocketEngine?
+        func sweep() { engine?.sweep() }
+
         func request(reqid: UInt32) -> KeyingRequest? {
-            guard let engine else { return nil }
-            let cookies = Set(engine.table.endpoints(reqid: reqid).map(\.cookie))
-            return engine.keyingState.withLock { state in
-                state.first { cookies.contains($0.key) }?.value.0
-            }
+            engine?.keyingState.withLock { $0[reqid]?.0 }
         }
     }
 
@@ -190,7 +191,7 @@ public final class SecureSocketEngine: Sendable {
             requireEncryption: true, userName: settings.ipsec?.userName, userPassword: settings.ipsec?.password)
         do {
             let registration = try keying.prepare(request)
-            keyingState.withLock { $0[facts.cookie] = (request, registration) }
+            keyingState.withLock { $0[reqid] = (request, registration) }
             table.update(cookie: facts.cookie) { $0.keyingConfigs = Set(registration.names) }
         } catch {
             // Fail closed and leave nothing behind: no keying means this socket could never be secured.
@@ -262,7 +263,7 @@ public final class SecureSocketEngine: Sendable {
         }
         let deadline = monotonicNow() + timeout
         _ = table.handle(.negotiationStarted, cookie: facts.cookie)
-        if let keying, var (request, _) = keyingState.withLock({ $0[facts.cookie] }) {
+        if let keying, var (request, _) = keyingState.withLock({ $0[reqid] }) {
             request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address).map {
                 SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
             }
@@ -279,7 +280,6 @@ public final class SecureSocketEngine: Sendable {
                 _ = table.handle(.fellBackToClear, cookie: facts.cookie)
             }
         }
-        _ = reqid
         try plainConnect(fd, peer, deadline: deadline, facts: facts)
     }
 
@@ -417,21 +417,55 @@ public final class SecureSocketEngine: Sendable {
         _ = table.handle(.closed, cookie: cookie)
         guard let endpoint = table.remove(cookie: cookie) else { return }
         guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
-        if let (_, registration) = keyingState.withLock({ $0.removeValue(forKey: cookie) }), let registration {
+        if let (_, registration) = keyingState.withLock({ $0.removeValue(forKey: reqid) }), let registration {
             keying?.release(registration)
         }
         reqids.release(reqid)
     }
 
-    /// Releases endpoints whose socket is gone (its descriptor no longer names the same cookie). O(endpoints).
+    /// Releases endpoints whose socket is gone (its descriptor no longer names the same cookie), and notes the
+    /// local port of the live ones. O(endpoints); the event pump runs it every second.
+    ///
+    /// A listener that is closed while connections it accepted are still open keeps its reqid and keying: the
+    /// accepted sockets (found among this process's descriptors by local port) are adopted as endpoints first,
+    /// so their SAs are not torn down under them.
     @discardableResult
     public func sweep() -> Int {
         var released = 0
-        for endpoint in table.all where SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
+        for endpoint in table.all {
+            if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
+                if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
+                    table.update(cookie: endpoint.cookie) {
+                        $0.lastLocalPort = facts.local?.port
+                        $0.wasListening = facts.isListening
+                    }
+                }
+                continue
+            }
+            if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
+                adoptAcceptedSockets(of: endpoint, port: port)
+            }
             release(cookie: endpoint.cookie)
             released += 1
         }
         return released
+    }
+
+    /// Registers this process's connected TCP sockets on `port` as children of a (closed) listener endpoint.
+    private func adoptAcceptedSockets(of listener: Endpoint, port: UInt16) {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        for entry in entries.prefix(65_536) {
+            guard let fd = CInt(entry), let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream,
+                  facts.isConnected, facts.local?.port == port, facts.family == listener.family,
+                  table.endpoint(cookie: facts.cookie) == nil else { continue }
+            var child = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
+                                 reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
+                                 summary: listener.summary + " (accepted)")
+            child.peerTargetNames = listener.peerTargetNames
+            child.peerNameIsRaw = listener.peerNameIsRaw
+            child.lastLocalPort = port
+            try? table.insert(child)
+        }
     }
 
     deinit {

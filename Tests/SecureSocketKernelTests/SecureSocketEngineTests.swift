@@ -167,3 +167,37 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: reqidFolder).count, 0)
     }
 }
+
+extension SecureSocketEngineTests {
+    /// A listener closed while a connection it accepted is still open: the sweep adopts the accepted socket,
+    /// so the shared reqid (and the keying behind it) stays until that connection closes too.
+    func testClosingAListenerKeepsItsAcceptedConnectionsSecured() throws {
+        let serverEngine = try SecureSocketEngine(.init(negotiationTimeout: 1,
+                                                        keying: try StaticKeyBackend(peers: [], namespace: pair.b.namespace),
+                                                        reqidDirectory: reqidFolder + "-b", namespace: pair.b.namespace,
+                                                        followEvents: false))
+        defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-b") }
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try serverEngine.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        XCTAssertEqual(serverEngine.sweep(), 0, "the first sweep notes the listener's port")
+        let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        client.setTimeouts(5)
+        try client.connect(pair.addressB4, port: listener.localPort)
+        let accepted = try listener.accept(timeout: 5)
+        let reqid = try XCTUnwrap(serverEngine.table.all.first?.reqid)
+
+        listener.close()
+        XCTAssertEqual(serverEngine.sweep(), 1, "the listener is released")
+        let adopted = try XCTUnwrap(serverEngine.table.endpoint(cookie: SocketInspector.cookie(of: accepted.fd.rawValue)!))
+        XCTAssertEqual(adopted.reqid, reqid, "the accepted socket holds the listener's reqid now")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(reqidFolder!)-b/\(reqid)"), "the reqid is still claimed")
+
+        accepted.close()
+        XCTAssertEqual(serverEngine.sweep(), 1)
+        XCTAssertEqual(serverEngine.table.count, 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(reqidFolder!)-b/\(reqid)"), "released with the last user")
+        client.close()
+    }
+}
