@@ -35,6 +35,14 @@ int WSARevertImpersonation(void);
 int WSAConnect(SOCKET s, const struct sockaddr *name, int namelen, void *lpCallerData, void *lpCalleeData,
                void *lpSQOS, void *lpGQOS);
 int WSAGetLastError(void);
+void WSASetLastError(int error);
+
+/* Peer tokens (Linux stand-ins for CloseHandle / GetTokenInformation on the handles WSAQuerySocketSecurity
+   returns when PeerTokenAccessMask is not zero). Each returns 0 or SOCKET_ERROR with WSAGetLastError(). */
+int WSSCloseToken(uint64_t token);
+int WSSDuplicateToken(uint64_t token, uint64_t *duplicate);
+/* The token's authenticated identity, NUL-terminated UTF-8; *length in: buffer size, out: bytes needed. */
+int WSSGetTokenIdentity(uint64_t token, char *buffer, uint32_t *length);
 
 #ifdef __cplusplus
 }

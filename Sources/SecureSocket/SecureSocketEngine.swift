@@ -41,6 +41,8 @@ public final class SecureSocketEngine: Sendable {
 
     public let configuration: Configuration
     public let table = EndpointTable()
+    /// Peer token handles the queries handed out.
+    public let tokens = PeerTokenTable()
     private let reqids: ReqidAllocator
     private let xfrm: XFRMClient
     /// Keying per reqid (a listener and the sockets it accepted share one).
@@ -380,6 +382,14 @@ public final class SecureSocketEngine: Sendable {
             info.ikeSAID = protection.ikeSAID ?? 0
             info.childSAID = protection.childSAID ?? 0
             if protection.remoteUserIdentity != nil { info.flags.insert(.impersonated) }
+        }
+        if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
+            if let machine = info.peerMachineIdentity {
+                info.peerMachineToken = tokens.open(.machine, identity: machine, accessMask: mask).handle
+            }
+            if let user = info.peerUserIdentity {
+                info.peerApplicationToken = tokens.open(.user, identity: user, accessMask: mask).handle
+            }
         }
         return info
     }

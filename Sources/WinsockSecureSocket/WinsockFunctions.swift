@@ -104,3 +104,46 @@ public func WSAConnect(_ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength:
         try engine().connect(socket, to: peer)
     }
 }
+
+// MARK: - Peer tokens (the Linux stand-in for CloseHandle and GetTokenInformation on a peer token)
+
+/// Closes a peer token handle from `WSAQuerySocketSecurity`. Unknown or already closed: `WSAEINVAL`.
+@_cdecl("WSSCloseToken")
+public func WSSCloseToken(_ handle: UInt64) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        guard try engine().tokens.close(handle) else { throw SecureSocketError(.invalidArgument, "token \(handle) is not open") }
+    }
+}
+
+/// Duplicates a peer token handle; the new handle is written to `duplicate`.
+@_cdecl("WSSDuplicateToken")
+public func WSSDuplicateToken(_ handle: UInt64, _ duplicate: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        guard let duplicate else { throw SecureSocketError(.fault, "duplicate is NULL") }
+        guard let copy = try engine().tokens.duplicate(handle) else {
+            throw SecureSocketError(.invalidArgument, "token \(handle) is not open")
+        }
+        duplicate.pointee = copy.handle
+    }
+}
+
+/// Writes the token's authenticated identity as a NUL-terminated UTF-8 string. `length` is in/out: the
+/// buffer's size, then the bytes needed including the NUL (a NULL or short buffer fails with `WSAEMSGSIZE`
+/// after writing the size needed).
+@_cdecl("WSSGetTokenIdentity")
+public func WSSGetTokenIdentity(_ handle: UInt64, _ buffer: UnsafeMutablePointer<CChar>?,
+                                _ length: UnsafeMutablePointer<UInt32>?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        guard let length else { throw SecureSocketError(.fault, "length is NULL") }
+        guard let token = try engine().tokens.token(handle) else {
+            throw SecureSocketError(.invalidArgument, "token \(handle) is not open")
+        }
+        let bytes = Array(token.identity.utf8) + [0]
+        guard let buffer, length.pointee >= UInt32(bytes.count) else {
+            length.pointee = UInt32(bytes.count)
+            throw SecureSocketError(.messageSize, "the identity needs \(bytes.count) bytes")
+        }
+        bytes.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        length.pointee = UInt32(bytes.count)
+    }
+}

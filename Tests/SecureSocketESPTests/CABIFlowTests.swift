@@ -68,6 +68,7 @@ final class CABIFlowTests: XCTestCase {
             XCTAssertEqual(server.terminationStatus, 0)
             XCTAssertTrue(serverText().contains("received: 12345678"))
             XCTAssertTrue(serverText().contains("flags 0x3 SECURED ENCRYPTED"))
+            XCTAssertTrue(serverText().contains("peer machine: a.example"), "the token names the authenticated client")
 
             capture.stop()
             let analysis = try capture.analyse(markers: [Array("12345678".utf8), Array("91011121314".utf8)])

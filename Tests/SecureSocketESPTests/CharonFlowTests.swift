@@ -99,6 +99,13 @@ final class CharonFlowTests: XCTestCase {
         let serverView = try ends.b.query(accepted.fd.rawValue)
         XCTAssertEqual(serverView.flags, [.secured, .encrypted], "\(serverView)")
         XCTAssertEqual(serverView.peerMachineIdentity, "a.example")
+        XCTAssertEqual(serverView.peerMachineToken, 0, "no access mask, no token")
+        let withToken = try ends.b.query(accepted.fd.rawValue, SocketSecurityQueryTemplate(peerTokenAccessMask: 0x8))
+        XCTAssertEqual(ends.b.tokens.token(withToken.peerMachineToken)?.identity, "a.example")
+        XCTAssertEqual(ends.b.tokens.token(withToken.peerMachineToken)?.kind, .machine)
+        XCTAssertEqual(withToken.peerApplicationToken, 0, "no second authentication round, no user token")
+        XCTAssertTrue(ends.b.tokens.close(withToken.peerMachineToken))
+        XCTAssertEqual(ends.b.tokens.openCount, 0, "no token leaked")
         print("first contact (WSAConnect, \(auth), \(family)): \(String(format: "%.1f", firstContact * 1000)) ms")
 
         capture.stop()

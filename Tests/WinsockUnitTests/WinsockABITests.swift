@@ -264,3 +264,45 @@ final class WinsockABITests: XCTestCase {
         XCTAssertEqual(WSAGetLastError(), 10022, "another thread's error does not leak here")
     }
 }
+
+final class PeerTokenTests: XCTestCase {
+    func testOpenDuplicateCloseAndLeakCount() {
+        let table = PeerTokenTable()
+        let machine = table.open(.machine, identity: "b.example", accessMask: 1)
+        let user = table.open(.user, identity: "alice", accessMask: 1)
+        XCTAssertNotEqual(machine.handle, 0)
+        XCTAssertNotEqual(machine.handle, user.handle)
+        let copy = table.duplicate(machine.handle)
+        XCTAssertEqual(copy?.identity, "b.example")
+        XCTAssertNotEqual(copy?.handle, machine.handle)
+        XCTAssertEqual(table.openCount, 3)
+        XCTAssertTrue(table.close(machine.handle))
+        XCTAssertFalse(table.close(machine.handle), "a closed handle is not open any more")
+        XCTAssertEqual(table.token(copy!.handle)?.identity, "b.example", "the duplicate lives on")
+        XCTAssertNil(table.duplicate(machine.handle))
+        table.close(copy!.handle)
+        table.close(user.handle)
+        XCTAssertEqual(table.openCount, 0)
+    }
+
+    func testCEntryPoints() throws {
+        _ = WinsockABITests.engine
+        let engine = try XCTUnwrap(SecureSocketEngine.shared)
+        let token = engine.tokens.open(.machine, identity: "host.example", accessMask: 1)
+        var length: UInt32 = 0
+        XCTAssertEqual(WSSGetTokenIdentity(token.handle, nil, &length), SOCKET_ERROR)
+        XCTAssertEqual(WSAGetLastError(), WSAEMSGSIZE)
+        XCTAssertEqual(length, 13)
+        var buffer = [CChar](repeating: 0, count: Int(length))
+        XCTAssertEqual(WSSGetTokenIdentity(token.handle, &buffer, &length), 0)
+        XCTAssertEqual(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), "host.example")
+        var copy: UInt64 = 0
+        XCTAssertEqual(WSSDuplicateToken(token.handle, &copy), 0)
+        XCTAssertEqual(WSSCloseToken(token.handle), 0)
+        XCTAssertEqual(WSSCloseToken(token.handle), SOCKET_ERROR)
+        XCTAssertEqual(WSAGetLastError(), WSAEINVAL)
+        XCTAssertEqual(WSSCloseToken(copy), 0)
+        XCTAssertEqual(WSSGetTokenIdentity(12345, &buffer, &length), SOCKET_ERROR)
+        XCTAssertEqual(WSAGetLastError(), WSAEINVAL)
+    }
+}

@@ -57,6 +57,7 @@ int main(int argc, char **argv) {
     memset(&template, 0, sizeof template);
     template.SecurityProtocol = SOCKET_SECURITY_PROTOCOL_IPSEC2;
     template.FieldMask = SOCKET_QUERY_IPSEC2_FIELD_MASK_MM_SA_ID | SOCKET_QUERY_IPSEC2_FIELD_MASK_QM_SA_ID;
+    template.PeerTokenAccessMask = 1; /* ask for the peer's token handles */
     uint32_t info_len = sizeof info;
     if (WSAQuerySocketSecurity(client, (SOCKET_SECURITY_QUERY_TEMPLATE *)&template, sizeof template,
                                (SOCKET_SECURITY_QUERY_INFO *)&info, &info_len, NULL, NULL) == SOCKET_ERROR)
@@ -65,6 +66,16 @@ int main(int argc, char **argv) {
            (info.Flags & SOCKET_INFO_CONNECTION_SECURED) ? " SECURED" : "",
            (info.Flags & SOCKET_INFO_CONNECTION_ENCRYPTED) ? " ENCRYPTED" : "",
            (unsigned long long)info.MmSaId, (unsigned long long)info.QmSaId);
+    if (info.PeerMachineAccessTokenHandle != 0) {
+        char identity[256];
+        uint32_t identity_len = sizeof identity;
+        if (WSSGetTokenIdentity(info.PeerMachineAccessTokenHandle, identity, &identity_len) == SOCKET_ERROR)
+            return fail("WSSGetTokenIdentity");
+        printf("peer machine: %s\n", identity);
+        if (WSSCloseToken(info.PeerMachineAccessTokenHandle) == SOCKET_ERROR) return fail("WSSCloseToken");
+        if (WSSCloseToken(info.PeerMachineAccessTokenHandle) != SOCKET_ERROR || WSAGetLastError() != WSAEINVAL)
+            return fail("closing a closed token");
+    }
     if (send(client, "91011121314", 11, 0) != 11) return 3;
     int ok = (info.Flags & SOCKET_INFO_CONNECTION_SECURED) && (info.Flags & SOCKET_INFO_CONNECTION_ENCRYPTED)
              && info.MmSaId != 0 && info.QmSaId != 0;
