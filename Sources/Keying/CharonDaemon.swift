@@ -64,7 +64,7 @@ public final class CharonDaemon: Sendable {
     /// Plugins added when installed: `openssl` (ECDSA, ECP and X25519 groups, AES-GCM, in Debian's
     /// `libstrongswan-standard-plugins`), `gcm` (same package), `curve25519` and `chapoly`
     /// (`libstrongswan-extra-plugins`).
-    public static let optionalPlugins = ["openssl", "gcm", "curve25519", "chapoly"]
+    public static let optionalPlugins = ["openssl", "gcm", "curve25519", "chapoly", "eap-identity", "eap-md5"]
     /// The plugins that make charon a daemon for us: kernel SAs over netlink, IKE sockets, VICI.
     public static let servicePlugins = ["kernel-netlink", "socket-default", "vici"]
 

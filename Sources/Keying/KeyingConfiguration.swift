@@ -18,6 +18,8 @@ import XFRM
 /// # Which charon: auto (a system charon when its VICI socket answers, otherwise a private one for this
 /// # namespace that ends with the process), private, or the path of a VICI socket.
 /// charon       auto
+/// # A server that requires a second authentication round (EAP-MD5) lists its users and their secrets.
+/// eap-user    alice "alice's secret"
 /// # Seconds WSAConnect waits for the SAs.
 /// negotiation-timeout 10
 /// ```
@@ -35,6 +37,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public var authorityPaths: [String]
     public var charon: Charon
     public var negotiationTimeout: Double
+    public var eapUsers: [String: String] = [:]
 
     public struct ParseError: Error, CustomStringConvertible {
         public var line: Int
@@ -55,6 +58,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
         var authorities: [String] = []
         var charon = Charon.auto
         var timeout = 10.0
+        var eapUsers: [String: String] = [:]
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let number = index + 1
             let line = Self.stripComment(String(raw)).trimmingCharacters(in: .whitespaces)
@@ -75,6 +79,12 @@ public struct KeyingConfiguration: Hashable, Sendable {
                 if case .socket(let path) = charon, !path.hasPrefix("/") {
                     throw ParseError(line: number, message: "charon is auto, private or an absolute socket path")
                 }
+            case "eap-user":
+                let fields = value.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" })
+                guard fields.count == 2 else { throw ParseError(line: number, message: "eap-user NAME SECRET") }
+                var secret = fields[1].trimmingCharacters(in: .whitespaces)
+                if secret.count >= 2, secret.hasPrefix("\""), secret.hasSuffix("\"") { secret = String(secret.dropFirst().dropLast()) }
+                eapUsers[String(fields[0])] = secret
             case "negotiation-timeout":
                 guard let seconds = Double(value), seconds > 0, seconds <= 300 else {
                     throw ParseError(line: number, message: "negotiation-timeout is seconds in (0, 300]")
@@ -91,8 +101,11 @@ public struct KeyingConfiguration: Hashable, Sendable {
         case (.some, _, _): throw ParseError(line: 0, message: "give either psk or certificate + private-key, not both")
         default: throw ParseError(line: 0, message: "give psk, or certificate and private-key")
         }
-        return KeyingConfiguration(identity: identity, psk: psk, certificatePath: certificate, privateKeyPath: key,
-                                   authorityPaths: authorities, charon: charon, negotiationTimeout: timeout)
+        var configuration = KeyingConfiguration(identity: identity, psk: psk, certificatePath: certificate,
+                                                privateKeyPath: key, authorityPaths: authorities, charon: charon,
+                                                negotiationTimeout: timeout)
+        configuration.eapUsers = eapUsers
+        return configuration
     }
 
     private static func stripComment(_ line: String) -> String {
@@ -107,7 +120,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
     /// The credentials this configuration names, files read now.
     public func credentials() throws(KeyingError) -> StrongSwanBackend.Credentials {
         if let psk {
-            return StrongSwanBackend.Credentials(identity: identity, method: .psk(psk))
+            return StrongSwanBackend.Credentials(identity: identity, method: .psk(psk), eapUsers: eapUsers)
         }
         func read(_ path: String) throws(KeyingError) -> [UInt8] {
             guard let data = FileManager.default.contents(atPath: path) else {
@@ -117,7 +130,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
         }
         return StrongSwanBackend.Credentials(identity: identity, method: .certificate(
             certificate: try read(certificatePath!), privateKey: try read(privateKeyPath!),
-            authorities: try authorityPaths.map { (path) throws(KeyingError) in try read(path) }))
+            authorities: try authorityPaths.map { (path) throws(KeyingError) in try read(path) }), eapUsers: eapUsers)
     }
 
     /// The backend this configuration asks for, in `namespace`.

@@ -30,10 +30,14 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         /// This host's IKE identity (an FQDN, an address, an email, or a certificate subject / subjectAltName).
         public var identity: String
         public var method: Method
+        /// Users a server accepts in a second authentication round (EAP-MD5), by name and secret. When there are
+        /// any, the responder requires that round, and the query reports the peer user.
+        public var eapUsers: [String: String]
 
-        public init(identity: String, method: Method) {
+        public init(identity: String, method: Method, eapUsers: [String: String] = [:]) {
             self.identity = identity
             self.method = method
+            self.eapUsers = eapUsers
         }
     }
 
@@ -65,6 +69,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 for authority in authorities { try vici.loadCert(authority, flag: .ca) }
                 try vici.loadCert(certificate)
                 _ = try vici.loadKey(key)
+            }
+            for (user, secret) in credentials.eapUsers.sorted(by: { $0.key < $1.key }) {
+                try vici.loadShared(.eap, secret: secret, owners: [user], id: "\(prefix)-eap-\(user)")
             }
         } catch {
             throw KeyingError(.unavailable, "loading credentials into charon: \(error)")
@@ -122,8 +129,11 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             try? vici.unloadConn(name: responderName)
             return
         }
-        try vici.loadConn(.responder(name: responderName, localAuth: localAuth(), remoteAuth: remoteAuth(identity: nil),
-                                     children: children))
+        // With EAP users configured, the peer must also authenticate a user (RFC 4739 second round).
+        var remote = [remoteAuth(identity: nil)]
+        if !credentials.eapUsers.isEmpty { remote.append(AuthConfig(method: .eapMD5, eapID: "%any")) }
+        try vici.loadConn(IKEConnConfig(name: responderName, remoteAddresses: ["%any"], localAuth: [localAuth()],
+                                        remoteAuth: remote, children: children))
     }
 
     public func prepare(_ request: KeyingRequest) throws(KeyingError) -> KeyingRegistration {
@@ -151,9 +161,19 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let childName = "i\(request.reqid)"
         let remoteIdentity = request.peerIdentityOptional ? nil : request.requiredPeerIdentity
         let proto = protocolName(request.transportProtocol)
-        let config = IKEConnConfig.initiator(
-            name: conn, local: local.map { "\($0)" } ?? "%any", remote: "\(peer)", localAuth: localAuth(),
-            remoteAuth: remoteAuth(identity: remoteIdentity),
+        var localRounds = [localAuth()]
+        if let user = request.userName, let password = request.userPassword {
+            // The second round: this user, proven with EAP-MD5, so the server learns who is calling.
+            do {
+                try vici.loadShared(.eap, secret: password, owners: [user], id: "\(prefix)-user-\(request.reqid)")
+            } catch {
+                throw KeyingError(.unavailable, "load-shared for \(user): \(error)")
+            }
+            localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
+        }
+        let config = IKEConnConfig(
+            name: conn, localAddresses: [local.map { "\($0)" } ?? "%any"], remoteAddresses: ["\(peer)"],
+            localAuth: localRounds, remoteAuth: [remoteAuth(identity: remoteIdentity)],
             children: [ChildConfig(name: childName, mode: .transport, policies: false, reqid: request.reqid,
                                    startAction: .none, espProposals: Self.espProposals,
                                    localTS: [.dynamic(protocol: proto, port: nil)],
@@ -196,8 +216,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let text = "\(error.errmsg ?? "") \(error.detail ?? "")"
         if error.code == .daemonUnavailable || error.code == .io { return KeyingError(.unavailable, "\(error)") }
         if error.code == .timedOut { return KeyingError(.timedOut, "\(error)") }
-        if text.contains("AUTHENTICATION_FAILED") || text.contains("constraint check failed")
-            || text.contains("no trusted") || text.contains("no shared key found") || text.contains("authentication of") && text.contains("failed") {
+        let authentication = ["AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed",
+                              "constraint check failed", "no trusted", "no shared key found"]
+        if authentication.contains(where: text.contains) || (text.contains("authentication of") && text.contains("failed")) {
             return KeyingError(.authenticationFailed, text)
         }
         if text.contains("NO_PROPOSAL_CHOSEN") { return KeyingError(.noProposalChosen, text) }
@@ -233,6 +254,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             _ = try? vici.terminate(ike: conn, force: true, timeout: .seconds(2))
             try? vici.unloadConn(name: conn)
         }
+        try? vici.unloadShared(id: "\(prefix)-user-\(reqid)")
         let children = responderChildren.withLock { table -> [ChildConfig]? in
             guard table.removeValue(forKey: reqid) != nil else { return nil }
             return table.keys.sorted().compactMap { table[$0] }

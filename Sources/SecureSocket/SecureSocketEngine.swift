@@ -190,7 +190,7 @@ public final class SecureSocketEngine: Sendable {
             reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
             requiredPeerIdentity: nil,
             peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
-            requireEncryption: true, userName: settings.ipsec?.userName, userPassword: settings.ipsec?.password)
+            requireEncryption: true, userName: Self.userIdentity(settings.ipsec), userPassword: settings.ipsec?.password)
         do {
             let registration = try keying.prepare(request)
             keyingState.withLock { $0[reqid] = (request, registration) }
@@ -519,6 +519,13 @@ public final class SecureSocketEngine: Sendable {
                 throw SecureSocketError(.systemCallFailure, "setting IPV6_V6ONLY", errno: Errno(rawValue: errno))
             }
         }
+    }
+
+    /// The user identity of the second authentication round: `user`, or `user@domain` with a domain.
+    static func userIdentity(_ ipsec: IPsecSettings?) -> String? {
+        guard let user = ipsec?.userName, !user.isEmpty else { return nil }
+        guard let domain = ipsec?.domainName, !domain.isEmpty else { return user }
+        return "\(user)@\(domain)"
     }
 
     static func summary(_ settings: SocketSecuritySettings) -> String {

@@ -1,4 +1,4 @@
-import Keying
+@testable import Keying
 import XCTest
 
 final class KeyingConfigurationTests: XCTestCase {
@@ -53,5 +53,26 @@ final class KeyingConfigurationTests: XCTestCase {
                 XCTAssertTrue("\($0)".contains(expected), "\($0) should mention \(expected)")
             }
         }
+    }
+}
+
+final class StrongSwanClassificationTests: XCTestCase {
+    func classify(_ errmsg: String, _ log: String) -> KeyingError.Code {
+        StrongSwanBackend.classify(VICIError(.commandFailed, command: "initiate", errmsg: errmsg, detail: log)).code
+    }
+
+    /// charon's words, as seen in real runs, mapped to what the socket layer reports.
+    func testCharonRefusalsAreClassified() {
+        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed",
+                                "[IKE] received EAP_FAILURE, EAP authentication failed | N(AUTH_FAILED)"), .authenticationFailed)
+        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed",
+                                "[IKE] received AUTHENTICATION_FAILED notify error"), .authenticationFailed)
+        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed",
+                                "[CFG] constraint check failed: identity 'b.example' required"), .authenticationFailed)
+        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] received NO_PROPOSAL_CHOSEN notify"),
+                       .noProposalChosen)
+        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] received TS_UNACCEPTABLE notify"), .rejected)
+        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] giving up after 5 retransmits"), .timedOut)
+        XCTAssertEqual(StrongSwanBackend.classify(VICIError(.daemonUnavailable, command: "initiate")).code, .unavailable)
     }
 }

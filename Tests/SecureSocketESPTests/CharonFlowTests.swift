@@ -21,7 +21,7 @@ final class CharonFlowTests: XCTestCase {
         let folders: [String]
         let certificates: TestCertificates?
 
-        init(auth: Auth, identityOfB: String = "b.example") throws {
+        init(auth: Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:]) throws {
             pair = try NamespacePair(prefix: "cf")
             folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString)").path }
             var random = SystemRandomNumberGenerator()
@@ -30,14 +30,15 @@ final class CharonFlowTests: XCTestCase {
             switch auth {
             case .psk:
                 certificates = nil
-                credentials = { StrongSwanBackend.Credentials(identity: $0, method: .psk(secret)) }
+                credentials = { StrongSwanBackend.Credentials(identity: $0, method: .psk(secret),
+                                                              eapUsers: $0 == identityOfB ? usersOfB : [:]) }
             case .ecdsa:
                 let made = try TestCertificates(names: ["a.example", identityOfB])
                 certificates = made
                 credentials = { name in
                     StrongSwanBackend.Credentials(identity: name, method: .certificate(
                         certificate: try made.certificate(name), privateKey: try made.key(name),
-                        authorities: [try made.authority()]))
+                        authorities: [try made.authority()]), eapUsers: name == identityOfB ? usersOfB : [:])
                 }
             }
             backendA = try StrongSwanBackend.systemOrPrivate(credentials: credentials("a.example"), namespace: pair.a.namespace)
@@ -333,6 +334,46 @@ extension CharonFlowTests {
             client.closeAbortively()
             accepted.closeAbortively()
             listener.closeAbortively()
+        }
+    }
+}
+
+extension CharonFlowTests {
+    /// The IPsec settings' user and password drive a second authentication round (EAP-MD5): the server's query
+    /// reports the peer user and hands out a user token; a wrong password is refused.
+    func testSecondAuthenticationRoundNamesThePeerUser() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
+            defer { ends.close() }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+
+            let wrong = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(wrong.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
+                userName: "alice", domainName: "EXAMPLE", password: "not her secret")))
+            XCTAssertThrowsError(try ends.a.connect(wrong.fd.rawValue, to: peer)) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
+            }
+
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
+                userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+            try ends.a.connect(client.fd.rawValue, to: peer)
+            let accepted = try listener.accept(timeout: 5)
+            let view = try ends.b.query(accepted.fd.rawValue, SocketSecurityQueryTemplate(peerTokenAccessMask: 1))
+            XCTAssertEqual(view.flags, [.secured, .encrypted, .impersonated], "\(view)")
+            XCTAssertEqual(view.peerMachineIdentity, "a.example")
+            XCTAssertEqual(view.peerUserIdentity, "alice@EXAMPLE")
+            XCTAssertEqual(ends.b.tokens.token(view.peerApplicationToken)?.identity, "alice@EXAMPLE")
+            XCTAssertEqual(ends.b.tokens.token(view.peerApplicationToken)?.kind, .user)
+            ends.b.tokens.close(view.peerApplicationToken)
+            ends.b.tokens.close(view.peerMachineToken)
+            XCTAssertEqual(ends.b.tokens.openCount, 0)
+            for socket in [client, accepted, listener, wrong] { socket.closeAbortively() }
         }
     }
 }
