@@ -12,7 +12,7 @@ import XFRM
 final class CharonFlowTests: XCTestCase {
     enum Auth { case psk, ecdsa }
 
-    final class Ends {
+    final class Ends: @unchecked Sendable {
         let pair: NamespacePair
         let a: SecureSocketEngine
         let b: SecureSocketEngine
@@ -374,6 +374,58 @@ extension CharonFlowTests {
             ends.b.tokens.close(view.peerMachineToken)
             XCTAssertEqual(ends.b.tokens.openCount, 0)
             for socket in [client, accepted, listener, wrong] { socket.closeAbortively() }
+        }
+    }
+}
+
+extension CharonFlowTests {
+    /// Two users of the library in one namespace (standing for two processes) share one charon and one
+    /// namespace-wide reqid folder: they connect at the same time, get different reqids and conns, and both
+    /// connections are secured.
+    func testTwoUsersShareOneCharonWithoutCollisions() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let daemon = try XCTUnwrap(ends.backendA.daemon)
+            let second = try StrongSwanBackend(vici: try VICIClient(path: daemon.socketPath), credentials: ends.backendA.credentials)
+            let other = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: second, reqidDirectory: ends.folders[0],
+                                                     namespace: ends.pair.a.namespace))
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let sockets = try [ends.a, other].map { engine -> TestSocket in
+                let socket = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                try engine.setSecurity(socket.fd.rawValue)
+                return socket
+            }
+            nonisolated(unsafe) var failures: [String] = []
+            let lock = NSLock()
+            DispatchQueue.concurrentPerform(iterations: 2) { index in
+                do {
+                    try [ends.a, other][index].connect(sockets[index].fd.rawValue, to: peer)
+                } catch {
+                    lock.lock(); failures.append("\(error)"); lock.unlock()
+                }
+            }
+            XCTAssertEqual(failures, [])
+            let reqids = zip([ends.a, other], sockets).compactMap { engine, socket in
+                engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!)?.reqid
+            }
+            XCTAssertEqual(Set(reqids).count, 2, "different reqids: \(reqids)")
+            for (engine, socket) in zip([ends.a, other], sockets) {
+                XCTAssertEqual(try engine.query(socket.fd.rawValue).flags, [.secured, .encrypted])
+            }
+            let conns = try daemon.vici.getConns()
+            XCTAssertEqual(conns.filter { $0.contains("-responder") }.count, 2, "one responder conn each: \(conns)")
+            XCTAssertEqual(conns.filter { $0.contains("-i") && !$0.contains("responder") }.count, 2, "\(conns)")
+            for (engine, socket) in zip([ends.a, other], sockets) {
+                engine.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+            XCTAssertEqual(try daemon.vici.getConns().filter { !$0.contains("-responder") }, [], "initiator conns unloaded")
+            for _ in 0..<2 { try listener.accept(timeout: 5).closeAbortively() }
         }
     }
 }
