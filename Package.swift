@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "xfrm-demo", targets: ["xfrm-demo"]),
         .executable(name: "xfrm-bench", targets: ["xfrm-bench"]),
         .executable(name: "secure-socket-bench", targets: ["secure-socket-bench"]),
+        .executable(name: "wss-inspect", targets: ["wss-inspect"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -74,6 +75,10 @@ let package = Package(
                 "SecureSocket", "WinsockSecureSocket", "Keying", "ALE", "XFRM", "NetnsTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        .executableTarget(
+            name: "wss-inspect",
+            dependencies: ["SecureSocket", "ALE", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "xfrm-bench",

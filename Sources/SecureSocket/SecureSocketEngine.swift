@@ -48,6 +48,10 @@ public final class SecureSocketEngine: Sendable {
     /// Keying per reqid (a listener and the sockets it accepted share one).
     private let keyingState = Mutex<[UInt32: (KeyingRequest, KeyingRegistration?)]>([:])
     private let pump = Mutex<EndpointEventPump?>(nil)
+    /// The last snapshot written, to write only on change.
+    private let published = Mutex<[EndpointSnapshot.Entry]?>(nil)
+    /// Where this process's snapshot goes.
+    public let snapshotFile: String
 
     public var keying: (any KeyingBackend)? { configuration.keying }
 
@@ -58,6 +62,10 @@ public final class SecureSocketEngine: Sendable {
         } catch {
             throw SecureSocketError(.systemCallFailure, "reqid allocator: \(error)")
         }
+        let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
+        try? FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true,
+                                                 attributes: [.posixPermissions: 0o755])
+        snapshotFile = "\(snapshots)/\(getpid())-\(ObjectIdentifier(reqids).hashValue & 0xffff).json"
         do {
             xfrm = try XFRMClient(namespace: configuration.namespace)
         } catch {
@@ -126,6 +134,7 @@ public final class SecureSocketEngine: Sendable {
     /// Releases every endpoint and stops the keying backend's private daemon, if it has one.
     public func shutdown() {
         pump.withLock { $0?.stop(); $0 = nil }
+        unlink(snapshotFile)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
         reqids.releaseAll()
         (keying as? StrongSwanBackend)?.daemon?.stop()
@@ -441,6 +450,7 @@ public final class SecureSocketEngine: Sendable {
     /// so their SAs are not torn down under them.
     @discardableResult
     public func sweep() -> Int {
+        defer { publish() }
         var released = 0
         for endpoint in table.all {
             if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
@@ -459,6 +469,22 @@ public final class SecureSocketEngine: Sendable {
             released += 1
         }
         return released
+    }
+
+    /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.
+    public func publish() {
+        let snapshot = EndpointSnapshot(table: table, keying: keying?.name ?? "none")
+        let changed = published.withLock { last -> Bool in
+            guard last != snapshot.endpoints else { return false }
+            last = snapshot.endpoints
+            return true
+        }
+        guard changed else { return }
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let data = try? encoder.encode(snapshot) else { return }
+        try? data.write(to: URL(fileURLWithPath: snapshotFile), options: .atomic)
     }
 
     /// Registers this process's connected TCP sockets on `port` as children of a (closed) listener endpoint.
@@ -480,6 +506,7 @@ public final class SecureSocketEngine: Sendable {
 
     deinit {
         pump.withLock { $0?.stop() }
+        unlink(snapshotFile)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
         reqids.releaseAll()
     }

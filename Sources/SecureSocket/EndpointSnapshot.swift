@@ -1,0 +1,70 @@
+import ALE
+import Foundation
+import XFRM
+
+/// What one process's engine publishes about its endpoints, for inspection tools: a JSON file per process in
+/// the namespace's folder (next to the reqid claims), rewritten when something changes.
+public struct EndpointSnapshot: Codable, Hashable, Sendable {
+    public struct Entry: Codable, Hashable, Sendable {
+        public var cookie: UInt64
+        public var descriptor: Int32
+        public var family: String
+        public var kind: String
+        public var reqid: UInt32?
+        public var state: String
+        public var peerIdentity: String?
+        public var peerUserIdentity: String?
+        public var peerTargetNames: [String: String]
+        public var settings: String
+        public var localPort: UInt16?
+    }
+
+    public var pid: Int32
+    public var executable: String
+    public var keying: String
+    public var updated: Date
+    public var endpoints: [Entry]
+
+    /// The folder snapshots live in for a reqid folder (`…/reqids` → `…/endpoints`).
+    public static func folder(forReqidDirectory reqids: String) -> String {
+        URL(fileURLWithPath: reqids).deletingLastPathComponent().appendingPathComponent("endpoints").path
+    }
+
+    /// Every snapshot in `folder` whose process is still alive.
+    public static func load(from folder: String) -> [EndpointSnapshot] {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        return files.filter { $0.hasSuffix(".json") }.prefix(10_000).compactMap { file in
+            guard let data = FileManager.default.contents(atPath: "\(folder)/\(file)"),
+                  let snapshot = try? decoder.decode(EndpointSnapshot.self, from: data),
+                  kill(snapshot.pid, 0) == 0 || errno == EPERM else { return nil }
+            return snapshot
+        }.sorted { $0.pid < $1.pid }
+    }
+
+    init(table: EndpointTable, keying: String) {
+        pid = getpid()
+        executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "?"
+        self.keying = keying
+        updated = Date()
+        endpoints = table.all.sorted { $0.cookie < $1.cookie }.map { endpoint in
+            var identity: String?
+            var user: String?
+            if case .secured(let info) = endpoint.state {
+                identity = info.peerIdentity
+                user = info.peerUserIdentity
+            }
+            let kind: String = switch endpoint.kind {
+            case .stream: "tcp"
+            case .datagram: "udp"
+            case .other(let type): "type \(type)"
+            }
+            return Entry(cookie: endpoint.cookie, descriptor: endpoint.descriptor, family: endpoint.family.description,
+                         kind: kind, reqid: endpoint.reqid, state: endpoint.state.description, peerIdentity: identity,
+                         peerUserIdentity: user,
+                         peerTargetNames: Dictionary(uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
+                         settings: endpoint.summary, localPort: endpoint.lastLocalPort)
+        }
+    }
+}
