@@ -1,11 +1,36 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): XFRMClient vs `ip -batch`, same run, fresh namespaces. Global policies on the host
-# kernel, ESP SAs under user-mode-linux (the host has no ESP). Prints ratios ours / iproute2.
+# Benchmarks (not tests); every figure comes with a baseline measured in the same run.
+# 1. xfrm-bench: XFRMClient vs `ip -batch`, fresh namespaces. Global policies on the host kernel, ESP SAs under
+#    user-mode-linux (the host has no ESP). Prints ratios ours / iproute2. Arguments go to xfrm-bench.
+# 2. secure-socket-bench: warm-path (setSecurity + setPeerTargetName vs two raw setsockopt) on the host;
+#    query (at 100 and 10,000 SAs, vs getState) and first-contact (WSAConnect to the first echoed byte vs
+#    strongSwan with a global trap policy) under user-mode-linux. Prints ratios ours / baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
 scripts/install-deps.sh
-swift build -c release --product xfrm-bench 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]' || true
+# Build quietly (no progress lines), but stop on a failed build instead of running a stale binary.
+build() {
+  local log
+  log=$(mktemp)
+  if ! swift build -c release --product "$1" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "bench.sh: building $1 failed" >&2
+    exit 1
+  fi
+  grep -Ev '^\[[0-9]+/[0-9]+\]' "$log" || true
+  rm -f "$log"
+}
+build xfrm-bench
+build secure-socket-bench
 bin=$(swift build -c release --show-bin-path)/xfrm-bench
+ssb=$(swift build -c release --show-bin-path)/secure-socket-bench
 "$bin" policies "$@"
 scripts/uml/run.sh --timeout 590 -- "$bin" states "$@"
+echo
+"$ssb" warm-path
+echo
+scripts/uml/run.sh --timeout 590 -- "$ssb" query
+echo
+scripts/uml/run.sh --timeout 590 -- "$ssb" first-contact
