@@ -33,7 +33,7 @@ final class EndpointEventPump: Sendable {
         self.timeout = timeout
         monitor = try XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
         if let strongswan = keying as? StrongSwanBackend {
-            vici = try? VICIEventStream(path: strongswan.vici.path, events: ["child-updown", "ike-updown"])
+            vici = try? VICIEventStream(path: strongswan.vici.path, events: ["child-updown", "child-rekey", "ike-updown"])
         } else {
             vici = nil
         }
@@ -82,7 +82,11 @@ final class EndpointEventPump: Sendable {
                       local: acquire.source)
         case .stateDeleted(let state), .expire(let state, hard: true):
             guard state.id.spi != 0, table.users(of: state.reqid) > 0 else { return }
-            for endpoint in table.endpoints(reqid: state.reqid) { _ = table.handle(.childDown, cookie: endpoint.cookie) }
+            // Only the endpoints talking to that host (a listener's reqid is shared by all its peers).
+            for endpoint in table.endpoints(reqid: state.reqid)
+            where currentPeer(endpoint) == state.id.destination || currentPeer(endpoint) == state.source {
+                _ = table.handle(.childDown, cookie: endpoint.cookie)
+            }
         default:
             return
         }
@@ -97,7 +101,7 @@ final class EndpointEventPump: Sendable {
             return true
         }
         guard admitted else { return }   // the kernel raises a new ACQUIRE once the larval state expires
-        let endpoints = table.endpoints(reqid: reqid)
+        let endpoints = table.endpoints(reqid: reqid).filter { $0.peer == nil || $0.peer == peer }
         if let endpoint = endpoints.first, let name = endpoint.peerTargetName(for: peer) {
             request.requiredPeerIdentity = SocketPeerTargetName(name: name).identity(raw: endpoint.peerNameIsRaw)
         }
@@ -111,12 +115,14 @@ final class EndpointEventPump: Sendable {
             defer { inFlight.remove(key) }
             do throws(KeyingError) {
                 let protection = try keying.negotiate(finalRequest, local: local, peer: peer, peerPort: port, timeout: timeout)
-                for endpoint in table.endpoints(reqid: reqid) {
+                for endpoint in table.endpoints(reqid: reqid) where endpoint.peer == nil || endpoint.peer == peer {
                     _ = table.handle(.childUp(SecureSocketEngine.info(protection)), cookie: endpoint.cookie)
                 }
             } catch {
                 let failure = SecureSocketEngine.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout)
-                for endpoint in table.endpoints(reqid: reqid) { _ = table.handle(.failed(failure), cookie: endpoint.cookie) }
+                for endpoint in table.endpoints(reqid: reqid) where endpoint.peer == nil || endpoint.peer == peer {
+                    _ = table.handle(.failed(failure), cookie: endpoint.cookie)
+                }
             }
         }
     }
@@ -129,6 +135,16 @@ final class EndpointEventPump: Sendable {
         func remove(_ key: String) { pump?.inFlight.withLock { _ = $0.remove(key) } }
     }
 
+    /// The endpoint's peer: recorded, or read from its socket if it has connected since (a plain `connect()`
+    /// that succeeded after an ACQUIRE), then recorded.
+    private func currentPeer(_ endpoint: Endpoint) -> XFRMAddress? {
+        if let peer = endpoint.peer { return peer }
+        guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+              let peer = (try? SocketInspector.facts(of: endpoint.descriptor))?.peer?.address else { return nil }
+        table.update(cookie: endpoint.cookie) { $0.peer = peer }
+        return peer
+    }
+
     // MARK: Keying daemon events
 
     private func handle(_ event: VICIEvent) {
@@ -136,8 +152,10 @@ final class EndpointEventPump: Sendable {
         for ike in event.ikeSAs {
             for child in ike.children {
                 guard let reqid = child.reqid, table.users(of: reqid) > 0 else { continue }
-                let endpoints = table.endpoints(reqid: reqid)
-                if up && event.name == "child-updown" {
+                // Per peer: a listener's reqid is shared by the sockets of all its peers.
+                let remote = ike.remoteHost.flatMap { XFRMAddress($0) }
+                let endpoints = table.endpoints(reqid: reqid).filter { remote != nil && currentPeer($0) == remote }
+                if (up && event.name == "child-updown") || event.name == "child-rekey" {
                     let info = ProtectionInfo(ikeSAID: ike.uniqueID.map(UInt64.init), childSAID: child.uniqueID.map(UInt64.init),
                                               peerIdentity: ike.remoteID, peerUserIdentity: ike.remoteEAPID,
                                               encryptionAlgorithm: child.encryptionAlgorithm,

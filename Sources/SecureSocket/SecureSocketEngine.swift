@@ -28,9 +28,12 @@ public final class SecureSocketEngine: Sendable {
         /// Follow the kernel's and the keying daemon's events (see ``EndpointEventPump``): endpoint states stay
         /// current, and ACQUIREs for secured sockets are answered, so plain `connect()` retries succeed.
         public var followEvents: Bool
+        /// Seconds a socket closed without `release` keeps its keying (see ``SecureSocketEngine/closeGrace``).
+        public var closeGrace: Double
 
         public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
-                    namespace: NetworkNamespace = .current, followEvents: Bool = true) {
+                    namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2) {
+            self.closeGrace = closeGrace
             self.negotiationTimeout = negotiationTimeout
             self.keying = keying
             self.reqidDirectory = reqidDirectory
@@ -273,6 +276,7 @@ public final class SecureSocketEngine: Sendable {
                                     "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
         }
         let deadline = monotonicNow() + timeout
+        table.update(cookie: facts.cookie) { $0.peer = peer.address }
         _ = table.handle(.negotiationStarted, cookie: facts.cookie)
         if let keying, var (request, _) = keyingState.withLock({ $0[reqid] }) {
             request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address).map {
@@ -385,7 +389,15 @@ public final class SecureSocketEngine: Sendable {
         }
         if encrypts(out) && encrypts(into) { info.flags.insert(.encrypted) }
         info.encryptionAlgorithm = out.algorithms.first.map(\.name)
-        if let protection = keying?.protection(reqid: reqid, peer: peer.address) {
+        // Identities: from the endpoint's own state when the keying daemon's events already told us about this
+        // peer (no round trip), otherwise asked from the backend.
+        if case .secured(let known) = endpoint.state, endpoint.peer == peer.address, known.peerIdentity != nil {
+            info.peerMachineIdentity = known.peerIdentity
+            info.peerUserIdentity = known.peerUserIdentity
+            info.ikeSAID = known.ikeSAID ?? 0
+            info.childSAID = known.childSAID ?? 0
+            if known.peerUserIdentity != nil { info.flags.insert(.impersonated) }
+        } else if let protection = keying?.protection(reqid: reqid, peer: peer.address) {
             info.peerMachineIdentity = protection.remoteIdentity
             info.peerUserIdentity = protection.remoteUserIdentity
             info.ikeSAID = protection.ikeSAID ?? 0
@@ -417,6 +429,7 @@ public final class SecureSocketEngine: Sendable {
                                  summary: candidate.summary + " (accepted)")
             child.peerTargetNames = candidate.peerTargetNames
             child.peerNameIsRaw = candidate.peerNameIsRaw
+            child.peer = facts.peer?.address
             try? table.insert(child)
             return table.endpoint(cookie: facts.cookie)
         }
@@ -442,6 +455,10 @@ public final class SecureSocketEngine: Sendable {
         reqids.release(reqid)
     }
 
+    /// How long a socket closed without ``release(_:)`` keeps its keying (seconds), so that its last segments and
+    /// FIN still find their SAs. The explicit ``release(_:)`` does not wait.
+    public var closeGrace: Double { configuration.closeGrace }
+
     /// Releases endpoints whose socket is gone (its descriptor no longer names the same cookie), and notes the
     /// local port of the live ones. O(endpoints); the event pump runs it every second.
     ///
@@ -452,6 +469,7 @@ public final class SecureSocketEngine: Sendable {
     public func sweep() -> Int {
         defer { publish() }
         var released = 0
+        let now = monotonicNow()
         for endpoint in table.all {
             if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
                 if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
@@ -462,9 +480,19 @@ public final class SecureSocketEngine: Sendable {
                 }
                 continue
             }
+            // Gone: give the kernel's socket a moment to finish (its FIN or last data still need the SAs)
+            // before the keying is torn down. A listener's accepted sockets are adopted at once.
             if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
                 adoptAcceptedSockets(of: endpoint, port: port)
             }
+            guard let since = endpoint.goneSince else {
+                table.update(cookie: endpoint.cookie) { $0.goneSince = now }
+                if closeGrace > 0 { continue }
+                release(cookie: endpoint.cookie)
+                released += 1
+                continue
+            }
+            guard now - since >= closeGrace else { continue }
             release(cookie: endpoint.cookie)
             released += 1
         }
@@ -500,6 +528,7 @@ public final class SecureSocketEngine: Sendable {
             child.peerTargetNames = listener.peerTargetNames
             child.peerNameIsRaw = listener.peerNameIsRaw
             child.lastLocalPort = port
+            child.peer = facts.peer?.address
             try? table.insert(child)
         }
     }

@@ -22,7 +22,7 @@ final class SecureSocketEngineTests: XCTestCase {
         reqidFolder = FileManager.default.temporaryDirectory.appendingPathComponent("ss-reqids-\(UUID().uuidString)").path
         engine = try SecureSocketEngine(.init(negotiationTimeout: 1,
                                               keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-                                              reqidDirectory: reqidFolder, namespace: pair.a.namespace))
+                                              reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
         client = try XFRMClient(namespace: pair.a.namespace)
     }
 
@@ -175,7 +175,7 @@ extension SecureSocketEngineTests {
         let serverEngine = try SecureSocketEngine(.init(negotiationTimeout: 1,
                                                         keying: try StaticKeyBackend(peers: [], namespace: pair.b.namespace),
                                                         reqidDirectory: reqidFolder + "-b", namespace: pair.b.namespace,
-                                                        followEvents: false))
+                                                        followEvents: false, closeGrace: 0))
         defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-b") }
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         try serverEngine.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
@@ -199,5 +199,25 @@ extension SecureSocketEngineTests {
         XCTAssertEqual(serverEngine.table.count, 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(reqidFolder!)-b/\(reqid)"), "released with the last user")
         client.close()
+    }
+}
+
+extension SecureSocketEngineTests {
+    /// A socket closed without release keeps its keying for the grace period (its FIN still needs the SAs),
+    /// then the sweep frees everything.
+    func testClosedSocketsKeepTheirKeyingForTheGracePeriod() throws {
+        let graceful = try SecureSocketEngine(.init(negotiationTimeout: 1,
+                                                    keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+                                                    reqidDirectory: reqidFolder + "-g", namespace: pair.a.namespace,
+                                                    followEvents: false, closeGrace: 0.5))
+        defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-g") }
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try graceful.setSecurity(socket.fd.rawValue)
+        socket.close()
+        XCTAssertEqual(graceful.sweep(), 0, "first seen gone: grace starts")
+        XCTAssertEqual(graceful.table.count, 1)
+        usleep(600_000)
+        XCTAssertEqual(graceful.sweep(), 1, "after the grace period")
+        XCTAssertEqual(graceful.table.count, 0)
     }
 }
