@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "xfrm-demo", targets: ["xfrm-demo"]),
         .executable(name: "xfrm-bench", targets: ["xfrm-bench"]),
         .executable(name: "secure-socket-bench", targets: ["secure-socket-bench"]),
+        .library(name: "Impersonation", targets: ["Impersonation"]),
         .executable(name: "wss-inspect", targets: ["wss-inspect"]),
     ],
     dependencies: [
@@ -63,7 +64,12 @@ let package = Package(
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
         .target(name: "TierTesting", dependencies: ["NetnsTestSupport"]),
         // C: static inline wrappers for the raw per-thread credential system calls (glibc's broadcast to all threads).
+        .systemLibrary(name: "CThreadCredentials", path: "CModules/CThreadCredentials"),
         // Per-thread impersonation of authenticated peers: the identity map and the credential switch.
+        .target(
+            name: "Impersonation",
+            dependencies: ["CThreadCredentials", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .executableTarget(
             name: "xfrm-demo",
             dependencies: [
@@ -100,6 +106,8 @@ let package = Package(
         .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
+        .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
+        .testTarget(name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
     ],

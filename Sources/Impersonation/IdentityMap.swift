@@ -1,0 +1,206 @@
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// Maps authenticated IPsec peers to local accounts: which account a thread becomes when it impersonates a peer
+/// (the Linux side of `WSAImpersonateSocketPeer`).
+///
+/// ## The file
+///
+/// One rule per line, `<kind> <identity> -> <account>`; blank lines and `#` comments (anywhere outside quotes) are
+/// ignored. Quote an identity that contains spaces or `#` (inside quotes, `\"` and `\\` are escapes).
+///
+/// ```text
+/// # /etc/winsock-secure-socket/identity-map
+/// # Users authenticated in the second round (EAP/XAuth) map to themselves or to a service account.
+/// user alice                          -> alice
+/// user "bob@corp.example"             -> bob
+///
+/// # Machines, by certificate subject, subjectAltName or IKE identity.
+/// subject "C=CH, O=Example, CN=b.example" -> svc-b
+/// san  backup.example                 -> svc-backup
+/// id   b.example                      -> svc-b
+/// id   198.51.100.7                   -> svc-legacy
+///
+/// # Any single host name directly under web.example (a.web.example, not x.a.web.example).
+/// san  *.web.example                  -> svc-web
+/// id   *.web.example                  -> svc-web
+/// ```
+///
+/// Kinds:
+/// - `user NAME`: the user of the second authentication round, compared exactly (case-sensitively). No wildcards.
+/// - `subject "DN"`: the certificate's subject. RDNs are compared in the order written (write the DN as strongSwan
+///   logs it); spaces around `,` `+` `=` do not matter, attribute types and values compare case-insensitively.
+/// - `san NAME` / `san *.DOMAIN`: any one of the certificate's subjectAltNames, ASCII case-insensitively.
+/// - `id NAME` / `id *.DOMAIN`: the IKE identity, ASCII case-insensitively (as strongSwan compares FQDN and email
+///   identities).
+/// - `*.DOMAIN` matches a DNS name with exactly ONE more label in front (RFC 6125 style): `*.example` matches
+///   `b.example`, not `a.b.example`, not `example`, never an email address, IP address or DN. `*` alone is
+///   rejected: there is no default account.
+///
+/// ## Matching
+///
+/// 1. A peer that authenticated a user (``PeerIdentity/user`` is set) is that user: only `user` rules apply, and an
+///    unmapped user is an error. It never falls back to its machine's rules (as Windows uses the peer's user token
+///    whenever there is one), which would hand an unknown user the machine's account.
+/// 2. Otherwise, most specific first: `subject`; exact `san`; exact `id`; wildcard `san`; wildcard `id`. The first
+///    of these five levels with a match decides. If that level's matches name different accounts (two
+///    subjectAltNames mapped to two accounts), the peer is ``ImpersonationError/Code/ambiguousIdentity``:
+///    nothing depends on the order of lines.
+/// 3. Nothing matches: ``ImpersonationError/Code/unmappedIdentity``. There is never a default account.
+///
+/// ## Validation and reloading
+///
+/// Loading checks every line and reports ALL problems with their line numbers (unknown kind, missing `->`, bad
+/// wildcard, unterminated quote, duplicate rule, invalid account name, ...). A rule naming `root`, or an account
+/// whose uid is 0 or whose groups include 0, is an error when the file is loaded and again when a peer is resolved
+/// (the user database may change in between). A rule naming an account that does not exist is only a warning
+/// (``warnings``): resolving it fails with ``ImpersonationError/Code/unknownAccount`` until the account exists.
+///
+/// ``reload()`` re-reads the file; if the new text has any error, the map in use is kept and the errors are thrown
+/// (and kept in ``lastReloadFailure``), so a bad edit never turns a working server into one that maps nobody (or
+/// the wrong people).
+///
+/// The file must be a regular file of at most 1 MiB, owned by root or by the process's effective user, and not
+/// writable by group or others (whoever can write it chooses who becomes whom), unless `strictPermissions` is off.
+///
+/// Accounts are looked up (``resolve(_:)``) each time, never cached, so user-database changes apply at once.
+public final class IdentityMap: Sendable {
+    /// The file this map reads.
+    public let path: String
+    public let accounts: any AccountDatabase
+    public let strictPermissions: Bool
+
+    private struct State: Sendable {
+        var rules: IdentityRuleSet
+        var lastReloadFailure: ImpersonationError?
+    }
+    private let state: Mutex<State>
+
+    /// Loads the map in `path`.
+    ///
+    /// - Throws: ``ImpersonationError/Code/unreadableMap`` or ``ImpersonationError/Code/invalidMap`` (with every
+    ///   problem and its line).
+    public init(path: String, accounts: any AccountDatabase = SystemAccountDatabase(),
+                strictPermissions: Bool = true) throws(ImpersonationError) {
+        self.path = path
+        self.accounts = accounts
+        self.strictPermissions = strictPermissions
+        let rules = try Self.load(path: path, accounts: accounts, strictPermissions: strictPermissions)
+        state = Mutex(State(rules: rules, lastReloadFailure: nil))
+    }
+
+    /// The rules in use.
+    public var rules: IdentityRuleSet { state.withLock { $0.rules } }
+
+    /// Warnings from the load in use (rules naming accounts that do not exist).
+    public var warnings: [ImpersonationError.Issue] { rules.warnings }
+
+    /// The error of the last ``reload()`` if it failed (the previous map is still in use); nil after a good one.
+    public var lastReloadFailure: ImpersonationError? { state.withLock { $0.lastReloadFailure } }
+
+    /// Re-reads the file. On success the new rules replace the old ones atomically (a ``resolve(_:)`` running at
+    /// the same time sees either map, never a mix) and the new warnings are returned. On any error the map in use
+    /// is KEPT and the error is thrown.
+    @discardableResult
+    public func reload() throws(ImpersonationError) -> [ImpersonationError.Issue] {
+        do {
+            let rules = try Self.load(path: path, accounts: accounts, strictPermissions: strictPermissions)
+            state.withLock { $0 = State(rules: rules, lastReloadFailure: nil) }
+            return rules.warnings
+        } catch {
+            var failure = error
+            failure.detail = (failure.detail.map { $0 + "; " } ?? "") + "keeping the map loaded before"
+            let recorded = failure
+            state.withLock { $0.lastReloadFailure = recorded }
+            throw failure
+        }
+    }
+
+    /// The rule that maps `peer` (see the matching order above).
+    public func rule(for peer: PeerIdentity) throws(ImpersonationError) -> IdentityRule {
+        try rules.match(peer)
+    }
+
+    /// The local account `peer` is mapped to, looked up now (`getpwnam_r`, `getgrouplist`).
+    ///
+    /// - Throws: ``ImpersonationError/Code/unmappedIdentity``, ``ImpersonationError/Code/ambiguousIdentity``,
+    ///   ``ImpersonationError/Code/unknownAccount`` (the rule names an account that does not exist),
+    ///   ``ImpersonationError/Code/privilegedAccount`` (it resolves to uid 0 or group 0),
+    ///   ``ImpersonationError/Code/accountLookup``.
+    public func resolve(_ peer: PeerIdentity) throws(ImpersonationError) -> LocalAccount {
+        let rule = try rules.match(peer)
+        let operation = "resolve \(peer)"
+        guard let account = try accounts.account(named: rule.account) else {
+            throw ImpersonationError(.unknownAccount, operation: operation,
+                                     detail: "\(path) \(rule): account \"\(rule.account)\" does not exist")
+        }
+        do {
+            try account.checkUnprivileged(operation: operation)
+        } catch {
+            var failure = error
+            failure.detail = "\(path) \(rule): " + (error.detail ?? "")
+            throw failure
+        }
+        return account
+    }
+
+    // MARK: Reading the file
+
+    static func load(path: String, accounts: any AccountDatabase, strictPermissions: Bool)
+        throws(ImpersonationError) -> IdentityRuleSet {
+        let text = try readMapFile(path, strictPermissions: strictPermissions)
+        return try IdentityRuleSet.parse(text, source: path, accounts: accounts)
+    }
+
+    static func readMapFile(_ path: String, strictPermissions: Bool) throws(ImpersonationError) -> String {
+        let operation = "load \(path)"
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else {
+            throw ImpersonationError(.unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "open")
+        }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else {
+            throw ImpersonationError(.unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "fstat")
+        }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            throw ImpersonationError(.unreadableMap, operation: operation, detail: "not a regular file")
+        }
+        if strictPermissions {
+            if info.st_mode & (S_IWGRP | S_IWOTH) != 0 {
+                throw ImpersonationError(.unreadableMap, operation: operation,
+                                         detail: "writable by group or others (mode \(String(info.st_mode & 0o7777, radix: 8))): "
+                                             + "whoever can write it chooses who becomes whom")
+            }
+            if info.st_uid != 0 && info.st_uid != geteuid() {
+                throw ImpersonationError(.unreadableMap, operation: operation,
+                                         detail: "owned by uid \(info.st_uid), not by root or this process's user")
+            }
+        }
+        let limit = IdentityRuleSet.maximumFileBytes
+        var bytes = [UInt8](repeating: 0, count: limit + 1)
+        var total = 0
+        // Bounded: each successful read adds at least one byte up to limit + 1; EINTR retries are capped.
+        var interrupted = 0
+        while total <= limit {
+            let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, limit + 1 - total) }
+            if count < 0 {
+                if errno == EINTR && interrupted < 100 {
+                    interrupted += 1
+                    continue
+                }
+                throw ImpersonationError(.unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "read")
+            }
+            if count == 0 { break }
+            total += count
+        }
+        guard total <= limit else {
+            throw ImpersonationError(.unreadableMap, operation: operation, detail: "larger than \(limit) bytes")
+        }
+        guard let text = String(validating: bytes[..<total], as: UTF8.self) else {
+            throw ImpersonationError(.unreadableMap, operation: operation, detail: "not UTF-8 text")
+        }
+        return text
+    }
+}

@@ -1,0 +1,474 @@
+/// One rule of an identity map: `<kind> <identity> -> <account>`.
+public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
+    /// Which authenticated identity the rule looks at.
+    public enum Kind: String, Hashable, Sendable, CaseIterable {
+        /// The IKE identity (``PeerIdentity/ikeIdentity``).
+        case id
+        /// The certificate's subject DN (``PeerIdentity/certificateSubject``).
+        case subject
+        /// One of the certificate's subjectAltNames (``PeerIdentity/subjectAltNames``).
+        case san
+        /// The user of the second authentication round (``PeerIdentity/user``).
+        case user
+    }
+
+    /// What the rule matches.
+    public enum Pattern: Hashable, Sendable, CustomStringConvertible {
+        /// The identity itself (case-insensitively for `id` and `san`, per RDN for `subject`, exactly for `user`).
+        case exact(String)
+        /// `*.suffix`: exactly one DNS label, then `.suffix` (`id` and `san` only). Stored lowercased, no leading dot.
+        case wildcard(suffix: String)
+
+        public var description: String {
+            switch self {
+            case .exact(let text): text
+            case .wildcard(let suffix): "*.\(suffix)"
+            }
+        }
+    }
+
+    public var kind: Kind
+    public var pattern: Pattern
+    /// The local account name the rule maps to.
+    public var account: String
+    /// The rule's line in the file (1-based).
+    public var line: Int
+
+    public init(kind: Kind, pattern: Pattern, account: String, line: Int) {
+        self.kind = kind
+        self.pattern = pattern
+        self.account = account
+        self.line = line
+    }
+
+    public var description: String { "line \(line): \(kind.rawValue) \(pattern) -> \(account)" }
+}
+
+/// A parsed, validated identity map: the rules of one file and the lookup tables built from them. Immutable; see
+/// ``IdentityMap`` for the file format, the matching order and reloading.
+public struct IdentityRuleSet: Sendable {
+    /// Limits that keep a hostile or broken file from costing unbounded time or memory.
+    public static let maximumFileBytes = 1 << 20
+    public static let maximumLineBytes = 4096
+    public static let maximumRules = 100_000
+    static let maximumReportedIssues = 100
+
+    /// Every rule, in file order.
+    public let rules: [IdentityRule]
+    /// Problems that do not stop the map from loading: rules naming an account that does not exist (yet).
+    public let warnings: [ImpersonationError.Issue]
+
+    private let users: [String: IdentityRule]
+    private let subjects: [String: IdentityRule]
+    private let exactSANs: [String: IdentityRule]
+    private let exactIDs: [String: IdentityRule]
+    private let wildcardSANs: [String: IdentityRule]
+    private let wildcardIDs: [String: IdentityRule]
+
+    /// An empty map: every identity is unmapped.
+    public init() {
+        self.init(rules: [], warnings: [])
+    }
+
+    private init(rules: [IdentityRule], warnings: [ImpersonationError.Issue]) {
+        self.rules = rules
+        self.warnings = warnings
+        var tables: [String: [String: IdentityRule]] = [:]
+        for rule in rules {
+            let table: String
+            switch (rule.kind, rule.pattern) {
+            case (.user, _): table = "user"
+            case (.subject, _): table = "subject"
+            case (.san, .exact): table = "san"
+            case (.id, .exact): table = "id"
+            case (.san, .wildcard): table = "san*"
+            case (.id, .wildcard): table = "id*"
+            }
+            // Duplicates were rejected by the parser; keep the first anyway.
+            if tables[table, default: [:]][Self.key(rule)] == nil { tables[table, default: [:]][Self.key(rule)] = rule }
+        }
+        users = tables["user"] ?? [:]
+        subjects = tables["subject"] ?? [:]
+        exactSANs = tables["san"] ?? [:]
+        exactIDs = tables["id"] ?? [:]
+        wildcardSANs = tables["san*"] ?? [:]
+        wildcardIDs = tables["id*"] ?? [:]
+    }
+
+    // MARK: Matching
+
+    /// The rule that maps `peer`, in the order documented on ``IdentityMap``.
+    ///
+    /// - Throws: ``ImpersonationError/Code/unmappedIdentity`` when nothing matches (there is no default account),
+    ///   ``ImpersonationError/Code/ambiguousIdentity`` when the best matching rules name different accounts.
+    public func match(_ peer: PeerIdentity) throws(ImpersonationError) -> IdentityRule {
+        let operation = "resolve \(peer)"
+        if let user = peer.user {
+            guard let rule = users[user] else {
+                throw ImpersonationError(.unmappedIdentity, operation: operation,
+                                         detail: "no `user` rule maps \"\(user)\" (a peer that authenticated a user is "
+                                             + "never mapped through its machine's rules)")
+            }
+            return rule
+        }
+        let sans = peer.subjectAltNames.filter { !$0.isEmpty }
+        let id = peer.ikeIdentity.flatMap { $0.isEmpty ? nil : $0 }
+        let tiers: [(String, () -> [IdentityRule])] = [
+            ("subject", { peer.certificateSubject.flatMap(Self.normalizedDN).flatMap { subjects[$0] }.map { [$0] } ?? [] }),
+            ("san", { sans.compactMap { exactSANs[Self.foldCase($0)] } }),
+            ("id", { id.flatMap { exactIDs[Self.foldCase($0)] }.map { [$0] } ?? [] }),
+            ("san *.", { sans.compactMap { Self.wildcardKey($0).flatMap { wildcardSANs[$0] } } }),
+            ("id *.", { id.flatMap(Self.wildcardKey).flatMap { wildcardIDs[$0] }.map { [$0] } ?? [] }),
+        ]
+        for (name, candidates) in tiers {
+            let matched = candidates().sorted { $0.line < $1.line }
+            guard let first = matched.first else { continue }
+            let accounts = Set(matched.map(\.account))
+            if accounts.count > 1 {
+                throw ImpersonationError(.ambiguousIdentity, operation: operation,
+                                         detail: "\(name) rules map this peer to different accounts: "
+                                             + matched.map(\.description).joined(separator: "; "))
+            }
+            return first
+        }
+        throw ImpersonationError(.unmappedIdentity, operation: operation, detail: "no rule maps this peer")
+    }
+
+    // MARK: Parsing
+
+    /// Parses and validates the text of an identity map.
+    ///
+    /// With an account database, every account a rule names is looked up once: one with uid 0 or in group 0 is an
+    /// error; one that does not exist is a warning (``warnings``), and resolving that rule fails until it exists.
+    ///
+    /// - Throws: ``ImpersonationError/Code/invalidMap`` with every problem and its line number.
+    public static func parse(_ text: String, source: String = "identity map",
+                             accounts: (any AccountDatabase)? = SystemAccountDatabase())
+        throws(ImpersonationError) -> IdentityRuleSet {
+        let operation = "load \(source)"
+        guard text.utf8.count <= maximumFileBytes else {
+            throw ImpersonationError(.unreadableMap, operation: operation,
+                                     detail: "larger than \(maximumFileBytes) bytes")
+        }
+        var issues: [ImpersonationError.Issue] = []
+        var warnings: [ImpersonationError.Issue] = []
+        var rules: [IdentityRule] = []
+        var firstLine: [String: Int] = [:]
+        // Bounded by the file size checked above.
+        // Split on Characters "\n" and "\r\n" (Swift reads CR LF as ONE Character, never equal to "\n").
+        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        for (index, rawLine) in lines.enumerated() {
+            let number = index + 1
+            let line = rawLine.hasSuffix("\r") ? rawLine.dropLast() : rawLine
+            guard line.utf8.count <= maximumLineBytes else {
+                issues.append(.init(line: number, message: "line longer than \(maximumLineBytes) bytes"))
+                continue
+            }
+            switch parseLine(line, number: number) {
+            case .none:
+                continue
+            case .failure(let message):
+                issues.append(.init(line: number, message: message))
+            case .rule(let rule):
+                let duplicateKey = "\(rule.kind.rawValue) \(key(rule))"
+                if let first = firstLine[duplicateKey] {
+                    issues.append(.init(line: number, message: "duplicate rule: \(rule.kind.rawValue) \(rule.pattern) "
+                                            + "is already mapped on line \(first)"))
+                    continue
+                }
+                guard rules.count < maximumRules else {
+                    issues.append(.init(line: number, message: "more than \(maximumRules) rules"))
+                    break
+                }
+                firstLine[duplicateKey] = number
+                rules.append(rule)
+            }
+        }
+        if let accounts {
+            var checked: [String: (error: String?, warning: String?)] = [:]
+            for rule in rules {
+                let verdict: (error: String?, warning: String?)
+                if let known = checked[rule.account] {
+                    verdict = known
+                } else {
+                    do {
+                        if let account = try accounts.account(named: rule.account) {
+                            do {
+                                try account.checkUnprivileged(operation: operation)
+                                verdict = (nil, nil)
+                            } catch {
+                                verdict = (error.detail ?? "\(error.code)", nil)
+                            }
+                        } else {
+                            verdict = (nil, "account \"\(rule.account)\" does not exist: this rule cannot be resolved until it does")
+                        }
+                    } catch {
+                        verdict = (nil, "account \"\(rule.account)\" cannot be looked up now: \(error)")
+                    }
+                    checked[rule.account] = verdict
+                }
+                if let message = verdict.error { issues.append(.init(line: rule.line, message: message)) }
+                if let message = verdict.warning { warnings.append(.init(line: rule.line, message: message)) }
+            }
+        }
+        guard issues.isEmpty else {
+            var reported = issues.sorted { $0.line < $1.line }
+            if reported.count > maximumReportedIssues {
+                let more = reported.count - maximumReportedIssues
+                reported = Array(reported.prefix(maximumReportedIssues))
+                reported.append(.init(line: 0, message: "… and \(more) more"))
+            }
+            throw ImpersonationError(.invalidMap, operation: operation,
+                                     detail: "\(issues.count) error\(issues.count == 1 ? "" : "s"); the map was not loaded",
+                                     issues: reported)
+        }
+        return IdentityRuleSet(rules: rules, warnings: warnings)
+    }
+
+    private enum LineResult {
+        case none
+        case rule(IdentityRule)
+        case failure(String)
+    }
+
+    private static func parseLine(_ line: Substring, number: Int) -> LineResult {
+        let tokens: [Token]
+        switch tokenize(line) {
+        case .success(let result): tokens = result
+        case .failure(let problem): return .failure(problem.message)
+        }
+        guard let first = tokens.first else { return .none }
+        let usage = "expected `<id|subject|san|user> <identity> -> <account>`"
+        guard !first.quoted, let kind = IdentityRule.Kind(rawValue: first.text) else {
+            return .failure("unknown rule kind \"\(first.text)\"; \(usage)")
+        }
+        guard tokens.count >= 2 else { return .failure("missing identity; \(usage)") }
+        let identity = tokens[1]
+        guard tokens.count >= 3, tokens[2].text == "->", !tokens[2].quoted else {
+            if tokens.contains(where: { !$0.quoted && $0.text.contains("->") }) {
+                return .failure("`->` must stand alone, with spaces around it; \(usage)")
+            }
+            return .failure("expected `->` after the identity; \(usage)")
+        }
+        guard tokens.count >= 4 else { return .failure("missing account after `->`") }
+        guard tokens.count == 4 else {
+            return .failure("unexpected text after the account: \"\(tokens[4...].map(\.text).joined(separator: " "))\""
+                                + " (quote identities that contain spaces)")
+        }
+        let account = tokens[3].text
+        if let problem = accountNameProblem(account) { return .failure(problem) }
+        guard !identity.text.isEmpty else { return .failure("empty identity") }
+        guard identity.text.utf8.count <= 1024 else { return .failure("identity longer than 1024 bytes") }
+
+        let pattern: IdentityRule.Pattern
+        switch kind {
+        case .user:
+            if identity.text.hasPrefix("*") {
+                return .failure("`user` rules match one user exactly; there are no user wildcards (that would be a default account)")
+            }
+            pattern = .exact(identity.text)
+        case .subject:
+            guard normalizedDN(identity.text) != nil else {
+                return .failure("\"\(identity.text)\" is not a distinguished name (expected `TYPE=value, TYPE=value`; quote it)")
+            }
+            pattern = .exact(identity.text)
+        case .id, .san:
+            if identity.text == "*" {
+                return .failure("`*` alone would be a default account, and there is none; use `*.domain`")
+            }
+            if identity.text.hasPrefix("*.") {
+                let suffix = String(identity.text.dropFirst(2))
+                guard let domain = validDomain(suffix) else {
+                    return .failure("`*.` must be followed by a domain name (letters, digits, `-`, `_`, dots; "
+                                        + "the last label not all digits), e.g. `*.example`")
+                }
+                pattern = .wildcard(suffix: domain)
+            } else if identity.text.contains("*") {
+                return .failure("`*` is only allowed as the whole first label (`*.example`)")
+            } else {
+                pattern = .exact(identity.text)
+            }
+        }
+        return .rule(IdentityRule(kind: kind, pattern: pattern, account: account, line: number))
+    }
+
+    private struct Token {
+        var text: String
+        var quoted: Bool
+    }
+
+    private struct TokenProblem: Error {
+        var message: String
+    }
+
+    /// Splits a line into whitespace-separated tokens. `"` quotes a token (inside, `\"` and `\\` are escapes,
+    /// any other backslash is kept as it is, for DN escapes like `\,`); `#` outside quotes starts a comment.
+    private static func tokenize(_ line: Substring) -> Result<[Token], TokenProblem> {
+        var tokens: [Token] = []
+        let scalars = Array(line.unicodeScalars)
+        var index = 0
+        // Bounded: every iteration consumes at least one scalar.
+        while index < scalars.count {
+            let scalar = scalars[index]
+            if scalar == " " || scalar == "\t" {
+                index += 1
+                continue
+            }
+            if scalar == "#" { break }
+            if scalar == "\"" {
+                var text = String.UnicodeScalarView()
+                index += 1
+                var closed = false
+                while index < scalars.count {
+                    let current = scalars[index]
+                    if current == "\\", index + 1 < scalars.count, scalars[index + 1] == "\"" || scalars[index + 1] == "\\" {
+                        text.append(scalars[index + 1])
+                        index += 2
+                        continue
+                    }
+                    index += 1
+                    if current == "\"" {
+                        closed = true
+                        break
+                    }
+                    text.append(current)
+                }
+                guard closed else { return .failure(TokenProblem(message: "unterminated quote")) }
+                if index < scalars.count, scalars[index] != " ", scalars[index] != "\t", scalars[index] != "#" {
+                    return .failure(TokenProblem(message: "a closing quote must be followed by a space"))
+                }
+                tokens.append(Token(text: String(text), quoted: true))
+                continue
+            }
+            var text = String.UnicodeScalarView()
+            while index < scalars.count, scalars[index] != " ", scalars[index] != "\t", scalars[index] != "#" {
+                if scalars[index] == "\"" {
+                    return .failure(TokenProblem(message: "a quote may only open a token (quote the whole identity)"))
+                }
+                if scalars[index].properties.generalCategory == .control {
+                    return .failure(TokenProblem(message: "control character in the line"))
+                }
+                text.append(scalars[index])
+                index += 1
+            }
+            tokens.append(Token(text: String(text), quoted: false))
+        }
+        return .success(tokens)
+    }
+
+    /// nil when `name` is a plausible account name (`[A-Za-z0-9_.][A-Za-z0-9_.-]*` with an optional final `$`, at
+    /// most 256 bytes, not all digits, not root); otherwise why not.
+    static func accountNameProblem(_ name: String) -> String? {
+        guard !name.isEmpty else { return "empty account name" }
+        guard name.utf8.count <= 256 else { return "account name longer than 256 bytes" }
+        if name == "root" { return "maps to root: a peer is never mapped to uid 0" }
+        let bytes = Array(name.utf8)
+        if bytes.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) {
+            return "\"\(name)\" is a number; give an account name, not a uid"
+        }
+        for (offset, byte) in bytes.enumerated() {
+            let letterOrDigit = (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a)
+            let allowed = letterOrDigit || byte == 0x5f || byte == 0x2e || (byte == 0x2d && offset > 0)
+                || (byte == 0x24 && offset == bytes.count - 1 && offset > 0)
+            if !allowed { return "\"\(name)\" is not a valid account name" }
+        }
+        return nil
+    }
+
+    // MARK: Normalization
+
+    private static func key(_ rule: IdentityRule) -> String {
+        switch (rule.kind, rule.pattern) {
+        case (.user, .exact(let text)): text
+        case (.subject, .exact(let text)): normalizedDN(text) ?? text
+        case (_, .exact(let text)): foldCase(text)
+        case (_, .wildcard(let suffix)): suffix
+        }
+    }
+
+    /// ASCII lowercase. IKE FQDN and email identities compare case-insensitively (as strongSwan compares them).
+    static func foldCase(_ text: String) -> String {
+        String(decoding: text.utf8.map { $0 >= 0x41 && $0 <= 0x5a ? $0 + 0x20 : $0 }, as: UTF8.self)
+    }
+
+    /// `domain` lowercased when it is a DNS name: labels of letters, digits, `-` and `_`, the last not all digits.
+    static func validDomain(_ domain: String) -> String? {
+        let labels = domain.split(separator: ".", omittingEmptySubsequences: false)
+        guard !labels.isEmpty, labels.count <= 127, domain.utf8.count <= 253 else { return nil }
+        for label in labels {
+            guard !label.isEmpty, label.utf8.count <= 63,
+                  label.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2d || $0 == 0x5f })
+            else { return nil }
+        }
+        guard let last = labels.last, !last.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+        return foldCase(domain)
+    }
+
+    /// For a DNS-shaped name `label.rest`, the `rest` a wildcard `*.rest` must have; nil for anything else (emails,
+    /// addresses, DNs, a first label containing `*`).
+    static func wildcardKey(_ name: String) -> String? {
+        guard let dot = name.firstIndex(of: ".") else { return nil }
+        let first = name[..<dot]
+        guard validDomain(String(first) + ".x") != nil else { return nil }
+        return validDomain(String(name[name.index(after: dot)...]))
+    }
+
+    /// A DN in a canonical form for comparison: RDNs in the order written, spaces around `,` `+` `=` dropped,
+    /// attribute types uppercased, values ASCII-lowercased (X.520 caseIgnoreMatch). nil when it is not `T=v, …`.
+    static func normalizedDN(_ text: String) -> String? {
+        var rdns: [String] = []
+        for rdn in splitUnescaped(text, at: ",") {
+            var avas: [String] = []
+            for ava in splitUnescaped(rdn, at: "+") {
+                guard let equals = ava.firstIndex(of: "=") else { return nil }
+                let type = ava[..<equals].trimmingSpaces()
+                let value = ava[ava.index(after: equals)...].trimmingSpaces()
+                guard !type.isEmpty, !type.contains(" ") else { return nil }
+                avas.append(type.uppercasedASCII() + "=" + foldCase(value))
+            }
+            guard !avas.isEmpty else { return nil }
+            rdns.append(avas.joined(separator: "+"))
+        }
+        return rdns.isEmpty ? nil : rdns.joined(separator: ",")
+    }
+
+    private static func splitUnescaped(_ text: String, at separator: Character) -> [String] {
+        var parts: [String] = []
+        var current = ""
+        var escaped = false
+        for character in text {
+            if escaped {
+                current.append(character)
+                escaped = false
+            } else if character == "\\" {
+                current.append(character)
+                escaped = true
+            } else if character == separator {
+                parts.append(current)
+                current = ""
+            } else {
+                current.append(character)
+            }
+        }
+        parts.append(current)
+        return parts
+    }
+}
+
+private extension StringProtocol {
+    /// Drops leading spaces and trailing spaces that are not escaped (`\ `).
+    func trimmingSpaces() -> String {
+        var characters = Array(self.drop { $0 == " " || $0 == "\t" })
+        while let last = characters.last, last == " " || last == "\t" {
+            if characters.count >= 2, characters[characters.count - 2] == "\\" { break }
+            characters.removeLast()
+        }
+        return String(characters)
+    }
+}
+
+private extension String {
+    func uppercasedASCII() -> String {
+        String(decoding: utf8.map { $0 >= 0x61 && $0 <= 0x7a ? $0 - 0x20 : $0 }, as: UTF8.self)
+    }
+}
