@@ -47,14 +47,14 @@ let package = Package(
         // The idiomatic Swift API over XFRM, ALE and keying.
         .target(
             name: "SecureSocket",
-            dependencies: ["XFRM", "ALE", "Keying", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
         .target(name: "CSecureSocketABI", path: "CModules/CSecureSocketABI", exclude: ["winsock_secure_socket.h", "examples"]),
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
-            dependencies: ["SecureSocket", "ALE", "CSecureSocketABI"]
+            dependencies: ["SecureSocket", "ALE", "Impersonation", "CSecureSocketABI"]
         ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
@@ -103,7 +103,7 @@ let package = Package(
         .testTarget(name: "KeyingUnitTests", dependencies: ["Keying"]),
         .testTarget(name: "WinsockUnitTests", dependencies: ["WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI"]),
         .testTarget(name: "SecureSocketKernelTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI"]),
-        .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
+        .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),

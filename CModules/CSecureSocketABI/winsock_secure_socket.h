@@ -43,6 +43,9 @@ int WSSCloseToken(uint64_t token);
 int WSSDuplicateToken(uint64_t token, uint64_t *duplicate);
 /* The token's authenticated identity, NUL-terminated UTF-8; *length in: buffer size, out: bytes needed. */
 int WSSGetTokenIdentity(uint64_t token, char *buffer, uint32_t *length);
+/* The local account the token's identity maps to (identity map): uid, gid, supplementary groups
+   (*group_count in: room in groups, out: how many). */
+int WSSGetTokenAccount(uint64_t token, uint32_t *uid, uint32_t *gid, uint32_t *groups, uint32_t *group_count);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import Impersonation
 import Glibc
 import Keying
 import Synchronization
@@ -30,10 +31,14 @@ public final class SecureSocketEngine: Sendable {
         public var followEvents: Bool
         /// Seconds a socket closed without `release` keeps its keying (see ``SecureSocketEngine/closeGrace``).
         public var closeGrace: Double
+        /// Who authenticated peers are on this host, for impersonation and token inspection.
+        public var identityMap: IdentityMap?
 
         public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
-                    namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2) {
+                    namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2,
+                    identityMap: IdentityMap? = nil) {
             self.closeGrace = closeGrace
+            self.identityMap = identityMap
             self.negotiationTimeout = negotiationTimeout
             self.keying = keying
             self.reqidDirectory = reqidDirectory
@@ -116,8 +121,16 @@ public final class SecureSocketEngine: Sendable {
         try sharedEngine.withLock { (engine) throws(SecureSocketError) -> SecureSocketEngine in
             if let engine { return engine }
             let keying = try DefaultKeying.make()
+            var map: IdentityMap?
+            if FileManager.default.fileExists(atPath: IdentityMapLocation.defaultPath) {
+                do {
+                    map = try IdentityMap(path: IdentityMapLocation.defaultPath)
+                } catch {
+                    throw SecureSocketError(.invalidArgument, "\(IdentityMapLocation.defaultPath): \(error)")
+                }
+            }
             let created = try SecureSocketEngine(Configuration(negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
-                                                               keying: keying?.backend))
+                                                               keying: keying?.backend, identityMap: map))
             engine = created
             // A private charon and the reqid claims must not outlive the process.
             atexit { SecureSocketEngine.shutdownShared() }

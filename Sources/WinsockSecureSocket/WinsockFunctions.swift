@@ -1,6 +1,7 @@
 import ALE
 import CSecureSocketABI
 import Glibc
+import Impersonation
 import SecureSocket
 import SystemPackage
 
@@ -145,5 +146,57 @@ public func WSSGetTokenIdentity(_ handle: UInt64, _ buffer: UnsafeMutablePointer
         }
         bytes.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
         length.pointee = UInt32(bytes.count)
+    }
+}
+
+// MARK: - Impersonation
+
+/// Makes the calling thread run as the local account mapped from the socket's authenticated peer (the peer
+/// user if a second authentication round named one, else the peer machine). Stream sockets ignore `address`;
+/// datagram sockets need it. Blocking sockets only. Unmapped peers fail with `WSAEACCES`; the thread is then
+/// unchanged.
+@_cdecl("WSAImpersonateSocketPeer")
+public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointer?, _ addressLength: UInt32) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        let engine = try engine()
+        var peer: SocketEndpointAddress?
+        let facts: SocketFacts
+        do throws(Errno) { facts = try SocketInspector.facts(of: socket) } catch {
+            throw SecureSocketError(.notSocket, "descriptor \(socket) is not a socket", errno: error)
+        }
+        if facts.kind == .datagram { peer = try WindowsStructs.address(address, length: addressLength) }
+        try engine.impersonatePeer(socket, peerAddress: peer)
+    }
+}
+
+/// Returns the calling thread to its own credentials; success (and no change) when it was not impersonating.
+@_cdecl("WSARevertImpersonation")
+public func WSARevertImpersonation() -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        // No engine is needed to give a thread its own credentials back.
+        do throws(ImpersonationError) {
+            try ThreadCredentials.revert()
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "revert: \(error)", errno: error.errno)
+        }
+    }
+}
+
+/// The local account a peer token maps to: uid, gid, and up to `*groupCount` supplementary groups (in/out).
+@_cdecl("WSSGetTokenAccount")
+public func WSSGetTokenAccount(_ handle: UInt64, _ uid: UnsafeMutablePointer<UInt32>?, _ gid: UnsafeMutablePointer<UInt32>?,
+                               _ groups: UnsafeMutablePointer<UInt32>?, _ groupCount: UnsafeMutablePointer<UInt32>?) -> Int32 {
+    WinsockLastError.call { () throws(SecureSocketError) in
+        guard let uid, let gid, let groupCount else { throw SecureSocketError(.fault, "uid, gid and groupCount are required") }
+        let account = try engine().account(forToken: handle)
+        uid.pointee = account.uid
+        gid.pointee = account.gid
+        guard let groups, groupCount.pointee >= UInt32(account.groups.count) else {
+            groupCount.pointee = UInt32(account.groups.count)
+            if groups == nil && account.groups.isEmpty { return }
+            throw SecureSocketError(.messageSize, "\(account.groups.count) groups")
+        }
+        for (index, group) in account.groups.enumerated() { groups[index] = group }
+        groupCount.pointee = UInt32(account.groups.count)
     }
 }

@@ -1,4 +1,6 @@
 import ALE
+import Impersonation
+import WinsockSecureSocket
 import Foundation
 import Keying
 import NetnsTestSupport
@@ -426,6 +428,155 @@ extension CharonFlowTests {
             }
             XCTAssertEqual(try daemon.vici.getConns().filter { !$0.contains("-responder") }, [], "initiator conns unloaded")
             for _ in 0..<2 { try listener.accept(timeout: 5).closeAbortively() }
+        }
+    }
+}
+
+extension CharonFlowTests {
+    final class ImpersonationFixture {
+        let folder: String
+        let secret: String
+        let map: IdentityMap
+        let mapPath: String
+
+        init(rules: String) throws {
+            // tmpfs: under user-mode-linux /tmp is hostfs, which creates every file as the host's user and would
+            // hide who the thread really is.
+            folder = "/dev/shm/imp-\(UUID().uuidString)"
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            chmod(folder, 0o777)
+            secret = "\(folder)/root-only"
+            let fd = open(secret, O_CREAT | O_WRONLY, 0o600)
+            close(fd)
+            mapPath = "\(folder)/identity.map"
+            try rules.write(toFile: mapPath, atomically: true, encoding: .utf8)
+            chmod(mapPath, 0o644)
+            map = try IdentityMap(path: mapPath)
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: folder) }
+
+        /// Creates a file with open(2) on the calling thread and returns its owner.
+        func createOwnedFile(_ name: String) -> uid_t? {
+            let fd = open("\(folder)/\(name)", O_CREAT | O_EXCL | O_WRONLY, 0o644)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { return nil }
+            return info.st_uid
+        }
+    }
+
+    /// A thread started before the impersonation, asked for its effective uid while the other thread impersonates.
+    final class Bystander: @unchecked Sendable {
+        private let ask = DispatchSemaphore(value: 0)
+        private let answer = DispatchSemaphore(value: 0)
+        private var uid: uid_t = 99
+        private var thread: Thread!
+
+        init() {
+            thread = Thread { [unowned self] in
+                for _ in 0..<2 {
+                    guard self.ask.wait(timeout: .now() + 30) == .success else { return }
+                    self.uid = geteuid()
+                    self.answer.signal()
+                }
+            }
+            thread.start()
+        }
+
+        func effectiveUID() -> uid_t? {
+            ask.signal()
+            return answer.wait(timeout: .now() + 5) == .success ? uid : nil
+        }
+    }
+
+    func serverEngine(_ ends: Ends, map: IdentityMap) throws -> SecureSocketEngine {
+        try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB, reqidDirectory: ends.folders[1] + "-imp",
+                                     namespace: ends.pair.b.namespace, identityMap: map))
+    }
+
+    /// The server impersonates the peer user of a second authentication round (alice → `nobody`): a file the
+    /// thread creates is owned by the mapped account, a root-only file cannot be opened, a thread that existed
+    /// before keeps root, and revert restores uids, gids, groups and capabilities exactly. Also through the C
+    /// entry points.
+    func testImpersonatingThePeerUser() throws {
+        try inESPKernel(self) {
+            let fixture = try ImpersonationFixture(rules: "id a.example -> daemon\nuser alice@EXAMPLE -> nobody\n")
+            defer { fixture.remove() }
+            let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
+            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
+            let server = try serverEngine(ends, map: fixture.map)
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try server.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
+                userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
+            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            let accepted = try listener.accept(timeout: 5)
+
+            let bystander = Bystander()
+            let before = ThreadCredentials.current()
+            let (owner, secretOpened, otherUID) = try server.withPeerImpersonation(accepted.fd.rawValue) { account in
+                XCTAssertEqual(account.name, "nobody")
+                let fd = open(fixture.secret, O_RDONLY)
+                if fd >= 0 { close(fd) }
+                return (fixture.createOwnedFile("by-alice"), fd >= 0, bystander.effectiveUID())
+            }
+            XCTAssertEqual(owner, 65534, "the file belongs to the mapped account")
+            XCTAssertFalse(secretOpened, "a root-only file is out of reach")
+            XCTAssertEqual(otherUID, 0, "another thread keeps root meanwhile")
+            XCTAssertEqual(ThreadCredentials.current(), before, "revert restored uids, gids, groups and capabilities")
+            XCTAssertEqual(fixture.createOwnedFile("by-root"), 0)
+
+            // The raw pair through the C entry points (same thread, no await in between).
+            SecureSocketEngine.setShared(server)
+            defer { SecureSocketEngine.setShared(nil) }
+            XCTAssertEqual(WSAImpersonateSocketPeer(accepted.fd.rawValue, nil, 0), 0)
+            XCTAssertEqual(geteuid(), 65534)
+            XCTAssertEqual(bystander.effectiveUID(), 0)
+            XCTAssertEqual(WSARevertImpersonation(), 0)
+            XCTAssertEqual(geteuid(), 0)
+            XCTAssertEqual(WSARevertImpersonation(), 0, "reverting when not impersonating succeeds")
+            XCTAssertEqual(ThreadCredentials.current(), before)
+            for socket in [client, accepted, listener] { socket.closeAbortively() }
+        }
+    }
+
+    /// Without a user round the machine's identity maps (`id a.example -> daemon`); a peer the map does not know
+    /// is refused with WSAEACCES and the thread is unchanged.
+    func testImpersonatingThePeerMachineAndRefusingUnmappedPeers() throws {
+        try inESPKernel(self) {
+            let fixture = try ImpersonationFixture(rules: "id a.example -> daemon\n")
+            defer { fixture.remove() }
+            let ends = try Ends(auth: .psk)
+            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
+            let server = try serverEngine(ends, map: fixture.map)
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try server.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            let accepted = try listener.accept(timeout: 5)
+            let owner = try server.withPeerImpersonation(accepted.fd.rawValue) { account -> uid_t? in
+                XCTAssertEqual(account.name, "daemon")
+                return fixture.createOwnedFile("by-a")
+            }
+            XCTAssertEqual(owner, 1, "daemon's uid")
+
+            let before = ThreadCredentials.current()
+            try "id c.example -> daemon\n".write(toFile: fixture.mapPath, atomically: true, encoding: .utf8)
+            chmod(fixture.mapPath, 0o644)
+            _ = try fixture.map.reload()
+            XCTAssertThrowsError(try server.impersonatePeer(accepted.fd.rawValue)) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
+            }
+            XCTAssertEqual(ThreadCredentials.current(), before, "a refused impersonation changes nothing")
+            for socket in [client, accepted, listener] { socket.closeAbortively() }
         }
     }
 }

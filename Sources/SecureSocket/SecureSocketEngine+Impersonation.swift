@@ -1,0 +1,99 @@
+import ALE
+import Glibc
+import Impersonation
+import SystemPackage
+
+/// `WSAImpersonateSocketPeer` / `WSARevertImpersonation`: the calling thread runs as the local account the
+/// identity map gives the socket's authenticated peer (the peer user when a second authentication round named
+/// one, else the peer machine), then returns to exactly what it was.
+///
+/// These are synchronous and per thread. Swift tasks can move between threads at every `await`, so never let
+/// an `await` come between ``impersonatePeer(_:peerAddress:)`` and ``revertImpersonation()``; prefer
+/// ``withPeerImpersonation(_:peerAddress:_:)``, whose body is synchronous.
+extension SecureSocketEngine {
+    /// Makes the calling thread run as the peer's mapped account. Blocking sockets only (as on Windows).
+    /// Returns the account.
+    @discardableResult
+    public func impersonatePeer(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil) throws(SecureSocketError) -> LocalAccount {
+        let (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
+        do {
+            return try ThreadCredentials.impersonate(peer, in: map)
+        } catch {
+            throw Self.winsockError(error)
+        }
+    }
+
+    /// Ends the calling thread's impersonation; a thread that is not impersonating is left as it is (success).
+    public func revertImpersonation() throws(SecureSocketError) {
+        do {
+            try ThreadCredentials.revert()
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "revert: \(error)", errno: error.errno)
+        }
+    }
+
+    /// Runs `body` as the peer's mapped account on this thread and always reverts.
+    public func withPeerImpersonation<T>(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil,
+                                         _ body: (LocalAccount) throws -> T) throws -> T {
+        let (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
+        do {
+            return try ThreadCredentials.withImpersonation(of: peer, in: map, body)
+        } catch let error as ImpersonationError {
+            throw Self.winsockError(error)
+        }
+    }
+
+    /// The local account a token's identity maps to (for inspection: uid, gid, groups), or an error.
+    public func account(forToken handle: UInt64) throws(SecureSocketError) -> LocalAccount {
+        guard let token = tokens.token(handle) else { throw SecureSocketError(.invalidArgument, "token \(handle) is not open") }
+        guard let map = configuration.identityMap else {
+            throw SecureSocketError(.accessDenied, "no identity map configured")
+        }
+        let peer = token.kind == .user ? PeerIdentity(user: token.identity) : PeerIdentity(ikeIdentity: token.identity)
+        do {
+            return try map.resolve(peer)
+        } catch {
+            throw Self.winsockError(error)
+        }
+    }
+
+    private func peerIdentity(_ fd: CInt, peerAddress: SocketEndpointAddress?) throws(SecureSocketError)
+        -> (PeerIdentity, IdentityMap) {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        guard !facts.isNonBlocking else {
+            throw SecureSocketError(.invalidArgument, "impersonation is for blocking sockets only")
+        }
+        var template = SocketSecurityQueryTemplate()
+        if facts.kind == .datagram {
+            guard let peerAddress else { throw SecureSocketError(.fault, "a datagram socket needs the peer address") }
+            template.peerAddress = peerAddress
+        }
+        let info = try query(fd, template)
+        guard info.flags.contains(.secured), info.peerMachineIdentity != nil || info.peerUserIdentity != nil else {
+            throw SecureSocketError(.accessDenied, "the peer is not authenticated by IPsec: nobody to impersonate")
+        }
+        guard let map = configuration.identityMap else {
+            throw SecureSocketError(.accessDenied, "no identity map configured (\(IdentityMapLocation.defaultPath))")
+        }
+        return (PeerIdentity(ikeIdentity: info.peerMachineIdentity, user: info.peerUserIdentity), map)
+    }
+
+    static func winsockError(_ error: ImpersonationError) -> SecureSocketError {
+        switch error.code {
+        case .unmappedIdentity, .ambiguousIdentity, .privilegedAccount, .unknownAccount, .invalidAccount:
+            SecureSocketError(.accessDenied, "\(error)", errno: error.errno)
+        case .notPermitted:
+            SecureSocketError(.accessDenied, "\(error)", errno: error.errno)
+        default:
+            SecureSocketError(.systemCallFailure, "\(error)", errno: error.errno)
+        }
+    }
+}
+
+/// Where the default identity map is read from: `$WSS_IDENTITY_MAP`, else `/etc/winsock-secure-socket/identity.map`.
+public enum IdentityMapLocation {
+    public static var defaultPath: String {
+        Glibc.getenv("WSS_IDENTITY_MAP").map { String(cString: $0) } ?? "/etc/winsock-secure-socket/identity.map"
+    }
+}
