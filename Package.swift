@@ -16,6 +16,8 @@ let package = Package(
         .executable(name: "secure-socket-bench", targets: ["secure-socket-bench"]),
         .library(name: "Impersonation", targets: ["Impersonation"]),
         .executable(name: "wss-inspect", targets: ["wss-inspect"]),
+        .executable(name: "secure-echo", targets: ["secure-echo"]),
+        .executable(name: "wss-demo", targets: ["wss-demo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -84,6 +86,15 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
+        ),
+        .executableTarget(
+            name: "secure-echo",
+            dependencies: ["WinsockSecureSocket", "CSecureSocketABI", "ALE", "XFRM",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "wss-demo",
+            dependencies: ["NetnsTestSupport", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "wss-inspect",

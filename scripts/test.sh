@@ -44,6 +44,16 @@ run_tier "tier 1 (unit)" 'UnitTests\.' || status=1
 run_tier "tier 2 (host kernel)" 'KernelTests\.' || status=1
 run_tier "tier 3 (ESP under user-mode-linux)" 'ESPTests\.' || status=1
 
+# The demo's own claims (README's main command), from the debug build: fails if one does not hold.
+demo_start=$(date +%s)
+echo "=== demo (wss-demo under user-mode-linux) ==="
+if scripts/uml/run.sh --timeout 300 -- "$(swift build --show-bin-path)/wss-demo" --binaries "$(swift build --show-bin-path)"; then
+  summary+=("demo: every claim held, $(( $(date +%s) - demo_start )) s")
+else
+  summary+=("demo: FAILED, $(( $(date +%s) - demo_start )) s")
+  status=1
+fi
+
 # Nothing may be left on the host.
 netns_after=$(ip netns list 2>/dev/null | sort || true)
 if [[ "$netns_before" != "$netns_after" ]]; then

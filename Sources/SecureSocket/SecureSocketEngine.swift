@@ -417,6 +417,17 @@ public final class SecureSocketEngine: Sendable {
             info.childSAID = protection.childSAID ?? 0
             if protection.remoteUserIdentity != nil { info.flags.insert(.impersonated) }
         }
+        // The kernel is the truth: an endpoint found protected here (an accepted socket registered on first
+        // sight, after the keying events passed) is secured in the table too.
+        if endpoint.peer == nil || endpoint.peer == peer.address, !{ if case .secured = endpoint.state { true } else { false } }() {
+            table.update(cookie: endpoint.cookie) { $0.peer = peer.address }
+            _ = table.handle(.childUp(ProtectionInfo(ikeSAID: info.ikeSAID == 0 ? nil : info.ikeSAID,
+                                                     childSAID: info.childSAID == 0 ? nil : info.childSAID,
+                                                     peerIdentity: info.peerMachineIdentity,
+                                                     peerUserIdentity: info.peerUserIdentity,
+                                                     encryptionAlgorithm: info.encryptionAlgorithm)),
+                             cookie: endpoint.cookie)
+        }
         if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
             if let machine = info.peerMachineIdentity {
                 info.peerMachineToken = tokens.open(.machine, identity: machine, accessMask: mask).handle
