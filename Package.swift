@@ -61,7 +61,7 @@ let package = Package(
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
             name: "NetnsTestSupport",
-            dependencies: ["XFRM", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["XFRM", "ALE", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
         .target(name: "TierTesting", dependencies: ["NetnsTestSupport"]),

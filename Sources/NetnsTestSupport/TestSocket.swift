@@ -1,5 +1,6 @@
 import Foundation
 import SystemPackage
+import ALE
 import XFRM
 
 /// A failed socket call, with its errno.
@@ -175,25 +176,6 @@ public final class TestSocket: @unchecked Sendable {
 
     private func withSockaddr<T>(_ address: XFRMAddress, _ port: UInt16,
                                  _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) throws -> T {
-        if address.family == .inet6 {
-            var sa = sockaddr_in6()
-            sa.sin6_family = sa_family_t(AF_INET6)
-            sa.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: address.bytes) }
-            return try withUnsafePointer(to: &sa) {
-                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                }
-            }
-        }
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_port = port.bigEndian
-        withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyBytes(from: address.bytes) }
-        return try withUnsafePointer(to: &sa) {
-            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                try body($0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
+        try SocketEndpointAddress(address: address, port: port).withSockaddr(body)
     }
 }
