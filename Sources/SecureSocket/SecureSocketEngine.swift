@@ -274,6 +274,11 @@ public final class SecureSocketEngine: Sendable {
     /// `EAGAIN` from the kernel; this is the call that waits. With `ALLOW_INSECURE` a failed negotiation falls
     /// back to clear text.
     public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil) throws(SecureSocketError) {
+        try connect(fd, to: peer, timeout: timeout, cancelled: nil)
+    }
+
+    func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double?,
+                 cancelled: CancelFlag?) throws(SecureSocketError) {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         guard !facts.isConnected || facts.kind == .datagram else {
@@ -281,7 +286,7 @@ public final class SecureSocketEngine: Sendable {
         }
         let timeout = timeout ?? configuration.negotiationTimeout
         guard let endpoint = table.endpoint(cookie: facts.cookie), let reqid = endpoint.reqid else {
-            return try plainConnect(fd, peer, deadline: monotonicNow() + timeout, facts: facts)
+            return try plainConnect(fd, peer, deadline: monotonicNow() + timeout, facts: facts, cancelled: cancelled)
         }
         if facts.family == .inet6 && peer.isV4Mapped {
             // The kernel skips an AF_INET6 socket policy for v4-mapped flows: that would be clear text.
@@ -308,14 +313,16 @@ public final class SecureSocketEngine: Sendable {
                 _ = table.handle(.fellBackToClear, cookie: facts.cookie)
             }
         }
-        try plainConnect(fd, peer, deadline: deadline, facts: facts)
+        if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
+        try plainConnect(fd, peer, deadline: deadline, facts: facts, cancelled: cancelled)
     }
 
     private func plainConnect(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
-                              facts: SocketFacts) throws(SecureSocketError) {
+                              facts: SocketFacts, cancelled: CancelFlag?) throws(SecureSocketError) {
         var attempts = 0
         while true {
             attempts += 1
+            if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
             let rc = peer.withSockaddr { Glibc.connect(fd, $0, $1) }
             if rc == 0 { return }
             let error = Errno(rawValue: errno)

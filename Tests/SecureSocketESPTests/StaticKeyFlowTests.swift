@@ -129,3 +129,52 @@ final class StaticKeyFlowTests: XCTestCase {
         }
     }
 }
+
+extension StaticKeyFlowTests {
+    /// The async connect: succeeds like the blocking one, and cancelling the task abandons an attempt that would
+    /// otherwise hang (A has keys for B, B has none: A's SYNs go out as ESP that B drops).
+    func testAsyncConnectSucceedsAndCancellationAbandonsAHangingAttempt() throws {
+        try inESPKernel(self) {
+            let ends = try makeEnds(family: .inet)
+            defer {
+                ends.pair.remove()
+                for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
+            }
+            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try ends.b.setSecurity(listener.fd.rawValue)
+            try listener.bind(ends.pair.addressB4, port: 0)
+            try listener.listen()
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            let done = DispatchSemaphore(value: 0)
+            nonisolated(unsafe) var outcome: String?
+            let engineA = ends.a
+            let fd = client.fd.rawValue
+            Task {
+                do { try await engineA.connect(fd, to: peer); outcome = "connected" } catch { outcome = "\(error)" }
+                done.signal()
+            }
+            XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+            XCTAssertEqual(outcome, "connected")
+
+            // B forgets its keys: A's next connection hangs in SYN_SENT until the task is cancelled.
+            ends.b.release(listener.fd.rawValue)
+            let stuck = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(stuck.fd.rawValue)
+            let stuckFD = stuck.fd.rawValue
+            let started = Date()
+            let task = Task { () -> String in
+                do { try await engineA.connect(stuckFD, to: peer); return "connected" } catch { return "\(error)" }
+            }
+            usleep(700_000)
+            task.cancel()
+            nonisolated(unsafe) var cancelledOutcome: String?
+            Task { cancelledOutcome = await task.value; done.signal() }
+            XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+            XCTAssertLessThan(Date().timeIntervalSince(started), 5, "abandoned at once, not after TCP's timeout")
+            XCTAssertTrue(cancelledOutcome?.contains("WSAEINTR") == true, "\(String(describing: cancelledOutcome))")
+            for socket in [client, stuck, listener] { socket.closeAbortively() }
+        }
+    }
+}

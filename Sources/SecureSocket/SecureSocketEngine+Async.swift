@@ -1,0 +1,57 @@
+import ALE
+import Foundation
+import Glibc
+import Synchronization
+
+/// Async variants for Swift concurrency. The blocking work (negotiation with the keying daemon, the bounded
+/// connect loop) runs on a thread of its own, never on the cooperative pool; cancelling the task abandons the
+/// connection attempt.
+extension SecureSocketEngine {
+    /// `connect(_:to:timeout:)` for async code. Cancelling the task ends the wait for SAs within 5 ms and aborts
+    /// a `connect()` blocked in SYN_SENT (shutdown); a negotiation already handed to the keying daemon still ends
+    /// within its timeout. The call then throws `WSAEINTR`; the socket is unusable, as after a failed connect.
+    public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil) async throws(SecureSocketError) {
+        let cancelled = CancelFlag()
+        let result: Result<Void, SecureSocketError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                Thread.detachNewThread {
+                    do throws(SecureSocketError) {
+                        try self.connect(fd, to: peer, timeout: timeout, cancelled: cancelled)
+                        continuation.resume(returning: cancelled.isSet
+                            ? .failure(SecureSocketError(.interrupted, "the connecting task was cancelled"))
+                            : .success(()))
+                    } catch {
+                        continuation.resume(returning: .failure(cancelled.isSet
+                            ? SecureSocketError(.interrupted, "the connecting task was cancelled (\(error.detail))") : error))
+                    }
+                }
+            }
+        } onCancel: {
+            cancelled.set()
+            // A blocking connect() stuck in SYN_SENT (the peer drops our ESP) is aborted by shutdown.
+            Glibc.shutdown(fd, CInt(SHUT_RDWR))
+        }
+        try result.get()
+    }
+
+    /// `query(_:_:)` for async code (it talks to the kernel and may ask the keying daemon).
+    public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) async throws(SecureSocketError)
+        -> SocketSecurityQueryInfo {
+        let result: Result<SocketSecurityQueryInfo, SecureSocketError> = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                do throws(SecureSocketError) {
+                    continuation.resume(returning: .success(try self.query(fd, template)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+        }
+        return try result.get()
+    }
+}
+
+final class CancelFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    func set() { flag.store(true, ordering: .releasing) }
+    var isSet: Bool { flag.load(ordering: .acquiring) }
+}
