@@ -16,7 +16,12 @@ public enum SocketPolicy {
     /// sockets, except to cover v4-mapped flows). The corresponding C call is
     /// `setsockopt(fd, SOL_IP, IP_XFRM_POLICY, &xfrm_userpolicy_info + xfrm_user_tmpl[n], len)`.
     public static func set(_ policy: XFRMPolicy, on fd: FileDescriptor) throws(XFRMError) {
-        let operation = "setsockopt \(optionName(try socketFamily(fd)))"
+        try set(policy, on: fd, family: try socketFamily(fd))
+    }
+
+    /// `set` with the socket's family already known (one `SO_DOMAIN` lookup per call of the public API).
+    private static func set(_ policy: XFRMPolicy, on fd: FileDescriptor, family: XFRMAddressFamily) throws(XFRMError) {
+        let operation = "setsockopt \(optionName(family))"
         guard policy.direction == .inbound || policy.direction == .outbound else {
             throw .invalid(operation, "a socket policy's direction is in or out, not \(policy.direction)")
         }
@@ -24,7 +29,10 @@ public enum SocketPolicy {
             throw .invalid(operation, "a socket policy needs a selector family (inet or inet6)")
         }
         try policy.validate(operation: operation)
-        try setRaw(encode(policy), on: fd, operation: operation)
+        let (level, option) = socketOption(family)
+        let bytes = encode(policy)
+        let rc = bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) }
+        guard rc == 0 else { throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno)) }
     }
 
     /// Sets the same templates for both directions: the usual way to require IPsec on a socket.
@@ -33,7 +41,7 @@ public enum SocketPolicy {
         let family = try socketFamily(fd)
         let selector = selector ?? .any(family)
         for direction in [XFRMDirection.outbound, .inbound] {
-            try set(XFRMPolicy(selector: selector, direction: direction, templates: templates), on: fd)
+            try set(XFRMPolicy(selector: selector, direction: direction, templates: templates), on: fd, family: family)
         }
     }
 
@@ -48,8 +56,7 @@ public enum SocketPolicy {
     public static func clear(on fd: FileDescriptor) throws(XFRMError) {
         let family = try socketFamily(fd)
         let operation = "clear \(optionName(family))"
-        let level = family == .inet6 ? CInt(IPPROTO_IPV6) : CInt(IPPROTO_IP)
-        let option = family == .inet6 ? _IPV6_XFRM_POLICY : _IP_XFRM_POLICY
+        let (level, option) = socketOption(family)
         guard setsockopt(fd.rawValue, level, option, nil, 0) == 0 else {
             throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno))
         }
@@ -60,12 +67,9 @@ public enum SocketPolicy {
         withUnsafeBytes(of: policy.userPolicyInfo) { Array($0) } + policy.templateBytes
     }
 
-    private static func setRaw(_ bytes: [UInt8], on fd: FileDescriptor, operation: String) throws(XFRMError) {
-        let family = try socketFamily(fd)
-        let level = family == .inet6 ? CInt(IPPROTO_IPV6) : CInt(IPPROTO_IP)
-        let option = family == .inet6 ? _IPV6_XFRM_POLICY : _IP_XFRM_POLICY
-        let rc = bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) }
-        guard rc == 0 else { throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno)) }
+    /// `(SOL_IP, IP_XFRM_POLICY)` or `(SOL_IPV6, IPV6_XFRM_POLICY)`.
+    private static func socketOption(_ family: XFRMAddressFamily) -> (level: CInt, option: CInt) {
+        family == .inet6 ? (CInt(IPPROTO_IPV6), _IPV6_XFRM_POLICY) : (CInt(IPPROTO_IP), _IP_XFRM_POLICY)
     }
 
     /// The socket's address family (`SO_DOMAIN`); only IPv4 and IPv6 sockets take XFRM policies.

@@ -74,10 +74,7 @@ final class CharonFlowTests: XCTestCase {
         let capture = try capture(ends)
         defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
 
-        let listener = try TestSocket.make(in: ends.pair.b.namespace, family: family, kind: .tcp)
-        try ends.b.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
-        try listener.bind(addressB, port: 0)
-        try listener.listen()
+        let listener = try ends.b.securedListener(in: ends.pair.b, family: family, address: addressB, SocketSecuritySettings(flags: .guaranteeEncryption))
 
         let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
         client.setTimeouts(5)
@@ -139,10 +136,7 @@ final class CharonFlowTests: XCTestCase {
             defer { ends.close() }
             let capture = try capture(ends)
             defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
@@ -243,10 +237,7 @@ extension CharonFlowTests {
             defer { ends.close() }
             let capture = try capture(ends)
             defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             client.setTimeouts(5)
             try ends.a.setSecurity(client.fd.rawValue)
@@ -298,10 +289,7 @@ extension CharonFlowTests {
         try inESPKernel(self) {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
@@ -347,10 +335,7 @@ extension CharonFlowTests {
         try inESPKernel(self) {
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
             defer { ends.close() }
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
 
             let wrong = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
@@ -392,10 +377,7 @@ extension CharonFlowTests {
             let second = try StrongSwanBackend(vici: try VICIClient(path: daemon.socketPath), credentials: ends.backendA.credentials)
             let other = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: second, reqidDirectory: ends.folders[0],
                                                      namespace: ends.pair.a.namespace))
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let sockets = try [ends.a, other].map { engine -> TestSocket in
                 let socket = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
@@ -507,10 +489,7 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
             defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
             let server = try serverEngine(ends, map: fixture.map)
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try server.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
                 userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
@@ -554,10 +533,7 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
             let server = try serverEngine(ends, map: fixture.map)
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try server.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))

@@ -47,10 +47,7 @@ final class StaticKeyFlowTests: XCTestCase {
         defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
 
         // Server: set security, bind, listen, accept, query.
-        let listener = try TestSocket.make(in: ends.pair.b.namespace, family: family, kind: .tcp)
-        try ends.b.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
-        try listener.bind(addressB, port: 0)
-        try listener.listen()
+        let listener = try ends.b.securedListener(in: ends.pair.b, family: family, address: addressB, SocketSecuritySettings(flags: .guaranteeEncryption))
 
         // Client: set security, peer target name, WSAConnect, send.
         let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
@@ -105,10 +102,7 @@ final class StaticKeyFlowTests: XCTestCase {
                 ends.pair.remove()
                 for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
             }
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
                                             file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path)
             defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
@@ -140,10 +134,7 @@ extension StaticKeyFlowTests {
                 ends.pair.remove()
                 for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
             }
-            let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
-            try ends.b.setSecurity(listener.fd.rawValue)
-            try listener.bind(ends.pair.addressB4, port: 0)
-            try listener.listen()
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
