@@ -1,6 +1,32 @@
 import Synchronization
 import XFRM
 
+/// What a secured socket turned out to be, which decides whose SAs may carry its reqid: an initiator's reqid
+/// is in no responder config (no peer can put SAs on it by initiating towards us); a responder's reqid is
+/// offered to peers for flows to its own port only; an accepted socket shares its listener's reqid, and its
+/// own SAs are told apart by their flow-exact selectors.
+public enum EndpointRole: Hashable, Sendable, CustomStringConvertible {
+    /// Secured, neither listening nor connecting yet.
+    case undetermined
+    /// Connects (or sends) to peers: negotiates per flow.
+    case initiator
+    /// Listens (TCP) or receives unconnected (UDP) on this local port: answers peers.
+    case responder(port: UInt16)
+    /// A connection a responder accepted (inherits its policies and reqid).
+    case accepted
+
+    public var isResponder: Bool { if case .responder = self { true } else { false } }
+
+    public var description: String {
+        switch self {
+        case .undetermined: "undetermined"
+        case .initiator: "initiator"
+        case .responder(let port): "responder on port \(port)"
+        case .accepted: "accepted"
+        }
+    }
+}
+
 /// One socket the library secures, keyed by its kernel cookie.
 public struct Endpoint: Sendable {
     public var cookie: UInt64
@@ -27,6 +53,10 @@ public struct Endpoint: Sendable {
     public var goneSince: Double?
     /// `PEER_NAME_IS_RAW_FORMAT`: peer target names are identities as given (no `service/` SPN prefix removed).
     public var peerNameIsRaw = false
+    /// What the socket turned out to be (see ``EndpointRole``).
+    public var role: EndpointRole = .undetermined
+    /// When it was registered (monotonic seconds), to watch young undetermined sockets closely.
+    public var registeredAt: Double = 0
 
     public var state: EndpointState { machine.state }
 

@@ -231,6 +231,11 @@ public final class CharonDaemon: Sendable {
                 vici {
                   socket = unix://\(socketPath)
                 }
+                # Transport-mode SAs get the negotiated protocol and ports as their kernel selector, so each
+                # connection's SAs serve that connection only (the per-flow binding; default: address only).
+                kernel-netlink {
+                  set_proto_port_transport_sa = yes
+                }
               }
 
             """

@@ -4,28 +4,94 @@ import XFRM
 /// over VICI, the default) and ``StaticKeyBackend`` (keys from a file, for deterministic tests and hosts
 /// without IKE).
 ///
-/// The contract rests on the kernel facts in `kernel-notes.md`: a socket's templates carry a reqid that is
-/// ours alone; the SAs the backend installs (or makes charon install) must carry that same reqid, in
-/// transport mode, for the socket's addresses.
+/// The contract is the binding model (SecureSocket documentation, "Binding"): SAs are negotiated for one
+/// ``KeyedFlow`` at a time, carry the reqid of the socket's templates, and have the flow as their kernel
+/// selector, so that no other flow's packets can use them (the kernel checks an SA's selector on output and
+/// on input). A socket that initiates has a reqid of its own that is never offered to a responder; a
+/// listener's reqid is offered only for flows to its own port.
 public protocol KeyingBackend: AnyObject, Sendable {
     /// A short name for logs and inspection (`strongswan`, `static`).
     var name: String { get }
 
-    /// Makes the backend ready to answer for `request.reqid` as a responder (a peer may start IKE towards us
-    /// at any time after this returns). Returns what must be released later.
-    func prepare(_ request: KeyingRequest) throws(KeyingError) -> KeyingRegistration
+    /// Makes the backend answer as a responder for flows of `request.transportProtocol` to `localPort`, with
+    /// SAs under `request.reqid` (a listening TCP socket or a bound, unconnected UDP socket). Never called for
+    /// a socket that initiates. Returns what must be released later.
+    func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration
 
-    /// Negotiates (or installs) the SAs for `request` towards `peer` now and waits until they are in the
-    /// kernel, at most `timeout` seconds.
-    func negotiate(_ request: KeyingRequest, local: XFRMAddress?, peer: XFRMAddress, peerPort: UInt16,
-                   timeout: Double) throws(KeyingError) -> KeyedProtection
+    /// Negotiates (or installs) SAs for exactly `flow` under `request.reqid`, with a peer that proved
+    /// `request.requiredPeerIdentity` when one is set, and waits until they are in the kernel (bounded by
+    /// `timeout`).
+    func negotiate(_ request: KeyingRequest, flow: KeyedFlow, timeout: Duration) throws(KeyingError) -> Negotiated
 
-    /// What the backend knows about the SAs protecting traffic with `peer` under `reqid` (identities, ids,
-    /// algorithms), or nil.
-    func protection(reqid: UInt32, peer: XFRMAddress) -> KeyedProtection?
+    /// What the backend knows about the SAs whose inbound SA has `inboundSPI` (from `peer`): the identities
+    /// its IKE SA authenticated, ids and algorithms; nil if it knows of none.
+    func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection?
 
-    /// Undoes ``prepare(_:)`` and any negotiation for the registration: configs unloaded, SAs deleted.
+    /// Undoes ``listen(_:localPort:)`` or a negotiation: its own CHILD_SAs and configs go, never an IKE SA
+    /// that other connections use.
     func release(_ registration: KeyingRegistration)
+
+    /// Removes the CHILD_SA whose inbound SA has `inboundSPI` (an accepted connection's own SAs, once it is
+    /// closed); other CHILD_SAs with the same peer stay.
+    func releaseChild(inboundSPI: UInt32, peer: XFRMAddress)
+
+    /// Stops what the backend started (a private keying daemon).
+    func shutdown()
+}
+
+/// One transport flow: the unit SAs are negotiated for. `local` may be the wildcard address when the socket
+/// is bound to it and has not connected yet (the keying daemon then uses the address it reaches the peer from).
+public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
+    public var transportProtocol: XFRMUpperProtocol
+    public var local: XFRMAddress
+    public var localPort: UInt16
+    public var remote: XFRMAddress
+    public var remotePort: UInt16
+
+    public init(transportProtocol: XFRMUpperProtocol, local: XFRMAddress, localPort: UInt16, remote: XFRMAddress,
+                remotePort: UInt16) {
+        self.transportProtocol = transportProtocol
+        self.local = local
+        self.localPort = localPort
+        self.remote = remote
+        self.remotePort = remotePort
+    }
+
+    public var family: XFRMAddressFamily { remote.family }
+
+    /// The kernel selector of exactly this flow, outbound (local → remote) or inbound.
+    public func selector(outbound: Bool) -> XFRMSelector {
+        outbound
+            ? .host(local, remote, protocol: transportProtocol, sourcePort: localPort, destinationPort: remotePort)
+            : .host(remote, local, protocol: transportProtocol, sourcePort: remotePort, destinationPort: localPort)
+    }
+
+    /// Whether an SA selector covers this flow in one direction (the kernel's own test).
+    public func isCovered(by selector: XFRMSelector, outbound: Bool) -> Bool {
+        outbound
+            ? selector.covers(source: local, sourcePort: localPort, destination: remote, destinationPort: remotePort,
+                              protocol: transportProtocol)
+            : selector.covers(source: remote, sourcePort: remotePort, destination: local, destinationPort: localPort,
+                              protocol: transportProtocol)
+    }
+
+    public var description: String {
+        let name = transportProtocol == .tcp ? "tcp" : transportProtocol == .udp ? "udp" : "\(transportProtocol)"
+        let show = { (address: XFRMAddress, port: UInt16) in
+            address.family == .inet6 ? "[\(address)]:\(port)" : "\(address):\(port)"
+        }
+        return "\(name) \(show(local, localPort)) -> \(show(remote, remotePort))"
+    }
+}
+
+/// A negotiation's outcome: what protects the flow, and what to release when the socket is done.
+public struct Negotiated: Hashable, Sendable {
+    public var protection: KeyedProtection
+    public var registration: KeyingRegistration
+    public init(protection: KeyedProtection, registration: KeyingRegistration) {
+        self.protection = protection
+        self.registration = registration
+    }
 }
 
 /// One endpoint's keying needs.
@@ -33,9 +99,8 @@ public struct KeyingRequest: Hashable, Sendable {
     /// The reqid in the socket's templates.
     public var reqid: UInt32
     public var family: XFRMAddressFamily
-    /// The transport protocol and local port the socket uses (0 when not yet bound), to narrow traffic selectors.
+    /// The socket's transport protocol.
     public var transportProtocol: XFRMUpperProtocol
-    public var localPort: UInt16
     /// The identity the peer must prove (the peer target name), or nil for any authenticated peer.
     public var requiredPeerIdentity: String?
     /// Whether a name mismatch may be tolerated (the peer is still authenticated, the mismatch recorded).
@@ -47,12 +112,11 @@ public struct KeyingRequest: Hashable, Sendable {
     public var userPassword: String?
 
     public init(reqid: UInt32, family: XFRMAddressFamily, transportProtocol: XFRMUpperProtocol = .any,
-                localPort: UInt16 = 0, requiredPeerIdentity: String? = nil, peerIdentityOptional: Bool = false,
+                requiredPeerIdentity: String? = nil, peerIdentityOptional: Bool = false,
                 requireEncryption: Bool = true, userName: String? = nil, userPassword: String? = nil) {
         self.reqid = reqid
         self.family = family
         self.transportProtocol = transportProtocol
-        self.localPort = localPort
         self.requiredPeerIdentity = requiredPeerIdentity
         self.peerIdentityOptional = peerIdentityOptional
         self.requireEncryption = requireEncryption
@@ -66,9 +130,15 @@ public struct KeyingRegistration: Hashable, Sendable {
     public var reqid: UInt32
     /// Backend-specific names (charon conn names, static key entries).
     public var names: [String]
-    public init(reqid: UInt32, names: [String]) {
+    /// The CHILD_SAs this registration owns (charon's unique ids), terminated on release.
+    public var childIDs: [Int]
+    /// Shared secrets loaded for it (charon's ids), unloaded on release.
+    public var secrets: [String]
+    public init(reqid: UInt32, names: [String], childIDs: [Int] = [], secrets: [String] = []) {
         self.reqid = reqid
         self.names = names
+        self.childIDs = childIDs
+        self.secrets = secrets
     }
 }
 

@@ -12,11 +12,12 @@ import XFRM
 /// 10.77.0.2   10.77.0.1  0x1000  0x2000 rfc4106(gcm(aes))  0x0102…(40)  0x1112…(40)  128      identity b.example
 /// ```
 ///
-/// ``prepare(_:)`` installs every peer's SA pair with the request's reqid (transport mode, host-to-host), so
-/// a server socket is reachable at once; ``negotiate(_:local:peer:peerPort:timeout:)`` installs the peer's
+/// ``listen(_:localPort:)`` installs every peer's SA pair with the listener's reqid (transport mode,
+/// host-to-host), so a server socket is reachable at once; ``negotiate(_:flow:timeout:)`` installs the peer's
 /// pair if needed and checks the configured identity against the required peer name. Manual keying has one
-/// SA pair per peer: the endpoint that prepared last owns it (its reqid); ``release(_:)`` deletes what it
-/// installed.
+/// SA pair per peer with address-only selectors: the endpoint that installed last owns it (its reqid), so it
+/// serves one connection per pair of hosts at a time (tests and hosts without IKE; the per-flow binding needs
+/// charon); ``release(_:)`` deletes what it installed.
 public final class StaticKeyBackend: KeyingBackend, Sendable {
     public struct Peer: Hashable, Sendable {
         public var peer: XFRMAddress
@@ -122,29 +123,29 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         return bytes
     }
 
-    public func prepare(_ request: KeyingRequest) throws(KeyingError) -> KeyingRegistration {
+    public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
         for peer in peers where peer.peer.family == request.family {
             try install(peer, reqid: request.reqid)
         }
         return KeyingRegistration(reqid: request.reqid, names: peers.map { "static \($0.peer)" })
     }
 
-    public func negotiate(_ request: KeyingRequest, local: XFRMAddress?, peer: XFRMAddress, peerPort: UInt16,
-                          timeout: Double) throws(KeyingError) -> KeyedProtection {
-        guard let entry = peers.first(where: { $0.peer == peer }) else {
-            throw KeyingError(.unavailable, "no static keys for \(peer)")
+    public func negotiate(_ request: KeyingRequest, flow: KeyedFlow, timeout: Duration) throws(KeyingError)
+        -> Negotiated {
+        guard let entry = peers.first(where: { $0.peer == flow.remote }) else {
+            throw KeyingError(.unavailable, "no static keys for \(flow.remote)")
         }
         if let required = request.requiredPeerIdentity, entry.identity != required, !request.peerIdentityOptional {
-            throw KeyingError(.authenticationFailed, "\(peer) is configured as \(entry.identity ?? "no identity"), not \(required)")
+            throw KeyingError(.authenticationFailed,
+                              "\(flow.remote) is configured as \(entry.identity ?? "no identity"), not \(required)")
         }
         try install(entry, reqid: request.reqid)
-        return protection(for: entry)
+        return Negotiated(protection: protection(for: entry),
+                          registration: KeyingRegistration(reqid: request.reqid, names: ["static \(entry.peer)"]))
     }
 
-    public func protection(reqid: UInt32, peer: XFRMAddress) -> KeyedProtection? {
-        guard let entry = peers.first(where: { $0.peer == peer }),
-              installed.withLock({ $0[reqid]?.contains(XFRMStateID(destination: peer, spi: entry.outboundSPI)) ?? false })
-        else { return nil }
+    public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+        guard let entry = peers.first(where: { $0.peer == peer && $0.inboundSPI == inboundSPI }) else { return nil }
         return protection(for: entry)
     }
 
@@ -152,6 +153,11 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         let ids = installed.withLock { $0.removeValue(forKey: registration.reqid) } ?? []
         for id in ids { try? client.deleteState(id) }
     }
+
+    /// Manual keying has one SA pair per peer, released with the registration that installed it.
+    public func releaseChild(inboundSPI: UInt32, peer: XFRMAddress) {}
+
+    public func shutdown() {}
 
     private func protection(for entry: Peer) -> KeyedProtection {
         KeyedProtection(remoteIdentity: entry.identity, encryptionAlgorithm: entry.algorithm,

@@ -4,15 +4,25 @@ import XFRM
 
 /// Keying through strongSwan's charon over VICI: the library's default backend.
 ///
-/// How it maps the per-socket model onto charon (facts in keying-notes.md, "Per-socket patterns"):
+/// How it maps the per-flow binding onto charon (facts in keying-notes.md; model in the SecureSocket
+/// documentation, "Binding"):
 /// - Every conn and child has `policies = no` and `mode = transport`: charon installs SAs only, and the kernel
-///   ties them to a socket by reqid. The child's `reqid` is the socket's.
-/// - **Responder**: one conn per backend, `remote_addrs = %any`, holding one child per secured endpoint (reqid R,
-///   `local_ts = dynamic[proto]`, narrowed to the port once known). charon picks the child from the initiator's
-///   traffic selectors, so the SAs it installs carry the listener's reqid, which the accepted sockets inherit.
-/// - **Initiator**: at connect time a conn per (reqid, peer), `remote_addrs = peer`, remote identity = the peer
-///   target name (charon then refuses a peer that proves another identity: `AUTHENTICATION_FAILED`), child
-///   reqid R with `remote_ts = dynamic[proto/port]`, then VICI `initiate` and wait (bounded).
+///   ties them to a socket by reqid and by the SA's selector.
+/// - **Initiator** (a socket that connects, or sends to a peer): per flow, a conn with `remote_addrs = peer`, the
+///   remote identity pinned to the peer target name (`%any` only when the application set none) and the remote
+///   trust pinned to this configuration's authorities, holding one child whose reqid is the socket's and whose
+///   traffic selectors are exactly the flow (`dynamic[proto/port]` on both sides). charon reuses an IKE SA of
+///   an equal conn (same addresses, identities and authentication), so a new connection to a known peer costs
+///   one CREATE_CHILD_SA. After `initiate` the child's IKE SA identity is checked again. The socket's reqid is
+///   in no other conn: no peer can put SAs on it by initiating towards us.
+/// - **Responder** (a listening socket): one conn per backend, `remote_addrs = %any`, holding one child per
+///   listener (its reqid, `local_ts = dynamic[proto/port]`), so each listener is reachable and a peer's
+///   narrowed selectors make SAs for one connection.
+/// - With a private charon, `set_proto_port_transport_sa = yes` makes the SA selectors the negotiated flow.
+///   A system charon without it installs address-only selectors; the query then cannot tell two connections to
+///   one host apart and says so (no identity for an ambiguous flow).
+/// - Release terminates the registration's own CHILD_SAs by unique id and unloads its conn; IKE SAs stay for
+///   other connections (charon closes idle ones by its own rules).
 /// - Only encrypting ESP proposals are offered (AES-GCM, AES-CBC+SHA-2), so `GUARANTEE_ENCRYPTION` holds by
 ///   construction; the query still checks the installed SAs.
 /// - Names carry the pid and an instance number (`wss<pid>x<n>…`), so several processes (and several backends
@@ -48,11 +58,19 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     public let credentials: Credentials
     /// ESP proposals: all encrypt.
     public static let espProposals = ["aes256gcm16", "aes128gcm16", "aes256-sha256", "aes128-sha256"]
+    /// How long a negotiation keeps retrying a peer that answers `TS_UNACCEPTABLE` or has no config yet (a
+    /// listener the peer's library has not yet seen listening).
+    static let notReadyRetryBudget: Duration = .milliseconds(1500)
 
     private let prefix: String
     private static let instances = Atomic<Int>(0)
+    private let negotiations = Atomic<Int>(0)
     private let responderChildren = Mutex<[UInt32: ChildConfig]>([:])
-    private let initiatorConns = Mutex<[UInt32: Set<String>]>([:])
+    /// What charon told us about the CHILD_SAs it installed, by inbound SPI (fed by `child-updown` and
+    /// `child-rekey`), so a query never walks `list-sas`.
+    private let children = ChildRegistry()
+    private let events: VICIEventStream?
+    private let eventTask = Mutex<Task<Void, Never>?>(nil)
 
     /// Uses `vici` (a system charon or a private one) and loads `credentials` into it.
     public init(vici: VICIClient, credentials: Credentials, daemon: CharonDaemon? = nil) throws(KeyingError) {
@@ -76,6 +94,22 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } catch {
             throw KeyingError(.unavailable, "loading credentials into charon: \(error)")
         }
+        events = try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"])
+        if let events {
+            let registry = children
+            eventTask.withLock {
+                $0 = Task.detached {
+                    do {
+                        for try await event in events { registry.record(event) }
+                    } catch {}
+                }
+            }
+        }
+    }
+
+    deinit {
+        events?.stop()
+        eventTask.withLock { $0?.cancel() }
     }
 
     /// A system charon when its VICI socket answers, otherwise a private charon for `namespace`.
@@ -98,9 +132,20 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon)
     }
 
-    // MARK: - Conns
+    public func shutdown() {
+        events?.stop()
+        eventTask.withLock { $0?.cancel() }
+        daemon?.stop()
+    }
+
+    // MARK: - Authentication rounds
 
     private var responderName: String { "\(prefix)-responder" }
+
+    private var authorities: [[UInt8]] {
+        if case .certificate(_, _, let authorities) = credentials.method { return authorities }
+        return []
+    }
 
     private func localAuth() -> AuthConfig {
         switch credentials.method {
@@ -109,20 +154,24 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
     }
 
+    /// The peer's round: its identity (pinned when known) and, for certificates, only this configuration's
+    /// authorities as trust anchors, so other credentials in a shared charon cannot vouch for our peers.
     private func remoteAuth(identity: String?) -> AuthConfig {
         switch credentials.method {
         case .psk: .psk(id: identity ?? "%any")
-        case .certificate: .pubkey(id: identity ?? "%any")
+        case .certificate: .pubkey(id: identity ?? "%any", caCertificates: authorities)
         }
     }
 
-    private func protocolName(_ p: XFRMUpperProtocol) -> String? {
+    static func protocolName(_ p: XFRMUpperProtocol) -> String? {
         switch p {
         case .tcp: "tcp"
         case .udp: "udp"
         default: nil
         }
     }
+
+    // MARK: - Responder
 
     private func loadResponder(_ children: [ChildConfig]) throws(VICIError) {
         guard !children.isEmpty else {
@@ -136,18 +185,18 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                                         remoteAuth: remote, children: children))
     }
 
-    public func prepare(_ request: KeyingRequest) throws(KeyingError) -> KeyingRegistration {
-        let child = ChildConfig(name: "r\(request.reqid)", mode: .transport, policies: false, reqid: request.reqid,
+    public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
+        let proto = Self.protocolName(request.transportProtocol)
+        let child = ChildConfig(name: "l\(request.reqid)", mode: .transport, policies: false, reqid: request.reqid,
                                 startAction: .none, espProposals: Self.espProposals,
-                                localTS: [.dynamic(protocol: protocolName(request.transportProtocol),
-                                                   port: request.localPort == 0 ? nil : request.localPort)],
-                                remoteTS: [.dynamic])
-        let children = responderChildren.withLock { table -> [ChildConfig] in
+                                localTS: [.dynamic(protocol: proto, port: localPort)],
+                                remoteTS: [.dynamic(protocol: proto, port: nil)])
+        let all = responderChildren.withLock { table -> [ChildConfig] in
             table[request.reqid] = child
             return table.keys.sorted().compactMap { table[$0] }
         }
         do {
-            try loadResponder(children)
+            try loadResponder(all)
         } catch {
             responderChildren.withLock { _ = $0.removeValue(forKey: request.reqid) }
             throw KeyingError(.unavailable, "load-conn \(responderName): \(error)")
@@ -155,60 +204,115 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         return KeyingRegistration(reqid: request.reqid, names: [responderName])
     }
 
-    public func negotiate(_ request: KeyingRequest, local: XFRMAddress?, peer: XFRMAddress, peerPort: UInt16,
-                          timeout: Double) throws(KeyingError) -> KeyedProtection {
-        let conn = "\(prefix)-i\(request.reqid)-\(peer)"
-        let childName = "i\(request.reqid)"
-        let remoteIdentity = request.peerIdentityOptional ? nil : request.requiredPeerIdentity
-        let proto = protocolName(request.transportProtocol)
+    // MARK: - Initiator
+
+    public func negotiate(_ request: KeyingRequest, flow: KeyedFlow, timeout: Duration) throws(KeyingError)
+        -> Negotiated {
+        let deadline = ContinuousClock.now + timeout
+        let number = negotiations.wrappingAdd(1, ordering: .relaxed).oldValue
+        let conn = "\(prefix)-c\(request.reqid)-\(number)"
+        let childName = "c\(request.reqid)-\(number)"
+        let pinned = request.peerIdentityOptional ? nil : request.requiredPeerIdentity
+        if let pinned, !PeerIdentityText.isLiteral(pinned) {
+            throw KeyingError(.rejected, "peer identity `\(pinned)` is a pattern, not an identity")
+        }
+        let proto = Self.protocolName(flow.transportProtocol)
         var localRounds = [localAuth()]
+        var secrets: [String] = []
         if let user = request.userName, let password = request.userPassword {
             // The second round: this user, proven with EAP-MD5, so the server learns who is calling.
+            let id = "\(prefix)-user-\(request.reqid)-\(number)"
             do {
-                try vici.loadShared(.eap, secret: password, owners: [user], id: "\(prefix)-user-\(request.reqid)")
+                try vici.loadShared(.eap, secret: password, owners: [user], id: id)
             } catch {
                 throw KeyingError(.unavailable, "load-shared for \(user): \(error)")
             }
+            secrets.append(id)
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
         }
+        var registration = KeyingRegistration(reqid: request.reqid, names: [conn], secrets: secrets)
         let config = IKEConnConfig(
-            name: conn, localAddresses: [local.map { "\($0)" } ?? "%any"], remoteAddresses: ["\(peer)"],
-            localAuth: localRounds, remoteAuth: [remoteAuth(identity: remoteIdentity)],
+            name: conn, localAddresses: ["%any"], remoteAddresses: ["\(flow.remote)"],
+            localAuth: localRounds, remoteAuth: [remoteAuth(identity: pinned)],
             children: [ChildConfig(name: childName, mode: .transport, policies: false, reqid: request.reqid,
                                    startAction: .none, espProposals: Self.espProposals,
-                                   localTS: [.dynamic(protocol: proto, port: nil)],
-                                   remoteTS: [.dynamic(protocol: proto, port: peerPort == 0 ? nil : peerPort)])])
+                                   localTS: [.dynamic(protocol: proto, port: flow.localPort)],
+                                   remoteTS: [.dynamic(protocol: proto, port: flow.remotePort)])])
         do {
             try vici.loadConn(config)
         } catch {
+            release(registration)
             throw KeyingError(.unavailable, "load-conn \(conn): \(error)")
         }
-        initiatorConns.withLock { _ = $0[request.reqid, default: []].insert(conn) }
-        if let existing = protection(reqid: request.reqid, peer: peer) { return existing }
         do {
-            try vici.initiate(child: childName, ike: conn, timeout: .milliseconds(Int(timeout * 1000)))
+            let t0 = ContinuousClock.now
+            let child = try initiate(child: childName, conn: conn, deadline: deadline)
+            if getenv("WSS_TRACE") != nil { print("TRACE initiate+list \(ContinuousClock.now - t0), since start \(ContinuousClock.now - deadline + timeout)") }
+            registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
+            try verify(child, request: request)
+            return Negotiated(protection: child, registration: registration)
         } catch {
-            throw Self.classify(error)
+            release(registration)
+            throw error
         }
-        // `initiate` answers when the CHILD SA is up; the IKE SA may still be busy for a moment, so ask with
-        // waiting (not `noblock`), a few times within a second.
-        var found: KeyedProtection?
+    }
+
+    /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
+    /// answers as a host whose listener is not ready yet; then the child as charon lists it.
+    private func initiate(child childName: String, conn: String, deadline: ContinuousClock.Instant)
+        throws(KeyingError) -> KeyedProtection {
+        let started = ContinuousClock.now
+        var pause: Duration = .milliseconds(50)
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { throw KeyingError(.timedOut, "no CHILD SA for \(conn) before the deadline") }
+            do {
+                let session = try VICIClient(path: vici.path, timeout: left + .seconds(5))
+                defer { session.disconnect() }
+                try session.initiate(child: childName, ike: conn, timeout: left)
+                break
+            } catch {
+                let classified = Self.classify(error)
+                let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
+                    || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
+                if getenv("WSS_TRACE") != nil { print("TRACE initiate failed after \(ContinuousClock.now - started): \(classified)") }
+                guard notReady, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
+                      deadline - ContinuousClock.now > pause else { throw classified }
+                try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
+                sleepFor(pause)
+                pause = pause * 2
+            }
+        }
+        // `initiate` answers once the CHILD SA is installed; the IKE SA may still be busy for a moment.
         for attempt in 0..<20 {
-            found = protection(reqid: request.reqid, peer: peer, wait: true)
-            if found != nil { break }
-            if attempt < 19 { usleep(50_000) }
+            if let found = try? vici.listSAs(child: childName) {
+                for ike in found where ike.isEstablished {
+                    if let child = ike.children.first(where: { $0.name == childName && $0.isInstalled }) {
+                        return Self.protection(ike: ike, child: child)
+                    }
+                }
+            }
+            if attempt < 19 { sleepFor(.milliseconds(25)) }
         }
-        guard let protection = found else {
-            throw KeyingError(.rejected, "charon reported success but no CHILD SA with reqid \(request.reqid) is installed")
+        throw KeyingError(.rejected, "charon reported success but CHILD SA \(childName) is not installed")
+    }
+
+    /// Belt and braces over charon's own check: the IKE SA that carries the child authenticated the pinned
+    /// identity exactly (charon matched it as an identity, and names are never patterns here).
+    private func verify(_ child: KeyedProtection, request: KeyingRequest) throws(KeyingError) {
+        guard let required = request.requiredPeerIdentity, !request.peerIdentityOptional else { return }
+        guard child.remoteIdentity == required else {
+            throw KeyingError(.authenticationFailed,
+                              "the IKE SA authenticated `\(child.remoteIdentity ?? "nobody")`, not `\(required)`")
         }
-        if let required = request.requiredPeerIdentity, request.peerIdentityOptional,
-           protection.remoteIdentity != required {
-            // OPTIONAL_PEER_NAME_VERIFICATION: authenticated, but as someone else; recorded, not fatal.
-            var noted = protection
-            noted.remoteIdentity = protection.remoteIdentity.map { "\($0) (not \(required))" }
-            return noted
-        }
-        return protection
+    }
+
+    static func protection(ike: IKESAInfo, child: ChildSAInfo) -> KeyedProtection {
+        KeyedProtection(
+            ikeSAID: ike.uniqueID.map(UInt64.init), childSAID: child.uniqueID.map(UInt64.init),
+            localIdentity: ike.localID, remoteIdentity: ike.remoteID, remoteUserIdentity: ike.remoteEAPID,
+            encryptionAlgorithm: child.encryptionAlgorithm, integrityAlgorithm: child.integrityAlgorithm,
+            inboundSPI: child.spiIn, outboundSPI: child.spiOut)
     }
 
     /// Maps charon's words to a keying error.
@@ -229,46 +333,89 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         return KeyingError(.rejected, text)
     }
 
-    public func protection(reqid: UInt32, peer: XFRMAddress) -> KeyedProtection? {
-        protection(reqid: reqid, peer: peer, wait: false)
-    }
+    // MARK: - What protects a flow
 
-    /// `wait: false` skips IKE SAs that are busy (`noblock`), so a query never stalls behind a negotiation.
-    func protection(reqid: UInt32, peer: XFRMAddress, wait: Bool) -> KeyedProtection? {
-        guard let sas = try? vici.listSAs(noblock: !wait) else { return nil }
+    public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+        if let known = children.protection(inboundSPI: inboundSPI) { return known }
+        // Not seen as an event (charon was busy, or the child predates us): ask, without waiting on busy SAs.
+        guard let sas = try? vici.listSAs(noblock: true) else { return nil }
         let peerText = "\(peer)"
         for ike in sas where ike.isEstablished && ike.remoteHost == peerText {
-            guard let child = ike.children.first(where: { $0.reqid == reqid && $0.isInstalled }) else { continue }
-            return KeyedProtection(
-                ikeSAID: ike.uniqueID.map(UInt64.init), childSAID: child.uniqueID.map(UInt64.init),
-                localIdentity: ike.localID, remoteIdentity: ike.remoteID, remoteUserIdentity: ike.remoteEAPID,
-                encryptionAlgorithm: child.encryptionAlgorithm, integrityAlgorithm: child.integrityAlgorithm,
-                inboundSPI: child.spiIn, outboundSPI: child.spiOut)
+            if let child = ike.children.first(where: { $0.spiIn == inboundSPI && $0.isInstalled }) {
+                let found = Self.protection(ike: ike, child: child)
+                children.insert(found)
+                return found
+            }
         }
         return nil
     }
 
+    // MARK: - Release
+
     public func release(_ registration: KeyingRegistration) {
-        let reqid = registration.reqid
-        for conn in initiatorConns.withLock({ $0.removeValue(forKey: reqid) }) ?? [] {
-            _ = try? vici.terminate(ike: conn, force: true, timeout: .seconds(2))
-            try? vici.unloadConn(name: conn)
+        for id in registration.childIDs {
+            _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2))
         }
-        try? vici.unloadShared(id: "\(prefix)-user-\(reqid)")
-        let children = responderChildren.withLock { table -> [ChildConfig]? in
-            guard table.removeValue(forKey: reqid) != nil else { return nil }
-            return table.keys.sorted().compactMap { table[$0] }
+        for name in registration.names where name != responderName {
+            try? vici.unloadConn(name: name)
         }
-        if let children {
-            // Close the CHILD SAs peers negotiated with this endpoint's reqid.
-            if let sas = try? vici.listSAs(noblock: true) {
-                for ike in sas {
-                    for child in ike.children where child.reqid == reqid {
-                        if let id = child.uniqueID { _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2)) }
-                    }
-                }
+        for id in registration.secrets { try? vici.unloadShared(id: id) }
+        if registration.names.contains(responderName) {
+            let all = responderChildren.withLock { table -> [ChildConfig]? in
+                guard table.removeValue(forKey: registration.reqid) != nil else { return nil }
+                return table.keys.sorted().compactMap { table[$0] }
             }
-            try? loadResponder(children)
+            // Connections the listener accepted keep their CHILD_SAs until they close (releaseChild).
+            if let all { try? loadResponder(all) }
         }
     }
+
+    public func releaseChild(inboundSPI: UInt32, peer: XFRMAddress) {
+        guard let id = protection(inboundSPI: inboundSPI, peer: peer)?.childSAID else { return }
+        children.remove(inboundSPI: inboundSPI)
+        _ = try? vici.terminate(childID: Int(id), force: true, timeout: .seconds(2))
+    }
+}
+
+/// The CHILD_SAs charon reported, by inbound SPI.
+final class ChildRegistry: Sendable {
+    private let byInboundSPI = Mutex<[UInt32: KeyedProtection]>([:])
+
+    func record(_ event: VICIEvent) {
+        let up = event.isUp ?? (event.name == "child-rekey")
+        for ike in event.ikeSAs {
+            for child in ike.children {
+                guard let spi = child.spiIn else { continue }
+                if up && (child.isInstalled || event.name == "child-rekey") {
+                    insert(StrongSwanBackend.protection(ike: ike, child: child))
+                } else if !up {
+                    remove(inboundSPI: spi)
+                }
+            }
+        }
+    }
+
+    func insert(_ protection: KeyedProtection) {
+        guard let spi = protection.inboundSPI else { return }
+        byInboundSPI.withLock { $0[spi] = protection }
+    }
+
+    func remove(inboundSPI: UInt32) { byInboundSPI.withLock { _ = $0.removeValue(forKey: inboundSPI) } }
+
+    func protection(inboundSPI: UInt32) -> KeyedProtection? { byInboundSPI.withLock { $0[inboundSPI] } }
+}
+
+/// Peer identities are literal: what strongSwan would read as a pattern is refused.
+public enum PeerIdentityText {
+    /// False for text strongSwan matches as a wildcard: `%any` and other `%` keywords, `*` anywhere.
+    public static func isLiteral(_ identity: String) -> Bool {
+        !identity.isEmpty && !identity.contains("*") && !identity.contains("%")
+    }
+}
+
+func sleepFor(_ duration: Duration) {
+    let (seconds, attoseconds) = duration.components
+    var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
 }

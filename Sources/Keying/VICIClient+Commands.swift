@@ -252,12 +252,17 @@ extension VICIClient {
     }
 
     /// `list-sas` (streams `list-sa`): every IKE SA with its CHILD SAs, or those of IKE config `ike`, or the one
-    /// with unique id `ikeID`. `noblock` skips IKE SAs that are busy instead of waiting for them.
-    public func listSAs(ike: String? = nil, ikeID: Int? = nil, noblock: Bool = false) throws(VICIError) -> [IKESAInfo] {
+    /// with unique id `ikeID`. `noblock` skips IKE SAs that are busy instead of waiting for them. `child` /
+    /// `childID` keep only the CHILD SAs of that CHILD config name / unique id (charon still lists every
+    /// matching IKE SA, with an empty `child-sas` section where none of its children match).
+    public func listSAs(ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
+                       noblock: Bool = false) throws(VICIError) -> [IKESAInfo] {
         var m: VICIMessage = [:]
         if noblock { m["noblock"] = .bool(true) }
         if let ike { m["ike"] = .string(ike) }
         if let ikeID { m["ike-id"] = .number(ikeID) }
+        if let child { m["child"] = .string(child) }
+        if let childID { m["child-id"] = .number(childID) }
         var result: [IKESAInfo] = []
         try streamingCommand("list-sas", m, event: "list-sa") { result += IKESAInfo.parse(event: $0) }
         return result

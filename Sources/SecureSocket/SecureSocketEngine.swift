@@ -53,8 +53,8 @@ public final class SecureSocketEngine: Sendable {
     public let tokens = PeerTokenTable()
     private let reqids: ReqidAllocator
     private let xfrm: XFRMClient
-    /// Keying per reqid (a listener and the sockets it accepted share one).
-    private let keyingState = Mutex<[UInt32: (KeyingRequest, KeyingRegistration?)]>([:])
+    /// What each secured socket holds in the keying backend.
+    let keyings = KeyingRegistry()
     private let pump = Mutex<EndpointEventPump?>(nil)
     /// The last snapshot written, to write only on change.
     private let published = Mutex<[EndpointSnapshot.Entry]?>(nil)
@@ -79,14 +79,10 @@ public final class SecureSocketEngine: Sendable {
         } catch {
             throw SecureSocketError(.systemCallFailure, "NETLINK_XFRM: \(error)", errno: error.errno)
         }
-        if configuration.followEvents, let keying = configuration.keying {
-            let keyingState = self.keyingStateBox
+        if configuration.followEvents, configuration.keying != nil {
             do {
-                let started = try EndpointEventPump(table: table, keying: keying, namespace: configuration.namespace,
-                                                    timeout: configuration.negotiationTimeout,
-                                                    sweep: { keyingState.sweep() }) { reqid in
-                    keyingState.request(reqid: reqid)
-                }
+                let started = try EndpointEventPump(table: table, namespace: configuration.namespace,
+                                                    engine: EngineHooks(engine: self))
                 pump.withLock { $0 = started }
             } catch {
                 throw SecureSocketError(.systemCallFailure, "XFRM event monitor: \(error)", errno: error.errno)
@@ -94,16 +90,13 @@ public final class SecureSocketEngine: Sendable {
         }
     }
 
-    /// Looks up the keying request of an endpoint with `reqid` (for the event pump).
-    private var keyingStateBox: KeyingStateBox { KeyingStateBox(engine: self) }
-
-    struct KeyingStateBox: @unchecked Sendable {
+    /// What the event pump may ask of the engine, without keeping it alive.
+    struct EngineHooks: @unchecked Sendable {
         weak var engine: SecureSocketEngine?
         func sweep() { engine?.sweep() }
-
-        func request(reqid: UInt32) -> KeyingRequest? {
-            engine?.keyingState.withLock { $0[reqid]?.0 }
-        }
+        /// Returns whether young undetermined endpoints remain (the pump then looks again soon).
+        func settleRoles() -> Bool { engine?.settleRoles() ?? false }
+        func acquire(reqid: UInt32, flow: KeyedFlow) { engine?.answerAcquire(reqid: reqid, flow: flow) }
     }
 
     // MARK: - The process-wide engine the C ABI uses
@@ -153,7 +146,7 @@ public final class SecureSocketEngine: Sendable {
         unlink(snapshotFile)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
         reqids.releaseAll()
-        (keying as? StrongSwanBackend)?.daemon?.stop()
+        keying?.shutdown()
     }
 
     // MARK: - WSASetSocketSecurity
@@ -204,29 +197,21 @@ public final class SecureSocketEngine: Sendable {
                                 reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
                                 summary: Self.summary(settings))
         endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
+        endpoint.registeredAt = monotonicNow()
         do {
             try table.insert(endpoint)
         } catch {
             if let reqid { reqids.release(reqid) }
             throw SecureSocketError(.invalidArgument, "security was already set on this socket")
         }
-        guard let reqid, let keying else { return }
-        let request = KeyingRequest(
+        guard let reqid else { return }
+        // Nothing is offered to peers yet: a socket becomes a responder (its reqid offered for flows to its
+        // port) only once it is seen listening, and an initiator negotiates per flow when it connects.
+        keyings.register(cookie: facts.cookie, request: KeyingRequest(
             reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
             requiredPeerIdentity: nil,
             peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
-            requireEncryption: true, userName: Self.userIdentity(settings.ipsec), userPassword: settings.ipsec?.password)
-        do {
-            let registration = try keying.prepare(request)
-            keyingState.withLock { $0[reqid] = (request, registration) }
-            table.update(cookie: facts.cookie) { $0.keyingConfigs = Set(registration.names) }
-        } catch {
-            // Fail closed and leave nothing behind: no keying means this socket could never be secured.
-            try? SocketPolicy.clear(on: FileDescriptor(rawValue: fd))
-            table.remove(cookie: facts.cookie)
-            reqids.release(reqid)
-            throw SecureSocketError(.networkUnreachable, "keying backend \(keying.name): \(error)")
-        }
+            requireEncryption: true, userName: Self.userIdentity(settings.ipsec), userPassword: settings.ipsec?.password))
     }
 
     // MARK: - Peer target names
@@ -250,6 +235,13 @@ public final class SecureSocketEngine: Sendable {
         }
         guard let endpoint = table.endpoint(cookie: facts.cookie) else {
             throw SecureSocketError(.invalidArgument, "call WSASetSocketSecurity on this socket first")
+        }
+        // A name is one identity, matched literally: what the keying daemon would read as a pattern (`*`,
+        // `%any`) would let any authenticated peer pass as this one.
+        let identity = SocketPeerTargetName(name: trimmed).identity(raw: endpoint.peerNameIsRaw)
+        guard PeerIdentityText.isLiteral(identity) else {
+            throw SecureSocketError(.invalidArgument,
+                                    "peer target name `\(trimmed)` is a pattern (`*` or `%`), not one identity")
         }
         table.update(cookie: endpoint.cookie) { $0.peerTargetNames[key] = trimmed }
     }
@@ -294,28 +286,72 @@ public final class SecureSocketEngine: Sendable {
                                     "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
         }
         let deadline = monotonicNow() + timeout
+        try becomeInitiator(endpoint)
         table.update(cookie: facts.cookie) { $0.peer = peer.address }
         _ = table.handle(.negotiationStarted, cookie: facts.cookie)
-        if let keying, var (request, _) = keyingState.withLock({ $0[reqid] }) {
+        if let keying, var request = keyings.request(cookie: facts.cookie) {
             request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address).map {
                 SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
             }
             do {
-                let protection = try keying.negotiate(request, local: facts.local?.address.isAny == false ? facts.local?.address : nil,
-                                                      peer: peer.address, peerPort: peer.port, timeout: timeout)
-                _ = table.handle(.childUp(Self.info(protection)), cookie: facts.cookie)
-            } catch {
+                // The flow's own SAs: the local port must be known first (an unbound socket is bound now, as
+                // connect() would, to an ephemeral port).
+                let local = try boundLocal(fd, facts: facts)
+                let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+                                     localPort: local.port, remote: peer.address, remotePort: peer.port)
+                let negotiated = try keying.negotiate(request, flow: flow, timeout: Self.duration(seconds: timeout))
+                keyings.add(negotiated.registration, cookie: facts.cookie)
+                _ = table.handle(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
+            } catch let error as SecureSocketError {
+                throw error
+            } catch let error as KeyingError {
                 let failure = Self.failure(error, expected: request.requiredPeerIdentity, timeout: timeout)
                 _ = table.handle(.failed(failure), cookie: facts.cookie)
                 guard endpoint.machine.allowInsecure else {
                     throw SecureSocketError(Self.code(for: error), "\(failure)")
                 }
                 _ = table.handle(.fellBackToClear, cookie: facts.cookie)
+            } catch {
+                throw SecureSocketError(.systemCallFailure, "\(error)")
             }
         }
         if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
         try plainConnect(fd, peer, deadline: deadline, facts: facts, cancelled: cancelled)
     }
+
+    /// The socket's local address and port, binding an unbound socket to the wildcard address and an
+    /// ephemeral port first (what `connect()` would do), so the flow's traffic selectors can name the port.
+    private func boundLocal(_ fd: CInt, facts: SocketFacts, preferring port: UInt16 = 0) throws(SecureSocketError)
+        -> SocketEndpointAddress {
+        if let local = facts.local, local.port != 0 { return local }
+        if port != 0, SocketEndpointAddress(address: .any(facts.family), port: port).withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0,
+           let local = try inspect(fd).local, local.port != 0 {
+            return local
+        }
+        let any = SocketEndpointAddress(address: .any(facts.family), port: 0)
+        guard any.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
+            let error = Errno(rawValue: errno)
+            throw SecureSocketError(SecureSocketError.Code(errno: error), "binding to an ephemeral port", errno: error)
+        }
+        guard let local = try inspect(fd).local, local.port != 0 else {
+            throw SecureSocketError(.systemCallFailure, "no local port after bind")
+        }
+        return local
+    }
+
+    /// Marks the endpoint as one that initiates. A UDP socket that was answering peers on its port stops: its
+    /// reqid must be in no responder config once it sends to peers of its own choosing.
+    func becomeInitiator(_ endpoint: Endpoint) throws(SecureSocketError) {
+        guard endpoint.role != .initiator else { return }
+        if case .responder = endpoint.role {
+            for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {
+                keying?.release(registration)
+            }
+        }
+        table.update(cookie: endpoint.cookie) { $0.role = .initiator }
+    }
+
+    static func duration(seconds: Double) -> Duration { .milliseconds(Int64(max(0, seconds) * 1000)) }
 
     private func plainConnect(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
                               facts: SocketFacts, cancelled: CancelFlag?) throws(SecureSocketError) {
@@ -382,19 +418,19 @@ public final class SecureSocketEngine: Sendable {
             return info   // opened in clear: stays clear for its whole life
         }
         guard let reqid = endpoint.reqid, let local = facts.local else { return info }
-        let outbound: [XFRMState]
-        let inbound: [XFRMState]
+        let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+                             localPort: local.port, remote: peer.address, remotePort: peer.port)
+        let found: FlowAttribution?
         do {
-            // A socket bound to the wildcard address has no local address of its own: match on the peer alone.
-            let localAddress = local.address.isAny ? nil : local.address
-            outbound = try xfrm.states(source: localAddress, destination: peer.address, proto: .esp)
-            inbound = try xfrm.states(source: peer.address, destination: localAddress, proto: .esp)
+            // Only this flow's own SAs count; a socket that may run in clear must not borrow another
+            // connection's SAs between the same hosts as proof.
+            found = try FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
         } catch {
             throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
         }
-        // Our outbound SA must carry our reqid exactly; an inbound SA of the pair must exist too.
-        let protects = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && state.id.spi != 0 }
-        guard let out = outbound.first(where: protects), let into = inbound.first(where: protects) else { return info }
+        guard let found else { return info }
+        let out = found.outbound
+        let into = found.inbound
         info.flags.insert(.secured)
         info.outboundSA = out.id
         info.inboundSA = into.id
@@ -409,15 +445,10 @@ public final class SecureSocketEngine: Sendable {
         }
         if encrypts(out) && encrypts(into) { info.flags.insert(.encrypted) }
         info.encryptionAlgorithm = out.algorithms.first.map(\.name)
-        // Identities: from the endpoint's own state when the keying daemon's events already told us about this
-        // peer (no round trip), otherwise asked from the backend.
-        if case .secured(let known) = endpoint.state, endpoint.peer == peer.address, known.peerIdentity != nil {
-            info.peerMachineIdentity = known.peerIdentity
-            info.peerUserIdentity = known.peerUserIdentity
-            info.ikeSAID = known.ikeSAID ?? 0
-            info.childSAID = known.childSAID ?? 0
-            if known.peerUserIdentity != nil { info.flags.insert(.impersonated) }
-        } else if let protection = keying?.protection(reqid: reqid, peer: peer.address) {
+        // Who: the IKE SA that negotiated this very SA pair (by its inbound SPI), never "some SA to that host".
+        guard found.attributable else { return info }
+        if endpoint.role == .accepted { keyings.setOwnChild(cookie: endpoint.cookie, spi: into.id.spi, peer: peer.address) }
+        if let protection = keying?.protection(inboundSPI: into.id.spi, peer: peer.address) {
             info.peerMachineIdentity = protection.remoteIdentity
             info.peerUserIdentity = protection.remoteUserIdentity
             info.ikeSAID = protection.ikeSAID ?? 0
@@ -455,13 +486,7 @@ public final class SecureSocketEngine: Sendable {
             guard SocketInspector.cookie(of: candidate.descriptor) == candidate.cookie,
                   let listener = try? SocketInspector.facts(of: candidate.descriptor),
                   listener.isListening, listener.local?.port == port else { continue }
-            var child = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
-                                 reqid: candidate.reqid, allowInsecure: candidate.machine.allowInsecure,
-                                 summary: candidate.summary + " (accepted)")
-            child.peerTargetNames = candidate.peerTargetNames
-            child.peerNameIsRaw = candidate.peerNameIsRaw
-            child.peer = facts.peer?.address
-            try? table.insert(child)
+            adopt(fd, facts: facts, listener: candidate, port: port)
             return table.endpoint(cookie: facts.cookie)
         }
         return nil
@@ -472,18 +497,138 @@ public final class SecureSocketEngine: Sendable {
     /// Forgets `fd`'s endpoint and frees what it held (reqid, keying configs) once no other endpoint (an
     /// accepted child of a listener) uses them. Call before `close()`; ``sweep()`` catches sockets closed without it.
     public func release(_ fd: CInt) {
-        guard let cookie = SocketInspector.cookie(of: fd) else { return }
-        release(cookie: cookie)
+        guard let facts = try? SocketInspector.facts(of: fd) else { return }
+        // An accepted connection the application never queried is registered now, so its own SAs go too.
+        _ = endpoint(for: fd, facts: facts)
+        release(cookie: facts.cookie)
     }
 
     func release(cookie: UInt64) {
         _ = table.handle(.closed, cookie: cookie)
         guard let endpoint = table.remove(cookie: cookie) else { return }
-        guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
-        if let (_, registration) = keyingState.withLock({ $0.removeValue(forKey: reqid) }), let registration {
-            keying?.release(registration)
+        // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
+        // CHILD_SA. Never an IKE SA other connections use.
+        if let entry = keyings.remove(cookie: cookie) {
+            for registration in entry.registrations { keying?.release(registration) }
+            if let own = entry.ownChild ?? ownChild(of: endpoint, flow: entry.flow) {
+                keying?.releaseChild(inboundSPI: own.spi, peer: own.peer)
+            }
         }
+        guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
         reqids.release(reqid)
+    }
+
+    /// An accepted connection's own CHILD_SA: the SA pair whose selectors are exactly its flow.
+    private func ownChild(of endpoint: Endpoint, flow: KeyedFlow?) -> (spi: UInt32, peer: XFRMAddress)? {
+        guard endpoint.role == .accepted, let flow, let reqid = endpoint.reqid,
+              let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true)
+        else { return nil }
+        return (found.inbound.id.spi, flow.remote)
+    }
+
+    // MARK: - Roles
+
+    /// Looks at sockets that are secured but neither listening nor connecting yet: a listening TCP socket (or
+    /// a bound, unconnected UDP socket that never initiated) becomes a responder, its reqid offered for flows
+    /// to its port; a socket found connected (a plain `connect()`) is an initiator. Returns whether young
+    /// undetermined sockets remain, so the caller looks again soon. O(undetermined endpoints).
+    @discardableResult
+    func settleRoles() -> Bool {
+        var young = false
+        let now = monotonicNow()
+        for endpoint in table.all where endpoint.role == .undetermined && endpoint.reqid != nil {
+            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+                  let facts = try? SocketInspector.facts(of: endpoint.descriptor) else { continue }
+            if facts.isConnected {
+                table.update(cookie: endpoint.cookie) { $0.role = .initiator }
+            } else if let port = facts.local?.port, port != 0,
+                      facts.isListening || (facts.kind == .datagram) {
+                becomeResponder(endpoint, port: port)
+            } else if now - endpoint.registeredAt < 5 {
+                young = true
+            }
+        }
+        return young
+    }
+
+    private func becomeResponder(_ endpoint: Endpoint, port: UInt16) {
+        guard let keying, let request = keyings.request(cookie: endpoint.cookie) else { return }
+        // Claimed first, so a concurrent connect sees the role and the listen is not loaded twice.
+        let claimed = table.update(cookie: endpoint.cookie) { e -> Bool in
+            guard e.role == .undetermined else { return false }
+            e.role = .responder(port: port)
+            return true
+        } ?? false
+        guard claimed else { return }
+        do {
+            let registration = try keying.listen(request, localPort: port)
+            keyings.add(registration, cookie: endpoint.cookie)
+        } catch {
+            _ = table.handle(.failed(Self.failure(error, expected: nil, timeout: 0)), cookie: endpoint.cookie)
+        }
+    }
+
+    /// The kernel's ACQUIRE for a flow of a secured socket that sent without `WSAConnect` (a plain
+    /// `connect()` or `sendto()` got EAGAIN): negotiates that flow's SAs with the peer target name set for
+    /// its peer, on a thread of its own (bounded), so the application's retry succeeds. Responders' and
+    /// accepted sockets' reqids never initiate (their peers do).
+    func answerAcquire(reqid: UInt32, flow: KeyedFlow) {
+        guard let keying,
+              let endpoint = table.endpoints(reqid: reqid).first(where: {
+                  $0.role == .initiator || $0.role == .undetermined || ($0.kind == .datagram && $0.role.isResponder)
+              }),
+              var request = keyings.request(cookie: endpoint.cookie) else { return }
+        guard (try? becomeInitiator(endpoint)) != nil else { return }
+        var flow = flow
+        if endpoint.kind == .stream {
+            // A TCP connect() that failed with EAGAIN gave its ephemeral port back, and the retry takes
+            // another: the flow's SAs would never match. Bind the socket to the port of the ACQUIRE (as connect
+            // would have) so the application's retries use the flow negotiated now.
+            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+                  let facts = try? SocketInspector.facts(of: endpoint.descriptor), !facts.isConnected,
+                  let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else { return }
+            flow.localPort = local.port
+        }
+        let key = "\(reqid)/\(flow)"
+        guard acquires.admit(key) else { return }   // the kernel raises a new ACQUIRE once the larval state expires
+        request.requiredPeerIdentity = endpoint.peerTargetName(for: flow.remote).map {
+            SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
+        }
+        _ = table.handle(.negotiationStarted, cookie: endpoint.cookie)
+        let timeout = configuration.negotiationTimeout
+        let finalRequest = request
+        let finalFlow = flow
+        let hooks = AcquireHooks(engine: self)
+        Thread.detachNewThread {
+            defer { hooks.done(key) }
+            do throws(KeyingError) {
+                let negotiated = try keying.negotiate(finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
+                hooks.succeeded(negotiated, cookie: endpoint.cookie)
+            } catch {
+                hooks.failed(Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
+                             cookie: endpoint.cookie)
+            }
+        }
+    }
+
+    /// ACQUIREs being answered, by reqid and flow (at most a few at once).
+    let acquires = InFlightSet(limit: 8)
+
+    struct AcquireHooks: @unchecked Sendable {
+        weak var engine: SecureSocketEngine?
+        func done(_ key: String) { engine?.acquires.remove(key) }
+        func succeeded(_ negotiated: Negotiated, cookie: UInt64) {
+            guard let engine else { return }
+            if engine.table.endpoint(cookie: cookie) == nil {
+                engine.keying?.release(negotiated.registration)   // closed meanwhile
+                return
+            }
+            engine.keyings.add(negotiated.registration, cookie: cookie)
+            _ = engine.table.handle(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
+        }
+        func failed(_ failure: EndpointFailure, cookie: UInt64) {
+            _ = engine?.table.handle(.failed(failure), cookie: cookie)
+        }
     }
 
     /// How long a socket closed without ``release(_:)`` keeps its keying (seconds), so that its last segments and
@@ -553,14 +698,29 @@ public final class SecureSocketEngine: Sendable {
             guard let fd = CInt(entry), let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream,
                   facts.isConnected, facts.local?.port == port, facts.family == listener.family,
                   table.endpoint(cookie: facts.cookie) == nil else { continue }
-            var child = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
-                                 reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
-                                 summary: listener.summary + " (accepted)")
-            child.peerTargetNames = listener.peerTargetNames
-            child.peerNameIsRaw = listener.peerNameIsRaw
-            child.lastLocalPort = port
-            child.peer = facts.peer?.address
-            try? table.insert(child)
+            adopt(fd, facts: facts, listener: listener, port: port)
+        }
+    }
+
+    /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`.
+    private func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
+        var child = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
+                             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
+                             summary: listener.summary + " (accepted)")
+        child.peerTargetNames = listener.peerTargetNames
+        child.peerNameIsRaw = listener.peerNameIsRaw
+        child.lastLocalPort = port
+        child.peer = facts.peer?.address
+        child.role = .accepted
+        child.registeredAt = monotonicNow()
+        guard (try? table.insert(child)) != nil else { return }
+        if let request = keyings.request(cookie: listener.cookie) {
+            keyings.register(cookie: facts.cookie, request: request)
+            if let local = facts.local, let peer = facts.peer {
+                keyings.setFlow(cookie: facts.cookie, flow: KeyedFlow(
+                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
+                    remotePort: peer.port))
+            }
         }
     }
 

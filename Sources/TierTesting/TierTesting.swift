@@ -52,7 +52,10 @@ public func inESPKernel(_ testCase: XCTestCase, timeout: Int = 300, file: Static
     let filter = "\(className)/\(method)"
     let runner = root!.appendingPathComponent("scripts/uml/run.sh").path
     let started = Date()
-    let result = try Command.run([runner, "--timeout", "\(timeout)", "--", binary, filter],
+    // The library's own settings (WSS_*) reach the run inside UML too.
+    let settings = ProcessInfo.processInfo.environment.keys.filter { $0.hasPrefix("WSS_") }.sorted()
+        .flatMap { ["--env", $0] }
+    let result = try Command.run([runner, "--timeout", "\(timeout)"] + settings + ["--", binary, filter],
                                  timeout: Double(timeout + 30), check: false)
     let elapsed = Date().timeIntervalSince(started)
     print("---- \(filter) inside user-mode-linux (\(String(format: "%.1f", elapsed)) s, exit \(result.status)) ----")

@@ -109,10 +109,9 @@ private final class EventReader {
             while !stop.isStopped {
                 guard let datagram = try socket.receive(operation: "monitor") else { continue }
                 for message in try NetlinkMessage.split(datagram, operation: "monitor") {
-                    guard message.portID == 0 else {
-                        throw XFRMError(.unexpectedSender, operation: "monitor",
-                                        detail: "event addressed to port \(message.portID)")
-                    }
+                    // The sender is the kernel (checked on the datagram's source address). The header's
+                    // `nlmsg_pid` is not: the kernel copies the requester's port id into the multicast copy
+                    // of its request (charon's NEWSA carries charon's), so it says nothing about the sender.
                     if message.type == _NLMSG_NOOP || message.type == _NLMSG_DONE { continue }
                     continuation.yield(try XFRMEvent.decode(message))
                 }

@@ -157,6 +157,29 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertEqual(engine.peerTargetNames(tcp.fd.rawValue), [nil: "host/b.example"])
     }
 
+    /// Peer target names are identities, never patterns: what charon would read as a wildcard is refused with
+    /// WSAEINVAL (in SPN and raw form), and nothing is recorded.
+    func testPeerTargetNamesThatArePatternsAreRefused() throws {
+        let tcp = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(tcp.fd.rawValue)
+        for name in ["host/%any", "%any", "*.example", "host/*.example", "b.%example", "*", "CN=*, O=example",
+                     "%any6", "host/b.exa*mple"] {
+            XCTAssertThrowsError(try engine.setPeerTargetName(tcp.fd.rawValue, SocketPeerTargetName(name: name)),
+                                 name) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, name)
+            }
+        }
+        XCTAssertEqual(engine.peerTargetNames(tcp.fd.rawValue), [:], "no pattern was recorded")
+        try engine.setPeerTargetName(tcp.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+        XCTAssertEqual(engine.peerTargetNames(tcp.fd.rawValue), [nil: "host/b.example"])
+
+        let raw = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(raw.fd.rawValue, SocketSecuritySettings(
+            securityProtocol: .ipsec, ipsec: IPsecSettings(flags: .peerNameIsRawFormat)))
+        XCTAssertThrowsError(try engine.setPeerTargetName(raw.fd.rawValue, SocketPeerTargetName(name: "%any")))
+        try engine.setPeerTargetName(raw.fd.rawValue, SocketPeerTargetName(name: "CN=b.example, O=Example"))
+    }
+
     func testSweepReleasesClosedSockets() throws {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)

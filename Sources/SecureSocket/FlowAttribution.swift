@@ -1,0 +1,49 @@
+import Keying
+import XFRM
+
+/// Which SA pair protects one flow, read from the kernel: the outbound and inbound ESP transport SAs with the
+/// socket's reqid whose selectors cover the flow (two filtered dumps, one netlink request each).
+///
+/// Flow-exact selectors (the binding) name one connection; an address-only selector (a system charon without
+/// `set_proto_port_transport_sa`, static keys) covers every connection between the two hosts under that
+/// reqid, so it is attributed only when it is the only candidate on a reqid of the socket's own.
+struct FlowAttribution {
+    var outbound: XFRMState
+    var inbound: XFRMState
+    /// Both selectors are exactly the flow.
+    var exact: Bool
+    /// The pair can be named as this flow's own: exact, or the only pair covering the flow.
+    /// When false the flow is protected (the kernel found SAs with the reqid) but by whose, it cannot say.
+    var attributable: Bool
+
+    /// - Parameters:
+    ///   - exactOnly: only flow-exact SAs count (a socket that may run in clear must not borrow another
+    ///     connection's SAs as proof).
+    static func find(in xfrm: XFRMClient, flow: KeyedFlow, reqid: UInt32, exactOnly: Bool) throws(XFRMError) -> FlowAttribution? {
+        let local = flow.local.isAny ? nil : flow.local
+        let usable = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && state.id.spi != 0 }
+        // A socket bound to the wildcard address (an unconnected UDP server) has no local address of its own:
+        // each SA's own local address stands in for it.
+        let outbound = try xfrm.states(source: local, destination: flow.remote, proto: .esp).filter { state in
+            var own = flow
+            if local == nil { own.local = state.source }
+            return usable(state) && own.isCovered(by: state.selector, outbound: true)
+        }
+        let inbound = try xfrm.states(source: flow.remote, destination: local, proto: .esp).filter { state in
+            var own = flow
+            if local == nil { own.local = state.id.destination }
+            return usable(state) && own.isCovered(by: state.selector, outbound: false)
+        }
+        let exactOut = outbound.filter { $0.selector.isFlowExact }
+        let exactIn = inbound.filter { $0.selector.isFlowExact }
+        if let out = exactOut.last, let into = exactIn.last {
+            return FlowAttribution(outbound: out, inbound: into, exact: true, attributable: true)
+        }
+        guard !exactOnly, let out = outbound.last, let into = inbound.last else { return nil }
+        // Address-only SAs: attributable only when they are the only pair covering the flow. With several (a
+        // shared reqid, several connections between the two hosts) the kernel uses the newest for output,
+        // whoever it belongs to: protected, but not attributable to a peer.
+        return FlowAttribution(outbound: out, inbound: into, exact: false,
+                               attributable: outbound.count == 1 && inbound.count == 1)
+    }
+}

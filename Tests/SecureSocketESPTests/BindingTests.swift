@@ -1,0 +1,348 @@
+import ALE
+import Foundation
+import Impersonation
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 3: every connection bound to its own SAs and its own authenticated peer (the binding model in the
+/// SecureSocket documentation), against many connections at once, several users on one host, and an
+/// authenticated peer that is not the peer target name. Each test captures the veth.
+final class BindingTests: XCTestCase {
+    typealias Ends = CharonFlowTests.Ends
+
+    func capture(_ ends: Ends, on side: TestNamespace? = nil) throws -> PacketCapture {
+        let namespace = side ?? ends.pair.b
+        return try PacketCapture(namespace: namespace,
+                                 interface: namespace.name == ends.pair.a.name ? ends.pair.interfaceA : ends.pair.interfaceB,
+                                 file: FileManager.default.temporaryDirectory
+                                     .appendingPathComponent("bt-\(UUID().uuidString).pcap").path)
+    }
+
+    /// One client process, one server: 200 secured connections opened one after another and all held open,
+    /// then a round of echoes on every one. Each connection has an SA pair of its own whose selectors are its
+    /// flow, and every connection answers: the newest SA no longer takes every older connection's replies.
+    func testTwoHundredConnectionsHeldOpenAllEcho() throws {
+        try inESPKernel(self, timeout: 420) {
+            let ends = try Ends(auth: .ecdsa)
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let count = 200
+            var clients: [TestSocket] = []
+            var accepted: [TestSocket] = []
+            let started = Date()
+            for index in 0..<count {
+                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                client.setTimeouts(5)
+                try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
+                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+                do {
+                    try ends.a.connect(client.fd.rawValue, to: peer)
+                } catch {
+                    XCTFail("connection \(index): \(error)")
+                    throw error
+                }
+                clients.append(client)
+                let server = try listener.accept(timeout: 5)
+                server.setTimeouts(5)
+                accepted.append(server)
+            }
+            let opened = Date().timeIntervalSince(started)
+            print("opened \(count) secured connections in \(String(format: "%.1f", opened)) s "
+                  + "(\(String(format: "%.1f", opened * 1000 / Double(count))) ms each)")
+
+            let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
+            let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
+            let statsBefore = try XFRMStatistics.read(in: ends.pair.a.namespace)
+            var answered = 0
+            var outboundSPIs = Set<UInt32>()
+            var markers: [[UInt8]] = []
+            for (index, (client, server)) in zip(clients, accepted).enumerated() {
+                let marker = Array("echo-\(index)-\(UUID().uuidString.prefix(8))".utf8)
+                markers.append(marker)
+                try client.send(marker)
+                let got = try server.receiveExactly(marker.count, timeout: 5)
+                try server.send(got)
+                if (try? client.receiveExactly(marker.count, timeout: 5)) == marker { answered += 1 }
+                let view = try ends.b.query(server.fd.rawValue)
+                XCTAssertEqual(view.flags, [.secured, .encrypted], "connection \(index): \(view)")
+                XCTAssertEqual(view.peerMachineIdentity, "a.example", "connection \(index)")
+                if let out = view.outboundSA {
+                    outboundSPIs.insert(out.spi)
+                    // The server's SA for this connection is exactly its flow.
+                    let state = try xfrmB.getState(out)
+                    XCTAssertTrue(state.selector.isFlowExact, "connection \(index): \(state.selector)")
+                    XCTAssertEqual(state.selector.destinationPort, try XCTUnwrap(SocketInspector.facts(of: client.fd.rawValue).local?.port))
+                }
+            }
+            XCTAssertEqual(answered, count, "every held connection echoes")
+            XCTAssertEqual(outboundSPIs.count, count, "each connection has an outbound SA of its own")
+            let statsAfter = try XFRMStatistics.read(in: ends.pair.a.namespace)
+            XCTAssertEqual(statsAfter["XfrmInTmplMismatch"], statsBefore["XfrmInTmplMismatch"], "no reply dropped by a policy")
+            XCTAssertEqual(statsAfter["XfrmInStateMismatch"], statsBefore["XfrmInStateMismatch"])
+            let clientSAs = try xfrmA.states().filter { $0.id.spi != 0 && $0.mode == .transport }
+            print("client SAD: \(clientSAs.count) SAs for \(count) connections; XfrmIn* increase: "
+                  + "\(statsAfter.increase(since: statsBefore))")
+
+            capture.stop()
+            let analysis = try capture.analyse(markers: markers)
+            XCTAssertGreaterThan(analysis.espPackets, 0)
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+            for socket in clients { ends.a.release(socket.fd.rawValue); socket.closeAbortively() }
+            for socket in accepted { ends.b.release(socket.fd.rawValue); socket.closeAbortively() }
+            ends.b.release(listener.fd.rawValue)
+            listener.closeAbortively()
+        }
+    }
+
+    // MARK: - An authenticated peer that is not the peer target name
+
+    /// The peer at the address the client wants holds a valid certificate from the trusted CA, but for
+    /// `c.example`, not `b.example`. (a) It initiates IKE towards the client after WSASetSocketSecurity and
+    /// before WSAConnect; (b) it answers the client; (c) the client host already has an IKE SA with it (a
+    /// socket without a peer target name connected first). In each, WSAConnect and a plain connect() refuse,
+    /// no SA ever carries the client socket's reqid with that peer, and the attacker's application receives
+    /// no byte.
+    func testAuthenticatedPeerWithTheWrongNameNeverGetsTheConnection() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Ends(auth: .ecdsa, identityOfB: "c.example")
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            // The attacker's service: secured (its charon answers any authenticated peer) and a plain one.
+            let attackerSecured = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let attackerPlain = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
+            try attackerPlain.bind(ends.pair.addressB4, port: 0)
+            try attackerPlain.listen()
+            // The client host also serves (so it has a responder config a peer could try to use).
+            let clientListener = try ends.a.securedListener(in: ends.pair.a, family: .inet, address: ends.pair.addressA4)
+            let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
+            var markers: [[UInt8]] = []
+
+            func refuses(_ label: String, port: UInt16) throws {
+                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                client.setTimeouts(3)
+                try ends.a.setSecurity(client.fd.rawValue)
+                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+                let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
+                let reqid = try XCTUnwrap(ends.a.table.endpoint(cookie: cookie)?.reqid)
+                if label.hasPrefix("(a)") {
+                    // The attacker initiates towards the client, proposing every port of both hosts.
+                    let attack = IKEConnConfig(
+                        name: "attack-\(UUID().uuidString.prefix(6))", localAddresses: ["\(ends.pair.addressB4)"],
+                        remoteAddresses: ["\(ends.pair.addressA4)"],
+                        localAuth: [.pubkey(id: "c.example", certificates: [try XCTUnwrap(ends.certificates).certificate("c.example")])],
+                        remoteAuth: [.pubkey(id: "%any")],
+                        children: [ChildConfig(name: "grab", mode: .transport, policies: false,
+                                               espProposals: StrongSwanBackend.espProposals,
+                                               localTS: [.dynamic], remoteTS: [.dynamic])])
+                    try ends.backendB.vici.loadConn(attack)
+                    _ = try? ends.backendB.vici.initiate(child: "grab", ike: attack.name, timeout: .seconds(5))
+                    let onReqid = try xfrmA.states().filter { $0.reqid == reqid }
+                    XCTAssertEqual(onReqid.count, 0, "\(label): the attacker put SAs on the client's reqid: \(onReqid)")
+                }
+                let target = SocketEndpointAddress(address: ends.pair.addressB4, port: port)
+                XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue, to: target, timeout: 4), label) {
+                    XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\(label): \($0)")
+                }
+                XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags.contains(.secured), false, label)
+                XCTAssertEqual(try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }.count, 0,
+                               "\(label): no SA carries the client's reqid")
+                ends.a.release(client.fd.rawValue)
+                client.closeAbortively()
+
+                // A plain connect() on a secured socket: the ACQUIRE path checks the name too.
+                let plain = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                try ends.a.setSecurity(plain.fd.rawValue)
+                try ends.a.setPeerTargetName(plain.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+                XCTAssertThrowsError(try plain.connect(ends.pair.addressB4, port: port, retryFor: 3), label)
+                let marker = Array("secret-\(label)-\(UUID().uuidString)".utf8)
+                markers.append(marker)
+                _ = try? plain.send(marker)
+                ends.a.release(plain.fd.rawValue)
+                plain.closeAbortively()
+            }
+
+            for port in [attackerSecured.localPort, attackerPlain.localPort] {
+                try refuses("(a) attacker initiated first, port \(port)", port: port)
+                try refuses("(b) attacker answers, port \(port)", port: port)
+            }
+            // (c) A socket without a peer target name accepts any authenticated peer: the client host now has
+            // an IKE SA with the attacker. A named socket must not ride on it.
+            let unnamed = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(unnamed.fd.rawValue)
+            try ends.a.connect(unnamed.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4,
+                                                                                port: attackerSecured.localPort))
+            XCTAssertEqual(try ends.a.query(unnamed.fd.rawValue).peerMachineIdentity, "c.example")
+            let acceptedUnnamed = try attackerSecured.accept(timeout: 5)
+            for port in [attackerSecured.localPort, attackerPlain.localPort] {
+                try refuses("(c) IKE SA already up, port \(port)", port: port)
+            }
+
+            // The attacker's applications got nothing from the named sockets.
+            XCTAssertThrowsError(try attackerSecured.accept(timeout: 0.5), "no further connection reached the attacker")
+            XCTAssertThrowsError(try attackerPlain.accept(timeout: 0.5), "no connection reached the attacker's plain service")
+            capture.stop()
+            let analysis = try capture.analyse(markers: markers)
+            XCTAssertFalse(analysis.markerFound, "no secret in clear on the wire")
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            for socket in [unnamed, acceptedUnnamed, attackerSecured, attackerPlain, clientListener] {
+                ends.a.release(socket.fd.rawValue)
+                ends.b.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+        }
+    }
+
+    // MARK: - Several users on one client host
+
+    /// alice and bob connect from one client host with a second authentication round, interleaved, 20
+    /// connections each: every connection's query and impersonation name its own user, each connection has its
+    /// own SA pair with its own flow as selectors, and the server's replies to alice leave through alice's SA.
+    func testTwoUsersOnOneHostEachGetTheirOwnIdentityAndSAs() throws {
+        try inESPKernel(self, timeout: 300) {
+            let fixture = try CharonFlowTests.ImpersonationFixture(rules: "user alice -> nobody\nuser bob -> daemon\n")
+            defer { fixture.remove() }
+            let ends = try Ends(auth: .ecdsa, usersOfB: ["alice": "alice's secret", "bob": "bob's secret"])
+            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
+            let server = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB,
+                                                      reqidDirectory: ends.folders[1] + "-imp",
+                                                      namespace: ends.pair.b.namespace, identityMap: fixture.map))
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
+            var connections: [(user: String, client: TestSocket, accepted: TestSocket)] = []
+            for index in 0..<40 {
+                let user = index % 2 == 0 ? "alice" : "bob"
+                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                client.setTimeouts(5)
+                try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
+                    userName: user, password: "\(user)'s secret")))
+                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+                try ends.a.connect(client.fd.rawValue, to: peer)
+                let accepted = try listener.accept(timeout: 5)
+                accepted.setTimeouts(5)
+                connections.append((user, client, accepted))
+            }
+            var inboundSPIs = Set<UInt32>()
+            var markers: [[UInt8]] = []
+            for (index, connection) in connections.enumerated() {
+                let view = try server.query(connection.accepted.fd.rawValue)
+                XCTAssertEqual(view.flags, [.secured, .encrypted, .impersonated], "\(index) \(connection.user): \(view)")
+                XCTAssertEqual(view.peerUserIdentity, connection.user, "connection \(index)")
+                XCTAssertEqual(view.peerMachineIdentity, "a.example")
+                let account = try server.withPeerImpersonation(connection.accepted.fd.rawValue) { $0.name }
+                XCTAssertEqual(account, connection.user == "alice" ? "nobody" : "daemon", "connection \(index)")
+                let out = try XCTUnwrap(view.outboundSA)
+                let inbound = try XCTUnwrap(view.inboundSA)
+                inboundSPIs.insert(inbound.spi)
+                let before = try xfrmB.getState(out).counters.packets
+                let marker = Array("to-\(connection.user)-\(index)".utf8)
+                markers.append(marker)
+                try connection.accepted.send(marker)
+                XCTAssertEqual(try connection.client.receiveExactly(marker.count, timeout: 5), marker, "connection \(index)")
+                let after = try xfrmB.getState(out)
+                XCTAssertGreaterThan(after.counters.packets, before, "the reply left through \(connection.user)'s own SA")
+                XCTAssertTrue(after.selector.isFlowExact, "\(after.selector)")
+            }
+            XCTAssertEqual(inboundSPIs.count, 40, "an SA pair per connection")
+            capture.stop()
+            let analysis = try capture.analyse(markers: markers)
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+            for connection in connections {
+                ends.a.release(connection.client.fd.rawValue)
+                server.release(connection.accepted.fd.rawValue)
+                connection.client.closeAbortively()
+                connection.accepted.closeAbortively()
+            }
+            server.release(listener.fd.rawValue)
+            listener.closeAbortively()
+        }
+    }
+
+    // MARK: - Listeners
+
+    /// Two secured listeners on different ports, connected in both orders: both reachable, each connection's
+    /// SAs carry its own listener's reqid.
+    func testTwoSecuredListenersAreBothReachable() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let first = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let second = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
+            for order in [[first, second], [second, first]] {
+                for listener in order {
+                    let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                    try ends.a.setSecurity(client.fd.rawValue)
+                    try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4,
+                                                                                      port: listener.localPort))
+                    let accepted = try listener.accept(timeout: 5)
+                    try client.send([7])
+                    XCTAssertEqual(try accepted.receiveExactly(1, timeout: 5), [7])
+                    let view = try ends.b.query(accepted.fd.rawValue)
+                    XCTAssertEqual(view.flags, [.secured, .encrypted])
+                    let listenerReqid = ends.b.table.endpoint(cookie: try XCTUnwrap(SocketInspector.cookie(of: listener.fd.rawValue)))?.reqid
+                    XCTAssertEqual(try xfrmB.getState(try XCTUnwrap(view.outboundSA)).reqid, listenerReqid)
+                    ends.a.release(client.fd.rawValue)
+                    ends.b.release(accepted.fd.rawValue)
+                    client.closeAbortively()
+                    accepted.closeAbortively()
+                }
+            }
+            for listener in [first, second] {
+                ends.b.release(listener.fd.rawValue)
+                listener.closeAbortively()
+            }
+        }
+    }
+
+    /// An `ALLOW_INSECURE` listener: a plain connection from a host that also has a secured connection is
+    /// reported not secured, and impersonation on it fails; the secured one is reported with its peer.
+    func testAllowInsecureListenerNeverLendsAnotherConnectionsSAs() throws {
+        try inESPKernel(self) {
+            let fixture = try CharonFlowTests.ImpersonationFixture(rules: "id a.example -> daemon\n")
+            defer { fixture.remove() }
+            let ends = try Ends(auth: .psk)
+            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
+            let server = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB,
+                                                      reqidDirectory: ends.folders[1] + "-imp",
+                                                      namespace: ends.pair.b.namespace, identityMap: fixture.map))
+            let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4,
+                                                      SocketSecuritySettings(flags: .allowInsecure))
+            let secured = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            try ends.a.setSecurity(secured.fd.rawValue)
+            try ends.a.connect(secured.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            let securedAccepted = try listener.accept(timeout: 5)
+            let plain = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            _ = try plain.connect(ends.pair.addressB4, port: listener.localPort, retryFor: 3)
+            let plainAccepted = try listener.accept(timeout: 5)
+
+            let securedView = try server.query(securedAccepted.fd.rawValue)
+            XCTAssertEqual(securedView.flags, [.secured, .encrypted])
+            XCTAssertEqual(securedView.peerMachineIdentity, "a.example")
+            let plainView = try server.query(plainAccepted.fd.rawValue)
+            XCTAssertFalse(plainView.flags.contains(.secured), "\(plainView)")
+            XCTAssertNil(plainView.peerMachineIdentity)
+            XCTAssertThrowsError(try server.impersonatePeer(plainAccepted.fd.rawValue)) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
+            }
+            XCTAssertEqual(try server.withPeerImpersonation(securedAccepted.fd.rawValue) { $0.name }, "daemon")
+            for socket in [secured, securedAccepted, plain, plainAccepted, listener] {
+                ends.a.release(socket.fd.rawValue)
+                server.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+        }
+    }
+}
