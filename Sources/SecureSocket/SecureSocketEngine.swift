@@ -176,7 +176,7 @@ public final class SecureSocketEngine: Sendable {
             throw SecureSocketError(.networkUnreachable,
                                     "no keying backend (configure \(KeyingConfiguration.defaultPath)): a per-socket policy could never be satisfied")
         }
-        try harden(fd, facts)
+        try SocketHardening.apply(to: fd, family: facts.family)
 
         var reqid: UInt32?
         if settings.installsPolicy {
