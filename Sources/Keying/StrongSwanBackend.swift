@@ -245,9 +245,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             throw KeyingError(.unavailable, "load-conn \(conn): \(error)")
         }
         do {
-            let t0 = ContinuousClock.now
             let child = try initiate(child: childName, conn: conn, deadline: deadline)
-            if getenv("WSS_TRACE") != nil { print("TRACE initiate+list \(ContinuousClock.now - t0), since start \(ContinuousClock.now - deadline + timeout)") }
             registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
             try verify(child, request: request)
             return Negotiated(protection: child, registration: registration)
@@ -275,7 +273,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 let classified = Self.classify(error)
                 let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
                     || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
-                if getenv("WSS_TRACE") != nil { print("TRACE initiate failed after \(ContinuousClock.now - started): \(classified)") }
                 guard notReady, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
                       deadline - ContinuousClock.now > pause else { throw classified }
                 try? vici.terminate(child: childName, force: true, timeout: .seconds(1))

@@ -751,23 +751,6 @@ public final class SecureSocketEngine: Sendable {
         }
     }
 
-    /// No port sharing (Windows sets SO_EXCLUSIVEADDRUSE), and IPv6 sockets are IPv6-only so no v4-mapped flow
-    /// can escape the AF_INET6 policy.
-    private func harden(_ fd: CInt, _ facts: SocketFacts) throws(SecureSocketError) {
-        var zero: CInt = 0
-        var one: CInt = 1
-        let size = socklen_t(MemoryLayout<CInt>.size)
-        guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, size) == 0,
-              setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, size) == 0 else {
-            throw SecureSocketError(.systemCallFailure, "clearing SO_REUSEADDR/SO_REUSEPORT", errno: Errno(rawValue: errno))
-        }
-        if facts.family == .inet6 {
-            guard setsockopt(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) == 0 else {
-                throw SecureSocketError(.systemCallFailure, "setting IPV6_V6ONLY", errno: Errno(rawValue: errno))
-            }
-        }
-    }
-
     /// The user identity of the second authentication round: `user`, or `user@domain` with a domain.
     static func userIdentity(_ ipsec: IPsecSettings?) -> String? {
         guard let user = ipsec?.userName, !user.isEmpty else { return nil }
