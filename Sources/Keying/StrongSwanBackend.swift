@@ -280,6 +280,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 pause = pause * 2
             }
         }
+        // charon's `child-updown` event names the child (usually before `initiate` answers): no round trip.
+        if let known = children.waitForChild(named: childName, upTo: .milliseconds(200)) { return known }
         // `initiate` answers once the CHILD SA is installed; the IKE SA may still be busy for a moment.
         for attempt in 0..<20 {
             if let found = try? vici.listSAs(child: childName) {
@@ -374,9 +376,14 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 }
 
-/// The CHILD_SAs charon reported, by inbound SPI.
+/// The CHILD_SAs charon reported, by inbound SPI (and, for the ones we initiated, by child name).
 final class ChildRegistry: Sendable {
-    private let byInboundSPI = Mutex<[UInt32: KeyedProtection]>([:])
+    private struct Tables {
+        var byInboundSPI: [UInt32: KeyedProtection] = [:]
+        var byName: [String: KeyedProtection] = [:]
+    }
+
+    private let tables = Mutex(Tables())
 
     func record(_ event: VICIEvent) {
         let up = event.isUp ?? (event.name == "child-rekey")
@@ -384,7 +391,7 @@ final class ChildRegistry: Sendable {
             for child in ike.children {
                 guard let spi = child.spiIn else { continue }
                 if up && (child.isInstalled || event.name == "child-rekey") {
-                    insert(StrongSwanBackend.protection(ike: ike, child: child))
+                    insert(StrongSwanBackend.protection(ike: ike, child: child), name: child.name)
                 } else if !up {
                     remove(inboundSPI: spi)
                 }
@@ -392,14 +399,33 @@ final class ChildRegistry: Sendable {
         }
     }
 
-    func insert(_ protection: KeyedProtection) {
+    func insert(_ protection: KeyedProtection, name: String? = nil) {
         guard let spi = protection.inboundSPI else { return }
-        byInboundSPI.withLock { $0[spi] = protection }
+        tables.withLock { t in
+            t.byInboundSPI[spi] = protection
+            // Only our per-flow children have unique names; a listener's children share theirs.
+            if let name, name.hasPrefix("c") { t.byName[name] = protection }
+        }
     }
 
-    func remove(inboundSPI: UInt32) { byInboundSPI.withLock { _ = $0.removeValue(forKey: inboundSPI) } }
+    func remove(inboundSPI: UInt32) {
+        tables.withLock { t in
+            guard let gone = t.byInboundSPI.removeValue(forKey: inboundSPI) else { return }
+            t.byName = t.byName.filter { $0.value.inboundSPI != gone.inboundSPI }
+        }
+    }
 
-    func protection(inboundSPI: UInt32) -> KeyedProtection? { byInboundSPI.withLock { $0[inboundSPI] } }
+    func protection(inboundSPI: UInt32) -> KeyedProtection? { tables.withLock { $0.byInboundSPI[inboundSPI] } }
+
+    /// The installed child named `name`, waiting for its event at most `bound`; the name is forgotten once read.
+    func waitForChild(named name: String, upTo bound: Duration) -> KeyedProtection? {
+        let deadline = ContinuousClock.now + bound
+        while true {
+            if let found = tables.withLock({ $0.byName.removeValue(forKey: name) }) { return found }
+            guard ContinuousClock.now < deadline else { return nil }
+            sleepFor(.milliseconds(1))
+        }
+    }
 }
 
 /// Peer identities are literal: what strongSwan would read as a pattern is refused.

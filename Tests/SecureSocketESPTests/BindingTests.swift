@@ -33,7 +33,7 @@ final class BindingTests: XCTestCase {
             defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
-            let count = 200
+            let count = Int(ProcessInfo.processInfo.environment["WSS_HELD_CONNECTIONS"] ?? "") ?? 200
             var clients: [TestSocket] = []
             var accepted: [TestSocket] = []
             let started = Date()
