@@ -6,9 +6,11 @@ import SystemPackage
 ///
 /// The reqid is the only link between a socket's policy template and the SAs charon installs (the kernel
 /// requires equality on output), so two sockets, processes or child configs must never share one by accident.
-/// Each allocation is a file `<directory>/<reqid>` created with `O_CREAT | O_EXCL` (atomic across processes)
-/// holding the owner's pid; a file whose owner is gone is reclaimed. The range sits far above the reqids charon
-/// assigns itself (it counts up from 1).
+/// Reqids are claimed from the namespace in blocks: a block is a file `<directory>/block-<first>` created with
+/// `O_CREAT | O_EXCL` (atomic across processes) holding the owner's pid and start time; within a block the
+/// process hands reqids out from memory, so a socket's reqid costs no system call. A block whose owner is gone
+/// (the pid no longer runs, or runs another program started later) is reclaimed by the next process that needs
+/// one. The range sits far above the reqids charon assigns itself (it counts up from 1).
 public final class ReqidAllocator: Sendable {
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
@@ -16,8 +18,17 @@ public final class ReqidAllocator: Sendable {
 
     public let directory: String
     public let range: ClosedRange<UInt32>
-    private let held = Mutex<Set<UInt32>>([])
-    private let next = Mutex<UInt32>(0)
+    /// Reqids per claimed block.
+    public let blockSize: UInt32
+
+    private struct State {
+        /// Blocks this allocator holds, by first reqid, with the reqids of each still free.
+        var blocks: [UInt32: [UInt32]] = [:]
+        var held: Set<UInt32> = []
+        var nextBlock: UInt32 = 0
+    }
+
+    private let state = Mutex(State())
 
     /// The default folder: one per network namespace (named by its inode), under `/run`.
     public static func defaultDirectory() -> String {
@@ -27,9 +38,11 @@ public final class ReqidAllocator: Sendable {
     }
 
     public init(directory: String = ReqidAllocator.defaultDirectory(),
-                range: ClosedRange<UInt32> = 0x4000_0000...0x4fff_ffff) throws {
+                range: ClosedRange<UInt32> = 0x4000_0000...0x4fff_ffff, blockSize: UInt32 = 256) throws {
+        precondition(blockSize > 0)
         self.directory = directory
         self.range = range
+        self.blockSize = blockSize
         var path = ""
         for component in directory.split(separator: "/") {
             path += "/\(component)"
@@ -37,51 +50,90 @@ public final class ReqidAllocator: Sendable {
                 throw Failure(description: "cannot create \(path): \(Errno(rawValue: errno))")
             }
         }
+        // Start at a random block, so processes rarely race for the same one.
         var random = SystemRandomNumberGenerator()
-        let start = UInt32.random(in: range, using: &random)
-        next.withLock { $0 = start }
+        let blocks = UInt64(range.count) / UInt64(blockSize) + (UInt64(range.count) % UInt64(blockSize) == 0 ? 0 : 1)
+        let first = UInt32(UInt64.random(in: 0..<max(1, blocks), using: &random))
+        state.withLock { $0.nextBlock = first }
     }
 
-    /// Reserves a reqid. Bounded: gives up after 4096 taken candidates.
+    private var blockCount: UInt32 {
+        let count = UInt64(range.count)
+        return UInt32((count + UInt64(blockSize) - 1) / UInt64(blockSize))
+    }
+
+    /// Reserves a reqid: from a held block, or from a newly claimed one. Bounded: tries every block once.
     public func allocate() throws -> UInt32 {
-        for _ in 0..<4096 {
-            let candidate = next.withLock { value -> UInt32 in
-                let current = value
-                value = value >= range.upperBound ? range.lowerBound : value + 1
-                return current
+        if let reqid = state.withLock({ s -> UInt32? in
+            for (first, free) in s.blocks where !free.isEmpty {
+                let reqid = s.blocks[first]!.removeLast()
+                s.held.insert(reqid)
+                return reqid
             }
-            if try claim(candidate) {
-                held.withLock { _ = $0.insert(candidate) }
-                return candidate
+            return nil
+        }) {
+            return reqid
+        }
+        for _ in 0..<blockCount {
+            let index = state.withLock { s -> UInt32 in
+                let index = s.nextBlock
+                s.nextBlock = (s.nextBlock + 1) % blockCount
+                return index
+            }
+            let first = range.lowerBound + index * blockSize
+            guard state.withLock({ $0.blocks[first] == nil }), try claim(first) else { continue }
+            let last = UInt32(min(UInt64(first) + UInt64(blockSize) - 1, UInt64(range.upperBound)))
+            return state.withLock { s in
+                var free = Array((first...last).reversed())
+                let reqid = free.removeLast()
+                s.blocks[first] = free
+                s.held.insert(reqid)
+                return reqid
             }
         }
-        throw Failure(description: "no free reqid in \(range) after 4096 attempts")
+        throw Failure(description: "no free reqid block in \(range) (\(blockCount) blocks of \(blockSize))")
     }
 
-    /// Gives a reqid back (only ones this allocator holds).
+    /// Gives a reqid back (only ones this allocator holds). A block whose reqids are all free again is given
+    /// back to the namespace unless it is the last one held.
     public func release(_ reqid: UInt32) {
-        guard held.withLock({ $0.remove(reqid) }) != nil else { return }
-        unlink(path(reqid))
+        let emptied = state.withLock { s -> UInt32? in
+            guard s.held.remove(reqid) != nil else { return nil }
+            let first = range.lowerBound + (reqid - range.lowerBound) / blockSize * blockSize
+            s.blocks[first, default: []].append(reqid)
+            let size = min(UInt64(blockSize), UInt64(range.upperBound) - UInt64(first) + 1)
+            guard s.blocks.count > 1, UInt64(s.blocks[first]!.count) == size else { return nil }
+            s.blocks[first] = nil
+            return first
+        }
+        if let emptied { unlink(path(emptied)) }
     }
 
     /// Every reqid this allocator holds.
-    public var heldReqids: Set<UInt32> { held.withLock { $0 } }
+    public var heldReqids: Set<UInt32> { state.withLock { $0.held } }
 
-    /// Releases everything this allocator holds.
+    /// The blocks this allocator holds (their first reqids).
+    public var heldBlocks: Set<UInt32> { state.withLock { Set($0.blocks.keys) } }
+
+    /// Releases everything this allocator holds, blocks included.
     public func releaseAll() {
-        for reqid in heldReqids { release(reqid) }
+        let blocks = state.withLock { s -> [UInt32] in
+            defer { s = State(blocks: [:], held: [], nextBlock: s.nextBlock) }
+            return Array(s.blocks.keys)
+        }
+        for first in blocks { unlink(path(first)) }
     }
 
     deinit { releaseAll() }
 
-    private func path(_ reqid: UInt32) -> String { "\(directory)/\(reqid)" }
+    private func path(_ first: UInt32) -> String { "\(directory)/block-\(first)" }
 
-    private func claim(_ reqid: UInt32) throws -> Bool {
-        let file = path(reqid)
+    private func claim(_ first: UInt32) throws -> Bool {
+        let file = path(first)
         for _ in 0..<2 {
             let fd = open(file, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
             if fd >= 0 {
-                let text = "\(getpid())\n"
+                let text = "\(getpid()) \(ProcessIdentity.startTime(of: getpid()) ?? 0)\n"
                 _ = text.withCString { write(fd, $0, strlen($0)) }
                 close(fd)
                 return true
@@ -90,31 +142,53 @@ public final class ReqidAllocator: Sendable {
                 throw Failure(description: "cannot create \(file): \(Errno(rawValue: errno))")
             }
             // Taken. Reclaim only if its owner process is gone.
-            guard let owner = Self.owner(of: file), owner != getpid(), kill(owner, 0) != 0, errno == ESRCH else {
+            guard let owner = ProcessIdentity(file: file), owner.pid != getpid(), !owner.isRunning else {
                 return false
             }
             unlink(file)
         }
         return false
     }
+}
 
-    private static func owner(of file: String) -> pid_t? {
+/// A process as a claim file records it: its pid and its start time (clock ticks after boot, field 22 of
+/// `/proc/<pid>/stat`), so a pid the system has since given to another process is not taken for the owner.
+struct ProcessIdentity: Equatable {
+    var pid: pid_t
+    var startTime: UInt64
+
+    /// Reads `pid startTime` (a bare pid, from older claims, counts with start time 0: pid only).
+    init?(file: String) {
         let fd = open(file, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 32)
+        var buffer = [UInt8](repeating: 0, count: 64)
         let n = read(fd, &buffer, buffer.count)
         guard n > 0 else { return nil }
-        return pid_t(String(decoding: buffer.prefix(n), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        let words = String(decoding: buffer.prefix(n), as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard let first = words.first, let pid = pid_t(first) else { return nil }
+        self.pid = pid
+        self.startTime = words.count > 1 ? UInt64(words[1]) ?? 0 : 0
     }
-}
 
-private extension String {
-    func trimmingCharacters(in set: Set<Character>) -> String {
-        String(self.drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+    /// Whether that very process still runs.
+    var isRunning: Bool {
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard startTime != 0, let now = Self.startTime(of: pid) else { return true }
+        return now == startTime
     }
-}
 
-private extension Set<Character> {
-    static let whitespacesAndNewlines: Set<Character> = [" ", "\n", "\t", "\r"]
+    /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name, which may hold spaces).
+    static func startTime(of pid: pid_t) -> UInt64? {
+        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        let n = read(fd, &buffer, buffer.count)
+        guard n > 0, let close = buffer.prefix(n).lastIndex(of: UInt8(ascii: ")")) else { return nil }
+        let fields = String(decoding: buffer[(close + 1)..<n], as: UTF8.self).split(separator: " ")
+        // fields[0] is field 3 (state); start time is field 22.
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
 }

@@ -253,6 +253,9 @@ public final class SecureSocketEngine: Sendable {
         table.update(cookie: facts.cookie) { $0.peerTargetNames[address.address.isAny ? nil : address.address] = nil }
     }
 
+    /// Whether this engine holds `reqid` (claimed from the namespace and not given back).
+    public func holdsReqid(_ reqid: UInt32) -> Bool { reqids.heldReqids.contains(reqid) }
+
     /// The names an endpoint holds (for inspection and tests).
     public func peerTargetNames(_ fd: CInt) -> [XFRMAddress?: String] {
         guard let cookie = SocketInspector.cookie(of: fd) else { return [:] }

@@ -129,7 +129,7 @@ final class ReqidAllocatorTests: XCTestCase {
     }
 
     func testConcurrentAllocationsAreUnique() throws {
-        let allocator = try ReqidAllocator(directory: directory + "/ids", range: 1000...1999)
+        let allocator = try ReqidAllocator(directory: directory + "/ids", range: 1000...1999, blockSize: 64)
         let results = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: 800)
         defer { results.deallocate() }
         nonisolated(unsafe) let out = results
@@ -139,36 +139,64 @@ final class ReqidAllocatorTests: XCTestCase {
         XCTAssertFalse(results.contains(0))
         XCTAssertEqual(Set(results).count, 800, "no reqid handed out twice")
         XCTAssertEqual(allocator.heldReqids.count, 800)
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory + "/ids").count, 800)
+        XCTAssertTrue(results.allSatisfy { (1000...1999).contains($0) })
+        let files = try FileManager.default.contentsOfDirectory(atPath: directory + "/ids")
+        XCTAssertEqual(files.count, allocator.heldBlocks.count, "one claim file per block: \(files)")
+        XCTAssertTrue((13...14).contains(allocator.heldBlocks.count),
+                      "800 reqids in blocks of 64 (one of 16 is partial): \(allocator.heldBlocks.count)")
         allocator.releaseAll()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory + "/ids").count, 0)
     }
 
     func testTwoAllocatorsSharingAFolderNeverCollide() throws {
-        // Two allocators stand for two processes of one namespace.
-        let a = try ReqidAllocator(directory: directory + "/ids", range: 10...20)
-        let b = try ReqidAllocator(directory: directory + "/ids", range: 10...20)
+        // Two allocators stand for two processes of one namespace: together they get the whole range of 20
+        // (five blocks of 4), each reqid once, and then both are refused.
+        let a = try ReqidAllocator(directory: directory + "/ids", range: 10...29, blockSize: 4)
+        let b = try ReqidAllocator(directory: directory + "/ids", range: 10...29, blockSize: 4)
         var seen = Set<UInt32>()
-        for _ in 0..<5 {
-            XCTAssertTrue(seen.insert(try a.allocate()).inserted)
-            XCTAssertTrue(seen.insert(try b.allocate()).inserted)
+        var exhausted = [false, false]
+        while !(exhausted[0] && exhausted[1]) {
+            for (index, allocator) in [a, b].enumerated() where !exhausted[index] {
+                if let reqid = try? allocator.allocate() {
+                    XCTAssertTrue(seen.insert(reqid).inserted, "\(reqid) handed out twice")
+                } else {
+                    exhausted[index] = true
+                }
+            }
         }
-        XCTAssertEqual(seen.count, 10)
-        _ = try a.allocate()
-        XCTAssertThrowsError(try b.allocate(), "the range of 11 is exhausted")
+        XCTAssertEqual(seen, Set(10...29))
+        XCTAssertTrue(a.heldBlocks.isDisjoint(with: b.heldBlocks), "blocks are never shared")
     }
 
-    func testStaleEntriesOfDeadProcessesAreReclaimedLiveOnesAreNot() throws {
+    func testReleasedReqidsAreReusedAndEmptyBlocksGoBack() throws {
+        let allocator = try ReqidAllocator(directory: directory + "/ids", range: 100...115, blockSize: 4)
+        let first = try (0..<6).map { _ in try allocator.allocate() }
+        XCTAssertEqual(allocator.heldBlocks.count, 2)
+        for reqid in first.suffix(2) { allocator.release(reqid) }
+        XCTAssertEqual(allocator.heldBlocks.count, 1, "a block whose reqids are all free again goes back")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory + "/ids").count, 1)
+        allocator.release(first[0])
+        let again = try allocator.allocate()
+        XCTAssertTrue(first.prefix(4).contains(again), "reuses its held block before claiming another")
+        XCTAssertEqual(allocator.heldBlocks.count, 1)
+    }
+
+    func testBlocksOfDeadOrRecycledProcessesAreReclaimedLiveOnesAreNot() throws {
         let folder = directory + "/ids"
-        let allocator = try ReqidAllocator(directory: folder, range: 50...51)
-        // 50 belongs to a process that no longer exists, 51 to a live one (pid 1).
-        try "999999999\n".write(toFile: folder + "/50", atomically: true, encoding: .utf8)
-        try "1\n".write(toFile: folder + "/51", atomically: true, encoding: .utf8)
-        XCTAssertEqual(try allocator.allocate(), 50)
+        let allocator = try ReqidAllocator(directory: folder, range: 50...57, blockSize: 4)
+        // Block 50 belongs to a process that no longer exists, block 54 to a live one (pid 1, its real start time).
+        try "999999999 12345\n".write(toFile: folder + "/block-50", atomically: true, encoding: .utf8)
+        let start = try String(contentsOfFile: "/proc/1/stat", encoding: .utf8).split(separator: ")").last!
+            .split(separator: " ")[19]
+        try "1 \(start)\n".write(toFile: folder + "/block-54", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try (0..<4).map { _ in try allocator.allocate() }.sorted(), [50, 51, 52, 53])
         XCTAssertThrowsError(try allocator.allocate())
-        allocator.release(50)
-        XCTAssertFalse(FileManager.default.fileExists(atPath: folder + "/50"))
-        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/51"), "another owner's reqid is never touched")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/block-54"), "another owner's block is never touched")
+        // A pid now used by a process that started at another time is a recycled pid: its block is free.
+        try "1 \(UInt64(start)! + 1)\n".write(toFile: folder + "/block-54", atomically: true, encoding: .utf8)
+        XCTAssertEqual(try allocator.allocate(), 54)
+        allocator.releaseAll()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [])
     }
 }
 
