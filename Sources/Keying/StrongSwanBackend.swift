@@ -105,6 +105,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 }
             }
         }
+        do {
+            try loadResponder([])
+        } catch {
+            shutdown()
+            throw KeyingError(.unavailable, "load-conn \(responderName): \(error)")
+        }
     }
 
     deinit {
@@ -133,6 +139,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     public func shutdown() {
+        try? vici.unloadConn(name: responderName)
         events?.stop()
         eventTask.withLock { $0?.cancel() }
         daemon?.stop()
@@ -173,11 +180,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     // MARK: - Responder
 
+    /// The responder conn stays loaded for the backend's life, with no child while nothing listens: a peer
+    /// that arrives just before a listener is seen gets an IKE SA and `TS_UNACCEPTABLE` for its child (which
+    /// our initiators retry) instead of an authentication failure.
     private func loadResponder(_ children: [ChildConfig]) throws(VICIError) {
-        guard !children.isEmpty else {
-            try? vici.unloadConn(name: responderName)
-            return
-        }
         // With EAP users configured, the peer must also authenticate a user (RFC 4739 second round).
         var remote = [remoteAuth(identity: nil)]
         if !credentials.eapUsers.isEmpty { remote.append(AuthConfig(method: .eapMD5, eapID: "%any")) }

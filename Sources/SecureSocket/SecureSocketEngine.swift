@@ -95,7 +95,11 @@ public final class SecureSocketEngine: Sendable {
         weak var engine: SecureSocketEngine?
         func sweep() { engine?.sweep() }
         /// Returns whether young undetermined endpoints remain (the pump then looks again soon).
-        func settleRoles() -> Bool { engine?.settleRoles() ?? false }
+        func settleRoles() -> Bool {
+            guard let engine else { return false }
+            defer { engine.publishIfDirty() }
+            return engine.settleRoles()
+        }
         func acquire(reqid: UInt32, flow: KeyedFlow) { engine?.answerAcquire(reqid: reqid, flow: flow) }
     }
 
@@ -318,6 +322,7 @@ public final class SecureSocketEngine: Sendable {
                 throw SecureSocketError(.systemCallFailure, "\(error)")
             }
         }
+        snapshotDirty.store(true, ordering: .releasing)
         if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
         try plainConnect(fd, peer, deadline: deadline, facts: facts, cancelled: cancelled)
     }
@@ -469,6 +474,7 @@ public final class SecureSocketEngine: Sendable {
                                                      encryptionAlgorithm: info.encryptionAlgorithm)),
                              cookie: endpoint.cookie)
         }
+        snapshotDirty.store(true, ordering: .releasing)
         if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
             if let machine = info.peerMachineIdentity {
                 info.peerMachineToken = tokens.open(.machine, identity: machine, accessMask: mask).handle
@@ -509,6 +515,7 @@ public final class SecureSocketEngine: Sendable {
     func release(cookie: UInt64) {
         _ = table.handle(.closed, cookie: cookie)
         guard let endpoint = table.remove(cookie: cookie) else { return }
+        snapshotDirty.store(true, ordering: .releasing)
         // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
         // CHILD_SA. Never an IKE SA other connections use.
         if let entry = keyings.remove(cookie: cookie) {
@@ -676,6 +683,15 @@ public final class SecureSocketEngine: Sendable {
             released += 1
         }
         return released
+    }
+
+    /// Something an inspector would show changed: the event pump publishes within its next tick.
+    let snapshotDirty = Atomic<Bool>(false)
+
+    /// Publishes the snapshot if something changed since the last time (the event pump calls it each tick).
+    func publishIfDirty() {
+        guard snapshotDirty.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        publish()
     }
 
     /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.

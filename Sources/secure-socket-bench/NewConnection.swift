@@ -1,0 +1,170 @@
+import ALE
+import ArgumentParser
+import Foundation
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import XFRM
+
+/// A new secured connection to a peer whose IKE SA is up, N times in a row, against strongSwan's own cost for
+/// one new CHILD_SA on that IKE SA plus a plain connection over it, measured in the same run, rotating.
+///
+/// Ours, timed per connection: `socket()` + `setSecurity` + `setPeerTargetName` + `connect` (negotiates the
+/// connection's own CHILD_SA) + 1-byte echo + `release` (terminates that child, unloads its conn) + `close()`.
+/// Baseline, timed per connection: VICI `initiate` of a loaded child (host-to-host transport, global policies
+/// narrowed to the baseline port, the CREATE_CHILD_SA `swanctl --initiate --child` runs) + `socket()` +
+/// `connect()` + 1-byte echo + `close()` + VICI `terminate` of that child. Both use the same two charons, the
+/// same IKE proposals and ESP proposals, and an IKE SA that is already up.
+struct NewConnection: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "new-connection",
+        abstract: "A new secured connection over an established IKE SA, N in a row, vs one CREATE_CHILD_SA + connect (needs an ESP kernel: run under scripts/uml/run.sh).")
+
+    @Option(parsing: .upToNextOption, help: "Runs of N connections in a row, each for ours and for the baseline.")
+    var counts: [Int] = [10, 100, 1000]
+
+    func validate() throws {
+        guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }) else {
+            throw ValidationError("counts in 1...10000")
+        }
+    }
+
+    static let oursPort: UInt16 = 5001
+    static let basePort: UInt16 = 5002
+
+    func run() throws {
+        try requireRoot()
+        try requireESPKernel("new-connection")
+        Cleanup.installSignalHandlers()
+        defer { Cleanup.runAll() }
+        print("secure-socket-bench new-connection: kernel \(kernelDescription())")
+        print("  two namespaces joined by veth, one private charon per namespace (set_proto_port_transport_sa = yes),"
+              + " PSK, IKEv2, ESP \(StrongSwanBackend.espProposals.joined(separator: ","))")
+        let (pair, pairToken) = try makePair("ssnc")
+        defer { Cleanup.run(pairToken) }
+        let ends = try Ends(pair: pair, keying: .strongswan)
+        defer { ends.close() }
+        guard let backendA = ends.backendA, let backendB = ends.backendB else { throw BenchError("no charon") }
+
+        // Ours: a secured listener on B, echoing every connection it accepts.
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        defer { ends.b.release(listener.fd.rawValue); listener.closeAbortively() }
+        try ends.b.setSecurity(listener.fd.rawValue)
+        try listener.bind(pair.addressB4, port: Self.oursPort)
+        try listener.listen(backlog: 128)
+        let oursEcho = EchoServer(listener, release: { ends.b.release($0) })
+        defer { oursEcho.stop() }
+
+        // The baseline: a conn in the same charons, child host-to-host transport with global policies for the
+        // baseline port only, reqid chosen by charon; a plain listener on B.
+        // Identities of its own, so B's charon never picks this conn for ours' IKE SA (nor ours' for it).
+        for (vici, local, remote, id, peer) in [(backendA.vici, pair.addressA4, pair.addressB4, "base-a.example", "base-b.example"),
+                                                (backendB.vici, pair.addressB4, pair.addressA4, "base-b.example", "base-a.example")] {
+            let child = ChildConfig(name: "base", mode: .transport, policies: true, startAction: .none,
+                                    espProposals: StrongSwanBackend.espProposals,
+                                    localTS: [.dynamic(protocol: "tcp", port: id == "base-a.example" ? nil : Self.basePort)],
+                                    remoteTS: [.dynamic(protocol: "tcp", port: id == "base-a.example" ? Self.basePort : nil)])
+            try vici.loadConn(.initiator(name: "bench-base", local: "\(local)", remote: "\(remote)",
+                                         localAuth: .psk(id: id), remoteAuth: .psk(id: peer), children: [child]))
+        }
+        let plain = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        defer { plain.closeAbortively() }
+        try plain.bind(pair.addressB4, port: Self.basePort)
+        try plain.listen(backlog: 128)
+        let baseEcho = EchoServer(plain, release: { _ in })
+        defer { baseEcho.stop() }
+
+        // Warm-up, untimed: both IKE SAs up (the first connection of each kind pays the full IKE exchange).
+        do {
+            _ = try oneOfOurs(ends, pair)
+            _ = try oneBaseline(backendA.vici, pair)
+        } catch {
+            print("warm-up failed; charon B's log:\n\(backendB.daemon?.logTail(maxBytes: 6000) ?? "")")
+            throw error
+        }
+
+        print(row("N in a row", ["ours ms", "base ms", "ours/base", "ours grow", "base grow", "ours SAs"],
+                  labelWidth: 22))
+        for count in counts {
+            var ours: [Double] = []
+            var base: [Double] = []
+            for _ in 0..<count {
+                ours.append(try oneOfOurs(ends, pair))
+                base.append(try oneBaseline(backendA.vici, pair))
+            }
+            let left = try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count
+            print(row("N = \(count)", [format(median(ours) * 1000, 2), format(median(base) * 1000, 2),
+                                        format(median(ours) / median(base), 2), format(growth(ours), 2),
+                                        format(growth(base), 2), "\(left)"], labelWidth: 22))
+        }
+        print("  ms = median per connection; grow = median of the last 10 % over the first 10 % of the run;"
+              + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
+        print("  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)")
+    }
+
+    private func growth(_ values: [Double]) -> Double {
+        let tenth = max(1, values.count / 10)
+        return median(Array(values.suffix(tenth))) / median(Array(values.prefix(tenth)))
+    }
+
+    private func oneOfOurs(_ ends: Ends, _ pair: NamespacePair) throws -> Double {
+        let start = nowNanos()
+        let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        client.setTimeouts(8)
+        defer { client.closeAbortively() }
+        try ends.a.setSecurity(client.fd.rawValue)
+        try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+        try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.oursPort))
+        try client.send([0x2a])
+        guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("ours: wrong echo") }
+        ends.a.release(client.fd.rawValue)
+        client.closeAbortively()
+        return Double(nowNanos() - start) / 1e9
+    }
+
+    private func oneBaseline(_ vici: VICIClient, _ pair: NamespacePair) throws -> Double {
+        let start = nowNanos()
+        try vici.initiate(child: "base", ike: "bench-base", timeout: .seconds(8))
+        let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        client.setTimeouts(8)
+        defer { client.closeAbortively() }
+        if let error = client.connectOnce(pair.addressB4, port: Self.basePort) { throw BenchError("baseline connect: \(error)") }
+        try client.send([0x2a])
+        guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("baseline: wrong echo") }
+        client.closeAbortively()
+        _ = try vici.terminate(child: "base", force: true, timeout: .seconds(3))
+        return Double(nowNanos() - start) / 1e9
+    }
+}
+
+/// Accepts connections on a background thread and echoes each one's first read; each accepted socket is
+/// released (through `release`) and closed after its echo. Bounded: the loop ends at ``stop()``.
+final class EchoServer: @unchecked Sendable {
+    private let stopped = NSLock()
+    private var isStopped = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ listener: TestSocket, release: @escaping @Sendable (CInt) -> Void) {
+        let thread = Thread { [self] in
+            defer { done.signal() }
+            while !stopped.withLock({ isStopped }) {
+                guard let socket = try? listener.accept(timeout: 0.2) else { continue }
+                // Each connection on a thread of its own, so a slow close never holds up the next accept.
+                Thread.detachNewThread {
+                    socket.setTimeouts(8)
+                    if let bytes = try? socket.receive(upTo: 64, timeout: 8), !bytes.isEmpty { try? socket.send(bytes) }
+                    // Wait for the client's close before releasing, so the reply is never cut off.
+                    _ = try? socket.receive(upTo: 64, timeout: 2)
+                    release(socket.fd.rawValue)
+                    socket.closeAbortively()
+                }
+            }
+        }
+        thread.start()
+    }
+
+    func stop() {
+        stopped.withLock { isStopped = true }
+        _ = done.wait(timeout: .now() + 5)
+    }
+}
