@@ -14,7 +14,7 @@ struct SecureEcho: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "secure-echo",
         abstract: "Echo over a socket secured with the Winsock secure-socket functions.",
-        subcommands: [Server.self, Client.self])
+        subcommands: [Server.self, Client.self, Hold.self, ServeMany.self])
 
     static func fail(_ call: String) -> ExitCode {
         let code = WSAGetLastError()
@@ -166,30 +166,33 @@ struct SecureEcho: ParsableCommand {
             close(s)
         }
 
-        /// `SOCKET_SECURITY_SETTINGS_IPSEC` with the user, domain and password as UTF-16 after the 84-byte header.
-        func ipsecSettings() -> [UInt8] {
-            var header = SOCKET_SECURITY_SETTINGS_IPSEC()
-            header.SecurityProtocol = SOCKET_SECURITY_PROTOCOL_IPSEC
-            header.SecurityFlags = SOCKET_SETTINGS_GUARANTEE_ENCRYPTION
-            let strings = [user ?? "", domain ?? "", password ?? ""].map { text in
-                Array(text.utf16).flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } }
-            }
-            header.UserNameStringLen = UInt32(strings[0].count)
-            header.DomainNameStringLen = UInt32(strings[1].count)
-            header.PasswordStringLen = UInt32(strings[2].count)
-            var bytes = Array(withUnsafeBytes(of: header) { Array($0) }.prefix(84)) + strings.joined()
-            if bytes.count < 88 { bytes += [UInt8](repeating: 0, count: 88 - bytes.count) }
-            return bytes
-        }
+        func ipsecSettings() -> [UInt8] { SecureEcho.ipsecSettings(user: user, domain: domain, password: password) }
+        func peerTargetName(_ name: String) -> [UInt8] { SecureEcho.peerTargetName(name) }
+    }
 
-        /// `SOCKET_PEER_TARGET_NAME` as Microsoft's sample builds it: sizeof + 2 * characters, the character count stored.
-        func peerTargetName(_ name: String) -> [UInt8] {
-            var header = SOCKET_PEER_TARGET_NAME()
-            let units = Array(name.utf16)
-            header.PeerTargetNameStringLen = UInt32(units.count)
-            return Array(withUnsafeBytes(of: header) { Array($0) }.prefix(140))
-                + units.flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } } + [0, 0, 0, 0]
+    /// `SOCKET_SECURITY_SETTINGS_IPSEC` with the user, domain and password as UTF-16 after the 84-byte header.
+    static func ipsecSettings(user: String?, domain: String?, password: String?) -> [UInt8] {
+        var header = SOCKET_SECURITY_SETTINGS_IPSEC()
+        header.SecurityProtocol = SOCKET_SECURITY_PROTOCOL_IPSEC
+        header.SecurityFlags = SOCKET_SETTINGS_GUARANTEE_ENCRYPTION
+        let strings = [user ?? "", domain ?? "", password ?? ""].map { text in
+            Array(text.utf16).flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } }
         }
+        header.UserNameStringLen = UInt32(strings[0].count)
+        header.DomainNameStringLen = UInt32(strings[1].count)
+        header.PasswordStringLen = UInt32(strings[2].count)
+        var bytes = Array(withUnsafeBytes(of: header) { Array($0) }.prefix(84)) + strings.joined()
+        if bytes.count < 88 { bytes += [UInt8](repeating: 0, count: 88 - bytes.count) }
+        return bytes
+    }
+
+    /// `SOCKET_PEER_TARGET_NAME` as Microsoft's sample builds it: sizeof + 2 * characters, the character count stored.
+    static func peerTargetName(_ name: String) -> [UInt8] {
+        var header = SOCKET_PEER_TARGET_NAME()
+        let units = Array(name.utf16)
+        header.PeerTargetNameStringLen = UInt32(units.count)
+        return Array(withUnsafeBytes(of: header) { Array($0) }.prefix(140))
+            + units.flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } } + [0, 0, 0, 0]
     }
 }
 

@@ -102,6 +102,98 @@ final class BindingTests: XCTestCase {
         }
     }
 
+    /// The same from 4 client processes sharing one charon (`secure-echo hold`, through the C ABI), 50 connections
+    /// each, against one server process that echoes every connection on a thread of its own: every process
+    /// echoes on all of its connections, nothing in clear, and nothing is left in charon or the kernel after
+    /// the processes exit.
+    func testTwoHundredConnectionsFromFourProcesses() throws {
+        try inESPKernel(self, timeout: 420) {
+            let binaries = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                .deletingLastPathComponent().path
+            let echo = "\(binaries)/secure-echo"
+            XCTAssertTrue(FileManager.default.isExecutableFile(atPath: echo), "build the secure-echo product first")
+            let certificates = try TestCertificates(names: ["a.example", "b.example"])
+            defer { certificates.remove() }
+            let c = certificates.folder
+            let pair = try NamespacePair(prefix: "bp")
+            defer { pair.remove() }
+            // One charon for the client host, shared by the four processes.
+            let charonA = try CharonDaemon(namespace: pair.a.namespace)
+            defer { charonA.stop() }
+            try """
+                identity a.example
+                certificate \(c)/a.example.crt
+                private-key \(c)/a.example.key
+                authority \(c)/ca.crt
+                charon \(charonA.socketPath)
+                """.write(toFile: "\(c)/a.conf", atomically: true, encoding: .utf8)
+            try """
+                identity b.example
+                certificate \(c)/b.example.crt
+                private-key \(c)/b.example.key
+                authority \(c)/ca.crt
+                charon private
+                """.write(toFile: "\(c)/b.conf", atomically: true, encoding: .utf8)
+            let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB, file: "\(c)/veth-b.pcap")
+            defer { capture.stop() }
+
+            let serverLog = "\(c)/server.log"
+            FileManager.default.createFile(atPath: serverLog, contents: nil)
+            let server = Process()
+            server.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
+            server.arguments = ["netns", "exec", pair.b.name, "env", "WSS_KEYING_CONFIG=\(c)/b.conf", echo, "serve-many",
+                                "--bind", "\(pair.addressB4)", "--port", "27015", "--seconds", "240"]
+            server.standardOutput = FileHandle(forWritingAtPath: serverLog)
+            server.standardError = FileHandle(forWritingAtPath: serverLog)
+            try server.run()
+            defer { if server.isRunning { server.terminate() } }
+            let serverText = { (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? "" }
+            let listening = Date().addingTimeInterval(20)
+            while Date() < listening, server.isRunning, !serverText().contains("listening") { usleep(20_000) }
+            XCTAssertTrue(serverText().contains("listening"), serverText())
+
+            let clients = try (0..<4).map { index -> (Process, String) in
+                let log = "\(c)/client-\(index).log"
+                FileManager.default.createFile(atPath: log, contents: nil)
+                let client = Process()
+                client.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
+                client.arguments = ["netns", "exec", pair.a.name, "env", "WSS_KEYING_CONFIG=\(c)/a.conf", echo, "hold",
+                                    "--server", "\(pair.addressB4)", "--target", "host/b.example", "--connections", "50",
+                                    "--linger", "3"]
+                client.standardOutput = FileHandle(forWritingAtPath: log)
+                client.standardError = FileHandle(forWritingAtPath: log)
+                try client.run()
+                return (client, log)
+            }
+            let finish = Date().addingTimeInterval(300)
+            while Date() < finish, clients.contains(where: { $0.0.isRunning }) { usleep(100_000) }
+            for (index, (client, log)) in clients.enumerated() {
+                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                print("client process \(index): \(text)")
+                XCTAssertFalse(client.isRunning, "client \(index) finished")
+                XCTAssertTrue(text.contains("echoed 50/50"), "client \(index): \(text)")
+                if !client.isRunning { XCTAssertEqual(client.terminationStatus, 0, "client \(index)") }
+            }
+            // The processes are gone: nothing of theirs is left in the shared charon or in the kernel.
+            let settled = Date().addingTimeInterval(10)
+            var conns: [String] = []
+            var childSAs: [XFRMState] = []
+            let xfrmA = try XFRMClient(namespace: pair.a.namespace)
+            repeat {
+                conns = try charonA.vici.getConns()
+                childSAs = try xfrmA.states().filter { $0.id.spi != 0 }
+                if conns.isEmpty && childSAs.isEmpty { break }
+                usleep(200_000)
+            } while Date() < settled
+            XCTAssertEqual(conns, [], "the client processes' conns are gone from the shared charon")
+            XCTAssertEqual(childSAs.count, 0, "no SA left in the client's kernel: \(childSAs.prefix(3))")
+            capture.stop()
+            let analysis = try capture.analyse(markers: [])
+            XCTAssertGreaterThan(analysis.espPackets, 0)
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+        }
+    }
+
     // MARK: - An authenticated peer that is not the peer target name
 
     /// The peer at the address the client wants holds a valid certificate from the trusted CA, but for
