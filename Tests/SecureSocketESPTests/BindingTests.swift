@@ -372,6 +372,50 @@ final class BindingTests: XCTestCase {
         }
     }
 
+    /// Two connections to one peer share its IKE SA; releasing one removes its own CHILD_SA only, and the other
+    /// keeps echoing (before, release terminated the shared IKE SA).
+    func testClosingOneOfTwoConnectionsLeavesTheOtherWorking() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            var pairs: [(TestSocket, TestSocket)] = []
+            for _ in 0..<2 {
+                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                client.setTimeouts(5)
+                try ends.a.setSecurity(client.fd.rawValue)
+                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+                try ends.a.connect(client.fd.rawValue, to: peer)
+                let accepted = try listener.accept(timeout: 5)
+                accepted.setTimeouts(5)
+                pairs.append((client, accepted))
+            }
+            let views = try pairs.map { try ends.a.query($0.0.fd.rawValue) }
+            XCTAssertEqual(views[0].ikeSAID, views[1].ikeSAID, "one IKE SA for both connections")
+            XCTAssertNotEqual(views[0].childSAID, views[1].childSAID, "a CHILD SA each")
+            let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
+            ends.a.release(pairs[0].0.fd.rawValue)
+            pairs[0].0.closeAbortively()
+            let gone = Date().addingTimeInterval(3)
+            while Date() < gone, (try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA))) != nil { usleep(20_000) }
+            XCTAssertNil(try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA)), "the released connection's SA is gone")
+            for round in 0..<3 {
+                try pairs[1].0.send([UInt8(round)])
+                XCTAssertEqual(try pairs[1].1.receiveExactly(1, timeout: 5), [UInt8(round)])
+                try pairs[1].1.send([UInt8(round)])
+                XCTAssertEqual(try pairs[1].0.receiveExactly(1, timeout: 5), [UInt8(round)], "the other connection still echoes")
+            }
+            XCTAssertEqual(try ends.a.query(pairs[1].0.fd.rawValue).flags, [.secured, .encrypted])
+            XCTAssertEqual(try ends.backendA.vici.listSAs().count, 1, "the IKE SA stays for the other connection")
+            for socket in [pairs[1].0, pairs[1].1, pairs[0].1, listener] {
+                ends.a.release(socket.fd.rawValue)
+                ends.b.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+        }
+    }
+
     // MARK: - Listeners
 
     /// Two secured listeners on different ports, connected in both orders: both reachable, each connection's
