@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import SystemPackage
+import XFRM
 
 /// Hands out XFRM request ids that no other user of the library in the same network namespace holds.
 ///
@@ -31,10 +32,46 @@ public final class ReqidAllocator: Sendable {
     private let state = Mutex(State())
 
     /// The default folder: one per network namespace (named by its inode), under `/run`.
-    public static func defaultDirectory() -> String {
+    public static func defaultDirectory(for namespace: NetworkNamespace = .current) -> String {
         var info = stat()
-        let inode = stat("/proc/self/ns/net", &info) == 0 ? UInt64(info.st_ino) : 0
+        let inode = stat(namespace.path ?? "/proc/self/ns/net", &info) == 0 ? UInt64(info.st_ino) : 0
         return "/run/winsock-secure-socket/netns-\(inode)/reqids"
+    }
+
+    /// A block whose owner process is gone, reclaimed from the namespace: what that process may have left in
+    /// the keying daemon and the kernel under these reqids is for the caller to remove.
+    public struct DeadClaim: Hashable, Sendable {
+        public var pid: Int32
+        public var reqids: ClosedRange<UInt32>
+    }
+
+    /// Removes the claims of processes that are gone (killed, crashed) and returns them. O(claim files).
+    public func reclaimDeadBlocks() -> [DeadClaim] {
+        guard let folder = opendir(directory) else { return [] }
+        defer { closedir(folder) }
+        var reclaimed: [DeadClaim] = []
+        while let entry = readdir(folder) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard name.hasPrefix("block-"), let first = UInt32(name.dropFirst(6)), range.contains(first) else { continue }
+            let file = path(first)
+            guard let owner = ProcessIdentity(file: file), owner.pid != getpid(), !owner.isRunning else { continue }
+            // Only the owner identity read above is removed (a live process that reclaimed it meanwhile wrote
+            // its own identity: checked again right before unlinking).
+            guard ProcessIdentity(file: file) == owner, unlink(file) == 0 else { continue }
+            let last = UInt32(min(UInt64(first) + UInt64(blockSize) - 1, UInt64(range.upperBound)))
+            reclaimed.append(DeadClaim(pid: owner.pid, reqids: first...last))
+        }
+        return reclaimed
+    }
+
+    /// Gives every block back if no reqid is held (an idle process keeps no claim in the namespace).
+    public func releaseIfUnused() {
+        let blocks = state.withLock { s -> [UInt32] in
+            guard s.held.isEmpty else { return [] }
+            defer { s.blocks = [:] }
+            return Array(s.blocks.keys)
+        }
+        for first in blocks { unlink(path(first)) }
     }
 
     public init(directory: String = ReqidAllocator.defaultDirectory(),

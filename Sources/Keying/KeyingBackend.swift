@@ -35,6 +35,10 @@ public protocol KeyingBackend: AnyObject, Sendable {
     /// closed); other CHILD_SAs with the same peer stay.
     func releaseChild(inboundSPI: UInt32, peer: XFRMAddress)
 
+    /// Removes what a process that is gone (killed, crashed) left in a shared keying daemon: its configs and
+    /// secrets, and the CHILD_SAs under its reqids; IKE SAs other processes use stay.
+    func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>])
+
     /// Stops what the backend started (a private keying daemon).
     func shutdown()
 }

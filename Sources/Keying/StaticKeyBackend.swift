@@ -159,6 +159,9 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
 
     public func shutdown() {}
 
+    /// Static keys live in the kernel only: the engine deletes a dead process's SAs itself.
+    public func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>]) {}
+
     private func protection(for entry: Peer) -> KeyedProtection {
         KeyedProtection(remoteIdentity: entry.identity, encryptionAlgorithm: entry.algorithm,
                         inboundSPI: entry.inboundSPI, outboundSPI: entry.outboundSPI)

@@ -375,6 +375,21 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
     }
 
+    public func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>]) {
+        guard pid != getpid() else { return }
+        let prefix = "wss\(pid)x"
+        for name in (try? vici.getConns()) ?? [] where name.hasPrefix(prefix) { try? vici.unloadConn(name: name) }
+        if let shared = try? vici.command("get-shared"), let keys = shared.list("keys") {
+            for id in keys where id.hasPrefix(prefix) { try? vici.unloadShared(id: id) }
+        }
+        for ike in (try? vici.listSAs(noblock: true)) ?? [] {
+            for child in ike.children {
+                guard let reqid = child.reqid, reqids.contains(where: { $0.contains(reqid) }), let id = child.uniqueID else { continue }
+                _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2))
+            }
+        }
+    }
+
     public func releaseChild(inboundSPI: UInt32, peer: XFRMAddress) {
         guard let id = protection(inboundSPI: inboundSPI, peer: peer)?.childSAID else { return }
         children.remove(inboundSPI: inboundSPI)

@@ -66,7 +66,8 @@ public final class SecureSocketEngine: Sendable {
     public init(_ configuration: Configuration) throws(SecureSocketError) {
         self.configuration = configuration
         do {
-            reqids = try configuration.reqidDirectory.map { try ReqidAllocator(directory: $0) } ?? ReqidAllocator()
+            reqids = try ReqidAllocator(directory: configuration.reqidDirectory
+                                            ?? ReqidAllocator.defaultDirectory(for: configuration.namespace))
         } catch {
             throw SecureSocketError(.systemCallFailure, "reqid allocator: \(error)")
         }
@@ -88,6 +89,7 @@ public final class SecureSocketEngine: Sendable {
                 throw SecureSocketError(.systemCallFailure, "XFRM event monitor: \(error)", errno: error.errno)
             }
         }
+        reclaimDeadProcesses()
     }
 
     /// What the event pump may ask of the engine, without keeping it alive.
@@ -656,6 +658,7 @@ public final class SecureSocketEngine: Sendable {
         defer { publish() }
         var released = 0
         let now = monotonicNow()
+        if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
         for endpoint in table.all {
             if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
                 if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
@@ -682,6 +685,8 @@ public final class SecureSocketEngine: Sendable {
             release(cookie: endpoint.cookie)
             released += 1
         }
+        // An idle engine keeps no reqid claim in the namespace.
+        if table.count == 0 { reqids.releaseIfUnused() }
         return released
     }
 
@@ -692,6 +697,26 @@ public final class SecureSocketEngine: Sendable {
     func publishIfDirty() {
         guard snapshotDirty.exchange(false, ordering: .acquiringAndReleasing) else { return }
         publish()
+    }
+
+    private let sweeps = Atomic<Int>(0)
+
+    /// What processes that are gone (killed, crashed) left in this namespace: their reqid claims, their configs,
+    /// secrets and CHILD_SAs in a shared charon, their SAs in the kernel, their endpoint snapshots. Run when the
+    /// engine starts and every tenth sweep. O(claim files) when nobody died.
+    func reclaimDeadProcesses() {
+        let dead = reqids.reclaimDeadBlocks()
+        guard !dead.isEmpty else { return }
+        for (pid, claims) in Dictionary(grouping: dead, by: \.pid) {
+            let ranges = claims.map(\.reqids)
+            keying?.reclaim(deadProcess: pid, reqids: ranges)
+            let orphans = ((try? xfrm.states()) ?? []).filter { state in ranges.contains { $0.contains(state.reqid) } }
+            try? xfrm.deleteStates(orphans.map(\.id))
+            let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? [] where file.hasPrefix("\(pid)-") {
+                unlink("\(snapshots)/\(file)")
+            }
+        }
     }
 
     /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.
