@@ -38,8 +38,6 @@ public struct Endpoint: Sendable {
     public var reqid: UInt32?
     /// Peer target names by peer address; `nil` key for "whatever peer" (TCP with a zero PeerAddress).
     public var peerTargetNames: [XFRMAddress?: String] = [:]
-    /// The keying daemon's configuration names this endpoint loaded (conn names), to unload on close.
-    public var keyingConfigs: Set<String> = []
     public var machine: EndpointStateMachine
     /// Settings in force, as a free-form summary for inspection tools.
     public var summary: String

@@ -40,21 +40,9 @@ struct WSSDemo: ParsableCommand {
         defer { certificates.remove() }
         let c = certificates.folder
         let secret = UUID().uuidString
-        try """
-            identity a.example
-            certificate \(c)/a.example.crt
-            private-key \(c)/a.example.key
-            authority \(c)/ca.crt
-            charon private
-            """.write(toFile: "\(c)/a.conf", atomically: true, encoding: .utf8)
-        try """
-            identity b.example
-            certificate \(c)/b.example.crt
-            private-key \(c)/b.example.key
-            authority \(c)/ca.crt
-            charon private
-            eap-user alice@EXAMPLE "\(secret)"
-            """.write(toFile: "\(c)/b.conf", atomically: true, encoding: .utf8)
+        let aConf = try certificates.writeKeyingFile(for: "a.example", charon: "private")
+        let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private",
+                                                     extra: ["eap-user alice@EXAMPLE \"\(secret)\""])
         try "user alice@EXAMPLE -> nobody\nid a.example -> daemon\n".write(toFile: "\(c)/identity.map", atomically: true, encoding: .utf8)
         chmod("\(c)/identity.map", 0o644)
 
@@ -65,23 +53,15 @@ struct WSSDemo: ParsableCommand {
         print("namespaces \(pair.a.name) (10.77.0.1, a.example) and \(pair.b.name) (10.77.0.2, b.example), ECDSA certificates, a private charon in each")
 
         // The server.
-        let serverLog = "\(c)/server.log"
-        FileManager.default.createFile(atPath: serverLog, contents: nil)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-        server.arguments = ["netns", "exec", pair.b.name, "env", "WSS_KEYING_CONFIG=\(c)/b.conf", "WSS_IDENTITY_MAP=\(c)/identity.map",
-                            echo, "server", "--bind", "10.77.0.2", "--port", "27015", "--directory", shared,
-                            "--root-only", rootOnly, "--count", "1"]
-        server.standardOutput = FileHandle(forWritingAtPath: serverLog)
-        server.standardError = FileHandle(forWritingAtPath: serverLog)
-        try server.run()
-        defer { if server.isRunning { server.terminate() } }
-        let serverText = { (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? "" }
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline, server.isRunning, !serverText().contains("listening") { usleep(20_000) }
+        let server = try NamespaceProcess(
+            in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf, "WSS_IDENTITY_MAP": "\(c)/identity.map"],
+            [echo, "server", "--bind", "10.77.0.2", "--port", "27015", "--directory", shared, "--root-only", rootOnly,
+             "--count", "1"], log: "\(c)/server.log")
+        server.wait(for: "listening", timeout: 20)
+        let serverText = { server.output }
 
         // A client that names the wrong server is refused before a single payload byte.
-        let wrong = try pair.a.exec(["env", "WSS_KEYING_CONFIG=\(c)/a.conf", echo, "client", "--server", "10.77.0.2",
+        let wrong = try pair.a.exec(["env", "WSS_KEYING_CONFIG=\(aConf)", echo, "client", "--server", "10.77.0.2",
                                      "--target", "host/mallory.example", "--user", "alice", "--domain", "EXAMPLE",
                                      "--password", secret, "--message", "WRONG-NAME-PAYLOAD"], timeout: 60, check: false)
         print("---- client asking for host/mallory.example ----\n\(wrong.output)")
@@ -90,20 +70,13 @@ struct WSSDemo: ParsableCommand {
 
         // The real client, holding the connection open so it can be inspected.
         let marker = "SECRET-\(UUID().uuidString)"
-        let clientLog = "\(c)/client.log"
-        FileManager.default.createFile(atPath: clientLog, contents: nil)
-        let client = Process()
-        client.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-        client.arguments = ["netns", "exec", pair.a.name, "env", "WSS_KEYING_CONFIG=\(c)/a.conf", echo, "client",
-                            "--server", "10.77.0.2", "--target", "host/b.example", "--user", "alice", "--domain", "EXAMPLE",
-                            "--password", secret, "--message", marker, "--hold", "3"]
-        client.standardOutput = FileHandle(forWritingAtPath: clientLog)
-        client.standardError = FileHandle(forWritingAtPath: clientLog)
-        try client.run()
-        let clientText = { (try? String(contentsOfFile: clientLog, encoding: .utf8)) ?? "" }
-        let echoed = Date().addingTimeInterval(20)
-        while Date() < echoed, client.isRunning, !clientText().contains("echo:") { usleep(20_000) }
-        usleep(1_300_000)   // the engine publishes its endpoints every second
+        let client = try NamespaceProcess(
+            in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+            [echo, "client", "--server", "10.77.0.2", "--target", "host/b.example", "--user", "alice", "--domain", "EXAMPLE",
+             "--password", secret, "--message", marker, "--hold", "3"], log: "\(c)/client.log")
+        let clientText = { client.output }
+        client.wait(for: "echo:", timeout: 20)
+        usleep(1_300_000)   // the engine publishes its endpoints within a pump tick (at most a second)
         let inspected = try pair.b.exec([inspect, "--json"], timeout: 20, check: false)
         let inspectedText = try pair.b.exec([inspect], timeout: 20, check: false).output
         let finish = Date().addingTimeInterval(20)

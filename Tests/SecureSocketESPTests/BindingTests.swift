@@ -120,58 +120,23 @@ final class BindingTests: XCTestCase {
             // One charon for the client host, shared by the four processes.
             let charonA = try CharonDaemon(namespace: pair.a.namespace)
             defer { charonA.stop() }
-            try """
-                identity a.example
-                certificate \(c)/a.example.crt
-                private-key \(c)/a.example.key
-                authority \(c)/ca.crt
-                charon \(charonA.socketPath)
-                """.write(toFile: "\(c)/a.conf", atomically: true, encoding: .utf8)
-            try """
-                identity b.example
-                certificate \(c)/b.example.crt
-                private-key \(c)/b.example.key
-                authority \(c)/ca.crt
-                charon private
-                """.write(toFile: "\(c)/b.conf", atomically: true, encoding: .utf8)
+            let aConf = try certificates.writeKeyingFile(for: "a.example", charon: charonA.socketPath)
+            let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private")
             let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB, file: "\(c)/veth-b.pcap")
             defer { capture.stop() }
-
-            let serverLog = "\(c)/server.log"
-            FileManager.default.createFile(atPath: serverLog, contents: nil)
-            let server = Process()
-            server.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-            server.arguments = ["netns", "exec", pair.b.name, "env", "WSS_KEYING_CONFIG=\(c)/b.conf", echo, "serve-many",
-                                "--bind", "\(pair.addressB4)", "--port", "27015", "--seconds", "240"]
-            server.standardOutput = FileHandle(forWritingAtPath: serverLog)
-            server.standardError = FileHandle(forWritingAtPath: serverLog)
-            try server.run()
-            defer { if server.isRunning { server.terminate() } }
-            let serverText = { (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? "" }
-            let listening = Date().addingTimeInterval(20)
-            while Date() < listening, server.isRunning, !serverText().contains("listening") { usleep(20_000) }
-            XCTAssertTrue(serverText().contains("listening"), serverText())
-
-            let clients = try (0..<4).map { index -> (Process, String) in
-                let log = "\(c)/client-\(index).log"
-                FileManager.default.createFile(atPath: log, contents: nil)
-                let client = Process()
-                client.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-                client.arguments = ["netns", "exec", pair.a.name, "env", "WSS_KEYING_CONFIG=\(c)/a.conf", echo, "hold",
-                                    "--server", "\(pair.addressB4)", "--target", "host/b.example", "--connections", "50",
-                                    "--linger", "3"]
-                client.standardOutput = FileHandle(forWritingAtPath: log)
-                client.standardError = FileHandle(forWritingAtPath: log)
-                try client.run()
-                return (client, log)
+            let server = try NamespaceProcess(in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
+                                              [echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
+                                               "--seconds", "240"], log: "\(c)/server.log")
+            XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)
+            let clients = try (0..<4).map { index in
+                try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+                                     [echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
+                                      "--connections", "50", "--linger", "3"], log: "\(c)/client-\(index).log")
             }
-            let finish = Date().addingTimeInterval(300)
-            while Date() < finish, clients.contains(where: { $0.0.isRunning }) { usleep(100_000) }
-            for (index, (client, log)) in clients.enumerated() {
-                let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-                print("client process \(index): \(text)")
-                XCTAssertFalse(client.isRunning, "client \(index) finished")
-                XCTAssertTrue(text.contains("echoed 50/50"), "client \(index): \(text)")
+            for (index, client) in clients.enumerated() {
+                XCTAssertTrue(client.waitForExit(timeout: 300), "client \(index) finished")
+                print("client process \(index): \(client.output)")
+                XCTAssertTrue(client.output.contains("echoed 50/50"), "client \(index): \(client.output)")
                 if !client.isRunning { XCTAssertEqual(client.terminationStatus, 0, "client \(index)") }
             }
             // The processes are gone: nothing of theirs is left in the shared charon or in the kernel.

@@ -22,46 +22,17 @@ final class ReclaimTests: XCTestCase {
             defer { pair.remove() }
             let charonA = try CharonDaemon(namespace: pair.a.namespace)
             defer { charonA.stop() }
-            try """
-                identity a.example
-                certificate \(c)/a.example.crt
-                private-key \(c)/a.example.key
-                authority \(c)/ca.crt
-                charon \(charonA.socketPath)
-                """.write(toFile: "\(c)/a.conf", atomically: true, encoding: .utf8)
-            try """
-                identity b.example
-                certificate \(c)/b.example.crt
-                private-key \(c)/b.example.key
-                authority \(c)/ca.crt
-                charon private
-                """.write(toFile: "\(c)/b.conf", atomically: true, encoding: .utf8)
-            let server = Process()
-            server.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-            server.arguments = ["netns", "exec", pair.b.name, "env", "WSS_KEYING_CONFIG=\(c)/b.conf", echo, "serve-many",
-                                "--bind", "\(pair.addressB4)", "--port", "27015", "--seconds", "120"]
-            server.standardOutput = FileHandle.nullDevice
-            server.standardError = FileHandle.nullDevice
-            try server.run()
-            defer { if server.isRunning { server.terminate() } }
-
-            let log = "\(c)/client.log"
-            FileManager.default.createFile(atPath: log, contents: nil)
-            let client = Process()
-            client.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-            client.arguments = ["netns", "exec", pair.a.name, "env", "WSS_KEYING_CONFIG=\(c)/a.conf", echo, "hold",
-                                "--server", "\(pair.addressB4)", "--target", "host/b.example", "--connections", "20",
-                                "--linger", "120"]
-            client.standardOutput = FileHandle(forWritingAtPath: log)
-            client.standardError = FileHandle(forWritingAtPath: log)
-            usleep(500_000)   // the server's listener
-            try client.run()
-            defer { if client.isRunning { client.terminate() } }
-            let text = { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
-            let echoed = Date().addingTimeInterval(90)
-            while Date() < echoed, client.isRunning, !text().contains("echoed") { usleep(50_000) }
-            XCTAssertTrue(text().contains("echoed 20/20"), text())
-            let pid = client.processIdentifier   // `ip netns exec` and `env` exec the program: same pid
+            let aConf = try certificates.writeKeyingFile(for: "a.example", charon: charonA.socketPath)
+            let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private")
+            let server = try NamespaceProcess(in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
+                                              [echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
+                                               "--seconds", "120"], log: "\(c)/server.log")
+            XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)
+            let client = try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+                                              [echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
+                                               "--connections", "20", "--linger", "120"], log: "\(c)/client.log")
+            XCTAssertTrue(client.wait(for: "echoed 20/20", timeout: 90), client.output)
+            let pid = client.pid
             let folder = ReqidAllocator.defaultDirectory(for: pair.a.namespace)
             let xfrmA = try XFRMClient(namespace: pair.a.namespace)
             let connsBefore = try charonA.vici.getConns().filter { $0.hasPrefix("wss\(pid)x") }
@@ -72,7 +43,7 @@ final class ReclaimTests: XCTestCase {
             XCTAssertFalse(claimsBefore.isEmpty)
 
             kill(pid, SIGKILL)
-            client.waitUntilExit()
+            XCTAssertTrue(client.waitForExit(timeout: 5))
             // Still there: nobody has cleaned up yet.
             XCTAssertEqual(try charonA.vici.getConns().filter { $0.hasPrefix("wss\(pid)x") }.count, connsBefore.count)
 

@@ -1,0 +1,62 @@
+import Foundation
+
+/// A program run inside a namespace (`ip netns exec NS env VAR=… PROGRAM ARGS`) with its output in a log file:
+/// the sample services and clients the tier-3 tests and the demo drive as separate processes. `ip netns exec`
+/// and `env` exec the program, so ``pid`` is the program's own.
+public final class NamespaceProcess: @unchecked Sendable {
+    public let log: String
+    private let process = Process()
+
+    public init(in namespace: TestNamespace, environment: [String: String] = [:], _ command: [String],
+                log: String) throws {
+        self.log = log
+        FileManager.default.createFile(atPath: log, contents: nil)
+        process.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
+        process.arguments = ["netns", "exec", namespace.name, "env"]
+            + environment.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" } + command
+        process.standardOutput = FileHandle(forWritingAtPath: log)
+        process.standardError = FileHandle(forWritingAtPath: log)
+        try process.run()
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+    public var terminationStatus: Int32 { process.terminationStatus }
+    public var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    /// Waits (bounded) until the output contains `text` or the process ends; returns whether it appeared.
+    @discardableResult
+    public func wait(for text: String, timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline, process.isRunning, !output.contains(text) { usleep(20_000) }
+        return output.contains(text)
+    }
+
+    /// Waits (bounded) for the process to end; returns whether it did.
+    @discardableResult
+    public func waitForExit(timeout: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline, process.isRunning { usleep(50_000) }
+        return !process.isRunning
+    }
+
+    public func terminate() { if process.isRunning { process.terminate() } }
+
+    deinit { terminate() }
+}
+
+extension TestCertificates {
+    /// Writes a keying file (the library's `keying.conf` format) for `name`'s certificate, and returns its path.
+    /// `charon` is `private`, `auto` or a VICI socket path; `extra` lines are appended (e.g. `eap-user …`).
+    public func writeKeyingFile(for name: String, charon: String, extra: [String] = []) throws -> String {
+        let path = "\(folder)/\(name).conf"
+        try ([
+            "identity \(name)",
+            "certificate \(folder)/\(name).crt",
+            "private-key \(folder)/\(name).key",
+            "authority \(folder)/ca.crt",
+            "charon \(charon)",
+        ] + extra).joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+}
