@@ -22,6 +22,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        // swift-certificates' own ASN.1 layer (its types appear in X509's API).
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.1.0"),
     ],
     targets: [
         // C: the kernel's XFRM/netlink UAPI, libmnl and libnl-xfrm-3. No C anywhere else.
@@ -42,7 +45,12 @@ let package = Package(
         // Keying: strongSwan's charon driven over VICI, and a private charon per namespace.
         .target(
             name: "Keying",
-            dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "XFRM",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]
         ),
         // Application layer enforcement: the endpoint table and each endpoint's state machine.
         .target(name: "ALE", dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]),
@@ -111,7 +119,9 @@ let package = Package(
         .testTarget(name: "XFRMUnitTests", dependencies: ["XFRM", "CNetlink"]),
         // Tier 2: the host kernel, a fresh network namespace per test.
         .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
-        .testTarget(name: "KeyingUnitTests", dependencies: ["Keying"]),
+        .testTarget(name: "KeyingUnitTests", dependencies: [
+            "Keying", "XFRM", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+        ]),
         .testTarget(name: "WinsockUnitTests", dependencies: ["WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI"]),
         .testTarget(name: "SecureSocketKernelTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI"]),
         .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),

@@ -7,7 +7,7 @@ import SystemPackage
 ///
 /// ## The file
 ///
-/// One rule per line, `<kind> <identity> -> <account>`; blank lines and `#` comments (anywhere outside quotes) are
+/// One rule per line, `<kind> <identity> -> <account> [accept-group-key]`; blank lines and `#` comments (anywhere outside quotes) are
 /// ignored. Quote an identity that contains spaces or `#` (inside quotes, `\"` and `\\` are escapes).
 ///
 /// ```text
@@ -25,6 +25,9 @@ import SystemPackage
 /// # Any single host name directly under web.example (a.web.example, not x.a.web.example).
 /// san  *.web.example                  -> svc-web
 /// id   *.web.example                  -> svc-web
+///
+/// # Branch offices share one group key (keying file `psk`): any of them can claim any name, so say so.
+/// id   *.branch.example               -> svc-branch  accept-group-key
 /// ```
 ///
 /// Kinds:
@@ -34,6 +37,7 @@ import SystemPackage
 /// - `san NAME` / `san *.DOMAIN`: any one of the certificate's subjectAltNames, ASCII case-insensitively.
 /// - `id NAME` / `id *.DOMAIN`: the IKE identity, ASCII case-insensitively (as strongSwan compares FQDN and email
 ///   identities).
+/// - `accept-group-key` (after the account, `id` rules only): see "Group keys" below.
 /// - `*.DOMAIN` matches a DNS name with exactly ONE more label in front (RFC 6125 style): `*.example` matches
 ///   `b.example`, not `a.b.example`, not `example`, never an email address, IP address or DN. `*` alone is
 ///   rejected: there is no default account.
@@ -48,6 +52,17 @@ import SystemPackage
 ///    subjectAltNames mapped to two accounts), the peer is ``ImpersonationError/Code/ambiguousIdentity``:
 ///    nothing depends on the order of lines.
 /// 3. Nothing matches: ``ImpersonationError/Code/unmappedIdentity``. There is never a default account.
+///
+/// ## Group keys
+///
+/// A peer machine that authenticated with a group key (``PeerIdentity/Authentication/groupKey``: a pre-shared key
+/// every member of a group holds, the keying file's `psk`) has proven that it is a member, not who it is: any member
+/// can claim any identity and authenticate. Such a peer is refused (``ImpersonationError/Code/groupKeyNotAccepted``,
+/// `WSAEACCES` from `WSAImpersonateSocketPeer`) unless the rule its identity matches under step 2 ends with
+/// `accept-group-key`, which says "whoever holds the group key and claims this identity becomes this account".
+/// The best matching rule decides: a refused exact rule never falls back to a less specific rule that opts in.
+/// Per-peer keys (`peer-psk`), certificates and manual keys need no opt-in. A user of the second authentication
+/// round proved a secret of its own, so `user` rules apply to it whatever proved its machine.
 ///
 /// ## Validation and reloading
 ///

@@ -33,15 +33,24 @@ public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
     public var account: String
     /// The rule's line in the file (1-based).
     public var line: Int
+    /// `accept-group-key` after the account (`id` rules only): the rule also maps a peer that authenticated with a
+    /// group key, i.e. ANY holder of that key who claims the identity.
+    public var acceptsGroupKey: Bool
 
-    public init(kind: Kind, pattern: Pattern, account: String, line: Int) {
+    /// The option word that marks a rule ``acceptsGroupKey``.
+    public static let acceptGroupKeyOption = "accept-group-key"
+
+    public init(kind: Kind, pattern: Pattern, account: String, line: Int, acceptsGroupKey: Bool = false) {
         self.kind = kind
         self.pattern = pattern
         self.account = account
         self.line = line
+        self.acceptsGroupKey = acceptsGroupKey
     }
 
-    public var description: String { "line \(line): \(kind.rawValue) \(pattern) -> \(account)" }
+    public var description: String {
+        "line \(line): \(kind.rawValue) \(pattern) -> \(account)" + (acceptsGroupKey ? " \(Self.acceptGroupKeyOption)" : "")
+    }
 }
 
 /// A parsed, validated identity map: the rules of one file and the lookup tables built from them. Immutable; see
@@ -100,7 +109,9 @@ public struct IdentityRuleSet: Sendable {
     /// The rule that maps `peer`, in the order documented on ``IdentityMap``.
     ///
     /// - Throws: ``ImpersonationError/Code/unmappedIdentity`` when nothing matches (there is no default account),
-    ///   ``ImpersonationError/Code/ambiguousIdentity`` when the best matching rules name different accounts.
+    ///   ``ImpersonationError/Code/ambiguousIdentity`` when the best matching rules name different accounts,
+    ///   ``ImpersonationError/Code/groupKeyNotAccepted`` when a peer machine that authenticated with a group key
+    ///   matches a rule not marked `accept-group-key`.
     public func match(_ peer: PeerIdentity) throws(ImpersonationError) -> IdentityRule {
         let operation = "resolve \(peer)"
         if let user = peer.user {
@@ -128,6 +139,13 @@ public struct IdentityRuleSet: Sendable {
                 throw ImpersonationError(.ambiguousIdentity, operation: operation,
                                          detail: "\(name) rules map this peer to different accounts: "
                                              + matched.map(\.description).joined(separator: "; "))
+            }
+            // A group key proves membership of the group, not the identity: only an explicit opt-in maps it, and
+            // the best match decides (no falling back to a less specific rule that opts in).
+            if peer.authentication == .groupKey, let refused = matched.first(where: { !$0.acceptsGroupKey }) {
+                throw ImpersonationError(.groupKeyNotAccepted, operation: operation,
+                                         detail: "the peer authenticated with a group key, which any member of the group "
+                                             + "holds; \(refused) is not marked `\(IdentityRule.acceptGroupKeyOption)`")
             }
             return first
         }
@@ -251,9 +269,15 @@ public struct IdentityRuleSet: Sendable {
             return .failure("expected `->` after the identity; \(usage)")
         }
         guard tokens.count >= 4 else { return .failure("missing account after `->`") }
-        guard tokens.count == 4 else {
+        let option = IdentityRule.acceptGroupKeyOption
+        let acceptsGroupKey = tokens.count == 5 && !tokens[4].quoted && tokens[4].text == option
+        guard tokens.count == 4 || acceptsGroupKey else {
             return .failure("unexpected text after the account: \"\(tokens[4...].map(\.text).joined(separator: " "))\""
-                                + " (quote identities that contain spaces)")
+                                + " (quote identities that contain spaces; the only option is `\(option)`)")
+        }
+        if acceptsGroupKey && kind != .id {
+            return .failure("`\(option)` is for `id` rules only: a group key proves no certificate subject, "
+                                + "subjectAltName or user")
         }
         let account = tokens[3].text
         if let problem = accountNameProblem(account) { return .failure(problem) }
@@ -289,7 +313,8 @@ public struct IdentityRuleSet: Sendable {
                 pattern = .exact(identity.text)
             }
         }
-        return .rule(IdentityRule(kind: kind, pattern: pattern, account: account, line: number))
+        return .rule(IdentityRule(kind: kind, pattern: pattern, account: account, line: number,
+                                  acceptsGroupKey: acceptsGroupKey))
     }
 
     private struct Token {

@@ -9,7 +9,8 @@ public struct ImpersonationError: Error, Hashable, CustomStringConvertible, Send
     /// What kind of failure this is. Extensible: new codes may be added.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Kind: Hashable, Sendable {
-            case invalidMap, unreadableMap, unmappedIdentity, ambiguousIdentity, privilegedAccount, unknownAccount, accountLookup
+            case invalidMap, unreadableMap, unmappedIdentity, ambiguousIdentity, groupKeyNotAccepted, privilegedAccount
+            case unknownAccount, accountLookup
             case invalidAccount, notPermitted, systemCall, verificationFailed, restoreFailed
         }
         private let kind: Kind
@@ -24,6 +25,9 @@ public struct ImpersonationError: Error, Hashable, CustomStringConvertible, Send
         /// The best matching rules (same precedence) map this peer to different accounts, e.g. two of its
         /// subjectAltNames are mapped to two accounts. Nothing is chosen by file order.
         public static let ambiguousIdentity = Code(.ambiguousIdentity)
+        /// The peer machine authenticated with a group key (``PeerIdentity/Authentication/groupKey``): its identity is
+        /// a claim any holder of that key could make, and the rule that matches it is not marked `accept-group-key`.
+        public static let groupKeyNotAccepted = Code(.groupKeyNotAccepted)
         /// The account is root (uid 0), in the root group (gid 0), or has the id the kernel reads as
         /// "unchanged" ((uid_t)-1 / (gid_t)-1). Impersonating it would not drop privileges.
         public static let privilegedAccount = Code(.privilegedAccount)

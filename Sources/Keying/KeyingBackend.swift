@@ -157,10 +157,16 @@ public struct KeyedProtection: Hashable, Sendable {
     public var integrityAlgorithm: String?
     public var inboundSPI: UInt32?
     public var outboundSPI: UInt32?
+    /// How the peer proved ``remoteIdentity`` (and ``remoteUserIdentity``); nil when the backend cannot say.
+    public var authentication: PeerAuthentication?
+    /// The subject and subjectAltNames of the certificate that proved ``remoteIdentity``; nil when the peer
+    /// did not authenticate with a certificate or when which certificate it used is not known for sure.
+    public var remoteCertificate: CertificateIdentity?
 
     public init(ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, localIdentity: String? = nil,
                 remoteIdentity: String? = nil, remoteUserIdentity: String? = nil, encryptionAlgorithm: String? = nil,
-                integrityAlgorithm: String? = nil, inboundSPI: UInt32? = nil, outboundSPI: UInt32? = nil) {
+                integrityAlgorithm: String? = nil, inboundSPI: UInt32? = nil, outboundSPI: UInt32? = nil,
+                authentication: PeerAuthentication? = nil, remoteCertificate: CertificateIdentity? = nil) {
         self.ikeSAID = ikeSAID
         self.childSAID = childSAID
         self.localIdentity = localIdentity
@@ -170,6 +176,8 @@ public struct KeyedProtection: Hashable, Sendable {
         self.integrityAlgorithm = integrityAlgorithm
         self.inboundSPI = inboundSPI
         self.outboundSPI = outboundSPI
+        self.authentication = authentication
+        self.remoteCertificate = remoteCertificate
     }
 }
 
@@ -190,11 +198,21 @@ public struct KeyingError: Error, Hashable, CustomStringConvertible, Sendable {
 
     public var code: Code
     public var detail: String
+    /// The error that caused this one (a ``VICIError``, a certificate parser's error), kept as a value.
+    public var cause: (any Error & Sendable)?
 
-    public init(_ code: Code, _ detail: String) {
+    public init(_ code: Code, _ detail: String, cause: (any Error & Sendable)? = nil) {
         self.code = code
         self.detail = detail
+        self.cause = cause
     }
 
-    public var description: String { "\(code): \(detail)" }
+    public var description: String { cause.map { "\(code): \(detail): \($0)" } ?? "\(code): \(detail)" }
+
+    /// Equal code and detail (the cause is not compared).
+    public static func == (lhs: KeyingError, rhs: KeyingError) -> Bool { lhs.code == rhs.code && lhs.detail == rhs.detail }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(code)
+        hasher.combine(detail)
+    }
 }

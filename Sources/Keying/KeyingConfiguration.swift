@@ -9,8 +9,11 @@ import XFRM
 /// ```
 /// # This host's IKE identity (an FQDN, address, email, or a name in its certificate's subjectAltName).
 /// identity     a.example
-/// # Either a pre-shared key (text, or 0x-prefixed hex) ...
-/// psk          "correct horse battery staple"
+/// # Either pre-shared keys: one per peer (repeat the line; each key is offered for that peer's identity only) ...
+/// peer-psk     b.example "b's secret"
+/// peer-psk     c.example "c's secret"
+/// # ... or one group key for every peer (text, or 0x-prefixed hex; see "Group key" below) ...
+/// # psk        "correct horse battery staple"
 /// # ... or a certificate with its private key, and the authorities that sign peers' certificates (PEM or DER).
 /// certificate  /etc/winsock-secure-socket/a.example.crt
 /// private-key  /etc/winsock-secure-socket/a.example.key
@@ -23,6 +26,22 @@ import XFRM
 /// # Seconds WSAConnect waits for the SAs.
 /// negotiation-timeout 10
 /// ```
+///
+/// ## Group key and per-peer keys
+///
+/// `psk` is a group key: it is loaded for every identity (charon's owners `%any`), so every host that holds it can
+/// claim ANY identity and authenticate as it (and, as its IKE_AUTH carries INITIAL_CONTACT, make charon delete the
+/// genuine peer's IKE SA). The query reports such peers as
+/// ``PeerAuthentication/Machine/groupKey`` and the identity map refuses to map them unless a rule opts in.
+/// `peer-psk ID SECRET` loads SECRET for the peer identity ID only (owners `[ID]`, never this host's own identity,
+/// never a pattern): only a host that holds that peer's key can authenticate as that peer
+/// (``PeerAuthentication/Machine/peerKey``). The two cannot be combined: charon tries every key that matches either
+/// identity of an IKE SA until one verifies the peer's AUTH payload, so a group key beside per-peer keys would let
+/// any group member authenticate as a peer that has a key of its own.
+///
+/// A charon shared with other services (the system charon) also holds their keys, and a key someone loaded without
+/// owners matches every identity: with pre-shared keys nothing here can stop those keys from authenticating our
+/// peers. Use `charon private` (or certificates) where that matters.
 public struct KeyingConfiguration: Hashable, Sendable {
     public enum Charon: Hashable, Sendable {
         case auto
@@ -38,10 +57,29 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public var charon: Charon
     public var negotiationTimeout: Double
     public var eapUsers: [String: String] = [:]
+    /// Per-peer pre-shared keys (`peer-psk`), by peer identity. Never together with ``psk``.
+    public var peerKeys: [String: String] = [:]
 
     public struct ParseError: Error, CustomStringConvertible {
+        /// Why the file was refused, as a value (``message`` says it in words, without any secret).
+        public enum Reason: Hashable, Sendable {
+            /// A line the format does not allow, a missing or invalid value.
+            case syntax
+            /// `psk` (a group key, offered for every identity) together with `peer-psk` lines.
+            case groupKeyWithPeerKeys
+            /// Two `peer-psk` lines for one identity.
+            case duplicatePeerKey(identity: String)
+            /// A `peer-psk` for this host's own `identity` (it would be offered for every IKE SA of ours).
+            case peerKeyForOwnIdentity
+            /// A `peer-psk` identity that charon would read as a pattern (`%any`, `*`).
+            case peerKeyIdentityIsPattern(identity: String)
+            /// Pre-shared keys together with a certificate, or neither.
+            case credentials
+        }
+
         public var line: Int
         public var message: String
+        public var reason: Reason = .syntax
         public var description: String { line > 0 ? "line \(line): \(message)" : message }
     }
 
@@ -59,6 +97,9 @@ public struct KeyingConfiguration: Hashable, Sendable {
         var charon = Charon.auto
         var timeout = 10.0
         var eapUsers: [String: String] = [:]
+        var peerKeys: [String: String] = [:]
+        var pskLine = 0
+        var firstPeerKeyLine = 0
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let number = index + 1
             let line = Self.stripComment(String(raw)).trimmingCharacters(in: .whitespaces)
@@ -66,11 +107,29 @@ public struct KeyingConfiguration: Hashable, Sendable {
             let parts = line.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" })
             guard parts.count == 2 else { throw ParseError(line: number, message: "`\(line)` has no value") }
             let name = String(parts[0])
-            var value = parts[1].trimmingCharacters(in: .whitespaces)
+            let rawValue = parts[1].trimmingCharacters(in: .whitespaces)
+            var value = rawValue
             if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
             switch name {
             case "identity": identity = value
-            case "psk": psk = value
+            case "psk":
+                psk = value
+                pskLine = number
+            case "peer-psk":
+                guard let (peer, secret) = Self.identityAndSecret(rawValue), !peer.isEmpty, !secret.isEmpty else {
+                    throw ParseError(line: number, message: "peer-psk PEER-IDENTITY SECRET (quote an identity with spaces)")
+                }
+                guard PeerIdentityText.isLiteral(peer) else {
+                    throw ParseError(line: number, message: "peer-psk identity `\(peer)` is a pattern (`%` or `*`): "
+                                         + "its key would be offered for any peer, as a group key is",
+                                     reason: .peerKeyIdentityIsPattern(identity: peer))
+                }
+                guard !peerKeys.keys.contains(where: { Self.sameIdentity($0, peer) }) else {
+                    throw ParseError(line: number, message: "a second peer-psk for `\(peer)`",
+                                     reason: .duplicatePeerKey(identity: peer))
+                }
+                peerKeys[peer] = secret
+                if firstPeerKeyLine == 0 { firstPeerKeyLine = number }
             case "certificate": certificate = value
             case "private-key": key = value
             case "authority": authorities.append(value)
@@ -95,17 +154,68 @@ public struct KeyingConfiguration: Hashable, Sendable {
             }
         }
         guard let identity, !identity.isEmpty else { throw ParseError(line: 0, message: "`identity` is required") }
-        switch (psk, certificate, key) {
-        case (.some, nil, nil): break
-        case (nil, .some, .some): break
-        case (.some, _, _): throw ParseError(line: 0, message: "give either psk or certificate + private-key, not both")
-        default: throw ParseError(line: 0, message: "give psk, or certificate and private-key")
+        if psk != nil && !peerKeys.isEmpty {
+            throw ParseError(line: max(pskLine, firstPeerKeyLine),
+                             message: "`psk` is a group key and cannot be combined with `peer-psk`: charon offers a group "
+                                 + "key for every identity and tries every matching key when it checks a peer, so any "
+                                 + "holder of the group key could authenticate as a peer that has a key of its own; "
+                                 + "give every peer a `peer-psk`, or use `psk` alone",
+                             reason: .groupKeyWithPeerKeys)
+        }
+        if peerKeys.keys.contains(where: { Self.sameIdentity($0, identity) }) {
+            throw ParseError(line: firstPeerKeyLine,
+                             message: "peer-psk for this host's own identity `\(identity)`: charon would offer it for "
+                                 + "every IKE SA of this host, as a group key; a peer-psk names the peer",
+                             reason: .peerKeyForOwnIdentity)
+        }
+        let hasKeys = psk != nil || !peerKeys.isEmpty
+        switch (hasKeys, certificate, key) {
+        case (true, nil, nil): break
+        case (false, .some, .some): break
+        case (true, _, _):
+            throw ParseError(line: 0, message: "give either psk / peer-psk or certificate + private-key, not both",
+                             reason: .credentials)
+        default:
+            throw ParseError(line: 0, message: "give psk, peer-psk lines, or certificate and private-key",
+                             reason: .credentials)
         }
         var configuration = KeyingConfiguration(identity: identity, psk: psk, certificatePath: certificate,
                                                 privateKeyPath: key, authorityPaths: authorities, charon: charon,
                                                 negotiationTimeout: timeout)
         configuration.eapUsers = eapUsers
+        configuration.peerKeys = peerKeys
         return configuration
+    }
+
+    /// `IDENTITY SECRET`, either of them quoted; nil when there are not exactly two.
+    static func identityAndSecret(_ value: String) -> (String, String)? {
+        var fields: [String] = []
+        var rest = Substring(value)
+        // Bounded: every round consumes at least one character.
+        while let first = rest.first {
+            if first == " " || first == "\t" {
+                rest = rest.dropFirst()
+                continue
+            }
+            if first == "\"" {
+                let body = rest.dropFirst()
+                guard let close = body.firstIndex(of: "\"") else { return nil }
+                fields.append(String(body[..<close]))
+                rest = body[body.index(after: close)...]
+            } else {
+                let end = rest.firstIndex(where: { $0 == " " || $0 == "\t" }) ?? rest.endIndex
+                fields.append(String(rest[..<end]))
+                rest = rest[end...]
+            }
+        }
+        return fields.count == 2 ? (fields[0], fields[1]) : nil
+    }
+
+    /// charon compares FQDN and email identities ASCII case-insensitively.
+    static func sameIdentity(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
+            (x >= 0x41 && x <= 0x5a ? x + 0x20 : x) == (y >= 0x41 && y <= 0x5a ? y + 0x20 : y)
+        }
     }
 
     private static func stripComment(_ line: String) -> String {
@@ -121,6 +231,9 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public func credentials() throws(KeyingError) -> StrongSwanBackend.Credentials {
         if let psk {
             return StrongSwanBackend.Credentials(identity: identity, method: .psk(psk), eapUsers: eapUsers)
+        }
+        if !peerKeys.isEmpty {
+            return StrongSwanBackend.Credentials(identity: identity, method: .peerKeys(peerKeys), eapUsers: eapUsers)
         }
         func read(_ path: String) throws(KeyingError) -> [UInt8] {
             guard let data = FileManager.default.contents(atPath: path) else {

@@ -164,7 +164,8 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
 
     private func protection(for entry: Peer) -> KeyedProtection {
         KeyedProtection(remoteIdentity: entry.identity, encryptionAlgorithm: entry.algorithm,
-                        inboundSPI: entry.inboundSPI, outboundSPI: entry.outboundSPI)
+                        inboundSPI: entry.inboundSPI, outboundSPI: entry.outboundSPI,
+                        authentication: PeerAuthentication(machine: .manualKeys))
     }
 
     private func install(_ peer: Peer, reqid: UInt32) throws(KeyingError) {

@@ -25,14 +25,24 @@ import XFRM
 ///   other connections (charon closes idle ones by its own rules).
 /// - Only encrypting ESP proposals are offered (AES-GCM, AES-CBC+SHA-2), so `GUARANTEE_ENCRYPTION` holds by
 ///   construction; the query still checks the installed SAs.
+/// - Peer authentication: a group key (`psk`, owners `%any`) proves group membership only, per-peer keys
+///   (owners `[peer]`, never our own identity) prove the peer, certificates prove what they name. Every
+///   ``KeyedProtection`` says which (``PeerAuthentication``); with certificates it also carries the subject and
+///   subjectAltNames of the peer's certificate, fetched once per IKE SA with `list-certs` (see
+///   ``PeerCertificateLookup``).
 /// - Names carry the pid and an instance number (`wss<pid>x<n>…`), so several processes (and several backends
 ///   in one process) share one charon without name collisions; reqids never collide (ALE's reqid allocator).
 public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// How this host authenticates itself.
     public struct Credentials: Sendable {
         public enum Method: Sendable {
-            /// A pre-shared key (any peer identity may use it).
+            /// A group key: one pre-shared key for every peer (charon's owners `%any`). Any holder can claim any
+            /// identity; peers authenticated with it are ``PeerAuthentication/Machine/groupKey``.
             case psk(String)
+            /// One pre-shared key per peer, by peer identity, each offered for that identity only (owners
+            /// `[identity]`); peers are ``PeerAuthentication/Machine/peerKey``. Never a group key beside them: charon
+            /// tries every matching key when it checks a peer, so the group key would authenticate any claim.
+            case peerKeys([String: String])
             /// A certificate (PEM or DER) with its private key, and the authorities that sign peers' certificates.
             case certificate(certificate: [UInt8], privateKey: [UInt8], authorities: [[UInt8]])
         }
@@ -71,6 +81,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private let children = ChildRegistry()
     private let events: VICIEventStream?
     private let eventTask = Mutex<Task<Void, Never>?>(nil)
+    /// The peer certificate of each IKE SA (certificate credentials only).
+    private let peerCertificates: PeerCertificateCache?
 
     /// Uses `vici` (a system charon or a private one) and loads `credentials` into it.
     public init(vici: VICIClient, credentials: Credentials, daemon: CharonDaemon? = nil) throws(KeyingError) {
@@ -79,10 +91,23 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         self.credentials = credentials
         // pid + instance: unique among every process and backend sharing one charon.
         self.prefix = "wss\(getpid())x\(Self.instances.wrappingAdd(1, ordering: .relaxed).oldValue)"
+        if case .certificate(_, _, let authorities) = credentials.method {
+            peerCertificates = PeerCertificateCache(selector: PeerCertificateSelector(authorities: authorities))
+        } else {
+            peerCertificates = nil
+        }
         do {
             switch credentials.method {
             case .psk(let secret):
                 try vici.loadShared(.ike, secret: secret, owners: [], id: "\(prefix)-psk")
+            case .peerKeys(let keys):
+                for (index, identity) in keys.keys.sorted().enumerated() {
+                    guard PeerIdentityText.isLiteral(identity), !KeyingConfiguration.sameIdentity(identity, credentials.identity) else {
+                        throw KeyingError(.rejected, "peer key \(index) names `\(identity)`: a per-peer key names one "
+                                              + "peer, never a pattern nor this host's own identity")
+                    }
+                    try vici.loadShared(.ike, secret: keys[identity]!, owners: [identity], id: "\(prefix)-psk\(index)")
+                }
             case .certificate(let certificate, let key, let authorities):
                 for authority in authorities { try vici.loadCert(authority, flag: .ca) }
                 try vici.loadCert(certificate)
@@ -91,8 +116,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             for (user, secret) in credentials.eapUsers.sorted(by: { $0.key < $1.key }) {
                 try vici.loadShared(.eap, secret: secret, owners: [user], id: "\(prefix)-eap-\(user)")
             }
+        } catch let error as KeyingError {
+            throw error
         } catch {
-            throw KeyingError(.unavailable, "loading credentials into charon: \(error)")
+            throw KeyingError(.unavailable, "loading credentials into charon", cause: error)
         }
         events = try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"])
         if let events {
@@ -156,7 +183,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     private func localAuth() -> AuthConfig {
         switch credentials.method {
-        case .psk: .psk(id: credentials.identity)
+        case .psk, .peerKeys: .psk(id: credentials.identity)
         case .certificate(let certificate, _, _): .pubkey(id: credentials.identity, certificates: [certificate])
         }
     }
@@ -165,7 +192,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// authorities as trust anchors, so other credentials in a shared charon cannot vouch for our peers.
     private func remoteAuth(identity: String?) -> AuthConfig {
         switch credentials.method {
-        case .psk: .psk(id: identity ?? "%any")
+        case .psk, .peerKeys: .psk(id: identity ?? "%any")
         case .certificate: .pubkey(id: identity ?? "%any", caCertificates: authorities)
         }
     }
@@ -254,7 +281,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             let child = try initiate(child: childName, conn: conn, deadline: deadline)
             registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
             try verify(child, request: request)
-            return Negotiated(protection: child, registration: registration)
+            return Negotiated(protection: authenticated(child), registration: registration)
         } catch {
             release(registration)
             throw error
@@ -340,7 +367,48 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     // MARK: - What protects a flow
 
+    /// What protects the flow, with how the peer authenticated and, for certificates, what its certificate names.
     public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+        childProtection(inboundSPI: inboundSPI, peer: peer).map { identified(authenticated($0)) }
+    }
+
+    /// How every peer of this backend authenticates: its conns offer one method, and charon reuses an IKE SA
+    /// only for a conn equal to ours (same authentication rounds), so the credentials decide.
+    private var machineAuthentication: PeerAuthentication.Machine {
+        switch credentials.method {
+        case .psk: .groupKey
+        case .peerKeys: .peerKey
+        case .certificate: .certificate
+        }
+    }
+
+    private func authenticated(_ protection: KeyedProtection) -> KeyedProtection {
+        var protection = protection
+        protection.authentication = PeerAuthentication(machine: machineAuthentication,
+                                                       user: protection.remoteUserIdentity == nil ? nil : .eap)
+        return protection
+    }
+
+    /// Adds the peer certificate's subject and subjectAltNames when exactly one certificate qualifies (see
+    /// ``PeerCertificateSelector``). A `list-certs` that fails leaves them unknown for this query only.
+    private func identified(_ protection: KeyedProtection) -> KeyedProtection {
+        guard let peerCertificates, let ike = protection.ikeSAID, let remote = protection.remoteIdentity else {
+            return protection
+        }
+        var protection = protection
+        let lookup = try? peerCertificates.lookup(ikeSAID: ike, remoteIdentity: remote) { () throws(VICIError) in
+            try vici.listCerts(type: .x509, flag: CertificateFlag.none, subject: remote).map(\.data)
+        }
+        if case .identified(let identity)? = lookup { protection.remoteCertificate = identity }
+        return protection
+    }
+
+    /// The peer certificate lookup of IKE SA `ikeSAID` once a query has made it (for inspection and tests).
+    public func peerCertificateLookup(ikeSAID: UInt64) -> PeerCertificateLookup? {
+        peerCertificates?.known(ikeSAID: ikeSAID)
+    }
+
+    private func childProtection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
         if let known = children.protection(inboundSPI: inboundSPI) { return known }
         // Not seen as an event (charon was busy, or the child predates us): ask, without waiting on busy SAs.
         guard let sas = try? vici.listSAs(noblock: true) else { return nil }
@@ -391,7 +459,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     public func releaseChild(inboundSPI: UInt32, peer: XFRMAddress) {
-        guard let id = protection(inboundSPI: inboundSPI, peer: peer)?.childSAID else { return }
+        guard let id = childProtection(inboundSPI: inboundSPI, peer: peer)?.childSAID else { return }
         children.remove(inboundSPI: inboundSPI)
         _ = try? vici.terminate(childID: Int(id), force: true, timeout: .seconds(2))
     }

@@ -77,6 +77,18 @@ public enum CertificateFlag: String, Sendable {
     case ocsp = "OCSP"
 }
 
+/// One certificate from `list-certs` (a `list-cert` event).
+public struct ListedCertificate: Hashable, Sendable {
+    /// `type`: `X509`, `X509_AC`, `X509_CRL`, `OCSP_RESPONSE`, `PUBKEY`.
+    public var type: String?
+    /// `flag`: for X.509, `NONE` (end entity), `CA`, `AA` or `OCSP`.
+    public var flag: String?
+    /// `has_privkey = yes`: charon holds the private key (one of its own certificates).
+    public var hasPrivateKey: Bool
+    /// `data`: the certificate, DER.
+    public var data: [UInt8]
+}
+
 /// The kind of a private key for `load-key` (`type`). `any` lets charon detect it (5.9: `any`).
 public enum PrivateKeyType: String, Sendable {
     case rsa
@@ -144,6 +156,27 @@ extension VICIClient {
     public func loadKey(_ data: [UInt8], type: PrivateKeyType = .any) throws(VICIError) -> String? {
         try command("load-key", ["type": .string(type.rawValue), "data": .value(data)]).string("id")
     }
+
+    /// `list-certs` (streams `list-cert`): the certificates charon knows (loaded, and cached from peers), of
+    /// `type` and `flag` when given (charon's default is any), and only those whose subject or subjectAltName is
+    /// `subject` (an identity as charon parses it). At most ``listLimit`` are returned.
+    public func listCerts(type: CertificateType? = nil, flag: CertificateFlag? = nil, subject: String? = nil)
+        throws(VICIError) -> [ListedCertificate] {
+        var m: VICIMessage = [:]
+        if let type { m["type"] = .string(type.rawValue) }
+        if let flag { m["flag"] = .string(flag.rawValue) }
+        if let subject { m["subject"] = .string(subject) }
+        var result: [ListedCertificate] = []
+        try streamingCommand("list-certs", m, event: "list-cert") { event in
+            guard result.count < Self.listLimit, let data = event.bytes("data") else { return }
+            result.append(ListedCertificate(type: event.string("type"), flag: event.string("flag"),
+                                            hasPrivateKey: event.bool("has_privkey") ?? false, data: data))
+        }
+        return result
+    }
+
+    /// The most entries a listing command keeps.
+    public static let listLimit = 10_000
 
     /// `clear-creds`: drops every credential loaded over VICI.
     public func clearCreds() throws(VICIError) {

@@ -1,3 +1,4 @@
+import Impersonation
 import Synchronization
 
 /// A peer token: what `WSAQuerySocketSecurity` hands out as `PeerApplicationAccessTokenHandle` /
@@ -17,6 +18,9 @@ public struct PeerToken: Hashable, Sendable {
     public var identity: String
     /// The access mask the query asked for (kept, not interpreted: Linux has no token ACLs).
     public var accessMask: UInt32
+    /// Everything IPsec authenticated about the peer when the token was opened (the query's ``SocketSecurityQueryInfo/peer``):
+    /// what the identity map reads for this token (for a machine token, without the user).
+    public var peer: PeerIdentity?
 }
 
 /// The open peer tokens of a process. Handles are never 0 and are not reused while the process lives, so a
@@ -35,11 +39,11 @@ public final class PeerTokenTable: Sendable {
     }
 
     /// Opens a token for `identity`.
-    public func open(_ kind: PeerToken.Kind, identity: String, accessMask: UInt32) -> PeerToken {
+    public func open(_ kind: PeerToken.Kind, identity: String, accessMask: UInt32, peer: PeerIdentity? = nil) -> PeerToken {
         state.withLock { s in
             s.next &+= 1
             if s.next == 0 { s.next = 1 }
-            let token = PeerToken(handle: s.next, kind: kind, identity: identity, accessMask: accessMask)
+            let token = PeerToken(handle: s.next, kind: kind, identity: identity, accessMask: accessMask, peer: peer)
             s.tokens[token.handle] = token
             return token
         }
@@ -51,7 +55,7 @@ public final class PeerTokenTable: Sendable {
     /// A second handle to the same identity (closed separately).
     public func duplicate(_ handle: UInt64) -> PeerToken? {
         guard let original = token(handle) else { return nil }
-        return open(original.kind, identity: original.identity, accessMask: original.accessMask)
+        return open(original.kind, identity: original.identity, accessMask: original.accessMask, peer: original.peer)
     }
 
     /// Closes a handle; false if it was not open.

@@ -49,7 +49,13 @@ extension SecureSocketEngine {
         guard let map = configuration.identityMap else {
             throw SecureSocketError(.accessDenied, "no identity map configured")
         }
-        let peer = token.kind == .user ? PeerIdentity(user: token.identity) : PeerIdentity(ikeIdentity: token.identity)
+        // The identity the query authenticated (with how, and the certificate's names); a machine token is the machine.
+        let peer = switch (token.kind, token.peer) {
+        case (.user, let known?): known
+        case (.machine, let known?): known.machine
+        case (.user, nil): PeerIdentity(user: token.identity)
+        case (.machine, nil): PeerIdentity(ikeIdentity: token.identity)
+        }
         do {
             return try map.resolve(peer)
         } catch {
@@ -70,18 +76,18 @@ extension SecureSocketEngine {
             template.peerAddress = peerAddress
         }
         let info = try query(fd, template)
-        guard info.flags.contains(.secured), info.peerMachineIdentity != nil || info.peerUserIdentity != nil else {
+        guard info.flags.contains(.secured), let peer = info.peer, peer.ikeIdentity != nil || peer.user != nil else {
             throw SecureSocketError(.accessDenied, "the peer is not authenticated by IPsec: nobody to impersonate")
         }
         guard let map = configuration.identityMap else {
             throw SecureSocketError(.accessDenied, "no identity map configured (\(IdentityMapLocation.defaultPath))")
         }
-        return (PeerIdentity(ikeIdentity: info.peerMachineIdentity, user: info.peerUserIdentity), map)
+        return (peer, map)
     }
 
     static func winsockError(_ error: ImpersonationError) -> SecureSocketError {
         switch error.code {
-        case .unmappedIdentity, .ambiguousIdentity, .privilegedAccount, .unknownAccount, .invalidAccount:
+        case .unmappedIdentity, .ambiguousIdentity, .groupKeyNotAccepted, .privilegedAccount, .unknownAccount, .invalidAccount:
             SecureSocketError(.accessDenied, "\(error)", errno: error.errno)
         case .notPermitted:
             SecureSocketError(.accessDenied, "\(error)", errno: error.errno)

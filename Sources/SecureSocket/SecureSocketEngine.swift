@@ -464,6 +464,7 @@ public final class SecureSocketEngine: Sendable {
             info.ikeSAID = protection.ikeSAID ?? 0
             info.childSAID = protection.childSAID ?? 0
             if protection.remoteUserIdentity != nil { info.flags.insert(.impersonated) }
+            info.peer = PeerIdentity(protection)
         }
         // The kernel is the truth: an endpoint found protected here (an accepted socket registered on first
         // sight, after the keying events passed) is secured in the table too.
@@ -479,10 +480,10 @@ public final class SecureSocketEngine: Sendable {
         snapshotDirty.store(true, ordering: .releasing)
         if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
             if let machine = info.peerMachineIdentity {
-                info.peerMachineToken = tokens.open(.machine, identity: machine, accessMask: mask).handle
+                info.peerMachineToken = tokens.open(.machine, identity: machine, accessMask: mask, peer: info.peer).handle
             }
             if let user = info.peerUserIdentity {
-                info.peerApplicationToken = tokens.open(.user, identity: user, accessMask: mask).handle
+                info.peerApplicationToken = tokens.open(.user, identity: user, accessMask: mask, peer: info.peer).handle
             }
         }
         return info

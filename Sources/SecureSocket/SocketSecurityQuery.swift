@@ -1,4 +1,5 @@
 import ALE
+import Impersonation
 import XFRM
 
 /// What `WSAQuerySocketSecurity` takes (`SOCKET_SECURITY_QUERY_TEMPLATE[_IPSEC2]`).
@@ -41,6 +42,10 @@ public struct SocketSecurityQueryInfo: Hashable, Sendable {
     /// Authenticated identities (the IKE identity of the peer machine; the EAP identity of the peer user).
     public var peerMachineIdentity: String?
     public var peerUserIdentity: String?
+    /// Everything IPsec authenticated about the peer, the identity map's input: the identities above, how the
+    /// machine proved its identity (certificate, per-peer key, group key), and its certificate's subject and
+    /// subjectAltNames. nil when the keying backend knows nothing of the SAs.
+    public var peer: PeerIdentity?
     /// Token handles (0 when not asked for with a non-zero access mask, or when there is no such identity).
     public var peerApplicationToken: UInt64
     public var peerMachineToken: UInt64

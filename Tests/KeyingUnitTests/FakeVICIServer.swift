@@ -30,8 +30,13 @@ final class FakeVICIServer: @unchecked Sendable {
     var connections: Int { lock.withLock { _connections } }
     var received: [VICIPacket] { lock.withLock { _received } }
 
-    init(respond: @escaping @Sendable (VICIPacket) -> [Action]) throws {
+    /// Whether connections are served at the same time, each on a thread of its own (a client and an event
+    /// stream side by side, as a keying backend opens them), rather than one after another.
+    let concurrent: Bool
+
+    init(concurrent: Bool = false, respond: @escaping @Sendable (VICIPacket) -> [Action]) throws {
         self.respond = respond
+        self.concurrent = concurrent
         var template = Array("/tmp/vici-fake-XXXXXX".utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw POSIXError(.EIO)
@@ -72,8 +77,15 @@ final class FakeVICIServer: @unchecked Sendable {
             let fd = accept(listener, nil, nil)
             guard fd >= 0 else { continue }
             lock.withLock { _connections += 1 }
-            serve(fd, until: end)
-            close(fd)
+            guard concurrent else {
+                serve(fd, until: end)
+                close(fd)
+                continue
+            }
+            Thread.detachNewThread { [self] in
+                serve(fd, until: end)
+                close(fd)
+            }
         }
     }
 

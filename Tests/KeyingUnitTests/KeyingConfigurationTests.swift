@@ -56,6 +56,58 @@ final class KeyingConfigurationTests: XCTestCase {
     }
 }
 
+final class PeerKeyConfigurationTests: XCTestCase {
+    /// `peer-psk` lines (repeatable, identity and secret either quoted) become per-peer keys.
+    func testPeerKeysParse() throws {
+        let configuration = try KeyingConfiguration.parse("""
+            identity b.example
+            peer-psk a.example "a's # secret"
+            peer-psk "C=CH, O=Example, CN=c.example" c-secret   # a DN identity
+            """)
+        XCTAssertNil(configuration.psk)
+        XCTAssertEqual(configuration.peerKeys, ["a.example": "a's # secret", "C=CH, O=Example, CN=c.example": "c-secret"])
+        guard case .peerKeys(let keys) = try configuration.credentials().method else { return XCTFail("peer keys expected") }
+        XCTAssertEqual(keys.count, 2)
+    }
+
+    func reason(_ text: String) -> KeyingConfiguration.ParseError? {
+        do {
+            _ = try KeyingConfiguration.parse(text)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// A group key beside per-peer keys is refused, and the error says why; so are keys that would act as a
+    /// group key (our own identity, a pattern), duplicates, and keys with a certificate. No secret in the text.
+    func testKeysThatWouldAuthenticateAnyClaimAreRefused() throws {
+        let both = try XCTUnwrap(reason("identity b.example\npsk group-secret\npeer-psk a.example a-secret"))
+        XCTAssertEqual(both.reason, .groupKeyWithPeerKeys)
+        XCTAssertEqual(both.line, 3)
+        XCTAssertTrue(both.message.contains("group key") && both.message.contains("any holder"), both.message)
+        let cases: [(String, KeyingConfiguration.ParseError.Reason)] = [
+            ("identity b.example\npeer-psk a.example a-secret\npsk group-secret", .groupKeyWithPeerKeys),
+            ("identity b.example\npeer-psk a.example a-secret\npeer-psk A.EXAMPLE other-secret",
+             .duplicatePeerKey(identity: "A.EXAMPLE")),
+            ("identity b.example\npeer-psk B.Example own-secret", .peerKeyForOwnIdentity),
+            ("identity b.example\npeer-psk %any any-secret", .peerKeyIdentityIsPattern(identity: "%any")),
+            ("identity b.example\npeer-psk *.example any-secret", .peerKeyIdentityIsPattern(identity: "*.example")),
+            ("identity b.example\npeer-psk a.example a-secret\ncertificate /c\nprivate-key /k", .credentials),
+            ("identity b.example\npeer-psk a.example", .syntax),
+            ("identity b.example\npeer-psk a.example one two", .syntax),
+            ("identity b.example\npeer-psk \"a.example secret", .syntax),
+        ]
+        for (text, expected) in cases {
+            let error = try XCTUnwrap(reason(text), text)
+            XCTAssertEqual(error.reason, expected, "\(text): \(error)")
+            for secret in ["group-secret", "a-secret", "other-secret", "own-secret", "any-secret"] {
+                XCTAssertFalse(error.description.contains(secret), "\(error) shows a secret")
+            }
+        }
+    }
+}
+
 final class StrongSwanClassificationTests: XCTestCase {
     func classify(_ errmsg: String, _ log: String) -> KeyingError.Code {
         StrongSwanBackend.classify(VICIError(.commandFailed, command: "initiate", errmsg: errmsg, detail: log)).code

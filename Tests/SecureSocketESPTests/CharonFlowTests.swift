@@ -534,11 +534,12 @@ extension CharonFlowTests {
         }
     }
 
-    /// Without a user round the machine's identity maps (`id a.example -> daemon`); a peer the map does not know
-    /// is refused with WSAEACCES and the thread is unchanged.
+    /// Without a user round the machine's identity maps (`id a.example -> daemon`; `Ends` shares one group key,
+    /// so the rule must accept it, see IdentityTests); a peer the map does not know is refused with WSAEACCES and
+    /// the thread is unchanged.
     func testImpersonatingThePeerMachineAndRefusingUnmappedPeers() throws {
         try inESPKernel(self) {
-            let fixture = try ImpersonationFixture(rules: "id a.example -> daemon\n")
+            let fixture = try ImpersonationFixture(rules: "id a.example -> daemon accept-group-key\n")
             defer { fixture.remove() }
             let ends = try Ends(auth: .psk)
             defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
