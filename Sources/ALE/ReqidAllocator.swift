@@ -102,8 +102,10 @@ public final class ReqidAllocator: Sendable {
     /// Reserves a reqid: from a held block, or from a newly claimed one. Bounded: tries every block once.
     public func allocate() throws -> UInt32 {
         if let reqid = state.withLock({ s -> UInt32? in
+            // First in, first out: a reqid given back is reused last, so whatever the kernel still holds under
+            // it (a larval state lives 30 s) has long gone when it names another socket.
             for (first, free) in s.blocks where !free.isEmpty {
-                let reqid = s.blocks[first]!.removeLast()
+                let reqid = s.blocks[first]!.removeFirst()
                 s.held.insert(reqid)
                 return reqid
             }
@@ -121,8 +123,8 @@ public final class ReqidAllocator: Sendable {
             guard state.withLock({ $0.blocks[first] == nil }), try claim(first) else { continue }
             let last = UInt32(min(UInt64(first) + UInt64(blockSize) - 1, UInt64(range.upperBound)))
             return state.withLock { s in
-                var free = Array((first...last).reversed())
-                let reqid = free.removeLast()
+                var free = Array(first...last)
+                let reqid = free.removeFirst()
                 s.blocks[first] = free
                 s.held.insert(reqid)
                 return reqid

@@ -210,7 +210,7 @@ final class BindingTests: XCTestCase {
                                                localTS: [.dynamic], remoteTS: [.dynamic])])
                     try ends.backendB.vici.loadConn(attack)
                     _ = try? ends.backendB.vici.initiate(child: "grab", ike: attack.name, timeout: .seconds(5))
-                    let onReqid = try xfrmA.states().filter { $0.reqid == reqid }
+                    let onReqid = try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }
                     XCTAssertEqual(onReqid.count, 0, "\(label): the attacker put SAs on the client's reqid: \(onReqid)")
                     attackName = attack.name
                 }
@@ -424,7 +424,7 @@ final class BindingTests: XCTestCase {
         try inESPKernel(self) {
             let fixture = try CharonFlowTests.ImpersonationFixture(rules: "id a.example -> daemon\n")
             defer { fixture.remove() }
-            let ends = try Ends(auth: .psk)
+            let ends = try Ends(auth: .ecdsa)
             defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
             let server = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB,
                                                       reqidDirectory: ends.folders[1] + "-imp",
