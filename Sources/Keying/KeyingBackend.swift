@@ -27,6 +27,10 @@ public protocol KeyingBackend: AnyObject, Sendable {
     /// its IKE SA authenticated, ids and algorithms; nil if it knows of none.
     func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection?
 
+    /// The SA pair (SPIs) and identities the backend knows for exactly `flow`, from the keying daemon's events;
+    /// nil when it knows none (the caller then reads the kernel). A hint: the caller checks it in the kernel.
+    func protection(flow: KeyedFlow) -> KeyedProtection?
+
     /// Undoes ``listen(_:localPort:)`` or a negotiation: its own CHILD_SAs and configs go, never an IKE SA
     /// that other connections use.
     func release(_ registration: KeyingRegistration)

@@ -149,6 +149,9 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         return protection(for: entry)
     }
 
+    /// Manual keying's SA pairs have address-only selectors: no flow of its own to name.
+    public func protection(flow: KeyedFlow) -> KeyedProtection? { nil }
+
     public func release(_ registration: KeyingRegistration) {
         let ids = installed.withLock { $0.removeValue(forKey: registration.reqid) } ?? []
         for id in ids { try? client.deleteState(id) }

@@ -368,6 +368,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     // MARK: - What protects a flow
 
     /// What protects the flow, with how the peer authenticated and, for certificates, what its certificate names.
+    public func protection(flow: KeyedFlow) -> KeyedProtection? { children.protection(flow: flow) }
+
     public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
         childProtection(inboundSPI: inboundSPI, peer: peer).map { identified(authenticated($0)) }
     }
@@ -462,58 +464,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         guard let id = childProtection(inboundSPI: inboundSPI, peer: peer)?.childSAID else { return }
         children.remove(inboundSPI: inboundSPI)
         _ = try? vici.terminate(childID: Int(id), force: true, timeout: .seconds(2))
-    }
-}
-
-/// The CHILD_SAs charon reported, by inbound SPI (and, for the ones we initiated, by child name).
-final class ChildRegistry: Sendable {
-    private struct Tables {
-        var byInboundSPI: [UInt32: KeyedProtection] = [:]
-        var byName: [String: KeyedProtection] = [:]
-    }
-
-    private let tables = Mutex(Tables())
-
-    func record(_ event: VICIEvent) {
-        let up = event.isUp ?? (event.name == "child-rekey")
-        for ike in event.ikeSAs {
-            for child in ike.children {
-                guard let spi = child.spiIn else { continue }
-                if up && (child.isInstalled || event.name == "child-rekey") {
-                    insert(StrongSwanBackend.protection(ike: ike, child: child), name: child.name)
-                } else if !up {
-                    remove(inboundSPI: spi)
-                }
-            }
-        }
-    }
-
-    func insert(_ protection: KeyedProtection, name: String? = nil) {
-        guard let spi = protection.inboundSPI else { return }
-        tables.withLock { t in
-            t.byInboundSPI[spi] = protection
-            // Only our per-flow children have unique names; a listener's children share theirs.
-            if let name, name.hasPrefix("c") { t.byName[name] = protection }
-        }
-    }
-
-    func remove(inboundSPI: UInt32) {
-        tables.withLock { t in
-            guard let gone = t.byInboundSPI.removeValue(forKey: inboundSPI) else { return }
-            t.byName = t.byName.filter { $0.value.inboundSPI != gone.inboundSPI }
-        }
-    }
-
-    func protection(inboundSPI: UInt32) -> KeyedProtection? { tables.withLock { $0.byInboundSPI[inboundSPI] } }
-
-    /// The installed child named `name`, waiting for its event at most `bound`; the name is forgotten once read.
-    func waitForChild(named name: String, upTo bound: Duration) -> KeyedProtection? {
-        let deadline = ContinuousClock.now + bound
-        while true {
-            if let found = tables.withLock({ $0.byName.removeValue(forKey: name) }) { return found }
-            guard ContinuousClock.now < deadline else { return nil }
-            sleepFor(.milliseconds(1))
-        }
     }
 }
 

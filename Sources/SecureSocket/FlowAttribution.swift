@@ -19,6 +19,22 @@ struct FlowAttribution {
     /// - Parameters:
     ///   - exactOnly: only flow-exact SAs count (a socket that may run in clear must not borrow another
     ///     connection's SAs as proof).
+    /// The pair named by a hint (SPIs the keying daemon reported for this flow), checked in the kernel: both
+    /// SAs exist, carry `reqid`, are transport mode and have exactly the flow as selector. Two lookups by SPI,
+    /// whatever the number of SAs; nil if any check fails (the caller then dumps).
+    static func known(in xfrm: XFRMClient, flow: KeyedFlow, reqid: UInt32, inboundSPI: UInt32, outboundSPI: UInt32)
+        -> FlowAttribution? {
+        guard !flow.local.isAny,
+              let into = try? xfrm.getState(XFRMStateID(destination: flow.local, spi: inboundSPI, proto: .esp)),
+              let out = try? xfrm.getState(XFRMStateID(destination: flow.remote, spi: outboundSPI, proto: .esp))
+        else { return nil }
+        for (state, outbound) in [(out, true), (into, false)] {
+            guard state.reqid == reqid, state.mode == .transport, state.selector.isFlowExact,
+                  flow.isCovered(by: state.selector, outbound: outbound) else { return nil }
+        }
+        return FlowAttribution(outbound: out, inbound: into, exact: true, attributable: true)
+    }
+
     static func find(in xfrm: XFRMClient, flow: KeyedFlow, reqid: UInt32, exactOnly: Bool) throws(XFRMError) -> FlowAttribution? {
         let local = flow.local.isAny ? nil : flow.local
         let usable = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && state.id.spi != 0 }

@@ -430,13 +430,20 @@ public final class SecureSocketEngine: Sendable {
         guard let reqid = endpoint.reqid, let local = facts.local else { return info }
         let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
                              localPort: local.port, remote: peer.address, remotePort: peer.port)
-        let found: FlowAttribution?
-        do {
-            // Only this flow's own SAs count; a socket that may run in clear must not borrow another
-            // connection's SAs between the same hosts as proof.
-            found = try FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
-        } catch {
-            throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
+        var found: FlowAttribution?
+        // The SA pair charon reported for this very flow, checked in the kernel by SPI (O(1)); else a dump of
+        // the SAs between the two hosts.
+        if let hint = keying?.protection(flow: flow), let spiIn = hint.inboundSPI, let spiOut = hint.outboundSPI {
+            found = FlowAttribution.known(in: xfrm, flow: flow, reqid: reqid, inboundSPI: spiIn, outboundSPI: spiOut)
+        }
+        if found == nil {
+            do {
+                // Only this flow's own SAs count; a socket that may run in clear must not borrow another
+                // connection's SAs between the same hosts as proof.
+                found = try FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
+            } catch {
+                throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
+            }
         }
         guard let found else { return info }
         let out = found.outbound
