@@ -23,9 +23,12 @@ struct NewConnection: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Runs of N connections in a row, each for ours and for the baseline.")
     var counts: [Int] = [10, 100, 1000]
 
+    @Option(help: "Connections then opened and held at once (0: skip): time to open, memory, query cost, all echo.")
+    var held = 1000
+
     func validate() throws {
-        guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }) else {
-            throw ValidationError("counts in 1...10000")
+        guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }), (0...10_000).contains(held) else {
+            throw ValidationError("counts and held in 1...10000")
         }
     }
 
@@ -100,6 +103,94 @@ struct NewConnection: ParsableCommand {
         print("  ms = median per connection; grow = median of the last 10 % over the first 10 % of the run;"
               + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
         print("  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)")
+        if held > 0 { try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid) }
+    }
+
+    /// `held` connections opened one after another and held at once: time to open, resident memory per
+    /// connection (ours and charon's), the query at 10 and at `held` connections against a kernel `GETSA` by
+    /// SPI, an echo on every one, then nothing left after release.
+    private func holdMany(_ ends: Ends, _ pair: NamespacePair, charonA: pid_t?, charonB: pid_t?) throws {
+        raiseDescriptorLimit(to: 65_536)
+        let rssBefore = residentKiB(getpid())
+        let charonBefore = charonA.map(residentKiB) ?? 0
+        var clients: [TestSocket] = []
+        var queryAt10 = 0.0
+        let started = nowNanos()
+        for index in 0..<held {
+            let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+            client.setTimeouts(8)
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.oursPort))
+            clients.append(client)
+            if index == 9 { queryAt10 = try queryCost(ends, clients) }
+        }
+        let opened = Double(nowNanos() - started) / 1e9
+        let rssAfter = residentKiB(getpid())
+        let charonAfter = charonA.map(residentKiB) ?? 0
+        let queryAtHeld = try queryCost(ends, clients)
+        let getSA = try getSACost(ends, pair, clients)
+        var echoed = 0
+        for (index, client) in clients.enumerated() {
+            let byte = UInt8(truncatingIfNeeded: index)
+            try client.send([byte])
+            if (try? client.receiveExactly(1, timeout: 8)) == [byte] { echoed += 1 }
+        }
+        print("held connections: \(held) opened in \(format(opened, 1)) s (\(format(opened * 1000 / Double(held), 1)) ms each),"
+              + " \(echoed)/\(held) echoed")
+        print("  our process: \(format(Double(rssAfter - rssBefore) * 1024 / Double(held), 0)) bytes resident per held"
+              + " connection (goal ≤ 2048); charon A: \(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) bytes")
+        print("  query: \(format(queryAt10 * 1e6, 1)) µs at 10 connections, \(format(queryAtHeld * 1e6, 1)) µs at \(held)"
+              + " (goal ≤ 1000 µs; baseline: two GETSA by SPI, \(format(getSA * 1e6, 1)) µs; ratio"
+              + " \(format(queryAtHeld / getSA, 2)))")
+        for client in clients {
+            ends.a.release(client.fd.rawValue)
+            client.closeAbortively()
+        }
+        let deadline = nowNanos() + 5_000_000_000
+        var left = (sas: -1, conns: -1)
+        repeat {
+            left = (try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
+                    try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count)
+            if left == (0, 0) { break }
+            usleep(100_000)
+        } while nowNanos() < deadline
+        print("  after release: \(left.sas) CHILD SAs in A's kernel, \(left.conns) per-flow conns in charon A (within 5 s)")
+    }
+
+    /// Median seconds of `engine.query` on a connection picked at random, over 200 calls.
+    private func queryCost(_ ends: Ends, _ clients: [TestSocket]) throws -> Double {
+        var samples: [Double] = []
+        for _ in 0..<200 {
+            let fd = clients.randomElement()!.fd.rawValue
+            samples.append(try timed {
+                let info = try ends.a.query(fd)
+                guard info.flags.contains(.secured) else { throw BenchError("not secured: \(info)") }
+            })
+        }
+        return median(samples)
+    }
+
+    /// Median seconds of the kernel lookups the query's floor is: the connection's two SAs by SPI.
+    private func getSACost(_ ends: Ends, _ pair: NamespacePair, _ clients: [TestSocket]) throws -> Double {
+        let xfrm = try XFRMClient(namespace: pair.a.namespace)
+        let ids = try clients.prefix(50).map { client -> (XFRMStateID, XFRMStateID) in
+            let info = try ends.a.query(client.fd.rawValue)
+            guard let out = info.outboundSA, let into = info.inboundSA else { throw BenchError("no SAs: \(info)") }
+            return (out, into)
+        }
+        var samples: [Double] = []
+        for _ in 0..<200 {
+            let (out, into) = ids.randomElement()!
+            samples.append(try timed { _ = try xfrm.getState(out); _ = try xfrm.getState(into) })
+        }
+        return median(samples)
+    }
+
+    private func residentKiB(_ pid: pid_t) -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
     }
 
     private func growth(_ values: [Double]) -> Double {

@@ -152,3 +152,11 @@ func row(_ label: String, _ columns: [String], labelWidth: Int = 58, columnWidth
     }
     return line
 }
+
+/// Raises this process's descriptor limit (soft, up to the hard limit) for benchmarks that hold many sockets.
+func raiseDescriptorLimit(to wanted: UInt64) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    limit.rlim_cur = min(max(limit.rlim_cur, rlim_t(wanted)), limit.rlim_max)
+    setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+}
