@@ -132,13 +132,20 @@ public final class SecureSocketEngine: Sendable {
                                                                keying: keying?.backend, identityMap: map))
             engine = created
             // A private charon and the reqid claims must not outlive the process.
+            sharedOwner.store(getpid(), ordering: .releasing)
             atexit { SecureSocketEngine.shutdownShared() }
             return created
         }
     }
 
-    /// Releases every endpoint of the shared engine and stops a private charon it started (run at exit).
+    /// The process that made the shared engine (0 before).
+    private static let sharedOwner = Atomic<Int32>(0)
+
+    /// Releases every endpoint of the shared engine and stops a private charon it started (run at exit). In a
+    /// child forked from that process it does nothing, and takes no lock (another thread of the parent may
+    /// have held it at the fork).
     public static func shutdownShared() {
+        guard getpid() == sharedOwner.load(ordering: .acquiring) else { return }
         guard let engine = sharedEngine.withLock({ engine -> SecureSocketEngine? in
             defer { engine = nil }
             return engine
@@ -146,8 +153,14 @@ public final class SecureSocketEngine: Sendable {
         engine.shutdown()
     }
 
-    /// Releases every endpoint and stops the keying backend's private daemon, if it has one.
+    /// The process that made the engine: a child forked from it inherits the engine (and `atexit`), but the
+    /// keying, the claims and the private charon are the parent's, never the child's to tear down.
+    private let owner = getpid()
+
+    /// Releases every endpoint and stops the keying backend's private daemon, if it has one. Does nothing in a
+    /// process forked from the one that made the engine.
     public func shutdown() {
+        guard getpid() == owner else { return }
         pump.withLock { $0?.stop(); $0 = nil }
         unlink(snapshotFile)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
@@ -777,6 +790,7 @@ public final class SecureSocketEngine: Sendable {
     }
 
     deinit {
+        guard getpid() == owner else { return }
         pump.withLock { $0?.stop() }
         unlink(snapshotFile)
         for endpoint in table.all { release(cookie: endpoint.cookie) }

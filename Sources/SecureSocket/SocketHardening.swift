@@ -5,7 +5,10 @@ import XFRM
 /// What `WSASetSocketSecurity` does to a socket besides its per-socket policy, so that the application cannot
 /// reach around that policy afterwards.
 ///
-/// - No port sharing: `SO_REUSEADDR` and `SO_REUSEPORT` are cleared (Windows sets `SO_EXCLUSIVEADDRUSE`).
+/// - No port sharing: `SO_REUSEPORT` is cleared (it would let another socket of the same user bind the port and
+///   take a share of its connections). `SO_REUSEADDR` is the application's: on Linux it only lets a new listener
+///   bind beside the old one's `TIME_WAIT` connections (never beside a live listener, unlike Windows), which a
+///   restarted server needs.
 /// - IPv6 sockets are IPv6-only: `IPV6_V6ONLY` is set, **and** a locked classic BPF socket filter drops every
 ///   received packet whose network header is not IPv6.
 ///
@@ -103,9 +106,8 @@ public enum SocketHardening {
         var zero: CInt = 0
         var one: CInt = 1
         let size = socklen_t(MemoryLayout<CInt>.size)
-        guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, size) == 0,
-              setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, size) == 0 else {
-            throw SecureSocketError(.systemCallFailure, "clearing SO_REUSEADDR/SO_REUSEPORT", errno: Errno(rawValue: errno))
+        guard setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, size) == 0 else {
+            throw SecureSocketError(.systemCallFailure, "clearing SO_REUSEPORT", errno: Errno(rawValue: errno))
         }
         guard family == .inet6 else { return }
         guard setsockopt(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) == 0 else {

@@ -182,7 +182,8 @@ final class DualStackTests: XCTestCase {
             XCTAssertEqual(setOption(fd, SOL_SOCKET, SO_LOCK_FILTER, 0), .notPermitted, "\(kind): unlock")
             XCTAssertEqual(try SocketHardening.attachedFilter(on: fd), SocketHardening.ipv6Only, "\(kind): unchanged")
             XCTAssertEqual(intOption(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY), 1)
-            XCTAssertEqual(intOption(fd, SOL_SOCKET, SO_REUSEADDR), 0, "TestSocket set it; the library cleared it")
+            XCTAssertEqual(intOption(fd, SOL_SOCKET, SO_REUSEADDR), 1, "TestSocket set it; the application's choice stays")
+            XCTAssertEqual(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 0, "no port sharing")
 
             // Securing the same socket again (after a release) keeps the one filter.
             engine.release(fd)
@@ -192,7 +193,7 @@ final class DualStackTests: XCTestCase {
         let v4 = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(v4.fd.rawValue)
         XCTAssertEqual(try SocketHardening.attachedFilter(on: v4.fd.rawValue), [], "no filter on IPv4 sockets")
-        XCTAssertEqual(intOption(v4.fd.rawValue, SOL_SOCKET, SO_REUSEADDR), 0)
+        XCTAssertEqual(intOption(v4.fd.rawValue, SOL_SOCKET, SO_REUSEPORT), 0)
     }
 
     /// A classic filter the application attached before `WSASetSocketSecurity` keeps working behind the

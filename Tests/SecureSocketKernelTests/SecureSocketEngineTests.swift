@@ -255,3 +255,31 @@ extension SecureSocketEngineTests {
         XCTAssertEqual(graceful.table.count, 0)
     }
 }
+
+extension SecureSocketEngineTests {
+    /// A child forked from the engine's process that shuts the engine down and exits (as `atexit` would) leaves
+    /// the parent's endpoints, reqid claims and keying alone; the parent keeps securing sockets.
+    func testAForkedChildNeverTearsDownTheParentsEngine() throws {
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue)
+        let reqid = try XCTUnwrap(engine.table.all.first?.reqid)
+        let claims = try FileManager.default.contentsOfDirectory(atPath: reqidFolder)
+        let child = fork()
+        if child == 0 {
+            engine.shutdown()
+            SecureSocketEngine.shutdownShared()
+            _exit(0)
+        }
+        XCTAssertGreaterThan(child, 0)
+        var status: CInt = 0
+        XCTAssertEqual(waitpid(child, &status, 0), child)
+        XCTAssertEqual(status, 0)
+        XCTAssertEqual(engine.table.count, 1, "the parent's endpoint is still there")
+        XCTAssertTrue(engine.holdsReqid(reqid))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: reqidFolder), claims, "its claims too")
+        XCTAssertEqual(try socketPolicies().count, 2, "and the socket's policies")
+        let another = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(another.fd.rawValue)
+        XCTAssertEqual(engine.table.count, 2)
+    }
+}
