@@ -81,6 +81,12 @@ final class CharonDaemonTests: XCTestCase {
         XCTAssertTrue(daemon.isRunning)
         XCTAssertTrue(Self.isAlive(daemon.pid))
         XCTAssertTrue(daemon.logTail().contains("Starting IKE charon daemon"), daemon.logTail())
+        // charon's stdout and stderr are both its log (stdout once was closed at exec, and the first descriptor
+        // charon opened became its fd 1).
+        for fd in [1, 2] {
+            XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(daemon.pid)/fd/\(fd)"),
+                           daemon.logPath, "fd \(fd)")
+        }
         // charon's own netlink sockets live in the test namespace: its IKE sockets got bypass policies there.
         let policies = try XFRMClient(namespace: ns.namespace).policies()
         XCTAssertFalse(policies.isEmpty, "charon's socket bypass policies in \(ns.name)")

@@ -135,7 +135,7 @@ private final class SpawnContext {
             posix_spawnattr_destroy(&attributes)
         }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)   // not O_CLOEXEC: it is the child's stdout
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
         // Default dispositions and an empty mask: the Swift runtime's choices must not leak into charon.
