@@ -168,16 +168,27 @@ public final class CharonDaemon: Sendable {
     public func logTail(maxBytes: Int = 4096) -> String { Self.tail(of: logPath, maxBytes: maxBytes) }
 
     /// The VICI socket of a charon already running on this machine (`/var/run/charon.vici`, the default of
-    /// `charon.plugins.vici.socket`), if one answers `version` within `timeout`; nil otherwise. A system
-    /// charon serves the namespace it runs in (normally the host's).
+    /// `charon.plugins.vici.socket`), if one answers `version` within `timeout` **and runs in `namespace`**;
+    /// nil otherwise. A charon installs SAs in the network namespace it runs in, so a VICI socket that is merely
+    /// visible (a bind-mounted `/var/run`, another namespace's charon) is no use for sockets elsewhere: its
+    /// process (`SO_PEERCRED`) must be in the same network namespace as `namespace`.
     public static func systemVICISocket(candidates: [String] = ["/var/run/charon.vici", "/run/charon.vici"],
+                                        namespace: NetworkNamespace = .current,
                                         timeout: Duration = .seconds(1)) -> String? {
         for path in candidates where FileManager.default.fileExists(atPath: path) {
-            if let client = try? VICIClient(path: path, timeout: timeout), (try? client.version()) != nil {
+            guard let client = try? VICIClient(path: path, timeout: timeout), (try? client.version()) != nil,
+                  let pid = client.daemonProcessID else { continue }
+            if namespaceInode("/proc/\(pid)/ns/net") == namespaceInode(namespace.path ?? "/proc/self/ns/net") {
                 return path
             }
         }
         return nil
+    }
+
+    private static func namespaceInode(_ path: String) -> UInt64? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return UInt64(info.st_ino)
     }
 
     // MARK: - Starting

@@ -149,7 +149,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     public static func systemOrPrivate(credentials: Credentials, namespace: NetworkNamespace = .current,
                                        options: CharonDaemon.Options = CharonDaemon.Options()) throws(KeyingError)
         -> StrongSwanBackend {
-        if namespace == .current, let path = CharonDaemon.systemVICISocket() {
+        if let path = CharonDaemon.systemVICISocket(namespace: namespace) {
             do {
                 return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials)
             } catch {

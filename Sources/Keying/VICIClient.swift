@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 
 /// A client for charon's VICI socket: `swanctl`'s transport, in Swift.
@@ -29,6 +30,21 @@ public final class VICIClient: Sendable {
         defaultTimeout = timeout
         let connected = try VICIConnection(path: path, deadline: Deadline(after: timeout), command: "connect")
         connection = Mutex(connected)
+    }
+
+    /// The process at the other end of the socket (`SO_PEERCRED`): the charon that answers. nil when not
+    /// connected.
+    public var daemonProcessID: pid_t? {
+        connection.withLock { link -> pid_t? in
+            guard let link else { return nil }
+            // `struct ucred { pid_t pid; uid_t uid; gid_t gid; }` (Glibc's module leaves it out without _GNU_SOURCE).
+            var credentials: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+            var length = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
+            guard getsockopt(link.fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0, credentials.pid > 0 else {
+                return nil
+            }
+            return credentials.pid
+        }
     }
 
     /// Closes the connection now (the next call reconnects).

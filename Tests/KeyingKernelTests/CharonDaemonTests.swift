@@ -418,3 +418,20 @@ final class CharonDaemonTests: XCTestCase {
         XCTAssertEqual(try b.vici.listSAs(), [])
     }
 }
+
+extension CharonDaemonTests {
+    /// `charon auto` takes a charon whose VICI socket answers only if that charon runs in the socket's network
+    /// namespace (its process, by `SO_PEERCRED`): a visible socket of another namespace's charon is not used.
+    func testAVisibleCharonOfAnotherNamespaceIsNotTheSystemCharon() throws {
+        let mine = try TestNamespace(prefix: "kdm")
+        let other = try TestNamespace(prefix: "kdo")
+        namespaces += [mine, other]
+        let daemon = try start(in: mine)
+        let client = try VICIClient(path: daemon.socketPath)
+        XCTAssertEqual(client.daemonProcessID, daemon.pid, "SO_PEERCRED names charon")
+        XCTAssertEqual(CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: mine.namespace),
+                       daemon.socketPath)
+        XCTAssertNil(CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: other.namespace))
+        XCTAssertNil(CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: .current))
+    }
+}
