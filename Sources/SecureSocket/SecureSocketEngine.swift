@@ -376,8 +376,14 @@ public final class SecureSocketEngine: Sendable {
 
     static func duration(seconds: Double) -> Duration { .milliseconds(Int64(max(0, seconds) * 1000)) }
 
+    /// `connect()` bounded by `deadline`, the TCP handshake included: a blocking socket is switched to
+    /// non-blocking for the call and waited on with `poll` (a blocking `connect()` to a silent peer would wait for
+    /// TCP's SYN retries, about two minutes), then switched back.
     private func plainConnect(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
                               facts: SocketFacts, cancelled: CancelFlag?) throws(SecureSocketError) {
+        let flags = fcntl(fd, F_GETFL)
+        let bounded = !facts.isNonBlocking && flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
+        defer { if bounded { _ = fcntl(fd, F_SETFL, flags) } }
         var attempts = 0
         while true {
             attempts += 1
@@ -395,11 +401,39 @@ public final class SecureSocketEngine: Sendable {
                                             errno: error)
                 }
                 usleep(5_000)
+            case .nowInProgress where bounded, .alreadyInProcess where bounded:
+                return try awaitHandshake(fd, peer, deadline: deadline, cancelled: cancelled)
             case .nowInProgress where facts.isNonBlocking, .alreadyInProcess where facts.isNonBlocking:
                 throw SecureSocketError(.wouldBlock, "non-blocking connect in progress", errno: error)
             default:
                 throw SecureSocketError(SecureSocketError.Code(errno: error), "connect to \(peer)", errno: error)
             }
+        }
+    }
+
+    /// Waits for a non-blocking `connect()` to complete, at most until `deadline` (polling in slices so that
+    /// cancellation is seen), and reports its outcome from `SO_ERROR`.
+    private func awaitHandshake(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
+                                cancelled: CancelFlag?) throws(SecureSocketError) {
+        while true {
+            if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
+            let left = deadline - monotonicNow()
+            guard left > 0 else {
+                throw SecureSocketError(.timedOut, "the TCP handshake with \(peer) did not complete before the deadline")
+            }
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let ready = poll(&pfd, 1, Int32(min(left, 0.1) * 1000) + 1)
+            if ready < 0 && errno != EINTR {
+                let error = Errno(rawValue: errno)
+                throw SecureSocketError(SecureSocketError.Code(errno: error), "poll", errno: error)
+            }
+            guard ready > 0 else { continue }
+            var soError: CInt = 0
+            var length = socklen_t(MemoryLayout<CInt>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length)
+            guard soError != 0 else { return }
+            let error = Errno(rawValue: soError)
+            throw SecureSocketError(SecureSocketError.Code(errno: error), "connect to \(peer)", errno: error)
         }
     }
 

@@ -283,3 +283,29 @@ extension SecureSocketEngineTests {
         XCTAssertEqual(engine.table.count, 2)
     }
 }
+
+extension SecureSocketEngineTests {
+    /// `connect`'s timeout bounds the TCP handshake too: a peer that drops every SYN (an XFRM block policy in its
+    /// namespace) makes the call fail with WSAETIMEDOUT at the deadline, not after TCP's two minutes of retries;
+    /// the socket is blocking again afterwards.
+    func testConnectTimeoutBoundsTheTCPHandshake() throws {
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        _ = try pair.b.ip("xfrm", "policy", "add", "dir", "in", "src", "\(pair.addressA4)/32", "dst", "\(pair.addressB4)/32",
+                          "proto", "tcp", "dport", "\(listener.localPort)", "action", "block")
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(
+            securityProtocol: .ipsec, ipsec: IPsecSettings(flags: .skipFilterInstantiation)))
+        let started = Date()
+        XCTAssertThrowsError(try engine.connect(socket.fd.rawValue,
+                                                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort),
+                                                timeout: 1.5)) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .timedOut, "\($0)")
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertGreaterThanOrEqual(elapsed, 1.4)
+        XCTAssertLessThan(elapsed, 3, "bounded by the timeout, not by TCP's retries")
+        XCTAssertEqual(fcntl(socket.fd.rawValue, F_GETFL) & O_NONBLOCK, 0, "blocking again")
+    }
+}
