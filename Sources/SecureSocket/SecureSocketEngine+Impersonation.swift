@@ -14,6 +14,7 @@ extension SecureSocketEngine {
     /// Makes the calling thread run as the peer's mapped account. Blocking sockets only (as on Windows).
     /// Returns the account.
     @discardableResult
+    @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
     public func impersonatePeer(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil) throws(SecureSocketError) -> LocalAccount {
         let (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
         do {
@@ -24,6 +25,7 @@ extension SecureSocketEngine {
     }
 
     /// Ends the calling thread's impersonation; a thread that is not impersonating is left as it is (success).
+    @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
     public func revertImpersonation() throws(SecureSocketError) {
         do {
             try ThreadCredentials.revert()

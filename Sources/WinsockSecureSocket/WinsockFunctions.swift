@@ -156,6 +156,7 @@ public func WSSGetTokenIdentity(_ handle: UInt64, _ buffer: UnsafeMutablePointer
 /// datagram sockets need it. Blocking sockets only. Unmapped peers fail with `WSAEACCES`; the thread is then
 /// unchanged.
 @_cdecl("WSAImpersonateSocketPeer")
+@available(*, noasync, message: "a task may resume on another thread with the peer's credentials")
 public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointer?, _ addressLength: UInt32) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         let engine = try engine()
@@ -171,6 +172,7 @@ public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointe
 
 /// Returns the calling thread to its own credentials; success (and no change) when it was not impersonating.
 @_cdecl("WSARevertImpersonation")
+@available(*, noasync, message: "a task may resume on another thread with the peer's credentials")
 public func WSARevertImpersonation() -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         // No engine is needed to give a thread its own credentials back.
