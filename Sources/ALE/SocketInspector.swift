@@ -120,6 +120,22 @@ public enum SocketInspector {
         return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
     }
 
+    /// This process's socket descriptors by cookie (one per socket: the lowest descriptor naming it), read from
+    /// `/proc/self/fd`. O(descriptors); for the rare moment a registered descriptor no longer names its socket
+    /// (closed, or closed after a `dup`).
+    public static func descriptorsByCookie() -> [UInt64: CInt] {
+        guard let folder = opendir("/proc/self/fd") else { return [:] }
+        defer { closedir(folder) }
+        var found: [UInt64: CInt] = [:]
+        while let entry = readdir(folder) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            guard let fd = CInt(name), let cookie = cookie(of: fd) else { continue }
+            if let known = found[cookie], known < fd { continue }
+            found[cookie] = fd
+        }
+        return found
+    }
+
     private static func address(_ fd: CInt,
                                 _ call: (CInt, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> CInt)
         -> SocketEndpointAddress? {

@@ -702,8 +702,11 @@ public final class SecureSocketEngine: Sendable {
     /// FIN still find their SAs. The explicit ``release(_:)`` does not wait.
     public var closeGrace: Double { configuration.closeGrace }
 
-    /// Releases endpoints whose socket is gone (its descriptor no longer names the same cookie), and notes the
-    /// local port of the live ones. O(endpoints); the event pump runs it every second.
+    /// Releases endpoints whose socket is gone, and notes the local port of the live ones. O(endpoints); the
+    /// event pump runs it every second. A socket is gone when no descriptor of this process names its cookie:
+    /// when its registered descriptor no longer does (closed, perhaps after a `dup`), the process's descriptors
+    /// are searched for it once per sweep, and a duplicate found becomes the registered descriptor. (A socket
+    /// passed to another process with `SCM_RIGHTS` and closed here counts as gone.)
     ///
     /// A listener that is closed while connections it accepted are still open keeps its reqid and keying: the
     /// accepted sockets (found among this process's descriptors by local port) are adopted as endpoints first,
@@ -714,7 +717,15 @@ public final class SecureSocketEngine: Sendable {
         var released = 0
         let now = monotonicNow()
         if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
-        for endpoint in table.all {
+        var descriptors: [UInt64: CInt]?
+        for var endpoint in table.all {
+            if SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
+                if descriptors == nil { descriptors = SocketInspector.descriptorsByCookie() }
+                if let moved = descriptors?[endpoint.cookie] {
+                    table.update(cookie: endpoint.cookie) { $0.descriptor = moved; $0.goneSince = nil }
+                    endpoint.descriptor = moved
+                }
+            }
             if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
                 if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
                     table.update(cookie: endpoint.cookie) {

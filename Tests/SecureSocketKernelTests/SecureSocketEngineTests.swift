@@ -309,3 +309,24 @@ extension SecureSocketEngineTests {
         XCTAssertEqual(fcntl(socket.fd.rawValue, F_GETFL) & O_NONBLOCK, 0, "blocking again")
     }
 }
+
+extension SecureSocketEngineTests {
+    /// Liveness is the socket's, not its first descriptor's: after `dup` and closing the original, the sweep
+    /// finds the duplicate and keeps the endpoint (and its keying); closing the last descriptor releases it.
+    func testADuplicatedSocketKeepsItsEndpointAfterTheOriginalDescriptorCloses() throws {
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue)
+        let cookie = try XCTUnwrap(SocketInspector.cookie(of: socket.fd.rawValue))
+        let reqid = try XCTUnwrap(engine.table.endpoint(cookie: cookie)?.reqid)
+        let duplicate = dup(socket.fd.rawValue)
+        XCTAssertGreaterThanOrEqual(duplicate, 0)
+        socket.close()
+        XCTAssertEqual(engine.sweep(), 0, "a descriptor still names the socket")
+        XCTAssertEqual(engine.table.endpoint(cookie: cookie)?.descriptor, duplicate, "the duplicate is registered now")
+        XCTAssertTrue(engine.holdsReqid(reqid))
+        close(duplicate)
+        XCTAssertEqual(engine.sweep(), 1, "the last descriptor is gone: released")
+        XCTAssertNil(engine.table.endpoint(cookie: cookie))
+        XCTAssertFalse(engine.holdsReqid(reqid))
+    }
+}
