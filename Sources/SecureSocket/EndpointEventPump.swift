@@ -16,20 +16,42 @@ import XFRM
 final class EndpointEventPump: Sendable {
     private let table: EndpointTable
     private let engine: SecureSocketEngine.EngineHooks
-    private let monitor: XFRMMonitor
+    private let monitor: Mutex<XFRMMonitor?>
     private let tasks: Mutex<[Task<Void, Never>]> = Mutex([])
+    /// How often the XFRM monitor was started again after it ended (overrun, error).
+    let monitorRestarts = Atomic<Int>(0)
 
     init(table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
          sweepInterval: Duration = .seconds(1)) throws(XFRMError) {
         self.table = table
         self.engine = engine
-        monitor = try XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
-        let monitor = self.monitor
+        let first = try XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
+        monitor = Mutex(first)
+        // The monitor ends when the kernel drops events (the socket overran: ENOBUFS) or on an error; it is
+        // started again with a bounded back-off. Queries read the kernel meanwhile, and a lost ACQUIRE comes
+        // back once its larval state expires.
         let xfrmTask = Task { [weak self] in
-            do {
-                for try await event in monitor { self?.handle(event) }
-            } catch {
-                // The monitor ended (stopped, or the kernel dropped events): queries still ask the kernel.
+            var current: XFRMMonitor? = first
+            var pause: Duration = .milliseconds(50)
+            while !Task.isCancelled {
+                if let current {
+                    do {
+                        for try await event in current { self?.handle(event) }
+                    } catch {}
+                }
+                guard !Task.isCancelled, let self else { return }
+                try? await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(5))
+                current = try? XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
+                guard let started = current else { continue }
+                let stopped = self.monitor.withLock { slot -> Bool in
+                    guard slot != nil else { return true }   // stop() ran meanwhile
+                    slot = started
+                    return false
+                }
+                if stopped { started.stop(); return }
+                self.monitorRestarts.add(1, ordering: .relaxed)
+                pause = .milliseconds(50)
             }
         }
         // Sockets closed without release(): their endpoints, reqids and keying are freed within a second.
@@ -52,9 +74,12 @@ final class EndpointEventPump: Sendable {
     }
 
     func stop() {
-        monitor.stop()
         tasks.withLock { for task in $0 { task.cancel() } }
+        monitor.withLock { $0?.stop(); $0 = nil }
     }
+
+    /// Ends the current monitor as an overrun would (for tests of the restart).
+    func interruptMonitor() { monitor.withLock { $0?.stop() } }
 
     deinit { stop() }
 

@@ -272,6 +272,12 @@ public final class SecureSocketEngine: Sendable {
         table.update(cookie: facts.cookie) { $0.peerTargetNames[address.address.isAny ? nil : address.address] = nil }
     }
 
+    /// How often the event pump started its XFRM monitor again after it ended (inspection, tests).
+    public var monitorRestarts: Int { pump.withLock { $0?.monitorRestarts.load(ordering: .relaxed) } ?? 0 }
+
+    /// Ends the event pump's XFRM monitor as a kernel overrun would, to exercise its restart (tests).
+    public func interruptEventMonitor() { pump.withLock { $0?.interruptMonitor() } }
+
     /// Whether this engine holds `reqid` (claimed from the namespace and not given back).
     public func holdsReqid(_ reqid: UInt32) -> Bool { reqids.heldReqids.contains(reqid) }
 

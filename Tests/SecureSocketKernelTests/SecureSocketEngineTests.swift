@@ -330,3 +330,30 @@ extension SecureSocketEngineTests {
         XCTAssertFalse(engine.holdsReqid(reqid))
     }
 }
+
+extension SecureSocketEngineTests {
+    /// The event pump starts its XFRM monitor again when it ends (as on a kernel overrun), and events flow
+    /// again: an ACQUIRE raised afterwards is answered (here the negotiation fails, which the state shows).
+    func testTheEventMonitorIsStartedAgainAfterItEnds() throws {
+        engine.interruptEventMonitor()
+        let restarted = Date().addingTimeInterval(3)
+        while Date() < restarted, engine.monitorRestarts == 0 { usleep(10_000) }
+        XCTAssertEqual(engine.monitorRestarts, 1)
+
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue)
+        let cookie = try XCTUnwrap(SocketInspector.cookie(of: socket.fd.rawValue))
+        XCTAssertEqual(socket.connectOnce(pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable)
+        let answered = Date().addingTimeInterval(3)
+        var state = engine.table.endpoint(cookie: cookie)?.state
+        while Date() < answered {
+            state = engine.table.endpoint(cookie: cookie)?.state
+            if case .failed = state { break }
+            usleep(10_000)
+        }
+        guard case .failed? = state else { return XCTFail("the ACQUIRE was not answered: \(String(describing: state))") }
+    }
+}
