@@ -2,9 +2,12 @@
 # Benchmarks (not tests); every figure comes with a baseline measured in the same run.
 # 1. xfrm-bench: XFRMClient vs `ip -batch`, fresh namespaces. Global policies on the host kernel, ESP SAs under
 #    user-mode-linux (the host has no ESP). Prints ratios ours / iproute2. Arguments go to xfrm-bench.
-# 2. secure-socket-bench: warm-path (setSecurity + setPeerTargetName vs two raw setsockopt) on the host;
-#    query (at 100 and 10,000 SAs, vs getState) and first-contact (WSAConnect to the first echoed byte vs
-#    strongSwan with a global trap policy) under user-mode-linux. Prints ratios ours / baseline.
+# 2. secure-socket-bench: warm-path (setSecurity + setPeerTargetName vs two raw setsockopt, with 10 and
+#    10,000 live endpoints) on the host; query (at 100 and 10,000 SAs, vs getState), first-contact (WSAConnect
+#    to the first echoed byte vs strongSwan with a global trap policy) and new-connection (a new connection over
+#    an established IKE SA, N = 10 / 100 / 1,000 in a row, vs one CREATE_CHILD_SA + connect; then 1,000 held
+#    at once from one process and from 4 processes: time, memory per connection, query at 10 and 1,000 vs two
+#    GETSA; 10,000 set-security + close cycles and what is left) under user-mode-linux. Ratios ours / baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
@@ -24,6 +27,7 @@ build() {
 }
 build xfrm-bench
 build secure-socket-bench
+build secure-echo
 bin=$(swift build -c release --show-bin-path)/xfrm-bench
 ssb=$(swift build -c release --show-bin-path)/secure-socket-bench
 "$bin" policies "$@"
@@ -34,3 +38,5 @@ echo
 scripts/uml/run.sh --timeout 590 -- "$ssb" query
 echo
 scripts/uml/run.sh --timeout 590 -- "$ssb" first-contact
+echo
+scripts/uml/run.sh --timeout 1700 --mem 1024M -- "$ssb" new-connection

@@ -17,13 +17,18 @@ final class Ends: @unchecked Sendable {
     let b: SecureSocketEngine
     let backendA: StrongSwanBackend?
     let backendB: StrongSwanBackend?
+    /// The PSK both charons use, and A's reqid folder (for benchmarks that look at what is left).
+    let secret: String
+    let reqidFolderA: String
     private var tokens: [Int] = []
 
     /// `pair`'s A is the client side (10.77.0.1, identity a.example), B the server (10.77.0.2, b.example).
     init(pair: NamespacePair, keying: Keying, secret: String = randomSecret()) throws {
         self.pair = pair
         self.keying = keying
+        self.secret = secret
         let folders = try (0..<2).map { _ in try makeTemporaryFolder("ssb-reqids") }
+        reqidFolderA = folders[0]
         tokens.append(Cleanup.add { for folder in folders { try? FileManager.default.removeItem(atPath: folder) } })
         switch keying {
         case .static:

@@ -26,9 +26,16 @@ struct NewConnection: ParsableCommand {
     @Option(help: "Connections then opened and held at once (0: skip): time to open, memory, query cost, all echo.")
     var held = 1000
 
+    @Option(help: "Client processes (secure-echo hold, through the C ABI, sharing charon A) that then open `held` connections between them (0: skip).")
+    var processes = 4
+
+    @Option(help: "setSecurity + close cycles without connecting, then 5 s: what is left (0: skip).")
+    var churn = 10_000
+
     func validate() throws {
-        guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }), (0...10_000).contains(held) else {
-            throw ValidationError("counts and held in 1...10000")
+        guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }), (0...10_000).contains(held),
+              (0...16).contains(processes), (0...100_000).contains(churn) else {
+            throw ValidationError("counts and held in 1...10000, processes 0...16, churn 0...100000")
         }
     }
 
@@ -104,6 +111,67 @@ struct NewConnection: ParsableCommand {
               + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
         print("  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)")
         if held > 0 { try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid) }
+        if held > 0, processes > 0, let socket = backendA.daemon?.socketPath {
+            try holdFromProcesses(pair, charonSocket: socket, secret: ends.secret)
+        }
+        if churn > 0 { try churnWithoutConnecting(ends, pair) }
+    }
+
+    /// `processes` client processes (`secure-echo hold`, the C ABI, one charon shared by all of them) open
+    /// `held` connections between them at the same time, against ours' listener; each echoes on all of its own.
+    private func holdFromProcesses(_ pair: NamespacePair, charonSocket: String, secret: String) throws {
+        let echo = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("secure-echo").path
+        guard FileManager.default.isExecutableFile(atPath: echo) else {
+            print("held from processes: skipped (\(echo) is not built)")
+            return
+        }
+        let folder = try makeTemporaryFolder("ssnc-procs")
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let config = "\(folder)/a.conf"
+        try "identity a.example\npsk \"\(secret)\"\ncharon \(charonSocket)\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let each = max(1, held / processes)
+        let started = nowNanos()
+        let clients = try (0..<processes).map { index in
+            try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": config],
+                                 [echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
+                                  "--target", "host/b.example", "--connections", "\(each)", "--linger", "2"],
+                                 log: "\(folder)/client-\(index).log")
+        }
+        var opened = 0.0
+        var echoed = 0
+        for client in clients {
+            client.wait(for: "echoed", timeout: 1200)
+            opened = max(opened, Double(nowNanos() - started) / 1e9)
+            if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("echoed ") }),
+               let count = Int(line.dropFirst(7).split(separator: "/").first ?? "") {
+                echoed += count
+            }
+        }
+        for client in clients { client.waitForExit(timeout: 30) }
+        print("held from \(processes) processes: \(each * processes) connections open in \(format(opened, 1)) s"
+              + " (all of them held at once), \(echoed)/\(each * processes) echoed")
+    }
+
+    /// `churn` sockets secured and closed without connecting (release untimed by the application: the sweep
+    /// finds them), then 5 s: SAs, reqid claims, conns and CHILD SAs left.
+    private func churnWithoutConnecting(_ ends: Ends, _ pair: NamespacePair) throws {
+        let started = nowNanos()
+        try pair.a.namespace.perform {
+            for _ in 0..<churn {
+                let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+                guard fd >= 0 else { throw BenchError("socket(): errno \(errno)") }
+                try ends.a.setSecurity(fd)
+                close(fd)
+            }
+        }
+        let seconds = Double(nowNanos() - started) / 1e9
+        usleep(5_000_000)
+        let sas = try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count
+        let claims = (try? FileManager.default.contentsOfDirectory(atPath: ends.reqidFolderA))?.count ?? -1
+        let conns = try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count
+        let children = try (ends.backendA?.vici.listSAs() ?? []).reduce(0) { $0 + $1.children.count }
+        print("churn: \(churn) set-security + close cycles in \(format(seconds, 1)) s; 5 s later: \(sas) SAs, \(claims) reqid"
+              + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left")
     }
 
     /// `held` connections opened one after another and held at once: time to open, resident memory per
