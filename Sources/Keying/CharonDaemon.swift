@@ -88,8 +88,10 @@ public final class CharonDaemon: Sendable {
     public let logPath: String
     /// The exact `strongswan.conf` written.
     public let configuration: String
-    /// charon's pid (the spawned process is charon itself).
-    public let pid: pid_t
+    /// charon's pid (the spawned process is charon itself); a new one after ``restart()``.
+    public var pid: pid_t { running.withLock { $0.pid } }
+    /// How often ``restart()`` started charon again.
+    public var restarts: Int { running.withLock { $0.restarts } }
     /// From spawn to the first answered `version`.
     public let startupDuration: Duration
     /// What `version` answered.
@@ -97,14 +99,22 @@ public final class CharonDaemon: Sendable {
     /// A client on the private socket.
     public let vici: VICIClient
 
-    private let process: ChildProcess
+    private struct Running {
+        var process: ChildProcess
+        var pid: pid_t
+        var restarts = 0
+    }
+
+    private let running: Mutex<Running>
     private let stopped = Atomic<Bool>(false)
     private let grace: Duration
+    private let options: Options
 
     /// Starts charon in `namespace` and waits until it answers on its VICI socket.
     public init(namespace: NetworkNamespace, options: Options = Options()) throws(VICIError) {
         let command = "start charon"
         self.namespace = namespace
+        self.options = options
         grace = options.stopGrace
         guard FileManager.default.isExecutableFile(atPath: options.charonPath) else {
             throw VICIError(.daemonUnavailable, command: command, detail: "\(options.charonPath) is not installed")
@@ -134,8 +144,7 @@ public final class CharonDaemon: Sendable {
             let (client, version) = try Self.waitUntilReady(process: process, socketPath: socketPath,
                                                             logPath: logPath, options: options, command: command)
             startupDuration = begin.duration(to: .now)
-            self.process = process
-            pid = process.pid
+            running = Mutex(Running(process: process, pid: process.pid))
             vici = client
             self.version = version
         } catch {
@@ -148,14 +157,44 @@ public final class CharonDaemon: Sendable {
     deinit { stop() }
 
     /// Whether charon is still running.
-    public var isRunning: Bool { process.isRunning }
+    public var isRunning: Bool { running.withLock { $0.process.isRunning } }
+
+    /// Starts charon again (same folder, configuration and socket) if it is not running, and waits until it
+    /// answers: what a supervisor does for a charon that died. Its SAs in the kernel are untouched; the
+    /// caller reloads credentials and conns. Nothing happens after ``stop()``.
+    public func restart() throws(VICIError) {
+        let command = "restart charon"
+        guard !stopped.load(ordering: .acquiring) else {
+            throw VICIError(.daemonUnavailable, command: command, detail: "stopped")
+        }
+        try running.withLock { (state: inout Running) throws(VICIError) in
+            guard !state.process.isRunning else { return }
+            unlink(socketPath)
+            let arguments = try Self.commandLine(namespace: namespace, charon: options.charonPath, command: command)
+            let process = try ChildProcess(arguments: arguments,
+                                           environment: ["STRONGSWAN_CONF": configPath,
+                                                         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"],
+                                           outputPath: logPath, command: command)
+            do throws(VICIError) {
+                _ = try Self.waitUntilReady(process: process, socketPath: socketPath, logPath: logPath, options: options,
+                                            command: command)
+            } catch {
+                process.terminate(grace: .milliseconds(500))
+                throw error
+            }
+            state.process = process
+            state.pid = process.pid
+            state.restarts += 1
+        }
+        vici.disconnect()
+    }
 
     /// Stops charon: SIGTERM, up to ``Options/stopGrace`` for it to exit, then SIGKILL; reaps it and deletes
     /// the folder. Idempotent. Event streams on its socket end with ``VICIError/Code/daemonUnavailable``.
     public func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         vici.disconnect()
-        process.terminate(grace: grace)
+        running.withLock { $0.process.terminate(grace: grace) }
         try? FileManager.default.removeItem(atPath: folder)
     }
 

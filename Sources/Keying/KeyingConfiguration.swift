@@ -30,8 +30,8 @@ import XFRM
 /// ## Group key and per-peer keys
 ///
 /// `psk` is a group key: it is loaded for every identity (charon's owners `%any`), so every host that holds it can
-/// claim ANY identity and authenticate as it (and, as its IKE_AUTH carries INITIAL_CONTACT, make charon delete the
-/// genuine peer's IKE SA). The query reports such peers as
+/// claim ANY identity and authenticate as it (its INITIAL_CONTACT deletes nothing: the library's conns are
+/// `unique = never`). The query reports such peers as
 /// ``PeerAuthentication/Machine/groupKey`` and the identity map refuses to map them unless a rule opts in.
 /// `peer-psk ID SECRET` loads SECRET for the peer identity ID only (owners `[ID]`, never this host's own identity,
 /// never a pattern): only a host that holds that peer's key can authenticate as that peer

@@ -79,8 +79,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// What charon told us about the CHILD_SAs it installed, by inbound SPI (fed by `child-updown` and
     /// `child-rekey`), so a query never walks `list-sas`.
     private let children = ChildRegistry()
-    private let events: VICIEventStream?
+    private let events = Mutex<VICIEventStream?>(nil)
     private let eventTask = Mutex<Task<Void, Never>?>(nil)
+    private let stopped = Atomic<Bool>(false)
+    /// How often charon was found gone and the backend's state loaded into it again.
+    public var resyncs: Int { resyncCount.load(ordering: .relaxed) }
+    private let resyncCount = Atomic<Int>(0)
     /// The peer certificate of each IKE SA (certificate credentials only).
     private let peerCertificates: PeerCertificateCache?
 
@@ -96,6 +100,105 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } else {
             peerCertificates = nil
         }
+        try loadCredentials()
+        do {
+            try loadResponder([])
+        } catch {
+            shutdown()
+            throw KeyingError(.unavailable, "load-conn \(responderName): \(error)")
+        }
+        // The first subscription before init returns, so no event of a first negotiation is missed.
+        superviseEvents(first: try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"]))
+    }
+
+    deinit {
+        stopped.store(true, ordering: .releasing)
+        events.withLock { $0?.stop() }
+        eventTask.withLock { $0?.cancel() }
+    }
+
+    /// Follows charon's `child-updown` / `child-rekey` events for the registry. When the stream ends, charon
+    /// has gone (killed, crashed, restarted by its supervisor): the backend then brings it back into the state
+    /// it needs (see ``resync()``), retrying with a bounded back-off, and follows the new charon's events.
+    private func superviseEvents(first: VICIEventStream?) {
+        let path = vici.path
+        let registry = children
+        events.withLock { $0 = first }
+        let task = Task.detached { [weak self] in
+            var pause: Duration = .milliseconds(100)
+            var next = first
+            while !Task.isCancelled {
+                let opened = next ?? (try? VICIEventStream(path: path, events: ["child-updown", "child-rekey"]))
+                next = nil
+                if let stream = opened {
+                    self?.events.withLock { $0 = stream }
+                    pause = .milliseconds(100)
+                    do {
+                        for try await event in stream { registry.record(event) }
+                    } catch {}
+                }
+                guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled else { return }
+                try? await Task.sleep(for: pause)
+                pause = min(pause * 2, .seconds(5))
+                try? self.resync()
+            }
+        }
+        eventTask.withLock { $0 = task }
+    }
+
+    /// Makes charon ready again after it went away: a private charon is started again; then this
+    /// configuration's credentials, the responder conn and the listeners' children are loaded into it. The
+    /// kernel's SAs of established connections were never charon's to keep: they go on protecting their flows
+    /// meanwhile. Initiators load their own conns per connection.
+    func resync() throws(KeyingError) {
+        guard !stopped.load(ordering: .acquiring) else { return }
+        if let daemon, !daemon.isRunning {
+            do { try daemon.restart() } catch {
+                throw KeyingError(.unavailable, "restarting the private charon", cause: error)
+            }
+        }
+        vici.disconnect()
+        do { _ = try vici.version() } catch {
+            throw KeyingError(.unavailable, "charon does not answer", cause: error)
+        }
+        try loadCredentials()
+        let all = responderChildren.withLock { table in table.keys.sorted().compactMap { table[$0] } }
+        do { try loadResponder(all) } catch {
+            throw KeyingError(.unavailable, "load-conn \(responderName)", cause: error)
+        }
+        resyncCount.add(1, ordering: .relaxed)
+    }
+
+    /// A system charon when its VICI socket answers, otherwise a private charon for `namespace`.
+    public static func systemOrPrivate(credentials: Credentials, namespace: NetworkNamespace = .current,
+                                       options: CharonDaemon.Options = CharonDaemon.Options()) throws(KeyingError)
+        -> StrongSwanBackend {
+        if let path = CharonDaemon.systemVICISocket(namespace: namespace) {
+            do {
+                return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials)
+            } catch {
+                throw KeyingError(.unavailable, "system charon at \(path): \(error)")
+            }
+        }
+        let daemon: CharonDaemon
+        do {
+            daemon = try CharonDaemon(namespace: namespace, options: options)
+        } catch {
+            throw KeyingError(.unavailable, "starting a private charon: \(error)")
+        }
+        return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon)
+    }
+
+    public func shutdown() {
+        stopped.store(true, ordering: .releasing)
+        eventTask.withLock { $0?.cancel() }
+        events.withLock { $0?.stop() }
+        try? vici.unloadConn(name: responderName)
+        daemon?.stop()
+    }
+
+    /// Loads this configuration's credentials into charon (at start, and again after charon restarted).
+    private func loadCredentials() throws(KeyingError) {
         do {
             switch credentials.method {
             case .psk(let secret):
@@ -121,56 +224,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } catch {
             throw KeyingError(.unavailable, "loading credentials into charon", cause: error)
         }
-        events = try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"])
-        if let events {
-            let registry = children
-            eventTask.withLock {
-                $0 = Task.detached {
-                    do {
-                        for try await event in events { registry.record(event) }
-                    } catch {}
-                }
-            }
-        }
-        do {
-            try loadResponder([])
-        } catch {
-            shutdown()
-            throw KeyingError(.unavailable, "load-conn \(responderName): \(error)")
-        }
     }
 
-    deinit {
-        events?.stop()
-        eventTask.withLock { $0?.cancel() }
-    }
-
-    /// A system charon when its VICI socket answers, otherwise a private charon for `namespace`.
-    public static func systemOrPrivate(credentials: Credentials, namespace: NetworkNamespace = .current,
-                                       options: CharonDaemon.Options = CharonDaemon.Options()) throws(KeyingError)
-        -> StrongSwanBackend {
-        if let path = CharonDaemon.systemVICISocket(namespace: namespace) {
-            do {
-                return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials)
-            } catch {
-                throw KeyingError(.unavailable, "system charon at \(path): \(error)")
-            }
-        }
-        let daemon: CharonDaemon
-        do {
-            daemon = try CharonDaemon(namespace: namespace, options: options)
-        } catch {
-            throw KeyingError(.unavailable, "starting a private charon: \(error)")
-        }
-        return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon)
-    }
-
-    public func shutdown() {
-        try? vici.unloadConn(name: responderName)
-        events?.stop()
-        eventTask.withLock { $0?.cancel() }
-        daemon?.stop()
-    }
 
     // MARK: - Authentication rounds
 
@@ -197,6 +252,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
     }
 
+    /// Options every conn of ours carries. `unique = never`: many connections, users and processes share IKE
+    /// SAs with one peer, so an IKE_AUTH that carries INITIAL_CONTACT (a peer's charon that restarted, or any
+    /// holder of a group key claiming an identity) must not make charon delete the other IKE SAs with that
+    /// peer and every connection on them; our initiators send none either.
+    static let connOptions: VICIMessage = ["unique": "never"]
+
     static func protocolName(_ p: XFRMUpperProtocol) -> String? {
         switch p {
         case .tcp: "tcp"
@@ -215,7 +276,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         var remote = [remoteAuth(identity: nil)]
         if !credentials.eapUsers.isEmpty { remote.append(AuthConfig(method: .eapMD5, eapID: "%any")) }
         try vici.loadConn(IKEConnConfig(name: responderName, remoteAddresses: ["%any"], localAuth: [localAuth()],
-                                        remoteAuth: remote, children: children))
+                                        remoteAuth: remote, children: children, extra: Self.connOptions))
     }
 
     public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
@@ -264,46 +325,71 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
         }
         var registration = KeyingRegistration(reqid: request.reqid, names: [conn], secrets: secrets)
-        let config = IKEConnConfig(
+        var config = IKEConnConfig(
             name: conn, localAddresses: ["%any"], remoteAddresses: ["\(flow.remote)"],
             localAuth: localRounds, remoteAuth: [remoteAuth(identity: pinned)],
             children: [ChildConfig(name: childName, mode: .transport, policies: false, reqid: request.reqid,
                                    startAction: .none, espProposals: Self.espProposals,
                                    localTS: [.dynamic(protocol: proto, port: flow.localPort)],
-                                   remoteTS: [.dynamic(protocol: proto, port: flow.remotePort)])])
-        do {
-            try vici.loadConn(config)
-        } catch {
-            release(registration)
-            throw KeyingError(.unavailable, "load-conn \(conn): \(error)")
+                                   remoteTS: [.dynamic(protocol: proto, port: flow.remotePort)])],
+            extra: connOptions(for: flow.remote))
+        // A charon that went away is brought back once (resync) and the negotiation runs again in it.
+        for attempt in 0..<2 {
+            do throws(KeyingError) {
+                do {
+                    try vici.loadConn(config)
+                } catch {
+                    throw KeyingError(.unavailable, "load-conn \(conn)", cause: error)
+                }
+                let child = try initiate(child: childName, conn: conn, peer: flow.remote, deadline: deadline) {
+                    // The IKE SA did not answer: a new generation of the conn, loaded before the next attempt.
+                    self.generations.withLock { $0[flow.remote, default: 0] += 1 }
+                    config.extra = self.connOptions(for: flow.remote)
+                    try? self.vici.loadConn(config)
+                }
+                registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
+                try verify(child, request: request)
+                return Negotiated(protection: authenticated(child), registration: registration)
+            } catch where error.code == .unavailable && attempt == 0 && !stopped.load(ordering: .acquiring) {
+                guard (try? resync()) != nil else {
+                    release(registration)
+                    throw error
+                }
+            } catch {
+                release(registration)
+                throw error
+            }
         }
-        do {
-            let child = try initiate(child: childName, conn: conn, deadline: deadline)
-            registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
-            try verify(child, request: request)
-            return Negotiated(protection: authenticated(child), registration: registration)
-        } catch {
-            release(registration)
-            throw error
-        }
+        release(registration)
+        throw KeyingError(.unavailable, "charon went away during the negotiation")
     }
 
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
     /// answers as a host whose listener is not ready yet; then the child as charon lists it.
-    private func initiate(child childName: String, conn: String, deadline: ContinuousClock.Instant)
-        throws(KeyingError) -> KeyedProtection {
+    private func initiate(child childName: String, conn: String, peer: XFRMAddress, deadline: ContinuousClock.Instant,
+                          onStaleIKESA: () -> Void) throws(KeyingError) -> KeyedProtection {
         let started = ContinuousClock.now
         var pause: Duration = .milliseconds(50)
+        var staleChecked = false
         while true {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw KeyingError(.timedOut, "no CHILD SA for \(conn) before the deadline") }
+            // A CREATE_CHILD_SA over an IKE SA the peer no longer knows (its charon restarted) is never
+            // answered: the first attempt is bounded, and then such IKE SAs are dropped and a fresh one made.
+            let attempt = staleChecked ? left : min(left, Self.staleIKESABound)
             do {
-                let session = try VICIClient(path: vici.path, timeout: left + .seconds(5))
+                let session = try VICIClient(path: vici.path, timeout: attempt + .seconds(5))
                 defer { session.disconnect() }
-                try session.initiate(child: childName, ike: conn, timeout: left)
+                try session.initiate(child: childName, ike: conn, timeout: attempt)
                 break
             } catch {
                 let classified = Self.classify(error)
+                if classified.code == .timedOut, !staleChecked, deadline - ContinuousClock.now > .milliseconds(500) {
+                    staleChecked = true
+                    try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
+                    onStaleIKESA()
+                    continue
+                }
                 let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
                     || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
                 guard notReady, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
@@ -327,6 +413,22 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             if attempt < 19 { sleepFor(.milliseconds(25)) }
         }
         throw KeyingError(.rejected, "charon reported success but CHILD SA \(childName) is not installed")
+    }
+
+    /// How long a first `initiate` may take before the IKE SA it rides on is taken for stale.
+    static let staleIKESABound: Duration = .seconds(4)
+
+    /// Conns to a peer whose IKE SA went unanswered get a new generation: charon reuses an IKE SA only for an
+    /// equal conn, and the generation makes ours differ (in `rekey_time`, by that many seconds), so the next
+    /// negotiation makes a fresh IKE SA while the stale one keeps its CHILD_SAs, and the connections on them keep
+    /// flowing over their kernel SAs until charon gives that IKE SA up. By peer address.
+    private let generations = Mutex<[XFRMAddress: Int]>([:])
+
+    /// IKE SAs are rekeyed after 4 hours (charon's default), plus the peer's generation in seconds.
+    private func connOptions(for peer: XFRMAddress) -> VICIMessage {
+        var options = Self.connOptions
+        options["rekey_time"] = .string("\(14_400 + generations.withLock { $0[peer] ?? 0 })s")
+        return options
     }
 
     /// Belt and braces over charon's own check: the IKE SA that carries the child authenticated the pinned
@@ -359,7 +461,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
         if text.contains("NO_PROPOSAL_CHOSEN") { return KeyingError(.noProposalChosen, text) }
         if text.contains("TS_UNACCEPTABLE") { return KeyingError(.rejected, text) }
-        if text.contains("timeout") || text.contains("giving up after") || text.contains("retransmit") {
+        if text.contains("timeout") || text.contains("giving up after") || text.contains("retransmit")
+            || text.contains("not established after") {
             return KeyingError(.timedOut, text)
         }
         return KeyingError(.rejected, text)
