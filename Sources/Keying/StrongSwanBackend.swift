@@ -371,6 +371,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let started = ContinuousClock.now
         var pause: Duration = .milliseconds(50)
         var staleChecked = false
+        var retriedTransient = false
         while true {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw KeyingError(.timedOut, "no CHILD SA for \(conn) before the deadline") }
@@ -392,7 +393,11 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 }
                 let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
                     || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
-                guard notReady, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
+                // A CREATE_CHILD_SA that failed for no stated reason (an exchange that crossed a DELETE on a
+                // busy IKE SA) is tried once more; refusals that name a reason are final.
+                let transient = classified.code == .rejected && !notReady && !retriedTransient
+                if transient { retriedTransient = true }
+                guard notReady || transient, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
                       deadline - ContinuousClock.now > pause else { throw classified }
                 try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
                 sleepFor(pause)
