@@ -345,17 +345,7 @@ final class BindingTests: XCTestCase {
             defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
-            var pairs: [(TestSocket, TestSocket)] = []
-            for _ in 0..<2 {
-                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
-                client.setTimeouts(5)
-                try ends.a.setSecurity(client.fd.rawValue)
-                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-                try ends.a.connect(client.fd.rawValue, to: peer)
-                let accepted = try listener.accept(timeout: 5)
-                accepted.setTimeouts(5)
-                pairs.append((client, accepted))
-            }
+            let pairs = try (0..<2).map { _ in try ends.namedConnection(to: peer, through: listener) }
             let views = try pairs.map { try ends.a.query($0.0.fd.rawValue) }
             XCTAssertEqual(views[0].ikeSAID, views[1].ikeSAID, "one IKE SA for both connections")
             XCTAssertNotEqual(views[0].childSAID, views[1].childSAID, "a CHILD SA each")

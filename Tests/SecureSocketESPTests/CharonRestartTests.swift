@@ -25,16 +25,7 @@ final class CharonRestartTests: XCTestCase {
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             var markers: [[UInt8]] = []
 
-            func connect() throws -> (TestSocket, TestSocket) {
-                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
-                client.setTimeouts(5)
-                try ends.a.setSecurity(client.fd.rawValue)
-                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-                try ends.a.connect(client.fd.rawValue, to: peer)
-                let accepted = try listener.accept(timeout: 5)
-                accepted.setTimeouts(5)
-                return (client, accepted)
-            }
+            func connect() throws -> (TestSocket, TestSocket) { try ends.namedConnection(to: peer, through: listener) }
             func echoes(_ connection: (TestSocket, TestSocket), _ label: String) throws {
                 let marker = Array("\(label)-\(UUID().uuidString)".utf8)
                 markers.append(marker)

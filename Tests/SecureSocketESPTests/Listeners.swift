@@ -1,3 +1,4 @@
+import ALE
 import NetnsTestSupport
 import SecureSocket
 import XFRM
@@ -12,5 +13,20 @@ extension SecureSocketEngine {
         try listener.bind(address, port: 0)
         try listener.listen()
         return listener
+    }
+}
+
+extension CharonFlowTests.Ends {
+    /// A client on A secured and named `host/b.example`, connected with `WSAConnect` to `peer`, and the socket
+    /// `listener` accepted for it (both with 5 s timeouts).
+    func namedConnection(to peer: SocketEndpointAddress, through listener: TestSocket) throws -> (TestSocket, TestSocket) {
+        let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        client.setTimeouts(5)
+        try a.setSecurity(client.fd.rawValue)
+        try a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+        try a.connect(client.fd.rawValue, to: peer)
+        let accepted = try listener.accept(timeout: 5)
+        accepted.setTimeouts(5)
+        return (client, accepted)
     }
 }
