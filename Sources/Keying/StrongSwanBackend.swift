@@ -371,7 +371,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let started = ContinuousClock.now
         var pause: Duration = .milliseconds(50)
         var staleChecked = false
-        var retriedTransient = false
+        var transientRetries = 0
         while true {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw KeyingError(.timedOut, "no CHILD SA for \(conn) before the deadline") }
@@ -393,10 +393,11 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 }
                 let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
                     || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
-                // A CREATE_CHILD_SA that failed for no stated reason (an exchange that crossed a DELETE on a
-                // busy IKE SA) is tried once more; refusals that name a reason are final.
-                let transient = classified.code == .rejected && !notReady && !retriedTransient
-                if transient { retriedTransient = true }
+                // A CREATE_CHILD_SA that failed for no stated reason (an exchange that crossed the peer's DELETEs
+                // on a busy IKE SA) is tried again, a few times within the same budget; refusals that name a
+                // reason are final.
+                let transient = classified.code == .rejected && !notReady && transientRetries < 3
+                if transient { transientRetries += 1 }
                 guard notReady || transient, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
                       deadline - ContinuousClock.now > pause else { throw classified }
                 try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
