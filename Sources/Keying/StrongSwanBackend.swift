@@ -393,10 +393,16 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 }
                 let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
                     || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
-                // A CREATE_CHILD_SA that failed for no stated reason (an exchange that crossed the peer's DELETEs
-                // on a busy IKE SA) is tried again, a few times within the same budget; refusals that name a
-                // reason are final.
-                let transient = classified.code == .rejected && !notReady && transientRetries < 3
+                // charon 5.9's `initiate` watches the IKE SA, not the child: another CHILD_SA of that IKE SA
+                // going down (a peer's DELETE) ends it with "failed" while ours is still being created. A failure
+                // without a stated reason therefore waits for our child's own event first, and is then tried again
+                // a few times within the same budget; refusals that name a reason are final.
+                let reasonless = classified.code == .rejected && !notReady
+                if reasonless, let known = children.waitForChild(named: childName,
+                                                                 upTo: min(deadline - ContinuousClock.now, .seconds(2))) {
+                    return known
+                }
+                let transient = reasonless && transientRetries < 3
                 if transient { transientRetries += 1 }
                 guard notReady || transient, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
                       deadline - ContinuousClock.now > pause else { throw classified }
@@ -405,8 +411,11 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 pause = pause * 2
             }
         }
-        // charon's `child-updown` event names the child (usually before `initiate` answers): no round trip.
-        if let known = children.waitForChild(named: childName, upTo: .milliseconds(200)) { return known }
+        // charon's `child-updown` event names the child (usually before `initiate` answers): no round trip. The
+        // same IKE SA quirk can report success when another of its children was installed: ours may still come.
+        if let known = children.waitForChild(named: childName, upTo: min(deadline - ContinuousClock.now, .seconds(2))) {
+            return known
+        }
         // `initiate` answers once the CHILD SA is installed; the IKE SA may still be busy for a moment.
         for attempt in 0..<20 {
             if let found = try? vici.listSAs(child: childName) {
