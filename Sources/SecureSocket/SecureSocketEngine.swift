@@ -292,7 +292,8 @@ public final class SecureSocketEngine: Sendable {
     /// Connects `fd` to `peer`, first making sure IPsec protects the flow: the keying backend negotiates (at most
     /// the configured timeout), then `connect()` runs. A plain `connect()` on a secured socket without SAs gets
     /// `EAGAIN` from the kernel; this is the call that waits. With `ALLOW_INSECURE` a failed negotiation falls
-    /// back to clear text.
+    /// back to clear text. The negotiation is bounded by `timeout`; the TCP handshake after it by what is left
+    /// of that, or at least by `timeout` again (at most 10 s) when the negotiation used it up.
     public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil) throws(SecureSocketError) {
         try connect(fd, to: peer, timeout: timeout, cancelled: nil)
     }
@@ -345,7 +346,10 @@ public final class SecureSocketEngine: Sendable {
         }
         snapshotDirty.store(true, ordering: .releasing)
         if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
-        try plainConnect(fd, peer, deadline: deadline, facts: facts, cancelled: cancelled)
+        // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
+        // have used the whole first one).
+        try plainConnect(fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)), facts: facts,
+                         cancelled: cancelled)
     }
 
     /// The socket's local address and port, binding an unbound socket to the wildcard address and an
