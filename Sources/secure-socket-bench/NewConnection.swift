@@ -296,8 +296,9 @@ struct NewConnection: ParsableCommand {
     }
 }
 
-/// Accepts connections on a background thread and echoes each one's first read; each accepted socket is
-/// released (through `release`) and closed after its echo. Bounded: the loop ends at ``stop()``.
+/// Accepts connections on a background thread and echoes each one on a thread of its own until the client
+/// closes it; then the accepted socket is released (through `release`) and closed. The accept loop ends at
+/// ``stop()``.
 final class EchoServer: @unchecked Sendable {
     private let stopped = NSLock()
     private var isStopped = false
@@ -310,10 +311,11 @@ final class EchoServer: @unchecked Sendable {
                 guard let socket = try? listener.accept(timeout: 0.2) else { continue }
                 // Each connection on a thread of its own, so a slow close never holds up the next accept.
                 Thread.detachNewThread {
-                    socket.setTimeouts(8)
-                    if let bytes = try? socket.receive(upTo: 64, timeout: 8), !bytes.isEmpty { try? socket.send(bytes) }
-                    // Wait for the client's close before releasing, so the reply is never cut off.
-                    _ = try? socket.receive(upTo: 64, timeout: 2)
+                    // Echo until the client closes (held connections stay idle for minutes), then release.
+                    socket.setTimeouts(600)
+                    while let bytes = try? socket.receive(upTo: 64, timeout: 600), !bytes.isEmpty {
+                        try? socket.send(bytes)
+                    }
                     release(socket.fd.rawValue)
                     socket.closeAbortively()
                 }
