@@ -33,6 +33,9 @@ public final class SecureSocketEngine: Sendable {
         public var closeGrace: Double
         /// Who authenticated peers are on this host, for impersonation and token inspection.
         public var identityMap: IdentityMap?
+        /// Seconds ``SecureSocketEngine/shutdown()`` (run at exit) waits for connected sockets' unsent data to
+        /// leave under their SAs before releasing them.
+        public var exitDrain: Double = 5
 
         public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
                     namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2,
@@ -163,9 +166,26 @@ public final class SecureSocketEngine: Sendable {
         guard getpid() == owner else { return }
         pump.withLock { $0?.stop(); $0 = nil }
         unlink(snapshotFile)
+        drainSendQueues(within: configuration.exitDrain)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
         reqids.releaseAll()
         keying?.shutdown()
+    }
+
+    /// Waits (at most `bound` seconds in all) until the connected TCP sockets have no unsent data (`SIOCOUTQ`),
+    /// so what the application wrote before exiting leaves under its SAs instead of being stranded when they
+    /// are released.
+    func drainSendQueues(within bound: Double) {
+        let deadline = monotonicNow() + bound
+        var pending = table.all.filter { $0.kind == .stream }.map(\.descriptor)
+        while !pending.isEmpty, monotonicNow() < deadline {
+            pending = pending.filter { fd in
+                var queued: CInt = 0
+                // SIOCOUTQ (= TIOCOUTQ, 0x5411): bytes not yet acknowledged by the peer.
+                return ioctl(fd, 0x5411, &queued) == 0 && queued > 0
+            }
+            if !pending.isEmpty { usleep(10_000) }
+        }
     }
 
     // MARK: - WSASetSocketSecurity
