@@ -24,6 +24,13 @@ extension SecureEcho {
             let peer = try SecureEcho.address(server, port)
             var sockets: [Int32] = []
             defer { for s in sockets { close(s) } }
+            // The library's per-connection memory: resident size before and after, the engine already made
+            // (its charon connection, threads) by one secured socket that is then closed.
+            let warm = socket(server.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var warmSettings = SecureEcho.ipsecSettings(user: nil, domain: nil, password: nil)
+            _ = WSASetSocketSecurity(warm, &warmSettings, UInt32(warmSettings.count), nil, nil)
+            close(warm)
+            let residentBefore = Self.residentKiB()
             let started = Date()
             for index in 0..<connections {
                 let s = socket(server.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -41,8 +48,11 @@ extension SecureEcho {
                 sockets.append(s)
             }
             let opened = Date().timeIntervalSince(started)
+            let residentAfter = Self.residentKiB()
             print(String(format: "opened %d secured connections in %.1f s (%.1f ms each)", connections, opened,
                          opened * 1000 / Double(connections)))
+            print("resident: \(residentBefore) KiB before, \(residentAfter) KiB after: "
+                  + "\((residentAfter - residentBefore) * 1024 / connections) bytes per held connection")
             fflush(nil)
             var echoed = 0
             for (index, s) in sockets.enumerated() {
@@ -61,6 +71,12 @@ extension SecureEcho {
             fflush(nil)
             if linger > 0 { usleep(UInt32(linger * 1_000_000)) }
             guard echoed == connections else { throw ExitCode(4) }
+        }
+
+        static func residentKiB() -> Int {
+            guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+            return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
         }
     }
 
