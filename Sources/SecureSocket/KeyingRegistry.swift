@@ -12,7 +12,8 @@ final class KeyingRegistry: Sendable {
         var registrations: [KeyingRegistration] = []
         /// An accepted connection's own CHILD_SA (inbound SPI and peer), removed when it closes.
         var ownChild: (spi: UInt32, peer: XFRMAddress)?
-        /// An accepted connection's flow, to find its own CHILD_SA after the socket is gone.
+        /// A connected TCP socket's flow, to find an accepted connection's own CHILD_SA and to cover the flow's
+        /// `TIME_WAIT` after the socket is gone.
         var flow: KeyedFlow?
     }
 

@@ -366,6 +366,7 @@ public final class SecureSocketEngine: Sendable {
         }
         snapshotDirty.store(true, ordering: .releasing)
         if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
+        defer { recordFlow(fd, cookie: facts.cookie) }
         // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
         // have used the whole first one).
         try plainConnect(fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)), facts: facts,
@@ -600,12 +601,17 @@ public final class SecureSocketEngine: Sendable {
     }
 
     func release(cookie: UInt64) {
+        let wasSecured = { if case .secured? = table.endpoint(cookie: cookie)?.state { true } else { false } }()
         _ = table.handle(.closed, cookie: cookie)
         guard let endpoint = table.remove(cookie: cookie) else { return }
         snapshotDirty.store(true, ordering: .releasing)
         // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
         // CHILD_SA. Never an IKE SA other connections use.
         if let entry = keyings.remove(cookie: cookie) {
+            if endpoint.kind == .stream, wasSecured, let reqid = endpoint.reqid, let flow = entry.flow {
+                // (An initiator's cover was installed when it connected; an accepted connection's now.)
+                coverFlow(flow, reqid: reqid, for: Self.closedFlowCover)
+            }
             for registration in entry.registrations { keying?.release(registration) }
             if let own = entry.ownChild ?? ownChild(of: endpoint, flow: entry.flow) {
                 keying?.releaseChild(inboundSPI: own.spi, peer: own.peer)
@@ -613,6 +619,38 @@ public final class SecureSocketEngine: Sendable {
         }
         guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
         reqids.release(reqid)
+    }
+
+    /// Notes a connected socket's flow and covers it (see ``coverFlow(_:reqid:for:)``), so that its
+    /// `TIME_WAIT` is covered even after the socket is gone.
+    func recordFlow(_ fd: CInt, cookie: UInt64) {
+        guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let local = facts.local,
+              let peer = facts.peer, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
+        let flow = KeyedFlow(transportProtocol: .tcp, local: local.address, localPort: local.port,
+                             remote: peer.address, remotePort: peer.port)
+        keyings.setFlow(cookie: cookie, flow: flow)
+        if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil) }
+    }
+
+    /// How long a released TCP flow stays covered: `TIME_WAIT` (60 s) and a margin.
+    static let closedFlowCover: UInt64 = 120
+
+    /// The kernel answers for a TCP flow from its own control socket, which carries no per-socket policy: the
+    /// bare ACKs of `TIME_WAIT` and RSTs would leave in clear, and a clear segment of the flow would reach a
+    /// `TIME_WAIT` socket. Two flow-exact global policies (out and in) with the socket's own template (ESP,
+    /// transport, its reqid, required) cover the flow: while the SAs exist those packets go under them, after
+    /// they are gone they cannot leave at all. The socket's own packets still use its own policy (a per-socket
+    /// policy is looked up first). Installed when the connection is secured; at release they are replaced by
+    /// ones the kernel removes itself once `TIME_WAIT` has ended (hard add-expiry, `seconds`).
+    private func coverFlow(_ flow: KeyedFlow, reqid: UInt32, for seconds: UInt64?) {
+        var lifetime = XFRMLifetime.infinite
+        if let seconds { lifetime.hardAddExpiresSeconds = seconds }
+        let templates = [XFRMTemplate(proto: .esp, mode: .transport, reqid: reqid, level: .required)]
+        for outbound in [true, false] {
+            let policy = XFRMPolicy(selector: flow.selector(outbound: outbound), direction: outbound ? .outbound : .inbound,
+                                    lifetime: lifetime, templates: templates)
+            do { try xfrm.addPolicy(policy) } catch { try? xfrm.updatePolicy(policy) }
+        }
     }
 
     /// An accepted connection's own CHILD_SA: the SA pair whose selectors are exactly its flow.
@@ -700,7 +738,7 @@ public final class SecureSocketEngine: Sendable {
             defer { hooks.done(key) }
             do throws(KeyingError) {
                 let negotiated = try keying.negotiate(finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
-                hooks.succeeded(negotiated, cookie: endpoint.cookie)
+                hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
             } catch {
                 hooks.failed(Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
                              cookie: endpoint.cookie)
@@ -714,13 +752,17 @@ public final class SecureSocketEngine: Sendable {
     struct AcquireHooks: @unchecked Sendable {
         weak var engine: SecureSocketEngine?
         func done(_ key: String) { engine?.acquires.remove(key) }
-        func succeeded(_ negotiated: Negotiated, cookie: UInt64) {
+        func succeeded(_ negotiated: Negotiated, flow: KeyedFlow, cookie: UInt64) {
             guard let engine else { return }
-            if engine.table.endpoint(cookie: cookie) == nil {
+            guard let endpoint = engine.table.endpoint(cookie: cookie) else {
                 engine.keying?.release(negotiated.registration)   // closed meanwhile
                 return
             }
             engine.keyings.add(negotiated.registration, cookie: cookie)
+            if endpoint.kind == .stream {
+                engine.keyings.setFlow(cookie: cookie, flow: flow)
+                if let reqid = endpoint.reqid { engine.coverFlow(flow, reqid: reqid, for: nil) }
+            }
             _ = engine.table.handle(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
         }
         func failed(_ failure: EndpointFailure, cookie: UInt64) {

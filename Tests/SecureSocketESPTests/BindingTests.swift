@@ -348,6 +348,17 @@ final class BindingTests: XCTestCase {
             let pairs = try (0..<2).map { _ in try ends.namedConnection(to: peer, through: listener) }
             let views = try pairs.map { try ends.a.query($0.0.fd.rawValue) }
             XCTAssertEqual(views[0].ikeSAID, views[1].ikeSAID, "one IKE SA for both connections")
+            // Each secured connection's flow is covered by global policies with its template, for the packets
+            // the kernel sends for it from its control socket (TIME_WAIT ACKs, RSTs).
+            let xfrm = try XFRMClient(namespace: ends.pair.a.namespace)
+            let first = try XCTUnwrap(SocketInspector.facts(of: pairs[0].0.fd.rawValue))
+            let outSelector = XFRMSelector.host(ends.pair.addressA4, ends.pair.addressB4, protocol: .tcp,
+                                                sourcePort: first.local!.port, destinationPort: listener.localPort)
+            let cover = try xfrm.policies().filter { !$0.direction.isSocketPolicy && $0.selector == outSelector }
+            XCTAssertEqual(cover.count, 1, "\(cover)")
+            XCTAssertEqual(cover.first?.templates.first?.reqid,
+                           ends.a.table.endpoint(cookie: first.cookie)?.reqid, "with the socket's reqid")
+            XCTAssertEqual(cover.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
             XCTAssertNotEqual(views[0].childSAID, views[1].childSAID, "a CHILD SA each")
             let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
             ends.a.release(pairs[0].0.fd.rawValue)
@@ -355,6 +366,8 @@ final class BindingTests: XCTestCase {
             let gone = Date().addingTimeInterval(3)
             while Date() < gone, (try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA))) != nil { usleep(20_000) }
             XCTAssertNil(try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA)), "the released connection's SA is gone")
+            let after = try xfrm.policies().filter { !$0.direction.isSocketPolicy && $0.selector == outSelector }
+            XCTAssertEqual(after.first?.lifetime.hardAddExpiresSeconds, 120, "the cover ends by itself after TIME_WAIT")
             for round in 0..<3 {
                 try pairs[1].0.send([UInt8(round)])
                 XCTAssertEqual(try pairs[1].1.receiveExactly(1, timeout: 5), [UInt8(round)])

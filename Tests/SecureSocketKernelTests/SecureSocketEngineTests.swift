@@ -357,3 +357,20 @@ extension SecureSocketEngineTests {
         guard case .failed? = state else { return XCTFail("the ACQUIRE was not answered: \(String(describing: state))") }
     }
 }
+
+extension SecureSocketEngineTests {
+    /// A connection that fell back to clear (`ALLOW_INSECURE`, no keys) gets no flow cover: its `TIME_WAIT`
+    /// ACKs are as clear as the connection was, and nothing global is left behind by it. (A secured connection's
+    /// cover is shown in tier 3, `BindingTests.testClosingOneOfTwoConnectionsLeavesTheOtherWorking`.)
+    func testAConnectionThatFellBackToClearGetsNoFlowCover() throws {
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+        try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+        engine.release(socket.fd.rawValue)
+        XCTAssertEqual(try client.policies().filter { !$0.direction.isSocketPolicy }, [])
+        socket.close()
+    }
+}
