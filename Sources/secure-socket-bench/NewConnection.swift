@@ -152,7 +152,8 @@ struct NewConnection: ParsableCommand {
                 echoed += count
             }
         }
-        for client in clients { client.waitForExit(timeout: 30) }
+        // Each process releases its connections at exit: let it finish (a signal would leave them to be reclaimed).
+        for client in clients { client.waitForExit(timeout: 300) }
         print("held from \(processes) processes: \(each * processes) connections open in \(format(opened, 1)) s"
               + " (all of them held at once), \(echoed)/\(each * processes) echoed; resident bytes per held connection in"
               + " each client process (the library through the C ABI): \(perConnection.map(String.init).joined(separator: ", "))"
@@ -162,6 +163,12 @@ struct NewConnection: ParsableCommand {
     /// `churn` sockets secured and closed without connecting (release untimed by the application: the sweep
     /// finds them), then 5 s: SAs, reqid claims, conns and CHILD SAs left.
     private func churnWithoutConnecting(_ ends: Ends, _ pair: NamespacePair) throws {
+        func leftovers() throws -> (sas: Int, conns: Int, children: Int) {
+            (try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
+             try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count,
+             try (ends.backendA?.vici.listSAs() ?? []).reduce(0) { $0 + $1.children.count })
+        }
+        let before = try leftovers()
         let started = nowNanos()
         try pair.a.namespace.perform {
             for _ in 0..<churn {
@@ -173,12 +180,11 @@ struct NewConnection: ParsableCommand {
         }
         let seconds = Double(nowNanos() - started) / 1e9
         usleep(5_000_000)
-        let sas = try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count
+        let (sas, conns, children) = try leftovers()
         let claims = (try? FileManager.default.contentsOfDirectory(atPath: ends.reqidFolderA))?.count ?? -1
-        let conns = try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count
-        let children = try (ends.backendA?.vici.listSAs() ?? []).reduce(0) { $0 + $1.children.count }
         print("churn: \(churn) set-security + close cycles in \(format(seconds, 1)) s; 5 s later: \(sas) SAs, \(claims) reqid"
-              + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left")
+              + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left"
+              + " (before the churn: \(before.sas) SAs, \(before.conns) conns, \(before.children) CHILD SAs)")
     }
 
     /// `held` connections opened one after another and held at once: time to open, resident memory per
