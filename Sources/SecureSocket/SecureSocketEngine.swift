@@ -850,6 +850,12 @@ public final class SecureSocketEngine: Sendable {
             keying?.reclaim(deadProcess: pid, reqids: ranges)
             let orphans = ((try? xfrm.states()) ?? []).filter { state in ranges.contains { $0.contains(state.reqid) } }
             try? xfrm.deleteStates(orphans.map(\.id))
+            // Its flows' covers (global policies with its reqids, see coverFlow) end with it.
+            let covers = ((try? xfrm.policies()) ?? []).filter { policy in
+                !policy.direction.isSocketPolicy
+                    && policy.templates.contains { template in ranges.contains { $0.contains(template.reqid) } }
+            }
+            try? xfrm.deletePolicies(covers.map { .selector($0.selector, $0.direction, mark: $0.mark) })
             let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
             for file in (try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? [] where file.hasPrefix("\(pid)-") {
                 unlink("\(snapshots)/\(file)")

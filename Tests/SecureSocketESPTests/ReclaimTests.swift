@@ -40,6 +40,8 @@ final class ReclaimTests: XCTestCase {
             let sasBefore = try xfrmA.states().filter { $0.id.spi != 0 }
             XCTAssertGreaterThanOrEqual(connsBefore.count, 20, "the client's per-flow conns: \(connsBefore.count)")
             XCTAssertGreaterThanOrEqual(sasBefore.count, 40)
+            XCTAssertEqual(try xfrmA.policies().filter { !$0.direction.isSocketPolicy && !$0.templates.isEmpty }.count, 40,
+                           "each held connection's flow is covered, out and in")
             XCTAssertFalse(claimsBefore.isEmpty)
 
             kill(pid, SIGKILL)
@@ -68,6 +70,8 @@ final class ReclaimTests: XCTestCase {
             XCTAssertEqual(left.conns, [], "the dead process's conns are unloaded")
             XCTAssertEqual(left.claims, [], "its reqid claims are gone")
             XCTAssertEqual(left.sas.count, 0, "its SAs are gone from the kernel: \(left.sas.prefix(2))")
+            XCTAssertEqual(try xfrmA.policies().filter { !$0.direction.isSocketPolicy && !$0.templates.isEmpty }.count, 0,
+                           "and its connections' flow covers")
             engine.shutdown()
         }
     }
