@@ -73,11 +73,16 @@ struct WSSDemo: ParsableCommand {
         let client = try NamespaceProcess(
             in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
             [echo, "client", "--server", "10.77.0.2", "--target", "host/b.example", "--user", "alice", "--domain", "EXAMPLE",
-             "--password", secret, "--message", marker, "--hold", "3"], log: "\(c)/client.log")
+             "--password", secret, "--message", marker, "--hold", "6"], log: "\(c)/client.log")
         let clientText = { client.output }
         client.wait(for: "echo:", timeout: 20)
-        usleep(1_300_000)   // the engine publishes its endpoints within a pump tick (at most a second)
-        let inspected = try pair.b.exec([inspect, "--json"], timeout: 20, check: false)
+        // The engine publishes its endpoints within a pump tick: look until the secured one shows (bounded).
+        var inspected = try pair.b.exec([inspect, "--json"], timeout: 20, check: false)
+        let published = Date().addingTimeInterval(5)
+        while Date() < published, !inspected.output.contains("\"state\" : \"secured") {
+            usleep(100_000)
+            inspected = try pair.b.exec([inspect, "--json"], timeout: 20, check: false)
+        }
         let inspectedText = try pair.b.exec([inspect], timeout: 20, check: false).output
         let finish = Date().addingTimeInterval(20)
         while Date() < finish, client.isRunning || server.isRunning { usleep(20_000) }
