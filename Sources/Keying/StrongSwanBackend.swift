@@ -589,7 +589,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 public enum PeerIdentityText {
     /// False for text strongSwan matches as a wildcard: `%any` and other `%` keywords, `*` anywhere.
     public static func isLiteral(_ identity: String) -> Bool {
-        !identity.isEmpty && !identity.contains("*") && !identity.contains("%")
+        !identity.isEmpty && !identity.utf8.contains { $0 == UInt8(ascii: "*") || $0 == UInt8(ascii: "%") }
     }
 }
 

@@ -201,7 +201,7 @@ public final class SecureSocketEngine: Sendable {
 
     /// Requires IPsec on `fd`. Before bind/connect, once per socket.
     public func setSecurity(_ fd: CInt, _ settings: SocketSecuritySettings = .default) throws(SecureSocketError) {
-        let facts = try inspect(fd)
+        let facts = try inspect(fd, expectingUnbound: true)
         try requireInetStreamOrDatagram(facts)
         guard !facts.isConnected else { throw SecureSocketError(.isConnected, "the socket is already connected") }
         guard !facts.isBound, !facts.isListening else {
@@ -225,7 +225,8 @@ public final class SecureSocketEngine: Sendable {
                 throw SecureSocketError(.systemCallFailure, "no reqid: \(error)")
             }
             do {
-                try SocketPolicy.require(Self.templates(for: settings, reqid: reqid!), on: FileDescriptor(rawValue: fd))
+                try SocketPolicy.require(Self.templates(for: settings, reqid: reqid!), on: FileDescriptor(rawValue: fd),
+                                         family: facts.family)
             } catch {
                 reqids.release(reqid!)
                 throw SecureSocketError(error.errno.map(SecureSocketError.Code.init(errno:)) ?? .systemCallFailure,
@@ -257,23 +258,28 @@ public final class SecureSocketEngine: Sendable {
 
     /// Sets the identity the peer at `name.peerAddress` (or any peer, for a zero address on TCP) must prove.
     public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
-        let facts = try inspect(fd)
-        try requireInetStreamOrDatagram(facts)
-        guard !facts.isConnected else {
+        // A secured socket is a TCP or UDP socket of ours already: its cookie finds it, and only whether it is
+        // connected is asked. Anything else is inspected in full for the precise error.
+        guard let cookie = SocketInspector.cookie(of: fd), let endpoint = table.endpoint(cookie: cookie) else {
+            let facts = try inspect(fd)
+            try requireInetStreamOrDatagram(facts)
+            if facts.isConnected {
+                throw SecureSocketError(.isConnected, "the peer target name must be set before connecting")
+            }
+            throw SecureSocketError(.invalidArgument, "call WSASetSocketSecurity on this socket first")
+        }
+        guard !SocketInspector.isConnected(fd) else {
             throw SecureSocketError(.isConnected, "the peer target name must be set before connecting")
         }
-        let trimmed = name.name.trimmingCharacters(in: " \t\n\r")
+        let trimmed = name.name.trimmingWhitespace()
         guard !trimmed.isEmpty, trimmed.utf8.count <= 255 else {
             throw SecureSocketError(.invalidArgument, "the peer target name must be 1...255 bytes")
         }
         let key = name.peerAddress.flatMap { $0.address.isAny ? nil : $0.address }
-        if facts.kind == .datagram {
+        if endpoint.kind == .datagram {
             guard let address = name.peerAddress, !(address.address.isAny && address.port == 0) else {
                 throw SecureSocketError(.invalidArgument, "a datagram socket needs the peer's address for each name")
             }
-        }
-        guard let endpoint = table.endpoint(cookie: facts.cookie) else {
-            throw SecureSocketError(.invalidArgument, "call WSASetSocketSecurity on this socket first")
         }
         // A name is one identity, matched literally: what the keying daemon would read as a pattern (`*`,
         // `%any`) would let any authenticated peer pass as this one.
@@ -922,9 +928,9 @@ public final class SecureSocketEngine: Sendable {
 
     // MARK: - Helpers
 
-    func inspect(_ fd: CInt) throws(SecureSocketError) -> SocketFacts {
+    func inspect(_ fd: CInt, expectingUnbound: Bool = false) throws(SecureSocketError) -> SocketFacts {
         do {
-            return try SocketInspector.facts(of: fd)
+            return try expectingUnbound ? SocketInspector.factsExpectingUnbound(of: fd) : SocketInspector.facts(of: fd)
         } catch {
             throw SecureSocketError(.notSocket, "descriptor \(fd) is not a socket", errno: error)
         }
@@ -1003,8 +1009,13 @@ func monotonicNow() -> Double {
 }
 
 extension String {
-    func trimmingCharacters(in characters: String) -> String {
-        let set = Set(characters)
-        return String(drop { set.contains($0) }.reversed().drop { set.contains($0) }.reversed())
+    /// Without leading and trailing spaces, tabs, CRs and LFs (ASCII, so trimming bytes keeps whole characters).
+    func trimmingWhitespace() -> String {
+        let utf8 = self.utf8
+        func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x0A || byte == 0x0D }
+        guard let first = utf8.firstIndex(where: { !isSpace($0) }) else { return "" }
+        let last = utf8.lastIndex(where: { !isSpace($0) })!
+        if first == utf8.startIndex && last == utf8.index(before: utf8.endIndex) { return self }
+        return String(self[first...last])
     }
 }

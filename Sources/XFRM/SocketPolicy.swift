@@ -19,30 +19,42 @@ public enum SocketPolicy {
         try set(policy, on: fd, family: try socketFamily(fd))
     }
 
-    /// `set` with the socket's family already known (one `SO_DOMAIN` lookup per call of the public API).
+    /// `set` with the socket's family already known (one `SO_DOMAIN` lookup per call of the public API). The
+    /// operation's name is built only for an error: this is the hot path of `WSASetSocketSecurity`.
     private static func set(_ policy: XFRMPolicy, on fd: FileDescriptor, family: XFRMAddressFamily) throws(XFRMError) {
-        let operation = "setsockopt \(optionName(family))"
+        func operation() -> String { "setsockopt \(optionName(family))" }
         guard policy.direction == .inbound || policy.direction == .outbound else {
-            throw .invalid(operation, "a socket policy's direction is in or out, not \(policy.direction)")
+            throw .invalid(operation(), "a socket policy's direction is in or out, not \(policy.direction)")
         }
         guard policy.selector.family == .inet || policy.selector.family == .inet6 else {
-            throw .invalid(operation, "a socket policy needs a selector family (inet or inet6)")
+            throw .invalid(operation(), "a socket policy needs a selector family (inet or inet6)")
         }
-        try policy.validate(operation: operation)
+        do {
+            try policy.validate(operation: "")
+        } catch {
+            var named = error
+            named.operation = operation()
+            throw named
+        }
         let (level, option) = socketOption(family)
         let bytes = encode(policy)
         let rc = bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) }
-        guard rc == 0 else { throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno)) }
+        guard rc == 0 else { throw .syscall(operation(), "setsockopt", errno: Errno(rawValue: errno)) }
     }
 
     /// Sets the same templates for both directions: the usual way to require IPsec on a socket.
     public static func require(_ templates: [XFRMTemplate], on fd: FileDescriptor,
                                selector: XFRMSelector? = nil) throws(XFRMError) {
-        let family = try socketFamily(fd)
+        try require(templates, on: fd, family: try socketFamily(fd), selector: selector)
+    }
+
+    /// ``require(_:on:selector:)`` for a socket whose family the caller already read (one system call less).
+    /// `family` must be the socket's own (`SO_DOMAIN`): the kernel refuses the other family's option.
+    public static func require(_ templates: [XFRMTemplate], on fd: FileDescriptor, family: XFRMAddressFamily,
+                               selector: XFRMSelector? = nil) throws(XFRMError) {
         let selector = selector ?? .any(family)
-        for direction in [XFRMDirection.outbound, .inbound] {
-            try set(XFRMPolicy(selector: selector, direction: direction, templates: templates), on: fd, family: family)
-        }
+        try set(XFRMPolicy(selector: selector, direction: .outbound, templates: templates), on: fd, family: family)
+        try set(XFRMPolicy(selector: selector, direction: .inbound, templates: templates), on: fd, family: family)
     }
 
     /// Lets the socket's traffic bypass every global policy (an `allow` policy without templates in both

@@ -227,6 +227,47 @@ final class SocketInspectorTests: XCTestCase {
         XCTAssertThrowsError(try SocketInspector.facts(of: 987_654)) { XCTAssertEqual($0 as? Errno, .badFileDescriptor) }
     }
 
+    /// The cheaper read gives exactly the full facts, for sockets in every state (unbound, bound, listening,
+    /// connected, non-blocking) and of every kind (TCP, UDP, raw, Unix); it refuses what the full read refuses.
+    func testFactsExpectingUnboundEqualFullFacts() throws {
+        var sockets: [CInt] = []
+        defer { sockets.forEach { close($0) } }
+        func make(_ family: Int32, _ type: Int32, _ proto: Int32 = 0) -> CInt {
+            let fd = socket(family, type, proto)
+            XCTAssertGreaterThanOrEqual(fd, 0)
+            sockets.append(fd)
+            return fd
+        }
+        let stream = Int32(SOCK_STREAM.rawValue), datagram = Int32(SOCK_DGRAM.rawValue)
+        let loopback = SocketEndpointAddress(address: "127.0.0.1", port: 0)
+        let unboundTCP = make(AF_INET, stream), unboundUDP6 = make(AF_INET6, datagram)
+        let nonBlocking = make(AF_INET, stream | Int32(SOCK_NONBLOCK.rawValue))
+        let boundUDP = make(AF_INET, datagram)
+        _ = loopback.withSockaddr { bind(boundUDP, $0, $1) }
+        let listener = make(AF_INET, stream)
+        _ = loopback.withSockaddr { bind(listener, $0, $1) }
+        XCTAssertEqual(listen(listener, 4), 0)
+        let connected = make(AF_INET, stream)
+        let listening = try XCTUnwrap(SocketInspector.facts(of: listener).local)
+        _ = listening.withSockaddr { Glibc.connect(connected, $0, $1) }
+        let connectedUDP = make(AF_INET, datagram)
+        _ = listening.withSockaddr { Glibc.connect(connectedUDP, $0, $1) }
+        let raw = make(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_ICMP))
+        let unix = make(AF_UNIX, stream)
+        for fd in [unboundTCP, unboundUDP6, nonBlocking, boundUDP, listener, connected, connectedUDP, raw, unix] {
+            XCTAssertEqual(try SocketInspector.factsExpectingUnbound(of: fd), try SocketInspector.facts(of: fd), "fd \(fd)")
+        }
+        XCTAssertTrue(try SocketInspector.factsExpectingUnbound(of: nonBlocking).isNonBlocking)
+        XCTAssertTrue(SocketInspector.isConnected(connected))
+        XCTAssertFalse(SocketInspector.isConnected(unboundTCP))
+        let file = open("/dev/null", O_RDONLY)
+        defer { close(file) }
+        XCTAssertThrowsError(try SocketInspector.factsExpectingUnbound(of: file)) { XCTAssertEqual($0 as? Errno, .notSocket) }
+        XCTAssertThrowsError(try SocketInspector.factsExpectingUnbound(of: 987_654)) {
+            XCTAssertEqual($0 as? Errno, .badFileDescriptor)
+        }
+    }
+
     func testV4MappedDetection() {
         XCTAssertTrue(SocketEndpointAddress(address: "::ffff:10.0.0.1", port: 1).isV4Mapped)
         XCTAssertFalse(SocketEndpointAddress(address: "fd00::1", port: 1).isV4Mapped)
