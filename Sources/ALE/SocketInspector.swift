@@ -54,13 +54,13 @@ public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible
         case AF_INET:
             guard length >= MemoryLayout<sockaddr_in>.size else { return nil }
             let sin = pointer.loadUnaligned(as: sockaddr_in.self)
-            let bytes = withUnsafeBytes(of: sin.sin_addr) { Array($0) }
-            self.init(address: XFRMAddress(bytes: bytes)!, port: UInt16(bigEndian: sin.sin_port))
+            self.init(address: withUnsafeBytes(of: sin.sin_addr) { XFRMAddress(family: .inet, raw: $0) },
+                      port: UInt16(bigEndian: sin.sin_port))
         case AF_INET6:
             guard length >= MemoryLayout<sockaddr_in6>.size else { return nil }
             let sin6 = pointer.loadUnaligned(as: sockaddr_in6.self)
-            let bytes = withUnsafeBytes(of: sin6.sin6_addr) { Array($0) }
-            self.init(address: XFRMAddress(bytes: bytes)!, port: UInt16(bigEndian: sin6.sin6_port))
+            self.init(address: withUnsafeBytes(of: sin6.sin6_addr) { XFRMAddress(family: .inet6, raw: $0) },
+                      port: UInt16(bigEndian: sin6.sin6_port))
         default:
             return nil
         }
@@ -72,7 +72,7 @@ public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible
             var sa = sockaddr_in6()
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyBytes(from: address.bytes) }
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { target in address.withUnsafeBytes { target.copyMemory(from: $0) } }
             return try withUnsafePointer(to: &sa) {
                 try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
             }
@@ -80,7 +80,7 @@ public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible
         var sa = sockaddr_in()
         sa.sin_family = sa_family_t(AF_INET)
         sa.sin_port = port.bigEndian
-        withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyBytes(from: address.bytes) }
+        withUnsafeMutableBytes(of: &sa.sin_addr) { target in address.withUnsafeBytes { target.copyMemory(from: $0) } }
         return try withUnsafePointer(to: &sa) {
             try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }

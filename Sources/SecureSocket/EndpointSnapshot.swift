@@ -45,10 +45,47 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
 
     init(table: EndpointTable, keying: String) {
         pid = getpid()
-        executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "?"
+        executable = Self.executable
         self.keying = keying
         updated = Date()
-        endpoints = table.all.sorted { $0.cookie < $1.cookie }.map { endpoint in
+        endpoints = table.all.sorted { $0.cookie < $1.cookie }.map(Entry.init)
+    }
+
+    static let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "?"
+
+    /// The head of a snapshot: everything but its endpoints.
+    private struct Head: Encodable {
+        var pid: Int32
+        var executable: String
+        var keying: String
+        var updated: Date
+    }
+
+    /// The JSON of `table`'s snapshot, decodable as an ``EndpointSnapshot``, written one endpoint at a time (the
+    /// work and memory of one publication stay one endpoint's, plus the output), and a hash of its endpoints
+    /// (equal hashes: nothing to write again).
+    static func encode(_ table: EndpointTable, keying: String) -> (json: [UInt8], endpointsHash: Int)? {
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        guard let head = try? encoder.encode(Head(pid: getpid(), executable: executable, keying: keying, updated: Date())),
+              head.last == UInt8(ascii: "}") else { return nil }
+        var json = Array(head.dropLast())
+        json += Array(#","endpoints":["#.utf8)
+        var hasher = Hasher()
+        for (index, endpoint) in table.all.sorted(by: { $0.cookie < $1.cookie }).enumerated() {
+            guard let entry = try? encoder.encode(Entry(endpoint)) else { return nil }
+            if index > 0 { json += Array(",\n".utf8) }
+            json += entry
+            hasher.combine(entry)
+        }
+        json += Array("]}\n".utf8)
+        return (json, hasher.finalize())
+    }
+}
+
+extension EndpointSnapshot.Entry {
+    init(_ endpoint: Endpoint) {
             var identity: String?
             var user: String?
             if case .secured(let info) = endpoint.state {
@@ -60,11 +97,10 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
             case .datagram: "udp"
             case .other(let type): "type \(type)"
             }
-            return Entry(cookie: endpoint.cookie, descriptor: endpoint.descriptor, family: endpoint.family.description,
-                         kind: kind, reqid: endpoint.reqid, state: endpoint.state.description, peerIdentity: identity,
-                         peerUserIdentity: user,
-                         peerTargetNames: Dictionary(uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
-                         settings: endpoint.summary, localPort: endpoint.lastLocalPort)
-        }
+            self.init(cookie: endpoint.cookie, descriptor: endpoint.descriptor, family: endpoint.family.description,
+                      kind: kind, reqid: endpoint.reqid, state: endpoint.state.description, peerIdentity: identity,
+                      peerUserIdentity: user,
+                      peerTargetNames: Dictionary(uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
+                      settings: endpoint.summary, localPort: endpoint.lastLocalPort)
     }
 }

@@ -59,8 +59,12 @@ public final class SecureSocketEngine: Sendable {
     /// What each secured socket holds in the keying backend.
     let keyings = KeyingRegistry()
     private let pump = Mutex<EndpointEventPump?>(nil)
-    /// The last snapshot written, to write only on change.
-    private let published = Mutex<[EndpointSnapshot.Entry]?>(nil)
+    /// The hash of the last snapshot's endpoints, to write only on change.
+    private let published = Mutex<Int?>(nil)
+    /// When the pump last published (monotonic seconds): at most once per ``publishInterval``.
+    private let lastPublished = Mutex<Double>(0)
+    /// Snapshots are for inspection: one a second at most, so a burst of connections costs one publication.
+    static let publishInterval = 1.0
     /// Where this process's snapshot goes.
     public let snapshotFile: String
 
@@ -791,7 +795,8 @@ public final class SecureSocketEngine: Sendable {
     /// so their SAs are not torn down under them.
     @discardableResult
     public func sweep() -> Int {
-        defer { publish() }
+        // What the sweep changed is published with the pump's next tick (at most once a second).
+        defer { snapshotDirty.store(true, ordering: .releasing) }
         var released = 0
         let now = monotonicNow()
         if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
@@ -837,9 +842,13 @@ public final class SecureSocketEngine: Sendable {
     /// Something an inspector would show changed: the event pump publishes within its next tick.
     let snapshotDirty = Atomic<Bool>(false)
 
-    /// Publishes the snapshot if something changed since the last time (the event pump calls it each tick).
+    /// Publishes the snapshot if something changed since the last time and the last publication is at least
+    /// ``publishInterval`` old (the event pump calls it each tick).
     func publishIfDirty() {
-        guard snapshotDirty.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        let now = monotonicNow()
+        guard lastPublished.withLock({ now - $0 >= Self.publishInterval }),
+              snapshotDirty.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        lastPublished.withLock { $0 = now }
         publish()
     }
 
@@ -871,18 +880,14 @@ public final class SecureSocketEngine: Sendable {
 
     /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.
     public func publish() {
-        let snapshot = EndpointSnapshot(table: table, keying: keying?.name ?? "none")
+        guard let (json, hash) = EndpointSnapshot.encode(table, keying: keying?.name ?? "none") else { return }
         let changed = published.withLock { last -> Bool in
-            guard last != snapshot.endpoints else { return false }
-            last = snapshot.endpoints
+            guard last != hash else { return false }
+            last = hash
             return true
         }
         guard changed else { return }
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        guard let data = try? encoder.encode(snapshot) else { return }
-        try? data.write(to: URL(fileURLWithPath: snapshotFile), options: .atomic)
+        try? Data(json).write(to: URL(fileURLWithPath: snapshotFile), options: .atomic)
     }
 
     /// Registers this process's connected TCP sockets on `port` as children of a (closed) listener endpoint.

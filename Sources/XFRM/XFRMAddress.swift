@@ -30,35 +30,43 @@ public struct XFRMAddressFamily: RawRepresentable, Hashable, Sendable, CustomStr
     var addressLength: Int { self == .inet6 ? 16 : 4 }
 }
 
-/// An IPv4 or IPv6 address, the kernel's `xfrm_address_t` with its family beside it.
+/// An IPv4 or IPv6 address, the kernel's `xfrm_address_t` with its family beside it. Held inline (two words and
+/// the family, no allocation): endpoints, flows and SAs carry several each.
 public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
     /// The address family.
     public var family: XFRMAddressFamily
+    /// The address bytes in network order, as laid out in memory (`xfrm_address_t`); IPv4 uses the first 4.
+    private var first: UInt64
+    private var second: UInt64
+
     /// The address in network byte order: 4 bytes for IPv4, 16 for IPv6.
-    public private(set) var bytes: [UInt8]
+    public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
+
+    /// Calls `body` with the address bytes in network order (4 or 16), without copying them out.
+    public func withUnsafeBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        let length = family.addressLength
+        return try Swift.withUnsafeBytes(of: (first, second)) { try body(UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+    }
 
     /// Creates an address from its bytes in network order (4 for IPv4, 16 for IPv6).
     public init?(bytes: [UInt8]) {
         switch bytes.count {
-        case 4: family = .inet
-        case 16: family = .inet6
+        case 4: self.init(family: .inet, bytes: bytes)
+        case 16: self.init(family: .inet6, bytes: bytes)
         default: return nil
         }
-        self.bytes = bytes
     }
 
     /// Parses a textual IPv4 (`10.0.0.1`) or IPv6 (`fd00::1`) address.
     public init?(_ text: String) {
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
-            self.family = .inet
-            self.bytes = withUnsafeBytes(of: v4) { Array($0) }
+            self.init(family: .inet, raw: Swift.withUnsafeBytes(of: v4) { $0 })
             return
         }
         var v6 = in6_addr()
         if inet_pton(AF_INET6, text, &v6) == 1 {
-            self.family = .inet6
-            self.bytes = withUnsafeBytes(of: v6) { Array($0) }
+            self.init(family: .inet6, raw: Swift.withUnsafeBytes(of: v6) { $0 })
             return
         }
         return nil
@@ -66,21 +74,37 @@ public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// The all-zero address of a family (`0.0.0.0` / `::`), which XFRM reads as "any".
     public static func any(_ family: XFRMAddressFamily) -> XFRMAddress {
-        XFRMAddress(family: family, bytes: [UInt8](repeating: 0, count: family.addressLength))
+        XFRMAddress(family: family, first: 0, second: 0)
     }
 
     init(family: XFRMAddressFamily, bytes: [UInt8]) {
+        self = bytes.withUnsafeBytes { XFRMAddress(family: family, raw: $0) }
+    }
+
+    /// From the first 4 (IPv4) or 16 (IPv6) bytes of `raw`, in network order (fewer: the rest are zero), as in
+    /// `in_addr`, `in6_addr` or `xfrm_address_t`.
+    public init(family: XFRMAddressFamily, raw: UnsafeRawBufferPointer) {
+        var words: (UInt64, UInt64) = (0, 0)
+        Swift.withUnsafeMutableBytes(of: &words) { target in
+            let count = min(raw.count, family.addressLength, 16)
+            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: raw.prefix(count)))
+        }
+        self.init(family: family, first: words.0, second: words.1)
+    }
+
+    private init(family: XFRMAddressFamily, first: UInt64, second: UInt64) {
         self.family = family
-        self.bytes = bytes
+        self.first = first
+        self.second = second
     }
 
     /// Whether every byte is zero.
-    public var isAny: Bool { bytes.allSatisfy { $0 == 0 } }
+    public var isAny: Bool { first == 0 && second == 0 }
 
     public var description: String {
         var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         let af: CInt = family == .inet6 ? AF_INET6 : AF_INET
-        let ok = bytes.withUnsafeBytes { raw in
+        let ok = withUnsafeBytes { raw in
             inet_ntop(af, raw.baseAddress, &buffer, socklen_t(buffer.count)) != nil
         }
         guard ok else { return "<invalid address>" }

@@ -24,13 +24,9 @@ extension SecureEcho {
             let peer = try SecureEcho.address(server, port)
             var sockets: [Int32] = []
             defer { for s in sockets { close(s) } }
-            // The library's per-connection memory: resident size before and after, the engine already made
-            // (its charon connection, threads) by one secured socket that is then closed.
-            let warm = socket(server.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var warmSettings = SecureEcho.ipsecSettings(user: nil, domain: nil, password: nil)
-            _ = WSASetSocketSecurity(warm, &warmSettings, UInt32(warmSettings.count), nil, nil)
-            close(warm)
-            let residentBefore = Self.residentKiB()
+            // The library's per-connection memory: resident size after the first connection (which pays what is
+            // made once: the engine, its charon session and threads, the IKE SA) and after the last.
+            var residentBefore = 0
             let started = Date()
             for index in 0..<connections {
                 let s = socket(server.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -46,13 +42,18 @@ extension SecureEcho {
                 var timeout = timeval(tv_sec: 10, tv_usec: 0)
                 setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
                 sockets.append(s)
+                if index == 0 {
+                    residentBefore = Self.residentKiB()
+                    print("after the first connection: " + Self.status(["RssAnon", "RssFile", "Threads"]))
+                }
             }
             let opened = Date().timeIntervalSince(started)
             let residentAfter = Self.residentKiB()
             print(String(format: "opened %d secured connections in %.1f s (%.1f ms each)", connections, opened,
                          opened * 1000 / Double(connections)))
-            print("resident: \(residentBefore) KiB before, \(residentAfter) KiB after: "
-                  + "\((residentAfter - residentBefore) * 1024 / connections) bytes per held connection")
+            print("resident: \(residentBefore) KiB after the first connection, \(residentAfter) KiB after the last: "
+                  + "\((residentAfter - residentBefore) * 1024 / max(1, connections - 1)) bytes per held connection")
+            print("status: " + Self.status(["RssAnon", "RssFile", "Threads", "VmStk"]))
             fflush(nil)
             var echoed = 0
             for (index, s) in sockets.enumerated() {
@@ -71,6 +72,13 @@ extension SecureEcho {
             fflush(nil)
             if linger > 0 { usleep(UInt32(linger * 1_000_000)) }
             guard echoed == connections else { throw ExitCode(4) }
+        }
+
+        /// Fields of `/proc/self/status`, as `name value` pairs.
+        static func status(_ names: [String]) -> String {
+            guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return "?" }
+            return text.split(separator: "\n").filter { line in names.contains { line.hasPrefix("\($0):") } }
+                .map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ") }.joined(separator: ", ")
         }
 
         static func residentKiB() -> Int {

@@ -29,6 +29,12 @@ struct NewConnection: ParsableCommand {
     @Option(help: "Client processes (secure-echo hold, through the C ABI, sharing charon A) that then open `held` connections between them (0: skip).")
     var processes = 4
 
+    @Flag(help: "Skip the in-process hold (the held connections from client processes still run).")
+    var noInProcessHold = false
+
+    @Option(help: "A command the client processes run under, words split at spaces (for example `heaptrack -o /tmp/h`).")
+    var clientWrapper: String?
+
     @Option(help: "setSecurity + close cycles without connecting, then 5 s: what is left (0: skip).")
     var churn = 10_000
 
@@ -110,7 +116,7 @@ struct NewConnection: ParsableCommand {
         print("  ms = median per connection; grow = median of the last 10 % over the first 10 % of the run;"
               + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
         print("  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)")
-        if held > 0 { try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid) }
+        if held > 0, !noInProcessHold { try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid) }
         if held > 0, processes > 0, let socket = backendA.daemon?.socketPath {
             try holdFromProcesses(pair, charonSocket: socket, secret: ends.secret)
         }
@@ -133,15 +139,18 @@ struct NewConnection: ParsableCommand {
         let started = nowNanos()
         let clients = try (0..<processes).map { index in
             try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": config],
-                                 [echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
+                                 (clientWrapper?.split(separator: " ").map(String.init) ?? []) + [echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
                                   "--target", "host/b.example", "--connections", "\(each)", "--linger", "2"],
                                  log: "\(folder)/client-\(index).log")
         }
         var opened = 0.0
         var echoed = 0
         var perConnection: [Int] = []
+        var statuses: [String] = []
         for client in clients {
             client.wait(for: "echoed", timeout: 1200)
+            statuses += client.output.split(separator: "\n").filter { $0.hasPrefix("after the first") || $0.hasPrefix("status:") }
+                .map { "  client \(client.pid): \($0)" }
             if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("resident:") }),
                let bytes = Int(line.split(separator: ":").last?.split(separator: " ").first ?? "") {
                 perConnection.append(bytes)
@@ -158,6 +167,7 @@ struct NewConnection: ParsableCommand {
               + " (all of them held at once), \(echoed)/\(each * processes) echoed; resident bytes per held connection in"
               + " each client process (the library through the C ABI): \(perConnection.map(String.init).joined(separator: ", "))"
               + " (goal ≤ 2048)")
+        statuses.forEach { print($0) }
     }
 
     /// `churn` sockets secured and closed without connecting (release untimed by the application: the sweep

@@ -7,16 +7,14 @@ extension XFRMAddress {
     /// The kernel's 16-byte `xfrm_address_t` (IPv4 in the first 4 bytes, the rest zero).
     var kernelValue: xfrm_address_t {
         var raw = xfrm_address_t()
-        withUnsafeMutableBytes(of: &raw) { dst in
-            bytes.withUnsafeBytes { src in dst.copyMemory(from: src) }
+        Swift.withUnsafeMutableBytes(of: &raw) { dst in
+            withUnsafeBytes { src in dst.copyMemory(from: src) }
         }
         return raw
     }
 
     init(family: XFRMAddressFamily, kernelValue: xfrm_address_t) {
-        let length = family == .inet6 ? 16 : 4
-        let bytes = withUnsafeBytes(of: kernelValue) { Array($0.prefix(length)) }
-        self.init(family: family == .inet6 ? .inet6 : .inet, bytes: bytes)
+        self = Swift.withUnsafeBytes(of: kernelValue) { XFRMAddress(family: family == .inet6 ? .inet6 : .inet, raw: $0) }
     }
 }
 
