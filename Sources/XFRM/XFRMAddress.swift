@@ -61,12 +61,12 @@ public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
     public init?(_ text: String) {
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
-            self.init(family: .inet, raw: Swift.withUnsafeBytes(of: v4) { $0 })
+            self = Swift.withUnsafeBytes(of: v4) { XFRMAddress(family: .inet, raw: $0) }
             return
         }
         var v6 = in6_addr()
         if inet_pton(AF_INET6, text, &v6) == 1 {
-            self.init(family: .inet6, raw: Swift.withUnsafeBytes(of: v6) { $0 })
+            self = Swift.withUnsafeBytes(of: v6) { XFRMAddress(family: .inet6, raw: $0) }
             return
         }
         return nil
