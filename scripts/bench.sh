@@ -33,10 +33,21 @@ ssb=$(swift build -c release --show-bin-path)/secure-socket-bench
 "$bin" policies "$@"
 scripts/uml/run.sh --timeout 590 -- "$bin" states "$@"
 echo
-"$ssb" warm-path
+# Every secure-socket-bench section prints its rows and, for the closing table, `summary<TAB>…` lines.
+log=$(mktemp /tmp/bench.XXXXXX)
+trap 'rm -f "$log"' EXIT
+{
+  "$ssb" warm-path
+  echo
+  scripts/uml/run.sh --timeout 590 -- "$ssb" query
+  echo
+  scripts/uml/run.sh --timeout 590 -- "$ssb" first-contact
+  echo
+  scripts/uml/run.sh --timeout 1700 --mem 1024M -- "$ssb" new-connection
+} 2>&1 | tee "$log" | grep -v $'^summary\t'
 echo
-scripts/uml/run.sh --timeout 590 -- "$ssb" query
-echo
-scripts/uml/run.sh --timeout 590 -- "$ssb" first-contact
-echo
-scripts/uml/run.sh --timeout 1700 --mem 1024M -- "$ssb" new-connection
+echo "=== issue 9's table: ours / baseline, measured in this run ==="
+grep $'^summary\t' "$log" | awk -F'\t' '
+  BEGIN { printf "%-66s %-34s %-40s %-9s %s\n", "measure", "ours", "baseline", "ratio", "goal" }
+  { printf "%-66s %-34s %-40s %-9s %s\n", $2, $3, $4, $5, $6 }'
+

@@ -71,6 +71,11 @@ struct FirstContact: ParsableCommand {
         line("baseline: global trap policy, xfrm_larval_drop=1 (default)", baseline[.trapDrop]!)
         line("baseline: global trap policy, xfrm_larval_drop=0 (queued)", baseline[.trapQueue]!)
         line("reference: global policies, VICI initiate, then connect()", baseline[.initiate]!)
+        let trap = median(baseline[.trapQueue]!.map(\.echoed)), initiate = median(baseline[.initiate]!.map(\.echoed))
+        summary("first contact: WSAConnect → first echoed byte", ours: "\(format(oursEcho * 1000)) ms",
+                baseline: "\(format(trap * 1000)) ms (trap, larval_drop=0)", ratio: format(oursEcho / trap, 2), goal: "≤ 1.1")
+        summary("first contact, against VICI initiate + connect()", ours: "\(format(oursEcho * 1000)) ms",
+                baseline: "\(format(initiate * 1000)) ms (initiate)", ratio: format(oursEcho / initiate, 2), goal: "≤ 1.1")
         print("  ours/base is ours' median echo time over the baseline's (below 1: ours reaches the first byte sooner);"
               + " the \"ours\" row's own ratio is 1 by definition")
         print("  reference row: the baseline's conn and charons, negotiated the way ours is (VICI initiate, wait,"

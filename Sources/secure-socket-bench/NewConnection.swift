@@ -112,6 +112,10 @@ struct NewConnection: ParsableCommand {
             print(row("N = \(count)", [format(median(ours) * 1000, 2), format(median(base) * 1000, 2),
                                         format(median(ours) / median(base), 2), format(growth(ours), 2),
                                         format(growth(base), 2), "\(left)"], labelWidth: 22))
+            summary("new connection over an IKE SA, N = \(count) in a row", ours: "\(format(median(ours) * 1000, 2)) ms",
+                    baseline: "\(format(median(base) * 1000, 2)) ms (CREATE_CHILD_SA + connect)",
+                    ratio: format(median(ours) / median(base), 2),
+                    goal: "≤ 2; growth \(format(growth(ours), 2)) (base \(format(growth(base), 2))), ≤ 1.2")
         }
         print("  ms = median per connection; grow = median of the last 10 % over the first 10 % of the run;"
               + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
@@ -168,6 +172,13 @@ struct NewConnection: ParsableCommand {
               + " each client process (the library through the C ABI): \(perConnection.map(String.init).joined(separator: ", "))"
               + " (goal ≤ 2048)")
         statuses.forEach { print($0) }
+        summary("\(each * processes) held from \(processes) processes (C ABI, one charon)",
+                ours: "\(format(opened, 1)) s, \(echoed) echoed", baseline: "-", ratio: "-", goal: "all echo")
+        if let worst = perConnection.max() {
+            summary("memory per held connection (client process, anonymous resident)",
+                    ours: perConnection.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
+                    ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
+        }
     }
 
     /// `churn` sockets secured and closed without connecting (release untimed by the application: the sweep
@@ -195,6 +206,10 @@ struct NewConnection: ParsableCommand {
         print("churn: \(churn) set-security + close cycles in \(format(seconds, 1)) s; 5 s later: \(sas) SAs, \(claims) reqid"
               + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left"
               + " (before the churn: \(before.sas) SAs, \(before.conns) conns, \(before.children) CHILD SAs)")
+        summary("churn: \(churn) set-security + close, then 5 s",
+                ours: "\(sas - before.sas) SAs, \(claims) claims, \(conns - before.conns) conns, \(children - before.children) children,"
+                    + " \(ends.a.table.count) endpoints left",
+                baseline: "-", ratio: "-", goal: "0 left")
     }
 
     /// `held` connections opened one after another and held at once: time to open, resident memory per
@@ -227,6 +242,12 @@ struct NewConnection: ParsableCommand {
             try client.send([byte])
             if (try? client.receiveExactly(1, timeout: 8)) == [byte] { echoed += 1 }
         }
+        summary("\(held) connections held at once (1 process)", ours: "\(format(opened, 1)) s, \(echoed) echoed",
+                baseline: "-", ratio: "-", goal: "all echo")
+        summary("query at 10 / \(held) connections", ours: "\(format(queryAt10 * 1e6, 1)) / \(format(queryAtHeld * 1e6, 1)) µs",
+                baseline: "\(format(getSA * 1e6, 1)) µs (2 GETSA)", ratio: format(queryAtHeld / getSA, 2), goal: "≤ 1000 µs")
+        summary("charon's memory per held connection", ours: "\(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) B",
+                baseline: "-", ratio: "-", goal: "-")
         print("held connections: \(held) opened in \(format(opened, 1)) s (\(format(opened * 1000 / Double(held), 1)) ms each),"
               + " \(echoed)/\(held) echoed")
         print("  charon A: \(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) bytes resident per held"
@@ -239,7 +260,8 @@ struct NewConnection: ParsableCommand {
             ends.a.release(client.fd.rawValue)
             client.closeAbortively()
         }
-        let deadline = nowNanos() + 5_000_000_000
+        let releasedAt = nowNanos()
+        let deadline = releasedAt + 5_000_000_000
         var left = (sas: -1, conns: -1)
         repeat {
             left = (try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
@@ -248,6 +270,9 @@ struct NewConnection: ParsableCommand {
             usleep(100_000)
         } while nowNanos() < deadline
         print("  after release: \(left.sas) CHILD SAs in A's kernel, \(left.conns) per-flow conns in charon A (within 5 s)")
+        summary("\(held) released connections: CHILD SAs and conns gone",
+                ours: "\(format(Double(nowNanos() - releasedAt) / 1e9, 2)) s, \(left.sas) SAs + \(left.conns) conns left",
+                baseline: "-", ratio: "-", goal: "0 left, ≤ grace + 1 s")
     }
 
     /// Median seconds of `engine.query` on a connection picked at random, over 200 calls.

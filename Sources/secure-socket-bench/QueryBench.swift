@@ -66,6 +66,13 @@ struct QueryBench: ParsableCommand {
                            format(point.query / point.get, 1)], labelWidth: 20))
             }
         }
+        for (keying, points) in results {
+            for point in points {
+                summary("query with \(point.count) SAs in the kernel (\(keying.rawValue))", ours: "\(format(point.query)) µs",
+                        baseline: "\(format(point.get)) µs (getState)", ratio: format(point.query / point.get, 1),
+                        goal: "≤ 1000 µs")
+            }
+        }
         for (keying, points) in results where points.count >= 2 {
             let first = points.first!, last = points.last!
             print("  \(keying.rawValue): query at \(last.count) / at \(first.count) SAs = \(format(last.query / first.query, 2)); "

@@ -145,6 +145,12 @@ func makePair(_ prefix: String) throws -> (NamespacePair, Int) {
 }
 
 /// A table row: label, then right-aligned columns.
+/// One row of the closing table `scripts/bench.sh` assembles from every section's output (the measures,
+/// ours against the baseline measured in the same run): a tab-separated line after the word `summary`.
+func summary(_ measure: String, ours: String, baseline: String, ratio: String, goal: String) {
+    print(["summary", measure, ours, baseline, ratio, goal].joined(separator: "\t"))
+}
+
 func row(_ label: String, _ columns: [String], labelWidth: Int = 58, columnWidth: Int = 12) -> String {
     var line = label.count >= labelWidth ? label + " " : label.padding(toLength: labelWidth, withPad: " ", startingAt: 0)
     for column in columns {
