@@ -142,11 +142,15 @@ public struct KeyingRegistration: Hashable, Sendable {
     public var childIDs: [Int]
     /// Shared secrets loaded for it (charon's ids), unloaded on release.
     public var secrets: [String]
-    public init(reqid: UInt32, names: [String], childIDs: [Int] = [], secrets: [String] = []) {
+    /// The CHILD configs whose SAs it owns: on release every CHILD_SA of these configs is terminated, the ones
+    /// a rekey made (new unique ids) included.
+    public var childNames: [String]
+    public init(reqid: UInt32, names: [String], childIDs: [Int] = [], secrets: [String] = [], childNames: [String] = []) {
         self.reqid = reqid
         self.names = names
         self.childIDs = childIDs
         self.secrets = secrets
+        self.childNames = childNames
     }
 }
 

@@ -324,7 +324,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             secrets.append(id)
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
         }
-        var registration = KeyingRegistration(reqid: request.reqid, names: [conn], secrets: secrets)
+        var registration = KeyingRegistration(reqid: request.reqid, names: [conn], secrets: secrets, childNames: [childName])
         var config = IKEConnConfig(
             name: conn, localAddresses: ["%any"], remoteAddresses: ["\(flow.remote)"],
             localAuth: localRounds, remoteAuth: [remoteAuth(identity: pinned)],
@@ -546,7 +546,11 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     // MARK: - Release
 
     public func release(_ registration: KeyingRegistration) {
-        for id in registration.childIDs {
+        // By config name when known: a rekeyed CHILD_SA has a new unique id but the same config name.
+        for name in registration.childNames {
+            _ = try? vici.terminate(child: name, force: true, timeout: .seconds(2))
+        }
+        for id in registration.childIDs where registration.childNames.isEmpty {
             _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2))
         }
         for name in registration.names where name != responderName {

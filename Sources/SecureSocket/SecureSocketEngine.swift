@@ -725,14 +725,24 @@ public final class SecureSocketEngine: Sendable {
               var request = keyings.request(cookie: endpoint.cookie) else { return }
         guard (try? becomeInitiator(endpoint)) != nil else { return }
         var flow = flow
+        var stale = false
         if endpoint.kind == .stream {
-            // A TCP connect() that failed with EAGAIN gave its ephemeral port back, and the retry takes
-            // another: the flow's SAs would never match. Bind the socket to the port of the ACQUIRE (as connect
-            // would have) so the application's retries use the flow negotiated now.
             guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-                  let facts = try? SocketInspector.facts(of: endpoint.descriptor), !facts.isConnected,
-                  let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else { return }
-            flow.localPort = local.port
+                  let facts = try? SocketInspector.facts(of: endpoint.descriptor) else { return }
+            if let peer = facts.peer {
+                // A live connection whose SAs went away (flushed, expired, deleted): the kernel asks again for
+                // exactly its flow, and the connection gets new SAs (its segments wait, TCP retransmits).
+                guard facts.local?.port == flow.localPort, peer.address == flow.remote, peer.port == flow.remotePort else {
+                    return
+                }
+                stale = true
+            } else {
+                // A TCP connect() that failed with EAGAIN gave its ephemeral port back, and the retry takes
+                // another: the flow's SAs would never match. Bind the socket to the port of the ACQUIRE (as connect
+                // would have) so the application's retries use the flow negotiated now.
+                guard let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else { return }
+                flow.localPort = local.port
+            }
         }
         let key = "\(reqid)/\(flow)"
         guard acquires.admit(key) else { return }   // the kernel raises a new ACQUIRE once the larval state expires
@@ -744,8 +754,12 @@ public final class SecureSocketEngine: Sendable {
         let finalRequest = request
         let finalFlow = flow
         let hooks = AcquireHooks(engine: self)
+        // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
+        // first (terminated by config name, whatever rekeys renamed its id to).
+        let staleRegistrations = stale ? keyings.take(cookie: endpoint.cookie, where: { !$0.childNames.isEmpty }) : []
         Thread.detachNewThread {
             defer { hooks.done(key) }
+            for registration in staleRegistrations { keying.release(registration) }
             do throws(KeyingError) {
                 let negotiated = try keying.negotiate(finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
                 hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)

@@ -1,0 +1,163 @@
+import ALE
+import Foundation
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 3: what happens to a live secured connection, under continuous traffic, when its SAs change under it:
+/// charon rekeys its CHILD SA, an administrator flushes the client's SAD (`ip xfrm state flush`), and an SA
+/// reaches its hard lifetime. Each time the connection goes on over new SAs with the socket's reqid, no byte
+/// is lost (the receiver counts exactly what the sender wrote) and nothing leaves in clear (capture).
+extension CharonFlowTests {
+    /// A sender that writes numbered chunks until stopped, and a receiver that counts what arrives.
+    final class Stream: @unchecked Sendable {
+        private let lock = NSLock()
+        private var sentBytes = 0
+        private var receivedBytes = 0
+        private var stopping = false
+        private var receiverDone = false
+        static let chunk = Array("STREAM-MARK-".utf8) + [UInt8](repeating: 0x2e, count: 244)
+
+        var sent: Int { lock.withLock { sentBytes } }
+        var received: Int { lock.withLock { receivedBytes } }
+
+        init(from client: TestSocket, to accepted: TestSocket) {
+            Thread.detachNewThread { [self] in
+                while !lock.withLock({ stopping }) {
+                    var offset = 0
+                    // Bounded: 30 s of EAGAIN at most (the send timeout is short; the outage is seconds).
+                    for _ in 0..<3_000 where offset < Self.chunk.count {
+                        let n = Self.chunk[offset...].withUnsafeBytes {
+                            Glibc.send(client.fd.rawValue, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL | MSG_DONTWAIT))
+                        }
+                        if n > 0 { offset += n } else { usleep(10_000) }
+                    }
+                    lock.withLock { sentBytes += offset }
+                    guard offset == Self.chunk.count else { break }
+                    usleep(20_000)
+                }
+                _ = Glibc.shutdown(client.fd.rawValue, CInt(SHUT_WR))
+            }
+            Thread.detachNewThread { [self] in
+                defer { lock.withLock { receiverDone = true } }
+                var buffer = [UInt8](repeating: 0, count: 65_536)
+                for _ in 0..<1_000_000 {
+                    var entry = pollfd(fd: accepted.fd.rawValue, events: Int16(POLLIN), revents: 0)
+                    guard poll(&entry, 1, 30_000) > 0 else { return }
+                    let n = buffer.withUnsafeMutableBytes { Glibc.recv(accepted.fd.rawValue, $0.baseAddress, $0.count, 0) }
+                    guard n > 0 else { return }
+                    lock.withLock { receivedBytes += n }
+                }
+            }
+        }
+
+        /// Waits until `bytes` more than now have arrived; false after `seconds`.
+        func progresses(by bytes: Int = 2_048, within seconds: Double) -> Bool {
+            let target = received + bytes
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                if received >= target { return true }
+                usleep(20_000)
+            }
+            return false
+        }
+
+        /// Stops the sender, lets the receiver read to the end (bounded); returns (sent, received).
+        func finish() -> (sent: Int, received: Int) {
+            lock.withLock { stopping = true }
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, !lock.withLock({ receiverDone }) { usleep(20_000) }
+            return lock.withLock { (sentBytes, receivedBytes) }
+        }
+    }
+
+    func testRekeyFlushAndHardExpiryUnderTrafficLoseNoByteAndNeverGoClear() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            defer { client.closeAbortively() }
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
+            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            let accepted = try listener.accept(timeout: 5)
+            defer { accepted.closeAbortively() }
+            let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
+            let reqid = try XCTUnwrap(ends.a.table.endpoint(cookie: cookie)?.reqid)
+            let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
+            func spis() throws -> Set<UInt32> {
+                Set(try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }.map(\.id.spi))
+            }
+            func secured() -> Bool { (try? ends.a.query(client.fd.rawValue).flags.contains(.secured)) ?? false }
+
+            let stream = Stream(from: client, to: accepted)
+            XCTAssertTrue(stream.progresses(within: 5), "the stream flows over the first SAs")
+            let first = try spis()
+            XCTAssertEqual(first.count, 2, "one SA pair with the socket's reqid")
+
+            // 1. charon rekeys the connection's CHILD SA: new SPIs, same reqid, the stream goes on.
+            let child = try XCTUnwrap(try ends.backendA.vici.listSAs().flatMap(\.children)
+                .first { $0.name.hasPrefix("c\(reqid)-") }?.uniqueID, "the connection's own CHILD SA in charon A")
+            try ends.backendA.vici.rekey(childID: child)
+            // The new pair at once; the old inbound SA lingers a few seconds for packets in flight (charon's
+            // delete_rekeyed_delay), then goes.
+            var rekeyed: Set<UInt32> = []
+            for _ in 0..<240 {
+                rekeyed = try spis()
+                if rekeyed.count == 2, rekeyed.isDisjoint(with: first) { break }
+                usleep(50_000)
+            }
+            XCTAssertEqual(rekeyed.count, 2, "the rekeyed pair, the old one deleted")
+            XCTAssertTrue(rekeyed.isDisjoint(with: first), "new SPIs after the rekey: \(first) → \(rekeyed)")
+            XCTAssertTrue(stream.progresses(within: 5), "the stream goes on over the rekeyed SAs")
+            XCTAssertTrue(secured())
+
+            // 2. The client's SAD is flushed: the next segment raises an ACQUIRE for exactly this flow, and the
+            // engine negotiates new SAs for the connected socket.
+            try xfrmA.flushStates(proto: .esp)
+            let flushed = Date()
+            let resumed = stream.progresses(within: 15)
+            XCTAssertTrue(resumed, "the stream resumes after the flush")
+            if !resumed {
+                print("A endpoints: \(ends.a.table.all.map { "\($0.role) \($0.state) reqid \($0.reqid ?? 0)" })")
+                print("A states: \((try? xfrmA.states().map(\.description)) ?? [])")
+                print("A charon: \(ends.backendA.daemon?.logTail(maxBytes: 4000) ?? "")")
+            }
+            print("stream resumed \(String(format: "%.2f", Date().timeIntervalSince(flushed))) s after the flush")
+            let renegotiated = try spis()
+            XCTAssertEqual(renegotiated.count, 2)
+            XCTAssertTrue(renegotiated.isDisjoint(with: rekeyed))
+
+            // 3. The outbound SA reaches its hard lifetime (1 s from now): the kernel deletes it and tells
+            // charon; the connection gets new SAs the same way.
+            var outbound = try XCTUnwrap(try xfrmA.states().first {
+                $0.reqid == reqid && $0.id.spi != 0 && $0.id.destination == ends.pair.addressB4
+            })
+            outbound.lifetime.hardAddExpiresSeconds = 1
+            outbound.lifetime.softAddExpiresSeconds = 0
+            try xfrmA.updateState(outbound)
+            usleep(1_500_000)
+            XCTAssertFalse(try spis().contains(outbound.id.spi), "the expired SA is gone")
+            let expired = Date()
+            XCTAssertTrue(stream.progresses(within: 15), "the stream resumes after the hard expiry")
+            print("stream resumed \(String(format: "%.2f", Date().timeIntervalSince(expired))) s after the hard expiry")
+
+            let (sent, received) = stream.finish()
+            XCTAssertGreaterThan(sent, 20 * Stream.chunk.count)
+            XCTAssertEqual(received, sent, "every byte written arrived, across the rekey, the flush and the expiry")
+            XCTAssertTrue(secured(), "still secured at the end")
+
+            capture.stop()
+            let analysis = try capture.analyse(markers: [Array("STREAM-MARK-".utf8)])
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound, "no stream byte in clear")
+            XCTAssertGreaterThan(analysis.espPackets, 20)
+        }
+    }
+}
