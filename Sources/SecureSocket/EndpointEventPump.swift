@@ -15,6 +15,7 @@ import XFRM
 /// | sweep (1 s) | a socket closed without release | released after the close grace period |
 final class EndpointEventPump: Sendable {
     private let table: EndpointTable
+    private let namespace: NetworkNamespace
     private let engine: SecureSocketEngine.EngineHooks
     private let monitor: Mutex<XFRMMonitor?>
     private let tasks: Mutex<[Task<Void, Never>]> = Mutex([])
@@ -24,6 +25,7 @@ final class EndpointEventPump: Sendable {
     init(table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
          sweepInterval: Duration = .seconds(1)) throws(XFRMError) {
         self.table = table
+        self.namespace = namespace
         self.engine = engine
         let first = try XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
         monitor = Mutex(first)
@@ -52,6 +54,8 @@ final class EndpointEventPump: Sendable {
                 if stopped { started.stop(); return }
                 self.monitorRestarts.add(1, ordering: .relaxed)
                 pause = .milliseconds(50)
+                // Events were lost while no monitor listened (an overrun is exactly that): read the SAD once.
+                self.resynchronise()
             }
         }
         // Sockets closed without release(): their endpoints, reqids and keying are freed within a second.
@@ -92,6 +96,8 @@ final class EndpointEventPump: Sendable {
                                  localPort: selector.sourcePort, remote: selector.destination,
                                  remotePort: selector.destinationPort)
             engine.acquire(reqid: reqid, flow: flow)
+        case .statesFlushed:
+            resynchronise()
         case .stateDeleted(let state), .expire(let state, hard: true):
             guard state.id.spi != 0, table.users(of: state.reqid) > 0 else { return }
             // Only the endpoints whose own flow that SA covered (a listener's reqid is shared by all its peers).
@@ -105,11 +111,28 @@ final class EndpointEventPump: Sendable {
 
     /// Whether the SA's selector covers the endpoint's connected flow, in either direction.
     private func covers(_ state: XFRMState, _ endpoint: Endpoint) -> Bool {
+        guard let flow = connectedFlow(endpoint) else { return false }
+        return flow.isCovered(by: state.selector, outbound: true) || flow.isCovered(by: state.selector, outbound: false)
+    }
+
+    private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
         guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
               let facts = try? SocketInspector.facts(of: endpoint.descriptor),
-              let local = facts.local, let peer = facts.peer else { return false }
-        let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-                             localPort: local.port, remote: peer.address, remotePort: peer.port)
-        return flow.isCovered(by: state.selector, outbound: true) || flow.isCovered(by: state.selector, outbound: false)
+              let local = facts.local, let peer = facts.peer else { return nil }
+        return KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+                         localPort: local.port, remote: peer.address, remotePort: peer.port)
+    }
+
+    /// After events may have been lost (the monitor ended and was started again) or the SAD was flushed: one
+    /// dump of the kernel's SAs, and every secured connected endpoint whose outbound flow no SA with its reqid
+    /// covers any more learns that its CHILD SA went down (its next packet raises an ACQUIRE, which is answered).
+    func resynchronise() {
+        guard let states = try? XFRMClient(namespace: namespace).states() else { return }
+        let byReqid = Dictionary(grouping: states.filter { $0.id.spi != 0 }, by: \.reqid)
+        for endpoint in table.all {
+            guard case .secured = endpoint.state, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint) else { continue }
+            let covered = (byReqid[reqid] ?? []).contains { flow.isCovered(by: $0.selector, outbound: true) }
+            if !covered { _ = table.handle(.childDown, cookie: endpoint.cookie) }
+        }
     }
 }
