@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         // swift-certificates' own ASN.1 layer (its types appear in X509's API).
         .package(url: "https://github.com/apple/swift-asn1", from: "1.1.0"),
+        // Logging: each layer logs its decisions through a swift-log Logger the application configures.
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // C: the kernel's XFRM/netlink UAPI, libmnl and libnl-xfrm-3. No C anywhere else.
@@ -50,6 +52,7 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Application layer enforcement: the endpoint table and each endpoint's state machine.
@@ -57,7 +60,8 @@ let package = Package(
         // The idiomatic Swift API over XFRM, ALE and keying.
         .target(
             name: "SecureSocket",
-            dependencies: ["XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system"),
+                           .product(name: "Logging", package: "swift-log")]
         ),
         // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
         .target(name: "CSecureSocketABI", path: "CModules/CSecureSocketABI", exclude: ["winsock_secure_socket.h", "examples"]),
@@ -122,8 +126,13 @@ let package = Package(
         .testTarget(name: "KeyingUnitTests", dependencies: [
             "Keying", "XFRM", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
-        .testTarget(name: "WinsockUnitTests", dependencies: ["WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI"]),
-        .testTarget(name: "SecureSocketKernelTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI"]),
+        .testTarget(name: "WinsockUnitTests", dependencies: [
+            "WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "SecureSocketKernelTests", dependencies: [
+            "SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),

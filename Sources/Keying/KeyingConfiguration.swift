@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import XFRM
 
 /// The keying configuration a service gives the library: one file, for the people who run servers.
@@ -247,20 +248,21 @@ public struct KeyingConfiguration: Hashable, Sendable {
     }
 
     /// The backend this configuration asks for, in `namespace`.
-    public func makeBackend(namespace: NetworkNamespace = .current) throws(KeyingError) -> StrongSwanBackend {
+    public func makeBackend(namespace: NetworkNamespace = .current,
+                            logger: Logger = Logger(label: "wss.keying")) throws(KeyingError) -> StrongSwanBackend {
         let credentials = try credentials()
         switch charon {
         case .auto:
-            return try StrongSwanBackend.systemOrPrivate(credentials: credentials, namespace: namespace)
+            return try StrongSwanBackend.systemOrPrivate(credentials: credentials, namespace: namespace, logger: logger)
         case .private:
             let daemon: CharonDaemon
             do { daemon = try CharonDaemon(namespace: namespace) } catch {
                 throw KeyingError(.unavailable, "starting a private charon: \(error)")
             }
-            return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon)
+            return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon, logger: logger)
         case .socket(let path):
             do {
-                return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials)
+                return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials, logger: logger)
             } catch let error as KeyingError {
                 throw error
             } catch {

@@ -1,4 +1,5 @@
 import Glibc
+import Logging
 import Synchronization
 import XFRM
 
@@ -88,8 +89,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// The peer certificate of each IKE SA (certificate credentials only).
     private let peerCertificates: PeerCertificateCache?
 
+    /// Where the backend says what it does about charon (restarts, reloads); secrets are never logged.
+    public let logger: Logger
+
     /// Uses `vici` (a system charon or a private one) and loads `credentials` into it.
-    public init(vici: VICIClient, credentials: Credentials, daemon: CharonDaemon? = nil) throws(KeyingError) {
+    public init(vici: VICIClient, credentials: Credentials, daemon: CharonDaemon? = nil,
+                logger: Logger = Logger(label: "wss.keying")) throws(KeyingError) {
+        self.logger = logger
         self.vici = vici
         self.daemon = daemon
         self.credentials = credentials
@@ -138,9 +144,17 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     } catch {}
                 }
                 guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled else { return }
+                self.logger.warning("charon's event stream ended: bringing charon back",
+                                    metadata: ["vici": "\(path)", "private": "\(self.daemon != nil)", "retry-in": "\(pause)"])
                 try? await Task.sleep(for: pause)
                 pause = min(pause * 2, .seconds(5))
-                try? self.resync()
+                do throws(KeyingError) {
+                    try self.resync()
+                    self.logger.notice("charon is back: credentials, responder conn and listeners reloaded",
+                                       metadata: ["charon-pid": "\(self.daemon?.pid ?? self.vici.daemonProcessID ?? 0)"])
+                } catch {
+                    self.logger.error("charon is not back yet", metadata: ["reason": "\(error)"])
+                }
             }
         }
         eventTask.withLock { $0 = task }
@@ -171,11 +185,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     /// A system charon when its VICI socket answers, otherwise a private charon for `namespace`.
     public static func systemOrPrivate(credentials: Credentials, namespace: NetworkNamespace = .current,
-                                       options: CharonDaemon.Options = CharonDaemon.Options()) throws(KeyingError)
+                                       options: CharonDaemon.Options = CharonDaemon.Options(),
+                                       logger: Logger = Logger(label: "wss.keying")) throws(KeyingError)
         -> StrongSwanBackend {
         if let path = CharonDaemon.systemVICISocket(namespace: namespace) {
             do {
-                return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials)
+                return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials, logger: logger)
             } catch {
                 throw KeyingError(.unavailable, "system charon at \(path): \(error)")
             }
@@ -186,7 +201,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } catch {
             throw KeyingError(.unavailable, "starting a private charon: \(error)")
         }
-        return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon)
+        return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon, logger: logger)
     }
 
     public func shutdown() {

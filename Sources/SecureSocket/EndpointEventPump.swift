@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Keying
+import Logging
 import Synchronization
 import XFRM
 
@@ -16,6 +17,7 @@ import XFRM
 final class EndpointEventPump: Sendable {
     private let table: EndpointTable
     private let namespace: NetworkNamespace
+    private let logger: Logger
     private let engine: SecureSocketEngine.EngineHooks
     private let monitor: Mutex<XFRMMonitor?>
     private let tasks: Mutex<[Task<Void, Never>]> = Mutex([])
@@ -23,9 +25,10 @@ final class EndpointEventPump: Sendable {
     let monitorRestarts = Atomic<Int>(0)
 
     init(table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
-         sweepInterval: Duration = .seconds(1)) throws(XFRMError) {
+         sweepInterval: Duration = .seconds(1), logger: Logger = Logger(label: "wss.secure-socket")) throws(XFRMError) {
         self.table = table
         self.namespace = namespace
+        self.logger = logger
         self.engine = engine
         let first = try XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
         monitor = Mutex(first)
@@ -42,6 +45,8 @@ final class EndpointEventPump: Sendable {
                     } catch {}
                 }
                 guard !Task.isCancelled, let self else { return }
+                self.logger.warning("the XFRM event monitor ended (overrun or error): starting it again",
+                                    metadata: ["retry-in": "\(pause)", "restarts": "\(self.monitorRestarts.load(ordering: .relaxed))"])
                 try? await Task.sleep(for: pause)
                 pause = min(pause * 2, .seconds(5))
                 current = try? XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
@@ -129,10 +134,15 @@ final class EndpointEventPump: Sendable {
     func resynchronise() {
         guard let states = try? XFRMClient(namespace: namespace).states() else { return }
         let byReqid = Dictionary(grouping: states.filter { $0.id.spi != 0 }, by: \.reqid)
+        var lost = 0
         for endpoint in table.all {
             guard case .secured = endpoint.state, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint) else { continue }
             let covered = (byReqid[reqid] ?? []).contains { flow.isCovered(by: $0.selector, outbound: true) }
-            if !covered { _ = table.handle(.childDown, cookie: endpoint.cookie) }
+            if !covered {
+                lost += 1
+                _ = table.handle(.childDown, cookie: endpoint.cookie)
+            }
         }
+        logger.info("resynchronised from the kernel's SAD", metadata: ["sas": "\(states.count)", "connections-without-sas": "\(lost)"])
     }
 }

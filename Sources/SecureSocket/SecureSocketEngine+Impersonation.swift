@@ -1,6 +1,7 @@
 import ALE
 import Glibc
 import Impersonation
+import Logging
 import SystemPackage
 
 /// `WSAImpersonateSocketPeer` / `WSARevertImpersonation`: the calling thread runs as the local account the
@@ -16,10 +17,20 @@ extension SecureSocketEngine {
     @discardableResult
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
     public func impersonatePeer(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil) throws(SecureSocketError) -> LocalAccount {
-        let (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
+        let peer: PeerIdentity, map: IdentityMap
         do {
-            return try ThreadCredentials.impersonate(peer, in: map)
+            (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
         } catch {
+            logger.notice("impersonation refused", metadata: ["fd": "\(fd)", "reason": "\(error)"])
+            throw error
+        }
+        do {
+            let account = try ThreadCredentials.impersonate(peer, in: map)
+            logger.info("impersonating the peer", metadata: [
+                "fd": "\(fd)", "peer-identity": "\(peer)", "account": "\(account.name)", "uid": "\(account.uid)"])
+            return account
+        } catch {
+            logger.notice("impersonation refused", metadata: ["fd": "\(fd)", "peer-identity": "\(peer)", "reason": "\(error)"])
             throw Self.winsockError(error)
         }
     }
@@ -29,6 +40,7 @@ extension SecureSocketEngine {
     public func revertImpersonation() throws(SecureSocketError) {
         do {
             try ThreadCredentials.revert()
+            logger.info("impersonation reverted")
         } catch {
             throw SecureSocketError(.systemCallFailure, "revert: \(error)", errno: error.errno)
         }

@@ -3,6 +3,7 @@ import Foundation
 import Impersonation
 import Glibc
 import Keying
+import Logging
 import Synchronization
 import SystemPackage
 import XFRM
@@ -36,6 +37,9 @@ public final class SecureSocketEngine: Sendable {
         /// Seconds ``SecureSocketEngine/shutdown()`` (run at exit) waits for connected sockets' unsent data to
         /// leave under their SAs before releasing them.
         public var exitDrain: Double = 5
+        /// Where the engine logs its decisions (see ``SecureSocketLogging``); the application's logging system by
+        /// default, `WSS_LOG` for the process-wide engine of the Windows functions.
+        public var logger = Logger(label: "wss.secure-socket")
 
         public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
                     namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2,
@@ -51,6 +55,7 @@ public final class SecureSocketEngine: Sendable {
     }
 
     public let configuration: Configuration
+    var logger: Logger { configuration.logger }
     public let table = EndpointTable()
     /// Peer token handles the queries handed out.
     public let tokens = PeerTokenTable()
@@ -90,7 +95,7 @@ public final class SecureSocketEngine: Sendable {
         if configuration.followEvents, configuration.keying != nil {
             do {
                 let started = try EndpointEventPump(table: table, namespace: configuration.namespace,
-                                                    engine: EngineHooks(engine: self))
+                                                    engine: EngineHooks(engine: self), logger: configuration.logger)
                 pump.withLock { $0 = started }
             } catch {
                 throw SecureSocketError(.systemCallFailure, "XFRM event monitor: \(error)", errno: error.errno)
@@ -126,7 +131,8 @@ public final class SecureSocketEngine: Sendable {
     public static func makeDefaultShared() throws(SecureSocketError) -> SecureSocketEngine {
         try sharedEngine.withLock { (engine) throws(SecureSocketError) -> SecureSocketEngine in
             if let engine { return engine }
-            let keying = try DefaultKeying.make()
+            let keyingLogger = SecureSocketLogging.logger(label: "wss.keying")
+            let keying = try DefaultKeying.make(logger: keyingLogger)
             var map: IdentityMap?
             if FileManager.default.fileExists(atPath: IdentityMapLocation.defaultPath) {
                 do {
@@ -135,8 +141,10 @@ public final class SecureSocketEngine: Sendable {
                     throw SecureSocketError(.invalidArgument, "\(IdentityMapLocation.defaultPath): \(error)")
                 }
             }
-            let created = try SecureSocketEngine(Configuration(negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
-                                                               keying: keying?.backend, identityMap: map))
+            var configuration = Configuration(negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
+                                              keying: keying?.backend, identityMap: map)
+            configuration.logger = SecureSocketLogging.logger(label: "wss.secure-socket")
+            let created = try SecureSocketEngine(configuration)
             engine = created
             // A private charon and the reqid claims must not outlive the process.
             sharedOwner.store(getpid(), ordering: .releasing)
@@ -248,6 +256,9 @@ public final class SecureSocketEngine: Sendable {
             if let reqid { reqids.release(reqid) }
             throw SecureSocketError(.invalidArgument, "security was already set on this socket")
         }
+        logger.debug("socket secured (per-socket policy installed)", metadata: [
+            "fd": "\(fd)", "cookie": "\(facts.cookie)", "reqid": "\(reqid.map(String.init) ?? "none")",
+            "settings": "\(endpoint.summary)"])
         guard let reqid else { return }
         // Nothing is offered to peers yet: a socket becomes a responder (its reqid offered for flows to its
         // port) only once it is seen listening, and an initiator negotiates per flow when it connects.
@@ -359,6 +370,7 @@ public final class SecureSocketEngine: Sendable {
                 let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
                                      localPort: local.port, remote: peer.address, remotePort: peer.port)
                 let negotiated = try keying.negotiate(request, flow: flow, timeout: Self.duration(seconds: timeout))
+                logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
                 keyings.add(negotiated.registration, cookie: facts.cookie)
                 _ = table.handle(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
             } catch let error as SecureSocketError {
@@ -366,9 +378,14 @@ public final class SecureSocketEngine: Sendable {
             } catch let error as KeyingError {
                 let failure = Self.failure(error, expected: request.requiredPeerIdentity, timeout: timeout)
                 _ = table.handle(.failed(failure), cookie: facts.cookie)
+                let metadata: Logger.Metadata = ["fd": "\(fd)", "reqid": "\(reqid)", "peer": "\(peer)",
+                                                 "required-identity": "\(request.requiredPeerIdentity ?? "any")",
+                                                 "reason": "\(failure)"]
                 guard endpoint.machine.allowInsecure else {
+                    logger.notice("connection refused: no SAs for the flow", metadata: metadata)
                     throw SecureSocketError(Self.code(for: error), "\(failure)")
                 }
+                logger.warning("connection falls back to clear text (ALLOW_INSECURE)", metadata: metadata)
                 _ = table.handle(.fellBackToClear, cookie: facts.cookie)
             } catch {
                 throw SecureSocketError(.systemCallFailure, "\(error)")
@@ -610,10 +627,21 @@ public final class SecureSocketEngine: Sendable {
         release(cookie: facts.cookie)
     }
 
+    /// The decision "secured", with what proves it.
+    func logSecured(_ fd: CInt, reqid: UInt32, flow: KeyedFlow, _ protection: KeyedProtection, how: String) {
+        logger.info("connection secured", metadata: [
+            "fd": "\(fd)", "reqid": "\(reqid)", "flow": "\(flow)", "peer-identity": "\(protection.remoteIdentity ?? "?")",
+            "peer-user": "\(protection.remoteUserIdentity ?? "none")",
+            "spi-in": "\(protection.inboundSPI.map { String($0, radix: 16) } ?? "?")",
+            "spi-out": "\(protection.outboundSPI.map { String($0, radix: 16) } ?? "?")",
+            "ike-sa": "\(protection.ikeSAID.map(String.init) ?? "?")", "via": "\(how)"])
+    }
+
     func release(cookie: UInt64) {
         let wasSecured = { if case .secured? = table.endpoint(cookie: cookie)?.state { true } else { false } }()
         _ = table.handle(.closed, cookie: cookie)
         guard let endpoint = table.remove(cookie: cookie) else { return }
+        logger.debug("socket released", metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
         snapshotDirty.store(true, ordering: .releasing)
         // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
         // CHILD_SA. Never an IKE SA other connections use.
@@ -778,6 +806,10 @@ public final class SecureSocketEngine: Sendable {
         func done(_ key: String) { engine?.acquires.remove(key) }
         func succeeded(_ negotiated: Negotiated, flow: KeyedFlow, cookie: UInt64) {
             guard let engine else { return }
+            if let endpoint = engine.table.endpoint(cookie: cookie) {
+                engine.logSecured(endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
+                                  how: "kernel ACQUIRE")
+            }
             guard let endpoint = engine.table.endpoint(cookie: cookie) else {
                 engine.keying?.release(negotiated.registration)   // closed meanwhile
                 return
@@ -790,7 +822,10 @@ public final class SecureSocketEngine: Sendable {
             _ = engine.table.handle(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
         }
         func failed(_ failure: EndpointFailure, cookie: UInt64) {
-            _ = engine?.table.handle(.failed(failure), cookie: cookie)
+            guard let engine else { return }
+            engine.logger.notice("kernel ACQUIRE not satisfied: no SAs for the flow", metadata: [
+                "cookie": "\(cookie)", "reason": "\(failure)"])
+            _ = engine.table.handle(.failed(failure), cookie: cookie)
         }
     }
 
@@ -876,6 +911,7 @@ public final class SecureSocketEngine: Sendable {
         guard !dead.isEmpty else { return }
         for (pid, claims) in Dictionary(grouping: dead, by: \.pid) {
             let ranges = claims.map(\.reqids)
+            logger.notice("reclaiming what a dead process left", metadata: ["pid": "\(pid)", "reqids": "\(ranges)"])
             keying?.reclaim(deadProcess: pid, reqids: ranges)
             let orphans = ((try? xfrm.states()) ?? []).filter { state in ranges.contains { $0.contains(state.reqid) } }
             try? xfrm.deleteStates(orphans.map(\.id))
