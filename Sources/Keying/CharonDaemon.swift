@@ -158,6 +158,8 @@ public final class CharonDaemon: Sendable {
 
     /// Whether charon is still running.
     public var isRunning: Bool { running.withLock { $0.process.isRunning } }
+    /// Whether ``stop()`` ended it on purpose (it is then never started again).
+    public var wasStopped: Bool { stopped.load(ordering: .acquiring) }
 
     /// Starts charon again (same folder, configuration and socket) if it is not running, and waits until it
     /// answers: what a supervisor does for a charon that died. Its SAs in the kernel are untouched; the

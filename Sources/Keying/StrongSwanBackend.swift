@@ -143,7 +143,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                         for try await event in stream { registry.record(event) }
                     } catch {}
                 }
-                guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled else { return }
+                guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled,
+                      self.daemon?.wasStopped != true else { return }
                 self.logger.warning("charon's event stream ended: bringing charon back",
                                     metadata: ["vici": "\(path)", "private": "\(self.daemon != nil)", "retry-in": "\(pause)"])
                 try? await Task.sleep(for: pause)

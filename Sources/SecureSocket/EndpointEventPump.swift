@@ -103,7 +103,21 @@ final class EndpointEventPump: Sendable {
             engine.acquire(reqid: reqid, flow: flow)
         case .statesFlushed:
             resynchronise()
+        case .stateAdded(let state):
+            // A listener's CHILD SA for one accepted connection: its flow is covered from now on (TIME_WAIT).
+            guard state.id.spi != 0, let (flow, reqid) = acceptedFlow(of: state) else { return }
+            engine.acceptedFlowSA(flow, reqid: reqid, spi: state.id.spi, installed: true)
         case .stateDeleted(let state), .expire(let state, hard: true):
+            if state.id.spi != 0, state.selector.upperProtocol == .tcp {
+                // Either orientation may be the tracked one (the listener itself may be gone by now).
+                let s = state.selector
+                for flow in [KeyedFlow(transportProtocol: .tcp, local: s.source, localPort: s.sourcePort,
+                                       remote: s.destination, remotePort: s.destinationPort),
+                             KeyedFlow(transportProtocol: .tcp, local: s.destination, localPort: s.destinationPort,
+                                       remote: s.source, remotePort: s.sourcePort)] {
+                    engine.acceptedFlowSA(flow, reqid: state.reqid, spi: state.id.spi, installed: false)
+                }
+            }
             guard state.id.spi != 0, table.users(of: state.reqid) > 0 else { return }
             // Only the endpoints whose own flow that SA covered (a listener's reqid is shared by all its peers).
             for endpoint in table.endpoints(reqid: state.reqid) where covers(state, endpoint) {
@@ -118,6 +132,26 @@ final class EndpointEventPump: Sendable {
     private func covers(_ state: XFRMState, _ endpoint: Endpoint) -> Bool {
         guard let flow = connectedFlow(endpoint) else { return false }
         return flow.isCovered(by: state.selector, outbound: true) || flow.isCovered(by: state.selector, outbound: false)
+    }
+
+    /// The flow of a flow-exact TCP SA with a secured listener's reqid, seen from this host (the listener's port is
+    /// the local one), with that reqid.
+    private func acceptedFlow(of state: XFRMState) -> (KeyedFlow, UInt32)? {
+        let selector = state.selector
+        guard selector.upperProtocol == .tcp, selector.sourcePort != 0, selector.destinationPort != 0,
+              let port = table.endpoints(reqid: state.reqid).lazy.compactMap({ endpoint -> UInt16? in
+                  guard endpoint.kind == .stream, case .responder(let port) = endpoint.role else { return nil }
+                  return port
+              }).first else { return nil }
+        if selector.sourcePort == port {
+            return (KeyedFlow(transportProtocol: .tcp, local: selector.source, localPort: port, remote: selector.destination,
+                              remotePort: selector.destinationPort), state.reqid)
+        }
+        if selector.destinationPort == port {
+            return (KeyedFlow(transportProtocol: .tcp, local: selector.destination, localPort: port, remote: selector.source,
+                              remotePort: selector.sourcePort), state.reqid)
+        }
+        return nil
     }
 
     private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {

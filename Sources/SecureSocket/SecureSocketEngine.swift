@@ -115,6 +115,9 @@ public final class SecureSocketEngine: Sendable {
             return engine.settleRoles()
         }
         func acquire(reqid: UInt32, flow: KeyedFlow) { engine?.answerAcquire(reqid: reqid, flow: flow) }
+        func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
+            engine?.acceptedFlowSA(flow, reqid: reqid, spi: spi, installed: installed)
+        }
     }
 
     // MARK: - The process-wide engine the C ABI uses
@@ -180,6 +183,9 @@ public final class SecureSocketEngine: Sendable {
         unlink(snapshotFile)
         drainSendQueues(within: configuration.exitDrain)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
+        // Accepted connections' covers end by themselves after TIME_WAIT (the pump that would have seen their
+        // SAs go is stopped).
+        for (flow, reqid) in acceptedFlowReqids() { coverFlow(flow, reqid: reqid, for: Self.closedFlowCover) }
         reqids.releaseAll()
         keying?.shutdown()
     }
@@ -668,6 +674,41 @@ public final class SecureSocketEngine: Sendable {
                              remote: peer.address, remotePort: peer.port)
         keyings.setFlow(cookie: cookie, flow: flow)
         if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil) }
+    }
+
+    /// The SAs (by SPI) of each connection a listener accepted, as the kernel reported them, and the reqid; the
+    /// flow is covered while it has any, and for ``closedFlowCover`` after the last is gone (a rekey adds before it
+    /// deletes).
+    private let acceptedFlows = Mutex<[KeyedFlow: (reqid: UInt32, spis: Set<UInt32>)]>([:])
+
+    /// Takes every tracked accepted flow (at shutdown).
+    private func acceptedFlowReqids() -> [(KeyedFlow, UInt32)] {
+        acceptedFlows.withLock { flows in
+            defer { flows = [:] }
+            return flows.map { ($0.key, $0.value.reqid) }
+        }
+    }
+
+    /// A listener's connection got (`installed`) or lost an SA: the server's side of ``coverFlow(_:reqid:for:)``,
+    /// from the moment its SAs exist, whether or not the application ever hands the accepted socket to the
+    /// library (a server that closes first is the side in `TIME_WAIT`).
+    func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
+        let change = acceptedFlows.withLock { flows -> Bool? in
+            if installed {
+                let first = flows[flow] == nil
+                flows[flow, default: (reqid, [])].spis.insert(spi)
+                return first ? true : nil
+            }
+            guard flows[flow]?.spis.remove(spi) != nil else { return nil }
+            guard flows[flow]?.spis.isEmpty == true else { return nil }
+            flows[flow] = nil
+            return false
+        }
+        switch change {
+        case true?: coverFlow(flow, reqid: reqid, for: nil)
+        case false?: coverFlow(flow, reqid: reqid, for: Self.closedFlowCover)
+        case nil: return
+        }
     }
 
     /// How long a released TCP flow stays covered: `TIME_WAIT` (60 s) and a margin.

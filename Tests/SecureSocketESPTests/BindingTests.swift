@@ -359,6 +359,24 @@ final class BindingTests: XCTestCase {
             XCTAssertEqual(cover.first?.templates.first?.reqid,
                            ends.a.table.endpoint(cookie: first.cookie)?.reqid, "with the socket's reqid")
             XCTAssertEqual(cover.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
+            // The server's side of the same flow is covered too, from the moment its SAs exist, although the
+            // application never handed the accepted socket to the library (a server that closes first is the
+            // side in TIME_WAIT).
+            let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
+            let serverSelector = XFRMSelector.host(ends.pair.addressB4, ends.pair.addressA4, protocol: .tcp,
+                                                   sourcePort: listener.localPort, destinationPort: first.local!.port)
+            func serverCover() throws -> [XFRMPolicy] {
+                try xfrmB.policies().filter { !$0.direction.isSocketPolicy && $0.selector == serverSelector }
+            }
+            var covered: [XFRMPolicy] = []
+            for _ in 0..<100 where covered.isEmpty {
+                covered = try serverCover()
+                if covered.isEmpty { usleep(20_000) }
+            }
+            XCTAssertEqual(covered.count, 1, "the accepted flow's cover on the server")
+            let listenerReqid = try XCTUnwrap(ends.b.table.endpoint(cookie: SocketInspector.cookie(of: listener.fd.rawValue)!)?.reqid)
+            XCTAssertEqual(covered.first?.templates.first?.reqid, listenerReqid, "with the listener's reqid")
+            XCTAssertEqual(covered.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
             XCTAssertNotEqual(views[0].childSAID, views[1].childSAID, "a CHILD SA each")
             let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
             ends.a.release(pairs[0].0.fd.rawValue)
@@ -368,6 +386,14 @@ final class BindingTests: XCTestCase {
             XCTAssertNil(try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA)), "the released connection's SA is gone")
             let after = try xfrm.policies().filter { !$0.direction.isSocketPolicy && $0.selector == outSelector }
             XCTAssertEqual(after.first?.lifetime.hardAddExpiresSeconds, 120, "the cover ends by itself after TIME_WAIT")
+            var serverAfter: [XFRMPolicy] = []
+            for _ in 0..<150 {
+                serverAfter = try serverCover()
+                if serverAfter.first?.lifetime.hardAddExpiresSeconds == 120 { break }
+                usleep(20_000)
+            }
+            XCTAssertEqual(serverAfter.first?.lifetime.hardAddExpiresSeconds, 120,
+                           "the server's cover ends by itself after TIME_WAIT once the flow's SAs are gone")
             for round in 0..<3 {
                 try pairs[1].0.send([UInt8(round)])
                 XCTAssertEqual(try pairs[1].1.receiveExactly(1, timeout: 5), [UInt8(round)])
