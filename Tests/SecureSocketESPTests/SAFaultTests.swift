@@ -161,3 +161,87 @@ extension CharonFlowTests {
         }
     }
 }
+
+extension CharonFlowTests {
+    /// Plain `connect()` retries (the application never calls `WSAConnect`) on ten secured sockets in a row, each
+    /// after charon has installed the SAs of the ones before: every one connects and echoes over its own SAs.
+    func testPlainConnectRetriesOnTenSocketsInARowAllConnect() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            var open: [TestSocket] = []
+            defer { open.forEach { $0.closeAbortively() } }
+            var spis: Set<UInt32> = []
+            for index in 0..<10 {
+                let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                open.append(client)
+                client.setTimeouts(5)
+                try ends.a.setSecurity(client.fd.rawValue)
+                try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
+                let attempts = try client.connect(ends.pair.addressB4, port: listener.localPort, retryFor: 10)
+                XCTAssertGreaterThan(attempts, 1, "socket \(index): the first connect() finds no SA")
+                let accepted = try listener.accept(timeout: 5)
+                open.append(accepted)
+                try client.send([UInt8(index)])
+                XCTAssertEqual(try accepted.receiveExactly(1, timeout: 5), [UInt8(index)], "socket \(index) echoes")
+                var view = try ends.a.query(client.fd.rawValue)
+                for _ in 0..<100 where !view.flags.contains(.secured) {
+                    usleep(20_000)
+                    view = try ends.a.query(client.fd.rawValue)
+                }
+                XCTAssertEqual(view.flags, [.secured, .encrypted], "socket \(index)")
+                if let spi = view.outboundSA?.spi { spis.insert(spi) }
+            }
+            XCTAssertEqual(spis.count, 10, "ten connections, ten SA pairs")
+        }
+    }
+
+    /// charon SIGKILLed while a `WSAConnect` is negotiating: that connect fails closed or succeeds, never in
+    /// clear; the library starts its private charon again and the next connection succeeds within a bound.
+    func testCharonKilledDuringANegotiationFailsClosedAndRecovers() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            defer { client.closeAbortively() }
+            try ends.a.setSecurity(client.fd.rawValue)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
+            let pid = try XCTUnwrap(ends.backendA.daemon?.pid)
+            let killer = Thread { usleep(15_000); kill(pid, SIGKILL) }
+            killer.start()
+            let marker = Array("DURING-KILL-\(UUID().uuidString)".utf8)
+            do {
+                try ends.a.connect(client.fd.rawValue, to: peer)
+                // Negotiated before the kill landed (or again after it): then it is secured.
+                XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted])
+                try? client.send(marker)
+            } catch {
+                XCTAssertNotEqual(client.connectOnce(ends.pair.addressB4, port: listener.localPort), nil,
+                                  "no clear connection after a failed negotiation: \(error)")
+            }
+            let killed = Date()
+            var recovered: TimeInterval?
+            while recovered == nil, Date().timeIntervalSince(killed) < 20 {
+                let next = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+                defer { next.closeAbortively() }
+                try ends.a.setSecurity(next.fd.rawValue)
+                if (try? ends.a.connect(next.fd.rawValue, to: peer, timeout: 5)) != nil {
+                    XCTAssertEqual(try ends.a.query(next.fd.rawValue).flags, [.secured, .encrypted])
+                    recovered = Date().timeIntervalSince(killed)
+                }
+            }
+            let seconds = try XCTUnwrap(recovered, "a new connection within 20 s of the kill")
+            print("a new connection succeeded \(String(format: "%.2f", seconds)) s after charon was killed mid-negotiation")
+            XCTAssertNotEqual(ends.backendA.daemon?.pid, pid, "the library started charon again")
+            capture.stop()
+            let analysis = try capture.analyse(markers: [marker])
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+        }
+    }
+}
