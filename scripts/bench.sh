@@ -10,24 +10,11 @@
 #    GETSA; 10,000 set-security + close cycles and what is left) under user-mode-linux. Ratios ours / baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=/opt/swift/usr/bin:$PATH
+source scripts/lib.sh
 scripts/install-deps.sh
-# Build quietly (no progress lines), but stop on a failed build instead of running a stale binary.
-build() {
-  local log
-  log=$(mktemp)
-  if ! swift build -c release --product "$1" >"$log" 2>&1; then
-    cat "$log" >&2
-    rm -f "$log"
-    echo "bench.sh: building $1 failed" >&2
-    exit 1
-  fi
-  grep -Ev '^\[[0-9]+/[0-9]+\]' "$log" || true
-  rm -f "$log"
-}
-build xfrm-bench
-build secure-socket-bench
-build secure-echo
+for product in xfrm-bench secure-socket-bench secure-echo; do
+  build -c release --product "$product"
+done
 bin=$(swift build -c release --show-bin-path)/xfrm-bench
 ssb=$(swift build -c release --show-bin-path)/secure-socket-bench
 "$bin" policies "$@"

@@ -7,13 +7,10 @@
 # non-zero if one did not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=/opt/swift/usr/bin:$PATH
+source scripts/lib.sh
 scripts/install-deps.sh
 for product in secure-echo wss-inspect wss-demo; do
-  swift build -c release --product "$product" 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]' || true
+  build -c release --product "$product"
 done
 bin=$(swift build -c release --show-bin-path)
-for product in secure-echo wss-inspect wss-demo; do
-  [[ -x $bin/$product ]] || { echo "build of $product failed" >&2; exit 1; }
-done
 exec scripts/uml/run.sh --timeout 300 -- "$bin/wss-demo" --binaries "$bin" "$@"

@@ -4,7 +4,7 @@
 # user-mode-linux) from the built products. Set CI=true to make unreachable tiers fail, not skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH=/opt/swift/usr/bin:$PATH
+source scripts/lib.sh
 scripts/install-deps.sh
 
 # C lives in CModules/ only.
@@ -15,9 +15,9 @@ netns_before=$(ip netns list 2>/dev/null | sort || true)
 xfrm_before=$( (ip xfrm state; ip xfrm policy) 2>/dev/null | md5sum)
 
 start=$(date +%s)
-swift build --build-tests 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]' || { echo "build failed" >&2; exit 1; }
+build --build-tests
 # The C ABI library the C sample programs link against (tier 3 compiles them with gcc).
-swift build --product WinsockSecureSocket 2>&1 | grep -Ev '^\[[0-9]+/[0-9]+\]' || { echo "build failed" >&2; exit 1; }
+build --product WinsockSecureSocket
 echo "build: $(( $(date +%s) - start )) s"
 
 summary=()
