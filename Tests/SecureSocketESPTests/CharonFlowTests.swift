@@ -22,8 +22,12 @@ final class CharonFlowTests: XCTestCase {
         let backendB: StrongSwanBackend
         let folders: [String]
         let certificates: TestCertificates?
+        /// With `systemCharons`: the charons the test runs itself, as a system's supervisor would (the backends
+        /// only connect to their VICI sockets and never start or stop them).
+        let systemCharons: [CharonDaemon]
 
-        init(auth: Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:]) throws {
+        init(auth: Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:],
+             systemCharons: Bool = false) throws {
             pair = try NamespacePair(prefix: "cf")
             folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString)").path }
             var random = SystemRandomNumberGenerator()
@@ -43,8 +47,16 @@ final class CharonFlowTests: XCTestCase {
                         authorities: [try made.authority()]), eapUsers: name == identityOfB ? usersOfB : [:])
                 }
             }
-            backendA = try StrongSwanBackend.systemOrPrivate(credentials: credentials("a.example"), namespace: pair.a.namespace)
-            backendB = try StrongSwanBackend.systemOrPrivate(credentials: credentials(identityOfB), namespace: pair.b.namespace)
+            if systemCharons {
+                let daemons = try [pair.a.namespace, pair.b.namespace].map { try CharonDaemon(namespace: $0) }
+                self.systemCharons = daemons
+                backendA = try StrongSwanBackend(vici: try VICIClient(path: daemons[0].socketPath), credentials: credentials("a.example"))
+                backendB = try StrongSwanBackend(vici: try VICIClient(path: daemons[1].socketPath), credentials: credentials(identityOfB))
+            } else {
+                self.systemCharons = []
+                backendA = try StrongSwanBackend.systemOrPrivate(credentials: credentials("a.example"), namespace: pair.a.namespace)
+                backendB = try StrongSwanBackend.systemOrPrivate(credentials: credentials(identityOfB), namespace: pair.b.namespace)
+            }
             a = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backendA, reqidDirectory: folders[0],
                                              namespace: pair.a.namespace))
             b = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backendB, reqidDirectory: folders[1],
@@ -54,6 +66,9 @@ final class CharonFlowTests: XCTestCase {
         func close() {
             backendA.daemon?.stop()
             backendB.daemon?.stop()
+            backendA.shutdown()
+            backendB.shutdown()
+            systemCharons.forEach { $0.stop() }
             pair.remove()
             certificates?.remove()
             for folder in folders { try? FileManager.default.removeItem(atPath: folder) }

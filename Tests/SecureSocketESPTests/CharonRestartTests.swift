@@ -80,3 +80,58 @@ final class CharonRestartTests: XCTestCase {
         }
     }
 }
+
+extension CharonRestartTests {
+    /// A system charon (one the library only connects to) killed with SIGKILL and started again by its
+    /// supervisor (here the test, after half a second): established connections keep flowing over their kernel
+    /// SAs, new connections fail closed while it is down, and once it is back the backend loads its
+    /// credentials, the responder conn and the listener's children into it again, so new connections succeed.
+    func testASystemCharonStartedAgainByItsSupervisorGetsTheStateBack() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Ends(auth: .psk, systemCharons: true)
+            defer { ends.close() }
+            XCTAssertNil(ends.backendB.daemon, "the backend does not own this charon")
+            let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                                            file: FileManager.default.temporaryDirectory
+                                                .appendingPathComponent("sc-\(UUID().uuidString).pcap").path)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            defer { listener.closeAbortively() }
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let first = try ends.namedConnection(to: peer, through: listener)
+            defer { first.0.closeAbortively(); first.1.closeAbortively() }
+            let marker = Array("SYSTEM-\(UUID().uuidString)".utf8)
+
+            let server = ends.systemCharons[1]
+            kill(server.pid, SIGKILL)
+            let killed = Date()
+            try first.0.send(marker)
+            XCTAssertEqual(try first.1.receiveExactly(marker.count, timeout: 5), marker, "flows while charon is down")
+            // While it is down: a new connection is refused (no SAs), never connected in clear.
+            let during = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
+            defer { during.closeAbortively() }
+            try ends.a.setSecurity(during.fd.rawValue)
+            XCTAssertThrowsError(try ends.a.connect(during.fd.rawValue, to: peer, timeout: 1))
+
+            usleep(500_000)
+            try server.restart()   // the supervisor
+            var resynced: TimeInterval?
+            while resynced == nil, Date().timeIntervalSince(killed) < 15 {
+                if ends.backendB.resyncs > 0 { resynced = Date().timeIntervalSince(killed) } else { usleep(20_000) }
+            }
+            let back = try XCTUnwrap(resynced, "the backend reloaded its state into the restarted charon")
+            let started = Date()
+            let fresh = try ends.namedConnection(to: peer, through: listener)
+            defer { fresh.0.closeAbortively(); fresh.1.closeAbortively() }
+            print("system charon killed: state reloaded \(String(format: "%.2f", back)) s after the kill (restarted"
+                  + " at 0.5 s); a new connection then took \(String(format: "%.2f", Date().timeIntervalSince(started))) s")
+            try fresh.0.send(marker)
+            XCTAssertEqual(try fresh.1.receiveExactly(marker.count, timeout: 5), marker)
+            XCTAssertEqual(try ends.b.query(fresh.1.fd.rawValue).flags, [.secured, .encrypted])
+            capture.stop()
+            let analysis = try capture.analyse(markers: [marker])
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+        }
+    }
+}
