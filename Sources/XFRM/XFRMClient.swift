@@ -77,12 +77,7 @@ public final class XFRMClient: Sendable {
                     if message.flags & _NLM_F_DUMP_INTR != 0 { interrupted = true }
                     switch message.type {
                     case _NLMSG_DONE:
-                        if message.payload.count >= 4 {
-                            let status = message.payload.loadStruct(Int32.self)
-                            if status < 0 {
-                                throw XFRMError(.kernelRejected, operation: operation, errno: Errno(rawValue: -status))
-                            }
-                        }
+                        try Self.throwIfDumpFailed(message, operation: operation)
                         return true
                     case _NLMSG_ERROR:
                         try Self.throwIfError(message, operation: operation)
@@ -172,6 +167,15 @@ public final class XFRMClient: Sendable {
         guard sequences.contains(message.sequence) else {
             throw XFRMError(.sequenceMismatch, operation: operation,
                             detail: "reply sequence \(message.sequence), expected \(sequences)")
+        }
+    }
+
+    /// Reads the status an `NLMSG_DONE` ends a dump with; throws the kernel's errno when it is negative.
+    static func throwIfDumpFailed(_ message: NetlinkMessage, operation: String) throws(XFRMError) {
+        guard message.payload.count >= 4 else { return }
+        let status = message.payload.loadStruct(Int32.self)
+        if status < 0 {
+            throw XFRMError(.kernelRejected, operation: operation, errno: Errno(rawValue: -status))
         }
     }
 
