@@ -5,7 +5,9 @@ import SecureSocket
 
 /// Reading the Windows-layout structs a C caller passes, with the length rules of winsock-spec.md §5.
 /// Offsets come from the C declarations in CModules/CSecureSocketABI (pinned by `_Static_assert`).
-enum WindowsStructs {
+/// The four readers are `package` for the fuzz targets and their replay tests (`Fuzzing/`): each takes the
+/// caller's pointer and length exactly as the C entry points receive them.
+package enum WindowsStructs {
     static let settingsSize = MemoryLayout<SOCKET_SECURITY_SETTINGS>.size              // 8
     static let ipsecSettingsSize = MemoryLayout<SOCKET_SECURITY_SETTINGS_IPSEC>.size   // 88
     static let ipsecStringsOffset = 84
@@ -24,7 +26,8 @@ enum WindowsStructs {
     }
 
     /// `SOCKET_SECURITY_SETTINGS` or, for protocol IPSEC with a long enough buffer, `SOCKET_SECURITY_SETTINGS_IPSEC`.
-    static func settings(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError) -> SocketSecuritySettings {
+    package static func settings(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
+        -> SocketSecuritySettings {
         guard let pointer else { return .default }
         let length = Int(length)
         guard length >= settingsSize else {
@@ -62,7 +65,8 @@ enum WindowsStructs {
 
     /// `SOCKET_PEER_TARGET_NAME`. The string length is taken as bytes (the documentation) unless that does not
     /// fit while a character count does (what Microsoft's own sample stores): see winsock-spec.md §6.1.
-    static func peerTargetName(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError) -> SocketPeerTargetName {
+    package static func peerTargetName(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
+        -> SocketPeerTargetName {
         guard let pointer else { throw SecureSocketError(.fault, "PeerTargetName is NULL") }
         let length = Int(length)
         guard length >= peerNameStringOffset else {
@@ -96,7 +100,8 @@ enum WindowsStructs {
     }
 
     /// A `struct sockaddr` argument.
-    static func address(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError) -> SocketEndpointAddress {
+    package static func address(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
+        -> SocketEndpointAddress {
         guard let pointer else { throw SecureSocketError(.fault, "PeerAddr is NULL") }
         guard length >= 2 else { throw SecureSocketError(.messageSize, "PeerAddrLen \(length)") }
         let family = Int32(pointer.loadUnaligned(as: UInt16.self))
@@ -112,7 +117,8 @@ enum WindowsStructs {
     }
 
     /// `SOCKET_SECURITY_QUERY_TEMPLATE[_IPSEC2]`; nil pointer → nil template.
-    static func queryTemplate(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError) -> SocketSecurityQueryTemplate? {
+    package static func queryTemplate(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
+        -> SocketSecurityQueryTemplate? {
         guard let pointer else { return nil }
         let length = Int(length)
         guard length >= queryTemplateSize else {
