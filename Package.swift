@@ -140,6 +140,21 @@ let package = Package(
         .testTarget(name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
+        // Fuzzing (README "Fuzzing", scripts/fuzz.sh): what each fuzz target does with one input, shared by the
+        // libFuzzer executables below and by the tier-1 replay of the committed seeds and crash inputs.
+        .target(name: "FuzzTargets",
+                dependencies: ["Keying", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer"],
+                path: "Fuzzing/FuzzTargets"),
+        // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
+        .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
+        .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),
     ],
     swiftLanguageModes: [.v6]
 )
+
+// One executable per fuzz target, `fuzz-NAME` (Fuzzing/Targets/fuzz-NAME): libFuzzer's entry point, and a replay
+// `main` when built without `-sanitize=fuzzer` (so a plain `swift build` builds them like any other executable).
+let fuzzTargets = ["vici", "netlink", "windows-structs", "keying-file", "identity-map", "static-keys"]
+package.targets += fuzzTargets.map {
+    .executableTarget(name: "fuzz-\($0)", dependencies: ["FuzzTargets"], path: "Fuzzing/Targets/fuzz-\($0)")
+}
