@@ -174,6 +174,8 @@ public final class XFRMClient: Sendable {
     static func throwIfDumpFailed(_ message: NetlinkMessage, operation: String) throws(XFRMError) {
         guard message.payload.count >= 4 else { return }
         let status = message.payload.loadStruct(Int32.self)
+        // -Int32.min does not exist (and is no errno): not something the kernel sends.
+        guard status != .min else { throw .malformed(operation, "NLMSG_DONE status \(status)") }
         if status < 0 {
             throw XFRMError(.kernelRejected, operation: operation, errno: Errno(rawValue: -status))
         }
@@ -183,6 +185,8 @@ public final class XFRMClient: Sendable {
     static func throwIfError(_ message: NetlinkMessage, operation: String) throws(XFRMError) {
         let header = try message.payload.loadHeader(nlmsgerr.self, operation: operation)
         guard header.error != 0 else { return }
+        // -Int32.min does not exist (and is no errno): not something the kernel sends.
+        guard header.error != .min else { throw .malformed(operation, "NLMSG_ERROR error \(header.error)") }
         var kernelMessage: String?
         if message.flags & _NLM_F_ACK_TLVS != 0 {
             // With NETLINK_CAP_ACK the original request is not echoed: only its header follows the error.
