@@ -43,6 +43,9 @@ for target in "${targets[@]}"; do
 done
 [[ $seconds =~ ^[0-9]*$ && $budget =~ ^[0-9]+$ ]] || { echo "fuzz.sh: seconds must be whole numbers" >&2; exit 2; }
 
+# libFuzzer reports traps itself (input saved, stack symbolized, "Swift runtime failure: ..." among the frames);
+# Swift's own backtracer would run first and trip AddressSanitizer while reading the crashed process.
+export SWIFT_BACKTRACE=enable=no
 stage_start=$(date +%s)
 # -DFUZZING selects libFuzzer's driver as the targets' main (Fuzzing/FuzzTargets/FuzzTarget.swift); lld because
 # gold fails on these links ("internal error in format_file_lineno").
@@ -95,7 +98,9 @@ for target in "${targets[@]}"; do
   line+=" (units/bytes; ${seeds} committed seeds), exit ${rc}"
   if (( rc != 0 || found > 0 )); then
     status=1
-    line+=" -- FAILED: $(grep -m1 -E 'ERROR: |Fatal error|SUMMARY' "$log" || echo "see $log")"
+    reason=$(grep -m1 -oE 'Swift runtime failure: [^/]*|Fatal error: .*' "$log" \
+      || grep -m1 -oE '(ERROR|SUMMARY): .*' "$log" || echo "see $log")
+    line+=" -- FAILED: $reason"
     for file in $saved; do line+=$'\n'"    input saved: $file"; done
     echo "--- $target: tail of $log"
     tail -30 "$log"
