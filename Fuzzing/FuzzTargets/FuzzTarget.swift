@@ -35,7 +35,7 @@ public struct FuzzTarget: Sendable {
     /// Every target, in the order `scripts/fuzz.sh` runs them.
     public static let all: [FuzzTarget] = [.vici, .netlink, .windowsStructs, .keyingFile, .identityMap, .staticKeys]
 
-    /// Checks `bytes` (a copy is what the parser sees, so the replay sees exactly what libFuzzer saw).
+    /// Checks one input held in an array (the replay's form; libFuzzer's goes through ``fuzzOne(_:_:)``).
     public func check(_ bytes: [UInt8]) -> Outcome {
         bytes.withUnsafeBytes { check($0) }
     }
