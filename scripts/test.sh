@@ -48,6 +48,17 @@ run_tier "tier 2 (host kernel)" 'KernelTests\.' || status=1
 # Tier 3: each test boots a user-mode-linux kernel of its own, so two run at once (one per core).
 run_tier "tier 3 (ESP under user-mode-linux)" 'ESPTests\.' --parallel --num-workers 2 || status=1
 
+# Fuzzing: every parser of untrusted bytes under libFuzzer with AddressSanitizer, a bounded stage (its own build
+# with -sanitize=fuzzer,address, then the fuzzing time split between the targets); any crash fails CI.
+fuzz_start=$(date +%s)
+echo "=== fuzzing (scripts/fuzz.sh --ci) ==="
+if scripts/fuzz.sh --ci; then
+  summary+=("fuzzing: no crash, $(( $(date +%s) - fuzz_start )) s")
+else
+  summary+=("fuzzing: FAILED, $(( $(date +%s) - fuzz_start )) s")
+  status=1
+fi
+
 # The demo's own claims (README's main command), from the debug build: fails if one does not hold.
 demo_start=$(date +%s)
 echo "=== demo (wss-demo under user-mode-linux) ==="
