@@ -245,3 +245,43 @@ extension CharonFlowTests {
         }
     }
 }
+
+extension CharonFlowTests {
+    /// A server that closes an accepted connection first (never handing it to the library) and then gets data
+    /// from the client answers with a RST from the kernel's control socket, which carries no per-socket policy:
+    /// the accepted flow's cover (installed when its SAs appeared) sends that RST under ESP, never in clear.
+    func testAServerThatClosesFirstAnswersLateDataUnderESP() throws {
+        try inESPKernel(self) {
+            let ends = try Ends(auth: .psk)
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            defer { listener.closeAbortively() }
+            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let (client, accepted) = try ends.namedConnection(to: peer, through: listener)
+            defer { client.closeAbortively() }
+            let hello = Array("HELLO-\(UUID().uuidString)".utf8)
+            try client.send(hello)
+            XCTAssertEqual(try accepted.receiveExactly(hello.count, timeout: 5), hello)
+            accepted.close()                        // the server closes first: FIN, then FIN_WAIT2 (orphaned)
+            XCTAssertEqual(try client.receive(timeout: 5), [], "the client sees the server's FIN")
+            let late = Array("LATE-\(UUID().uuidString)".utf8)
+            try client.send(late)                   // answered by a RST from the control socket
+            var reset = false
+            for _ in 0..<150 where !reset {
+                // A RST in CLOSE_WAIT sets EPIPE (elsewhere ECONNRESET) as the socket's error.
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(client.fd.rawValue, SOL_SOCKET, SO_ERROR, &error, &length)
+                reset = error == EPIPE || error == ECONNRESET
+                if !reset { usleep(20_000) }
+            }
+            XCTAssertTrue(reset, "the server's RST reached the client (under ESP)")
+            capture.stop()
+            let analysis = try capture.analyse(markers: [hello, late])
+            XCTAssertEqual(analysis.plainTCPPackets, 0, "no clear segment, the RST included: \(analysis.summary)")
+            XCTAssertFalse(analysis.markerFound)
+        }
+    }
+}
