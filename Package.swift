@@ -76,7 +76,7 @@ let package = Package(
             dependencies: ["XFRM", "ALE", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
-        .target(name: "TierTesting", dependencies: ["NetnsTestSupport"]),
+        .target(name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
         // C: static inline wrappers for the raw per-thread credential system calls (glibc's broadcast to all threads).
         .systemLibrary(name: "CThreadCredentials", path: "CModules/CThreadCredentials"),
         // Per-thread impersonation of authenticated peers: the identity map and the credential switch.
@@ -97,6 +97,7 @@ let package = Package(
                 "SecureSocket", "WinsockSecureSocket", "Keying", "ALE", "XFRM", "NetnsTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

@@ -1,6 +1,18 @@
 import Foundation
+import Logging
 import NetnsTestSupport
 import XCTest
+
+/// The library's decision logs in tests: `notice` and worse (refusals, fallbacks, restarts) on stderr, so that
+/// hundreds of secured connections do not flood the output; `WSS_TEST_LOG=info` (or any level) shows more.
+private let testLogging: Void = {
+    let level = ProcessInfo.processInfo.environment["WSS_TEST_LOG"].flatMap(Logger.Level.init(rawValue:)) ?? .notice
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}()
 
 /// Raised after a failure has been recorded, to end a test that cannot reach its tier under CI.
 public struct TierUnavailable: Error, CustomStringConvertible {
@@ -9,6 +21,7 @@ public struct TierUnavailable: Error, CustomStringConvertible {
 
 /// Ends the test unless `tier` is reachable: a loud skip locally, a failure when `CI=true`.
 public func requireTier(_ tier: TestTier, file: StaticString = #filePath, line: UInt = #line) throws {
+    _ = testLogging
     let reason: String? = switch tier {
     case .unit: nil
     case .hostKernel: TierProbe.hostKernelUnavailableReason
@@ -33,6 +46,7 @@ private func unreachable(_ tier: TestTier, _ reason: String, file: StaticString,
 /// same test binary runs unchanged), then checks that it passed there.
 public func inESPKernel(_ testCase: XCTestCase, timeout: Int = 300, file: StaticString = #filePath,
                         line: UInt = #line, _ body: () throws -> Void) throws {
+    _ = testLogging
     if TierProbe.espUnavailableReason == nil {
         try body()
         return

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Logging
 
 /// Benchmarks of the secure-socket layer (not tests). Each prints its figures and the ratio against a named
 /// baseline measured in the same run, with medians over repetitions:
@@ -14,4 +15,14 @@ struct SecureSocketBench: ParsableCommand {
         commandName: "secure-socket-bench",
         abstract: "Benchmarks of the secure-socket layer (not tests): figures and ratios against a baseline measured in the same run.",
         subcommands: [WarmPath.self, QueryBench.self, FirstContact.self, NewConnection.self])
+
+    static func main() {
+        // The engines log a line per connection at info: warnings and worse only, or the writes cost the figures.
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+        main(nil)
+    }
 }
