@@ -27,6 +27,7 @@ extension SecureEcho {
             // The library's per-connection memory: resident size after the first connection (which pays what is
             // made once: the engine, its charon session and threads, the IKE SA) and after the last.
             var residentBefore = 0
+            var residentHalfway = 0
             let started = Date()
             for index in 0..<connections {
                 let s = socket(server.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -42,6 +43,7 @@ extension SecureEcho {
                 var timeout = timeval(tv_sec: 10, tv_usec: 0)
                 setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
                 sockets.append(s)
+                if index == connections / 2 { residentHalfway = Self.residentKiB("RssAnon") }
                 if index == 0 {
                     residentBefore = Self.residentKiB("RssAnon")
                     print("after the first connection: " + Self.status(["RssAnon", "RssFile", "Threads"]))
@@ -55,6 +57,10 @@ extension SecureEcho {
             // once, not per connection.
             print("resident: \(residentBefore) KiB anonymous after the first connection, \(residentAfter) KiB after the"
                   + " last: \((residentAfter - residentBefore) * 1024 / max(1, connections - 1)) bytes per held connection")
+            // The second half alone: what one more connection costs once the tables and allocator have grown.
+            let secondHalf = connections - 1 - connections / 2
+            print("marginal: \((residentAfter - residentHalfway) * 1024 / max(1, secondHalf)) bytes per held connection"
+                  + " over the second half (\(secondHalf) connections)")
             print("status: " + Self.status(["RssAnon", "RssFile", "Threads", "VmStk"]))
             fflush(nil)
             var echoed = 0
