@@ -44,11 +44,14 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // Linux process facts several layers need (who owns a file left behind, and whether it still runs).
+        .target(name: "SystemSupport"),
         // Keying: strongSwan's charon driven over VICI, and a private charon per namespace.
         .target(
             name: "Keying",
             dependencies: [
                 "XFRM",
+                "SystemSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
@@ -56,7 +59,7 @@ let package = Package(
             ]
         ),
         // Application layer enforcement: the endpoint table and each endpoint's state machine.
-        .target(name: "ALE", dependencies: ["XFRM", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "ALE", dependencies: ["XFRM", "SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
         // The idiomatic Swift API over XFRM, ALE and keying.
         .target(
             name: "SecureSocket",

@@ -1,6 +1,7 @@
 import Glibc
 import Synchronization
 import SystemPackage
+import SystemSupport
 import XFRM
 
 /// Hands out XFRM request ids that no other user of the library in the same network namespace holds.
@@ -172,7 +173,7 @@ public final class ReqidAllocator: Sendable {
         for _ in 0..<2 {
             let fd = open(file, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
             if fd >= 0 {
-                let text = "\(getpid()) \(ProcessIdentity.startTime(of: getpid()) ?? 0)\n"
+                let text = "\(ProcessIdentity.current)\n"
                 _ = text.withCString { write(fd, $0, strlen($0)) }
                 close(fd)
                 return true
@@ -187,47 +188,5 @@ public final class ReqidAllocator: Sendable {
             unlink(file)
         }
         return false
-    }
-}
-
-/// A process as a claim file records it: its pid and its start time (clock ticks after boot, field 22 of
-/// `/proc/<pid>/stat`), so a pid the system has since given to another process is not taken for the owner.
-struct ProcessIdentity: Equatable {
-    var pid: pid_t
-    var startTime: UInt64
-
-    /// Reads `pid startTime` (a bare pid, from older claims, counts with start time 0: pid only).
-    init?(file: String) {
-        let fd = open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let n = read(fd, &buffer, buffer.count)
-        guard n > 0 else { return nil }
-        let words = String(decoding: buffer.prefix(n), as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
-        guard let first = words.first, let pid = pid_t(first) else { return nil }
-        self.pid = pid
-        self.startTime = words.count > 1 ? UInt64(words[1]) ?? 0 : 0
-    }
-
-    /// Whether that very process still runs.
-    var isRunning: Bool {
-        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-        guard startTime != 0, let now = Self.startTime(of: pid) else { return true }
-        return now == startTime
-    }
-
-    /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name, which may hold spaces).
-    static func startTime(of pid: pid_t) -> UInt64? {
-        let fd = open("/proc/\(pid)/stat", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        let n = read(fd, &buffer, buffer.count)
-        guard n > 0, let close = buffer.prefix(n).lastIndex(of: UInt8(ascii: ")")) else { return nil }
-        let fields = String(decoding: buffer[(close + 1)..<n], as: UTF8.self).split(separator: " ")
-        // fields[0] is field 3 (state); start time is field 22.
-        guard fields.count > 19 else { return nil }
-        return UInt64(fields[19])
     }
 }

@@ -19,6 +19,9 @@ import XFRM
 /// `init` returns once `version` answers on the socket (bounded by ``Options/readyTimeout``); a charon that
 /// exits or does not answer is killed, its folder removed, and the error carries the tail of its log.
 /// ``stop()`` (also run by `deinit`) sends SIGTERM, waits, then SIGKILL, reaps, and deletes the folder.
+/// A process that dies without ``stop()`` takes its charon with it (the parent-death signal) and leaves the
+/// folder; the next daemon started in the same temporary directory, boot and pid namespace removes it
+/// (``reclaimedFolders``).
 public final class CharonDaemon: Sendable {
     /// How to run charon.
     public struct Options: Sendable {
@@ -48,10 +51,18 @@ public final class CharonDaemon: Sendable {
         public var commandTimeout: Duration = .seconds(10)
         /// How long SIGTERM may take before SIGKILL.
         public var stopGrace: Duration = .seconds(5)
-        /// The parent of the private folder (must not be under `/run`, which charon's mount namespace hides).
-        public var temporaryDirectory = "/tmp"
+        /// The parent of the private folder (must not be under `/run`, which charon's mount namespace hides):
+        /// `TMPDIR` if it is set to a plain absolute path, else `/tmp`.
+        public var temporaryDirectory = Options.defaultTemporaryDirectory
 
         public init() {}
+
+        static var defaultTemporaryDirectory: String {
+            guard let value = ProcessInfo.processInfo.environment["TMPDIR"], value.hasPrefix("/"), !value.hasPrefix("/run"),
+                  !value.hasPrefix("/var/run"), value.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) })
+            else { return "/tmp" }
+            return value.count > 1 && value.hasSuffix("/") ? String(value.dropLast()) : value
+        }
     }
 
     /// The plugins every default load list has: software crypto that Debian's `libstrongswan` ships (AES,
@@ -81,7 +92,8 @@ public final class CharonDaemon: Sendable {
 
     /// The namespace charon runs in.
     public let namespace: NetworkNamespace
-    /// The private folder: `strongswan.conf`, `charon.vici`, `charon.log`.
+    /// The private folder: `strongswan.conf`, `charon.vici`, `charon.log`, and `owner` (who made it, and the
+    /// charon it runs, so that the next daemon can remove it if this process dies without ``stop()``).
     public let folder: String
     public let configPath: String
     public let socketPath: String
@@ -98,6 +110,9 @@ public final class CharonDaemon: Sendable {
     public let version: CharonVersion
     /// A client on the private socket.
     public let vici: VICIClient
+    /// The folders of dead owners this start removed from ``Options/temporaryDirectory`` (a process killed before
+    /// it could ``stop()`` its charon leaves one), with the orphaned charon killed if one still ran.
+    public let reclaimedFolders: [String]
 
     private struct Running {
         var process: ChildProcess
@@ -109,6 +124,7 @@ public final class CharonDaemon: Sendable {
     private let stopped = Atomic<Bool>(false)
     private let grace: Duration
     private let options: Options
+    private let privateFolder: CharonFolder
 
     /// Starts charon in `namespace` and waits until it answers on its VICI socket.
     public init(namespace: NetworkNamespace, options: Options = Options()) throws(VICIError) {
@@ -119,7 +135,10 @@ public final class CharonDaemon: Sendable {
         guard FileManager.default.isExecutableFile(atPath: options.charonPath) else {
             throw VICIError(.daemonUnavailable, command: command, detail: "\(options.charonPath) is not installed")
         }
-        let folder = try Self.makeFolder(in: options.temporaryDirectory, command: command)
+        reclaimedFolders = CharonFolder.reclaimAbandoned(in: options.temporaryDirectory).map(\.path)
+        let privateFolder = try CharonFolder.make(in: options.temporaryDirectory, command: command)
+        self.privateFolder = privateFolder
+        let folder = privateFolder.path
         self.folder = folder
         configPath = folder + "/strongswan.conf"
         socketPath = folder + "/charon.vici"
@@ -141,6 +160,7 @@ public final class CharonDaemon: Sendable {
                                                          "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"],
                                            outputPath: logPath, command: command)
             started = process
+            try privateFolder.noteCharon(pid: process.pid, command: command)
             let (client, version) = try Self.waitUntilReady(process: process, socketPath: socketPath,
                                                             logPath: logPath, options: options, command: command)
             startupDuration = begin.duration(to: .now)
@@ -149,7 +169,7 @@ public final class CharonDaemon: Sendable {
             self.version = version
         } catch {
             started?.terminate(grace: .milliseconds(500))
-            try? FileManager.default.removeItem(atPath: folder)
+            privateFolder.remove()
             throw error
         }
     }
@@ -178,6 +198,7 @@ public final class CharonDaemon: Sendable {
                                                          "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"],
                                            outputPath: logPath, command: command)
             do throws(VICIError) {
+                try privateFolder.noteCharon(pid: process.pid, command: command)
                 _ = try Self.waitUntilReady(process: process, socketPath: socketPath, logPath: logPath, options: options,
                                             command: command)
             } catch {
@@ -197,7 +218,7 @@ public final class CharonDaemon: Sendable {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         vici.disconnect()
         running.withLock { $0.process.terminate(grace: grace) }
-        try? FileManager.default.removeItem(atPath: folder)
+        privateFolder.remove()
     }
 
     /// A new event stream on this charon's socket (its own connection).
@@ -233,20 +254,6 @@ public final class CharonDaemon: Sendable {
     }
 
     // MARK: - Starting
-
-    static func makeFolder(in parent: String, command: String) throws(VICIError) -> String {
-        guard parent.hasPrefix("/"), !parent.hasPrefix("/run"), !parent.hasPrefix("/var/run"),
-              parent.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) }) else {
-            throw .invalid(command, "temporary directory \(parent) must be absolute, outside /run, and plain")
-        }
-        var template = Array("\(parent)/charon-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { buffer -> Bool in
-            guard let base = buffer.baseAddress else { return false }
-            return mkdtemp(base) != nil
-        }
-        guard made else { throw .syscall(command, "mkdtemp in \(parent)", errno: .init(rawValue: errno)) }
-        return String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
 
     /// The `strongswan.conf` for one private charon.
     static func configuration(options: Options, plugins: [String], socketPath: String) -> String {

@@ -99,6 +99,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         self.vici = vici
         self.daemon = daemon
         self.credentials = credentials
+        for folder in daemon?.reclaimedFolders ?? [] {
+            logger.notice("removed the private charon folder of a process that died without stopping its charon",
+                          metadata: ["folder": "\(folder)"])
+        }
         // pid + instance: unique among every process and backend sharing one charon.
         self.prefix = "wss\(getpid())x\(Self.instances.wrappingAdd(1, ordering: .relaxed).oldValue)"
         if case .certificate(_, _, let authorities) = credentials.method {

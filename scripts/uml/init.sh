@@ -117,9 +117,13 @@ echo "$run/bin/modprobe" >/proc/sys/kernel/modprobe
 trap - ERR
 set +e
 (
+  mkdir -p "$run/tmp"
   path=$PATH
   for v in $(compgen -e); do unset "$v"; done
-  export PATH=$path HOME=/root TERM=dumb UML_INSIDE=1 UML_RUN_DIR=$run
+  # Temporary files go to the run folder, which run.sh removes: whatever the
+  # command's processes leave when the kernel powers off under them (a
+  # private charon's folder, captures) never stays in the host's /tmp.
+  export PATH=$path HOME=/root TERM=dumb UML_INSIDE=1 UML_RUN_DIR=$run TMPDIR=$run/tmp
   for a in "${UML_ENV[@]}"; do export "${a?}"; done
   cd "$UML_CWD" || exit 125
   exec "${UML_CMD[@]}"

@@ -33,7 +33,9 @@
 # Inside UML / is the host's / (hostfs, read-write!), so init.sh mounts
 # tmpfs on /run (ip netns) and /lib/modules, devtmpfs on /dev, and writes
 # nothing outside the run folder.  UML's own state dir (uml_dir=, normally
-# ~/.uml) also lives in the run folder, which is removed on exit.  UML and
+# ~/.uml) also lives in the run folder, which is removed on exit, and so
+# does the command's TMPDIR (<run>/tmp): what its processes leave when the
+# kernel powers off under them goes with the folder.  UML and
 # all its host helper processes share the process group created by
 # `timeout`, which is killed on timeout or when we are interrupted.
 #
