@@ -21,8 +21,6 @@ public struct SocketFacts: Hashable, Sendable {
     public var peer: SocketEndpointAddress?
     /// Whether `listen()` was called (`SO_ACCEPTCONN`).
     public var isListening: Bool
-    /// Whether the descriptor is in non-blocking mode (`O_NONBLOCK`).
-    public var isNonBlocking: Bool
 
     public var isBound: Bool { (local?.port ?? 0) != 0 }
     public var isConnected: Bool { peer != nil }
@@ -104,13 +102,11 @@ public enum SocketInspector {
         let type = try intOption(SO_TYPE)
         let proto = try intOption(SO_PROTOCOL)
         let listening = try intOption(SO_ACCEPTCONN) != 0
-        let flags = fcntl(fd, F_GETFL)
         let family: XFRMAddressFamily = domain == AF_INET ? .inet : domain == AF_INET6 ? .inet6 : .unspecified
         let kind: SocketFacts.Kind = type == Int32(SOCK_STREAM.rawValue) ? .stream
             : type == Int32(SOCK_DGRAM.rawValue) ? .datagram : .other(type)
         return SocketFacts(cookie: cookie, family: family, rawFamily: domain, kind: kind, protocolNumber: proto,
-                           local: address(fd, getsockname), peer: address(fd, getpeername), isListening: listening,
-                           isNonBlocking: flags >= 0 && flags & O_NONBLOCK != 0)
+                           local: address(fd, getsockname), peer: address(fd, getpeername), isListening: listening)
     }
 
     /// The facts of `fd` with fewer system calls when it is an unbound TCP or UDP socket (the common case before
@@ -130,10 +126,16 @@ public enum SocketInspector {
             : type == Int32(SOCK_DGRAM.rawValue) ? .datagram : .other(type)
         let autobinds = (kind == .stream && proto == Int32(IPPROTO_TCP)) || (kind == .datagram && proto == Int32(IPPROTO_UDP))
         guard autobinds, let local = address(fd, getsockname), local.port == 0 else { return try facts(of: fd) }
-        let flags = fcntl(fd, F_GETFL)
         return SocketFacts(cookie: cookie, family: local.address.family, rawFamily: local.address.family == .inet ? AF_INET : AF_INET6,
-                           kind: kind, protocolNumber: proto, local: local, peer: nil, isListening: false,
-                           isNonBlocking: flags >= 0 && flags & O_NONBLOCK != 0)
+                           kind: kind, protocolNumber: proto, local: local, peer: nil, isListening: false)
+    }
+
+    /// Whether the descriptor is in non-blocking mode (`O_NONBLOCK`): one `fcntl`. A property of the descriptor,
+    /// not of the socket (a `dup` shares it, another process's descriptor may differ), so it is asked where it
+    /// matters rather than kept among the socket's facts.
+    public static func isNonBlocking(_ fd: CInt) -> Bool {
+        let flags = fcntl(fd, F_GETFL)
+        return flags >= 0 && flags & O_NONBLOCK != 0
     }
 
     /// Whether `fd` has a peer (`getpeername` succeeds): one system call.

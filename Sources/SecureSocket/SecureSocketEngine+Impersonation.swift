@@ -81,7 +81,7 @@ extension SecureSocketEngine {
         -> (PeerIdentity, IdentityMap) {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
-        guard !facts.isNonBlocking else {
+        guard !SocketInspector.isNonBlocking(fd) else {
             throw SecureSocketError(.invalidArgument, "impersonation is for blocking sockets only")
         }
         var template = SocketSecurityQueryTemplate()

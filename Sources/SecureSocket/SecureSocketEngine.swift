@@ -354,7 +354,7 @@ public final class SecureSocketEngine: Sendable {
         }
         let timeout = timeout ?? configuration.negotiationTimeout
         guard let endpoint = table.endpoint(cookie: facts.cookie), let reqid = endpoint.reqid else {
-            return try plainConnect(fd, peer, deadline: monotonicNow() + timeout, facts: facts, cancelled: cancelled)
+            return try plainConnect(fd, peer, deadline: monotonicNow() + timeout, cancelled: cancelled)
         }
         if facts.family == .inet6 && peer.isV4Mapped {
             // The kernel skips an AF_INET6 socket policy for v4-mapped flows: that would be clear text.
@@ -402,7 +402,7 @@ public final class SecureSocketEngine: Sendable {
         defer { recordFlow(fd, cookie: facts.cookie) }
         // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
         // have used the whole first one).
-        try plainConnect(fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)), facts: facts,
+        try plainConnect(fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)),
                          cancelled: cancelled)
     }
 
@@ -444,9 +444,10 @@ public final class SecureSocketEngine: Sendable {
     /// non-blocking for the call and waited on with `poll` (a blocking `connect()` to a silent peer would wait for
     /// TCP's SYN retries, about two minutes), then switched back.
     private func plainConnect(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
-                              facts: SocketFacts, cancelled: CancelFlag?) throws(SecureSocketError) {
+                              cancelled: CancelFlag?) throws(SecureSocketError) {
         let flags = fcntl(fd, F_GETFL)
-        let bounded = !facts.isNonBlocking && flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
+        let nonBlocking = flags >= 0 && flags & O_NONBLOCK != 0
+        let bounded = !nonBlocking && flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
         defer { if bounded { _ = fcntl(fd, F_SETFL, flags) } }
         var attempts = 0
         while true {
@@ -467,7 +468,7 @@ public final class SecureSocketEngine: Sendable {
                 usleep(5_000)
             case .nowInProgress where bounded, .alreadyInProcess where bounded:
                 return try awaitHandshake(fd, peer, deadline: deadline, cancelled: cancelled)
-            case .nowInProgress where facts.isNonBlocking, .alreadyInProcess where facts.isNonBlocking:
+            case .nowInProgress where nonBlocking, .alreadyInProcess where nonBlocking:
                 throw SecureSocketError(.wouldBlock, "non-blocking connect in progress", errno: error)
             default:
                 throw SecureSocketError(SecureSocketError.Code(errno: error), "connect to \(peer)", errno: error)

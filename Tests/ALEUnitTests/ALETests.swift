@@ -257,7 +257,8 @@ final class SocketInspectorTests: XCTestCase {
         for fd in [unboundTCP, unboundUDP6, nonBlocking, boundUDP, listener, connected, connectedUDP, raw, unix] {
             XCTAssertEqual(try SocketInspector.factsExpectingUnbound(of: fd), try SocketInspector.facts(of: fd), "fd \(fd)")
         }
-        XCTAssertTrue(try SocketInspector.factsExpectingUnbound(of: nonBlocking).isNonBlocking)
+        XCTAssertTrue(SocketInspector.isNonBlocking(nonBlocking))
+        XCTAssertFalse(SocketInspector.isNonBlocking(unboundTCP))
         XCTAssertTrue(SocketInspector.isConnected(connected))
         XCTAssertFalse(SocketInspector.isConnected(unboundTCP))
         let file = open("/dev/null", O_RDONLY)
