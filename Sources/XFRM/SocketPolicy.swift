@@ -23,19 +23,7 @@ public enum SocketPolicy {
     /// operation's name is built only for an error: this is the hot path of `WSASetSocketSecurity`.
     private static func set(_ policy: XFRMPolicy, on fd: FileDescriptor, family: XFRMAddressFamily) throws(XFRMError) {
         func operation() -> String { "setsockopt \(optionName(family))" }
-        guard policy.direction == .inbound || policy.direction == .outbound else {
-            throw .invalid(operation(), "a socket policy's direction is in or out, not \(policy.direction)")
-        }
-        guard policy.selector.family == .inet || policy.selector.family == .inet6 else {
-            throw .invalid(operation(), "a socket policy needs a selector family (inet or inet6)")
-        }
-        do {
-            try policy.validate(operation: "")
-        } catch {
-            var named = error
-            named.operation = operation()
-            throw named
-        }
+        try check(policy, family: family)
         let (level, option) = socketOption(family)
         let bytes = encode(policy)
         let rc = bytes.withUnsafeBytes { setsockopt(fd.rawValue, level, option, $0.baseAddress, socklen_t($0.count)) }
@@ -53,8 +41,31 @@ public enum SocketPolicy {
     public static func require(_ templates: [XFRMTemplate], on fd: FileDescriptor, family: XFRMAddressFamily,
                                selector: XFRMSelector? = nil) throws(XFRMError) {
         let selector = selector ?? .any(family)
-        try set(XFRMPolicy(selector: selector, direction: .outbound, templates: templates), on: fd, family: family)
-        try set(XFRMPolicy(selector: selector, direction: .inbound, templates: templates), on: fd, family: family)
+        var policy = XFRMPolicy(selector: selector, direction: .outbound, templates: templates)
+        try check(policy, family: family)
+        // One buffer on the stack, the templates encoded once: only the direction differs between the calls
+        // (this is the hot path of `WSASetSocketSecurity`).
+        let infoSize = MemoryLayout<xfrm_userpolicy_info>.size
+        let templateSize = MemoryLayout<xfrm_user_tmpl>.size
+        let (level, option) = socketOption(family)
+        let failed: (XFRMDirection, Errno)? = withUnsafeTemporaryAllocation(
+            byteCount: infoSize + templates.count * templateSize, alignment: MemoryLayout<xfrm_userpolicy_info>.alignment
+        ) { buffer in
+            for (index, template) in templates.enumerated() {
+                buffer.storeBytes(of: template.kernelValue(policyFamily: selector.family),
+                                  toByteOffset: infoSize + index * templateSize, as: xfrm_user_tmpl.self)
+            }
+            func apply(_ direction: XFRMDirection) -> (XFRMDirection, Errno)? {
+                policy.direction = direction
+                buffer.storeBytes(of: policy.userPolicyInfo, toByteOffset: 0, as: xfrm_userpolicy_info.self)
+                let rc = setsockopt(fd.rawValue, level, option, buffer.baseAddress, socklen_t(buffer.count))
+                return rc == 0 ? nil : (direction, Errno(rawValue: errno))
+            }
+            return apply(.outbound) ?? apply(.inbound)
+        }
+        if let (direction, error) = failed {
+            throw .syscall("setsockopt \(optionName(family)) \(direction)", "setsockopt", errno: error)
+        }
     }
 
     /// Lets the socket's traffic bypass every global policy (an `allow` policy without templates in both
@@ -71,6 +82,25 @@ public enum SocketPolicy {
         let (level, option) = socketOption(family)
         guard setsockopt(fd.rawValue, level, option, nil, 0) == 0 else {
             throw .syscall(operation, "setsockopt", errno: Errno(rawValue: errno))
+        }
+    }
+
+    /// Whether the kernel could take `policy` as a socket policy of `family` (an in or out direction, a selector
+    /// family, prefixes and templates within bounds). The operation's name is built only for an error.
+    private static func check(_ policy: XFRMPolicy, family: XFRMAddressFamily) throws(XFRMError) {
+        func operation() -> String { "setsockopt \(optionName(family))" }
+        guard policy.direction == .inbound || policy.direction == .outbound else {
+            throw .invalid(operation(), "a socket policy's direction is in or out, not \(policy.direction)")
+        }
+        guard policy.selector.family == .inet || policy.selector.family == .inet6 else {
+            throw .invalid(operation(), "a socket policy needs a selector family (inet or inet6)")
+        }
+        do {
+            try policy.validate(operation: "")
+        } catch {
+            var named = error
+            named.operation = operation()
+            throw named
         }
     }
 
