@@ -59,15 +59,21 @@ let package = Package(
             ]
         ),
         // Application layer enforcement: the endpoint table and each endpoint's state machine.
-        .target(name: "ALE", dependencies: ["XFRM", "SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(
+            name: "ALE",
+            dependencies: ["XFRM", "SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
         // The idiomatic Swift API over XFRM, ALE and keying.
         .target(
             name: "SecureSocket",
-            dependencies: ["XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system"),
-                           .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
-        .target(name: "CSecureSocketABI", path: "CModules/CSecureSocketABI", exclude: ["winsock_secure_socket.h", "examples"]),
+        .target(
+            name: "CSecureSocketABI", path: "CModules/CSecureSocketABI",
+            exclude: ["winsock_secure_socket.h", "examples"]),
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
@@ -79,7 +85,8 @@ let package = Package(
             dependencies: ["XFRM", "ALE", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
-        .target(name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
         // C: static inline wrappers for the raw per-thread credential system calls (glibc's broadcast to all threads).
         .systemLibrary(name: "CThreadCredentials", path: "CModules/CThreadCredentials"),
         // Per-thread impersonation of authenticated peers: the identity map and the credential switch.
@@ -105,16 +112,22 @@ let package = Package(
         ),
         .executableTarget(
             name: "secure-echo",
-            dependencies: ["WinsockSecureSocket", "CSecureSocketABI", "ALE", "XFRM",
-                           .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "WinsockSecureSocket", "CSecureSocketABI", "ALE", "XFRM",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "wss-demo",
-            dependencies: ["NetnsTestSupport", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "NetnsTestSupport", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "wss-inspect",
-            dependencies: ["SecureSocket", "ALE", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "SecureSocket", "ALE", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "xfrm-bench",
@@ -127,28 +140,46 @@ let package = Package(
         .testTarget(name: "XFRMUnitTests", dependencies: ["XFRM", "CNetlink"]),
         // Tier 2: the host kernel, a fresh network namespace per test.
         .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
-        .testTarget(name: "KeyingUnitTests", dependencies: [
-            "Keying", "XFRM", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
-        ]),
-        .testTarget(name: "WinsockUnitTests", dependencies: [
-            "WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI", .product(name: "Logging", package: "swift-log"),
-        ]),
-        .testTarget(name: "SecureSocketKernelTests", dependencies: [
-            "SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting", "CSecureSocketABI",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
-        .testTarget(name: "SecureSocketESPTests", dependencies: ["SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
-        .testTarget(name: "ALEUnitTests", dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(
+            name: "KeyingUnitTests",
+            dependencies: [
+                "Keying", "XFRM", .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
+            ]),
+        .testTarget(
+            name: "WinsockUnitTests",
+            dependencies: [
+                "WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "SecureSocketKernelTests",
+            dependencies: [
+                "SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting",
+                "CSecureSocketABI",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "SecureSocketESPTests",
+            dependencies: [
+                "SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "XFRM", "NetnsTestSupport",
+                "TierTesting",
+            ]),
+        .testTarget(
+            name: "ALEUnitTests",
+            dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
-        .testTarget(name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
+        .testTarget(
+            name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
         // Fuzzing (README "Fuzzing", scripts/fuzz.sh): what each fuzz target does with one input, shared by the
         // libFuzzer executables below and by the tier-1 replay of the committed seeds and crash inputs.
-        .target(name: "FuzzTargets",
-                dependencies: ["Keying", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer"],
-                path: "Fuzzing/FuzzTargets"),
+        .target(
+            name: "FuzzTargets",
+            dependencies: ["Keying", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer"],
+            path: "Fuzzing/FuzzTargets"),
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),

@@ -42,6 +42,17 @@ run_tier() {
 }
 
 status=0
+# Style and documentation: swift-format's strict lint (.swift-format) and every DocC catalogue, warnings as errors.
+for check in lint docs; do
+  t0=$(date +%s)
+  echo "=== $check (scripts/$check.sh) ==="
+  if scripts/$check.sh; then
+    summary+=("$check: passed, $(( $(date +%s) - t0 )) s")
+  else
+    summary+=("$check: FAILED, $(( $(date +%s) - t0 )) s")
+    status=1
+  fi
+done
 # Test targets are named by tier: *UnitTests (1), *KernelTests (2), *ESPTests (3).
 run_tier "tier 1 (unit)" 'UnitTests\.' || status=1
 run_tier "tier 2 (host kernel)" 'KernelTests\.' || status=1

@@ -1,7 +1,8 @@
-#if FUZZING
-import CLibFuzzer
-#endif
 import Foundation
+
+#if FUZZING
+    import CLibFuzzer
+#endif
 
 /// One fuzz target: a parser of untrusted bytes, fed one input at a time by libFuzzer (the `fuzz-NAME`
 /// executables) or by the replay tests (`Tests/FuzzingUnitTests`), through the same ``check``.
@@ -46,11 +47,11 @@ public struct FuzzTarget: Sendable {
     /// ``replayMain(arguments:)``.
     public func main(oneInput: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> Never {
         #if FUZZING
-        var argc = CommandLine.argc
-        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-        exit(LLVMFuzzerRunDriver(&argc, &argv, oneInput))
+            var argc = CommandLine.argc
+            var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+            exit(LLVMFuzzerRunDriver(&argc, &argv, oneInput))
         #else
-        replayMain()
+            replayMain()
         #endif
     }
 

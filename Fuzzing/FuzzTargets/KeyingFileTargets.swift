@@ -30,8 +30,9 @@ extension FuzzTarget {
             let peers = try StaticKeyBackend.parse(text)
             for peer in peers {
                 guard !peer.outboundKey.isEmpty, peer.outboundKey.count == peer.inboundKey.count,
-                      peer.outboundSPI >= 0x100, peer.inboundSPI >= 0x100, [64, 96, 128].contains(peer.icvBits),
-                      peer.peer.family == peer.local.family else {
+                    peer.outboundSPI >= 0x100, peer.inboundSPI >= 0x100, [64, 96, 128].contains(peer.icvBits),
+                    peer.peer.family == peer.local.family
+                else {
                     return .violated("accepted a peer the format does not allow: \(peer)")
                 }
             }

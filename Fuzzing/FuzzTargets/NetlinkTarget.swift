@@ -19,13 +19,15 @@ extension FuzzTarget {
             _ = String(describing: message)
             guard let again = message.encodedAgain else { continue }
             guard let reread = try? XFRMReceivedMessage.read(datagram: again[...]), reread.count == 1,
-                  case .success(let second) = reread[0] else {
+                case .success(let second) = reread[0]
+            else {
                 return .violated("a \(kind(message)) encoded again does not read back")
             }
             guard comparable(message) == comparable(second) else {
-                return .violated("a \(kind(message)) changes when encoded again and read back: "
-                                     + "\(String(describing: comparable(message))) became "
-                                     + "\(String(describing: comparable(second)))")
+                return .violated(
+                    "a \(kind(message)) changes when encoded again and read back: "
+                        + "\(String(describing: comparable(message))) became "
+                        + "\(String(describing: comparable(second)))")
             }
         }
         return accepted ? .accepted : .refused
@@ -45,7 +47,7 @@ extension FuzzTarget {
             state.statistics = XFRMState.Statistics()
             return state
         case .policyAdded(var policy), .policyUpdated(var policy), .policyDeleted(var policy),
-             .policyExpire(var policy, _):
+            .policyExpire(var policy, _):
             policy.counters = XFRMLifetimeCounters()
             return policy
         default:

@@ -10,8 +10,10 @@ public struct ProtectionInfo: Hashable, Sendable {
     public var encryptionAlgorithm: String?
     public var integrityAlgorithm: String?
 
-    public init(ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, peerIdentity: String? = nil,
-                peerUserIdentity: String? = nil, encryptionAlgorithm: String? = nil, integrityAlgorithm: String? = nil) {
+    public init(
+        ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, peerIdentity: String? = nil,
+        peerUserIdentity: String? = nil, encryptionAlgorithm: String? = nil, integrityAlgorithm: String? = nil
+    ) {
         self.ikeSAID = ikeSAID
         self.childSAID = childSAID
         self.peerIdentity = peerIdentity
@@ -110,7 +112,7 @@ public struct EndpointStateMachine: Hashable, Sendable {
         case (.negotiating, .negotiationStarted), (.secured, .negotiationStarted), (.insecure, .negotiationStarted):
             return []
         case (_, .childUp(let info)):
-            if case .insecure = state { return [] }   // a clear connection stays clear for its whole life
+            if case .insecure = state { return [] } // a clear connection stays clear for its whole life
             state = .secured(info)
             return [.notifyWaiters]
         case (.secured, .childDown):
@@ -119,7 +121,7 @@ public struct EndpointStateMachine: Hashable, Sendable {
         case (_, .childDown):
             return []
         case (.secured, .failed):
-            return []   // a late failure report for a connection that is already protected
+            return [] // a late failure report for a connection that is already protected
         case (_, .failed(let failure)):
             if case .insecure = state { return [] }
             state = .failed(failure)

@@ -58,8 +58,10 @@ public struct Endpoint: Sendable {
 
     public var state: EndpointState { machine.state }
 
-    public init(cookie: UInt64, descriptor: Int32, family: XFRMAddressFamily, kind: SocketFacts.Kind, reqid: UInt32?,
-                allowInsecure: Bool, summary: String) {
+    public init(
+        cookie: UInt64, descriptor: Int32, family: XFRMAddressFamily, kind: SocketFacts.Kind, reqid: UInt32?,
+        allowInsecure: Bool, summary: String
+    ) {
         self.cookie = cookie
         self.descriptor = descriptor
         self.family = family

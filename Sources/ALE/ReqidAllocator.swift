@@ -52,8 +52,12 @@ public final class ReqidAllocator: Sendable {
         defer { closedir(folder) }
         var reclaimed: [DeadClaim] = []
         while let entry = readdir(folder) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            guard name.hasPrefix("block-"), let first = UInt32(name.dropFirst(6)), range.contains(first) else { continue }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasPrefix("block-"), let first = UInt32(name.dropFirst(6)), range.contains(first) else {
+                continue
+            }
             let file = path(first)
             guard let owner = ProcessIdentity(file: file), owner.pid != getpid(), !owner.isRunning else { continue }
             // Only the owner identity read above is removed (a live process that reclaimed it meanwhile wrote
@@ -75,8 +79,10 @@ public final class ReqidAllocator: Sendable {
         for first in blocks { unlink(path(first)) }
     }
 
-    public init(directory: String = ReqidAllocator.defaultDirectory(),
-                range: ClosedRange<UInt32> = 0x4000_0000...0x4fff_ffff, blockSize: UInt32 = 256) throws {
+    public init(
+        directory: String = ReqidAllocator.defaultDirectory(),
+        range: ClosedRange<UInt32> = 0x4000_0000...0x4fff_ffff, blockSize: UInt32 = 256
+    ) throws {
         precondition(blockSize > 0)
         self.directory = directory
         self.range = range

@@ -5,7 +5,10 @@ import XFRM
 /// What the kernel says about a socket: its identity (`SO_COOKIE`), family, type, and whether it is bound,
 /// listening or connected. ALE keys endpoints by cookie, never by fd number: fds are reused, cookies are not.
 public struct SocketFacts: Hashable, Sendable {
-    public enum Kind: Hashable, Sendable { case stream, datagram, other(Int32) }
+    public enum Kind: Hashable, Sendable {
+        case stream, datagram
+        case other(Int32)
+    }
 
     /// The kernel's socket cookie (`SO_COOKIE`), unique for the life of the network namespace's boot.
     public var cookie: UInt64
@@ -52,13 +55,15 @@ public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible
         case AF_INET:
             guard length >= MemoryLayout<sockaddr_in>.size else { return nil }
             let sin = pointer.loadUnaligned(as: sockaddr_in.self)
-            self.init(address: withUnsafeBytes(of: sin.sin_addr) { XFRMAddress(family: .inet, raw: $0) },
-                      port: UInt16(bigEndian: sin.sin_port))
+            self.init(
+                address: withUnsafeBytes(of: sin.sin_addr) { XFRMAddress(family: .inet, raw: $0) },
+                port: UInt16(bigEndian: sin.sin_port))
         case AF_INET6:
             guard length >= MemoryLayout<sockaddr_in6>.size else { return nil }
             let sin6 = pointer.loadUnaligned(as: sockaddr_in6.self)
-            self.init(address: withUnsafeBytes(of: sin6.sin6_addr) { XFRMAddress(family: .inet6, raw: $0) },
-                      port: UInt16(bigEndian: sin6.sin6_port))
+            self.init(
+                address: withUnsafeBytes(of: sin6.sin6_addr) { XFRMAddress(family: .inet6, raw: $0) },
+                port: UInt16(bigEndian: sin6.sin6_port))
         default:
             return nil
         }
@@ -70,9 +75,13 @@ public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible
             var sa = sockaddr_in6()
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin6_addr) { target in address.withUnsafeBytes { target.copyMemory(from: $0) } }
+            withUnsafeMutableBytes(of: &sa.sin6_addr) { target in
+                address.withUnsafeBytes { target.copyMemory(from: $0) }
+            }
             return try withUnsafePointer(to: &sa) {
-                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
             }
         }
         var sa = sockaddr_in()
@@ -80,7 +89,9 @@ public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible
         sa.sin_port = port.bigEndian
         withUnsafeMutableBytes(of: &sa.sin_addr) { target in address.withUnsafeBytes { target.copyMemory(from: $0) } }
         return try withUnsafePointer(to: &sa) {
-            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                try body($0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
     }
 }
@@ -103,10 +114,13 @@ public enum SocketInspector {
         let proto = try intOption(SO_PROTOCOL)
         let listening = try intOption(SO_ACCEPTCONN) != 0
         let family: XFRMAddressFamily = domain == AF_INET ? .inet : domain == AF_INET6 ? .inet6 : .unspecified
-        let kind: SocketFacts.Kind = type == Int32(SOCK_STREAM.rawValue) ? .stream
+        let kind: SocketFacts.Kind =
+            type == Int32(SOCK_STREAM.rawValue)
+            ? .stream
             : type == Int32(SOCK_DGRAM.rawValue) ? .datagram : .other(type)
-        return SocketFacts(cookie: cookie, family: family, rawFamily: domain, kind: kind, protocolNumber: proto,
-                           local: address(fd, getsockname), peer: address(fd, getpeername), isListening: listening)
+        return SocketFacts(
+            cookie: cookie, family: family, rawFamily: domain, kind: kind, protocolNumber: proto,
+            local: address(fd, getsockname), peer: address(fd, getpeername), isListening: listening)
     }
 
     /// The facts of `fd` with fewer system calls when it is an unbound TCP or UDP socket (the common case before
@@ -121,13 +135,18 @@ public enum SocketInspector {
         var proto: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0,
-              getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0 else { throw Errno(rawValue: errno) }
-        let kind: SocketFacts.Kind = type == Int32(SOCK_STREAM.rawValue) ? .stream
+            getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0
+        else { throw Errno(rawValue: errno) }
+        let kind: SocketFacts.Kind =
+            type == Int32(SOCK_STREAM.rawValue)
+            ? .stream
             : type == Int32(SOCK_DGRAM.rawValue) ? .datagram : .other(type)
-        let autobinds = (kind == .stream && proto == Int32(IPPROTO_TCP)) || (kind == .datagram && proto == Int32(IPPROTO_UDP))
+        let autobinds =
+            (kind == .stream && proto == Int32(IPPROTO_TCP)) || (kind == .datagram && proto == Int32(IPPROTO_UDP))
         guard autobinds, let local = address(fd, getsockname), local.port == 0 else { return try facts(of: fd) }
-        return SocketFacts(cookie: cookie, family: local.address.family, rawFamily: local.address.family == .inet ? AF_INET : AF_INET6,
-                           kind: kind, protocolNumber: proto, local: local, peer: nil, isListening: false)
+        return SocketFacts(
+            cookie: cookie, family: local.address.family, rawFamily: local.address.family == .inet ? AF_INET : AF_INET6,
+            kind: kind, protocolNumber: proto, local: local, peer: nil, isListening: false)
     }
 
     /// Whether the descriptor is in non-blocking mode (`O_NONBLOCK`): one `fcntl`. A property of the descriptor,
@@ -156,7 +175,9 @@ public enum SocketInspector {
         defer { closedir(folder) }
         var found: [UInt64: CInt] = [:]
         while let entry = readdir(folder) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
             guard let fd = CInt(name), let cookie = cookie(of: fd) else { continue }
             if let known = found[cookie], known < fd { continue }
             found[cookie] = fd
@@ -164,9 +185,12 @@ public enum SocketInspector {
         return found
     }
 
-    private static func address(_ fd: CInt,
-                                _ call: (CInt, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> CInt)
-        -> SocketEndpointAddress? {
+    private static func address(
+        _ fd: CInt,
+        _ call: (CInt, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> CInt
+    )
+        -> SocketEndpointAddress?
+    {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let ok = withUnsafeMutablePointer(to: &storage) {

@@ -96,8 +96,10 @@ public final class IdentityMap: Sendable {
     ///
     /// - Throws: ``ImpersonationError/Code/unreadableMap`` or ``ImpersonationError/Code/invalidMap`` (with every
     ///   problem and its line).
-    public init(path: String, accounts: any AccountDatabase = SystemAccountDatabase(),
-                strictPermissions: Bool = true) throws(ImpersonationError) {
+    public init(
+        path: String, accounts: any AccountDatabase = SystemAccountDatabase(),
+        strictPermissions: Bool = true
+    ) throws(ImpersonationError) {
         self.path = path
         self.accounts = accounts
         self.strictPermissions = strictPermissions
@@ -147,8 +149,9 @@ public final class IdentityMap: Sendable {
         let rule = try rules.match(peer)
         let operation = "resolve \(peer)"
         guard let account = try accounts.account(named: rule.account) else {
-            throw ImpersonationError(.unknownAccount, operation: operation,
-                                     detail: "\(path) \(rule): account \"\(rule.account)\" does not exist")
+            throw ImpersonationError(
+                .unknownAccount, operation: operation,
+                detail: "\(path) \(rule): account \"\(rule.account)\" does not exist")
         }
         do {
             try account.checkUnprivileged(operation: operation)
@@ -163,7 +166,8 @@ public final class IdentityMap: Sendable {
     // MARK: Reading the file
 
     static func load(path: String, accounts: any AccountDatabase, strictPermissions: Bool)
-        throws(ImpersonationError) -> IdentityRuleSet {
+        throws(ImpersonationError) -> IdentityRuleSet
+    {
         let text = try readMapFile(path, strictPermissions: strictPermissions)
         return try IdentityRuleSet.parse(text, source: path, accounts: accounts)
     }
@@ -172,25 +176,29 @@ public final class IdentityMap: Sendable {
         let operation = "load \(path)"
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
         guard fd >= 0 else {
-            throw ImpersonationError(.unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "open")
+            throw ImpersonationError(
+                .unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "open")
         }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
-            throw ImpersonationError(.unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "fstat")
+            throw ImpersonationError(
+                .unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "fstat")
         }
         guard info.st_mode & S_IFMT == S_IFREG else {
             throw ImpersonationError(.unreadableMap, operation: operation, detail: "not a regular file")
         }
         if strictPermissions {
             if info.st_mode & (S_IWGRP | S_IWOTH) != 0 {
-                throw ImpersonationError(.unreadableMap, operation: operation,
-                                         detail: "writable by group or others (mode \(String(info.st_mode & 0o7777, radix: 8))): "
-                                             + "whoever can write it chooses who becomes whom")
+                throw ImpersonationError(
+                    .unreadableMap, operation: operation,
+                    detail: "writable by group or others (mode \(String(info.st_mode & 0o7777, radix: 8))): "
+                        + "whoever can write it chooses who becomes whom")
             }
             if info.st_uid != 0 && info.st_uid != geteuid() {
-                throw ImpersonationError(.unreadableMap, operation: operation,
-                                         detail: "owned by uid \(info.st_uid), not by root or this process's user")
+                throw ImpersonationError(
+                    .unreadableMap, operation: operation,
+                    detail: "owned by uid \(info.st_uid), not by root or this process's user")
             }
         }
         let limit = IdentityRuleSet.maximumFileBytes
@@ -205,7 +213,8 @@ public final class IdentityMap: Sendable {
                     interrupted += 1
                     continue
                 }
-                throw ImpersonationError(.unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "read")
+                throw ImpersonationError(
+                    .unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "read")
             }
             if count == 0 { break }
             total += count

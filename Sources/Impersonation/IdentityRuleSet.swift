@@ -49,7 +49,8 @@ public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        "line \(line): \(kind.rawValue) \(pattern) -> \(account)" + (acceptsGroupKey ? " \(Self.acceptGroupKeyOption)" : "")
+        "line \(line): \(kind.rawValue) \(pattern) -> \(account)"
+            + (acceptsGroupKey ? " \(Self.acceptGroupKeyOption)" : "")
     }
 }
 
@@ -116,16 +117,20 @@ public struct IdentityRuleSet: Sendable {
         let operation = "resolve \(peer)"
         if let user = peer.user {
             guard let rule = users[user] else {
-                throw ImpersonationError(.unmappedIdentity, operation: operation,
-                                         detail: "no `user` rule maps \"\(user)\" (a peer that authenticated a user is "
-                                             + "never mapped through its machine's rules)")
+                throw ImpersonationError(
+                    .unmappedIdentity, operation: operation,
+                    detail: "no `user` rule maps \"\(user)\" (a peer that authenticated a user is "
+                        + "never mapped through its machine's rules)")
             }
             return rule
         }
         let sans = peer.subjectAltNames.filter { !$0.isEmpty }
         let id = peer.ikeIdentity.flatMap { $0.isEmpty ? nil : $0 }
         let tiers: [(String, () -> [IdentityRule])] = [
-            ("subject", { peer.certificateSubject.flatMap(Self.normalizedDN).flatMap { subjects[$0] }.map { [$0] } ?? [] }),
+            (
+                "subject",
+                { peer.certificateSubject.flatMap(Self.normalizedDN).flatMap { subjects[$0] }.map { [$0] } ?? [] }
+            ),
             ("san", { sans.compactMap { exactSANs[Self.foldCase($0)] } }),
             ("id", { id.flatMap { exactIDs[Self.foldCase($0)] }.map { [$0] } ?? [] }),
             ("san *.", { sans.compactMap { Self.wildcardKey($0).flatMap { wildcardSANs[$0] } } }),
@@ -136,16 +141,18 @@ public struct IdentityRuleSet: Sendable {
             guard let first = matched.first else { continue }
             let accounts = Set(matched.map(\.account))
             if accounts.count > 1 {
-                throw ImpersonationError(.ambiguousIdentity, operation: operation,
-                                         detail: "\(name) rules map this peer to different accounts: "
-                                             + matched.map(\.description).joined(separator: "; "))
+                throw ImpersonationError(
+                    .ambiguousIdentity, operation: operation,
+                    detail: "\(name) rules map this peer to different accounts: "
+                        + matched.map(\.description).joined(separator: "; "))
             }
             // A group key proves membership of the group, not the identity: only an explicit opt-in maps it, and
             // the best match decides (no falling back to a less specific rule that opts in).
             if peer.authentication == .groupKey, let refused = matched.first(where: { !$0.acceptsGroupKey }) {
-                throw ImpersonationError(.groupKeyNotAccepted, operation: operation,
-                                         detail: "the peer authenticated with a group key, which any member of the group "
-                                             + "holds; \(refused) is not marked `\(IdentityRule.acceptGroupKeyOption)`")
+                throw ImpersonationError(
+                    .groupKeyNotAccepted, operation: operation,
+                    detail: "the peer authenticated with a group key, which any member of the group "
+                        + "holds; \(refused) is not marked `\(IdentityRule.acceptGroupKeyOption)`")
             }
             return first
         }
@@ -160,13 +167,17 @@ public struct IdentityRuleSet: Sendable {
     /// error; one that does not exist is a warning (``warnings``), and resolving that rule fails until it exists.
     ///
     /// - Throws: ``ImpersonationError/Code/invalidMap`` with every problem and its line number.
-    public static func parse(_ text: String, source: String = "identity map",
-                             accounts: (any AccountDatabase)? = SystemAccountDatabase())
-        throws(ImpersonationError) -> IdentityRuleSet {
+    public static func parse(
+        _ text: String, source: String = "identity map",
+        accounts: (any AccountDatabase)? = SystemAccountDatabase()
+    )
+        throws(ImpersonationError) -> IdentityRuleSet
+    {
         let operation = "load \(source)"
         guard text.utf8.count <= maximumFileBytes else {
-            throw ImpersonationError(.unreadableMap, operation: operation,
-                                     detail: "larger than \(maximumFileBytes) bytes")
+            throw ImpersonationError(
+                .unreadableMap, operation: operation,
+                detail: "larger than \(maximumFileBytes) bytes")
         }
         var issues: [ImpersonationError.Issue] = []
         var warnings: [ImpersonationError.Issue] = []
@@ -190,8 +201,11 @@ public struct IdentityRuleSet: Sendable {
             case .rule(let rule):
                 let duplicateKey = "\(rule.kind.rawValue) \(key(rule))"
                 if let first = firstLine[duplicateKey] {
-                    issues.append(.init(line: number, message: "duplicate rule: \(rule.kind.rawValue) \(rule.pattern) "
-                                            + "is already mapped on line \(first)"))
+                    issues.append(
+                        .init(
+                            line: number,
+                            message: "duplicate rule: \(rule.kind.rawValue) \(rule.pattern) "
+                                + "is already mapped on line \(first)"))
                     continue
                 }
                 guard rules.count < maximumRules else {
@@ -218,7 +232,10 @@ public struct IdentityRuleSet: Sendable {
                                 verdict = (error.detail ?? "\(error.code)", nil)
                             }
                         } else {
-                            verdict = (nil, "account \"\(rule.account)\" does not exist: this rule cannot be resolved until it does")
+                            verdict = (
+                                nil,
+                                "account \"\(rule.account)\" does not exist: this rule cannot be resolved until it does"
+                            )
                         }
                     } catch {
                         verdict = (nil, "account \"\(rule.account)\" cannot be looked up now: \(error)")
@@ -236,9 +253,10 @@ public struct IdentityRuleSet: Sendable {
                 reported = Array(reported.prefix(maximumReportedIssues))
                 reported.append(.init(line: 0, message: "… and \(more) more"))
             }
-            throw ImpersonationError(.invalidMap, operation: operation,
-                                     detail: "\(issues.count) error\(issues.count == 1 ? "" : "s"); the map was not loaded",
-                                     issues: reported)
+            throw ImpersonationError(
+                .invalidMap, operation: operation,
+                detail: "\(issues.count) error\(issues.count == 1 ? "" : "s"); the map was not loaded",
+                issues: reported)
         }
         return IdentityRuleSet(rules: rules, warnings: warnings)
     }
@@ -272,12 +290,14 @@ public struct IdentityRuleSet: Sendable {
         let option = IdentityRule.acceptGroupKeyOption
         let acceptsGroupKey = tokens.count == 5 && !tokens[4].quoted && tokens[4].text == option
         guard tokens.count == 4 || acceptsGroupKey else {
-            return .failure("unexpected text after the account: \"\(tokens[4...].map(\.text).joined(separator: " "))\""
-                                + " (quote identities that contain spaces; the only option is `\(option)`)")
+            return .failure(
+                "unexpected text after the account: \"\(tokens[4...].map(\.text).joined(separator: " "))\""
+                    + " (quote identities that contain spaces; the only option is `\(option)`)")
         }
         if acceptsGroupKey && kind != .id {
-            return .failure("`\(option)` is for `id` rules only: a group key proves no certificate subject, "
-                                + "subjectAltName or user")
+            return .failure(
+                "`\(option)` is for `id` rules only: a group key proves no certificate subject, "
+                    + "subjectAltName or user")
         }
         let account = tokens[3].text
         if let problem = accountNameProblem(account) { return .failure(problem) }
@@ -288,12 +308,15 @@ public struct IdentityRuleSet: Sendable {
         switch kind {
         case .user:
             if identity.text.hasPrefix("*") {
-                return .failure("`user` rules match one user exactly; there are no user wildcards (that would be a default account)")
+                return .failure(
+                    "`user` rules match one user exactly; there are no user wildcards (that would be a default account)"
+                )
             }
             pattern = .exact(identity.text)
         case .subject:
             guard normalizedDN(identity.text) != nil else {
-                return .failure("\"\(identity.text)\" is not a distinguished name (expected `TYPE=value, TYPE=value`; quote it)")
+                return .failure(
+                    "\"\(identity.text)\" is not a distinguished name (expected `TYPE=value, TYPE=value`; quote it)")
             }
             pattern = .exact(identity.text)
         case .id, .san:
@@ -303,8 +326,9 @@ public struct IdentityRuleSet: Sendable {
             if identity.text.hasPrefix("*.") {
                 let suffix = String(identity.text.dropFirst(2))
                 guard let domain = validDomain(suffix) else {
-                    return .failure("`*.` must be followed by a domain name (letters, digits, `-`, `_`, dots; "
-                                        + "the last label not all digits), e.g. `*.example`")
+                    return .failure(
+                        "`*.` must be followed by a domain name (letters, digits, `-`, `_`, dots; "
+                            + "the last label not all digits), e.g. `*.example`")
                 }
                 pattern = .wildcard(suffix: domain)
             } else if identity.text.contains("*") {
@@ -313,8 +337,10 @@ public struct IdentityRuleSet: Sendable {
                 pattern = .exact(identity.text)
             }
         }
-        return .rule(IdentityRule(kind: kind, pattern: pattern, account: account, line: number,
-                                  acceptsGroupKey: acceptsGroupKey))
+        return .rule(
+            IdentityRule(
+                kind: kind, pattern: pattern, account: account, line: number,
+                acceptsGroupKey: acceptsGroupKey))
     }
 
     private struct Token {
@@ -346,7 +372,9 @@ public struct IdentityRuleSet: Sendable {
                 var closed = false
                 while index < scalars.count {
                     let current = scalars[index]
-                    if current == "\\", index + 1 < scalars.count, scalars[index + 1] == "\"" || scalars[index + 1] == "\\" {
+                    if current == "\\", index + 1 < scalars.count,
+                        scalars[index + 1] == "\"" || scalars[index + 1] == "\\"
+                    {
                         text.append(scalars[index + 1])
                         index += 2
                         continue
@@ -392,8 +420,10 @@ public struct IdentityRuleSet: Sendable {
             return "\"\(name)\" is a number; give an account name, not a uid"
         }
         for (offset, byte) in bytes.enumerated() {
-            let letterOrDigit = (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a)
-            let allowed = letterOrDigit || byte == 0x5f || byte == 0x2e || (byte == 0x2d && offset > 0)
+            let letterOrDigit =
+                (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a)
+            let allowed =
+                letterOrDigit || byte == 0x5f || byte == 0x2e || (byte == 0x2d && offset > 0)
                 || (byte == 0x24 && offset == bytes.count - 1 && offset > 0)
             if !allowed { return "\"\(name)\" is not a valid account name" }
         }
@@ -422,7 +452,10 @@ public struct IdentityRuleSet: Sendable {
         guard !labels.isEmpty, labels.count <= 127, domain.utf8.count <= 253 else { return nil }
         for label in labels {
             guard !label.isEmpty, label.utf8.count <= 63,
-                  label.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2d || $0 == 0x5f })
+                label.utf8.allSatisfy({
+                    ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5a) || ($0 >= 0x61 && $0 <= 0x7a) || $0 == 0x2d
+                        || $0 == 0x5f
+                })
             else { return nil }
         }
         guard let last = labels.last, !last.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
@@ -480,9 +513,9 @@ public struct IdentityRuleSet: Sendable {
     }
 }
 
-private extension StringProtocol {
+extension StringProtocol {
     /// Drops leading spaces and trailing spaces that are not escaped (`\ `).
-    func trimmingSpaces() -> String {
+    fileprivate func trimmingSpaces() -> String {
         var characters = Array(self.drop { $0 == " " || $0 == "\t" })
         while let last = characters.last, last == " " || last == "\t" {
             if characters.count >= 2, characters[characters.count - 2] == "\\" { break }
@@ -492,8 +525,8 @@ private extension StringProtocol {
     }
 }
 
-private extension String {
-    func uppercasedASCII() -> String {
+extension String {
+    fileprivate func uppercasedASCII() -> String {
         String(decoding: utf8.map { $0 >= 0x61 && $0 <= 0x7a ? $0 - 0x20 : $0 }, as: UTF8.self)
     }
 }

@@ -29,8 +29,9 @@ public struct LocalAccount: Hashable, Sendable, CustomStringConvertible {
     ///   a plain lookup); ``IdentityMap`` and ``ThreadCredentials`` reject privileged accounts.
     public static func lookup(_ name: String) throws(ImpersonationError) -> LocalAccount {
         guard let account = try SystemAccountDatabase().account(named: name) else {
-            throw ImpersonationError(.unknownAccount, operation: "lookup \(name)",
-                                     detail: "no account named \"\(name)\" in the user database")
+            throw ImpersonationError(
+                .unknownAccount, operation: "lookup \(name)",
+                detail: "no account named \"\(name)\" in the user database")
         }
         return account
     }
@@ -40,20 +41,24 @@ public struct LocalAccount: Hashable, Sendable, CustomStringConvertible {
     /// ``ImpersonationError/Code/invalidAccount`` for a list longer than the kernel accepts.
     public func checkUnprivileged(operation: String) throws(ImpersonationError) {
         if uid == 0 {
-            throw ImpersonationError(.privilegedAccount, operation: operation,
-                                     detail: "account \"\(name)\" has uid 0 (root): impersonating it drops nothing")
+            throw ImpersonationError(
+                .privilegedAccount, operation: operation,
+                detail: "account \"\(name)\" has uid 0 (root): impersonating it drops nothing")
         }
         if uid == uid_t.max || gid == gid_t.max || groups.contains(gid_t.max) {
-            throw ImpersonationError(.privilegedAccount, operation: operation,
-                                     detail: "account \"\(name)\" uses id 4294967295, which the kernel reads as \"unchanged\"")
+            throw ImpersonationError(
+                .privilegedAccount, operation: operation,
+                detail: "account \"\(name)\" uses id 4294967295, which the kernel reads as \"unchanged\"")
         }
         if gid == 0 || groups.contains(0) {
-            throw ImpersonationError(.privilegedAccount, operation: operation,
-                                     detail: "account \"\(name)\" is in group 0 (root)")
+            throw ImpersonationError(
+                .privilegedAccount, operation: operation,
+                detail: "account \"\(name)\" is in group 0 (root)")
         }
         if groups.count > Self.maximumGroups {
-            throw ImpersonationError(.invalidAccount, operation: operation,
-                                     detail: "account \"\(name)\" has \(groups.count) groups, the kernel allows \(Self.maximumGroups)")
+            throw ImpersonationError(
+                .invalidAccount, operation: operation,
+                detail: "account \"\(name)\" has \(groups.count) groups, the kernel allows \(Self.maximumGroups)")
         }
         if name.isEmpty {
             throw ImpersonationError(.invalidAccount, operation: operation, detail: "the account has no name")
@@ -111,12 +116,14 @@ public struct SystemAccountDatabase: AccountDatabase {
             case ERANGE where size < maximumPasswdBuffer:
                 size = min(size * 2, maximumPasswdBuffer)
             default:
-                throw ImpersonationError(.accountLookup, operation: operation, errno: Errno(rawValue: rc),
-                                         detail: "getpwnam_r with a \(size)-byte buffer")
+                throw ImpersonationError(
+                    .accountLookup, operation: operation, errno: Errno(rawValue: rc),
+                    detail: "getpwnam_r with a \(size)-byte buffer")
             }
         }
-        throw ImpersonationError(.accountLookup, operation: operation, errno: .outOfRange,
-                                 detail: "getpwnam_r: entry larger than \(maximumPasswdBuffer) bytes")
+        throw ImpersonationError(
+            .accountLookup, operation: operation, errno: .outOfRange,
+            detail: "getpwnam_r: entry larger than \(maximumPasswdBuffer) bytes")
     }
 
     private static func groupList(_ name: String, gid: gid_t, operation: String) throws(ImpersonationError) -> [gid_t] {
@@ -130,16 +137,19 @@ public struct SystemAccountDatabase: AccountDatabase {
                 return Array(groups.prefix(Int(min(count, capacity))))
             }
             guard count > capacity else {
-                throw ImpersonationError(.accountLookup, operation: operation,
-                                         detail: "getgrouplist failed without asking for more room")
+                throw ImpersonationError(
+                    .accountLookup, operation: operation,
+                    detail: "getgrouplist failed without asking for more room")
             }
             guard count <= Int32(LocalAccount.maximumGroups) else {
-                throw ImpersonationError(.invalidAccount, operation: operation,
-                                         detail: "getgrouplist: \(count) groups, the kernel allows \(LocalAccount.maximumGroups)")
+                throw ImpersonationError(
+                    .invalidAccount, operation: operation,
+                    detail: "getgrouplist: \(count) groups, the kernel allows \(LocalAccount.maximumGroups)")
             }
             capacity = count
         }
-        throw ImpersonationError(.accountLookup, operation: operation,
-                                 detail: "getgrouplist: the group list kept growing")
+        throw ImpersonationError(
+            .accountLookup, operation: operation,
+            detail: "getgrouplist: the group list kept growing")
     }
 }

@@ -30,8 +30,10 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
     /// field existed: only ``Authentication/groupKey`` is restricted).
     public var authentication: Authentication?
 
-    public init(ikeIdentity: String? = nil, certificateSubject: String? = nil, subjectAltNames: [String] = [],
-                user: String? = nil, authentication: Authentication? = nil) {
+    public init(
+        ikeIdentity: String? = nil, certificateSubject: String? = nil, subjectAltNames: [String] = [],
+        user: String? = nil, authentication: Authentication? = nil
+    ) {
         self.ikeIdentity = ikeIdentity
         self.certificateSubject = certificateSubject
         self.subjectAltNames = subjectAltNames

@@ -82,10 +82,14 @@ public struct ThreadCredentialSnapshot: Hashable, Sendable, CustomStringConverti
         func failed(_ rc: Int32, _ call: String) -> ImpersonationError {
             ImpersonationError(.systemCall, operation: operation, errno: Errno(rawValue: -rc), detail: call)
         }
-        var ruid: uid_t = 0, euid: uid_t = 0, suid: uid_t = 0
+        var ruid: uid_t = 0
+        var euid: uid_t = 0
+        var suid: uid_t = 0
         var rc = ctc_getresuid(&ruid, &euid, &suid)
         guard rc == 0 else { throw failed(rc, "getresuid") }
-        var rgid: gid_t = 0, egid: gid_t = 0, sgid: gid_t = 0
+        var rgid: gid_t = 0
+        var egid: gid_t = 0
+        var sgid: gid_t = 0
         rc = ctc_getresgid(&rgid, &egid, &sgid)
         guard rc == 0 else { throw failed(rc, "getresgid") }
         // (uid_t)-1 is never a valid id: setfsuid only reports the current fsuid.
@@ -107,11 +111,14 @@ public struct ThreadCredentialSnapshot: Hashable, Sendable, CustomStringConverti
             break
         }
         guard groupsRead else {
-            throw ImpersonationError(.systemCall, operation: operation, errno: .invalidArgument,
-                                     detail: "getgroups: the list kept changing")
+            throw ImpersonationError(
+                .systemCall, operation: operation, errno: .invalidArgument,
+                detail: "getgroups: the list kept changing")
         }
 
-        var effective: UInt64 = 0, permitted: UInt64 = 0, inheritable: UInt64 = 0
+        var effective: UInt64 = 0
+        var permitted: UInt64 = 0
+        var inheritable: UInt64 = 0
         rc = ctc_capget(&effective, &permitted, &inheritable)
         guard rc == 0 else { throw failed(rc, "capget") }
         // The kernel keeps ambient ⊆ permitted ∩ inheritable, so only those bits need asking about.
@@ -120,7 +127,7 @@ public struct ThreadCredentialSnapshot: Hashable, Sendable, CustomStringConverti
         if candidates != 0 {
             for cap in 0..<64 where candidates & (1 << UInt64(cap)) != 0 {
                 let set = ctc_ambient_is_set(Int32(cap))
-                if set == -EINVAL { break }  // past CAP_LAST_CAP, or a kernel without ambient capabilities
+                if set == -EINVAL { break } // past CAP_LAST_CAP, or a kernel without ambient capabilities
                 guard set >= 0 else { throw failed(set, "prctl(PR_CAP_AMBIENT_IS_SET, \(cap))") }
                 if set == 1 { ambient |= 1 << UInt64(cap) }
             }
@@ -132,8 +139,9 @@ public struct ThreadCredentialSnapshot: Hashable, Sendable, CustomStringConverti
             uids: IDs(real: ruid, effective: euid, saved: suid, filesystem: fsuid),
             gids: IDs(real: rgid, effective: egid, saved: sgid, filesystem: fsgid),
             groups: groups,
-            capabilities: Capabilities(effective: effective, permitted: permitted, inheritable: inheritable,
-                                       ambient: ambient),
+            capabilities: Capabilities(
+                effective: effective, permitted: permitted, inheritable: inheritable,
+                ambient: ambient),
             securebits: UInt32(bits))
     }
 }

@@ -85,15 +85,24 @@ public enum ThreadCredentials {
     ///   restore; nothing changed), ``ImpersonationError/Code/systemCall`` and
     ///   ``ImpersonationError/Code/verificationFailed`` (undone: the credentials are those before the call),
     ///   ``ImpersonationError/Code/restoreFailed`` (the undo failed too).
-    @available(*, noasync, message: "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:_:)")
+    @available(
+        *, noasync,
+        message:
+            "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:_:)"
+    )
     public static func impersonate(_ account: LocalAccount) throws(ImpersonationError) {
         try switchTo(account, operation: "impersonate \(account.name)", onFailure: .previousState)
     }
 
     /// Resolves `peer` in `map` and impersonates the account it maps to. An unmapped peer changes nothing.
-    @available(*, noasync, message: "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:in:_:)")
+    @available(
+        *, noasync,
+        message:
+            "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:in:_:)"
+    )
     @discardableResult
-    public static func impersonate(_ peer: PeerIdentity, in map: IdentityMap) throws(ImpersonationError) -> LocalAccount {
+    public static func impersonate(_ peer: PeerIdentity, in map: IdentityMap) throws(ImpersonationError) -> LocalAccount
+    {
         let account = try map.resolve(peer)
         try switchTo(account, operation: "impersonate \(account.name) for \(peer)", onFailure: .previousState)
         return account
@@ -104,7 +113,11 @@ public enum ThreadCredentials {
     ///
     /// - Throws: ``ImpersonationError/Code/restoreFailed``: the thread's identity is not known; stop using it.
     ///   The thread still counts as impersonating, so a later ``revert()`` tries again.
-    @available(*, noasync, message: "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:_:)")
+    @available(
+        *, noasync,
+        message:
+            "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:_:)"
+    )
     public static func revert() throws(ImpersonationError) {
         guard let record = ThreadRecord.current else { return }
         try restore(record.original, operation: "revert")
@@ -146,8 +159,10 @@ public enum ThreadCredentials {
     }
 
     /// Resolves `peer` in `map` and runs `body` as the account it maps to, as ``withImpersonation(of:_:)``.
-    public static func withImpersonation<T>(of peer: PeerIdentity, in map: IdentityMap,
-                                            _ body: (LocalAccount) throws -> T) throws -> T {
+    public static func withImpersonation<T>(
+        of peer: PeerIdentity, in map: IdentityMap,
+        _ body: (LocalAccount) throws -> T
+    ) throws -> T {
         let account = try map.resolve(peer)
         return try withImpersonation(of: account) { try body(account) }
     }
@@ -188,11 +203,12 @@ public enum ThreadCredentials {
     enum Step: String, Sendable {
         case setgroups, setresgid, setresuid, capset, clearAmbient
         case raiseEffective, restoreUIDs, restoreGIDs, restoreGroups, restoreFilesystemIDs, restoreCapabilities,
-             restoreAmbient
+            restoreAmbient
     }
 
     private static func switchTo(_ account: LocalAccount, operation: String, onFailure: FailurePolicy)
-        throws(ImpersonationError) {
+        throws(ImpersonationError)
+    {
         try account.checkUnprivileged(operation: operation)
         guard let record = ThreadRecord.current else {
             let original = try ThreadCredentialSnapshot.read(operation: operation)
@@ -203,13 +219,15 @@ public enum ThreadCredentials {
             } catch {
                 // The undo failed too: keep the record so that revert() tries again.
                 if error.code == .restoreFailed {
-                    ThreadRecord.current = ThreadRecord(original: original, account: account,
-                                                        parentDeathSignal: deathSignal > 0 ? deathSignal : 0)
+                    ThreadRecord.current = ThreadRecord(
+                        original: original, account: account,
+                        parentDeathSignal: deathSignal > 0 ? deathSignal : 0)
                 }
                 throw error
             }
-            ThreadRecord.current = ThreadRecord(original: original, account: account,
-                                                parentDeathSignal: deathSignal > 0 ? deathSignal : 0)
+            ThreadRecord.current = ThreadRecord(
+                original: original, account: account,
+                parentDeathSignal: deathSignal > 0 ? deathSignal : 0)
             return
         }
         // Already impersonating: only the original credentials can switch (the impersonating thread has no
@@ -219,14 +237,16 @@ public enum ThreadCredentials {
         ThreadRecord.current = nil
         do {
             try apply(account, from: record.original, operation: operation)
-            ThreadRecord.current = ThreadRecord(original: record.original, account: account,
-                                                parentDeathSignal: record.parentDeathSignal)
+            ThreadRecord.current = ThreadRecord(
+                original: record.original, account: account,
+                parentDeathSignal: record.parentDeathSignal)
         } catch {
             var failure = error
             if failure.code == .restoreFailed {
                 // The undo failed: the state is unknown; do not pile more changes on it. revert() will try again.
-                ThreadRecord.current = ThreadRecord(original: record.original, account: account,
-                                                    parentDeathSignal: record.parentDeathSignal)
+                ThreadRecord.current = ThreadRecord(
+                    original: record.original, account: account,
+                    parentDeathSignal: record.parentDeathSignal)
                 throw failure
             }
             if onFailure == .previousState {
@@ -237,17 +257,20 @@ public enum ThreadCredentials {
                     resumeError = error
                 }
                 guard let resumeError else {
-                    ThreadRecord.current = ThreadRecord(original: record.original, account: previous,
-                                                        parentDeathSignal: record.parentDeathSignal)
+                    ThreadRecord.current = ThreadRecord(
+                        original: record.original, account: previous,
+                        parentDeathSignal: record.parentDeathSignal)
                     failure.detail = (failure.detail ?? "") + "; still impersonating \(previous.name)"
                     throw failure
                 }
                 if resumeError.code == .restoreFailed {
-                    ThreadRecord.current = ThreadRecord(original: record.original, account: previous,
-                                                        parentDeathSignal: record.parentDeathSignal)
+                    ThreadRecord.current = ThreadRecord(
+                        original: record.original, account: previous,
+                        parentDeathSignal: record.parentDeathSignal)
                     throw resumeError
                 }
-                failure.detail = (failure.detail ?? "")
+                failure.detail =
+                    (failure.detail ?? "")
                     + "; could not resume impersonating \(previous.name) (\(resumeError)); the thread has its original credentials"
             } else {
                 failure.detail = (failure.detail ?? "") + "; the thread has its original credentials"
@@ -258,24 +281,29 @@ public enum ThreadCredentials {
     }
 
     private static func checkPreconditions(_ original: ThreadCredentialSnapshot, operation: String)
-        throws(ImpersonationError) {
+        throws(ImpersonationError)
+    {
         let caps = original.capabilities
         let needed = ThreadCredentialSnapshot.capSetuid | ThreadCredentialSnapshot.capSetgid
         guard caps.effective & needed == needed else {
-            throw ImpersonationError(.notPermitted, operation: operation, errno: .notPermitted,
-                                     detail: "the thread needs CAP_SETUID and CAP_SETGID in its effective set "
-                                         + "(it has \(caps))")
+            throw ImpersonationError(
+                .notPermitted, operation: operation, errno: .notPermitted,
+                detail: "the thread needs CAP_SETUID and CAP_SETGID in its effective set "
+                    + "(it has \(caps))")
         }
         // Revert sets the inheritable set back; without CAP_SETPCAP it may only add bits that are permitted.
-        guard caps.inheritable & ~caps.permitted == 0 || caps.permitted & ThreadCredentialSnapshot.capSetpcap != 0 else {
-            throw ImpersonationError(.notPermitted, operation: operation, errno: .notPermitted,
-                                     detail: "the inheritable set has capabilities outside the permitted set and there is "
-                                         + "no CAP_SETPCAP: revert could not restore it")
+        guard caps.inheritable & ~caps.permitted == 0 || caps.permitted & ThreadCredentialSnapshot.capSetpcap != 0
+        else {
+            throw ImpersonationError(
+                .notPermitted, operation: operation, errno: .notPermitted,
+                detail: "the inheritable set has capabilities outside the permitted set and there is "
+                    + "no CAP_SETPCAP: revert could not restore it")
         }
         guard caps.ambient == 0 || original.securebits & ThreadCredentialSnapshot.secbitNoCapAmbientRaise == 0 else {
-            throw ImpersonationError(.notPermitted, operation: operation, errno: .notPermitted,
-                                     detail: "ambient capabilities are set and SECBIT_NO_CAP_AMBIENT_RAISE forbids raising "
-                                         + "them again: revert could not restore them")
+            throw ImpersonationError(
+                .notPermitted, operation: operation, errno: .notPermitted,
+                detail: "ambient capabilities are set and SECBIT_NO_CAP_AMBIENT_RAISE forbids raising "
+                    + "them again: revert could not restore them")
         }
     }
 
@@ -289,8 +317,9 @@ public enum ThreadCredentials {
     /// What the thread's credentials are while impersonating `account`.
     static func expected(_ account: LocalAccount, from original: ThreadCredentialSnapshot) -> ThreadCredentialSnapshot {
         ThreadCredentialSnapshot(
-            uids: .init(real: account.uid, effective: account.uid, saved: keptSavedUID(original, account: account),
-                        filesystem: account.uid),
+            uids: .init(
+                real: account.uid, effective: account.uid, saved: keptSavedUID(original, account: account),
+                filesystem: account.uid),
             gids: .init(real: account.gid, effective: account.gid, saved: account.gid, filesystem: account.gid),
             groups: account.groups,
             capabilities: .init(effective: 0, permitted: original.capabilities.permitted, inheritable: 0, ambient: 0),
@@ -299,7 +328,8 @@ public enum ThreadCredentials {
 
     /// From the original credentials to `account`; undoes everything on any failure.
     private static func apply(_ account: LocalAccount, from original: ThreadCredentialSnapshot, operation: String)
-        throws(ImpersonationError) {
+        throws(ImpersonationError)
+    {
         let saved = keptSavedUID(original, account: account)
         do throws(ImpersonationError) {
             let groups = account.groups
@@ -313,7 +343,9 @@ public enum ThreadCredentials {
                 ctc_setresuid(account.uid, account.uid, saved)
             }
             let permitted = original.capabilities.permitted
-            try step(.capset, "capset(effective 0, permitted \(String(permitted, radix: 16)), inheritable 0)", operation) {
+            try step(
+                .capset, "capset(effective 0, permitted \(String(permitted, radix: 16)), inheritable 0)", operation
+            ) {
                 ctc_capset(0, permitted, 0)
             }
             try step(.clearAmbient, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)", operation) {
@@ -322,8 +354,9 @@ public enum ThreadCredentials {
             let now = try ThreadCredentialSnapshot.read(operation: operation)
             let wanted = expected(account, from: original)
             guard now == wanted else {
-                throw ImpersonationError(.verificationFailed, operation: operation,
-                                         detail: "asked for \(wanted), the kernel reports \(now)")
+                throw ImpersonationError(
+                    .verificationFailed, operation: operation,
+                    detail: "asked for \(wanted), the kernel reports \(now)")
             }
         } catch {
             do {
@@ -348,7 +381,8 @@ public enum ThreadCredentials {
             try step(.raiseEffective, "capset(effective = permitted \(String(caps.permitted, radix: 16)))", operation) {
                 ctc_capset(caps.permitted, caps.permitted, caps.inheritable)
             }
-            let uids = original.uids, gids = original.gids
+            let uids = original.uids
+            let gids = original.gids
             try step(.restoreUIDs, "setresuid(\(uids.real), \(uids.effective), \(uids.saved))", operation) {
                 ctc_setresuid(uids.real, uids.effective, uids.saved)
             }
@@ -378,20 +412,23 @@ public enum ThreadCredentials {
             }
             let after = try ThreadCredentialSnapshot.read(operation: operation)
             guard after == original else {
-                throw ImpersonationError(.verificationFailed, operation: operation,
-                                         detail: "restoring \(original), the kernel reports \(after)")
+                throw ImpersonationError(
+                    .verificationFailed, operation: operation,
+                    detail: "restoring \(original), the kernel reports \(after)")
             }
         } catch {
             var failure = error
             failure.code = .restoreFailed
-            failure.detail = (failure.detail ?? "")
+            failure.detail =
+                (failure.detail ?? "")
                 + "; the thread's credentials are NOT known to be its own: stop using this thread"
             throw failure
         }
     }
 
     private static func step(_ step: Step, _ call: String, _ operation: String, _ body: () -> Int32)
-        throws(ImpersonationError) {
+        throws(ImpersonationError)
+    {
         let rc = FaultInjection.take(step) ?? body()
         guard rc >= 0 else {
             throw ImpersonationError(.systemCall, operation: operation, errno: Errno(rawValue: -rc), detail: call)

@@ -47,7 +47,8 @@ public struct CertificateIdentity: Hashable, Sendable, CustomStringConvertible {
 
     static func text(_ name: GeneralName) -> String? {
         switch name {
-        case .dnsName(let text), .rfc822Name(let text), .uniformResourceIdentifier(let text): printable(Array(text.utf8))
+        case .dnsName(let text), .rfc822Name(let text), .uniformResourceIdentifier(let text):
+            printable(Array(text.utf8))
         case .ipAddress(let octets): address(Array(octets.bytes))
         case .directoryName(let dn): text(dn)
         case .registeredID(let oid): oid.oidComponents.map(String.init).joined(separator: ".")
@@ -79,8 +80,9 @@ public struct CertificateIdentity: Hashable, Sendable, CustomStringConvertible {
         if let text = String(value) { return Array(text.utf8) }
         var serializer = DER.Serializer()
         guard (try? serializer.serialize(ASN1Any(value))) != nil,
-              let node = try? DER.parse(serializer.serializedBytes),
-              case .primitive(let content) = node.content else { return [] }
+            let node = try? DER.parse(serializer.serializedBytes),
+            case .primitive(let content) = node.content
+        else { return [] }
         return Array(content)
     }
 

@@ -58,8 +58,9 @@ public final class CharonDaemon: Sendable {
         public init() {}
 
         static var defaultTemporaryDirectory: String {
-            guard let value = ProcessInfo.processInfo.environment["TMPDIR"], value.hasPrefix("/"), !value.hasPrefix("/run"),
-                  !value.hasPrefix("/var/run"), value.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) })
+            guard let value = ProcessInfo.processInfo.environment["TMPDIR"], value.hasPrefix("/"),
+                !value.hasPrefix("/run"),
+                !value.hasPrefix("/var/run"), value.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) })
             else { return "/tmp" }
             return value.count > 1 && value.hasSuffix("/") ? String(value.dropLast()) : value
         }
@@ -80,8 +81,10 @@ public final class CharonDaemon: Sendable {
     public static let servicePlugins = ["kernel-netlink", "socket-default", "vici"]
 
     /// The default `load` list: ``basePlugins``, the installed ``optionalPlugins``, `extra`, ``servicePlugins``.
-    public static func defaultPlugins(installedIn directory: String = "/usr/lib/ipsec/plugins",
-                                      extra: [String] = []) -> [String] {
+    public static func defaultPlugins(
+        installedIn directory: String = "/usr/lib/ipsec/plugins",
+        extra: [String] = []
+    ) -> [String] {
         let optional = optionalPlugins.filter {
             FileManager.default.fileExists(atPath: "\(directory)/libstrongswan-\($0).so")
         }
@@ -143,8 +146,11 @@ public final class CharonDaemon: Sendable {
         configPath = folder + "/strongswan.conf"
         socketPath = folder + "/charon.vici"
         logPath = folder + "/charon.log"
-        let plugins = options.plugins ?? Self.defaultPlugins(installedIn: options.pluginDirectory,
-                                                              extra: options.extraPlugins)
+        let plugins =
+            options.plugins
+            ?? Self.defaultPlugins(
+                installedIn: options.pluginDirectory,
+                extra: options.extraPlugins)
         configuration = Self.configuration(options: options, plugins: plugins, socketPath: socketPath)
         var started: ChildProcess?
         do throws(VICIError) {
@@ -155,14 +161,18 @@ public final class CharonDaemon: Sendable {
             }
             let arguments = try Self.commandLine(namespace: namespace, charon: options.charonPath, command: command)
             let begin = ContinuousClock.now
-            let process = try ChildProcess(arguments: arguments,
-                                           environment: ["STRONGSWAN_CONF": configPath,
-                                                         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"],
-                                           outputPath: logPath, command: command)
+            let process = try ChildProcess(
+                arguments: arguments,
+                environment: [
+                    "STRONGSWAN_CONF": configPath,
+                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
+                ],
+                outputPath: logPath, command: command)
             started = process
             try privateFolder.noteCharon(pid: process.pid, command: command)
-            let (client, version) = try Self.waitUntilReady(process: process, socketPath: socketPath,
-                                                            logPath: logPath, options: options, command: command)
+            let (client, version) = try Self.waitUntilReady(
+                process: process, socketPath: socketPath,
+                logPath: logPath, options: options, command: command)
             startupDuration = begin.duration(to: .now)
             running = Mutex(Running(process: process, pid: process.pid))
             vici = client
@@ -193,14 +203,18 @@ public final class CharonDaemon: Sendable {
             guard !state.process.isRunning else { return }
             unlink(socketPath)
             let arguments = try Self.commandLine(namespace: namespace, charon: options.charonPath, command: command)
-            let process = try ChildProcess(arguments: arguments,
-                                           environment: ["STRONGSWAN_CONF": configPath,
-                                                         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"],
-                                           outputPath: logPath, command: command)
+            let process = try ChildProcess(
+                arguments: arguments,
+                environment: [
+                    "STRONGSWAN_CONF": configPath,
+                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
+                ],
+                outputPath: logPath, command: command)
             do throws(VICIError) {
                 try privateFolder.noteCharon(pid: process.pid, command: command)
-                _ = try Self.waitUntilReady(process: process, socketPath: socketPath, logPath: logPath, options: options,
-                                            command: command)
+                _ = try Self.waitUntilReady(
+                    process: process, socketPath: socketPath, logPath: logPath, options: options,
+                    command: command)
             } catch {
                 process.terminate(grace: .milliseconds(500))
                 throw error
@@ -234,12 +248,15 @@ public final class CharonDaemon: Sendable {
     /// nil otherwise. A charon installs SAs in the network namespace it runs in, so a VICI socket that is merely
     /// visible (a bind-mounted `/var/run`, another namespace's charon) is no use for sockets elsewhere: its
     /// process (`SO_PEERCRED`) must be in the same network namespace as `namespace`.
-    public static func systemVICISocket(candidates: [String] = ["/var/run/charon.vici", "/run/charon.vici"],
-                                        namespace: NetworkNamespace = .current,
-                                        timeout: Duration = .seconds(1)) -> String? {
+    public static func systemVICISocket(
+        candidates: [String] = ["/var/run/charon.vici", "/run/charon.vici"],
+        namespace: NetworkNamespace = .current,
+        timeout: Duration = .seconds(1)
+    ) -> String? {
         for path in candidates where FileManager.default.fileExists(atPath: path) {
             guard let client = try? VICIClient(path: path, timeout: timeout), (try? client.version()) != nil,
-                  let pid = client.daemonProcessID else { continue }
+                let pid = client.daemonProcessID
+            else { continue }
             if namespaceInode("/proc/\(pid)/ns/net") == namespaceInode(namespace.path ?? "/proc/self/ns/net") {
                 return path
             }
@@ -309,7 +326,8 @@ public final class CharonDaemon: Sendable {
     }
 
     /// `setpriv --pdeathsig KILL nsenter --net=PATH unshare --mount --propagation private sh -c '…' charon`.
-    static func commandLine(namespace: NetworkNamespace, charon: String, command: String) throws(VICIError) -> [String] {
+    static func commandLine(namespace: NetworkNamespace, charon: String, command: String) throws(VICIError) -> [String]
+    {
         var arguments: [String] = []
         if let setpriv = locate("setpriv") { arguments += [setpriv, "--pdeathsig", "KILL"] }
         if let path = namespace.path {
@@ -321,21 +339,27 @@ public final class CharonDaemon: Sendable {
         guard let unshare = locate("unshare"), let sh = locate("sh") else {
             throw VICIError(.daemonUnavailable, command: command, detail: "unshare (util-linux) or sh is not installed")
         }
-        arguments += [unshare, "--mount", "--propagation", "private", "--", sh, "-c",
-                      "mount -t tmpfs -o mode=0755 tmpfs /run && exec \"$0\"", charon]
+        arguments += [
+            unshare, "--mount", "--propagation", "private", "--", sh, "-c",
+            "mount -t tmpfs -o mode=0755 tmpfs /run && exec \"$0\"", charon,
+        ]
         return arguments
     }
 
     /// Polls the socket until `version` answers, charon exits, or the deadline passes.
-    static func waitUntilReady(process: ChildProcess, socketPath: String, logPath: String, options: Options,
-                               command: String) throws(VICIError) -> (VICIClient, CharonVersion) {
+    static func waitUntilReady(
+        process: ChildProcess, socketPath: String, logPath: String, options: Options,
+        command: String
+    ) throws(VICIError) -> (VICIClient, CharonVersion) {
         let deadline = Deadline(after: options.readyTimeout)
         var lastError: VICIError?
         // Bounded: 10 ms between tries, and the deadline.
         for _ in 0..<100_000 {
             if !process.isRunning {
-                throw VICIError(.daemonUnavailable, command: command,
-                                detail: "charon \(process.exitDescription) before answering; log: \(tail(of: logPath, maxBytes: 2048))")
+                throw VICIError(
+                    .daemonUnavailable, command: command,
+                    detail:
+                        "charon \(process.exitDescription) before answering; log: \(tail(of: logPath, maxBytes: 2048))")
             }
             if FileManager.default.fileExists(atPath: socketPath) {
                 do throws(VICIError) {
@@ -349,9 +373,10 @@ public final class CharonDaemon: Sendable {
             if deadline.hasPassed { break }
             usleep(10_000)
         }
-        throw VICIError(.daemonUnavailable, command: command,
-                        detail: "no answer on \(socketPath) within \(options.readyTimeout)"
-                            + (lastError.map { " (last: \($0))" } ?? "") + "; log: \(tail(of: logPath, maxBytes: 2048))")
+        throw VICIError(
+            .daemonUnavailable, command: command,
+            detail: "no answer on \(socketPath) within \(options.readyTimeout)"
+                + (lastError.map { " (last: \($0))" } ?? "") + "; log: \(tail(of: logPath, maxBytes: 2048))")
     }
 
     static func tail(of path: String, maxBytes: Int) -> String {

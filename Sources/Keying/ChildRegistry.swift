@@ -21,8 +21,9 @@ final class ChildRegistry: Sendable {
             for child in ike.children {
                 guard let spi = child.spiIn else { continue }
                 if up && (child.isInstalled || event.name == "child-rekey") {
-                    insert(StrongSwanBackend.protection(ike: ike, child: child), name: child.name,
-                           flow: Self.flow(local: child.localTS, remote: child.remoteTS))
+                    insert(
+                        StrongSwanBackend.protection(ike: ike, child: child), name: child.name,
+                        flow: Self.flow(local: child.localTS, remote: child.remoteTS))
                 } else if !up {
                     remove(inboundSPI: spi)
                 }
@@ -37,7 +38,7 @@ final class ChildRegistry: Sendable {
             // Only our per-flow children have unique names; a listener's children share theirs.
             if let name, name.hasPrefix("c") { t.byName[name] = protection }
             if let flow {
-                t.byFlow[flow] = spi   // a rekey's new child replaces the old one for the flow
+                t.byFlow[flow] = spi // a rekey's new child replaces the old one for the flow
                 t.flowOfSPI[spi] = flow
             }
         }
@@ -46,8 +47,12 @@ final class ChildRegistry: Sendable {
     func remove(inboundSPI: UInt32) {
         tables.withLock { t in
             guard let gone = t.byInboundSPI.removeValue(forKey: inboundSPI) else { return }
-            if let name = t.byName.first(where: { $0.value.inboundSPI == gone.inboundSPI })?.key { t.byName[name] = nil }
-            if let flow = t.flowOfSPI.removeValue(forKey: inboundSPI), t.byFlow[flow] == inboundSPI { t.byFlow[flow] = nil }
+            if let name = t.byName.first(where: { $0.value.inboundSPI == gone.inboundSPI })?.key {
+                t.byName[name] = nil
+            }
+            if let flow = t.flowOfSPI.removeValue(forKey: inboundSPI), t.byFlow[flow] == inboundSPI {
+                t.byFlow[flow] = nil
+            }
         }
     }
 
@@ -60,17 +65,21 @@ final class ChildRegistry: Sendable {
     /// one host and one port of one protocol.
     static func flow(local: [String], remote: [String]) -> KeyedFlow? {
         guard let mine = local.first.flatMap(Self.endpoint), let theirs = remote.first.flatMap(Self.endpoint),
-              mine.proto == theirs.proto else { return nil }
-        return KeyedFlow(transportProtocol: mine.proto, local: mine.address, localPort: mine.port,
-                         remote: theirs.address, remotePort: theirs.port)
+            mine.proto == theirs.proto
+        else { return nil }
+        return KeyedFlow(
+            transportProtocol: mine.proto, local: mine.address, localPort: mine.port,
+            remote: theirs.address, remotePort: theirs.port)
     }
 
     private static func endpoint(_ text: String) -> (address: XFRMAddress, proto: XFRMUpperProtocol, port: UInt16)? {
         guard let open = text.firstIndex(of: "["), text.hasSuffix("]"),
-              let slash = text[..<open].firstIndex(of: "/") else { return nil }
+            let slash = text[..<open].firstIndex(of: "/")
+        else { return nil }
         let address = String(text[..<slash])
         guard let length = UInt8(text[text.index(after: slash)..<open]), let parsed = XFRMAddress(address),
-              length == parsed.family.addressBits else { return nil }
+            length == parsed.family.addressBits
+        else { return nil }
         let inside = text[text.index(after: open)..<text.index(before: text.endIndex)].split(separator: "/")
         guard inside.count == 2 else { return nil }
         let proto: XFRMUpperProtocol

@@ -61,8 +61,10 @@ public struct AuthConfig: Hashable, Sendable {
     /// Anything else for this round (e.g. `revocation`, `pubkeys`, `aaa_id`).
     public var extra: VICIMessage
 
-    public init(method: Method, id: String? = nil, eapID: String? = nil, certificates: [[UInt8]] = [],
-                caCertificates: [[UInt8]] = [], extra: VICIMessage = [:]) {
+    public init(
+        method: Method, id: String? = nil, eapID: String? = nil, certificates: [[UInt8]] = [],
+        caCertificates: [[UInt8]] = [], extra: VICIMessage = [:]
+    ) {
         self.method = method
         self.id = id
         self.eapID = eapID
@@ -119,10 +121,12 @@ public struct ChildConfig: Hashable, Sendable {
     /// Anything else (e.g. `rekey_time`, `life_time`, `close_action`, `dpd_action`, `updown`).
     public var extra: VICIMessage
 
-    public init(name: String, mode: Mode = .transport, policies: Bool = false, reqid: UInt32? = nil,
-                startAction: StartAction = .none, espProposals: [String] = [],
-                localTS: [TrafficSelector] = [.dynamic], remoteTS: [TrafficSelector] = [.dynamic],
-                extra: VICIMessage = [:]) {
+    public init(
+        name: String, mode: Mode = .transport, policies: Bool = false, reqid: UInt32? = nil,
+        startAction: StartAction = .none, espProposals: [String] = [],
+        localTS: [TrafficSelector] = [.dynamic], remoteTS: [TrafficSelector] = [.dynamic],
+        extra: VICIMessage = [:]
+    ) {
         self.name = name
         self.mode = mode
         self.policies = policies
@@ -174,9 +178,11 @@ public struct IKEConnConfig: Hashable, Sendable {
     /// Anything else at conn level (e.g. `encap`, `mobike`, `dpd_delay`, `rekey_time`, `unique`, `keyingtries`).
     public var extra: VICIMessage
 
-    public init(name: String, version: Int = 2, localAddresses: [String] = [], remoteAddresses: [String] = [],
-                localPort: UInt16? = nil, remotePort: UInt16? = nil, proposals: [String] = [],
-                localAuth: [AuthConfig], remoteAuth: [AuthConfig], children: [ChildConfig], extra: VICIMessage = [:]) {
+    public init(
+        name: String, version: Int = 2, localAddresses: [String] = [], remoteAddresses: [String] = [],
+        localPort: UInt16? = nil, remotePort: UInt16? = nil, proposals: [String] = [],
+        localAuth: [AuthConfig], remoteAuth: [AuthConfig], children: [ChildConfig], extra: VICIMessage = [:]
+    ) {
         self.name = name
         self.version = version
         self.localAddresses = localAddresses
@@ -191,19 +197,25 @@ public struct IKEConnConfig: Hashable, Sendable {
     }
 
     /// The initiating side: talks from `local` to `remote`.
-    public static func initiator(name: String, local: String, remote: String, localAuth: AuthConfig,
-                                 remoteAuth: AuthConfig, children: [ChildConfig], proposals: [String] = [])
+    public static func initiator(
+        name: String, local: String, remote: String, localAuth: AuthConfig,
+        remoteAuth: AuthConfig, children: [ChildConfig], proposals: [String] = []
+    )
         -> IKEConnConfig
     {
-        IKEConnConfig(name: name, localAddresses: [local], remoteAddresses: [remote], proposals: proposals,
-                      localAuth: [localAuth], remoteAuth: [remoteAuth], children: children)
+        IKEConnConfig(
+            name: name, localAddresses: [local], remoteAddresses: [remote], proposals: proposals,
+            localAuth: [localAuth], remoteAuth: [remoteAuth], children: children)
     }
 
     /// The responding side: accepts any peer address (`remote_addrs = %any`); `local` nil listens on all.
-    public static func responder(name: String, local: String? = nil, localAuth: AuthConfig, remoteAuth: AuthConfig,
-                                 children: [ChildConfig], proposals: [String] = []) -> IKEConnConfig {
-        IKEConnConfig(name: name, localAddresses: local.map { [$0] } ?? [], remoteAddresses: ["%any"],
-                      proposals: proposals, localAuth: [localAuth], remoteAuth: [remoteAuth], children: children)
+    public static func responder(
+        name: String, local: String? = nil, localAuth: AuthConfig, remoteAuth: AuthConfig,
+        children: [ChildConfig], proposals: [String] = []
+    ) -> IKEConnConfig {
+        IKEConnConfig(
+            name: name, localAddresses: local.map { [$0] } ?? [], remoteAddresses: ["%any"],
+            proposals: proposals, localAuth: [localAuth], remoteAuth: [remoteAuth], children: children)
     }
 
     /// The `load-conn` body for this conn (without the outer section named after it).

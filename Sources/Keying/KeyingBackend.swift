@@ -56,8 +56,10 @@ public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
     public var remote: XFRMAddress
     public var remotePort: UInt16
 
-    public init(transportProtocol: XFRMUpperProtocol, local: XFRMAddress, localPort: UInt16, remote: XFRMAddress,
-                remotePort: UInt16) {
+    public init(
+        transportProtocol: XFRMUpperProtocol, local: XFRMAddress, localPort: UInt16, remote: XFRMAddress,
+        remotePort: UInt16
+    ) {
         self.transportProtocol = transportProtocol
         self.local = local
         self.localPort = localPort
@@ -77,10 +79,12 @@ public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
     /// Whether an SA selector covers this flow in one direction (the kernel's own test).
     public func isCovered(by selector: XFRMSelector, outbound: Bool) -> Bool {
         outbound
-            ? selector.covers(source: local, sourcePort: localPort, destination: remote, destinationPort: remotePort,
-                              protocol: transportProtocol)
-            : selector.covers(source: remote, sourcePort: remotePort, destination: local, destinationPort: localPort,
-                              protocol: transportProtocol)
+            ? selector.covers(
+                source: local, sourcePort: localPort, destination: remote, destinationPort: remotePort,
+                protocol: transportProtocol)
+            : selector.covers(
+                source: remote, sourcePort: remotePort, destination: local, destinationPort: localPort,
+                protocol: transportProtocol)
     }
 
     public var description: String {
@@ -119,9 +123,11 @@ public struct KeyingRequest: Hashable, Sendable {
     public var userName: String?
     public var userPassword: String?
 
-    public init(reqid: UInt32, family: XFRMAddressFamily, transportProtocol: XFRMUpperProtocol = .any,
-                requiredPeerIdentity: String? = nil, peerIdentityOptional: Bool = false,
-                requireEncryption: Bool = true, userName: String? = nil, userPassword: String? = nil) {
+    public init(
+        reqid: UInt32, family: XFRMAddressFamily, transportProtocol: XFRMUpperProtocol = .any,
+        requiredPeerIdentity: String? = nil, peerIdentityOptional: Bool = false,
+        requireEncryption: Bool = true, userName: String? = nil, userPassword: String? = nil
+    ) {
         self.reqid = reqid
         self.family = family
         self.transportProtocol = transportProtocol
@@ -145,7 +151,8 @@ public struct KeyingRegistration: Hashable, Sendable {
     /// The CHILD configs whose SAs it owns: on release every CHILD_SA of these configs is terminated, the ones
     /// a rekey made (new unique ids) included.
     public var childNames: [String]
-    public init(reqid: UInt32, names: [String], childIDs: [Int] = [], secrets: [String] = [], childNames: [String] = []) {
+    public init(reqid: UInt32, names: [String], childIDs: [Int] = [], secrets: [String] = [], childNames: [String] = [])
+    {
         self.reqid = reqid
         self.names = names
         self.childIDs = childIDs
@@ -171,10 +178,12 @@ public struct KeyedProtection: Hashable, Sendable {
     /// did not authenticate with a certificate or when which certificate it used is not known for sure.
     public var remoteCertificate: CertificateIdentity?
 
-    public init(ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, localIdentity: String? = nil,
-                remoteIdentity: String? = nil, remoteUserIdentity: String? = nil, encryptionAlgorithm: String? = nil,
-                integrityAlgorithm: String? = nil, inboundSPI: UInt32? = nil, outboundSPI: UInt32? = nil,
-                authentication: PeerAuthentication? = nil, remoteCertificate: CertificateIdentity? = nil) {
+    public init(
+        ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, localIdentity: String? = nil,
+        remoteIdentity: String? = nil, remoteUserIdentity: String? = nil, encryptionAlgorithm: String? = nil,
+        integrityAlgorithm: String? = nil, inboundSPI: UInt32? = nil, outboundSPI: UInt32? = nil,
+        authentication: PeerAuthentication? = nil, remoteCertificate: CertificateIdentity? = nil
+    ) {
         self.ikeSAID = ikeSAID
         self.childSAID = childSAID
         self.localIdentity = localIdentity
@@ -218,7 +227,9 @@ public struct KeyingError: Error, Hashable, CustomStringConvertible, Sendable {
     public var description: String { cause.map { "\(code): \(detail): \($0)" } ?? "\(code): \(detail)" }
 
     /// Equal code and detail (the cause is not compared).
-    public static func == (lhs: KeyingError, rhs: KeyingError) -> Bool { lhs.code == rhs.code && lhs.detail == rhs.detail }
+    public static func == (lhs: KeyingError, rhs: KeyingError) -> Bool {
+        lhs.code == rhs.code && lhs.detail == rhs.detail
+    }
     public func hash(into hasher: inout Hasher) {
         hasher.combine(code)
         hasher.combine(detail)

@@ -110,7 +110,9 @@ public struct KeyingConfiguration: Hashable, Sendable {
             let name = String(parts[0])
             let rawValue = parts[1].trimmingCharacters(in: .whitespaces)
             var value = rawValue
-            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
+                value = String(value.dropFirst().dropLast())
+            }
             switch name {
             case "identity": identity = value
             case "psk":
@@ -118,16 +120,20 @@ public struct KeyingConfiguration: Hashable, Sendable {
                 pskLine = number
             case "peer-psk":
                 guard let (peer, secret) = Self.identityAndSecret(rawValue), !peer.isEmpty, !secret.isEmpty else {
-                    throw ParseError(line: number, message: "peer-psk PEER-IDENTITY SECRET (quote an identity with spaces)")
+                    throw ParseError(
+                        line: number, message: "peer-psk PEER-IDENTITY SECRET (quote an identity with spaces)")
                 }
                 guard PeerIdentityText.isLiteral(peer) else {
-                    throw ParseError(line: number, message: "peer-psk identity `\(peer)` is a pattern (`%` or `*`): "
-                                         + "its key would be offered for any peer, as a group key is",
-                                     reason: .peerKeyIdentityIsPattern(identity: peer))
+                    throw ParseError(
+                        line: number,
+                        message: "peer-psk identity `\(peer)` is a pattern (`%` or `*`): "
+                            + "its key would be offered for any peer, as a group key is",
+                        reason: .peerKeyIdentityIsPattern(identity: peer))
                 }
                 guard !peerKeys.keys.contains(where: { Self.sameIdentity($0, peer) }) else {
-                    throw ParseError(line: number, message: "a second peer-psk for `\(peer)`",
-                                     reason: .duplicatePeerKey(identity: peer))
+                    throw ParseError(
+                        line: number, message: "a second peer-psk for `\(peer)`",
+                        reason: .duplicatePeerKey(identity: peer))
                 }
                 peerKeys[peer] = secret
                 if firstPeerKeyLine == 0 { firstPeerKeyLine = number }
@@ -143,7 +149,9 @@ public struct KeyingConfiguration: Hashable, Sendable {
                 let fields = value.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" })
                 guard fields.count == 2 else { throw ParseError(line: number, message: "eap-user NAME SECRET") }
                 var secret = fields[1].trimmingCharacters(in: .whitespaces)
-                if secret.count >= 2, secret.hasPrefix("\""), secret.hasSuffix("\"") { secret = String(secret.dropFirst().dropLast()) }
+                if secret.count >= 2, secret.hasPrefix("\""), secret.hasSuffix("\"") {
+                    secret = String(secret.dropFirst().dropLast())
+                }
                 eapUsers[String(fields[0])] = secret
             case "negotiation-timeout":
                 guard let seconds = Double(value), seconds > 0, seconds <= 300 else {
@@ -156,33 +164,38 @@ public struct KeyingConfiguration: Hashable, Sendable {
         }
         guard let identity, !identity.isEmpty else { throw ParseError(line: 0, message: "`identity` is required") }
         if psk != nil && !peerKeys.isEmpty {
-            throw ParseError(line: max(pskLine, firstPeerKeyLine),
-                             message: "`psk` is a group key and cannot be combined with `peer-psk`: charon offers a group "
-                                 + "key for every identity and tries every matching key when it checks a peer, so any "
-                                 + "holder of the group key could authenticate as a peer that has a key of its own; "
-                                 + "give every peer a `peer-psk`, or use `psk` alone",
-                             reason: .groupKeyWithPeerKeys)
+            throw ParseError(
+                line: max(pskLine, firstPeerKeyLine),
+                message: "`psk` is a group key and cannot be combined with `peer-psk`: charon offers a group "
+                    + "key for every identity and tries every matching key when it checks a peer, so any "
+                    + "holder of the group key could authenticate as a peer that has a key of its own; "
+                    + "give every peer a `peer-psk`, or use `psk` alone",
+                reason: .groupKeyWithPeerKeys)
         }
         if peerKeys.keys.contains(where: { Self.sameIdentity($0, identity) }) {
-            throw ParseError(line: firstPeerKeyLine,
-                             message: "peer-psk for this host's own identity `\(identity)`: charon would offer it for "
-                                 + "every IKE SA of this host, as a group key; a peer-psk names the peer",
-                             reason: .peerKeyForOwnIdentity)
+            throw ParseError(
+                line: firstPeerKeyLine,
+                message: "peer-psk for this host's own identity `\(identity)`: charon would offer it for "
+                    + "every IKE SA of this host, as a group key; a peer-psk names the peer",
+                reason: .peerKeyForOwnIdentity)
         }
         let hasKeys = psk != nil || !peerKeys.isEmpty
         switch (hasKeys, certificate, key) {
         case (true, nil, nil): break
         case (false, .some, .some): break
         case (true, _, _):
-            throw ParseError(line: 0, message: "give either psk / peer-psk or certificate + private-key, not both",
-                             reason: .credentials)
+            throw ParseError(
+                line: 0, message: "give either psk / peer-psk or certificate + private-key, not both",
+                reason: .credentials)
         default:
-            throw ParseError(line: 0, message: "give psk, peer-psk lines, or certificate and private-key",
-                             reason: .credentials)
+            throw ParseError(
+                line: 0, message: "give psk, peer-psk lines, or certificate and private-key",
+                reason: .credentials)
         }
-        var configuration = KeyingConfiguration(identity: identity, psk: psk, certificatePath: certificate,
-                                                privateKeyPath: key, authorityPaths: authorities, charon: charon,
-                                                negotiationTimeout: timeout)
+        var configuration = KeyingConfiguration(
+            identity: identity, psk: psk, certificatePath: certificate,
+            privateKeyPath: key, authorityPaths: authorities, charon: charon,
+            negotiationTimeout: timeout)
         configuration.eapUsers = eapUsers
         configuration.peerKeys = peerKeys
         return configuration
@@ -214,9 +227,10 @@ public struct KeyingConfiguration: Hashable, Sendable {
 
     /// charon compares FQDN and email identities ASCII case-insensitively.
     static func sameIdentity(_ a: String, _ b: String) -> Bool {
-        a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in
-            (x >= 0x41 && x <= 0x5a ? x + 0x20 : x) == (y >= 0x41 && y <= 0x5a ? y + 0x20 : y)
-        }
+        a.utf8.count == b.utf8.count
+            && zip(a.utf8, b.utf8).allSatisfy { x, y in
+                (x >= 0x41 && x <= 0x5a ? x + 0x20 : x) == (y >= 0x41 && y <= 0x5a ? y + 0x20 : y)
+            }
     }
 
     private static func stripComment(_ line: String) -> String {
@@ -242,14 +256,19 @@ public struct KeyingConfiguration: Hashable, Sendable {
             }
             return [UInt8](data)
         }
-        return StrongSwanBackend.Credentials(identity: identity, method: .certificate(
-            certificate: try read(certificatePath!), privateKey: try read(privateKeyPath!),
-            authorities: try authorityPaths.map { (path) throws(KeyingError) in try read(path) }), eapUsers: eapUsers)
+        return StrongSwanBackend.Credentials(
+            identity: identity,
+            method: .certificate(
+                certificate: try read(certificatePath!), privateKey: try read(privateKeyPath!),
+                authorities: try authorityPaths.map { (path) throws(KeyingError) in try read(path) }),
+            eapUsers: eapUsers)
     }
 
     /// The backend this configuration asks for, in `namespace`.
-    public func makeBackend(namespace: NetworkNamespace = .current,
-                            logger: Logger = Logger(label: "wss.keying")) throws(KeyingError) -> StrongSwanBackend {
+    public func makeBackend(
+        namespace: NetworkNamespace = .current,
+        logger: Logger = Logger(label: "wss.keying")
+    ) throws(KeyingError) -> StrongSwanBackend {
         let credentials = try credentials()
         switch charon {
         case .auto:

@@ -24,8 +24,10 @@ final class PeerCertificateCache: Sendable {
 
     /// The lookup for IKE SA `ikeSAID` whose `remote-id` is `remoteIdentity`; `candidates` fetches charon's
     /// certificates for that identity when the IKE SA is not known yet (its error is passed on, nothing cached).
-    func lookup<Failure: Error>(ikeSAID: UInt64, remoteIdentity: String,
-                                candidates: () throws(Failure) -> [[UInt8]]) throws(Failure) -> PeerCertificateLookup {
+    func lookup<Failure: Error>(
+        ikeSAID: UInt64, remoteIdentity: String,
+        candidates: () throws(Failure) -> [[UInt8]]
+    ) throws(Failure) -> PeerCertificateLookup {
         if let known = state.withLock({ $0.lookups[ikeSAID] }) { return known }
         let found = selector.select(try candidates(), remoteIdentity: remoteIdentity)
         if case .notFound = found { return found }

@@ -51,8 +51,9 @@ struct PeerCertificateSelector: Sendable {
         var identities: [CertificateIdentity] = []
         for bytes in candidates {
             guard let certificate = try? Self.parse(bytes), seen.insert(certificate).inserted,
-                  isIssuedByAnAuthority(certificate),
-                  let identity = try? CertificateIdentity(certificate), identity.names(remoteIdentity) else { continue }
+                isIssuedByAnAuthority(certificate),
+                let identity = try? CertificateIdentity(certificate), identity.names(remoteIdentity)
+            else { continue }
             if !identities.contains(identity) { identities.append(identity) }
         }
         switch identities.count {

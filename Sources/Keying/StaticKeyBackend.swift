@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 import XFRM
 
-/// Manual keying: SA pairs read from a file and installed through ``XFRMClient``, no IKE. For deterministic
+/// Manual keying: SA pairs read from a file and installed through `XFRMClient` (XFRM), no IKE. For deterministic
 /// tests and for hosts without an IKE daemon.
 ///
 /// File format, one peer per line, `#` starts a comment (keys in hex, as `ip xfrm state add` takes them):
@@ -31,9 +31,11 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         /// The identity this peer is known as (what a peer target name must equal).
         public var identity: String?
 
-        public init(peer: XFRMAddress, local: XFRMAddress, outboundSPI: UInt32, inboundSPI: UInt32,
-                    algorithm: String = "rfc4106(gcm(aes))", outboundKey: [UInt8], inboundKey: [UInt8],
-                    icvBits: UInt32 = 128, identity: String? = nil) {
+        public init(
+            peer: XFRMAddress, local: XFRMAddress, outboundSPI: UInt32, inboundSPI: UInt32,
+            algorithm: String = "rfc4106(gcm(aes))", outboundKey: [UInt8], inboundKey: [UInt8],
+            icvBits: UInt32 = 128, identity: String? = nil
+        ) {
             self.peer = peer
             self.local = local
             self.outboundSPI = outboundSPI
@@ -48,10 +50,12 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         func states(reqid: UInt32) -> [XFRMState] {
             let algorithm = { (key: [UInt8]) in XFRMAlgorithm(.aead(icvBits: icvBits), name: self.algorithm, key: key) }
             return [
-                XFRMState(source: local, destination: peer, spi: outboundSPI, reqid: reqid,
-                          algorithms: [algorithm(outboundKey)], selector: .host(local, peer), replayWindow: 32),
-                XFRMState(source: peer, destination: local, spi: inboundSPI, reqid: reqid,
-                          algorithms: [algorithm(inboundKey)], selector: .host(peer, local), replayWindow: 32),
+                XFRMState(
+                    source: local, destination: peer, spi: outboundSPI, reqid: reqid,
+                    algorithms: [algorithm(outboundKey)], selector: .host(local, peer), replayWindow: 32),
+                XFRMState(
+                    source: peer, destination: local, spi: inboundSPI, reqid: reqid,
+                    algorithms: [algorithm(inboundKey)], selector: .host(peer, local), replayWindow: 32),
             ]
         }
     }
@@ -82,14 +86,18 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
             guard words.count == 8 || words.count == 10 else {
                 throw ParseError(line: number + 1, message: "expected 8 fields (+ identity NAME), found \(words.count)")
             }
-            guard let peer = XFRMAddress(words[0]), let local = XFRMAddress(words[1]), peer.family == local.family else {
+            guard let peer = XFRMAddress(words[0]), let local = XFRMAddress(words[1]), peer.family == local.family
+            else {
                 throw ParseError(line: number + 1, message: "peer and local must be addresses of one family")
             }
-            guard let spiOut = hexOrDecimal(words[2]), let spiIn = hexOrDecimal(words[3]), spiOut >= 0x100, spiIn >= 0x100 else {
+            guard let spiOut = hexOrDecimal(words[2]), let spiIn = hexOrDecimal(words[3]), spiOut >= 0x100,
+                spiIn >= 0x100
+            else {
                 throw ParseError(line: number + 1, message: "SPIs must be numbers of at least 0x100")
             }
             guard let keyOut = hexBytes(words[5]), let keyIn = hexBytes(words[6]), !keyOut.isEmpty,
-                  keyOut.count == keyIn.count else {
+                keyOut.count == keyIn.count
+            else {
                 throw ParseError(line: number + 1, message: "keys must be 0x-prefixed hex of equal length")
             }
             guard let icv = UInt32(words[7]), [64, 96, 128].contains(icv) else {
@@ -97,11 +105,15 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
             }
             var identity: String?
             if words.count == 10 {
-                guard words[8] == "identity" else { throw ParseError(line: number + 1, message: "expected `identity NAME`") }
+                guard words[8] == "identity" else {
+                    throw ParseError(line: number + 1, message: "expected `identity NAME`")
+                }
                 identity = words[9]
             }
-            peers.append(Peer(peer: peer, local: local, outboundSPI: spiOut, inboundSPI: spiIn, algorithm: words[4],
-                              outboundKey: keyOut, inboundKey: keyIn, icvBits: icv, identity: identity))
+            peers.append(
+                Peer(
+                    peer: peer, local: local, outboundSPI: spiOut, inboundSPI: spiIn, algorithm: words[4],
+                    outboundKey: keyOut, inboundKey: keyIn, icvBits: icv, identity: identity))
         }
         return peers
     }
@@ -131,17 +143,20 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     }
 
     public func negotiate(_ request: KeyingRequest, flow: KeyedFlow, timeout: Duration) throws(KeyingError)
-        -> Negotiated {
+        -> Negotiated
+    {
         guard let entry = peers.first(where: { $0.peer == flow.remote }) else {
             throw KeyingError(.unavailable, "no static keys for \(flow.remote)")
         }
         if let required = request.requiredPeerIdentity, entry.identity != required, !request.peerIdentityOptional {
-            throw KeyingError(.authenticationFailed,
-                              "\(flow.remote) is configured as \(entry.identity ?? "no identity"), not \(required)")
+            throw KeyingError(
+                .authenticationFailed,
+                "\(flow.remote) is configured as \(entry.identity ?? "no identity"), not \(required)")
         }
         try install(entry, reqid: request.reqid)
-        return Negotiated(protection: protection(for: entry),
-                          registration: KeyingRegistration(reqid: request.reqid, names: ["static \(entry.peer)"]))
+        return Negotiated(
+            protection: protection(for: entry),
+            registration: KeyingRegistration(reqid: request.reqid, names: ["static \(entry.peer)"]))
     }
 
     public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
@@ -166,9 +181,10 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     public func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>]) {}
 
     private func protection(for entry: Peer) -> KeyedProtection {
-        KeyedProtection(remoteIdentity: entry.identity, encryptionAlgorithm: entry.algorithm,
-                        inboundSPI: entry.inboundSPI, outboundSPI: entry.outboundSPI,
-                        authentication: PeerAuthentication(machine: .manualKeys))
+        KeyedProtection(
+            remoteIdentity: entry.identity, encryptionAlgorithm: entry.algorithm,
+            inboundSPI: entry.inboundSPI, outboundSPI: entry.outboundSPI,
+            authentication: PeerAuthentication(machine: .manualKeys))
     }
 
     private func install(_ peer: Peer, reqid: UInt32) throws(KeyingError) {

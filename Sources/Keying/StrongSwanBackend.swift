@@ -93,15 +93,18 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     public let logger: Logger
 
     /// Uses `vici` (a system charon or a private one) and loads `credentials` into it.
-    public init(vici: VICIClient, credentials: Credentials, daemon: CharonDaemon? = nil,
-                logger: Logger = Logger(label: "wss.keying")) throws(KeyingError) {
+    public init(
+        vici: VICIClient, credentials: Credentials, daemon: CharonDaemon? = nil,
+        logger: Logger = Logger(label: "wss.keying")
+    ) throws(KeyingError) {
         self.logger = logger
         self.vici = vici
         self.daemon = daemon
         self.credentials = credentials
         for folder in daemon?.reclaimedFolders ?? [] {
-            logger.notice("removed the private charon folder of a process that died without stopping its charon",
-                          metadata: ["folder": "\(folder)"])
+            logger.notice(
+                "removed the private charon folder of a process that died without stopping its charon",
+                metadata: ["folder": "\(folder)"])
         }
         // pid + instance: unique among every process and backend sharing one charon.
         self.prefix = "wss\(getpid())x\(Self.instances.wrappingAdd(1, ordering: .relaxed).oldValue)"
@@ -148,15 +151,18 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     } catch {}
                 }
                 guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled,
-                      self.daemon?.wasStopped != true else { return }
-                self.logger.warning("charon's event stream ended: bringing charon back",
-                                    metadata: ["vici": "\(path)", "private": "\(self.daemon != nil)", "retry-in": "\(pause)"])
+                    self.daemon?.wasStopped != true
+                else { return }
+                self.logger.warning(
+                    "charon's event stream ended: bringing charon back",
+                    metadata: ["vici": "\(path)", "private": "\(self.daemon != nil)", "retry-in": "\(pause)"])
                 try? await Task.sleep(for: pause)
                 pause = min(pause * 2, .seconds(5))
                 do throws(KeyingError) {
                     try self.resync()
-                    self.logger.notice("charon is back: credentials, responder conn and listeners reloaded",
-                                       metadata: ["charon-pid": "\(self.daemon?.pid ?? self.vici.daemonProcessID ?? 0)"])
+                    self.logger.notice(
+                        "charon is back: credentials, responder conn and listeners reloaded",
+                        metadata: ["charon-pid": "\(self.daemon?.pid ?? self.vici.daemonProcessID ?? 0)"])
                 } catch {
                     self.logger.error("charon is not back yet", metadata: ["reason": "\(error)"])
                 }
@@ -189,10 +195,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     /// A system charon when its VICI socket answers, otherwise a private charon for `namespace`.
-    public static func systemOrPrivate(credentials: Credentials, namespace: NetworkNamespace = .current,
-                                       options: CharonDaemon.Options = CharonDaemon.Options(),
-                                       logger: Logger = Logger(label: "wss.keying")) throws(KeyingError)
-        -> StrongSwanBackend {
+    public static func systemOrPrivate(
+        credentials: Credentials, namespace: NetworkNamespace = .current,
+        options: CharonDaemon.Options = CharonDaemon.Options(),
+        logger: Logger = Logger(label: "wss.keying")
+    ) throws(KeyingError)
+        -> StrongSwanBackend
+    {
         if let path = CharonDaemon.systemVICISocket(namespace: namespace) {
             do {
                 return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials, logger: logger)
@@ -225,9 +234,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 try vici.loadShared(.ike, secret: secret, owners: [], id: "\(prefix)-psk")
             case .peerKeys(let keys):
                 for (index, identity) in keys.keys.sorted().enumerated() {
-                    guard PeerIdentityText.isLiteral(identity), !KeyingConfiguration.sameIdentity(identity, credentials.identity) else {
-                        throw KeyingError(.rejected, "peer key \(index) names `\(identity)`: a per-peer key names one "
-                                              + "peer, never a pattern nor this host's own identity")
+                    guard PeerIdentityText.isLiteral(identity),
+                        !KeyingConfiguration.sameIdentity(identity, credentials.identity)
+                    else {
+                        throw KeyingError(
+                            .rejected,
+                            "peer key \(index) names `\(identity)`: a per-peer key names one "
+                                + "peer, never a pattern nor this host's own identity")
                     }
                     try vici.loadShared(.ike, secret: keys[identity]!, owners: [identity], id: "\(prefix)-psk\(index)")
                 }
@@ -245,7 +258,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             throw KeyingError(.unavailable, "loading credentials into charon", cause: error)
         }
     }
-
 
     // MARK: - Authentication rounds
 
@@ -295,16 +307,19 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         // With EAP users configured, the peer must also authenticate a user (RFC 4739 second round).
         var remote = [remoteAuth(identity: nil)]
         if !credentials.eapUsers.isEmpty { remote.append(AuthConfig(method: .eapMD5, eapID: "%any")) }
-        try vici.loadConn(IKEConnConfig(name: responderName, remoteAddresses: ["%any"], localAuth: [localAuth()],
-                                        remoteAuth: remote, children: children, extra: Self.connOptions))
+        try vici.loadConn(
+            IKEConnConfig(
+                name: responderName, remoteAddresses: ["%any"], localAuth: [localAuth()],
+                remoteAuth: remote, children: children, extra: Self.connOptions))
     }
 
     public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
         let proto = Self.protocolName(request.transportProtocol)
-        let child = ChildConfig(name: "l\(request.reqid)", mode: .transport, policies: false, reqid: request.reqid,
-                                startAction: .none, espProposals: Self.espProposals,
-                                localTS: [.dynamic(protocol: proto, port: localPort)],
-                                remoteTS: [.dynamic(protocol: proto, port: nil)])
+        let child = ChildConfig(
+            name: "l\(request.reqid)", mode: .transport, policies: false, reqid: request.reqid,
+            startAction: .none, espProposals: Self.espProposals,
+            localTS: [.dynamic(protocol: proto, port: localPort)],
+            remoteTS: [.dynamic(protocol: proto, port: nil)])
         let all = responderChildren.withLock { table -> [ChildConfig] in
             table[request.reqid] = child
             return table.keys.sorted().compactMap { table[$0] }
@@ -321,7 +336,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     // MARK: - Initiator
 
     public func negotiate(_ request: KeyingRequest, flow: KeyedFlow, timeout: Duration) throws(KeyingError)
-        -> Negotiated {
+        -> Negotiated
+    {
         let deadline = ContinuousClock.now + timeout
         let number = negotiations.wrappingAdd(1, ordering: .relaxed).oldValue
         let conn = "\(prefix)-c\(request.reqid)-\(number)"
@@ -344,14 +360,18 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             secrets.append(id)
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
         }
-        var registration = KeyingRegistration(reqid: request.reqid, names: [conn], secrets: secrets, childNames: [childName])
+        var registration = KeyingRegistration(
+            reqid: request.reqid, names: [conn], secrets: secrets, childNames: [childName])
         var config = IKEConnConfig(
             name: conn, localAddresses: ["%any"], remoteAddresses: ["\(flow.remote)"],
             localAuth: localRounds, remoteAuth: [remoteAuth(identity: pinned)],
-            children: [ChildConfig(name: childName, mode: .transport, policies: false, reqid: request.reqid,
-                                   startAction: .none, espProposals: Self.espProposals,
-                                   localTS: [.dynamic(protocol: proto, port: flow.localPort)],
-                                   remoteTS: [.dynamic(protocol: proto, port: flow.remotePort)])],
+            children: [
+                ChildConfig(
+                    name: childName, mode: .transport, policies: false, reqid: request.reqid,
+                    startAction: .none, espProposals: Self.espProposals,
+                    localTS: [.dynamic(protocol: proto, port: flow.localPort)],
+                    remoteTS: [.dynamic(protocol: proto, port: flow.remotePort)])
+            ],
             extra: connOptions(for: flow.remote))
         // A charon that went away is brought back once (resync) and the negotiation runs again in it.
         for attempt in 0..<2 {
@@ -370,7 +390,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
                 try verify(child, request: request)
                 return Negotiated(protection: authenticated(child), registration: registration)
-            } catch where error.code == .unavailable && attempt == 0 && !stopped.load(ordering: .acquiring) {
+            } catch  where error.code == .unavailable && attempt == 0 && !stopped.load(ordering: .acquiring) {
                 guard (try? resync()) != nil else {
                     release(registration)
                     throw error
@@ -386,8 +406,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
     /// answers as a host whose listener is not ready yet; then the child as charon lists it.
-    private func initiate(child childName: String, conn: String, peer: XFRMAddress, deadline: ContinuousClock.Instant,
-                          onStaleIKESA: () -> Void) throws(KeyingError) -> KeyedProtection {
+    private func initiate(
+        child childName: String, conn: String, peer: XFRMAddress, deadline: ContinuousClock.Instant,
+        onStaleIKESA: () -> Void
+    ) throws(KeyingError) -> KeyedProtection {
         let started = ContinuousClock.now
         var pause: Duration = .milliseconds(50)
         var staleChecked = false
@@ -411,21 +433,26 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     onStaleIKESA()
                     continue
                 }
-                let notReady = classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
+                let notReady =
+                    classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
                     || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
                 // charon 5.9's `initiate` watches the IKE SA, not the child: another CHILD_SA of that IKE SA
                 // going down (a peer's DELETE) ends it with "failed" while ours is still being created. A failure
                 // without a stated reason therefore waits for our child's own event first, and is then tried again
                 // a few times within the same budget; refusals that name a reason are final.
                 let reasonless = classified.code == .rejected && !notReady
-                if reasonless, let known = children.waitForChild(named: childName,
-                                                                 upTo: min(deadline - ContinuousClock.now, .seconds(2))) {
+                if reasonless,
+                    let known = children.waitForChild(
+                        named: childName,
+                        upTo: min(deadline - ContinuousClock.now, .seconds(2)))
+                {
                     return known
                 }
                 let transient = reasonless && transientRetries < 3
                 if transient { transientRetries += 1 }
                 guard notReady || transient, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
-                      deadline - ContinuousClock.now > pause else { throw classified }
+                    deadline - ContinuousClock.now > pause
+                else { throw classified }
                 try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
                 sleepFor(pause)
                 pause = pause * 2
@@ -471,8 +498,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private func verify(_ child: KeyedProtection, request: KeyingRequest) throws(KeyingError) {
         guard let required = request.requiredPeerIdentity, !request.peerIdentityOptional else { return }
         guard child.remoteIdentity == required else {
-            throw KeyingError(.authenticationFailed,
-                              "the IKE SA authenticated `\(child.remoteIdentity ?? "nobody")`, not `\(required)`")
+            throw KeyingError(
+                .authenticationFailed,
+                "the IKE SA authenticated `\(child.remoteIdentity ?? "nobody")`, not `\(required)`")
         }
     }
 
@@ -489,15 +517,20 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let text = "\(error.errmsg ?? "") \(error.detail ?? "")"
         if error.code == .daemonUnavailable || error.code == .io { return KeyingError(.unavailable, "\(error)") }
         if error.code == .timedOut { return KeyingError(.timedOut, "\(error)") }
-        let authentication = ["AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed",
-                              "constraint check failed", "no trusted", "no shared key found"]
-        if authentication.contains(where: text.contains) || (text.contains("authentication of") && text.contains("failed")) {
+        let authentication = [
+            "AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed",
+            "constraint check failed", "no trusted", "no shared key found",
+        ]
+        if authentication.contains(where: text.contains)
+            || (text.contains("authentication of") && text.contains("failed"))
+        {
             return KeyingError(.authenticationFailed, text)
         }
         if text.contains("NO_PROPOSAL_CHOSEN") { return KeyingError(.noProposalChosen, text) }
         if text.contains("TS_UNACCEPTABLE") { return KeyingError(.rejected, text) }
         if text.contains("timeout") || text.contains("giving up after") || text.contains("retransmit")
-            || text.contains("not established after") {
+            || text.contains("not established after")
+        {
             return KeyingError(.timedOut, text)
         }
         return KeyingError(.rejected, text)
@@ -524,8 +557,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     private func authenticated(_ protection: KeyedProtection) -> KeyedProtection {
         var protection = protection
-        protection.authentication = PeerAuthentication(machine: machineAuthentication,
-                                                       user: protection.remoteUserIdentity == nil ? nil : .eap)
+        protection.authentication = PeerAuthentication(
+            machine: machineAuthentication,
+            user: protection.remoteUserIdentity == nil ? nil : .eap)
         return protection
     }
 
@@ -596,7 +630,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
         for ike in (try? vici.listSAs(noblock: true)) ?? [] {
             for child in ike.children {
-                guard let reqid = child.reqid, reqids.contains(where: { $0.contains(reqid) }), let id = child.uniqueID else { continue }
+                guard let reqid = child.reqid, reqids.contains(where: { $0.contains(reqid) }), let id = child.uniqueID
+                else { continue }
                 _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2))
             }
         }

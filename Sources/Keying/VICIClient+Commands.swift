@@ -105,18 +105,20 @@ extension VICIClient {
         guard let daemon = r.string("daemon"), let version = r.string("version") else {
             throw .malformed("version", "response without daemon/version: \(r)")
         }
-        return CharonVersion(daemon: daemon, version: version, sysname: r.string("sysname"),
-                             release: r.string("release"), machine: r.string("machine"))
+        return CharonVersion(
+            daemon: daemon, version: version, sysname: r.string("sysname"),
+            release: r.string("release"), machine: r.string("machine"))
     }
 
     /// `stats`: IKE SA counts, workers, loaded plugins.
     public func stats() throws(VICIError) -> CharonStats {
         let r = try command("stats")
-        return CharonStats(ikeSAs: r.section("ikesas")?.int("total"),
-                           halfOpenIKESAs: r.section("ikesas")?.int("half-open"),
-                           workers: r.section("workers")?.int("total"),
-                           idleWorkers: r.section("workers")?.int("idle"),
-                           plugins: r.list("plugins") ?? [], raw: r)
+        return CharonStats(
+            ikeSAs: r.section("ikesas")?.int("total"),
+            halfOpenIKESAs: r.section("ikesas")?.int("half-open"),
+            workers: r.section("workers")?.int("total"),
+            idleWorkers: r.section("workers")?.int("idle"),
+            plugins: r.list("plugins") ?? [], raw: r)
     }
 
     /// `load-shared`: an IKE PSK, EAP or XAuth secret for the identities in `owners` (an empty list matches any
@@ -148,7 +150,8 @@ extension VICIClient {
     public func loadCert(_ data: [UInt8], type: CertificateType = .x509, flag: CertificateFlag = .none)
         throws(VICIError)
     {
-        try command("load-cert", ["type": .string(type.rawValue), "flag": .string(flag.rawValue), "data": .value(data)])
+        try command(
+            "load-cert", ["type": .string(type.rawValue), "flag": .string(flag.rawValue), "data": .value(data)])
     }
 
     /// `load-key`: a PEM or DER private key. Returns the key's id (`id`, hex of its public key hash) if given.
@@ -161,7 +164,8 @@ extension VICIClient {
     /// `type` and `flag` when given (charon's default is any), and only those whose subject or subjectAltName is
     /// `subject` (an identity as charon parses it). At most ``listLimit`` are returned.
     public func listCerts(type: CertificateType? = nil, flag: CertificateFlag? = nil, subject: String? = nil)
-        throws(VICIError) -> [ListedCertificate] {
+        throws(VICIError) -> [ListedCertificate]
+    {
         var m: VICIMessage = [:]
         if let type { m["type"] = .string(type.rawValue) }
         if let flag { m["flag"] = .string(flag.rawValue) }
@@ -169,8 +173,10 @@ extension VICIClient {
         var result: [ListedCertificate] = []
         try streamingCommand("list-certs", m, event: "list-cert") { event in
             guard result.count < Self.listLimit, let data = event.bytes("data") else { return }
-            result.append(ListedCertificate(type: event.string("type"), flag: event.string("flag"),
-                                            hasPrivateKey: event.bool("has_privkey") ?? false, data: data))
+            result.append(
+                ListedCertificate(
+                    type: event.string("type"), flag: event.string("flag"),
+                    hasPrivateKey: event.bool("has_privkey") ?? false, data: data))
         }
         return result
     }
@@ -211,9 +217,11 @@ extension VICIClient {
         var result: [ConnInfo] = []
         try streamingCommand("list-conns", request, event: "list-conn") { event in
             for (name, s) in event.sections {
-                result.append(ConnInfo(name: name, localAddresses: s.list("local_addrs") ?? [],
-                                       remoteAddresses: s.list("remote_addrs") ?? [], version: s.string("version"),
-                                       children: s.section("children")?.keys ?? [], raw: s))
+                result.append(
+                    ConnInfo(
+                        name: name, localAddresses: s.list("local_addrs") ?? [],
+                        remoteAddresses: s.list("remote_addrs") ?? [], version: s.string("version"),
+                        children: s.section("children")?.keys ?? [], raw: s))
             }
         }
         return result
@@ -242,8 +250,10 @@ extension VICIClient {
     /// On failure the error's detail holds the last `control-log` lines (charon's reason, e.g. "unable to
     /// install IPsec SA (SAD) in kernel"). Returns every `control-log` line.
     @discardableResult
-    public func initiate(child: String?, ike: String? = nil, timeout: Duration = .seconds(10),
-                         logLevel: Int? = nil, onLog: ((ControlLog) -> Void)? = nil) throws(VICIError) -> [ControlLog] {
+    public func initiate(
+        child: String?, ike: String? = nil, timeout: Duration = .seconds(10),
+        logLevel: Int? = nil, onLog: ((ControlLog) -> Void)? = nil
+    ) throws(VICIError) -> [ControlLog] {
         var m: VICIMessage = [:]
         if let child { m["child"] = .string(child) }
         if let ike { m["ike"] = .string(ike) }
@@ -257,9 +267,11 @@ extension VICIClient {
     /// unique id (`ike`, `ike-id`, `child`, `child-id`; at least one). `force` deletes without waiting for the
     /// peer's answer.
     @discardableResult
-    public func terminate(ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
-                          force: Bool = false, timeout: Duration = .seconds(10),
-                          onLog: ((ControlLog) -> Void)? = nil) throws(VICIError) -> [ControlLog] {
+    public func terminate(
+        ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
+        force: Bool = false, timeout: Duration = .seconds(10),
+        onLog: ((ControlLog) -> Void)? = nil
+    ) throws(VICIError) -> [ControlLog] {
         var m: VICIMessage = [:]
         if let ike { m["ike"] = .string(ike) }
         if let ikeID { m["ike-id"] = .number(ikeID) }
@@ -272,8 +284,10 @@ extension VICIClient {
     }
 
     /// `rekey`: rekeys an IKE SA or CHILD SA by name or unique id (`reauth` for a reauthentication).
-    public func rekey(ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
-                      reauth: Bool = false) throws(VICIError) {
+    public func rekey(
+        ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
+        reauth: Bool = false
+    ) throws(VICIError) {
         var m: VICIMessage = [:]
         if let ike { m["ike"] = .string(ike) }
         if let ikeID { m["ike-id"] = .number(ikeID) }
@@ -288,8 +302,10 @@ extension VICIClient {
     /// with unique id `ikeID`. `noblock` skips IKE SAs that are busy instead of waiting for them. `child` /
     /// `childID` keep only the CHILD SAs of that CHILD config name / unique id (charon still lists every
     /// matching IKE SA, with an empty `child-sas` section where none of its children match).
-    public func listSAs(ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
-                       noblock: Bool = false) throws(VICIError) -> [IKESAInfo] {
+    public func listSAs(
+        ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
+        noblock: Bool = false
+    ) throws(VICIError) -> [IKESAInfo] {
         var m: VICIMessage = [:]
         if noblock { m["noblock"] = .bool(true) }
         if let ike { m["ike"] = .string(ike) }
@@ -301,8 +317,10 @@ extension VICIClient {
         return result
     }
 
-    private func controlLogged(_ name: String, _ m: VICIMessage, timeout: Duration,
-                               onLog: ((ControlLog) -> Void)?) throws(VICIError) -> [ControlLog] {
+    private func controlLogged(
+        _ name: String, _ m: VICIMessage, timeout: Duration,
+        onLog: ((ControlLog) -> Void)?
+    ) throws(VICIError) -> [ControlLog] {
         var lines: [ControlLog] = []
         do throws(VICIError) {
             try streamingCommand(name, m, event: "control-log", timeout: timeout + .seconds(5)) { event in

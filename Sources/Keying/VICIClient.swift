@@ -54,8 +54,10 @@ public final class VICIClient: Sendable {
 
     /// Runs one exchange on the connection, connecting first if needed, and drops the connection when the
     /// exchange left it in an unknown state.
-    private func exchange<R: Sendable>(_ command: String, timeout: Duration?,
-                                       _ body: (VICIConnection, Deadline) throws(VICIError) -> R) throws(VICIError) -> R {
+    private func exchange<R: Sendable>(
+        _ command: String, timeout: Duration?,
+        _ body: (VICIConnection, Deadline) throws(VICIError) -> R
+    ) throws(VICIError) -> R {
         return try connection.withLock { (current: inout VICIConnection?) throws(VICIError) -> R in
             // The deadline starts once the connection is ours: a call queued behind a long `initiate` does not
             // time out (and drop a healthy connection) because of the wait. That wait is itself bounded by the
@@ -108,8 +110,10 @@ public final class VICIClient: Sendable {
     /// unregister after the response has been received"). Used by `list-sas` → `list-sa`,
     /// `list-conns` → `list-conn`, `initiate`/`terminate` → `control-log`.
     @discardableResult
-    public func streamingCommand(_ name: String, _ message: VICIMessage = [:], event: String,
-                                 timeout: Duration? = nil, onEvent: (VICIMessage) -> Void) throws(VICIError)
+    public func streamingCommand(
+        _ name: String, _ message: VICIMessage = [:], event: String,
+        timeout: Duration? = nil, onEvent: (VICIMessage) -> Void
+    ) throws(VICIError)
         -> VICIMessage
     {
         try exchange(name, timeout: timeout) { (link, deadline) throws(VICIError) -> VICIMessage in
@@ -117,14 +121,15 @@ public final class VICIClient: Sendable {
             let outcome: Result<VICIMessage, VICIError>
             do throws(VICIError) {
                 try link.send(.commandRequest(name: name, message: message), deadline: deadline, command: name)
-                outcome = .success(try Self.awaitResponse(link, deadline: deadline, command: name) { eventName, body in
-                    if eventName == event { onEvent(body) }
-                })
+                outcome = .success(
+                    try Self.awaitResponse(link, deadline: deadline, command: name) { eventName, body in
+                        if eventName == event { onEvent(body) }
+                    })
             } catch {
                 outcome = .failure(error)
             }
             if case .failure(let error) = outcome, !Self.leavesStreamInStep(error) {
-                throw error  // the stream is out of step; the connection is dropped, which unregisters too
+                throw error // the stream is out of step; the connection is dropped, which unregisters too
             }
             try Self.unregister(event, on: link, deadline: deadline, command: name)
             return try outcome.get()
@@ -132,14 +137,17 @@ public final class VICIClient: Sendable {
     }
 
     /// Waits for `CMD_RESPONSE` / `CMD_UNKNOWN`, passing events to `onEvent`.
-    static func awaitResponse(_ link: VICIConnection, deadline: Deadline, command: String,
-                              onEvent: (String, VICIMessage) -> Void) throws(VICIError) -> VICIMessage {
+    static func awaitResponse(
+        _ link: VICIConnection, deadline: Deadline, command: String,
+        onEvent: (String, VICIMessage) -> Void
+    ) throws(VICIError) -> VICIMessage {
         for _ in 0..<maximumEventsPerExchange {
             switch try link.receive(deadline: deadline, command: command) {
             case .commandResponse(let response):
                 if response.string("success")?.lowercased() == "no" {
-                    throw VICIError(.commandFailed, command: command, errmsg: response.string("errmsg"),
-                                    response: response)
+                    throw VICIError(
+                        .commandFailed, command: command, errmsg: response.string("errmsg"),
+                        response: response)
                 }
                 return response
             case .commandUnknown:
@@ -154,29 +162,37 @@ public final class VICIClient: Sendable {
     }
 
     /// Sends `EVENT_REGISTER` and waits for `EVENT_CONFIRM` (or `EVENT_UNKNOWN` → ``VICIError/Code/unknownEvent``).
-    static func register(_ event: String, on link: VICIConnection, deadline: Deadline, command: String) throws(VICIError) {
+    static func register(_ event: String, on link: VICIConnection, deadline: Deadline, command: String)
+        throws(VICIError)
+    {
         try link.send(.eventRegister(name: event), deadline: deadline, command: command)
         try awaitConfirm(event, on: link, deadline: deadline, command: command, what: "register")
     }
 
     /// Sends `EVENT_UNREGISTER` and waits for its confirmation, skipping events still in flight.
-    static func unregister(_ event: String, on link: VICIConnection, deadline: Deadline, command: String) throws(VICIError) {
+    static func unregister(_ event: String, on link: VICIConnection, deadline: Deadline, command: String)
+        throws(VICIError)
+    {
         try link.send(.eventUnregister(name: event), deadline: deadline, command: command)
         try awaitConfirm(event, on: link, deadline: deadline, command: command, what: "unregister")
     }
 
-    private static func awaitConfirm(_ event: String, on link: VICIConnection, deadline: Deadline, command: String,
-                                     what: String) throws(VICIError) {
+    private static func awaitConfirm(
+        _ event: String, on link: VICIConnection, deadline: Deadline, command: String,
+        what: String
+    ) throws(VICIError) {
         for _ in 0..<maximumEventsPerExchange {
             switch try link.receive(deadline: deadline, command: command) {
             case .eventConfirm:
                 return
             case .eventUnknown:
-                throw VICIError(.unknownEvent, command: command, detail: "\(what) \"\(event)\": charon knows no such event")
+                throw VICIError(
+                    .unknownEvent, command: command, detail: "\(what) \"\(event)\": charon knows no such event")
             case .event:
                 continue
             case let other:
-                throw .malformed(command, "unexpected packet type \(other.typeByte) while waiting for \(what) \"\(event)\"")
+                throw .malformed(
+                    command, "unexpected packet type \(other.typeByte) while waiting for \(what) \"\(event)\"")
             }
         }
         throw VICIError(.timedOut, command: command, detail: "more than \(maximumEventsPerExchange) events")

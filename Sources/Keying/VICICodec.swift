@@ -165,7 +165,8 @@ struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == UInt8, B
 
     mutating func take(_ count: Int, what: String) throws(VICIError) -> [UInt8] {
         guard count >= 0, count <= remaining else {
-            throw .malformed("decode", "\(what) of \(count) bytes at offset \(offset) runs past the end (\(remaining) left)")
+            throw .malformed(
+                "decode", "\(what) of \(count) bytes at offset \(offset) runs past the end (\(remaining) left)")
         }
         defer { index += count }
         return Array(bytes[index..<(index + count)])

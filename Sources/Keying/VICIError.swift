@@ -50,8 +50,10 @@ public struct VICIError: Error, Hashable, CustomStringConvertible, Sendable {
     /// The whole response for ``Code/commandFailed``, for keys beyond `errmsg`.
     public var response: VICIMessage?
 
-    public init(_ code: Code, command: String, errno: Errno? = nil, errmsg: String? = nil, detail: String? = nil,
-                response: VICIMessage? = nil) {
+    public init(
+        _ code: Code, command: String, errno: Errno? = nil, errmsg: String? = nil, detail: String? = nil,
+        response: VICIMessage? = nil
+    ) {
         self.code = code
         self.command = command
         self.errno = errno

@@ -60,12 +60,14 @@ public final class VICIEventStream: AsyncSequence, Sendable {
         continuation.onTermination = { _ in stopFlag.stop() }
         let context = Unmanaged.passRetained(EventReaderContext(link: link, continuation: continuation, stop: stopFlag))
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            guard let raw else { return nil }
-            let context = Unmanaged<EventReaderContext>.fromOpaque(raw).takeRetainedValue()
-            context.run()
-            return nil
-        }, context.toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { raw in
+                guard let raw else { return nil }
+                let context = Unmanaged<EventReaderContext>.fromOpaque(raw).takeRetainedValue()
+                context.run()
+                return nil
+            }, context.toOpaque())
         guard rc == 0 else {
             context.release()
             throw .syscall("event stream", "pthread_create", errno: .init(rawValue: rc))
@@ -95,8 +97,10 @@ private final class EventReaderContext {
     let continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation
     let stop: EventStopFlag
 
-    init(link: VICIConnection, continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation,
-         stop: EventStopFlag) {
+    init(
+        link: VICIConnection, continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation,
+        stop: EventStopFlag
+    ) {
         self.link = link
         self.continuation = continuation
         self.stop = stop

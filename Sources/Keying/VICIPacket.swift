@@ -150,7 +150,8 @@ public struct VICIFrameReader: Sendable {
         let b = buffer[start..<(start + 4)].map(Int.init)
         let length = b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]
         guard length <= VICIPacket.maximumSegmentLength else {
-            throw .malformed("decode", "segment length \(length) over VICI's \(VICIPacket.maximumSegmentLength)-byte limit")
+            throw .malformed(
+                "decode", "segment length \(length) over VICI's \(VICIPacket.maximumSegmentLength)-byte limit")
         }
         guard bufferedCount >= 4 + length else { return nil }
         let data = buffer[(start + 4)..<(start + 4 + length)]

@@ -35,8 +35,10 @@ public enum Command {
 
     /// Runs `arguments[0]` with the rest as arguments; stdout and stderr are merged.
     @discardableResult
-    public static func run(_ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil,
-                           check: Bool = true) throws -> CommandResult {
+    public static func run(
+        _ arguments: [String], timeout: Double = 60, environment: [String: String]? = nil,
+        check: Bool = true
+    ) throws -> CommandResult {
         guard let executable = locate(arguments[0]) else { throw CommandError.notFound(arguments[0]) }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)

@@ -37,28 +37,40 @@ public struct ESPTransportScenario {
         /// Every claim, with whether it held.
         public var claims: [(String, Bool)] {
             [
-                ("TCP connection completed through the per-socket policies (\(connectAttempts) connect call(s))",
-                 connectAttempts > 0),
+                (
+                    "TCP connection completed through the per-socket policies (\(connectAttempts) connect call(s))",
+                    connectAttempts > 0
+                ),
                 ("\(echoedBytes) payload bytes echoed back intact", echoMatched && echoedBytes > 0),
-                ("both SAs counted traffic (out \(outboundSAPackets) pkts, in \(inboundSAPackets) pkts)",
-                 outboundSAPackets > 0 && inboundSAPackets > 0),
+                (
+                    "both SAs counted traffic (out \(outboundSAPackets) pkts, in \(inboundSAPackets) pkts)",
+                    outboundSAPackets > 0 && inboundSAPackets > 0
+                ),
                 ("capture on the veth: \(capturedESPPackets) ESP packets", capturedESPPackets > 0),
                 ("capture on the veth: \(capturedPlainTCPPackets) plain TCP packets", capturedPlainTCPPackets == 0),
                 ("payload bytes absent from the capture", !payloadVisibleInCapture),
-                ("after deleting the SAs a new connect() is refused (\(connectAfterDeletion.map { "\($0)" } ?? "it succeeded"))",
-                 connectAfterDeletion == .resourceTemporarilyUnavailable),
-                ("after deleting the SAs data on the open connection does not arrive (no cleartext fallback)",
-                 !lateDataDelivered),
-                ("nothing left in the namespaces' SAD/SPD after closing (\(leftoverStates) states, \(leftoverPolicies) policies)",
-                 leftoverStates == 0 && leftoverPolicies == 0),
+                (
+                    "after deleting the SAs a new connect() is refused (\(connectAfterDeletion.map { "\($0)" } ?? "it succeeded"))",
+                    connectAfterDeletion == .resourceTemporarilyUnavailable
+                ),
+                (
+                    "after deleting the SAs data on the open connection does not arrive (no cleartext fallback)",
+                    !lateDataDelivered
+                ),
+                (
+                    "nothing left in the namespaces' SAD/SPD after closing (\(leftoverStates) states, \(leftoverPolicies) policies)",
+                    leftoverStates == 0 && leftoverPolicies == 0
+                ),
             ]
         }
 
         public var allHold: Bool { claims.allSatisfy(\.1) }
 
         public var description: String {
-            var lines = ["ESP transport over \(family == .inet6 ? "IPv6" : "IPv4"): \(algorithm), reqid \(reqid), "
-                         + String(format: "%.2f s", seconds)]
+            var lines = [
+                "ESP transport over \(family == .inet6 ? "IPv6" : "IPv4"): \(algorithm), reqid \(reqid), "
+                    + String(format: "%.2f s", seconds)
+            ]
             for (claim, holds) in claims { lines.append("  [\(holds ? "ok" : "FAILED")] \(claim)") }
             return lines.joined(separator: "\n")
         }
@@ -83,20 +95,24 @@ public struct ESPTransportScenario {
         var random = SystemRandomNumberGenerator()
         let keyAB = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
         let keyBA = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-        let aToB = XFRMState(source: addressA, destination: addressB, spi: 0x1000, reqid: reqid,
-                             algorithms: [.aesGCM(key: keyAB)], selector: .host(addressA, addressB), replayWindow: 32)
-        let bToA = XFRMState(source: addressB, destination: addressA, spi: 0x2000, reqid: reqid,
-                             algorithms: [.aesGCM(key: keyBA)], selector: .host(addressB, addressA), replayWindow: 32)
+        let aToB = XFRMState(
+            source: addressA, destination: addressB, spi: 0x1000, reqid: reqid,
+            algorithms: [.aesGCM(key: keyAB)], selector: .host(addressA, addressB), replayWindow: 32)
+        let bToA = XFRMState(
+            source: addressB, destination: addressA, spi: 0x2000, reqid: reqid,
+            algorithms: [.aesGCM(key: keyBA)], selector: .host(addressB, addressA), replayWindow: 32)
         for client in [clientA, clientB] {
             try client.addState(aToB)
             try client.addState(bToA)
         }
 
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("esp-scenario-\(getpid())-\(UUID().uuidString)")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "esp-scenario-\(getpid())-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
-        let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB,
-                                        file: folder.appendingPathComponent("veth-b.pcap").path)
+        let capture = try PacketCapture(
+            namespace: pair.b, interface: pair.interfaceB,
+            file: folder.appendingPathComponent("veth-b.pcap").path)
         defer { capture.stop() }
 
         let template = XFRMTemplate(reqid: reqid)
@@ -179,8 +195,10 @@ public final class PacketCapture: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: ip)
         // --immediate-mode: libpcap otherwise hands packets over in blocks (up to 1 s late), and packets still in a
         // block when tcpdump is interrupted never reach the file: a capture that misses packets proves nothing.
-        process.arguments = ["netns", "exec", namespace.name, tcpdump, "--immediate-mode", "-i", interface, "-U", "-s", "0", "-n",
-                             "-w", file]
+        process.arguments = [
+            "netns", "exec", namespace.name, tcpdump, "--immediate-mode", "-i", interface, "-U", "-s", "0", "-n",
+            "-w", file,
+        ]
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         process.standardInput = FileHandle.nullDevice
@@ -189,7 +207,9 @@ public final class PacketCapture: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
             if let size = try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int, size >= 24 { break }
-            guard process.isRunning else { throw CommandError.failed(command: "tcpdump", status: process.terminationStatus, output: "") }
+            guard process.isRunning else {
+                throw CommandError.failed(command: "tcpdump", status: process.terminationStatus, output: "")
+            }
             usleep(20_000)
         }
         usleep(300_000)
@@ -227,7 +247,8 @@ public final class PacketCapture: @unchecked Sendable {
         func packetLines(_ text: String) -> Int {
             text.split(separator: "\n").filter { !$0.hasPrefix("reading from") && !$0.isEmpty }.count
         }
-        return Analysis(espPackets: packetLines(esp), plainTCPPackets: packetLines(tcp), markerFound: found,
-                        summary: all)
+        return Analysis(
+            espPackets: packetLines(esp), plainTCPPackets: packetLines(tcp), markerFound: found,
+            summary: all)
     }
 }

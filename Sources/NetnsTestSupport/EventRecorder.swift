@@ -47,4 +47,3 @@ public final class EventRecorder: Sendable {
 
     deinit { stop() }
 }
-

@@ -17,8 +17,10 @@ public enum LibnlOracle {
         public var destinationPort: UInt16
         public var reqids: [UInt32]
 
-        public init(index: UInt32, direction: UInt8, priority: UInt32, action: UInt8, source: XFRMAddress?,
-                    destination: XFRMAddress?, destinationPort: UInt16, reqids: [UInt32]) {
+        public init(
+            index: UInt32, direction: UInt8, priority: UInt32, action: UInt8, source: XFRMAddress?,
+            destination: XFRMAddress?, destinationPort: UInt16, reqids: [UInt32]
+        ) {
             self.index = index
             self.direction = direction
             self.priority = priority
@@ -53,11 +55,12 @@ public enum LibnlOracle {
             for i in 0..<xfrmnl_sp_get_nusertemplates(sp) {
                 reqids.append(UInt32(bitPattern: xfrmnl_user_tmpl_get_reqid(xfrmnl_sp_usertemplate_n(sp, i))))
             }
-            return Policy(index: UInt32(bitPattern: xfrmnl_sp_get_index(sp)), direction: UInt8(xfrmnl_sp_get_dir(sp)),
-                          priority: UInt32(bitPattern: xfrmnl_sp_get_priority(sp)), action: UInt8(xfrmnl_sp_get_action(sp)),
-                          source: address(xfrmnl_sel_get_saddr(selector)),
-                          destination: address(xfrmnl_sel_get_daddr(selector)),
-                          destinationPort: UInt16(truncatingIfNeeded: xfrmnl_sel_get_dport(selector)), reqids: reqids)
+            return Policy(
+                index: UInt32(bitPattern: xfrmnl_sp_get_index(sp)), direction: UInt8(xfrmnl_sp_get_dir(sp)),
+                priority: UInt32(bitPattern: xfrmnl_sp_get_priority(sp)), action: UInt8(xfrmnl_sp_get_action(sp)),
+                source: address(xfrmnl_sel_get_saddr(selector)),
+                destination: address(xfrmnl_sel_get_daddr(selector)),
+                destinationPort: UInt16(truncatingIfNeeded: xfrmnl_sel_get_dport(selector)), reqids: reqids)
         }
     }
 
@@ -70,12 +73,14 @@ public enum LibnlOracle {
             var icvBits: UInt32 = 0
             var key = [CChar](repeating: 0, count: 512)
             let hasAEAD = xfrmnl_sa_get_aead_params(sa, &name, &keyBits, &icvBits, &key) == 0
-            return State(destination: address(xfrmnl_sa_get_daddr(sa)),
-                         spi: UInt32(bitPattern: xfrmnl_sa_get_spi(sa)), proto: UInt8(xfrmnl_sa_get_proto(sa)),
-                         reqid: UInt32(bitPattern: xfrmnl_sa_get_reqid(sa)),
-                         aeadName: hasAEAD ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil,
-                         aeadKey: hasAEAD ? key.prefix(Int(keyBits + 7) / 8).map { UInt8(bitPattern: $0) } : [],
-                         aeadICVBits: hasAEAD ? icvBits : 0)
+            return State(
+                destination: address(xfrmnl_sa_get_daddr(sa)),
+                spi: UInt32(bitPattern: xfrmnl_sa_get_spi(sa)), proto: UInt8(xfrmnl_sa_get_proto(sa)),
+                reqid: UInt32(bitPattern: xfrmnl_sa_get_reqid(sa)),
+                aeadName: hasAEAD
+                    ? String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil,
+                aeadKey: hasAEAD ? key.prefix(Int(keyBits + 7) / 8).map { UInt8(bitPattern: $0) } : [],
+                aeadICVBits: hasAEAD ? icvBits : 0)
         }
     }
 
@@ -85,9 +90,11 @@ public enum LibnlOracle {
         return XFRMAddress(bytes: Array(UnsafeRawBufferPointer(start: raw, count: length)))
     }
 
-    private static func withCache<T>(in namespace: NetworkNamespace,
-                                     _ allocate: (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?) -> Int32,
-                                     _ read: (OpaquePointer) -> T) throws -> [T] {
+    private static func withCache<T>(
+        in namespace: NetworkNamespace,
+        _ allocate: (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?) -> Int32,
+        _ read: (OpaquePointer) -> T
+    ) throws -> [T] {
         let socket: OpaquePointer = try namespace.perform {
             guard let socket = nl_socket_alloc() else { throw Failure(description: "nl_socket_alloc failed") }
             let rc = nl_connect(socket, NETLINK_XFRM)

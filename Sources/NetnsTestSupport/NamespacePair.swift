@@ -76,9 +76,13 @@ public final class NamespacePair: @unchecked Sendable {
             throw error
         }
         do {
-            try Command.run(["ip", "link", "add", interfaceA, "netns", a.name, "type", "veth",
-                             "peer", "name", interfaceB, "netns", b.name])
-            for (ns, interface, v4, v6) in [(a, interfaceA, addressA4, addressA6), (b, interfaceB, addressB4, addressB6)] {
+            try Command.run([
+                "ip", "link", "add", interfaceA, "netns", a.name, "type", "veth",
+                "peer", "name", interfaceB, "netns", b.name,
+            ])
+            for (ns, interface, v4, v6) in [
+                (a, interfaceA, addressA4, addressA6), (b, interfaceB, addressB4, addressB6),
+            ] {
                 try ns.ip("addr", "add", "\(v4)/24", "dev", interface)
                 try ns.ip("addr", "add", "\(v6)/64", "dev", interface, "nodad")
                 try ns.ip("link", "set", interface, "up")

@@ -7,12 +7,15 @@ public final class NamespaceProcess: @unchecked Sendable {
     public let log: String
     private let process = Process()
 
-    public init(in namespace: TestNamespace, environment: [String: String] = [:], _ command: [String],
-                log: String) throws {
+    public init(
+        in namespace: TestNamespace, environment: [String: String] = [:], _ command: [String],
+        log: String
+    ) throws {
         self.log = log
         FileManager.default.createFile(atPath: log, contents: nil)
         process.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
-        process.arguments = ["netns", "exec", namespace.name, "env"]
+        process.arguments =
+            ["netns", "exec", namespace.name, "env"]
             + environment.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" } + command
         process.standardOutput = FileHandle(forWritingAtPath: log)
         process.standardError = FileHandle(forWritingAtPath: log)
@@ -50,13 +53,14 @@ extension TestCertificates {
     /// `charon` is `private`, `auto` or a VICI socket path; `extra` lines are appended (e.g. `eap-user …`).
     public func writeKeyingFile(for name: String, charon: String, extra: [String] = []) throws -> String {
         let path = "\(folder)/\(name).conf"
-        try ([
-            "identity \(name)",
-            "certificate \(folder)/\(name).crt",
-            "private-key \(folder)/\(name).key",
-            "authority \(folder)/ca.crt",
-            "charon \(charon)",
-        ] + extra).joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
+        try
+            ([
+                "identity \(name)",
+                "certificate \(folder)/\(name).crt",
+                "private-key \(folder)/\(name).key",
+                "authority \(folder)/ca.crt",
+                "charon \(charon)",
+            ] + extra).joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 }

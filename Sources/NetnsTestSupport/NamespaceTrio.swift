@@ -30,8 +30,10 @@ public final class NamespaceTrio: @unchecked Sendable {
             for (outer, outerInterface, outerAddress, inner, innerAddress) in [
                 (a, "veth-a", addressA, "veth-b", addressBA), (c, "veth-c", addressC, "veth-bc", addressBC),
             ] {
-                try Command.run(["ip", "link", "add", outerInterface, "netns", outer.name, "type", "veth",
-                                 "peer", "name", inner, "netns", b.name])
+                try Command.run([
+                    "ip", "link", "add", outerInterface, "netns", outer.name, "type", "veth",
+                    "peer", "name", inner, "netns", b.name,
+                ])
                 try outer.ip("addr", "add", "\(outerAddress)/24", "dev", outerInterface)
                 try b.ip("addr", "add", "\(innerAddress)/24", "dev", inner)
                 try outer.ip("link", "set", outerInterface, "up")

@@ -1,6 +1,6 @@
+import ALE
 import Foundation
 import SystemPackage
-import ALE
 import XFRM
 
 /// A failed socket call, with its errno.
@@ -26,7 +26,8 @@ public final class TestSocket: @unchecked Sendable {
     }
 
     /// Creates a socket of `family` in `namespace` (the socket stays in that namespace).
-    public static func make(in namespace: NetworkNamespace, family: XFRMAddressFamily, kind: Kind) throws -> TestSocket {
+    public static func make(in namespace: NetworkNamespace, family: XFRMAddressFamily, kind: Kind) throws -> TestSocket
+    {
         let fd: CInt = try namespace.perform {
             let type = kind == .tcp ? CInt(SOCK_STREAM.rawValue) : CInt(SOCK_DGRAM.rawValue)
             let fd = socket(family == .inet6 ? AF_INET6 : AF_INET, type | CInt(SOCK_CLOEXEC.rawValue), 0)
@@ -69,7 +70,9 @@ public final class TestSocket: @unchecked Sendable {
 
     public func bind(_ address: XFRMAddress, port: UInt16) throws {
         try withSockaddr(address, port) { sa, len in
-            guard Glibc.bind(fd.rawValue, sa, len) == 0 else { throw SocketError(call: "bind", errno: Errno(rawValue: errno)) }
+            guard Glibc.bind(fd.rawValue, sa, len) == 0 else {
+                throw SocketError(call: "bind", errno: Errno(rawValue: errno))
+            }
         }
     }
 
@@ -83,7 +86,9 @@ public final class TestSocket: @unchecked Sendable {
     public func accept(timeout: Double) throws -> TestSocket {
         var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
         let ready = poll(&pfd, 1, Int32(timeout * 1000))
-        guard ready > 0 else { throw SocketError(call: "accept (poll)", errno: ready == 0 ? .timedOut : Errno(rawValue: errno)) }
+        guard ready > 0 else {
+            throw SocketError(call: "accept (poll)", errno: ready == 0 ? .timedOut : Errno(rawValue: errno))
+        }
         let child = Glibc.accept(fd.rawValue, nil, nil)
         guard child >= 0 else { throw SocketError(call: "accept", errno: Errno(rawValue: errno)) }
         return TestSocket(fd: FileDescriptor(rawValue: child), family: family, kind: kind)
@@ -119,7 +124,9 @@ public final class TestSocket: @unchecked Sendable {
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd.rawValue, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) }
+            let n = bytes[offset...].withUnsafeBytes {
+                Glibc.send(fd.rawValue, $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL))
+            }
             guard n > 0 else { throw SocketError(call: "send", errno: Errno(rawValue: errno)) }
             offset += n
         }
@@ -141,7 +148,9 @@ public final class TestSocket: @unchecked Sendable {
     public func receive(upTo count: Int = 65536, timeout: Double) throws -> [UInt8] {
         var pfd = pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)
         let ready = poll(&pfd, 1, Int32(timeout * 1000))
-        guard ready > 0 else { throw SocketError(call: "recv (poll)", errno: ready == 0 ? .timedOut : Errno(rawValue: errno)) }
+        guard ready > 0 else {
+            throw SocketError(call: "recv (poll)", errno: ready == 0 ? .timedOut : Errno(rawValue: errno))
+        }
         var buffer = [UInt8](repeating: 0, count: count)
         let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd.rawValue, $0.baseAddress, $0.count, 0) }
         guard n >= 0 else { throw SocketError(call: "recv", errno: Errno(rawValue: errno)) }
@@ -154,7 +163,9 @@ public final class TestSocket: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while result.count < count {
             let left = deadline.timeIntervalSinceNow
-            guard left > 0 else { throw SocketError(call: "recv (\(result.count) of \(count) bytes)", errno: .timedOut) }
+            guard left > 0 else {
+                throw SocketError(call: "recv (\(result.count) of \(count) bytes)", errno: .timedOut)
+            }
             let chunk = try receive(upTo: count - result.count, timeout: left)
             guard !chunk.isEmpty else { throw SocketError(call: "recv (peer closed)", errno: .connectionReset) }
             result += chunk
@@ -174,8 +185,10 @@ public final class TestSocket: @unchecked Sendable {
         }
     }
 
-    private func withSockaddr<T>(_ address: XFRMAddress, _ port: UInt16,
-                                 _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) throws -> T {
+    private func withSockaddr<T>(
+        _ address: XFRMAddress, _ port: UInt16,
+        _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T
+    ) throws -> T {
         try SocketEndpointAddress(address: address, port: port).withSockaddr(body)
     }
 }

@@ -50,8 +50,9 @@ public enum TierProbe {
             let ns = try TestNamespace(prefix: "probe")
             defer { ns.remove() }
             let client = try XFRMClient(namespace: ns.namespace)
-            let state = XFRMState(source: "192.0.2.1", destination: "192.0.2.2", spi: 0x100, reqid: 1,
-                                  algorithms: [.aesGCM(key: [UInt8](repeating: 7, count: 20))])
+            let state = XFRMState(
+                source: "192.0.2.1", destination: "192.0.2.2", spi: 0x100, reqid: 1,
+                algorithms: [.aesGCM(key: [UInt8](repeating: 7, count: 20))])
             try client.addState(state)
             return nil
         } catch {

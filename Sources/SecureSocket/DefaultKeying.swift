@@ -2,7 +2,7 @@ import Foundation
 import Keying
 import Logging
 
-/// The keying a process gets when it configures nothing in code: the file ``Keying/KeyingConfiguration``
+/// The keying a process gets when it configures nothing in code: the file `KeyingConfiguration` (Keying)
 /// describes (`$WSS_KEYING_CONFIG`, else `/etc/winsock-secure-socket/keying.conf`): a system charon when its
 /// VICI socket answers, otherwise a private charon for this namespace that ends with the process.
 ///
@@ -10,7 +10,8 @@ import Logging
 /// per-socket policy that no one can satisfy would only make every send fail).
 public enum DefaultKeying {
     public static func make(logger: Logger = Logger(label: "wss.keying"))
-        throws(SecureSocketError) -> (configuration: KeyingConfiguration, backend: any KeyingBackend)? {
+        throws(SecureSocketError) -> (configuration: KeyingConfiguration, backend: any KeyingBackend)?
+    {
         let path = KeyingConfiguration.defaultPath
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
         do {

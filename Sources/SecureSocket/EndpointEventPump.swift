@@ -24,8 +24,10 @@ final class EndpointEventPump: Sendable {
     /// How often the XFRM monitor was started again after it ended (overrun, error).
     let monitorRestarts = Atomic<Int>(0)
 
-    init(table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
-         sweepInterval: Duration = .seconds(1), logger: Logger = Logger(label: "wss.secure-socket")) throws(XFRMError) {
+    init(
+        table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
+        sweepInterval: Duration = .seconds(1), logger: Logger = Logger(label: "wss.secure-socket")
+    ) throws(XFRMError) {
         self.table = table
         self.namespace = namespace
         self.logger = logger
@@ -45,18 +47,22 @@ final class EndpointEventPump: Sendable {
                     } catch {}
                 }
                 guard !Task.isCancelled, let self else { return }
-                self.logger.warning("the XFRM event monitor ended (overrun or error): starting it again",
-                                    metadata: ["retry-in": "\(pause)", "restarts": "\(self.monitorRestarts.load(ordering: .relaxed))"])
+                self.logger.warning(
+                    "the XFRM event monitor ended (overrun or error): starting it again",
+                    metadata: ["retry-in": "\(pause)", "restarts": "\(self.monitorRestarts.load(ordering: .relaxed))"])
                 try? await Task.sleep(for: pause)
                 pause = min(pause * 2, .seconds(5))
                 current = try? XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
                 guard let started = current else { continue }
                 let stopped = self.monitor.withLock { slot -> Bool in
-                    guard slot != nil else { return true }   // stop() ran meanwhile
+                    guard slot != nil else { return true } // stop() ran meanwhile
                     slot = started
                     return false
                 }
-                if stopped { started.stop(); return }
+                if stopped {
+                    started.stop()
+                    return
+                }
                 self.monitorRestarts.add(1, ordering: .relaxed)
                 pause = .milliseconds(50)
                 // Events were lost while no monitor listened (an overrun is exactly that): read the SAD once.
@@ -84,7 +90,10 @@ final class EndpointEventPump: Sendable {
 
     func stop() {
         tasks.withLock { for task in $0 { task.cancel() } }
-        monitor.withLock { $0?.stop(); $0 = nil }
+        monitor.withLock {
+            $0?.stop()
+            $0 = nil
+        }
     }
 
     /// Ends the current monitor as an overrun would (for tests of the restart).
@@ -97,9 +106,10 @@ final class EndpointEventPump: Sendable {
         case .acquire(let acquire):
             guard let reqid = acquire.templates.first?.reqid, reqid != 0, table.users(of: reqid) > 0 else { return }
             let selector = acquire.selector
-            let flow = KeyedFlow(transportProtocol: selector.upperProtocol, local: selector.source,
-                                 localPort: selector.sourcePort, remote: selector.destination,
-                                 remotePort: selector.destinationPort)
+            let flow = KeyedFlow(
+                transportProtocol: selector.upperProtocol, local: selector.source,
+                localPort: selector.sourcePort, remote: selector.destination,
+                remotePort: selector.destinationPort)
             engine.acquire(reqid: reqid, flow: flow)
         case .statesFlushed:
             resynchronise()
@@ -111,10 +121,14 @@ final class EndpointEventPump: Sendable {
             if state.id.spi != 0, state.selector.upperProtocol == .tcp {
                 // Either orientation may be the tracked one (the listener itself may be gone by now).
                 let s = state.selector
-                for flow in [KeyedFlow(transportProtocol: .tcp, local: s.source, localPort: s.sourcePort,
-                                       remote: s.destination, remotePort: s.destinationPort),
-                             KeyedFlow(transportProtocol: .tcp, local: s.destination, localPort: s.destinationPort,
-                                       remote: s.source, remotePort: s.sourcePort)] {
+                for flow in [
+                    KeyedFlow(
+                        transportProtocol: .tcp, local: s.source, localPort: s.sourcePort,
+                        remote: s.destination, remotePort: s.destinationPort),
+                    KeyedFlow(
+                        transportProtocol: .tcp, local: s.destination, localPort: s.destinationPort,
+                        remote: s.source, remotePort: s.sourcePort),
+                ] {
                     engine.acceptedFlowSA(flow, reqid: state.reqid, spi: state.id.spi, installed: false)
                 }
             }
@@ -139,27 +153,36 @@ final class EndpointEventPump: Sendable {
     private func acceptedFlow(of state: XFRMState) -> (KeyedFlow, UInt32)? {
         let selector = state.selector
         guard selector.upperProtocol == .tcp, selector.sourcePort != 0, selector.destinationPort != 0,
-              let port = table.endpoints(reqid: state.reqid).lazy.compactMap({ endpoint -> UInt16? in
-                  guard endpoint.kind == .stream, case .responder(let port) = endpoint.role else { return nil }
-                  return port
-              }).first else { return nil }
+            let port = table.endpoints(reqid: state.reqid).lazy.compactMap({ endpoint -> UInt16? in
+                guard endpoint.kind == .stream, case .responder(let port) = endpoint.role else { return nil }
+                return port
+            }).first
+        else { return nil }
         if selector.sourcePort == port {
-            return (KeyedFlow(transportProtocol: .tcp, local: selector.source, localPort: port, remote: selector.destination,
-                              remotePort: selector.destinationPort), state.reqid)
+            return (
+                KeyedFlow(
+                    transportProtocol: .tcp, local: selector.source, localPort: port, remote: selector.destination,
+                    remotePort: selector.destinationPort), state.reqid
+            )
         }
         if selector.destinationPort == port {
-            return (KeyedFlow(transportProtocol: .tcp, local: selector.destination, localPort: port, remote: selector.source,
-                              remotePort: selector.sourcePort), state.reqid)
+            return (
+                KeyedFlow(
+                    transportProtocol: .tcp, local: selector.destination, localPort: port, remote: selector.source,
+                    remotePort: selector.sourcePort), state.reqid
+            )
         }
         return nil
     }
 
     private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
         guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-              let facts = try? SocketInspector.facts(of: endpoint.descriptor),
-              let local = facts.local, let peer = facts.peer else { return nil }
-        return KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-                         localPort: local.port, remote: peer.address, remotePort: peer.port)
+            let facts = try? SocketInspector.facts(of: endpoint.descriptor),
+            let local = facts.local, let peer = facts.peer
+        else { return nil }
+        return KeyedFlow(
+            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+            localPort: local.port, remote: peer.address, remotePort: peer.port)
     }
 
     /// After events may have been lost (the monitor ended and was started again) or the SAD was flushed: one
@@ -170,13 +193,17 @@ final class EndpointEventPump: Sendable {
         let byReqid = Dictionary(grouping: states.filter { $0.id.spi != 0 }, by: \.reqid)
         var lost = 0
         for endpoint in table.all {
-            guard case .secured = endpoint.state, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint) else { continue }
+            guard case .secured = endpoint.state, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint) else {
+                continue
+            }
             let covered = (byReqid[reqid] ?? []).contains { flow.isCovered(by: $0.selector, outbound: true) }
             if !covered {
                 lost += 1
                 _ = table.handle(.childDown, cookie: endpoint.cookie)
             }
         }
-        logger.info("resynchronised from the kernel's SAD", metadata: ["sas": "\(states.count)", "connections-without-sas": "\(lost)"])
+        logger.info(
+            "resynchronised from the kernel's SAD",
+            metadata: ["sas": "\(states.count)", "connections-without-sas": "\(lost)"])
     }
 }

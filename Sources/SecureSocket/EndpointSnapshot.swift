@@ -37,8 +37,9 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
         return files.filter { $0.hasSuffix(".json") }.prefix(10_000).compactMap { file in
             guard let data = FileManager.default.contents(atPath: "\(folder)/\(file)"),
-                  let snapshot = try? decoder.decode(EndpointSnapshot.self, from: data),
-                  kill(snapshot.pid, 0) == 0 || errno == EPERM else { return nil }
+                let snapshot = try? decoder.decode(EndpointSnapshot.self, from: data),
+                kill(snapshot.pid, 0) == 0 || errno == EPERM
+            else { return nil }
             return snapshot
         }.sorted { $0.pid < $1.pid }
     }
@@ -68,8 +69,11 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys]
-        guard let head = try? encoder.encode(Head(pid: getpid(), executable: executable, keying: keying, updated: Date())),
-              head.last == UInt8(ascii: "}") else { return nil }
+        guard
+            let head = try? encoder.encode(
+                Head(pid: getpid(), executable: executable, keying: keying, updated: Date())),
+            head.last == UInt8(ascii: "}")
+        else { return nil }
         var json = Array(head.dropLast())
         json += Array(#","endpoints":["#.utf8)
         var hasher = Hasher()
@@ -86,21 +90,24 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
 
 extension EndpointSnapshot.Entry {
     init(_ endpoint: Endpoint) {
-            var identity: String?
-            var user: String?
-            if case .secured(let info) = endpoint.state {
-                identity = info.peerIdentity
-                user = info.peerUserIdentity
-            }
-            let kind: String = switch endpoint.kind {
+        var identity: String?
+        var user: String?
+        if case .secured(let info) = endpoint.state {
+            identity = info.peerIdentity
+            user = info.peerUserIdentity
+        }
+        let kind: String =
+            switch endpoint.kind {
             case .stream: "tcp"
             case .datagram: "udp"
             case .other(let type): "type \(type)"
             }
-            self.init(cookie: endpoint.cookie, descriptor: endpoint.descriptor, family: endpoint.family.description,
-                      kind: kind, reqid: endpoint.reqid, state: endpoint.state.description, peerIdentity: identity,
-                      peerUserIdentity: user,
-                      peerTargetNames: Dictionary(uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
-                      settings: endpoint.summary, localPort: endpoint.lastLocalPort)
+        self.init(
+            cookie: endpoint.cookie, descriptor: endpoint.descriptor, family: endpoint.family.description,
+            kind: kind, reqid: endpoint.reqid, state: endpoint.state.description, peerIdentity: identity,
+            peerUserIdentity: user,
+            peerTargetNames: Dictionary(
+                uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
+            settings: endpoint.summary, localPort: endpoint.lastLocalPort)
     }
 }

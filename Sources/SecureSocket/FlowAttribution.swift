@@ -23,19 +23,23 @@ struct FlowAttribution {
     /// SAs exist, carry `reqid`, are transport mode and have exactly the flow as selector. Two lookups by SPI,
     /// whatever the number of SAs; nil if any check fails (the caller then dumps).
     static func known(in xfrm: XFRMClient, flow: KeyedFlow, reqid: UInt32, inboundSPI: UInt32, outboundSPI: UInt32)
-        -> FlowAttribution? {
+        -> FlowAttribution?
+    {
         guard !flow.local.isAny,
-              let into = try? xfrm.getState(XFRMStateID(destination: flow.local, spi: inboundSPI, proto: .esp)),
-              let out = try? xfrm.getState(XFRMStateID(destination: flow.remote, spi: outboundSPI, proto: .esp))
+            let into = try? xfrm.getState(XFRMStateID(destination: flow.local, spi: inboundSPI, proto: .esp)),
+            let out = try? xfrm.getState(XFRMStateID(destination: flow.remote, spi: outboundSPI, proto: .esp))
         else { return nil }
         for (state, outbound) in [(out, true), (into, false)] {
             guard state.reqid == reqid, state.mode == .transport, state.selector.isFlowExact,
-                  flow.isCovered(by: state.selector, outbound: outbound) else { return nil }
+                flow.isCovered(by: state.selector, outbound: outbound)
+            else { return nil }
         }
         return FlowAttribution(outbound: out, inbound: into, exact: true, attributable: true)
     }
 
-    static func find(in xfrm: XFRMClient, flow: KeyedFlow, reqid: UInt32, exactOnly: Bool) throws(XFRMError) -> FlowAttribution? {
+    static func find(in xfrm: XFRMClient, flow: KeyedFlow, reqid: UInt32, exactOnly: Bool) throws(XFRMError)
+        -> FlowAttribution?
+    {
         let local = flow.local.isAny ? nil : flow.local
         let usable = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && state.id.spi != 0 }
         // A socket bound to the wildcard address (an unconnected UDP server) has no local address of its own:
@@ -59,7 +63,8 @@ struct FlowAttribution {
         // Address-only SAs: attributable only when they are the only pair covering the flow. With several (a
         // shared reqid, several connections between the two hosts) the kernel uses the newest for output,
         // whoever it belongs to: protected, but not attributable to a peer.
-        return FlowAttribution(outbound: out, inbound: into, exact: false,
-                               attributable: outbound.count == 1 && inbound.count == 1)
+        return FlowAttribution(
+            outbound: out, inbound: into, exact: false,
+            attributable: outbound.count == 1 && inbound.count == 1)
     }
 }

@@ -39,7 +39,9 @@ public final class PeerTokenTable: Sendable {
     }
 
     /// Opens a token for `identity`.
-    public func open(_ kind: PeerToken.Kind, identity: String, accessMask: UInt32, peer: PeerIdentity? = nil) -> PeerToken {
+    public func open(_ kind: PeerToken.Kind, identity: String, accessMask: UInt32, peer: PeerIdentity? = nil)
+        -> PeerToken
+    {
         state.withLock { s in
             s.next &+= 1
             if s.next == 0 { s.next = 1 }

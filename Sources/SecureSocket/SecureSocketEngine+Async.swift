@@ -10,19 +10,25 @@ extension SecureSocketEngine {
     /// `connect(_:to:timeout:)` for async code. Cancelling the task ends the wait for SAs within 5 ms and aborts
     /// a `connect()` blocked in SYN_SENT (shutdown); a negotiation already handed to the keying daemon still ends
     /// within its timeout. The call then throws `WSAEINTR`; the socket is unusable, as after a failed connect.
-    public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil) async throws(SecureSocketError) {
+    public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil)
+        async throws(SecureSocketError)
+    {
         let cancelled = CancelFlag()
         let result: Result<Void, SecureSocketError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
                 Thread.detachNewThread {
                     do throws(SecureSocketError) {
                         try self.connect(fd, to: peer, timeout: timeout, cancelled: cancelled)
-                        continuation.resume(returning: cancelled.isSet
-                            ? .failure(SecureSocketError(.interrupted, "the connecting task was cancelled"))
-                            : .success(()))
+                        continuation.resume(
+                            returning: cancelled.isSet
+                                ? .failure(SecureSocketError(.interrupted, "the connecting task was cancelled"))
+                                : .success(()))
                     } catch {
-                        continuation.resume(returning: .failure(cancelled.isSet
-                            ? SecureSocketError(.interrupted, "the connecting task was cancelled (\(error.detail))") : error))
+                        continuation.resume(
+                            returning: .failure(
+                                cancelled.isSet
+                                    ? SecureSocketError(
+                                        .interrupted, "the connecting task was cancelled (\(error.detail))") : error))
                     }
                 }
             }
@@ -36,7 +42,8 @@ extension SecureSocketEngine {
 
     /// `query(_:_:)` for async code (it talks to the kernel and may ask the keying daemon).
     public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) async throws(SecureSocketError)
-        -> SocketSecurityQueryInfo {
+        -> SocketSecurityQueryInfo
+    {
         let result: Result<SocketSecurityQueryInfo, SecureSocketError> = await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 do throws(SecureSocketError) {

@@ -16,8 +16,11 @@ extension SecureSocketEngine {
     /// Returns the account.
     @discardableResult
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
-    public func impersonatePeer(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil) throws(SecureSocketError) -> LocalAccount {
-        let peer: PeerIdentity, map: IdentityMap
+    public func impersonatePeer(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil) throws(SecureSocketError)
+        -> LocalAccount
+    {
+        let peer: PeerIdentity
+        let map: IdentityMap
         do {
             (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
         } catch {
@@ -26,11 +29,15 @@ extension SecureSocketEngine {
         }
         do {
             let account = try ThreadCredentials.impersonate(peer, in: map)
-            logger.info("impersonating the peer", metadata: [
-                "fd": "\(fd)", "peer-identity": "\(peer)", "account": "\(account.name)", "uid": "\(account.uid)"])
+            logger.info(
+                "impersonating the peer",
+                metadata: [
+                    "fd": "\(fd)", "peer-identity": "\(peer)", "account": "\(account.name)", "uid": "\(account.uid)",
+                ])
             return account
         } catch {
-            logger.notice("impersonation refused", metadata: ["fd": "\(fd)", "peer-identity": "\(peer)", "reason": "\(error)"])
+            logger.notice(
+                "impersonation refused", metadata: ["fd": "\(fd)", "peer-identity": "\(peer)", "reason": "\(error)"])
             throw Self.winsockError(error)
         }
     }
@@ -47,8 +54,10 @@ extension SecureSocketEngine {
     }
 
     /// Runs `body` as the peer's mapped account on this thread and always reverts.
-    public func withPeerImpersonation<T>(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil,
-                                         _ body: (LocalAccount) throws -> T) throws -> T {
+    public func withPeerImpersonation<T>(
+        _ fd: CInt, peerAddress: SocketEndpointAddress? = nil,
+        _ body: (LocalAccount) throws -> T
+    ) throws -> T {
         let (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
         do {
             return try ThreadCredentials.withImpersonation(of: peer, in: map, body)
@@ -59,17 +68,20 @@ extension SecureSocketEngine {
 
     /// The local account a token's identity maps to (for inspection: uid, gid, groups), or an error.
     public func account(forToken handle: UInt64) throws(SecureSocketError) -> LocalAccount {
-        guard let token = tokens.token(handle) else { throw SecureSocketError(.invalidArgument, "token \(handle) is not open") }
+        guard let token = tokens.token(handle) else {
+            throw SecureSocketError(.invalidArgument, "token \(handle) is not open")
+        }
         guard let map = configuration.identityMap else {
             throw SecureSocketError(.accessDenied, "no identity map configured")
         }
         // The identity the query authenticated (with how, and the certificate's names); a machine token is the machine.
-        let peer = switch (token.kind, token.peer) {
-        case (.user, let known?): known
-        case (.machine, let known?): known.machine
-        case (.user, nil): PeerIdentity(user: token.identity)
-        case (.machine, nil): PeerIdentity(ikeIdentity: token.identity)
-        }
+        let peer =
+            switch (token.kind, token.peer) {
+            case (.user, let known?): known
+            case (.machine, let known?): known.machine
+            case (.user, nil): PeerIdentity(user: token.identity)
+            case (.machine, nil): PeerIdentity(ikeIdentity: token.identity)
+            }
         do {
             return try map.resolve(peer)
         } catch {
@@ -78,7 +90,8 @@ extension SecureSocketEngine {
     }
 
     private func peerIdentity(_ fd: CInt, peerAddress: SocketEndpointAddress?) throws(SecureSocketError)
-        -> (PeerIdentity, IdentityMap) {
+        -> (PeerIdentity, IdentityMap)
+    {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         guard !SocketInspector.isNonBlocking(fd) else {
@@ -101,7 +114,8 @@ extension SecureSocketEngine {
 
     static func winsockError(_ error: ImpersonationError) -> SecureSocketError {
         switch error.code {
-        case .unmappedIdentity, .ambiguousIdentity, .groupKeyNotAccepted, .privilegedAccount, .unknownAccount, .invalidAccount:
+        case .unmappedIdentity, .ambiguousIdentity, .groupKeyNotAccepted, .privilegedAccount, .unknownAccount,
+            .invalidAccount:
             SecureSocketError(.accessDenied, "\(error)", errno: error.errno)
         case .notPermitted:
             SecureSocketError(.accessDenied, "\(error)", errno: error.errno)

@@ -1,7 +1,7 @@
 import ALE
 import Foundation
-import Impersonation
 import Glibc
+import Impersonation
 import Keying
 import Logging
 import Synchronization
@@ -27,7 +27,7 @@ public final class SecureSocketEngine: Sendable {
         public var reqidDirectory: String?
         /// The network namespace of the sockets this engine serves (its XFRM client lives there).
         public var namespace: NetworkNamespace
-        /// Follow the kernel's and the keying daemon's events (see ``EndpointEventPump``): endpoint states stay
+        /// Follow the kernel's and the keying daemon's events (see `EndpointEventPump`): endpoint states stay
         /// current, and ACQUIREs for secured sockets are answered, so plain `connect()` retries succeed.
         public var followEvents: Bool
         /// Seconds a socket closed without `release` keeps its keying (see ``SecureSocketEngine/closeGrace``).
@@ -41,9 +41,11 @@ public final class SecureSocketEngine: Sendable {
         /// default, `WSS_LOG` for the process-wide engine of the Windows functions.
         public var logger = Logger(label: "wss.secure-socket")
 
-        public init(negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
-                    namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2,
-                    identityMap: IdentityMap? = nil) {
+        public init(
+            negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
+            namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2,
+            identityMap: IdentityMap? = nil
+        ) {
             self.closeGrace = closeGrace
             self.identityMap = identityMap
             self.negotiationTimeout = negotiationTimeout
@@ -78,14 +80,16 @@ public final class SecureSocketEngine: Sendable {
     public init(_ configuration: Configuration) throws(SecureSocketError) {
         self.configuration = configuration
         do {
-            reqids = try ReqidAllocator(directory: configuration.reqidDirectory
-                                            ?? ReqidAllocator.defaultDirectory(for: configuration.namespace))
+            reqids = try ReqidAllocator(
+                directory: configuration.reqidDirectory
+                    ?? ReqidAllocator.defaultDirectory(for: configuration.namespace))
         } catch {
             throw SecureSocketError(.systemCallFailure, "reqid allocator: \(error)")
         }
         let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
-        try? FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true,
-                                                 attributes: [.posixPermissions: 0o755])
+        try? FileManager.default.createDirectory(
+            atPath: snapshots, withIntermediateDirectories: true,
+            attributes: [.posixPermissions: 0o755])
         snapshotFile = "\(snapshots)/\(getpid())-\(ObjectIdentifier(reqids).hashValue & 0xffff).json"
         do {
             xfrm = try XFRMClient(namespace: configuration.namespace)
@@ -94,8 +98,9 @@ public final class SecureSocketEngine: Sendable {
         }
         if configuration.followEvents, configuration.keying != nil {
             do {
-                let started = try EndpointEventPump(table: table, namespace: configuration.namespace,
-                                                    engine: EngineHooks(engine: self), logger: configuration.logger)
+                let started = try EndpointEventPump(
+                    table: table, namespace: configuration.namespace,
+                    engine: EngineHooks(engine: self), logger: configuration.logger)
                 pump.withLock { $0 = started }
             } catch {
                 throw SecureSocketError(.systemCallFailure, "XFRM event monitor: \(error)", errno: error.errno)
@@ -144,8 +149,9 @@ public final class SecureSocketEngine: Sendable {
                     throw SecureSocketError(.invalidArgument, "\(IdentityMapLocation.defaultPath): \(error)")
                 }
             }
-            var configuration = Configuration(negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
-                                              keying: keying?.backend, identityMap: map)
+            var configuration = Configuration(
+                negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
+                keying: keying?.backend, identityMap: map)
             configuration.logger = SecureSocketLogging.logger(label: "wss.secure-socket")
             let created = try SecureSocketEngine(configuration)
             engine = created
@@ -164,10 +170,12 @@ public final class SecureSocketEngine: Sendable {
     /// have held it at the fork).
     public static func shutdownShared() {
         guard getpid() == sharedOwner.load(ordering: .acquiring) else { return }
-        guard let engine = sharedEngine.withLock({ engine -> SecureSocketEngine? in
-            defer { engine = nil }
-            return engine
-        }) else { return }
+        guard
+            let engine = sharedEngine.withLock({ engine -> SecureSocketEngine? in
+                defer { engine = nil }
+                return engine
+            })
+        else { return }
         engine.shutdown()
     }
 
@@ -179,7 +187,10 @@ public final class SecureSocketEngine: Sendable {
     /// process forked from the one that made the engine.
     public func shutdown() {
         guard getpid() == owner else { return }
-        pump.withLock { $0?.stop(); $0 = nil }
+        pump.withLock {
+            $0?.stop()
+            $0 = nil
+        }
         unlink(snapshotFile)
         drainSendQueues(within: configuration.exitDrain)
         for endpoint in table.all { release(cookie: endpoint.cookie) }
@@ -223,15 +234,19 @@ public final class SecureSocketEngine: Sendable {
         try requireInetStreamOrDatagram(facts)
         guard !facts.isConnected else { throw SecureSocketError(.isConnected, "the socket is already connected") }
         guard !facts.isBound, !facts.isListening else {
-            throw SecureSocketError(.invalidArgument, "security must be set before bind (the socket is bound to port \(facts.local?.port ?? 0))")
+            throw SecureSocketError(
+                .invalidArgument,
+                "security must be set before bind (the socket is bound to port \(facts.local?.port ?? 0))")
         }
         guard table.endpoint(cookie: facts.cookie) == nil else {
             throw SecureSocketError(.invalidArgument, "security was already set on this socket (only once per socket)")
         }
         try settings.validate()
         if settings.installsPolicy && keying == nil {
-            throw SecureSocketError(.networkUnreachable,
-                                    "no keying backend (configure \(KeyingConfiguration.defaultPath)): a per-socket policy could never be satisfied")
+            throw SecureSocketError(
+                .networkUnreachable,
+                "no keying backend (configure \(KeyingConfiguration.defaultPath)): a per-socket policy could never be satisfied"
+            )
         }
         try SocketHardening.apply(to: fd, family: facts.family)
 
@@ -243,17 +258,20 @@ public final class SecureSocketEngine: Sendable {
                 throw SecureSocketError(.systemCallFailure, "no reqid: \(error)")
             }
             do {
-                try SocketPolicy.require(Self.templates(for: settings, reqid: reqid!), on: FileDescriptor(rawValue: fd),
-                                         family: facts.family)
+                try SocketPolicy.require(
+                    Self.templates(for: settings, reqid: reqid!), on: FileDescriptor(rawValue: fd),
+                    family: facts.family)
             } catch {
                 reqids.release(reqid!)
-                throw SecureSocketError(error.errno.map(SecureSocketError.Code.init(errno:)) ?? .systemCallFailure,
-                                        "per-socket policy: \(error)", errno: error.errno)
+                throw SecureSocketError(
+                    error.errno.map(SecureSocketError.Code.init(errno:)) ?? .systemCallFailure,
+                    "per-socket policy: \(error)", errno: error.errno)
             }
         }
-        var endpoint = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: facts.kind,
-                                reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
-                                summary: Self.summary(settings))
+        var endpoint = Endpoint(
+            cookie: facts.cookie, descriptor: fd, family: facts.family, kind: facts.kind,
+            reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
+            summary: Self.summary(settings))
         endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
         endpoint.registeredAt = monotonicNow()
         do {
@@ -262,17 +280,23 @@ public final class SecureSocketEngine: Sendable {
             if let reqid { reqids.release(reqid) }
             throw SecureSocketError(.invalidArgument, "security was already set on this socket")
         }
-        logger.debug("socket secured (per-socket policy installed)", metadata: [
-            "fd": "\(fd)", "cookie": "\(facts.cookie)", "reqid": "\(reqid.map(String.init) ?? "none")",
-            "settings": "\(endpoint.summary)"])
+        logger.debug(
+            "socket secured (per-socket policy installed)",
+            metadata: [
+                "fd": "\(fd)", "cookie": "\(facts.cookie)", "reqid": "\(reqid.map(String.init) ?? "none")",
+                "settings": "\(endpoint.summary)",
+            ])
         guard let reqid else { return }
         // Nothing is offered to peers yet: a socket becomes a responder (its reqid offered for flows to its
         // port) only once it is seen listening, and an initiator negotiates per flow when it connects.
-        keyings.register(cookie: facts.cookie, request: KeyingRequest(
-            reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
-            requiredPeerIdentity: nil,
-            peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
-            requireEncryption: true, userName: Self.userIdentity(settings.ipsec), userPassword: settings.ipsec?.password))
+        keyings.register(
+            cookie: facts.cookie,
+            request: KeyingRequest(
+                reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
+                requiredPeerIdentity: nil,
+                peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
+                requireEncryption: true, userName: Self.userIdentity(settings.ipsec),
+                userPassword: settings.ipsec?.password))
     }
 
     // MARK: - Peer target names
@@ -306,8 +330,9 @@ public final class SecureSocketEngine: Sendable {
         // `%any`) would let any authenticated peer pass as this one.
         let identity = SocketPeerTargetName(name: trimmed).identity(raw: endpoint.peerNameIsRaw)
         guard PeerIdentityText.isLiteral(identity) else {
-            throw SecureSocketError(.invalidArgument,
-                                    "peer target name `\(trimmed)` is a pattern (`*` or `%`), not one identity")
+            throw SecureSocketError(
+                .invalidArgument,
+                "peer target name `\(trimmed)` is a pattern (`*` or `%`), not one identity")
         }
         table.update(cookie: endpoint.cookie) { $0.peerTargetNames[key] = trimmed }
     }
@@ -345,8 +370,10 @@ public final class SecureSocketEngine: Sendable {
         try connect(fd, to: peer, timeout: timeout, cancelled: nil)
     }
 
-    func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double?,
-                 cancelled: CancelFlag?) throws(SecureSocketError) {
+    func connect(
+        _ fd: CInt, to peer: SocketEndpointAddress, timeout: Double?,
+        cancelled: CancelFlag?
+    ) throws(SecureSocketError) {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         guard !facts.isConnected || facts.kind == .datagram else {
@@ -358,8 +385,9 @@ public final class SecureSocketEngine: Sendable {
         }
         if facts.family == .inet6 && peer.isV4Mapped {
             // The kernel skips an AF_INET6 socket policy for v4-mapped flows: that would be clear text.
-            throw SecureSocketError(.addressFamilyNotSupported,
-                                    "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
+            throw SecureSocketError(
+                .addressFamilyNotSupported,
+                "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
         }
         let deadline = monotonicNow() + timeout
         try becomeInitiator(endpoint)
@@ -373,8 +401,9 @@ public final class SecureSocketEngine: Sendable {
                 // The flow's own SAs: the local port must be known first (an unbound socket is bound now, as
                 // connect() would, to an ephemeral port).
                 let local = try boundLocal(fd, facts: facts)
-                let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-                                     localPort: local.port, remote: peer.address, remotePort: peer.port)
+                let flow = KeyedFlow(
+                    transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+                    localPort: local.port, remote: peer.address, remotePort: peer.port)
                 let negotiated = try keying.negotiate(request, flow: flow, timeout: Self.duration(seconds: timeout))
                 logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
                 keyings.add(negotiated.registration, cookie: facts.cookie)
@@ -384,9 +413,11 @@ public final class SecureSocketEngine: Sendable {
             } catch let error as KeyingError {
                 let failure = Self.failure(error, expected: request.requiredPeerIdentity, timeout: timeout)
                 _ = table.handle(.failed(failure), cookie: facts.cookie)
-                let metadata: Logger.Metadata = ["fd": "\(fd)", "reqid": "\(reqid)", "peer": "\(peer)",
-                                                 "required-identity": "\(request.requiredPeerIdentity ?? "any")",
-                                                 "reason": "\(failure)"]
+                let metadata: Logger.Metadata = [
+                    "fd": "\(fd)", "reqid": "\(reqid)", "peer": "\(peer)",
+                    "required-identity": "\(request.requiredPeerIdentity ?? "any")",
+                    "reason": "\(failure)",
+                ]
                 guard endpoint.machine.allowInsecure else {
                     logger.notice("connection refused: no SAs for the flow", metadata: metadata)
                     throw SecureSocketError(Self.code(for: error), "\(failure)")
@@ -402,17 +433,22 @@ public final class SecureSocketEngine: Sendable {
         defer { recordFlow(fd, cookie: facts.cookie) }
         // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
         // have used the whole first one).
-        try plainConnect(fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)),
-                         cancelled: cancelled)
+        try plainConnect(
+            fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)),
+            cancelled: cancelled)
     }
 
     /// The socket's local address and port, binding an unbound socket to the wildcard address and an
     /// ephemeral port first (what `connect()` would do), so the flow's traffic selectors can name the port.
     private func boundLocal(_ fd: CInt, facts: SocketFacts, preferring port: UInt16 = 0) throws(SecureSocketError)
-        -> SocketEndpointAddress {
+        -> SocketEndpointAddress
+    {
         if let local = facts.local, local.port != 0 { return local }
-        if port != 0, SocketEndpointAddress(address: .any(facts.family), port: port).withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0,
-           let local = try inspect(fd).local, local.port != 0 {
+        if port != 0,
+            SocketEndpointAddress(address: .any(facts.family), port: port).withSockaddr({ Glibc.bind(fd, $0, $1) })
+                == 0,
+            let local = try inspect(fd).local, local.port != 0
+        {
             return local
         }
         let any = SocketEndpointAddress(address: .any(facts.family), port: 0)
@@ -443,8 +479,10 @@ public final class SecureSocketEngine: Sendable {
     /// `connect()` bounded by `deadline`, the TCP handshake included: a blocking socket is switched to
     /// non-blocking for the call and waited on with `poll` (a blocking `connect()` to a silent peer would wait for
     /// TCP's SYN retries, about two minutes), then switched back.
-    private func plainConnect(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
-                              cancelled: CancelFlag?) throws(SecureSocketError) {
+    private func plainConnect(
+        _ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
+        cancelled: CancelFlag?
+    ) throws(SecureSocketError) {
         let flags = fcntl(fd, F_GETFL)
         let nonBlocking = flags >= 0 && flags & O_NONBLOCK != 0
         let bounded = !nonBlocking && flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0
@@ -462,8 +500,9 @@ public final class SecureSocketEngine: Sendable {
             case .resourceTemporarilyUnavailable:
                 // No SA for the flow yet (the kernel answers at once, whatever xfrm_larval_drop says).
                 guard monotonicNow() < deadline, attempts < 100_000 else {
-                    throw SecureSocketError(.timedOut, "no IPsec SA for \(peer) before the deadline (\(attempts) connect attempts)",
-                                            errno: error)
+                    throw SecureSocketError(
+                        .timedOut, "no IPsec SA for \(peer) before the deadline (\(attempts) connect attempts)",
+                        errno: error)
                 }
                 usleep(5_000)
             case .nowInProgress where bounded, .alreadyInProcess where bounded:
@@ -478,13 +517,16 @@ public final class SecureSocketEngine: Sendable {
 
     /// Waits for a non-blocking `connect()` to complete, at most until `deadline` (polling in slices so that
     /// cancellation is seen), and reports its outcome from `SO_ERROR`.
-    private func awaitHandshake(_ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
-                                cancelled: CancelFlag?) throws(SecureSocketError) {
+    private func awaitHandshake(
+        _ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
+        cancelled: CancelFlag?
+    ) throws(SecureSocketError) {
         while true {
             if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
             let left = deadline - monotonicNow()
             guard left > 0 else {
-                throw SecureSocketError(.timedOut, "the TCP handshake with \(peer) did not complete before the deadline")
+                throw SecureSocketError(
+                    .timedOut, "the TCP handshake with \(peer) did not complete before the deadline")
             }
             var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             let ready = poll(&pfd, 1, Int32(min(left, 0.1) * 1000) + 1)
@@ -507,7 +549,8 @@ public final class SecureSocketEngine: Sendable {
     /// What protects `fd`'s traffic, asked from the kernel (the SAs with the socket's reqid for its addresses),
     /// never assumed.
     public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)
-        -> SocketSecurityQueryInfo {
+        -> SocketSecurityQueryInfo
+    {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         let peer: SocketEndpointAddress
@@ -523,25 +566,29 @@ public final class SecureSocketEngine: Sendable {
             peer = connected
         } else {
             guard let address = template?.peerAddress ?? facts.peer else {
-                throw SecureSocketError(.messageSize, "a datagram socket's query needs the peer address in the template")
+                throw SecureSocketError(
+                    .messageSize, "a datagram socket's query needs the peer address in the template")
             }
             guard address.address.family == .inet || address.address.family == .inet6 else {
                 throw SecureSocketError(.addressFamilyNotSupported, "peer address family")
             }
             peer = address
         }
-        let securityProtocol: SocketSecurityProtocol = template?.securityProtocol == .ipsec2 ? .ipsec2
+        let securityProtocol: SocketSecurityProtocol =
+            template?.securityProtocol == .ipsec2
+            ? .ipsec2
             : (template?.securityProtocol == .ipsec ? .ipsec : .ipsec)
         var info = SocketSecurityQueryInfo(securityProtocol: securityProtocol, flags: [])
         guard let endpoint = endpoint(for: fd, facts: facts) else { return info }
         if case .failed(let failure) = endpoint.state { info.negotiationError = Self.win32Error(failure) }
         if case .insecure(let failure) = endpoint.state {
             info.negotiationError = Self.win32Error(failure)
-            return info   // opened in clear: stays clear for its whole life
+            return info // opened in clear: stays clear for its whole life
         }
         guard let reqid = endpoint.reqid, let local = facts.local else { return info }
-        let flow = KeyedFlow(transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-                             localPort: local.port, remote: peer.address, remotePort: peer.port)
+        let flow = KeyedFlow(
+            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+            localPort: local.port, remote: peer.address, remotePort: peer.port)
         var found: FlowAttribution?
         // The SA pair charon reported for this very flow, checked in the kernel by SPI (O(1)); else a dump of
         // the SAs between the two hosts.
@@ -552,7 +599,8 @@ public final class SecureSocketEngine: Sendable {
             do {
                 // Only this flow's own SAs count; a socket that may run in clear must not borrow another
                 // connection's SAs between the same hosts as proof.
-                found = try FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
+                found = try FlowAttribution.find(
+                    in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
             } catch {
                 throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
             }
@@ -576,7 +624,9 @@ public final class SecureSocketEngine: Sendable {
         info.encryptionAlgorithm = out.algorithms.first.map(\.name)
         // Who: the IKE SA that negotiated this very SA pair (by its inbound SPI), never "some SA to that host".
         guard found.attributable else { return info }
-        if endpoint.role == .accepted { keyings.setOwnChild(cookie: endpoint.cookie, spi: into.id.spi, peer: peer.address) }
+        if endpoint.role == .accepted {
+            keyings.setOwnChild(cookie: endpoint.cookie, spi: into.id.spi, peer: peer.address)
+        }
         if let protection = keying?.protection(inboundSPI: into.id.spi, peer: peer.address) {
             info.peerMachineIdentity = protection.remoteIdentity
             info.peerUserIdentity = protection.remoteUserIdentity
@@ -587,19 +637,25 @@ public final class SecureSocketEngine: Sendable {
         }
         // The kernel is the truth: an endpoint found protected here (an accepted socket registered on first
         // sight, after the keying events passed) is secured in the table too.
-        if endpoint.peer == nil || endpoint.peer == peer.address, !{ if case .secured = endpoint.state { true } else { false } }() {
+        if endpoint.peer == nil || endpoint.peer == peer.address,
+            !{ if case .secured = endpoint.state { true } else { false } }()
+        {
             table.update(cookie: endpoint.cookie) { $0.peer = peer.address }
-            _ = table.handle(.childUp(ProtectionInfo(ikeSAID: info.ikeSAID == 0 ? nil : info.ikeSAID,
-                                                     childSAID: info.childSAID == 0 ? nil : info.childSAID,
-                                                     peerIdentity: info.peerMachineIdentity,
-                                                     peerUserIdentity: info.peerUserIdentity,
-                                                     encryptionAlgorithm: info.encryptionAlgorithm)),
-                             cookie: endpoint.cookie)
+            _ = table.handle(
+                .childUp(
+                    ProtectionInfo(
+                        ikeSAID: info.ikeSAID == 0 ? nil : info.ikeSAID,
+                        childSAID: info.childSAID == 0 ? nil : info.childSAID,
+                        peerIdentity: info.peerMachineIdentity,
+                        peerUserIdentity: info.peerUserIdentity,
+                        encryptionAlgorithm: info.encryptionAlgorithm)),
+                cookie: endpoint.cookie)
         }
         snapshotDirty.store(true, ordering: .releasing)
         if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
             if let machine = info.peerMachineIdentity {
-                info.peerMachineToken = tokens.open(.machine, identity: machine, accessMask: mask, peer: info.peer).handle
+                info.peerMachineToken =
+                    tokens.open(.machine, identity: machine, accessMask: mask, peer: info.peer).handle
             }
             if let user = info.peerUserIdentity {
                 info.peerApplicationToken = tokens.open(.user, identity: user, accessMask: mask, peer: info.peer).handle
@@ -615,8 +671,9 @@ public final class SecureSocketEngine: Sendable {
         guard facts.kind == .stream, facts.isConnected, let port = facts.local?.port else { return nil }
         for candidate in table.all where candidate.kind == .stream && candidate.family == facts.family {
             guard SocketInspector.cookie(of: candidate.descriptor) == candidate.cookie,
-                  let listener = try? SocketInspector.facts(of: candidate.descriptor),
-                  listener.isListening, listener.local?.port == port else { continue }
+                let listener = try? SocketInspector.facts(of: candidate.descriptor),
+                listener.isListening, listener.local?.port == port
+            else { continue }
             adopt(fd, facts: facts, listener: candidate, port: port)
             return table.endpoint(cookie: facts.cookie)
         }
@@ -636,19 +693,25 @@ public final class SecureSocketEngine: Sendable {
 
     /// The decision "secured", with what proves it.
     func logSecured(_ fd: CInt, reqid: UInt32, flow: KeyedFlow, _ protection: KeyedProtection, how: String) {
-        logger.info("connection secured", metadata: [
-            "fd": "\(fd)", "reqid": "\(reqid)", "flow": "\(flow)", "peer-identity": "\(protection.remoteIdentity ?? "?")",
-            "peer-user": "\(protection.remoteUserIdentity ?? "none")",
-            "spi-in": "\(protection.inboundSPI.map { String($0, radix: 16) } ?? "?")",
-            "spi-out": "\(protection.outboundSPI.map { String($0, radix: 16) } ?? "?")",
-            "ike-sa": "\(protection.ikeSAID.map(String.init) ?? "?")", "via": "\(how)"])
+        logger.info(
+            "connection secured",
+            metadata: [
+                "fd": "\(fd)", "reqid": "\(reqid)", "flow": "\(flow)",
+                "peer-identity": "\(protection.remoteIdentity ?? "?")",
+                "peer-user": "\(protection.remoteUserIdentity ?? "none")",
+                "spi-in": "\(protection.inboundSPI.map { String($0, radix: 16) } ?? "?")",
+                "spi-out": "\(protection.outboundSPI.map { String($0, radix: 16) } ?? "?")",
+                "ike-sa": "\(protection.ikeSAID.map(String.init) ?? "?")", "via": "\(how)",
+            ])
     }
 
     func release(cookie: UInt64) {
         let wasSecured = { if case .secured? = table.endpoint(cookie: cookie)?.state { true } else { false } }()
         _ = table.handle(.closed, cookie: cookie)
         guard let endpoint = table.remove(cookie: cookie) else { return }
-        logger.debug("socket released", metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
+        logger.debug(
+            "socket released",
+            metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
         snapshotDirty.store(true, ordering: .releasing)
         // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
         // CHILD_SA. Never an IKE SA other connections use.
@@ -670,9 +733,11 @@ public final class SecureSocketEngine: Sendable {
     /// `TIME_WAIT` is covered even after the socket is gone.
     func recordFlow(_ fd: CInt, cookie: UInt64) {
         guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let local = facts.local,
-              let peer = facts.peer, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
-        let flow = KeyedFlow(transportProtocol: .tcp, local: local.address, localPort: local.port,
-                             remote: peer.address, remotePort: peer.port)
+            let peer = facts.peer, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid
+        else { return }
+        let flow = KeyedFlow(
+            transportProtocol: .tcp, local: local.address, localPort: local.port,
+            remote: peer.address, remotePort: peer.port)
         keyings.setFlow(cookie: cookie, flow: flow)
         if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil) }
     }
@@ -727,8 +792,9 @@ public final class SecureSocketEngine: Sendable {
         if let seconds { lifetime.hardAddExpiresSeconds = seconds }
         let templates = [XFRMTemplate(proto: .esp, mode: .transport, reqid: reqid, level: .required)]
         for outbound in [true, false] {
-            let policy = XFRMPolicy(selector: flow.selector(outbound: outbound), direction: outbound ? .outbound : .inbound,
-                                    lifetime: lifetime, templates: templates)
+            let policy = XFRMPolicy(
+                selector: flow.selector(outbound: outbound), direction: outbound ? .outbound : .inbound,
+                lifetime: lifetime, templates: templates)
             do { try xfrm.addPolicy(policy) } catch { try? xfrm.updatePolicy(policy) }
         }
     }
@@ -736,7 +802,7 @@ public final class SecureSocketEngine: Sendable {
     /// An accepted connection's own CHILD_SA: the SA pair whose selectors are exactly its flow.
     private func ownChild(of endpoint: Endpoint, flow: KeyedFlow?) -> (spi: UInt32, peer: XFRMAddress)? {
         guard endpoint.role == .accepted, let flow, let reqid = endpoint.reqid,
-              let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true)
+            let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true)
         else { return nil }
         return (found.inbound.id.spi, flow.remote)
     }
@@ -753,11 +819,13 @@ public final class SecureSocketEngine: Sendable {
         let now = monotonicNow()
         for endpoint in table.all where endpoint.role == .undetermined && endpoint.reqid != nil {
             guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-                  let facts = try? SocketInspector.facts(of: endpoint.descriptor) else { continue }
+                let facts = try? SocketInspector.facts(of: endpoint.descriptor)
+            else { continue }
             if facts.isConnected {
                 table.update(cookie: endpoint.cookie) { $0.role = .initiator }
             } else if let port = facts.local?.port, port != 0,
-                      facts.isListening || (facts.kind == .datagram) {
+                facts.isListening || (facts.kind == .datagram)
+            {
                 becomeResponder(endpoint, port: port)
             } else if now - endpoint.registeredAt < 5 {
                 young = true
@@ -769,11 +837,12 @@ public final class SecureSocketEngine: Sendable {
     private func becomeResponder(_ endpoint: Endpoint, port: UInt16) {
         guard let keying, let request = keyings.request(cookie: endpoint.cookie) else { return }
         // Claimed first, so a concurrent connect sees the role and the listen is not loaded twice.
-        let claimed = table.update(cookie: endpoint.cookie) { e -> Bool in
-            guard e.role == .undetermined else { return false }
-            e.role = .responder(port: port)
-            return true
-        } ?? false
+        let claimed =
+            table.update(cookie: endpoint.cookie) { e -> Bool in
+                guard e.role == .undetermined else { return false }
+                e.role = .responder(port: port)
+                return true
+            } ?? false
         guard claimed else { return }
         do {
             let registration = try keying.listen(request, localPort: port)
@@ -789,20 +858,23 @@ public final class SecureSocketEngine: Sendable {
     /// accepted sockets' reqids never initiate (their peers do).
     func answerAcquire(reqid: UInt32, flow: KeyedFlow) {
         guard let keying,
-              let endpoint = table.endpoints(reqid: reqid).first(where: {
-                  $0.role == .initiator || $0.role == .undetermined || ($0.kind == .datagram && $0.role.isResponder)
-              }),
-              var request = keyings.request(cookie: endpoint.cookie) else { return }
+            let endpoint = table.endpoints(reqid: reqid).first(where: {
+                $0.role == .initiator || $0.role == .undetermined || ($0.kind == .datagram && $0.role.isResponder)
+            }),
+            var request = keyings.request(cookie: endpoint.cookie)
+        else { return }
         guard (try? becomeInitiator(endpoint)) != nil else { return }
         var flow = flow
         var stale = false
         if endpoint.kind == .stream {
             guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-                  let facts = try? SocketInspector.facts(of: endpoint.descriptor) else { return }
+                let facts = try? SocketInspector.facts(of: endpoint.descriptor)
+            else { return }
             if let peer = facts.peer {
                 // A live connection whose SAs went away (flushed, expired, deleted): the kernel asks again for
                 // exactly its flow, and the connection gets new SAs (its segments wait, TCP retransmits).
-                guard facts.local?.port == flow.localPort, peer.address == flow.remote, peer.port == flow.remotePort else {
+                guard facts.local?.port == flow.localPort, peer.address == flow.remote, peer.port == flow.remotePort
+                else {
                     return
                 }
                 stale = true
@@ -810,12 +882,14 @@ public final class SecureSocketEngine: Sendable {
                 // A TCP connect() that failed with EAGAIN gave its ephemeral port back, and the retry takes
                 // another: the flow's SAs would never match. Bind the socket to the port of the ACQUIRE (as connect
                 // would have) so the application's retries use the flow negotiated now.
-                guard let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else { return }
+                guard let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else {
+                    return
+                }
                 flow.localPort = local.port
             }
         }
         let key = "\(reqid)/\(flow)"
-        guard acquires.admit(key) else { return }   // the kernel raises a new ACQUIRE once the larval state expires
+        guard acquires.admit(key) else { return } // the kernel raises a new ACQUIRE once the larval state expires
         request.requiredPeerIdentity = endpoint.peerTargetName(for: flow.remote).map {
             SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
         }
@@ -831,11 +905,13 @@ public final class SecureSocketEngine: Sendable {
             defer { hooks.done(key) }
             for registration in staleRegistrations { keying.release(registration) }
             do throws(KeyingError) {
-                let negotiated = try keying.negotiate(finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
+                let negotiated = try keying.negotiate(
+                    finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
                 hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
             } catch {
-                hooks.failed(Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
-                             cookie: endpoint.cookie)
+                hooks.failed(
+                    Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
+                    cookie: endpoint.cookie)
             }
         }
     }
@@ -849,11 +925,12 @@ public final class SecureSocketEngine: Sendable {
         func succeeded(_ negotiated: Negotiated, flow: KeyedFlow, cookie: UInt64) {
             guard let engine else { return }
             if let endpoint = engine.table.endpoint(cookie: cookie) {
-                engine.logSecured(endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
-                                  how: "kernel ACQUIRE")
+                engine.logSecured(
+                    endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
+                    how: "kernel ACQUIRE")
             }
             guard let endpoint = engine.table.endpoint(cookie: cookie) else {
-                engine.keying?.release(negotiated.registration)   // closed meanwhile
+                engine.keying?.release(negotiated.registration) // closed meanwhile
                 return
             }
             engine.keyings.add(negotiated.registration, cookie: cookie)
@@ -865,8 +942,11 @@ public final class SecureSocketEngine: Sendable {
         }
         func failed(_ failure: EndpointFailure, cookie: UInt64) {
             guard let engine else { return }
-            engine.logger.notice("kernel ACQUIRE not satisfied: no SAs for the flow", metadata: [
-                "cookie": "\(cookie)", "reason": "\(failure)"])
+            engine.logger.notice(
+                "kernel ACQUIRE not satisfied: no SAs for the flow",
+                metadata: [
+                    "cookie": "\(cookie)", "reason": "\(failure)",
+                ])
             _ = engine.table.handle(.failed(failure), cookie: cookie)
         }
     }
@@ -896,7 +976,10 @@ public final class SecureSocketEngine: Sendable {
             if SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
                 if descriptors == nil { descriptors = SocketInspector.descriptorsByCookie() }
                 if let moved = descriptors?[endpoint.cookie] {
-                    table.update(cookie: endpoint.cookie) { $0.descriptor = moved; $0.goneSince = nil }
+                    table.update(cookie: endpoint.cookie) {
+                        $0.descriptor = moved
+                        $0.goneSince = nil
+                    }
                     endpoint.descriptor = moved
                 }
             }
@@ -938,7 +1021,8 @@ public final class SecureSocketEngine: Sendable {
     func publishIfDirty() {
         let now = monotonicNow()
         guard lastPublished.withLock({ now - $0 >= Self.publishInterval }),
-              snapshotDirty.exchange(false, ordering: .acquiringAndReleasing) else { return }
+            snapshotDirty.exchange(false, ordering: .acquiringAndReleasing)
+        else { return }
         lastPublished.withLock { $0 = now }
         publish()
     }
@@ -964,7 +1048,8 @@ public final class SecureSocketEngine: Sendable {
             }
             try? xfrm.deletePolicies(covers.map { .selector($0.selector, $0.direction, mark: $0.mark) })
             let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
-            for file in (try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? [] where file.hasPrefix("\(pid)-") {
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? []
+            where file.hasPrefix("\(pid)-") {
                 unlink("\(snapshots)/\(file)")
             }
         }
@@ -987,17 +1072,19 @@ public final class SecureSocketEngine: Sendable {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
         for entry in entries.prefix(65_536) {
             guard let fd = CInt(entry), let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream,
-                  facts.isConnected, facts.local?.port == port, facts.family == listener.family,
-                  table.endpoint(cookie: facts.cookie) == nil else { continue }
+                facts.isConnected, facts.local?.port == port, facts.family == listener.family,
+                table.endpoint(cookie: facts.cookie) == nil
+            else { continue }
             adopt(fd, facts: facts, listener: listener, port: port)
         }
     }
 
     /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`.
     private func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
-        var child = Endpoint(cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
-                             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
-                             summary: listener.summary + " (accepted)")
+        var child = Endpoint(
+            cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
+            reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
+            summary: listener.summary + " (accepted)")
         child.peerTargetNames = listener.peerTargetNames
         child.peerNameIsRaw = listener.peerNameIsRaw
         child.lastLocalPort = port
@@ -1008,9 +1095,11 @@ public final class SecureSocketEngine: Sendable {
         if let request = keyings.request(cookie: listener.cookie) {
             keyings.register(cookie: facts.cookie, request: request)
             if let local = facts.local, let peer = facts.peer {
-                keyings.setFlow(cookie: facts.cookie, flow: KeyedFlow(
-                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
-                    remotePort: peer.port))
+                keyings.setFlow(
+                    cookie: facts.cookie,
+                    flow: KeyedFlow(
+                        transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
+                        remotePort: peer.port))
             }
         }
     }
@@ -1035,11 +1124,13 @@ public final class SecureSocketEngine: Sendable {
 
     func requireInetStreamOrDatagram(_ facts: SocketFacts) throws(SecureSocketError) {
         guard facts.family == .inet || facts.family == .inet6 else {
-            throw SecureSocketError(.invalidArgument, "only AF_INET and AF_INET6 sockets (this one is family \(facts.rawFamily))")
+            throw SecureSocketError(
+                .invalidArgument, "only AF_INET and AF_INET6 sockets (this one is family \(facts.rawFamily))")
         }
         switch facts.kind {
         case .stream, .datagram: return
-        case .other(let type): throw SecureSocketError(.invalidArgument, "only SOCK_STREAM and SOCK_DGRAM sockets (type \(type))")
+        case .other(let type):
+            throw SecureSocketError(.invalidArgument, "only SOCK_STREAM and SOCK_DGRAM sockets (type \(type))")
         }
     }
 
@@ -1064,15 +1155,17 @@ public final class SecureSocketEngine: Sendable {
     }
 
     static func info(_ p: KeyedProtection) -> ProtectionInfo {
-        ProtectionInfo(ikeSAID: p.ikeSAID, childSAID: p.childSAID, peerIdentity: p.remoteIdentity,
-                       peerUserIdentity: p.remoteUserIdentity, encryptionAlgorithm: p.encryptionAlgorithm,
-                       integrityAlgorithm: p.integrityAlgorithm)
+        ProtectionInfo(
+            ikeSAID: p.ikeSAID, childSAID: p.childSAID, peerIdentity: p.remoteIdentity,
+            peerUserIdentity: p.remoteUserIdentity, encryptionAlgorithm: p.encryptionAlgorithm,
+            integrityAlgorithm: p.integrityAlgorithm)
     }
 
     static func failure(_ error: KeyingError, expected: String?, timeout: Double) -> EndpointFailure {
         switch error.code {
         case .timedOut: .negotiationTimedOut(seconds: timeout)
-        case .authenticationFailed: .peerNameMismatch(expected: expected ?? "an authenticated peer", detail: error.detail)
+        case .authenticationFailed:
+            .peerNameMismatch(expected: expected ?? "an authenticated peer", detail: error.detail)
         case .unavailable: .keyingUnavailable(error.detail)
         case .noProposalChosen: .encryptionNotNegotiated(error.detail)
         case .rejected: .negotiationFailed(error.detail)

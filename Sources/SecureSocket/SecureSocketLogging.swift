@@ -36,14 +36,20 @@ public enum SecureSocketLogging {
     }
 
     /// The logger `WSS_LOG` asks for (see above), labelled `label`.
-    public static func logger(label: String, environment value: String? = Glibc.getenv("WSS_LOG").map { String(cString: $0) })
-        -> Logger {
+    public static func logger(
+        label: String, environment value: String? = Glibc.getenv("WSS_LOG").map { String(cString: $0) }
+    )
+        -> Logger
+    {
         let (level, destination) = value.flatMap(parse) ?? (.notice, .syslog)
         guard let level else { return Logger(label: label, factory: { _ in SwiftLogNoOpLogHandler() }) }
-        var logger = Logger(label: label, factory: { label in
-            destination == .syslog ? SyslogLogHandler(label: label) as any LogHandler
-                : StreamLogHandler.standardError(label: label) as any LogHandler
-        })
+        var logger = Logger(
+            label: label,
+            factory: { label in
+                destination == .syslog
+                    ? SyslogLogHandler(label: label) as any LogHandler
+                    : StreamLogHandler.standardError(label: label) as any LogHandler
+            })
         logger.logLevel = level
         return logger
     }

@@ -70,11 +70,11 @@ public enum SocketHardening {
     }
 
     // <linux/bpf_common.h>, <linux/filter.h> (Glibc's module map does not include them).
-    static let ldByteAbsolute: UInt16 = 0x30   // BPF_LD | BPF_B | BPF_ABS
-    static let ldImmediate: UInt16 = 0x00      // BPF_LD | BPF_W | BPF_IMM
-    static let andImmediate: UInt16 = 0x54     // BPF_ALU | BPF_AND | BPF_K
-    static let jeqImmediate: UInt16 = 0x15     // BPF_JMP | BPF_JEQ | BPF_K
-    static let returnImmediate: UInt16 = 0x06  // BPF_RET | BPF_K
+    static let ldByteAbsolute: UInt16 = 0x30 // BPF_LD | BPF_B | BPF_ABS
+    static let ldImmediate: UInt16 = 0x00 // BPF_LD | BPF_W | BPF_IMM
+    static let andImmediate: UInt16 = 0x54 // BPF_ALU | BPF_AND | BPF_K
+    static let jeqImmediate: UInt16 = 0x15 // BPF_JMP | BPF_JEQ | BPF_K
+    static let returnImmediate: UInt16 = 0x06 // BPF_RET | BPF_K
     /// `SKF_NET_OFF` (-0x100000): an absolute load at `SKF_NET_OFF + n` reads byte n of the network header.
     static let networkHeader = UInt32(bitPattern: -0x100000)
     /// `BPF_MAXINSNS`.
@@ -122,8 +122,10 @@ public enum SocketHardening {
         do {
             existing = try attachedFilter(on: fd)
         } catch .permissionDenied {
-            throw SecureSocketError(.invalidArgument,
-                                    "the socket has an eBPF filter, which cannot be combined with the IPv6-only filter", errno: .permissionDenied)
+            throw SecureSocketError(
+                .invalidArgument,
+                "the socket has an eBPF filter, which cannot be combined with the IPv6-only filter",
+                errno: .permissionDenied)
         } catch {
             throw SecureSocketError(.systemCallFailure, "reading the socket's filter (SO_GET_FILTER)", errno: error)
         }
@@ -131,18 +133,22 @@ public enum SocketHardening {
         if !alreadyOurs {
             let program = existing.isEmpty ? ipv6Only : ipv6Guard + existing
             guard program.count <= maximumInstructions else {
-                throw SecureSocketError(.invalidArgument, "the socket's filter is too long to put the IPv6-only check in front of it")
+                throw SecureSocketError(
+                    .invalidArgument, "the socket's filter is too long to put the IPv6-only check in front of it")
             }
             if let error = attach(program, to: fd) {
-                throw SecureSocketError(.init(errno: error),
-                                        error == .notPermitted ? "the socket's filter is locked (SO_LOCK_FILTER) by the application"
-                                                               : "attaching the IPv6-only socket filter (SO_ATTACH_FILTER)",
-                                        errno: error)
+                throw SecureSocketError(
+                    .init(errno: error),
+                    error == .notPermitted
+                        ? "the socket's filter is locked (SO_LOCK_FILTER) by the application"
+                        : "attaching the IPv6-only socket filter (SO_ATTACH_FILTER)",
+                    errno: error)
             }
         }
         var one: CInt = 1
         guard setsockopt(fd, SOL_SOCKET, SO_LOCK_FILTER, &one, socklen_t(MemoryLayout<CInt>.size)) == 0 else {
-            throw SecureSocketError(.systemCallFailure, "locking the socket filter (SO_LOCK_FILTER)", errno: Errno(rawValue: errno))
+            throw SecureSocketError(
+                .systemCallFailure, "locking the socket filter (SO_LOCK_FILTER)", errno: Errno(rawValue: errno))
         }
     }
 
@@ -194,9 +200,10 @@ public enum SocketHardening {
     static func decode(_ bytes: ArraySlice<UInt8>) -> [Instruction] {
         bytes.withUnsafeBytes { raw in
             (0..<raw.count / 8).map { index in
-                Instruction(code: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt16.self),
-                            jt: raw[index * 8 + 2], jf: raw[index * 8 + 3],
-                            k: raw.loadUnaligned(fromByteOffset: index * 8 + 4, as: UInt32.self))
+                Instruction(
+                    code: raw.loadUnaligned(fromByteOffset: index * 8, as: UInt16.self),
+                    jt: raw[index * 8 + 2], jf: raw[index * 8 + 3],
+                    k: raw.loadUnaligned(fromByteOffset: index * 8 + 4, as: UInt32.self))
             }
         }
     }

@@ -13,8 +13,10 @@ public struct SocketSecurityQueryTemplate: Hashable, Sendable {
     public var ipsec2Flags: UInt32
     public var ipsec2FieldMask: UInt32
 
-    public init(securityProtocol: SocketSecurityProtocol = .default, peerAddress: SocketEndpointAddress? = nil,
-                peerTokenAccessMask: UInt32 = 0, ipsec2Flags: UInt32 = 0, ipsec2FieldMask: UInt32 = 0) {
+    public init(
+        securityProtocol: SocketSecurityProtocol = .default, peerAddress: SocketEndpointAddress? = nil,
+        peerTokenAccessMask: UInt32 = 0, ipsec2Flags: UInt32 = 0, ipsec2FieldMask: UInt32 = 0
+    ) {
         self.securityProtocol = securityProtocol
         self.peerAddress = peerAddress
         self.peerTokenAccessMask = peerTokenAccessMask

@@ -35,8 +35,10 @@ public struct IPsecSettingsFlags: OptionSet, Hashable, Sendable {
     public static let allowFirstInboundPacketUnencrypted = IPsecSettingsFlags(rawValue: 0x4)
     /// The peer target name is used exactly as given (no `host/` SPN prefix stripping).
     public static let peerNameIsRawFormat = IPsecSettingsFlags(rawValue: 0x8)
-    static let known: IPsecSettingsFlags = [.skipFilterInstantiation, .optionalPeerNameVerification,
-                                            .allowFirstInboundPacketUnencrypted, .peerNameIsRawFormat]
+    static let known: IPsecSettingsFlags = [
+        .skipFilterInstantiation, .optionalPeerNameVerification,
+        .allowFirstInboundPacketUnencrypted, .peerNameIsRawFormat,
+    ]
 }
 
 /// The IPsec-specific part of the settings (`SOCKET_SECURITY_SETTINGS_IPSEC`).
@@ -50,8 +52,10 @@ public struct IPsecSettings: Hashable, Sendable {
     public var domainName: String?
     public var password: String?
 
-    public init(flags: IPsecSettingsFlags = [], mainModePolicyKey: UUID? = nil, quickModePolicyKey: UUID? = nil,
-                userName: String? = nil, domainName: String? = nil, password: String? = nil) {
+    public init(
+        flags: IPsecSettingsFlags = [], mainModePolicyKey: UUID? = nil, quickModePolicyKey: UUID? = nil,
+        userName: String? = nil, domainName: String? = nil, password: String? = nil
+    ) {
         self.flags = flags
         self.mainModePolicyKey = mainModePolicyKey
         self.quickModePolicyKey = quickModePolicyKey
@@ -72,8 +76,10 @@ public struct SocketSecuritySettings: Hashable, Sendable {
     /// offered all encrypt anyway), no clear text.
     public static let `default` = SocketSecuritySettings(securityProtocol: .default, flags: [])
 
-    public init(securityProtocol: SocketSecurityProtocol = .default, flags: SocketSecurityFlags = [],
-                ipsec: IPsecSettings? = nil) {
+    public init(
+        securityProtocol: SocketSecurityProtocol = .default, flags: SocketSecurityFlags = [],
+        ipsec: IPsecSettings? = nil
+    ) {
         self.securityProtocol = securityProtocol
         self.flags = flags
         self.ipsec = ipsec
@@ -82,7 +88,8 @@ public struct SocketSecuritySettings: Hashable, Sendable {
     /// Checks the values (not the socket). Every rejection is `WSAEINVAL` unless noted.
     public func validate() throws(SecureSocketError) {
         guard SocketSecurityFlags.known.isSuperset(of: flags) else {
-            throw SecureSocketError(.invalidArgument, "unknown SecurityFlags bits 0x\(String(flags.rawValue, radix: 16))")
+            throw SecureSocketError(
+                .invalidArgument, "unknown SecurityFlags bits 0x\(String(flags.rawValue, radix: 16))")
         }
         guard !flags.isSuperset(of: [.guaranteeEncryption, .allowInsecure]) else {
             throw SecureSocketError(.invalidArgument, "GUARANTEE_ENCRYPTION and ALLOW_INSECURE contradict each other")
@@ -92,14 +99,17 @@ public struct SocketSecuritySettings: Hashable, Sendable {
             throw SecureSocketError(.invalidArgument, "the IPsec settings form needs SOCKET_SECURITY_PROTOCOL_IPSEC")
         }
         guard IPsecSettingsFlags.known.isSuperset(of: ipsec.flags) else {
-            throw SecureSocketError(.invalidArgument, "unknown IpsecFlags bits 0x\(String(ipsec.flags.rawValue, radix: 16))")
+            throw SecureSocketError(
+                .invalidArgument, "unknown IpsecFlags bits 0x\(String(ipsec.flags.rawValue, radix: 16))")
         }
         if ipsec.flags.contains(.allowFirstInboundPacketUnencrypted) {
-            throw SecureSocketError(.operationNotSupported,
-                                    "ALLOW_FIRST_INBOUND_PKT_UNENCRYPTED has no Linux equivalent for socket policies")
+            throw SecureSocketError(
+                .operationNotSupported,
+                "ALLOW_FIRST_INBOUND_PKT_UNENCRYPTED has no Linux equivalent for socket policies")
         }
         if ipsec.mainModePolicyKey != nil || ipsec.quickModePolicyKey != nil {
-            throw SecureSocketError(.operationNotSupported, "AuthIP policy keys name WFP provider contexts, which Linux lacks")
+            throw SecureSocketError(
+                .operationNotSupported, "AuthIP policy keys name WFP provider contexts, which Linux lacks")
         }
         let credentials = [ipsec.userName, ipsec.domainName, ipsec.password].map { ($0 ?? "").isEmpty }
         if credentials[0] && (!credentials[1] || !credentials[2]) {
@@ -122,8 +132,10 @@ public struct SocketPeerTargetName: Hashable, Sendable {
     /// The identity the peer must prove, e.g. `host/server.example` (SPN) or `server.example`.
     public var name: String
 
-    public init(securityProtocol: SocketSecurityProtocol = .default, peerAddress: SocketEndpointAddress? = nil,
-                name: String) {
+    public init(
+        securityProtocol: SocketSecurityProtocol = .default, peerAddress: SocketEndpointAddress? = nil,
+        name: String
+    ) {
         self.securityProtocol = securityProtocol
         self.peerAddress = peerAddress
         self.name = name

@@ -8,15 +8,15 @@ import SecureSocket
 /// The four readers are `package` for the fuzz targets and their replay tests (`Fuzzing/`): each takes the
 /// caller's pointer and length exactly as the C entry points receive them.
 package enum WindowsStructs {
-    static let settingsSize = MemoryLayout<SOCKET_SECURITY_SETTINGS>.size              // 8
-    static let ipsecSettingsSize = MemoryLayout<SOCKET_SECURITY_SETTINGS_IPSEC>.size   // 88
+    static let settingsSize = MemoryLayout<SOCKET_SECURITY_SETTINGS>.size // 8
+    static let ipsecSettingsSize = MemoryLayout<SOCKET_SECURITY_SETTINGS_IPSEC>.size // 88
     static let ipsecStringsOffset = 84
-    static let peerTargetNameSize = MemoryLayout<SOCKET_PEER_TARGET_NAME>.size          // 144
+    static let peerTargetNameSize = MemoryLayout<SOCKET_PEER_TARGET_NAME>.size // 144
     static let peerNameStringOffset = 140
-    static let queryTemplateSize = MemoryLayout<SOCKET_SECURITY_QUERY_TEMPLATE>.size    // 144
-    static let queryTemplateIPsec2Size = MemoryLayout<SOCKET_SECURITY_QUERY_TEMPLATE_IPSEC2>.size   // 152
-    static let queryInfoSize = MemoryLayout<SOCKET_SECURITY_QUERY_INFO>.size            // 24
-    static let queryInfoIPsec2Size = MemoryLayout<SOCKET_SECURITY_QUERY_INFO_IPSEC2>.size   // 64
+    static let queryTemplateSize = MemoryLayout<SOCKET_SECURITY_QUERY_TEMPLATE>.size // 144
+    static let queryTemplateIPsec2Size = MemoryLayout<SOCKET_SECURITY_QUERY_TEMPLATE_IPSEC2>.size // 152
+    static let queryInfoSize = MemoryLayout<SOCKET_SECURITY_QUERY_INFO>.size // 24
+    static let queryInfoIPsec2Size = MemoryLayout<SOCKET_SECURITY_QUERY_INFO_IPSEC2>.size // 64
 
     static func securityProtocol(_ raw: UInt32) throws(SecureSocketError) -> SocketSecurityProtocol {
         guard let value = SocketSecurityProtocol(rawValue: raw) else {
@@ -27,7 +27,8 @@ package enum WindowsStructs {
 
     /// `SOCKET_SECURITY_SETTINGS` or, for protocol IPSEC with a long enough buffer, `SOCKET_SECURITY_SETTINGS_IPSEC`.
     package static func settings(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
-        -> SocketSecuritySettings {
+        -> SocketSecuritySettings
+    {
         guard let pointer else { return .default }
         let length = Int(length)
         guard length >= settingsSize else {
@@ -43,7 +44,9 @@ package enum WindowsStructs {
             return SocketSecuritySettings(securityProtocol: securityProtocol, flags: flags)
         }
         let s = load(SOCKET_SECURITY_SETTINGS_IPSEC.self, from: pointer, available: length)
-        let user = Int(s.UserNameStringLen), domain = Int(s.DomainNameStringLen), password = Int(s.PasswordStringLen)
+        let user = Int(s.UserNameStringLen)
+        let domain = Int(s.DomainNameStringLen)
+        let password = Int(s.PasswordStringLen)
         guard user % 2 == 0, domain % 2 == 0, password % 2 == 0 else {
             throw SecureSocketError(.invalidArgument, "string lengths are in bytes of UTF-16 and must be even")
         }
@@ -66,7 +69,8 @@ package enum WindowsStructs {
     /// `SOCKET_PEER_TARGET_NAME`. The string length is taken as bytes (the documentation) unless that does not
     /// fit while a character count does (what Microsoft's own sample stores): see winsock-spec.md §6.1.
     package static func peerTargetName(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
-        -> SocketPeerTargetName {
+        -> SocketPeerTargetName
+    {
         guard let pointer else { throw SecureSocketError(.fault, "PeerTargetName is NULL") }
         let length = Int(length)
         guard length >= peerNameStringOffset else {
@@ -101,13 +105,14 @@ package enum WindowsStructs {
 
     /// A `struct sockaddr` argument.
     package static func address(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
-        -> SocketEndpointAddress {
+        -> SocketEndpointAddress
+    {
         guard let pointer else { throw SecureSocketError(.fault, "PeerAddr is NULL") }
         guard length >= 2 else { throw SecureSocketError(.messageSize, "PeerAddrLen \(length)") }
         let family = Int32(pointer.loadUnaligned(as: UInt16.self))
         switch family {
         case AF_INET where length < UInt32(MemoryLayout<sockaddr_in>.size),
-             AF_INET6 where length < UInt32(MemoryLayout<sockaddr_in6>.size):
+            AF_INET6 where length < UInt32(MemoryLayout<sockaddr_in6>.size):
             throw SecureSocketError(.messageSize, "PeerAddrLen \(length) too small for family \(family)")
         case AF_INET, AF_INET6:
             return SocketEndpointAddress(sockaddr: pointer, length: Int(length))!
@@ -118,7 +123,8 @@ package enum WindowsStructs {
 
     /// `SOCKET_SECURITY_QUERY_TEMPLATE[_IPSEC2]`; nil pointer → nil template.
     package static func queryTemplate(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
-        -> SocketSecurityQueryTemplate? {
+        -> SocketSecurityQueryTemplate?
+    {
         guard let pointer else { return nil }
         let length = Int(length)
         guard length >= queryTemplateSize else {
@@ -126,11 +132,15 @@ package enum WindowsStructs {
         }
         let t = pointer.loadUnaligned(as: SOCKET_SECURITY_QUERY_TEMPLATE.self)
         let securityProtocol = try securityProtocol(t.SecurityProtocol.rawValue)
-        var template = SocketSecurityQueryTemplate(securityProtocol: securityProtocol,
-                                                   peerTokenAccessMask: t.PeerTokenAccessMask)
+        var template = SocketSecurityQueryTemplate(
+            securityProtocol: securityProtocol,
+            peerTokenAccessMask: t.PeerTokenAccessMask)
         let family = withUnsafeBytes(of: t.PeerAddress) { $0.loadUnaligned(as: UInt16.self) }
         if family != 0 {
-            guard let peer = withUnsafeBytes(of: t.PeerAddress, { SocketEndpointAddress(sockaddr: $0.baseAddress!, length: $0.count) }) else {
+            guard
+                let peer = withUnsafeBytes(
+                    of: t.PeerAddress, { SocketEndpointAddress(sockaddr: $0.baseAddress!, length: $0.count) })
+            else {
                 throw SecureSocketError(.addressFamilyNotSupported, "PeerAddress family \(family)")
             }
             template.peerAddress = peer
@@ -148,7 +158,8 @@ package enum WindowsStructs {
 
     private static func load<T>(_ type: T.Type, from pointer: UnsafeRawPointer, available: Int) -> T {
         // The struct's trailing padding may lie past what the caller passed (84 + strings < 88): copy what exists.
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<T>.size, alignment: MemoryLayout<T>.alignment)
+        let storage = UnsafeMutableRawPointer.allocate(
+            byteCount: MemoryLayout<T>.size, alignment: MemoryLayout<T>.alignment)
         defer { storage.deallocate() }
         storage.initializeMemory(as: UInt8.self, repeating: 0, count: MemoryLayout<T>.size)
         storage.copyMemory(from: pointer, byteCount: min(available, MemoryLayout<T>.size))
@@ -160,8 +171,11 @@ package enum WindowsStructs {
     private static func uuid(_ guid: WSS_GUID) -> UUID? {
         guard !isZero(guid) else { return nil }
         return withUnsafeBytes(of: guid) { raw in
-            UUID(uuid: (raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7], raw[8], raw[9], raw[10], raw[11],
-                        raw[12], raw[13], raw[14], raw[15]))
+            UUID(
+                uuid: (
+                    raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7], raw[8], raw[9], raw[10], raw[11],
+                    raw[12], raw[13], raw[14], raw[15]
+                ))
         }
     }
 

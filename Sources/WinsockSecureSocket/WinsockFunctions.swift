@@ -16,8 +16,10 @@ private func engine() throws(SecureSocketError) -> SecureSocketEngine {
 
 /// Requires IPsec on `socket` (before bind/connect, once). NULL settings apply the defaults.
 @_cdecl("WSASetSocketSecurity")
-public func WSASetSocketSecurity(_ socket: Int32, _ settings: UnsafeRawPointer?, _ settingsLength: UInt32,
-                                 _ overlapped: UnsafeMutableRawPointer?, _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+public func WSASetSocketSecurity(
+    _ socket: Int32, _ settings: UnsafeRawPointer?, _ settingsLength: UInt32,
+    _ overlapped: UnsafeMutableRawPointer?, _ completionRoutine: UnsafeMutableRawPointer?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         let parsed = try WindowsStructs.settings(settings, length: settingsLength)
         try engine().setSecurity(socket, parsed)
@@ -26,9 +28,11 @@ public func WSASetSocketSecurity(_ socket: Int32, _ settings: UnsafeRawPointer?,
 
 /// Sets the identity the peer must prove.
 @_cdecl("WSASetSocketPeerTargetName")
-public func WSASetSocketPeerTargetName(_ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength: UInt32,
-                                       _ overlapped: UnsafeMutableRawPointer?,
-                                       _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+public func WSASetSocketPeerTargetName(
+    _ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength: UInt32,
+    _ overlapped: UnsafeMutableRawPointer?,
+    _ completionRoutine: UnsafeMutableRawPointer?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         let parsed = try WindowsStructs.peerTargetName(name, length: nameLength)
         try engine().setPeerTargetName(socket, parsed)
@@ -37,9 +41,11 @@ public func WSASetSocketPeerTargetName(_ socket: Int32, _ name: UnsafeRawPointer
 
 /// Forgets the peer target name of one peer address.
 @_cdecl("WSADeleteSocketPeerTargetName")
-public func WSADeleteSocketPeerTargetName(_ socket: Int32, _ address: UnsafeRawPointer?, _ addressLength: UInt32,
-                                          _ overlapped: UnsafeMutableRawPointer?,
-                                          _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+public func WSADeleteSocketPeerTargetName(
+    _ socket: Int32, _ address: UnsafeRawPointer?, _ addressLength: UInt32,
+    _ overlapped: UnsafeMutableRawPointer?,
+    _ completionRoutine: UnsafeMutableRawPointer?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         let peer = try WindowsStructs.address(address, length: addressLength)
         try engine().deletePeerTargetName(socket, address: peer)
@@ -49,10 +55,12 @@ public func WSADeleteSocketPeerTargetName(_ socket: Int32, _ address: UnsafeRawP
 /// Reports how the connection is protected. With a NULL buffer (or one too small) it fails with WSAEFAULT
 /// (TCP, as Microsoft's sample expects) or WSAEMSGSIZE (other sockets) and writes the size needed.
 @_cdecl("WSAQuerySocketSecurity")
-public func WSAQuerySocketSecurity(_ socket: Int32, _ template: UnsafeRawPointer?, _ templateLength: UInt32,
-                                   _ info: UnsafeMutableRawPointer?, _ infoLength: UnsafeMutablePointer<UInt32>?,
-                                   _ overlapped: UnsafeMutableRawPointer?,
-                                   _ completionRoutine: UnsafeMutableRawPointer?) -> Int32 {
+public func WSAQuerySocketSecurity(
+    _ socket: Int32, _ template: UnsafeRawPointer?, _ templateLength: UInt32,
+    _ info: UnsafeMutableRawPointer?, _ infoLength: UnsafeMutablePointer<UInt32>?,
+    _ overlapped: UnsafeMutableRawPointer?,
+    _ completionRoutine: UnsafeMutableRawPointer?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         guard let infoLength else { throw SecureSocketError(.fault, "SecurityQueryInfoLen is NULL") }
         let engine = try engine()
@@ -93,9 +101,11 @@ public func WSAQuerySocketSecurity(_ socket: Int32, _ template: UnsafeRawPointer
 /// Connects and waits (bounded) until IPsec protects the connection. The caller/callee data and QoS arguments
 /// are not supported on Linux and must be NULL.
 @_cdecl("WSAConnect")
-public func WSAConnect(_ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength: Int32, _ callerData: UnsafeMutableRawPointer?,
-                       _ calleeData: UnsafeMutableRawPointer?, _ sqos: UnsafeMutableRawPointer?,
-                       _ gqos: UnsafeMutableRawPointer?) -> Int32 {
+public func WSAConnect(
+    _ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength: Int32, _ callerData: UnsafeMutableRawPointer?,
+    _ calleeData: UnsafeMutableRawPointer?, _ sqos: UnsafeMutableRawPointer?,
+    _ gqos: UnsafeMutableRawPointer?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         guard callerData == nil, calleeData == nil, sqos == nil, gqos == nil else {
             throw SecureSocketError(.operationNotSupported, "connect data and QoS are not supported")
@@ -112,7 +122,9 @@ public func WSAConnect(_ socket: Int32, _ name: UnsafeRawPointer?, _ nameLength:
 @_cdecl("WSSCloseToken")
 public func WSSCloseToken(_ handle: UInt64) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
-        guard try engine().tokens.close(handle) else { throw SecureSocketError(.invalidArgument, "token \(handle) is not open") }
+        guard try engine().tokens.close(handle) else {
+            throw SecureSocketError(.invalidArgument, "token \(handle) is not open")
+        }
     }
 }
 
@@ -132,8 +144,10 @@ public func WSSDuplicateToken(_ handle: UInt64, _ duplicate: UnsafeMutablePointe
 /// buffer's size, then the bytes needed including the NUL (a NULL or short buffer fails with `WSAEMSGSIZE`
 /// after writing the size needed).
 @_cdecl("WSSGetTokenIdentity")
-public func WSSGetTokenIdentity(_ handle: UInt64, _ buffer: UnsafeMutablePointer<CChar>?,
-                                _ length: UnsafeMutablePointer<UInt32>?) -> Int32 {
+public func WSSGetTokenIdentity(
+    _ handle: UInt64, _ buffer: UnsafeMutablePointer<CChar>?,
+    _ length: UnsafeMutablePointer<UInt32>?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         guard let length else { throw SecureSocketError(.fault, "length is NULL") }
         guard let token = try engine().tokens.token(handle) else {
@@ -144,7 +158,9 @@ public func WSSGetTokenIdentity(_ handle: UInt64, _ buffer: UnsafeMutablePointer
             length.pointee = UInt32(bytes.count)
             throw SecureSocketError(.messageSize, "the identity needs \(bytes.count) bytes")
         }
-        bytes.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        bytes.withUnsafeBytes {
+            UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress!, byteCount: bytes.count)
+        }
         length.pointee = UInt32(bytes.count)
     }
 }
@@ -186,10 +202,14 @@ public func WSARevertImpersonation() -> Int32 {
 
 /// The local account a peer token maps to: uid, gid, and up to `*groupCount` supplementary groups (in/out).
 @_cdecl("WSSGetTokenAccount")
-public func WSSGetTokenAccount(_ handle: UInt64, _ uid: UnsafeMutablePointer<UInt32>?, _ gid: UnsafeMutablePointer<UInt32>?,
-                               _ groups: UnsafeMutablePointer<UInt32>?, _ groupCount: UnsafeMutablePointer<UInt32>?) -> Int32 {
+public func WSSGetTokenAccount(
+    _ handle: UInt64, _ uid: UnsafeMutablePointer<UInt32>?, _ gid: UnsafeMutablePointer<UInt32>?,
+    _ groups: UnsafeMutablePointer<UInt32>?, _ groupCount: UnsafeMutablePointer<UInt32>?
+) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
-        guard let uid, let gid, let groupCount else { throw SecureSocketError(.fault, "uid, gid and groupCount are required") }
+        guard let uid, let gid, let groupCount else {
+            throw SecureSocketError(.fault, "uid, gid and groupCount are required")
+        }
         let account = try engine().account(forToken: handle)
         uid.pointee = account.uid
         gid.pointee = account.gid

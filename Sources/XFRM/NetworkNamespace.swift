@@ -55,11 +55,13 @@ private final class ThreadWork {
 func runOnNewThread(_ body: @escaping () -> Void) throws(XFRMError) {
     let work = Unmanaged.passRetained(ThreadWork(body))
     var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { context in
-        let work = Unmanaged<ThreadWork>.fromOpaque(context!).takeRetainedValue()
-        work.run()
-        return nil
-    }, work.toOpaque())
+    let rc = pthread_create(
+        &thread, nil,
+        { context in
+            let work = Unmanaged<ThreadWork>.fromOpaque(context!).takeRetainedValue()
+            work.run()
+            return nil
+        }, work.toOpaque())
     guard rc == 0 else {
         work.release()
         throw .syscall("start namespace thread", "pthread_create", errno: Errno(rawValue: rc))

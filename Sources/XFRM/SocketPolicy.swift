@@ -31,15 +31,19 @@ public enum SocketPolicy {
     }
 
     /// Sets the same templates for both directions: the usual way to require IPsec on a socket.
-    public static func require(_ templates: [XFRMTemplate], on fd: FileDescriptor,
-                               selector: XFRMSelector? = nil) throws(XFRMError) {
+    public static func require(
+        _ templates: [XFRMTemplate], on fd: FileDescriptor,
+        selector: XFRMSelector? = nil
+    ) throws(XFRMError) {
         try require(templates, on: fd, family: try socketFamily(fd), selector: selector)
     }
 
     /// ``require(_:on:selector:)`` for a socket whose family the caller already read (one system call less).
     /// `family` must be the socket's own (`SO_DOMAIN`): the kernel refuses the other family's option.
-    public static func require(_ templates: [XFRMTemplate], on fd: FileDescriptor, family: XFRMAddressFamily,
-                               selector: XFRMSelector? = nil) throws(XFRMError) {
+    public static func require(
+        _ templates: [XFRMTemplate], on fd: FileDescriptor, family: XFRMAddressFamily,
+        selector: XFRMSelector? = nil
+    ) throws(XFRMError) {
         let selector = selector ?? .any(family)
         var policy = XFRMPolicy(selector: selector, direction: .outbound, templates: templates)
         try check(policy, family: family)
@@ -49,11 +53,13 @@ public enum SocketPolicy {
         let templateSize = MemoryLayout<xfrm_user_tmpl>.size
         let (level, option) = socketOption(family)
         let failed: (XFRMDirection, Errno)? = withUnsafeTemporaryAllocation(
-            byteCount: infoSize + templates.count * templateSize, alignment: MemoryLayout<xfrm_userpolicy_info>.alignment
+            byteCount: infoSize + templates.count * templateSize,
+            alignment: MemoryLayout<xfrm_userpolicy_info>.alignment
         ) { buffer in
             for (index, template) in templates.enumerated() {
-                buffer.storeBytes(of: template.kernelValue(policyFamily: selector.family),
-                                  toByteOffset: infoSize + index * templateSize, as: xfrm_user_tmpl.self)
+                buffer.storeBytes(
+                    of: template.kernelValue(policyFamily: selector.family),
+                    toByteOffset: infoSize + index * templateSize, as: xfrm_user_tmpl.self)
             }
             func apply(_ direction: XFRMDirection) -> (XFRMDirection, Errno)? {
                 policy.direction = direction
@@ -125,8 +131,9 @@ public enum SocketPolicy {
         case AF_INET: return .inet
         case AF_INET6: return .inet6
         default:
-            throw XFRMError(.invalidArgument, operation: "socket policy", errno: .notSupported,
-                            detail: "socket family \(domain) takes no XFRM policy (only AF_INET and AF_INET6)")
+            throw XFRMError(
+                .invalidArgument, operation: "socket policy", errno: .notSupported,
+                detail: "socket family \(domain) takes no XFRM policy (only AF_INET and AF_INET6)")
         }
     }
 

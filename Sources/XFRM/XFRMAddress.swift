@@ -45,7 +45,9 @@ public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
     /// Calls `body` with the address bytes in network order (4 or 16), without copying them out.
     public func withUnsafeBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
         let length = family.addressLength
-        return try Swift.withUnsafeBytes(of: (first, second)) { try body(UnsafeRawBufferPointer(rebasing: $0.prefix(length))) }
+        return try Swift.withUnsafeBytes(of: (first, second)) {
+            try body(UnsafeRawBufferPointer(rebasing: $0.prefix(length)))
+        }
     }
 
     /// Creates an address from its bytes in network order (4 for IPv4, 16 for IPv6).

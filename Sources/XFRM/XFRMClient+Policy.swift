@@ -16,8 +16,9 @@ extension XFRMClient {
     /// Equivalent to: `ip xfrm policy update …`.
     public func updatePolicy(_ policy: XFRMPolicy) throws(XFRMError) {
         try policy.validate(operation: "policy update")
-        _ = try request(Self.policyMessage(policy, type: _XFRM_MSG_UPDPOLICY, create: false),
-                        operation: "policy update")
+        _ = try request(
+            Self.policyMessage(policy, type: _XFRM_MSG_UPDPOLICY, create: false),
+            operation: "policy update")
     }
 
     /// Adds many policies, batched; each is acked and the first failure is reported with its position.
@@ -25,8 +26,9 @@ extension XFRMClient {
     /// Equivalent to: `ip -batch FILE` with one `xfrm policy add` line per policy.
     public func addPolicies(_ policies: [XFRMPolicy]) throws(XFRMError) {
         for policy in policies { try policy.validate(operation: "policy add") }
-        try batch(policies.map { Self.policyMessage($0, type: _XFRM_MSG_NEWPOLICY, create: true) },
-                  operation: "policy add")
+        try batch(
+            policies.map { Self.policyMessage($0, type: _XFRM_MSG_NEWPOLICY, create: true) },
+            operation: "policy add")
     }
 
     /// Deletes a policy by selector and direction, or by index.
@@ -92,8 +94,9 @@ extension XFRMClient {
 
     static func decodePolicy(_ payload: ArraySlice<UInt8>, operation: String) throws(XFRMError) -> XFRMPolicy {
         let info = try payload.loadHeader(xfrm_userpolicy_info.self, operation: operation)
-        let attributes = try NetlinkAttribute.parse(payload.afterHeader(xfrm_userpolicy_info.self),
-                                                    operation: operation)
+        let attributes = try NetlinkAttribute.parse(
+            payload.afterHeader(xfrm_userpolicy_info.self),
+            operation: operation)
         return try XFRMPolicy(info: info, attributes: attributes, operation: operation)
     }
 }

@@ -23,7 +23,7 @@ extension XFRMClient {
     public func addOrUpdateState(_ state: XFRMState) throws(XFRMError) {
         do {
             try addState(state)
-        } catch where error.code == .kernelRejected && error.errno == .fileExists {
+        } catch  where error.code == .kernelRejected && error.errno == .fileExists {
             try updateState(state)
         }
     }
@@ -40,22 +40,27 @@ extension XFRMClient {
     ///
     /// Equivalent to: `ip xfrm state delete src S dst D proto P spi SPI`.
     public func deleteState(_ id: XFRMStateID, source: XFRMAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError) {
-        _ = try request(Self.stateIDMessage(id, type: _XFRM_MSG_DELSA, source: source, mark: mark),
-                        operation: "state delete")
+        _ = try request(
+            Self.stateIDMessage(id, type: _XFRM_MSG_DELSA, source: source, mark: mark),
+            operation: "state delete")
     }
 
     /// Deletes many states, batched.
     public func deleteStates(_ ids: [XFRMStateID]) throws(XFRMError) {
-        try batch(ids.map { Self.stateIDMessage($0, type: _XFRM_MSG_DELSA, source: nil, mark: nil) },
-                  operation: "state delete")
+        try batch(
+            ids.map { Self.stateIDMessage($0, type: _XFRM_MSG_DELSA, source: nil, mark: nil) },
+            operation: "state delete")
     }
 
     /// Reads one state with its counters.
     ///
     /// Equivalent to: `ip -s xfrm state get src S dst D proto P spi SPI`.
-    public func getState(_ id: XFRMStateID, source: XFRMAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError) -> XFRMState {
-        let replies = try request(Self.stateIDMessage(id, type: _XFRM_MSG_GETSA, source: source, mark: mark),
-                                  operation: "state get")
+    public func getState(_ id: XFRMStateID, source: XFRMAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError)
+        -> XFRMState
+    {
+        let replies = try request(
+            Self.stateIDMessage(id, type: _XFRM_MSG_GETSA, source: source, mark: mark),
+            operation: "state get")
         guard let reply = replies.first(where: { $0.type == _XFRM_MSG_NEWSA }) else {
             throw .malformed("state get", "no XFRM_MSG_NEWSA in the reply")
         }
@@ -66,8 +71,10 @@ extension XFRMClient {
     /// `XFRMA_ADDRESS_FILTER`, prefix lengths full) and of one protocol (`XFRMA_PROTO`).
     ///
     /// Equivalent to: `ip -s xfrm state list [src S] [dst D] [proto P]`.
-    public func states(source: XFRMAddress? = nil, destination: XFRMAddress? = nil,
-                       proto: XFRMProtocol? = nil) throws(XFRMError) -> [XFRMState] {
+    public func states(
+        source: XFRMAddress? = nil, destination: XFRMAddress? = nil,
+        proto: XFRMProtocol? = nil
+    ) throws(XFRMError) -> [XFRMState] {
         var builder = NetlinkMessageBuilder(type: _XFRM_MSG_GETSA, flags: _NLM_F_REQUEST | _NLM_F_DUMP)
         if source != nil || destination != nil {
             guard source == nil || destination == nil || source!.family == destination!.family else {
@@ -109,11 +116,14 @@ extension XFRMClient {
     /// state (lifetime `xfrm_acq_expires`) that a later ``updateState(_:)`` completes.
     ///
     /// Equivalent to: `ip xfrm state allocspi src S dst D proto P mode M reqid R min MIN max MAX`.
-    public func allocateSPI(source: XFRMAddress, destination: XFRMAddress, proto: XFRMProtocol = .esp,
-                            mode: XFRMMode = .transport, reqid: UInt32 = 0, sequence: UInt32 = 0,
-                            range: ClosedRange<UInt32> = 0x100...0xffff_ffff) throws(XFRMError) -> XFRMState {
-        var template = XFRMState(source: source, destination: destination, proto: proto, spi: 0, mode: mode,
-                                 reqid: reqid, sequence: sequence)
+    public func allocateSPI(
+        source: XFRMAddress, destination: XFRMAddress, proto: XFRMProtocol = .esp,
+        mode: XFRMMode = .transport, reqid: UInt32 = 0, sequence: UInt32 = 0,
+        range: ClosedRange<UInt32> = 0x100...0xffff_ffff
+    ) throws(XFRMError) -> XFRMState {
+        var template = XFRMState(
+            source: source, destination: destination, proto: proto, spi: 0, mode: mode,
+            reqid: reqid, sequence: sequence)
         template.selector = .any(destination.family)
         try template.validate(operation: "state allocspi")
         var info = xfrm_userspi_info()
@@ -139,8 +149,10 @@ extension XFRMClient {
         return builder
     }
 
-    static func stateIDMessage(_ id: XFRMStateID, type: UInt16, source: XFRMAddress?,
-                               mark: XFRMMark?) -> NetlinkMessageBuilder {
+    static func stateIDMessage(
+        _ id: XFRMStateID, type: UInt16, source: XFRMAddress?,
+        mark: XFRMMark?
+    ) -> NetlinkMessageBuilder {
         var builder = NetlinkMessageBuilder(type: type, flags: _NLM_F_REQUEST | _NLM_F_ACK)
         builder.append(id.userSAID())
         if let source { builder.appendAttribute(_XFRMA_SRCADDR, source.kernelValue) }

@@ -31,8 +31,9 @@ public final class XFRMClient: Sendable {
     /// Opens a client in `namespace`.
     public init(namespace: NetworkNamespace = .current) throws(XFRMError) {
         self.namespace = namespace
-        let socket = try NetlinkSocket(namespace: namespace, receiveTimeoutMilliseconds: Self.receiveTimeout,
-                                       receiveBufferBytes: 1 << 20, operation: "open xfrm client")
+        let socket = try NetlinkSocket(
+            namespace: namespace, receiveTimeoutMilliseconds: Self.receiveTimeout,
+            receiveBufferBytes: 1 << 20, operation: "open xfrm client")
         self.socket = Mutex(socket)
     }
 
@@ -91,8 +92,9 @@ public final class XFRMClient: Sendable {
             }
             if let result { return result }
         }
-        throw XFRMError(.dumpInterrupted, operation: operation,
-                        detail: "NLM_F_DUMP_INTR on \(Self.dumpRetries + 1) consecutive attempts")
+        throw XFRMError(
+            .dumpInterrupted, operation: operation,
+            detail: "NLM_F_DUMP_INTR on \(Self.dumpRetries + 1) consecutive attempts")
     }
 
     /// Sends many requests packed into as few datagrams as fit in ``batchBytes``, each with its own ack.
@@ -112,7 +114,10 @@ public final class XFRMClient: Sendable {
                     builder.setSequence(sequence)
                     let bytes = builder.finished()
                     if !datagram.isEmpty
-                        && (datagram.count + bytes.count > Self.batchBytes || count == Self.batchMessages) { break }
+                        && (datagram.count + bytes.count > Self.batchBytes || count == Self.batchMessages)
+                    {
+                        break
+                    }
                     datagram += bytes
                     last = sequence
                     count += 1
@@ -143,13 +148,16 @@ public final class XFRMClient: Sendable {
     }
 
     /// Reads datagrams until `handle` returns true, bounded by ``requestDeadline`` and the receive timeout.
-    private static func receiveUntil(_ socket: NetlinkSocket, operation: String,
-                                     _ handle: (NetlinkMessage) throws(XFRMError) -> Bool) throws(XFRMError) {
+    private static func receiveUntil(
+        _ socket: NetlinkSocket, operation: String,
+        _ handle: (NetlinkMessage) throws(XFRMError) -> Bool
+    ) throws(XFRMError) {
         let deadline = monotonicSeconds() + Double(requestDeadline)
         while monotonicSeconds() < deadline {
             guard let datagram = try socket.receive(operation: operation) else {
-                throw XFRMError(.timedOut, operation: operation,
-                                detail: "no reply within \(receiveTimeout) ms")
+                throw XFRMError(
+                    .timedOut, operation: operation,
+                    detail: "no reply within \(receiveTimeout) ms")
             }
             for message in try NetlinkMessage.split(datagram, operation: operation) {
                 if try handle(message) { return }
@@ -158,15 +166,19 @@ public final class XFRMClient: Sendable {
         throw XFRMError(.timedOut, operation: operation, detail: "request took longer than \(requestDeadline) s")
     }
 
-    private static func check(_ message: NetlinkMessage, sequences: ClosedRange<UInt32>, socket: NetlinkSocket,
-                              operation: String) throws(XFRMError) {
+    private static func check(
+        _ message: NetlinkMessage, sequences: ClosedRange<UInt32>, socket: NetlinkSocket,
+        operation: String
+    ) throws(XFRMError) {
         guard message.portID == socket.portID || message.portID == 0 else {
-            throw XFRMError(.unexpectedSender, operation: operation,
-                            detail: "reply addressed to port \(message.portID), ours is \(socket.portID)")
+            throw XFRMError(
+                .unexpectedSender, operation: operation,
+                detail: "reply addressed to port \(message.portID), ours is \(socket.portID)")
         }
         guard sequences.contains(message.sequence) else {
-            throw XFRMError(.sequenceMismatch, operation: operation,
-                            detail: "reply sequence \(message.sequence), expected \(sequences)")
+            throw XFRMError(
+                .sequenceMismatch, operation: operation,
+                detail: "reply sequence \(message.sequence), expected \(sequences)")
         }
     }
 
@@ -195,13 +207,15 @@ public final class XFRMClient: Sendable {
             if offset <= message.payload.count {
                 let tlvs = message.payload[(message.payload.startIndex + offset)...]
                 if let attributes = try? NetlinkAttribute.parse(tlvs, operation: operation),
-                   let text = attributes.first(_NLMSGERR_ATTR_MSG) {
+                    let text = attributes.first(_NLMSGERR_ATTR_MSG)
+                {
                     kernelMessage = String(decoding: text.payload.prefix { $0 != 0 }, as: UTF8.self)
                 }
             }
         }
-        throw XFRMError(.kernelRejected, operation: operation, errno: Errno(rawValue: -header.error),
-                        kernelMessage: kernelMessage)
+        throw XFRMError(
+            .kernelRejected, operation: operation, errno: Errno(rawValue: -header.error),
+            kernelMessage: kernelMessage)
     }
 }
 

@@ -46,8 +46,10 @@ public struct XFRMError: Error, Hashable, CustomStringConvertible, Sendable {
     /// More detail for malformed messages and invalid arguments.
     public var detail: String?
 
-    public init(_ code: Code, operation: String, errno: Errno? = nil, kernelMessage: String? = nil,
-                detail: String? = nil) {
+    public init(
+        _ code: Code, operation: String, errno: Errno? = nil, kernelMessage: String? = nil,
+        detail: String? = nil
+    ) {
         self.code = code
         self.operation = operation
         self.errno = errno

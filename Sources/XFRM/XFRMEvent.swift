@@ -53,36 +53,44 @@ public enum XFRMEvent: Hashable, Sendable {
         case _XFRM_MSG_ACQUIRE:
             let operation = "monitor acquire"
             let a = try payload.loadHeader(xfrm_user_acquire.self, operation: operation)
-            let attributes = try NetlinkAttribute.parse(payload.afterHeader(xfrm_user_acquire.self),
-                                                        operation: operation)
+            let attributes = try NetlinkAttribute.parse(
+                payload.afterHeader(xfrm_user_acquire.self),
+                operation: operation)
             let family = XFRMAddressFamily(rawValue: a.sel.family)
             let addressFamily: XFRMAddressFamily = family == .inet6 ? .inet6 : .inet
             let policy = try XFRMPolicy(info: a.policy, attributes: [], operation: operation)
             var templates: [XFRMTemplate] = []
             if let tmpl = attributes.first(_XFRMA_TMPL) {
-                templates = try XFRMPolicy.decodeTemplates(tmpl.payload, policyFamily: addressFamily,
-                                                           operation: operation)
+                templates = try XFRMPolicy.decodeTemplates(
+                    tmpl.payload, policyFamily: addressFamily,
+                    operation: operation)
             }
-            return .acquire(XFRMAcquire(
-                id: XFRMStateID(destination: XFRMAddress(family: addressFamily, kernelValue: a.id.daddr),
-                                spi: UInt32(bigEndian: a.id.spi), proto: XFRMProtocol(rawValue: a.id.proto)),
-                source: XFRMAddress(family: addressFamily, kernelValue: a.saddr),
-                selector: XFRMSelector(kernelValue: a.sel, fallbackFamily: addressFamily),
-                policy: policy, templates: templates, authenticationAlgorithms: a.aalgos,
-                encryptionAlgorithms: a.ealgos, compressionAlgorithms: a.calgos, sequence: a.seq))
+            return .acquire(
+                XFRMAcquire(
+                    id: XFRMStateID(
+                        destination: XFRMAddress(family: addressFamily, kernelValue: a.id.daddr),
+                        spi: UInt32(bigEndian: a.id.spi), proto: XFRMProtocol(rawValue: a.id.proto)),
+                    source: XFRMAddress(family: addressFamily, kernelValue: a.saddr),
+                    selector: XFRMSelector(kernelValue: a.sel, fallbackFamily: addressFamily),
+                    policy: policy, templates: templates, authenticationAlgorithms: a.aalgos,
+                    encryptionAlgorithms: a.ealgos, compressionAlgorithms: a.calgos, sequence: a.seq))
         case _XFRM_MSG_EXPIRE:
             let operation = "monitor expire"
             let e = try payload.loadHeader(xfrm_user_expire.self, operation: operation)
-            let attributes = try NetlinkAttribute.parse(payload.afterHeader(xfrm_user_expire.self),
-                                                        operation: operation)
-            return .expire(try XFRMState(info: e.state, attributes: attributes, operation: operation), hard: e.hard != 0)
+            let attributes = try NetlinkAttribute.parse(
+                payload.afterHeader(xfrm_user_expire.self),
+                operation: operation)
+            return .expire(
+                try XFRMState(info: e.state, attributes: attributes, operation: operation), hard: e.hard != 0)
         case _XFRM_MSG_POLEXPIRE:
             let operation = "monitor policy expire"
             let e = try payload.loadHeader(xfrm_user_polexpire.self, operation: operation)
-            let attributes = try NetlinkAttribute.parse(payload.afterHeader(xfrm_user_polexpire.self),
-                                                        operation: operation)
-            return .policyExpire(try XFRMPolicy(info: e.pol, attributes: attributes, operation: operation),
-                                 hard: e.hard != 0)
+            let attributes = try NetlinkAttribute.parse(
+                payload.afterHeader(xfrm_user_polexpire.self),
+                operation: operation)
+            return .policyExpire(
+                try XFRMPolicy(info: e.pol, attributes: attributes, operation: operation),
+                hard: e.hard != 0)
         case _XFRM_MSG_NEWSA:
             return .stateAdded(try XFRMClient.decodeState(payload, operation: "monitor new state"))
         case _XFRM_MSG_UPDSA:
@@ -106,8 +114,9 @@ public enum XFRMEvent: Hashable, Sendable {
             // Header: xfrm_userpolicy_id; the whole policy follows in XFRMA_POLICY.
             let operation = "monitor deleted policy"
             _ = try payload.loadHeader(xfrm_userpolicy_id.self, operation: operation)
-            let attributes = try NetlinkAttribute.parse(payload.afterHeader(xfrm_userpolicy_id.self),
-                                                        operation: operation)
+            let attributes = try NetlinkAttribute.parse(
+                payload.afterHeader(xfrm_userpolicy_id.self),
+                operation: operation)
             guard let info = attributes.first(_XFRMA_POLICY) else {
                 throw .malformed(operation, "no XFRMA_POLICY attribute")
             }

@@ -24,9 +24,11 @@ public struct XFRMLifetime: Hashable, Sendable {
     /// The value meaning "no limit" for byte and packet limits. The corresponding C macro is `XFRM_INF`.
     public static let unlimited: UInt64 = _XFRM_INF
 
-    public init(softByteLimit: UInt64, hardByteLimit: UInt64, softPacketLimit: UInt64, hardPacketLimit: UInt64,
-                softAddExpiresSeconds: UInt64, hardAddExpiresSeconds: UInt64,
-                softUseExpiresSeconds: UInt64, hardUseExpiresSeconds: UInt64) {
+    public init(
+        softByteLimit: UInt64, hardByteLimit: UInt64, softPacketLimit: UInt64, hardPacketLimit: UInt64,
+        softAddExpiresSeconds: UInt64, hardAddExpiresSeconds: UInt64,
+        softUseExpiresSeconds: UInt64, hardUseExpiresSeconds: UInt64
+    ) {
         self.softByteLimit = softByteLimit
         self.hardByteLimit = hardByteLimit
         self.softPacketLimit = softPacketLimit
@@ -73,10 +75,13 @@ public struct XFRMEncapsulation: Hashable, Sendable {
     public var originalAddress: XFRMAddress
 
     /// RFC 3948 ESP-in-UDP (`espinudp`).
-    public static func espInUDP(sourcePort: UInt16, destinationPort: UInt16,
-                                originalAddress: XFRMAddress) -> XFRMEncapsulation {
-        XFRMEncapsulation(type: 2, sourcePort: sourcePort, destinationPort: destinationPort,
-                          originalAddress: originalAddress)
+    public static func espInUDP(
+        sourcePort: UInt16, destinationPort: UInt16,
+        originalAddress: XFRMAddress
+    ) -> XFRMEncapsulation {
+        XFRMEncapsulation(
+            type: 2, sourcePort: sourcePort, destinationPort: destinationPort,
+            originalAddress: originalAddress)
     }
 
     public init(type: UInt16, sourcePort: UInt16, destinationPort: UInt16, originalAddress: XFRMAddress) {

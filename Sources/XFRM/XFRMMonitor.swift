@@ -44,8 +44,9 @@ public final class XFRMMonitor: AsyncSequence, Sendable {
     /// Opens the event socket in `namespace` and starts reading.
     public init(namespace: NetworkNamespace = .current, groups: Groups = .all) throws(XFRMError) {
         self.namespace = namespace
-        let socket = try NetlinkSocket(namespace: namespace, groups: groups.numbers, receiveTimeoutMilliseconds: 100,
-                                       receiveBufferBytes: 4 << 20, operation: "monitor")
+        let socket = try NetlinkSocket(
+            namespace: namespace, groups: groups.numbers, receiveTimeoutMilliseconds: 100,
+            receiveBufferBytes: 4 << 20, operation: "monitor")
         let (stream, continuation) = AsyncThrowingStream<XFRMEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
         self.stream = stream
         let reader = EventReader(socket: socket, continuation: continuation)
@@ -54,11 +55,13 @@ public final class XFRMMonitor: AsyncSequence, Sendable {
         self.stopFlag = stopFlag
         var thread = pthread_t()
         let context = Unmanaged.passRetained(ReaderContext(reader: reader, stop: stopFlag))
-        let rc = pthread_create(&thread, nil, { raw in
-            let context = Unmanaged<ReaderContext>.fromOpaque(raw!).takeRetainedValue()
-            context.reader.run(until: context.stop)
-            return nil
-        }, context.toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { raw in
+                let context = Unmanaged<ReaderContext>.fromOpaque(raw!).takeRetainedValue()
+                context.reader.run(until: context.stop)
+                return nil
+            }, context.toOpaque())
         guard rc == 0 else {
             context.release()
             throw .syscall("monitor", "pthread_create", errno: .init(rawValue: rc))

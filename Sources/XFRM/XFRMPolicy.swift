@@ -21,9 +21,11 @@ public struct XFRMPolicy: Hashable, Sendable, CustomStringConvertible {
     /// Usage counters (filled in by `get`/`list`).
     public var counters: XFRMLifetimeCounters
 
-    public init(selector: XFRMSelector, direction: XFRMDirection, action: XFRMPolicyAction = .allow,
-                priority: UInt32 = 0, index: UInt32 = 0, flags: UInt8 = 0, share: UInt8 = 0,
-                lifetime: XFRMLifetime = .infinite, templates: [XFRMTemplate] = [], mark: XFRMMark? = nil) {
+    public init(
+        selector: XFRMSelector, direction: XFRMDirection, action: XFRMPolicyAction = .allow,
+        priority: UInt32 = 0, index: UInt32 = 0, flags: UInt8 = 0, share: UInt8 = 0,
+        lifetime: XFRMLifetime = .infinite, templates: [XFRMTemplate] = [], mark: XFRMMark? = nil
+    ) {
         self.selector = selector
         self.direction = direction
         self.action = action

@@ -5,13 +5,17 @@
 /// cover the packet is dropped, counted as `XfrmInStateMismatch`).
 extension XFRMSelector {
     /// Whether a packet from `source`:`sourcePort` to `destination`:`destinationPort` of `upper` is covered.
-    public func covers(source: XFRMAddress, sourcePort: UInt16, destination: XFRMAddress, destinationPort: UInt16,
-                       protocol upper: XFRMUpperProtocol) -> Bool {
+    public func covers(
+        source: XFRMAddress, sourcePort: UInt16, destination: XFRMAddress, destinationPort: UInt16,
+        protocol upper: XFRMUpperProtocol
+    ) -> Bool {
         guard family == source.family, family == destination.family else { return false }
         guard self.source.hasPrefix(of: source, length: sourcePrefixLength),
-              self.destination.hasPrefix(of: destination, length: destinationPrefixLength) else { return false }
+            self.destination.hasPrefix(of: destination, length: destinationPrefixLength)
+        else { return false }
         guard (self.sourcePort ^ sourcePort) & sourcePortMask == 0,
-              (self.destinationPort ^ destinationPort) & destinationPortMask == 0 else { return false }
+            (self.destinationPort ^ destinationPort) & destinationPortMask == 0
+        else { return false }
         return upperProtocol == .any || upperProtocol == upper
     }
 

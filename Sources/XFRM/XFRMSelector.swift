@@ -26,26 +26,32 @@ public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
 
     /// A selector that matches every flow of `family`.
     public static func any(_ family: XFRMAddressFamily) -> XFRMSelector {
-        XFRMSelector(family: family, source: .any(family), sourcePrefixLength: 0,
-                     destination: .any(family), destinationPrefixLength: 0)
+        XFRMSelector(
+            family: family, source: .any(family), sourcePrefixLength: 0,
+            destination: .any(family), destinationPrefixLength: 0)
     }
 
     /// A host-to-host selector (full-length prefixes), optionally narrowed to a protocol and ports.
-    public static func host(_ source: XFRMAddress, _ destination: XFRMAddress,
-                            protocol upper: XFRMUpperProtocol = .any,
-                            sourcePort: UInt16? = nil, destinationPort: UInt16? = nil) -> XFRMSelector {
-        XFRMSelector(family: source.family, source: source, sourcePrefixLength: source.family.addressBits,
-                     destination: destination, destinationPrefixLength: destination.family.addressBits,
-                     sourcePort: sourcePort ?? 0, sourcePortMask: sourcePort == nil ? 0 : 0xffff,
-                     destinationPort: destinationPort ?? 0, destinationPortMask: destinationPort == nil ? 0 : 0xffff,
-                     upperProtocol: upper)
+    public static func host(
+        _ source: XFRMAddress, _ destination: XFRMAddress,
+        protocol upper: XFRMUpperProtocol = .any,
+        sourcePort: UInt16? = nil, destinationPort: UInt16? = nil
+    ) -> XFRMSelector {
+        XFRMSelector(
+            family: source.family, source: source, sourcePrefixLength: source.family.addressBits,
+            destination: destination, destinationPrefixLength: destination.family.addressBits,
+            sourcePort: sourcePort ?? 0, sourcePortMask: sourcePort == nil ? 0 : 0xffff,
+            destinationPort: destinationPort ?? 0, destinationPortMask: destinationPort == nil ? 0 : 0xffff,
+            upperProtocol: upper)
     }
 
-    public init(family: XFRMAddressFamily, source: XFRMAddress, sourcePrefixLength: UInt8,
-                destination: XFRMAddress, destinationPrefixLength: UInt8,
-                sourcePort: UInt16 = 0, sourcePortMask: UInt16 = 0,
-                destinationPort: UInt16 = 0, destinationPortMask: UInt16 = 0,
-                upperProtocol: XFRMUpperProtocol = .any, interfaceIndex: Int32 = 0, user: UInt32 = 0) {
+    public init(
+        family: XFRMAddressFamily, source: XFRMAddress, sourcePrefixLength: UInt8,
+        destination: XFRMAddress, destinationPrefixLength: UInt8,
+        sourcePort: UInt16 = 0, sourcePortMask: UInt16 = 0,
+        destinationPort: UInt16 = 0, destinationPortMask: UInt16 = 0,
+        upperProtocol: XFRMUpperProtocol = .any, interfaceIndex: Int32 = 0, user: UInt32 = 0
+    ) {
         self.family = family
         self.source = source
         self.sourcePrefixLength = sourcePrefixLength

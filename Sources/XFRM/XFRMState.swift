@@ -11,7 +11,9 @@ public struct XFRMStateID: Hashable, Sendable, CustomStringConvertible {
         self.proto = proto
     }
 
-    public var description: String { "dst \(destination) proto \(proto) spi 0x\(String(spi, radix: 16).leftPadded(to: 8))" }
+    public var description: String {
+        "dst \(destination) proto \(proto) spi 0x\(String(spi, radix: 16).leftPadded(to: 8))"
+    }
 }
 
 /// A security association (SA): the kernel's `struct xfrm_usersa_info` and its attributes.
@@ -55,11 +57,13 @@ public struct XFRMState: Hashable, Sendable, CustomStringConvertible {
         public init() {}
     }
 
-    public init(source: XFRMAddress, destination: XFRMAddress, proto: XFRMProtocol = .esp, spi: UInt32,
-                mode: XFRMMode = .transport, reqid: UInt32 = 0, algorithms: [XFRMAlgorithm] = [],
-                selector: XFRMSelector? = nil, replayWindow: UInt8 = 0, flags: UInt8 = 0,
-                lifetime: XFRMLifetime = .infinite, mark: XFRMMark? = nil,
-                encapsulation: XFRMEncapsulation? = nil, sequence: UInt32 = 0) {
+    public init(
+        source: XFRMAddress, destination: XFRMAddress, proto: XFRMProtocol = .esp, spi: UInt32,
+        mode: XFRMMode = .transport, reqid: UInt32 = 0, algorithms: [XFRMAlgorithm] = [],
+        selector: XFRMSelector? = nil, replayWindow: UInt8 = 0, flags: UInt8 = 0,
+        lifetime: XFRMLifetime = .infinite, mark: XFRMMark? = nil,
+        encapsulation: XFRMEncapsulation? = nil, sequence: UInt32 = 0
+    ) {
         self.id = XFRMStateID(destination: destination, spi: spi, proto: proto)
         self.source = source
         self.family = destination.family
@@ -80,7 +84,8 @@ public struct XFRMState: Hashable, Sendable, CustomStringConvertible {
     /// `src 10.0.0.1 dst 10.0.0.2 proto esp spi 0x00001000 reqid 42 mode transport`, as `ip xfrm state` prints it
     /// (keys are not printed).
     public var description: String {
-        var text = "src \(source) dst \(id.destination) proto \(id.proto) spi 0x\(String(id.spi, radix: 16).leftPadded(to: 8))"
+        var text =
+            "src \(source) dst \(id.destination) proto \(id.proto) spi 0x\(String(id.spi, radix: 16).leftPadded(to: 8))"
         text += " reqid \(reqid) mode \(mode)"
         if replayWindow != 0 { text += " replay-window \(replayWindow)" }
         for algorithm in algorithms {

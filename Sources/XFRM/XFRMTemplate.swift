@@ -27,11 +27,13 @@ public struct XFRMTemplate: Hashable, Sendable, CustomStringConvertible {
     public var encryptionAlgorithms: UInt32
     public var compressionAlgorithms: UInt32
 
-    public init(proto: XFRMProtocol = .esp, mode: XFRMMode = .transport, reqid: UInt32 = 0,
-                level: XFRMTemplateLevel = .required, family: XFRMAddressFamily = .unspecified,
-                source: XFRMAddress? = nil, destination: XFRMAddress? = nil, spi: UInt32 = 0, share: UInt8 = 0,
-                authenticationAlgorithms: UInt32 = .max, encryptionAlgorithms: UInt32 = .max,
-                compressionAlgorithms: UInt32 = .max) {
+    public init(
+        proto: XFRMProtocol = .esp, mode: XFRMMode = .transport, reqid: UInt32 = 0,
+        level: XFRMTemplateLevel = .required, family: XFRMAddressFamily = .unspecified,
+        source: XFRMAddress? = nil, destination: XFRMAddress? = nil, spi: UInt32 = 0, share: UInt8 = 0,
+        authenticationAlgorithms: UInt32 = .max, encryptionAlgorithms: UInt32 = .max,
+        compressionAlgorithms: UInt32 = .max
+    ) {
         let addressFamily = family == .unspecified ? (source?.family ?? destination?.family ?? .inet) : family
         self.destination = destination ?? .any(addressFamily)
         self.source = source ?? .any(addressFamily)

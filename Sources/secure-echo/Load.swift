@@ -14,7 +14,8 @@ extension SecureEcho {
         @Option(help: "Port.") var port: UInt16 = 27015
         @Option(help: "The identity the server must prove (an SPN like host/b.example).") var target: String
         @Option(help: "Connections to open and hold.") var connections: Int = 10
-        @Option(help: "Seconds to wait after the echo round before closing (others may still be opening).") var linger: Double = 0
+        @Option(help: "Seconds to wait after the echo round before closing (others may still be opening).") var linger:
+            Double = 0
 
         func validate() throws {
             guard (1...10_000).contains(connections) else { throw ValidationError("connections in 1...10000") }
@@ -35,8 +36,9 @@ extension SecureEcho {
                 var settings = SecureEcho.ipsecSettings(user: nil, domain: nil, password: nil)
                 var name = SecureEcho.peerTargetName(target)
                 guard WSASetSocketSecurity(s, &settings, UInt32(settings.count), nil, nil) == 0,
-                      WSASetSocketPeerTargetName(s, &name, UInt32(name.count), nil, nil) == 0,
-                      peer.withSockaddr({ WSAConnect(s, $0, Int32($1), nil, nil, nil, nil) }) == 0 else {
+                    WSASetSocketPeerTargetName(s, &name, UInt32(name.count), nil, nil) == 0,
+                    peer.withSockaddr({ WSAConnect(s, $0, Int32($1), nil, nil, nil, nil) }) == 0
+                else {
                     close(s)
                     throw SecureEcho.fail("connection \(index)")
                 }
@@ -51,16 +53,21 @@ extension SecureEcho {
             }
             let opened = Date().timeIntervalSince(started)
             let residentAfter = Self.residentKiB("RssAnon")
-            print(String(format: "opened %d secured connections in %.1f s (%.1f ms each)", connections, opened,
-                         opened * 1000 / Double(connections)))
+            print(
+                String(
+                    format: "opened %d secured connections in %.1f s (%.1f ms each)", connections, opened,
+                    opened * 1000 / Double(connections)))
             // Anonymous memory only: the library's code pages (RssFile) a later connection touches first are paid
             // once, not per connection.
-            print("resident: \(residentBefore) KiB anonymous after the first connection, \(residentAfter) KiB after the"
-                  + " last: \((residentAfter - residentBefore) * 1024 / max(1, connections - 1)) bytes per held connection")
+            print(
+                "resident: \(residentBefore) KiB anonymous after the first connection, \(residentAfter) KiB after the"
+                    + " last: \((residentAfter - residentBefore) * 1024 / max(1, connections - 1)) bytes per held connection"
+            )
             // The second half alone: what one more connection costs once the tables and allocator have grown.
             let secondHalf = connections - 1 - connections / 2
-            print("marginal: \((residentAfter - residentHalfway) * 1024 / max(1, secondHalf)) bytes per held connection"
-                  + " over the second half (\(secondHalf) connections)")
+            print(
+                "marginal: \((residentAfter - residentHalfway) * 1024 / max(1, secondHalf)) bytes per held connection"
+                    + " over the second half (\(secondHalf) connections)")
             print("status: " + Self.status(["RssAnon", "RssFile", "Threads", "VmStk"]))
             fflush(nil)
             var echoed = 0
@@ -86,12 +93,14 @@ extension SecureEcho {
         static func status(_ names: [String]) -> String {
             guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return "?" }
             return text.split(separator: "\n").filter { line in names.contains { line.hasPrefix("\($0):") } }
-                .map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ") }.joined(separator: ", ")
+                .map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ") }.joined(
+                    separator: ", ")
         }
 
         static func residentKiB(_ field: String = "VmRSS") -> Int {
             guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("\(field):") }) else { return 0 }
+                let line = text.split(separator: "\n").first(where: { $0.hasPrefix("\(field):") })
+            else { return 0 }
             return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") ?? 0
         }
     }
@@ -106,9 +115,12 @@ extension SecureEcho {
 
         func run() throws {
             let listener = socket(bind.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var settings = SOCKET_SECURITY_SETTINGS(SecurityProtocol: SOCKET_SECURITY_PROTOCOL_DEFAULT,
-                                                    SecurityFlags: SOCKET_SETTINGS_GUARANTEE_ENCRYPTION)
-            guard WSASetSocketSecurity(listener, &settings, 8, nil, nil) == 0 else { throw SecureEcho.fail("WSASetSocketSecurity") }
+            var settings = SOCKET_SECURITY_SETTINGS(
+                SecurityProtocol: SOCKET_SECURITY_PROTOCOL_DEFAULT,
+                SecurityFlags: SOCKET_SETTINGS_GUARANTEE_ENCRYPTION)
+            guard WSASetSocketSecurity(listener, &settings, 8, nil, nil) == 0 else {
+                throw SecureEcho.fail("WSASetSocketSecurity")
+            }
             let local = try SecureEcho.address(bind, port)
             guard local.withSockaddr({ Glibc.bind(listener, $0, $1) }) == 0, listen(listener, 512) == 0 else {
                 throw ValidationError("bind/listen failed: errno \(errno)")

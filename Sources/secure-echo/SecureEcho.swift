@@ -18,9 +18,11 @@ struct SecureEcho: ParsableCommand {
 
     static func fail(_ call: String) -> ExitCode {
         let code = WSAGetLastError()
-        let names: [Int32: String] = [10013: "WSAEACCES", 10014: "WSAEFAULT", 10022: "WSAEINVAL", 10038: "WSAENOTSOCK",
-                                      10040: "WSAEMSGSIZE", 10045: "WSAEOPNOTSUPP", 10051: "WSAENETUNREACH",
-                                      10060: "WSAETIMEDOUT", 10061: "WSAECONNREFUSED", 10107: "WSASYSCALLFAILURE"]
+        let names: [Int32: String] = [
+            10013: "WSAEACCES", 10014: "WSAEFAULT", 10022: "WSAEINVAL", 10038: "WSAENOTSOCK",
+            10040: "WSAEMSGSIZE", 10045: "WSAEOPNOTSUPP", 10051: "WSAENETUNREACH",
+            10060: "WSAETIMEDOUT", 10061: "WSAECONNREFUSED", 10107: "WSASYSCALLFAILURE",
+        ]
         print("\(call) failed: \(names[code] ?? "error") (\(code))")
         fflush(nil)
         return ExitCode(3)
@@ -38,19 +40,24 @@ struct SecureEcho: ParsableCommand {
         template.FieldMask = SOCKET_QUERY_IPSEC2_FIELD_MASK_MM_SA_ID | SOCKET_QUERY_IPSEC2_FIELD_MASK_QM_SA_ID
         var info = SOCKET_SECURITY_QUERY_INFO_IPSEC2()
         var length = UInt32(MemoryLayout<SOCKET_SECURITY_QUERY_INFO_IPSEC2>.size)
-        guard WSAQuerySocketSecurity(socket, &template, UInt32(MemoryLayout.size(ofValue: template)), &info, &length, nil, nil) == 0
+        guard
+            WSAQuerySocketSecurity(
+                socket, &template, UInt32(MemoryLayout.size(ofValue: template)), &info, &length, nil, nil) == 0
         else { return nil }
         var words: [String] = []
         if info.Flags & SOCKET_INFO_CONNECTION_SECURED != 0 { words.append("SECURED") }
         if info.Flags & SOCKET_INFO_CONNECTION_ENCRYPTED != 0 { words.append("ENCRYPTED") }
         if info.Flags & SOCKET_INFO_CONNECTION_IMPERSONATED != 0 { words.append("IMPERSONATED") }
         var line = "query: flags \(words.isEmpty ? "none" : words.joined(separator: " "))"
-        for (label, handle) in [("machine", info.PeerMachineAccessTokenHandle), ("user", info.PeerApplicationAccessTokenHandle)]
+        for (label, handle) in [
+            ("machine", info.PeerMachineAccessTokenHandle), ("user", info.PeerApplicationAccessTokenHandle),
+        ]
         where handle != 0 {
             var buffer = [CChar](repeating: 0, count: 512)
             var size = UInt32(buffer.count)
             if WSSGetTokenIdentity(handle, &buffer, &size) == 0 {
-                line += " \(label)=\(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
+                line +=
+                    " \(label)=\(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
             }
             _ = WSSCloseToken(handle)
         }
@@ -60,19 +67,24 @@ struct SecureEcho: ParsableCommand {
     }
 
     struct Server: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Accept, query, impersonate the peer to write a file, revert, echo.")
+        static let configuration = CommandConfiguration(
+            abstract: "Accept, query, impersonate the peer to write a file, revert, echo.")
         @Option(help: "Address to bind.") var bind: String
         @Option(help: "Port.") var port: UInt16 = 27015
-        @Option(help: "Folder (tmpfs, mode 0777) the peer's file is written to while impersonating.") var directory: String
+        @Option(help: "Folder (tmpfs, mode 0777) the peer's file is written to while impersonating.") var directory:
+            String
         @Option(help: "A root-only file the impersonated thread must fail to open.") var rootOnly: String?
         @Option(help: "Connections to serve before exiting.") var count: Int = 1
 
         func run() throws {
             let family = bind.contains(":") ? AF_INET6 : AF_INET
             let listener = socket(family, Int32(SOCK_STREAM.rawValue), 0)
-            var settings = SOCKET_SECURITY_SETTINGS(SecurityProtocol: SOCKET_SECURITY_PROTOCOL_DEFAULT,
-                                                    SecurityFlags: SOCKET_SETTINGS_GUARANTEE_ENCRYPTION)
-            guard WSASetSocketSecurity(listener, &settings, 8, nil, nil) == 0 else { throw SecureEcho.fail("WSASetSocketSecurity") }
+            var settings = SOCKET_SECURITY_SETTINGS(
+                SecurityProtocol: SOCKET_SECURITY_PROTOCOL_DEFAULT,
+                SecurityFlags: SOCKET_SETTINGS_GUARANTEE_ENCRYPTION)
+            guard WSASetSocketSecurity(listener, &settings, 8, nil, nil) == 0 else {
+                throw SecureEcho.fail("WSASetSocketSecurity")
+            }
             let local = try SecureEcho.address(bind, port)
             guard local.withSockaddr({ Glibc.bind(listener, $0, $1) }) == 0, listen(listener, 10) == 0 else {
                 throw ValidationError("bind/listen failed: errno \(errno)")
@@ -88,7 +100,11 @@ struct SecureEcho: ParsableCommand {
                 guard received > 0 else { continue }
                 let message = Array(buffer.prefix(received))
                 print("connection \(index): received \(received) bytes")
-                if let (line, _) = SecureEcho.queryLine(client) { print(line) } else { print(SecureEcho.fail("WSAQuerySocketSecurity")) }
+                if let (line, _) = SecureEcho.queryLine(client) {
+                    print(line)
+                } else {
+                    print(SecureEcho.fail("WSAQuerySocketSecurity"))
+                }
 
                 // Act as the peer: only this thread changes identity, and it comes back.
                 if WSAImpersonateSocketPeer(client, nil, 0) == 0 {
@@ -107,7 +123,9 @@ struct SecureEcho: ParsableCommand {
                     print("impersonated: uid \(uid) (\(name)) wrote \(path) owner \(owner)")
                     if let rootOnly {
                         let secret = open(rootOnly, O_RDONLY)
-                        print("root-only file while impersonating: \(secret >= 0 ? "OPENED" : "refused (errno \(errno))")")
+                        print(
+                            "root-only file while impersonating: \(secret >= 0 ? "OPENED" : "refused (errno \(errno))")"
+                        )
                         if secret >= 0 { close(secret) }
                     }
                     guard WSARevertImpersonation() == 0 else { throw SecureEcho.fail("WSARevertImpersonation") }
@@ -127,7 +145,8 @@ struct SecureEcho: ParsableCommand {
     }
 
     struct Client: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Require IPsec and a peer name, connect, query, send, read the echo.")
+        static let configuration = CommandConfiguration(
+            abstract: "Require IPsec and a peer name, connect, query, send, read the echo.")
         @Option(help: "Server address.") var server: String
         @Option(help: "Port.") var port: UInt16 = 27015
         @Option(help: "The identity the server must prove (an SPN like host/b.example).") var target: String
@@ -158,7 +177,10 @@ struct SecureEcho: ParsableCommand {
             _ = bytes.withUnsafeBytes { send(s, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             var buffer = [UInt8](repeating: 0, count: 4096)
             var pfd = pollfd(fd: s, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 10_000) > 0 else { print("no echo"); throw ExitCode(4) }
+            guard poll(&pfd, 1, 10_000) > 0 else {
+                print("no echo")
+                throw ExitCode(4)
+            }
             let received = recv(s, &buffer, buffer.count, 0)
             print("echo: \(String(decoding: buffer.prefix(max(0, received)), as: UTF8.self))")
             fflush(nil)

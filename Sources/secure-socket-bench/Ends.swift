@@ -35,20 +35,30 @@ final class Ends: @unchecked Sendable {
             var random = SystemRandomNumberGenerator()
             let keyAB = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
             let keyBA = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-            let peersOfA = [StaticKeyBackend.Peer(peer: pair.addressB4, local: pair.addressA4, outboundSPI: 0x1100,
-                                                  inboundSPI: 0x2200, outboundKey: keyAB, inboundKey: keyBA,
-                                                  identity: "b.example")]
-            let peersOfB = [StaticKeyBackend.Peer(peer: pair.addressA4, local: pair.addressB4, outboundSPI: 0x2200,
-                                                  inboundSPI: 0x1100, outboundKey: keyBA, inboundKey: keyAB,
-                                                  identity: "a.example")]
+            let peersOfA = [
+                StaticKeyBackend.Peer(
+                    peer: pair.addressB4, local: pair.addressA4, outboundSPI: 0x1100,
+                    inboundSPI: 0x2200, outboundKey: keyAB, inboundKey: keyBA,
+                    identity: "b.example")
+            ]
+            let peersOfB = [
+                StaticKeyBackend.Peer(
+                    peer: pair.addressA4, local: pair.addressB4, outboundSPI: 0x2200,
+                    inboundSPI: 0x1100, outboundKey: keyBA, inboundKey: keyAB,
+                    identity: "a.example")
+            ]
             backendA = nil
             backendB = nil
-            a = try SecureSocketEngine(.init(negotiationTimeout: 5,
-                                             keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
-                                             reqidDirectory: folders[0], namespace: pair.a.namespace))
-            b = try SecureSocketEngine(.init(negotiationTimeout: 5,
-                                             keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
-                                             reqidDirectory: folders[1], namespace: pair.b.namespace))
+            a = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 5,
+                    keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
+                    reqidDirectory: folders[0], namespace: pair.a.namespace))
+            b = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 5,
+                    keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
+                    reqidDirectory: folders[1], namespace: pair.b.namespace))
         case .strongswan:
             let madeA = try StrongSwanBackend.systemOrPrivate(
                 credentials: .init(identity: "a.example", method: .psk(secret)), namespace: pair.a.namespace)
@@ -58,10 +68,14 @@ final class Ends: @unchecked Sendable {
             tokens.append(Cleanup.add { madeB.daemon?.stop() })
             backendA = madeA
             backendB = madeB
-            a = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: madeA, reqidDirectory: folders[0],
-                                             namespace: pair.a.namespace))
-            b = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: madeB, reqidDirectory: folders[1],
-                                             namespace: pair.b.namespace))
+            a = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: madeA, reqidDirectory: folders[0],
+                    namespace: pair.a.namespace))
+            b = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: madeB, reqidDirectory: folders[1],
+                    namespace: pair.b.namespace))
         }
     }
 

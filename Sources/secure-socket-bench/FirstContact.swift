@@ -19,7 +19,9 @@ import XFRM
 struct FirstContact: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "first-contact",
-        abstract: "WSAConnect → first echoed byte vs strongSwan with a global trap policy (needs an ESP kernel: run under scripts/uml/run.sh).")
+        abstract:
+            "WSAConnect → first echoed byte vs strongSwan with a global trap policy (needs an ESP kernel: run under scripts/uml/run.sh)."
+    )
 
     @Option(help: "Timed repetitions per variant (after one untimed warm-up each); the median is reported.")
     var repetitions = 10
@@ -47,10 +49,13 @@ struct FirstContact: ParsableCommand {
         Cleanup.installSignalHandlers()
         defer { Cleanup.runAll() }
         print("secure-socket-bench first-contact: kernel \(kernelDescription())")
-        print("  two namespaces joined by veth (10.77.0.1 → 10.77.0.2), one private charon per namespace, PSK, IKEv2,"
-              + " charon's default IKE proposals, ESP \(StrongSwanBackend.espProposals.joined(separator: ","))")
-        print("  \(repetitions) timed repetitions per variant after 1 untimed warm-up; each starts with no IKE SA"
-              + " (terminated and checked on both sides, kernel SAD empty, then \(settle) ms idle); figure = median ms")
+        print(
+            "  two namespaces joined by veth (10.77.0.1 → 10.77.0.2), one private charon per namespace, PSK, IKEv2,"
+                + " charon's default IKE proposals, ESP \(StrongSwanBackend.espProposals.joined(separator: ","))")
+        print(
+            "  \(repetitions) timed repetitions per variant after 1 untimed warm-up; each starts with no IKE SA"
+                + " (terminated and checked on both sides, kernel SAD empty, then \(settle) ms idle); figure = median ms"
+        )
 
         let (pair, pairToken) = try makePair("ssfc")
         defer { Cleanup.run(pairToken) }
@@ -63,28 +68,41 @@ struct FirstContact: ParsableCommand {
         print(row("variant", ["connect ms", "echo ms", "min echo", "max echo", "ours/base"], labelWidth: 64))
         func line(_ label: String, _ samples: [Sample]) {
             let echo = median(samples.map(\.echoed))
-            print(row(label, [format(median(samples.map(\.connected)) * 1000), format(echo * 1000),
-                              format(samples.map(\.echoed).min()! * 1000), format(samples.map(\.echoed).max()! * 1000),
-                              format(oursEcho / echo, 3)], labelWidth: 64))
+            print(
+                row(
+                    label,
+                    [
+                        format(median(samples.map(\.connected)) * 1000), format(echo * 1000),
+                        format(samples.map(\.echoed).min()! * 1000), format(samples.map(\.echoed).max()! * 1000),
+                        format(oursEcho / echo, 3),
+                    ], labelWidth: 64))
         }
         line("ours: per-socket policy + StrongSwanBackend (engine.connect)", ours)
         line("baseline: global trap policy, xfrm_larval_drop=1 (default)", baseline[.trapDrop]!)
         line("baseline: global trap policy, xfrm_larval_drop=0 (queued)", baseline[.trapQueue]!)
         line("reference: global policies, VICI initiate, then connect()", baseline[.initiate]!)
-        let trap = median(baseline[.trapQueue]!.map(\.echoed)), initiate = median(baseline[.initiate]!.map(\.echoed))
-        summary("first contact: WSAConnect → first echoed byte", ours: "\(format(oursEcho * 1000)) ms",
-                baseline: "\(format(trap * 1000)) ms (trap, larval_drop=0)", ratio: format(oursEcho / trap, 2), goal: "≤ 1.1")
-        summary("first contact, against VICI initiate + connect()", ours: "\(format(oursEcho * 1000)) ms",
-                baseline: "\(format(initiate * 1000)) ms (initiate)", ratio: format(oursEcho / initiate, 2), goal: "≤ 1.1")
-        print("  ours/base is ours' median echo time over the baseline's (below 1: ours reaches the first byte sooner);"
-              + " the \"ours\" row's own ratio is 1 by definition")
-        print("  reference row: the baseline's conn and charons, negotiated the way ours is (VICI initiate, wait,"
-              + " then connect), to separate the cost of the VICI path from that of per-socket policies")
-        print("  larval_drop=1: the SYN that raised the ACQUIRE is dropped (blackhole route), so connect() waits for"
-              + " TCP's first SYN retransmission (initial RTO 1 s)")
-        print("  larval_drop=0: the SYN waits in the policy's hold queue; when charon replaces the trap policy with the"
-              + " CHILD SA's (same selector), the kernel moves the queue and flushes it at once (xfrm_policy_requeue),"
-              + " so the SYN leaves as soon as the SAs exist (the 100 ms hold timer is not what releases it)")
+        let trap = median(baseline[.trapQueue]!.map(\.echoed))
+        let initiate = median(baseline[.initiate]!.map(\.echoed))
+        summary(
+            "first contact: WSAConnect → first echoed byte", ours: "\(format(oursEcho * 1000)) ms",
+            baseline: "\(format(trap * 1000)) ms (trap, larval_drop=0)", ratio: format(oursEcho / trap, 2),
+            goal: "≤ 1.1")
+        summary(
+            "first contact, against VICI initiate + connect()", ours: "\(format(oursEcho * 1000)) ms",
+            baseline: "\(format(initiate * 1000)) ms (initiate)", ratio: format(oursEcho / initiate, 2), goal: "≤ 1.1")
+        print(
+            "  ours/base is ours' median echo time over the baseline's (below 1: ours reaches the first byte sooner);"
+                + " the \"ours\" row's own ratio is 1 by definition")
+        print(
+            "  reference row: the baseline's conn and charons, negotiated the way ours is (VICI initiate, wait,"
+                + " then connect), to separate the cost of the VICI path from that of per-socket policies")
+        print(
+            "  larval_drop=1: the SYN that raised the ACQUIRE is dropped (blackhole route), so connect() waits for"
+                + " TCP's first SYN retransmission (initial RTO 1 s)")
+        print(
+            "  larval_drop=0: the SYN waits in the policy's hold queue; when charon replaces the trap policy with the"
+                + " CHILD SA's (same selector), the kernel moves the queue and flushes it at once (xfrm_policy_requeue),"
+                + " so the SYN leaves as soon as the SAs exist (the 100 ms hold timer is not what releases it)")
     }
 
     // MARK: - Ours
@@ -96,7 +114,10 @@ struct FirstContact: ParsableCommand {
         let vicis = [backendA.vici, backendB.vici]
 
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
-        defer { ends.b.release(listener.fd.rawValue); listener.closeAbortively() }
+        defer {
+            ends.b.release(listener.fd.rawValue)
+            listener.closeAbortively()
+        }
         try ends.b.setSecurity(listener.fd.rawValue)
         try listener.bind(pair.addressB4, port: Self.port)
         try listener.listen()
@@ -107,7 +128,7 @@ struct FirstContact: ParsableCommand {
         var forced = 0
         for repetition in 0...repetitions {
             if try waitForClean(pair, vicis: vicis).forced { forced += 1 }
-            usleep(useconds_t(settle * 1000))   // let both charons and the event pumps go idle
+            usleep(useconds_t(settle * 1000)) // let both charons and the event pumps go idle
             let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
             client.setTimeouts(8)
             try ends.a.setSecurity(client.fd.rawValue)
@@ -116,7 +137,8 @@ struct FirstContact: ParsableCommand {
             let start = nowNanos()
             let sample: Sample
             do {
-                try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.port))
+                try ends.a.connect(
+                    client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.port))
                 let connected = nowNanos()
                 try client.send([0x2a])
                 guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("wrong echo") }
@@ -148,15 +170,20 @@ struct FirstContact: ParsableCommand {
             // ACQUIRE and leave a larval state): B resets the connection over ESP first, then A releases.
             echo.finish()
             waitForReset(client)
-            ends.a.release(client.fd.rawValue)   // terminates the IKE SA (force) and unloads the conn
+            ends.a.release(client.fd.rawValue) // terminates the IKE SA (force) and unloads the conn
             client.closeAbortively()
             if repetition > 0 { samples.append(sample) }
         }
         try waitForClean(pair, vicis: vicis)
-        print("  ours' VICI round trips to charon A here (median of 15, untimed warm-up run): load-conn "
-              + "\(format(viciLoadConn * 1000, 2)) ms, list-sas \(format(viciListSAs * 1000, 2)) ms (engine.connect runs one of each"
-              + " around initiate)")
-        if forced > 0 { print("  note (ours): \(forced) of \(repetitions + 1) repetitions found an IKE SA left over and terminated it first") }
+        print(
+            "  ours' VICI round trips to charon A here (median of 15, untimed warm-up run): load-conn "
+                + "\(format(viciLoadConn * 1000, 2)) ms, list-sas \(format(viciListSAs * 1000, 2)) ms (engine.connect runs one of each"
+                + " around initiate)")
+        if forced > 0 {
+            print(
+                "  note (ours): \(forced) of \(repetitions + 1) repetitions found an IKE SA left over and terminated it first"
+            )
+        }
         return samples
     }
 
@@ -187,11 +214,14 @@ struct FirstContact: ParsableCommand {
         ]
         for (daemon, end) in zip(daemons, ends) {
             try daemon.vici.loadShared(.ike, secret: secret, owners: [], id: "bench-psk")
-            let child = ChildConfig(name: "host", mode: .transport, policies: true, reqid: nil, startAction: .trap,
-                                    espProposals: StrongSwanBackend.espProposals, localTS: [.dynamic], remoteTS: [.dynamic])
-            try daemon.vici.loadConn(.initiator(name: "bench", local: "\(end.local)", remote: "\(end.remote)",
-                                                localAuth: .psk(id: end.id), remoteAuth: .psk(id: end.peer),
-                                                children: [child]))
+            let child = ChildConfig(
+                name: "host", mode: .transport, policies: true, reqid: nil, startAction: .trap,
+                espProposals: StrongSwanBackend.espProposals, localTS: [.dynamic], remoteTS: [.dynamic])
+            try daemon.vici.loadConn(
+                .initiator(
+                    name: "bench", local: "\(end.local)", remote: "\(end.remote)",
+                    localAuth: .psk(id: end.id), remoteAuth: .psk(id: end.peer),
+                    children: [child]))
         }
         // The traps are global policies now: check they are there.
         for ns in [pair.a, pair.b] {
@@ -214,9 +244,9 @@ struct FirstContact: ParsableCommand {
             let variant = variants[round % variants.count]
             for ns in [pair.a, pair.b] { try setLarvalDrop(variant.larvalDrop, in: ns) }
             if try waitForClean(pair, vicis: vicis).forced { forced += 1 }
-            usleep(useconds_t(settle * 1000))   // let both charons and the event pumps go idle
+            usleep(useconds_t(settle * 1000)) // let both charons and the event pumps go idle
             let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
-            client.setTimeouts(8)   // bounds the blocking connect() too
+            client.setTimeouts(8) // bounds the blocking connect() too
             let echo = EchoOnce(listener)
             let start = nowNanos()
             let sample: Sample
@@ -237,7 +267,7 @@ struct FirstContact: ParsableCommand {
                 throw BenchError("baseline \(variant), round \(round): \(error)")
             }
             if round / variants.count == 1 { try requireESPTraffic(pair, label: "baseline \(variant)") }
-            echo.finish()           // RST over ESP while the SAs exist
+            echo.finish() // RST over ESP while the SAs exist
             waitForReset(client)
             client.closeAbortively()
             _ = try? daemons[0].vici.terminate(ike: "bench", force: true, timeout: .seconds(3))
@@ -246,7 +276,9 @@ struct FirstContact: ParsableCommand {
         for ns in [pair.a, pair.b] { try setLarvalDrop(1, in: ns) }
         try waitForClean(pair, vicis: vicis)
         if forced > 0 {
-            print("  note (baseline): \(forced) of \(variants.count * (repetitions + 1)) rounds found an IKE SA left over and terminated it first")
+            print(
+                "  note (baseline): \(forced) of \(variants.count * (repetitions + 1)) rounds found an IKE SA left over and terminated it first"
+            )
         }
         return samples
     }
@@ -283,7 +315,9 @@ struct FirstContact: ParsableCommand {
             for (index, client) in clients.enumerated() {
                 let states = try client.states()
                 if !states.isEmpty {
-                    busy.append("namespace \(index): \(states.count) SAs (\(states.prefix(4).map(\.description).joined(separator: ", ")))")
+                    busy.append(
+                        "namespace \(index): \(states.count) SAs (\(states.prefix(4).map(\.description).joined(separator: ", ")))"
+                    )
                 }
             }
             if busy.isEmpty { return Teardown(seconds: Double(nowNanos() - start) / 1e9, forced: forced) }
@@ -318,7 +352,8 @@ struct FirstContact: ParsableCommand {
     /// The byte went over ESP: an outbound ESP SA in A has carried packets.
     func requireESPTraffic(_ pair: NamespacePair, label: String) throws {
         let states = try XFRMClient(namespace: pair.a.namespace).states()
-        guard states.contains(where: { $0.id.proto == .esp && $0.source == pair.addressA4 && $0.counters.packets > 0 }) else {
+        guard states.contains(where: { $0.id.proto == .esp && $0.source == pair.addressA4 && $0.counters.packets > 0 })
+        else {
             throw BenchError("\(label): no ESP SA in A carried packets: \(states)")
         }
     }

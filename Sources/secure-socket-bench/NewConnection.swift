@@ -18,7 +18,9 @@ import XFRM
 struct NewConnection: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "new-connection",
-        abstract: "A new secured connection over an established IKE SA, N in a row, vs one CREATE_CHILD_SA + connect (needs an ESP kernel: run under scripts/uml/run.sh).")
+        abstract:
+            "A new secured connection over an established IKE SA, N in a row, vs one CREATE_CHILD_SA + connect (needs an ESP kernel: run under scripts/uml/run.sh)."
+    )
 
     @Option(parsing: .upToNextOption, help: "Runs of N connections in a row, each for ours and for the baseline.")
     var counts: [Int] = [10, 100, 1000]
@@ -26,13 +28,17 @@ struct NewConnection: ParsableCommand {
     @Option(help: "Connections then opened and held at once (0: skip): time to open, memory, query cost, all echo.")
     var held = 1000
 
-    @Option(help: "Client processes (secure-echo hold, through the C ABI, sharing charon A) that then open `held` connections between them (0: skip).")
+    @Option(
+        help:
+            "Client processes (secure-echo hold, through the C ABI, sharing charon A) that then open `held` connections between them (0: skip)."
+    )
     var processes = 4
 
     @Flag(help: "Skip the in-process hold (the held connections from client processes still run).")
     var noInProcessHold = false
 
-    @Option(help: "A command the client processes run under, words split at spaces (for example `heaptrack -o /tmp/h`).")
+    @Option(
+        help: "A command the client processes run under, words split at spaces (for example `heaptrack -o /tmp/h`).")
     var clientWrapper: String?
 
     @Option(help: "setSecurity + close cycles without connecting, then 5 s: what is left (0: skip).")
@@ -40,7 +46,8 @@ struct NewConnection: ParsableCommand {
 
     func validate() throws {
         guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }), (0...10_000).contains(held),
-              (0...16).contains(processes), (0...100_000).contains(churn) else {
+            (0...16).contains(processes), (0...100_000).contains(churn)
+        else {
             throw ValidationError("counts and held in 1...10000, processes 0...16, churn 0...100000")
         }
     }
@@ -56,8 +63,9 @@ struct NewConnection: ParsableCommand {
         Cleanup.installSignalHandlers()
         defer { Cleanup.runAll() }
         print("secure-socket-bench new-connection: kernel \(kernelDescription())")
-        print("  two namespaces joined by veth, one private charon per namespace (set_proto_port_transport_sa = yes),"
-              + " PSK, IKEv2, ESP \(StrongSwanBackend.espProposals.joined(separator: ","))")
+        print(
+            "  two namespaces joined by veth, one private charon per namespace (set_proto_port_transport_sa = yes),"
+                + " PSK, IKEv2, ESP \(StrongSwanBackend.espProposals.joined(separator: ","))")
         let (pair, pairToken) = try makePair("ssnc")
         defer { Cleanup.run(pairToken) }
         let ends = try Ends(pair: pair, keying: .strongswan)
@@ -66,7 +74,10 @@ struct NewConnection: ParsableCommand {
 
         // Ours: a secured listener on B, echoing every connection it accepts.
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
-        defer { ends.b.release(listener.fd.rawValue); listener.closeAbortively() }
+        defer {
+            ends.b.release(listener.fd.rawValue)
+            listener.closeAbortively()
+        }
         try ends.b.setSecurity(listener.fd.rawValue)
         try listener.bind(pair.addressB4, port: Self.oursPort)
         try listener.listen(backlog: 128)
@@ -76,14 +87,19 @@ struct NewConnection: ParsableCommand {
         // The baseline: a conn in the same charons, child host-to-host transport with global policies for the
         // baseline port only, reqid chosen by charon; a plain listener on B.
         // Identities of its own, so B's charon never picks this conn for ours' IKE SA (nor ours' for it).
-        for (vici, local, remote, id, peer) in [(backendA.vici, pair.addressA4, pair.addressB4, "base-a.example", "base-b.example"),
-                                                (backendB.vici, pair.addressB4, pair.addressA4, "base-b.example", "base-a.example")] {
-            let child = ChildConfig(name: "base", mode: .transport, policies: true, startAction: .none,
-                                    espProposals: StrongSwanBackend.espProposals,
-                                    localTS: [.dynamic(protocol: "tcp", port: id == "base-a.example" ? nil : Self.basePort)],
-                                    remoteTS: [.dynamic(protocol: "tcp", port: id == "base-a.example" ? Self.basePort : nil)])
-            try vici.loadConn(.initiator(name: "bench-base", local: "\(local)", remote: "\(remote)",
-                                         localAuth: .psk(id: id), remoteAuth: .psk(id: peer), children: [child]))
+        for (vici, local, remote, id, peer) in [
+            (backendA.vici, pair.addressA4, pair.addressB4, "base-a.example", "base-b.example"),
+            (backendB.vici, pair.addressB4, pair.addressA4, "base-b.example", "base-a.example"),
+        ] {
+            let child = ChildConfig(
+                name: "base", mode: .transport, policies: true, startAction: .none,
+                espProposals: StrongSwanBackend.espProposals,
+                localTS: [.dynamic(protocol: "tcp", port: id == "base-a.example" ? nil : Self.basePort)],
+                remoteTS: [.dynamic(protocol: "tcp", port: id == "base-a.example" ? Self.basePort : nil)])
+            try vici.loadConn(
+                .initiator(
+                    name: "bench-base", local: "\(local)", remote: "\(remote)",
+                    localAuth: .psk(id: id), remoteAuth: .psk(id: peer), children: [child]))
         }
         let plain = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         defer { plain.closeAbortively() }
@@ -101,8 +117,10 @@ struct NewConnection: ParsableCommand {
             throw error
         }
 
-        print(row("N in a row", ["ours ms", "base ms", "ours/base", "ours grow", "base grow", "ours SAs"],
-                  labelWidth: 22))
+        print(
+            row(
+                "N in a row", ["ours ms", "base ms", "ours/base", "ours grow", "base grow", "ours SAs"],
+                labelWidth: 22))
         for count in counts {
             var ours: [Double] = []
             var base: [Double] = []
@@ -111,18 +129,29 @@ struct NewConnection: ParsableCommand {
                 base.append(try oneBaseline(backendA.vici, pair))
             }
             let left = try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count
-            print(row("N = \(count)", [format(median(ours) * 1000, 2), format(median(base) * 1000, 2),
-                                        format(median(ours) / median(base), 2), format(growth(ours), 2),
-                                        format(growth(base), 2), "\(left)"], labelWidth: 22))
-            summary("new connection over an IKE SA, N = \(count) in a row", ours: "\(format(median(ours) * 1000, 2)) ms",
-                    baseline: "\(format(median(base) * 1000, 2)) ms (CREATE_CHILD_SA + connect)",
-                    ratio: format(median(ours) / median(base), 2),
-                    goal: "≤ 2; growth \(format(growth(ours), 2)) (base \(format(growth(base), 2))), ≤ 1.2")
+            print(
+                row(
+                    "N = \(count)",
+                    [
+                        format(median(ours) * 1000, 2), format(median(base) * 1000, 2),
+                        format(median(ours) / median(base), 2), format(growth(ours), 2),
+                        format(growth(base), 2), "\(left)",
+                    ], labelWidth: 22))
+            summary(
+                "new connection over an IKE SA, N = \(count) in a row", ours: "\(format(median(ours) * 1000, 2)) ms",
+                baseline: "\(format(median(base) * 1000, 2)) ms (CREATE_CHILD_SA + connect)",
+                ratio: format(median(ours) / median(base), 2),
+                goal: "≤ 2; growth \(format(growth(ours), 2)) (base \(format(growth(base), 2))), ≤ 1.2")
         }
-        print("  ms = median per connection; grow = median of the last 10 % over the first 10 % of the run;"
-              + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
-        print("  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)")
-        if held > 0, !noInProcessHold { try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid) }
+        print(
+            "  ms = median per connection; grow = median of the last 10 % over the first 10 % of the run;"
+                + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
+        print(
+            "  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)"
+        )
+        if held > 0, !noInProcessHold {
+            try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid)
+        }
         if held > 0, processes > 0, let socket = backendA.daemon?.socketPath {
             try holdFromProcesses(pair, charonSocket: socket, secret: ends.secret)
         }
@@ -132,7 +161,9 @@ struct NewConnection: ParsableCommand {
     /// `processes` client processes (`secure-echo hold`, the C ABI, one charon shared by all of them) open
     /// `held` connections between them at the same time, against ours' listener; each echoes on all of its own.
     private func holdFromProcesses(_ pair: NamespacePair, charonSocket: String, secret: String) throws {
-        let echo = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("secure-echo").path
+        let echo = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
+            "secure-echo"
+        ).path
         guard FileManager.default.isExecutableFile(atPath: echo) else {
             print("held from processes: skipped (\(echo) is not built)")
             return
@@ -140,14 +171,18 @@ struct NewConnection: ParsableCommand {
         let folder = try makeTemporaryFolder("ssnc-procs")
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let config = "\(folder)/a.conf"
-        try "identity a.example\npsk \"\(secret)\"\ncharon \(charonSocket)\n".write(toFile: config, atomically: true, encoding: .utf8)
+        try "identity a.example\npsk \"\(secret)\"\ncharon \(charonSocket)\n".write(
+            toFile: config, atomically: true, encoding: .utf8)
         let each = max(1, held / processes)
         let started = nowNanos()
         let clients = try (0..<processes).map { index in
-            try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": config],
-                                 (clientWrapper?.split(separator: " ").map(String.init) ?? []) + [echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
-                                  "--target", "host/b.example", "--connections", "\(each)", "--linger", "2"],
-                                 log: "\(folder)/client-\(index).log")
+            try NamespaceProcess(
+                in: pair.a, environment: ["WSS_KEYING_CONFIG": config],
+                (clientWrapper?.split(separator: " ").map(String.init) ?? []) + [
+                    echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
+                    "--target", "host/b.example", "--connections", "\(each)", "--linger", "2",
+                ],
+                log: "\(folder)/client-\(index).log")
         }
         var opened = 0.0
         var echoed = 0
@@ -156,40 +191,49 @@ struct NewConnection: ParsableCommand {
         var statuses: [String] = []
         for client in clients {
             client.wait(for: "echoed", timeout: 1200)
-            statuses += client.output.split(separator: "\n").filter { $0.hasPrefix("after the first") || $0.hasPrefix("status:") }
-                .map { "  client \(client.pid): \($0)" }
+            statuses += client.output.split(separator: "\n").filter {
+                $0.hasPrefix("after the first") || $0.hasPrefix("status:")
+            }
+            .map { "  client \(client.pid): \($0)" }
             if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("resident:") }),
-               let bytes = Int(line.split(separator: ":").last?.split(separator: " ").first ?? "") {
+                let bytes = Int(line.split(separator: ":").last?.split(separator: " ").first ?? "")
+            {
                 perConnection.append(bytes)
             }
             if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("marginal:") }),
-               let bytes = Int(line.dropFirst(9).split(separator: " ").first ?? "") {
+                let bytes = Int(line.dropFirst(9).split(separator: " ").first ?? "")
+            {
                 marginal.append(bytes)
             }
             opened = max(opened, Double(nowNanos() - started) / 1e9)
             if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("echoed ") }),
-               let count = Int(line.dropFirst(7).split(separator: "/").first ?? "") {
+                let count = Int(line.dropFirst(7).split(separator: "/").first ?? "")
+            {
                 echoed += count
             }
         }
         // Each process releases its connections at exit: let it finish (a signal would leave them to be reclaimed).
         for client in clients { client.waitForExit(timeout: 300) }
-        print("held from \(processes) processes: \(each * processes) connections open in \(format(opened, 1)) s"
-              + " (all of them held at once), \(echoed)/\(each * processes) echoed; resident bytes per held connection in"
-              + " each client process (the library through the C ABI): \(perConnection.map(String.init).joined(separator: ", "))"
-              + " (goal ≤ 2048)")
-        statuses.forEach { print($0) }
-        summary("\(each * processes) held from \(processes) processes (C ABI, one charon)",
-                ours: "\(format(opened, 1)) s, \(echoed) echoed", baseline: "-", ratio: "-", goal: "all echo")
+        print(
+            "held from \(processes) processes: \(each * processes) connections open in \(format(opened, 1)) s"
+                + " (all of them held at once), \(echoed)/\(each * processes) echoed; resident bytes per held connection in"
+                + " each client process (the library through the C ABI): \(perConnection.map(String.init).joined(separator: ", "))"
+                + " (goal ≤ 2048)")
+        for item in statuses { print(item) }
+        summary(
+            "\(each * processes) held from \(processes) processes (C ABI, one charon)",
+            ours: "\(format(opened, 1)) s, \(echoed) echoed", baseline: "-", ratio: "-", goal: "all echo")
         if let worst = perConnection.max() {
-            summary("memory per held connection (client process, anonymous resident)",
-                    ours: perConnection.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
-                    ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
+            summary(
+                "memory per held connection (client process, anonymous resident)",
+                ours: perConnection.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
+                ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
         }
         if let worst = marginal.max() {
-            summary("memory per held connection, second half only (marginal)",
-                    ours: marginal.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
-                    ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
+            summary(
+                "memory per held connection, second half only (marginal)",
+                ours: marginal.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
+                ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
         }
     }
 
@@ -197,9 +241,11 @@ struct NewConnection: ParsableCommand {
     /// finds them), then 5 s: SAs, reqid claims, conns and CHILD SAs left.
     private func churnWithoutConnecting(_ ends: Ends, _ pair: NamespacePair) throws {
         func leftovers() throws -> (sas: Int, conns: Int, children: Int) {
-            (try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
-             try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count,
-             try (ends.backendA?.vici.listSAs() ?? []).reduce(0) { $0 + $1.children.count })
+            (
+                try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
+                try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count,
+                try (ends.backendA?.vici.listSAs() ?? []).reduce(0) { $0 + $1.children.count }
+            )
         }
         let before = try leftovers()
         let started = nowNanos()
@@ -215,13 +261,16 @@ struct NewConnection: ParsableCommand {
         usleep(5_000_000)
         let (sas, conns, children) = try leftovers()
         let claims = (try? FileManager.default.contentsOfDirectory(atPath: ends.reqidFolderA))?.count ?? -1
-        print("churn: \(churn) set-security + close cycles in \(format(seconds, 1)) s; 5 s later: \(sas) SAs, \(claims) reqid"
-              + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left"
-              + " (before the churn: \(before.sas) SAs, \(before.conns) conns, \(before.children) CHILD SAs)")
-        summary("churn: \(churn) set-security + close, then 5 s",
-                ours: "\(sas - before.sas) SAs, \(claims) claims, \(conns - before.conns) conns, \(children - before.children) children,"
-                    + " \(ends.a.table.count) endpoints left",
-                baseline: "-", ratio: "-", goal: "0 left")
+        print(
+            "churn: \(churn) set-security + close cycles in \(format(seconds, 1)) s; 5 s later: \(sas) SAs, \(claims) reqid"
+                + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left"
+                + " (before the churn: \(before.sas) SAs, \(before.conns) conns, \(before.children) CHILD SAs)")
+        summary(
+            "churn: \(churn) set-security + close, then 5 s",
+            ours:
+                "\(sas - before.sas) SAs, \(claims) claims, \(conns - before.conns) conns, \(children - before.children) children,"
+                + " \(ends.a.table.count) endpoints left",
+            baseline: "-", ratio: "-", goal: "0 left")
     }
 
     /// `held` connections opened one after another and held at once: time to open, resident memory per
@@ -239,7 +288,8 @@ struct NewConnection: ParsableCommand {
             client.setTimeouts(8)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.oursPort))
+            try ends.a.connect(
+                client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.oursPort))
             clients.append(client)
             if index == 9 { queryAt10 = try queryCost(ends, clients) }
         }
@@ -254,20 +304,30 @@ struct NewConnection: ParsableCommand {
             try client.send([byte])
             if (try? client.receiveExactly(1, timeout: 8)) == [byte] { echoed += 1 }
         }
-        summary("\(held) connections held at once (1 process)", ours: "\(format(opened, 1)) s, \(echoed) echoed",
-                baseline: "-", ratio: "-", goal: "all echo")
-        summary("query at 10 / \(held) connections", ours: "\(format(queryAt10 * 1e6, 1)) / \(format(queryAtHeld * 1e6, 1)) µs",
-                baseline: "\(format(getSA * 1e6, 1)) µs (2 GETSA)", ratio: format(queryAtHeld / getSA, 2), goal: "≤ 1000 µs")
-        summary("charon's memory per held connection", ours: "\(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) B",
-                baseline: "-", ratio: "-", goal: "-")
-        print("held connections: \(held) opened in \(format(opened, 1)) s (\(format(opened * 1000 / Double(held), 1)) ms each),"
-              + " \(echoed)/\(held) echoed")
-        print("  charon A: \(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) bytes resident per held"
-              + " connection (this process: \(format(Double(rssAfter - rssBefore) * 1024 / Double(held), 0)) bytes, but it also"
-              + " runs B's engine and an echo thread per connection; the library's own figure is the client processes' below)")
-        print("  query: \(format(queryAt10 * 1e6, 1)) µs at 10 connections, \(format(queryAtHeld * 1e6, 1)) µs at \(held)"
-              + " (goal ≤ 1000 µs; baseline: two GETSA by SPI, \(format(getSA * 1e6, 1)) µs; ratio"
-              + " \(format(queryAtHeld / getSA, 2)))")
+        summary(
+            "\(held) connections held at once (1 process)", ours: "\(format(opened, 1)) s, \(echoed) echoed",
+            baseline: "-", ratio: "-", goal: "all echo")
+        summary(
+            "query at 10 / \(held) connections",
+            ours: "\(format(queryAt10 * 1e6, 1)) / \(format(queryAtHeld * 1e6, 1)) µs",
+            baseline: "\(format(getSA * 1e6, 1)) µs (2 GETSA)", ratio: format(queryAtHeld / getSA, 2), goal: "≤ 1000 µs"
+        )
+        summary(
+            "charon's memory per held connection",
+            ours: "\(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) B",
+            baseline: "-", ratio: "-", goal: "-")
+        print(
+            "held connections: \(held) opened in \(format(opened, 1)) s (\(format(opened * 1000 / Double(held), 1)) ms each),"
+                + " \(echoed)/\(held) echoed")
+        print(
+            "  charon A: \(format(Double(charonAfter - charonBefore) * 1024 / Double(held), 0)) bytes resident per held"
+                + " connection (this process: \(format(Double(rssAfter - rssBefore) * 1024 / Double(held), 0)) bytes, but it also"
+                + " runs B's engine and an echo thread per connection; the library's own figure is the client processes' below)"
+        )
+        print(
+            "  query: \(format(queryAt10 * 1e6, 1)) µs at 10 connections, \(format(queryAtHeld * 1e6, 1)) µs at \(held)"
+                + " (goal ≤ 1000 µs; baseline: two GETSA by SPI, \(format(getSA * 1e6, 1)) µs; ratio"
+                + " \(format(queryAtHeld / getSA, 2)))")
         for client in clients {
             ends.a.release(client.fd.rawValue)
             client.closeAbortively()
@@ -276,15 +336,20 @@ struct NewConnection: ParsableCommand {
         let deadline = releasedAt + 5_000_000_000
         var left = (sas: -1, conns: -1)
         repeat {
-            left = (try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
-                    try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count)
+            left = (
+                try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
+                try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count
+            )
             if left == (0, 0) { break }
             usleep(100_000)
         } while nowNanos() < deadline
-        print("  after release: \(left.sas) CHILD SAs in A's kernel, \(left.conns) per-flow conns in charon A (within 5 s)")
-        summary("\(held) released connections: CHILD SAs and conns gone",
-                ours: "\(format(Double(nowNanos() - releasedAt) / 1e9, 2)) s, \(left.sas) SAs + \(left.conns) conns left",
-                baseline: "-", ratio: "-", goal: "0 left, ≤ grace + 1 s")
+        print(
+            "  after release: \(left.sas) CHILD SAs in A's kernel, \(left.conns) per-flow conns in charon A (within 5 s)"
+        )
+        summary(
+            "\(held) released connections: CHILD SAs and conns gone",
+            ours: "\(format(Double(nowNanos() - releasedAt) / 1e9, 2)) s, \(left.sas) SAs + \(left.conns) conns left",
+            baseline: "-", ratio: "-", goal: "0 left, ≤ grace + 1 s")
     }
 
     /// Median seconds of `engine.query` on a connection picked at random, over 200 calls.
@@ -292,10 +357,11 @@ struct NewConnection: ParsableCommand {
         var samples: [Double] = []
         for _ in 0..<200 {
             let fd = clients.randomElement()!.fd.rawValue
-            samples.append(try timed {
-                let info = try ends.a.query(fd)
-                guard info.flags.contains(.secured) else { throw BenchError("not secured: \(info)") }
-            })
+            samples.append(
+                try timed {
+                    let info = try ends.a.query(fd)
+                    guard info.flags.contains(.secured) else { throw BenchError("not secured: \(info)") }
+                })
         }
         return median(samples)
     }
@@ -311,14 +377,19 @@ struct NewConnection: ParsableCommand {
         var samples: [Double] = []
         for _ in 0..<200 {
             let (out, into) = ids.randomElement()!
-            samples.append(try timed { _ = try xfrm.getState(out); _ = try xfrm.getState(into) })
+            samples.append(
+                try timed {
+                    _ = try xfrm.getState(out)
+                    _ = try xfrm.getState(into)
+                })
         }
         return median(samples)
     }
 
     private func residentKiB(_ pid: pid_t) -> Int {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return 0 }
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+        else { return 0 }
         return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
     }
 
@@ -348,7 +419,9 @@ struct NewConnection: ParsableCommand {
         let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         client.setTimeouts(8)
         defer { client.closeAbortively() }
-        if let error = client.connectOnce(pair.addressB4, port: Self.basePort) { throw BenchError("baseline connect: \(error)") }
+        if let error = client.connectOnce(pair.addressB4, port: Self.basePort) {
+            throw BenchError("baseline connect: \(error)")
+        }
         try client.send([0x2a])
         guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("baseline: wrong echo") }
         client.closeAbortively()

@@ -11,7 +11,9 @@ import XFRM
 struct QueryBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "query",
-        abstract: "engine.query at N installed SAs vs XFRMClient.getState (needs an ESP kernel: run under scripts/uml/run.sh).")
+        abstract:
+            "engine.query at N installed SAs vs XFRMClient.getState (needs an ESP kernel: run under scripts/uml/run.sh)."
+    )
 
     @Option(parsing: .upToNextOption, help: "Total ESP SAs in the client namespace at each measurement point.")
     var counts: [Int] = [100, 10_000]
@@ -22,13 +24,18 @@ struct QueryBench: ParsableCommand {
     @Option(help: "Rounds: each visits every N in turn (SAs added or deleted to reach it).")
     var rounds = 3
 
-    @Option(parsing: .upToNextOption,
-            help: "Keying of the secured connection: static (deterministic) and/or strongswan (the query also asks charon over VICI list-sas).")
+    @Option(
+        parsing: .upToNextOption,
+        help:
+            "Keying of the secured connection: static (deterministic) and/or strongswan (the query also asks charon over VICI list-sas)."
+    )
     var keying: [Ends.Keying] = [.static, .strongswan]
 
     func validate() throws {
-        guard !keying.isEmpty, !counts.isEmpty, counts.allSatisfy({ (2...200_000).contains($0) }), (5...100_000).contains(calls),
-              (1...20).contains(rounds) else {
+        guard !keying.isEmpty, !counts.isEmpty, counts.allSatisfy({ (2...200_000).contains($0) }),
+            (5...100_000).contains(calls),
+            (1...20).contains(rounds)
+        else {
             throw ValidationError("counts 2...200000, calls 5...100000, rounds 1...20")
         }
     }
@@ -48,11 +55,14 @@ struct QueryBench: ParsableCommand {
         defer { Cleanup.runAll() }
         let counts = Array(Set(self.counts)).sorted()
         print("secure-socket-bench query: kernel \(kernelDescription())")
-        print("  one secured TCP connection 10.77.0.1 → 10.77.0.2 over ESP; unrelated AES-GCM ESP SAs added to the client"
-              + " namespace (XFRMClient.addStates, batched) up to N in total;")
-        print("  \(rounds) rounds, each visiting every N in turn (SAD grown or shrunk to exactly N, settled, 10 untimed calls);"
-              + " \(calls) timed calls of each per N in all"
-              + " (per round a block of queries, then a block of getState), each timed alone; figure = median µs per call")
+        print(
+            "  one secured TCP connection 10.77.0.1 → 10.77.0.2 over ESP; unrelated AES-GCM ESP SAs added to the client"
+                + " namespace (XFRMClient.addStates, batched) up to N in total;")
+        print(
+            "  \(rounds) rounds, each visiting every N in turn (SAD grown or shrunk to exactly N, settled, 10 untimed calls);"
+                + " \(calls) timed calls of each per N in all"
+                + " (per round a block of queries, then a block of getState), each timed alone; figure = median µs per call"
+        )
         print("  baseline = XFRMClient.getState(outbound SA id), an O(1) hash lookup, same namespace, same N")
 
         var results: [(Ends.Keying, [Point])] = []
@@ -61,22 +71,30 @@ struct QueryBench: ParsableCommand {
         print(row("keying   N SAs", ["query µs", "p25", "p75", "getState µs", "query/get"], labelWidth: 20))
         for (keying, points) in results {
             for point in points {
-                print(row("\(keying.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(point.count)",
-                          [format(point.query), format(point.queryP25), format(point.queryP75), format(point.get),
-                           format(point.query / point.get, 1)], labelWidth: 20))
+                print(
+                    row(
+                        "\(keying.rawValue.padding(toLength: 10, withPad: " ", startingAt: 0)) \(point.count)",
+                        [
+                            format(point.query), format(point.queryP25), format(point.queryP75), format(point.get),
+                            format(point.query / point.get, 1),
+                        ], labelWidth: 20))
             }
         }
         for (keying, points) in results {
             for point in points {
-                summary("query with \(point.count) SAs in the kernel (\(keying.rawValue))", ours: "\(format(point.query)) µs",
-                        baseline: "\(format(point.get)) µs (getState)", ratio: format(point.query / point.get, 1),
-                        goal: "≤ 1000 µs")
+                summary(
+                    "query with \(point.count) SAs in the kernel (\(keying.rawValue))",
+                    ours: "\(format(point.query)) µs",
+                    baseline: "\(format(point.get)) µs (getState)", ratio: format(point.query / point.get, 1),
+                    goal: "≤ 1000 µs")
             }
         }
         for (keying, points) in results where points.count >= 2 {
-            let first = points.first!, last = points.last!
-            print("  \(keying.rawValue): query at \(last.count) / at \(first.count) SAs = \(format(last.query / first.query, 2)); "
-                  + "getState at \(last.count) / at \(first.count) = \(format(last.get / first.get, 2))")
+            let first = points.first!
+            let last = points.last!
+            print(
+                "  \(keying.rawValue): query at \(last.count) / at \(first.count) SAs = \(format(last.query / first.query, 2)); "
+                    + "getState at \(last.count) / at \(first.count) = \(format(last.get / first.get, 2))")
         }
     }
 
@@ -96,11 +114,11 @@ struct QueryBench: ParsableCommand {
             throw BenchError("strongswan: the query found no IKE SA through VICI: \(info)")
         }
         let xfrm = try XFRMClient(namespace: pair.a.namespace)
-        let base = try xfrm.states().count   // the connection's own SAs
+        let base = try xfrm.states().count // the connection's own SAs
         guard counts.allSatisfy({ $0 >= base }) else {
             throw BenchError("every count must be at least the \(base) SAs the connection itself has")
         }
-        var extras = 0   // unrelated SAs installed now: indices 0..<extras
+        var extras = 0 // unrelated SAs installed now: indices 0..<extras
         var queries = [Int: [Double]]()
         var gets = [Int: [Double]]()
         // Rounds visit every N in turn (the SAD grown or shrunk to exactly N each time), so drift and other load
@@ -112,7 +130,9 @@ struct QueryBench: ParsableCommand {
                 if wanted > extras {
                     let extra = (extras..<wanted).map(Self.unrelatedState)
                     seconds = try timed { try xfrm.addStates(extra) }
-                    if round == 0 { print("  [\(keying.rawValue)] added \(extra.count) SAs in \(format(seconds * 1000)) ms") }
+                    if round == 0 {
+                        print("  [\(keying.rawValue)] added \(extra.count) SAs in \(format(seconds * 1000)) ms")
+                    }
                 } else if wanted < extras {
                     let ids = (wanted..<extras).map { Self.unrelatedState($0).id }
                     seconds = try timed { try xfrm.deleteStates(ids) }
@@ -148,16 +168,20 @@ struct QueryBench: ParsableCommand {
         }
         return counts.map { n in
             let sorted = queries[n]!.sorted()
-            return Point(count: n, query: median(sorted), get: median(gets[n]!),
-                         queryP25: sorted[sorted.count / 4], queryP75: sorted[sorted.count * 3 / 4])
+            return Point(
+                count: n, query: median(sorted), get: median(gets[n]!),
+                queryP25: sorted[sorted.count / 4], queryP75: sorted[sorted.count * 3 / 4])
         }
     }
 
     /// The i-th unrelated SA: 192.168.77.1 → 10.x.y.z (never 10.77.0.0/24), distinct SPI and reqid.
     static func unrelatedState(_ i: Int) -> XFRMState {
-        let destination = XFRMAddress(bytes: [10, UInt8(100 + (i >> 16) & 0x7f), UInt8((i >> 8) & 0xff), UInt8(i & 0xff)])!
-        return XFRMState(source: "192.168.77.1", destination: destination, spi: UInt32(0x10_0000 + i),
-                         reqid: UInt32(0x10_0000 + i), algorithms: [.aesGCM(key: keyBytes)])
+        let destination = XFRMAddress(bytes: [
+            10, UInt8(100 + (i >> 16) & 0x7f), UInt8((i >> 8) & 0xff), UInt8(i & 0xff),
+        ])!
+        return XFRMState(
+            source: "192.168.77.1", destination: destination, spi: UInt32(0x10_0000 + i),
+            reqid: UInt32(0x10_0000 + i), algorithms: [.aesGCM(key: keyBytes)])
     }
 
     static let keyBytes: [UInt8] = (0..<20).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }

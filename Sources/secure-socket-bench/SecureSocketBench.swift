@@ -13,7 +13,8 @@ import Logging
 struct SecureSocketBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "secure-socket-bench",
-        abstract: "Benchmarks of the secure-socket layer (not tests): figures and ratios against a baseline measured in the same run.",
+        abstract:
+            "Benchmarks of the secure-socket layer (not tests): figures and ratios against a baseline measured in the same run.",
         subcommands: [WarmPath.self, QueryBench.self, FirstContact.self, NewConnection.self])
 
     static func main() {

@@ -37,7 +37,8 @@ func format(_ value: Double, _ decimals: Int = 1) -> String { String(format: "%.
 
 /// `6.1.176 (user-mode-linux)` or `6.18.44 (host kernel)`.
 func kernelDescription() -> String {
-    let release = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
+    let release =
+        (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
         .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
     return "\(release) (\(TierProbe.insideUML ? "user-mode-linux" : "host kernel"))"
 }
@@ -62,7 +63,8 @@ func makeTemporaryFolder(_ prefix: String, in parent: String = "/tmp") throws ->
 /// The file system type of `path` (`findmnt --target`: tmpfs, ext4, hostfs, …).
 func fileSystemType(_ path: String) -> String {
     guard let result = try? Command.run(["findmnt", "-n", "-o", "FSTYPE", "--target", path], timeout: 10),
-          let type = result.output.split(separator: "\n").first else { return "?" }
+        let type = result.output.split(separator: "\n").first
+    else { return "?" }
     return String(type).trimmingCharacters(in: .whitespaces)
 }
 
@@ -126,8 +128,9 @@ enum Cleanup {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler {
-                FileHandle.standardError.write("secure-socket-bench: signal \(signalNumber), cleaning up\n".data(using: .utf8)!)
-                gate.lock()   // never unlocked: the process exits with it held
+                FileHandle.standardError.write(
+                    "secure-socket-bench: signal \(signalNumber), cleaning up\n".data(using: .utf8)!)
+                gate.lock() // never unlocked: the process exits with it held
                 runAllLocked()
                 exit(status)
             }
@@ -152,7 +155,8 @@ func summary(_ measure: String, ours: String, baseline: String, ratio: String, g
 }
 
 func row(_ label: String, _ columns: [String], labelWidth: Int = 58, columnWidth: Int = 12) -> String {
-    var line = label.count >= labelWidth ? label + " " : label.padding(toLength: labelWidth, withPad: " ", startingAt: 0)
+    var line =
+        label.count >= labelWidth ? label + " " : label.padding(toLength: labelWidth, withPad: " ", startingAt: 0)
     for column in columns {
         line += String(repeating: " ", count: max(1, columnWidth - column.count)) + column
     }

@@ -13,7 +13,8 @@ import XFRM
 struct WarmPath: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warm-path",
-        abstract: "setSecurity + setPeerTargetName vs two raw setsockopt(IP_XFRM_POLICY) (any kernel, fresh namespace).")
+        abstract: "setSecurity + setPeerTargetName vs two raw setsockopt(IP_XFRM_POLICY) (any kernel, fresh namespace)."
+    )
 
     @Option(help: "Timed iterations per repetition (static keying and the baselines).")
     var iterations = 2_000
@@ -31,7 +32,9 @@ struct WarmPath: ParsableCommand {
     var live: [Int] = [10, 10_000]
 
     func validate() throws {
-        guard (1...100_000).contains(iterations), (1...100_000).contains(charonIterations), (1...50).contains(repetitions) else {
+        guard (1...100_000).contains(iterations), (1...100_000).contains(charonIterations),
+            (1...50).contains(repetitions)
+        else {
             throw ValidationError("iterations 1...100000, repetitions 1...50")
         }
     }
@@ -63,7 +66,8 @@ struct WarmPath: ParsableCommand {
         }
         defer { Cleanup.run(folderToken) }
         let folderKinds = (fileSystemType(folder), fileSystemType(diskFolder))
-        let reqidFolders = "reqid claims in \(folder) (\(folderKinds.0)) and \(diskFolder) (\(folderKinds.1)); "
+        let reqidFolders =
+            "reqid claims in \(folder) (\(folderKinds.0)) and \(diskFolder) (\(folderKinds.1)); "
             + "/run here is \(fileSystemType("/run"))"
 
         let settings = SocketSecuritySettings.default
@@ -71,7 +75,8 @@ struct WarmPath: ParsableCommand {
 
         // Baseline: exactly the policy the engine installs, encoded once, set with two raw setsockopt calls.
         let templates = SecureSocketEngine.templates(for: settings, reqid: 0x4000_0001)
-        let outBytes = SocketPolicy.encode(XFRMPolicy(selector: .any(.inet), direction: .outbound, templates: templates))
+        let outBytes = SocketPolicy.encode(
+            XFRMPolicy(selector: .any(.inet), direction: .outbound, templates: templates))
         let inBytes = SocketPolicy.encode(XFRMPolicy(selector: .any(.inet), direction: .inbound, templates: templates))
         func rawSet(_ fd: CInt, _ bytes: [UInt8]) throws {
             let rc = bytes.withUnsafeBytes {
@@ -80,12 +85,14 @@ struct WarmPath: ParsableCommand {
             guard rc == 0 else { throw ValidationError("setsockopt(IP_XFRM_POLICY): errno \(errno)") }
         }
 
-        let staticEngine = try SecureSocketEngine(.init(
-            keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
-            reqidDirectory: folder + "/static", namespace: ns.namespace))
-        let diskEngine = try SecureSocketEngine(.init(
-            keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
-            reqidDirectory: diskFolder + "/static", namespace: ns.namespace))
+        let staticEngine = try SecureSocketEngine(
+            .init(
+                keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
+                reqidDirectory: folder + "/static", namespace: ns.namespace))
+        let diskEngine = try SecureSocketEngine(
+            .init(
+                keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
+                reqidDirectory: diskFolder + "/static", namespace: ns.namespace))
 
         // The same engine with many live endpoints: the cost of one more must not depend on how many exist.
         raiseDescriptorLimit(to: 65_536)
@@ -93,9 +100,10 @@ struct WarmPath: ParsableCommand {
         var held: [CInt] = []
         defer { for fd in held { close(fd) } }
         for count in live {
-            let engine = try SecureSocketEngine(.init(
-                keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
-                reqidDirectory: folder + "/live\(count)", namespace: ns.namespace, followEvents: false))
+            let engine = try SecureSocketEngine(
+                .init(
+                    keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
+                    reqidDirectory: folder + "/live\(count)", namespace: ns.namespace, followEvents: false))
             try ns.namespace.perform {
                 for _ in 0..<count {
                     let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
@@ -109,32 +117,41 @@ struct WarmPath: ParsableCommand {
         }
 
         var variants = [
-            Variant(label: "baseline: setsockopt(IP_XFRM_POLICY) out + in, raw", iterations: iterations,
-                    operation: { fd in try rawSet(fd, outBytes); try rawSet(fd, inBytes) }, undo: { _ in }),
-            Variant(label: "XFRM SocketPolicy.require (out + in, Swift wrapper)", iterations: iterations,
-                    operation: { fd in try SocketPolicy.require(templates, on: FileDescriptor(rawValue: fd)) },
-                    undo: { _ in }),
-            Variant(label: "engine set+name, StaticKeyBackend, reqids on \(folderKinds.0)", iterations: iterations,
-                    operation: { fd in
-                        try staticEngine.setSecurity(fd, settings)
-                        try staticEngine.setPeerTargetName(fd, name)
-                    },
-                    undo: { staticEngine.release($0) }),
-            Variant(label: "engine set+name, StaticKeyBackend, reqids on \(folderKinds.1)", iterations: iterations,
-                    operation: { fd in
-                        try diskEngine.setSecurity(fd, settings)
-                        try diskEngine.setPeerTargetName(fd, name)
-                    },
-                    undo: { diskEngine.release($0) }),
+            Variant(
+                label: "baseline: setsockopt(IP_XFRM_POLICY) out + in, raw", iterations: iterations,
+                operation: { fd in
+                    try rawSet(fd, outBytes)
+                    try rawSet(fd, inBytes)
+                }, undo: { _ in }),
+            Variant(
+                label: "XFRM SocketPolicy.require (out + in, Swift wrapper)", iterations: iterations,
+                operation: { fd in try SocketPolicy.require(templates, on: FileDescriptor(rawValue: fd)) },
+                undo: { _ in }),
+            Variant(
+                label: "engine set+name, StaticKeyBackend, reqids on \(folderKinds.0)", iterations: iterations,
+                operation: { fd in
+                    try staticEngine.setSecurity(fd, settings)
+                    try staticEngine.setPeerTargetName(fd, name)
+                },
+                undo: { staticEngine.release($0) }),
+            Variant(
+                label: "engine set+name, StaticKeyBackend, reqids on \(folderKinds.1)", iterations: iterations,
+                operation: { fd in
+                    try diskEngine.setSecurity(fd, settings)
+                    try diskEngine.setPeerTargetName(fd, name)
+                },
+                undo: { diskEngine.release($0) }),
         ]
         for (count, engine) in liveEngines {
-            variants.append(Variant(
-                label: "engine set+name, static, \(count) live endpoints (\(folderKinds.0))", iterations: iterations,
-                operation: { fd in
-                    try engine.setSecurity(fd, settings)
-                    try engine.setPeerTargetName(fd, name)
-                },
-                undo: { engine.release($0) }))
+            variants.append(
+                Variant(
+                    label: "engine set+name, static, \(count) live endpoints (\(folderKinds.0))",
+                    iterations: iterations,
+                    operation: { fd in
+                        try engine.setSecurity(fd, settings)
+                        try engine.setPeerTargetName(fd, name)
+                    },
+                    undo: { engine.release($0) }))
         }
 
         guard !noCharon else { return try measureAndPrint(variants, in: ns, charon: nil, reqidFolders: reqidFolders) }
@@ -142,31 +159,39 @@ struct WarmPath: ParsableCommand {
             credentials: .init(identity: "a.example", method: .psk(randomSecret())), namespace: ns.namespace)
         let charonToken = Cleanup.add { backend.daemon?.stop() }
         defer { Cleanup.run(charonToken) }
-        let charonEngine = try SecureSocketEngine(.init(keying: backend, reqidDirectory: folder + "/charon",
-                                                        namespace: ns.namespace))
-        variants.append(Variant(
-            label: "engine set+name, StrongSwanBackend, reqids on \(folderKinds.0)", iterations: charonIterations,
-            operation: { fd in
-                try charonEngine.setSecurity(fd, settings)
-                try charonEngine.setPeerTargetName(fd, name)
-            },
-            undo: { charonEngine.release($0) }))
+        let charonEngine = try SecureSocketEngine(
+            .init(
+                keying: backend, reqidDirectory: folder + "/charon",
+                namespace: ns.namespace))
+        variants.append(
+            Variant(
+                label: "engine set+name, StrongSwanBackend, reqids on \(folderKinds.0)", iterations: charonIterations,
+                operation: { fd in
+                    try charonEngine.setSecurity(fd, settings)
+                    try charonEngine.setPeerTargetName(fd, name)
+                },
+                undo: { charonEngine.release($0) }))
         try measureAndPrint(variants, in: ns, charon: backend, reqidFolders: reqidFolders)
     }
 
-    func measureAndPrint(_ variants: [Variant], in ns: TestNamespace, charon: StrongSwanBackend?,
-                         reqidFolders: String) throws {
+    func measureAndPrint(
+        _ variants: [Variant], in ns: TestNamespace, charon: StrongSwanBackend?,
+        reqidFolders: String
+    ) throws {
         print("secure-socket-bench warm-path: kernel \(kernelDescription()), namespace \(ns.name)")
-        print("  \(repetitions) repetitions; per repetition \(iterations) iterations"
-              + (charon != nil ? " (\(charonIterations) with strongSwan)" : "")
-              + "; each iteration times one fresh AF_INET TCP socket (socket(), release and close untimed);")
+        print(
+            "  \(repetitions) repetitions; per repetition \(iterations) iterations"
+                + (charon != nil ? " (\(charonIterations) with strongSwan)" : "")
+                + "; each iteration times one fresh AF_INET TCP socket (socket(), release and close untimed);")
         print("  figure = median over the repetitions of the mean µs per operation; baseline measured in the same run")
-        print("  operation: ours = engine.setSecurity(fd, .default) + engine.setPeerTargetName(fd, \"host/b.example\");"
-              + " baseline = the same two policies (ESP transport, required) set with two raw setsockopt calls")
+        print(
+            "  operation: ours = engine.setSecurity(fd, .default) + engine.setPeerTargetName(fd, \"host/b.example\");"
+                + " baseline = the same two policies (ESP transport, required) set with two raw setsockopt calls")
         print("  \(reqidFolders)")
         if let charon, let daemon = charon.daemon {
-            print("  strongSwan: private charon \(daemon.version.version), pid \(daemon.pid), started in "
-                  + "\(format(milliseconds(daemon.startupDuration))) ms")
+            print(
+                "  strongSwan: private charon \(daemon.version.version), pid \(daemon.pid), started in "
+                    + "\(format(milliseconds(daemon.startupDuration))) ms")
         }
 
         // Warm-up (untimed): code paths, allocator, charon's first load-conn.
@@ -183,20 +208,27 @@ struct WarmPath: ParsableCommand {
         print(row("operation on a fresh socket", ["µs/op", "min rep", "max rep", "ours/base"]))
         for (index, variant) in variants.enumerated() {
             let value = median(means[index])
-            print(row(variant.label, [format(value, 2), format(means[index].min()!, 2), format(means[index].max()!, 2),
-                                      format(value / baseline, 2)]))
+            print(
+                row(
+                    variant.label,
+                    [
+                        format(value, 2), format(means[index].min()!, 2), format(means[index].max()!, 2),
+                        format(value / baseline, 2),
+                    ]))
         }
         let liveRows = variants.indices.filter { variants[$0].label.contains("live endpoints") }
         if liveRows.count == 2 {
             let (few, many) = (median(means[liveRows[0]]), median(means[liveRows[1]]))
-            summary("set-security + name at \(live[0]) / \(live[1]) live endpoints (static keys)",
-                    ours: "\(format(few, 2)) / \(format(many, 2)) µs", baseline: "\(format(baseline, 2)) µs (2 setsockopt)",
-                    ratio: "\(format(few / baseline, 2)) / \(format(many / baseline, 2))",
-                    goal: "≤ 3 each; \(format(many / few, 2)) apart, ≤ 1.2")
+            summary(
+                "set-security + name at \(live[0]) / \(live[1]) live endpoints (static keys)",
+                ours: "\(format(few, 2)) / \(format(many, 2)) µs", baseline: "\(format(baseline, 2)) µs (2 setsockopt)",
+                ratio: "\(format(few / baseline, 2)) / \(format(many / baseline, 2))",
+                goal: "≤ 3 each; \(format(many / few, 2)) apart, ≤ 1.2")
         }
         if charon != nil {
-            print("  note: setSecurity makes no call to charon: a socket is offered to peers only once it is seen listening,"
-                  + " and an initiator negotiates per flow at connect; reqids come from a block claimed once")
+            print(
+                "  note: setSecurity makes no call to charon: a socket is offered to peers only once it is seen listening,"
+                    + " and an initiator negotiates per flow at connect; reqids come from a block claimed once")
         }
     }
 

@@ -20,8 +20,11 @@ struct WSSDemo: ParsableCommand {
         if let reason = TierProbe.espUnavailableReason {
             throw ValidationError("this kernel cannot run the demo: \(reason). Use scripts/demo.sh (user-mode-linux).")
         }
-        let bin = binaries ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
-        let echo = "\(bin)/secure-echo", inspect = "\(bin)/wss-inspect"
+        let bin =
+            binaries
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
+        let echo = "\(bin)/secure-echo"
+        let inspect = "\(bin)/wss-inspect"
         for tool in [echo, inspect] where !FileManager.default.isExecutableFile(atPath: tool) {
             throw ValidationError("\(tool) is missing: build the secure-echo and wss-inspect products")
         }
@@ -41,39 +44,53 @@ struct WSSDemo: ParsableCommand {
         let c = certificates.folder
         let secret = UUID().uuidString
         let aConf = try certificates.writeKeyingFile(for: "a.example", charon: "private")
-        let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private",
-                                                     extra: ["eap-user alice@EXAMPLE \"\(secret)\""])
-        try "user alice@EXAMPLE -> nobody\nid a.example -> daemon\n".write(toFile: "\(c)/identity.map", atomically: true, encoding: .utf8)
+        let bConf = try certificates.writeKeyingFile(
+            for: "b.example", charon: "private",
+            extra: ["eap-user alice@EXAMPLE \"\(secret)\""])
+        try "user alice@EXAMPLE -> nobody\nid a.example -> daemon\n".write(
+            toFile: "\(c)/identity.map", atomically: true, encoding: .utf8)
         chmod("\(c)/identity.map", 0o644)
 
         let pair = try NamespacePair(prefix: "demo")
         defer { pair.remove() }
         let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB, file: "\(c)/veth-b.pcap")
         defer { capture.stop() }
-        print("namespaces \(pair.a.name) (10.77.0.1, a.example) and \(pair.b.name) (10.77.0.2, b.example), ECDSA certificates, a private charon in each")
+        print(
+            "namespaces \(pair.a.name) (10.77.0.1, a.example) and \(pair.b.name) (10.77.0.2, b.example), ECDSA certificates, a private charon in each"
+        )
 
         // The server.
         let server = try NamespaceProcess(
             in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf, "WSS_IDENTITY_MAP": "\(c)/identity.map"],
-            [echo, "server", "--bind", "10.77.0.2", "--port", "27015", "--directory", shared, "--root-only", rootOnly,
-             "--count", "1"], log: "\(c)/server.log")
+            [
+                echo, "server", "--bind", "10.77.0.2", "--port", "27015", "--directory", shared, "--root-only",
+                rootOnly,
+                "--count", "1",
+            ], log: "\(c)/server.log")
         server.wait(for: "listening", timeout: 20)
         let serverText = { server.output }
 
         // A client that names the wrong server is refused before a single payload byte.
-        let wrong = try pair.a.exec(["env", "WSS_KEYING_CONFIG=\(aConf)", echo, "client", "--server", "10.77.0.2",
-                                     "--target", "host/mallory.example", "--user", "alice", "--domain", "EXAMPLE",
-                                     "--password", secret, "--message", "WRONG-NAME-PAYLOAD"], timeout: 60, check: false)
+        let wrong = try pair.a.exec(
+            [
+                "env", "WSS_KEYING_CONFIG=\(aConf)", echo, "client", "--server", "10.77.0.2",
+                "--target", "host/mallory.example", "--user", "alice", "--domain", "EXAMPLE",
+                "--password", secret, "--message", "WRONG-NAME-PAYLOAD",
+            ], timeout: 60, check: false)
         print("---- client asking for host/mallory.example ----\n\(wrong.output)")
-        claim("peer name checked: a client requiring host/mallory.example is refused (WSAEACCES)",
-              wrong.status != 0 && wrong.output.contains("WSAEACCES"))
+        claim(
+            "peer name checked: a client requiring host/mallory.example is refused (WSAEACCES)",
+            wrong.status != 0 && wrong.output.contains("WSAEACCES"))
 
         // The real client, holding the connection open so it can be inspected.
         let marker = "SECRET-\(UUID().uuidString)"
         let client = try NamespaceProcess(
             in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
-            [echo, "client", "--server", "10.77.0.2", "--target", "host/b.example", "--user", "alice", "--domain", "EXAMPLE",
-             "--password", secret, "--message", marker, "--hold", "6"], log: "\(c)/client.log")
+            [
+                echo, "client", "--server", "10.77.0.2", "--target", "host/b.example", "--user", "alice", "--domain",
+                "EXAMPLE",
+                "--password", secret, "--message", marker, "--hold", "6",
+            ], log: "\(c)/client.log")
         let clientText = { client.output }
         client.wait(for: "echo:", timeout: 20)
         // The engine publishes its endpoints within a pump tick: look until the secured one shows (bounded).
@@ -90,26 +107,36 @@ struct WSSDemo: ParsableCommand {
         print("---- server ----\n\(serverText())")
         print("---- wss-inspect (namespace b, during the connection) ----\n\(inspectedText)")
 
-        let clientOutput = clientText(), serverOutput = serverText()
+        let clientOutput = clientText()
+        let serverOutput = serverText()
         claim("secured and encrypted, as the client's query reports", clientOutput.contains("flags SECURED ENCRYPTED"))
         claim("the client's query names the server it required: b.example", clientOutput.contains("machine=b.example"))
         claim("the echo came back intact", clientOutput.contains("echo: \(marker)"))
-        claim("secured and encrypted, as the server's query reports, with the peer user",
-              serverOutput.contains("flags SECURED ENCRYPTED IMPERSONATED") && serverOutput.contains("user=alice@EXAMPLE")
+        claim(
+            "secured and encrypted, as the server's query reports, with the peer user",
+            serverOutput.contains("flags SECURED ENCRYPTED IMPERSONATED") && serverOutput.contains("user=alice@EXAMPLE")
                 && serverOutput.contains("machine=a.example"))
-        claim("impersonated: the file written as the peer belongs to nobody (alice's mapped account)",
-              serverOutput.contains("impersonated: uid 65534 (nobody)") && serverOutput.contains("owner 65534"))
-        claim("impersonated: a root-only file was out of reach", serverOutput.contains("root-only file while impersonating: refused"))
+        claim(
+            "impersonated: the file written as the peer belongs to nobody (alice's mapped account)",
+            serverOutput.contains("impersonated: uid 65534 (nobody)") && serverOutput.contains("owner 65534"))
+        claim(
+            "impersonated: a root-only file was out of reach",
+            serverOutput.contains("root-only file while impersonating: refused"))
         claim("reverted to root", serverOutput.contains("reverted: uid 0"))
-        claim("wss-inspect saw the secured endpoint and its SAs",
-              inspected.status == 0 && inspected.output.contains("\"state\" : \"secured") && inspected.output.contains("\"spi\""))
+        claim(
+            "wss-inspect saw the secured endpoint and its SAs",
+            inspected.status == 0 && inspected.output.contains("\"state\" : \"secured")
+                && inspected.output.contains("\"spi\""))
 
         capture.stop()
         let analysis = try capture.analyse(markers: [Array(marker.utf8), Array("WRONG-NAME-PAYLOAD".utf8)])
-        claim("no cleartext on the wire: \(analysis.espPackets) ESP packets, \(analysis.plainTCPPackets) plain TCP packets, payloads absent",
-              analysis.espPackets > 0 && analysis.plainTCPPackets == 0 && !analysis.markerFound)
+        claim(
+            "no cleartext on the wire: \(analysis.espPackets) ESP packets, \(analysis.plainTCPPackets) plain TCP packets, payloads absent",
+            analysis.espPackets > 0 && analysis.plainTCPPackets == 0 && !analysis.markerFound)
         let charons = (try? Command.run(["pgrep", "-f", "/usr/lib/ipsec/charon"], check: false).output) ?? ""
-        claim("the private charons ended with their processes", charons.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+        claim(
+            "the private charons ended with their processes",
+            charons.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
 
         print("\n==== what this run proved ====")
         for (text, holds) in claims { print("[\(holds ? "ok" : "FAILED")] \(text)") }

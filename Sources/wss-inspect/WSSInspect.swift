@@ -48,27 +48,32 @@ struct WSSInspect: ParsableCommand {
     static func report(folder: String) throws -> Report {
         let snapshots = EndpointSnapshot.load(from: folder)
         let states = (try? XFRMClient().states(proto: .esp)) ?? []
-        return Report(namespaceFolder: folder, processes: snapshots.map { snapshot in
-            var sas: [String: [Report.SA]] = [:]
-            for reqid in Set(snapshot.endpoints.compactMap(\.reqid)) {
-                sas["\(reqid)"] = states.filter { $0.reqid == reqid && $0.id.spi != 0 }.map { state in
-                    Report.SA(text: state.description, source: "\(state.source)", destination: "\(state.id.destination)",
-                              spi: "0x" + String(state.id.spi, radix: 16), reqid: state.reqid,
-                              algorithms: state.algorithms.map(\.name), bytes: state.counters.bytes,
-                              packets: state.counters.packets)
+        return Report(
+            namespaceFolder: folder,
+            processes: snapshots.map { snapshot in
+                var sas: [String: [Report.SA]] = [:]
+                for reqid in Set(snapshot.endpoints.compactMap(\.reqid)) {
+                    sas["\(reqid)"] = states.filter { $0.reqid == reqid && $0.id.spi != 0 }.map { state in
+                        Report.SA(
+                            text: state.description, source: "\(state.source)", destination: "\(state.id.destination)",
+                            spi: "0x" + String(state.id.spi, radix: 16), reqid: state.reqid,
+                            algorithms: state.algorithms.map(\.name), bytes: state.counters.bytes,
+                            packets: state.counters.packets)
+                    }
                 }
-            }
-            return Report.Process(snapshot: snapshot, sas: sas)
-        })
+                return Report.Process(snapshot: snapshot, sas: sas)
+            })
     }
 
     static func printText(_ report: Report) {
         if report.processes.isEmpty { print("no process publishes secured endpoints in \(report.namespaceFolder)") }
         for process in report.processes {
             let snapshot = process.snapshot
-            print("process \(snapshot.pid) \(snapshot.executable) keying \(snapshot.keying) updated \(snapshot.updated)")
+            print(
+                "process \(snapshot.pid) \(snapshot.executable) keying \(snapshot.keying) updated \(snapshot.updated)")
             for endpoint in snapshot.endpoints {
-                var line = "  socket cookie \(endpoint.cookie) fd \(endpoint.descriptor) \(endpoint.kind) \(endpoint.family)"
+                var line =
+                    "  socket cookie \(endpoint.cookie) fd \(endpoint.descriptor) \(endpoint.kind) \(endpoint.family)"
                 if let port = endpoint.localPort { line += " port \(port)" }
                 line += endpoint.reqid.map { " reqid \($0)" } ?? " no policy"
                 line += " state \(endpoint.state)"
@@ -105,7 +110,8 @@ struct WSSInspect: ParsableCommand {
     }
 
     struct Follow: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print XFRM events and endpoint changes as they happen.")
+        static let configuration = CommandConfiguration(
+            abstract: "Print XFRM events and endpoint changes as they happen.")
         @OptionGroup var options: Options
         @Option(help: "Stop after this many seconds.") var seconds: Double = 60
         @Flag(help: "One JSON object per line.") var json = false
@@ -137,10 +143,13 @@ struct WSSInspect: ParsableCommand {
             }
             var last: [Int32: [EndpointSnapshot.Entry]] = [:]
             while Date() < deadline {
-                for snapshot in EndpointSnapshot.load(from: options.snapshotFolder) where last[snapshot.pid] != snapshot.endpoints {
+                for snapshot in EndpointSnapshot.load(from: options.snapshotFolder)
+                where last[snapshot.pid] != snapshot.endpoints {
                     for endpoint in snapshot.endpoints where !(last[snapshot.pid] ?? []).contains(endpoint) {
-                        emit("endpoint", "process \(snapshot.pid) cookie \(endpoint.cookie) \(endpoint.kind) "
-                             + "reqid \(endpoint.reqid.map { "\($0)" } ?? "-") state \(endpoint.state)")
+                        emit(
+                            "endpoint",
+                            "process \(snapshot.pid) cookie \(endpoint.cookie) \(endpoint.kind) "
+                                + "reqid \(endpoint.reqid.map { "\($0)" } ?? "-") state \(endpoint.state)")
                     }
                     last[snapshot.pid] = snapshot.endpoints
                 }

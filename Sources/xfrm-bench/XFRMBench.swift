@@ -27,12 +27,17 @@ struct XFRMBench: ParsableCommand {
         if kind == .states, let reason = TierProbe.espUnavailableReason {
             throw ValidationError("states need an ESP kernel: \(reason); run under scripts/uml/run.sh")
         }
-        let kernel = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
+        let kernel =
+            (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-        print("xfrm-bench \(kind.rawValue): kernel \(kernel)\(TierProbe.insideUML ? " (user-mode-linux)" : ""), "
-              + "median of \(repetitions), baseline = iproute2 `ip -batch` in the same run")
+        print(
+            "xfrm-bench \(kind.rawValue): kernel \(kernel)\(TierProbe.insideUML ? " (user-mode-linux)" : ""), "
+                + "median of \(repetitions), baseline = iproute2 `ip -batch` in the same run")
         let startup = try startupCost()
-        print(String(format: "iproute2 start-up cost (`ip -n NS -batch /dev/null`): %.1f ms, included in its figures", startup * 1000))
+        print(
+            String(
+                format: "iproute2 start-up cost (`ip -n NS -batch /dev/null`): %.1f ms, included in its figures",
+                startup * 1000))
         print("N       phase    ours(ms)  iproute2(ms)  ratio ours/ip   [ours one-by-one add (ms)]")
         for n in counts {
             var ours: [String: [Double]] = [:]
@@ -44,10 +49,12 @@ struct XFRMBench: ParsableCommand {
                 single.append(try measureOursOneByOne(n))
             }
             for phase in ["install", "dump", "delete"] {
-                let a = median(ours[phase]!), b = median(theirs[phase]!)
+                let a = median(ours[phase]!)
+                let b = median(theirs[phase]!)
                 let extra = phase == "install" ? String(format: "   [%.1f]", median(single) * 1000) : ""
-                print(String(format: "%-7d ", n) + phase.padding(toLength: 8, withPad: " ", startingAt: 0)
-                      + String(format: " %8.1f  %12.1f  %13.2f", a * 1000, b * 1000, a / b) + extra)
+                print(
+                    String(format: "%-7d ", n) + phase.padding(toLength: 8, withPad: " ", startingAt: 0)
+                        + String(format: " %8.1f  %12.1f  %13.2f", a * 1000, b * 1000, a / b) + extra)
             }
         }
     }
@@ -69,13 +76,15 @@ struct XFRMBench: ParsableCommand {
     static let keyBytes: [UInt8] = (0..<20).map { UInt8([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef][$0 % 8]) }
 
     func policy(_ i: Int) -> XFRMPolicy {
-        XFRMPolicy(selector: .host(Self.local, address(i)), direction: .outbound,
-                   templates: [XFRMTemplate(reqid: UInt32(i + 1))])
+        XFRMPolicy(
+            selector: .host(Self.local, address(i)), direction: .outbound,
+            templates: [XFRMTemplate(reqid: UInt32(i + 1))])
     }
 
     func state(_ i: Int) -> XFRMState {
-        XFRMState(source: Self.local, destination: address(i), spi: UInt32(0x1000 + i), reqid: UInt32(i + 1),
-                  algorithms: [.aesGCM(key: Self.keyBytes)])
+        XFRMState(
+            source: Self.local, destination: address(i), spi: UInt32(0x1000 + i), reqid: UInt32(i + 1),
+            algorithms: [.aesGCM(key: Self.keyBytes)])
     }
 
     func timed(_ body: () throws -> Void) rethrows -> Double {
@@ -96,7 +105,9 @@ struct XFRMBench: ParsableCommand {
             var count = 0
             result["dump"] = try timed { count = try client.policies().count }
             precondition(count == n, "dumped \(count) of \(n)")
-            result["delete"] = try timed { try client.deletePolicies(policies.map { .selector($0.selector, $0.direction) }) }
+            result["delete"] = try timed {
+                try client.deletePolicies(policies.map { .selector($0.selector, $0.direction) })
+            }
             let leftPolicies = try client.policies().count
             precondition(leftPolicies == 0)
         case .states:
@@ -129,7 +140,8 @@ struct XFRMBench: ParsableCommand {
     func measureIproute2(_ n: Int) throws -> [String: Double] {
         let ns = try TestNamespace(prefix: "bench")
         defer { ns.remove() }
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("xfrm-bench-\(getpid())-\(UUID().uuidString)")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "xfrm-bench-\(getpid())-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
         let add = folder.appendingPathComponent("add").path
@@ -139,12 +151,14 @@ struct XFRMBench: ParsableCommand {
         for i in 0..<n {
             switch kind {
             case .policies:
-                addLines.append("xfrm policy add src \(Self.local)/32 dst \(address(i))/32 dir out "
-                                + "tmpl proto esp reqid \(i + 1) mode transport level required")
+                addLines.append(
+                    "xfrm policy add src \(Self.local)/32 dst \(address(i))/32 dir out "
+                        + "tmpl proto esp reqid \(i + 1) mode transport level required")
                 deleteLines.append("xfrm policy delete src \(Self.local)/32 dst \(address(i))/32 dir out")
             case .states:
-                addLines.append("xfrm state add src \(Self.local) dst \(address(i)) proto esp spi \(0x1000 + i) "
-                                + "reqid \(i + 1) mode transport aead rfc4106(gcm(aes)) \(Self.key) 128")
+                addLines.append(
+                    "xfrm state add src \(Self.local) dst \(address(i)) proto esp spi \(0x1000 + i) "
+                        + "reqid \(i + 1) mode transport aead rfc4106(gcm(aes)) \(Self.key) 128")
                 deleteLines.append("xfrm state delete src \(Self.local) dst \(address(i)) proto esp spi \(0x1000 + i)")
             }
         }
@@ -171,7 +185,7 @@ struct XFRMBench: ParsableCommand {
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         let argv = ([path] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
+        defer { for item in argv { free(item) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, path, &actions, nil, argv, environ)
         guard rc == 0 else { throw CommandError.failed(command: "ip", status: rc, output: "posix_spawn failed") }

@@ -23,16 +23,19 @@ struct XFRMDemo: ParsableCommand {
 
     func run() throws {
         if let reason = TierProbe.espUnavailableReason {
-            throw ValidationError("this kernel cannot run the demo: \(reason). Use scripts/demo.sh, which runs it under user-mode-linux.")
+            throw ValidationError(
+                "this kernel cannot run the demo: \(reason). Use scripts/demo.sh, which runs it under user-mode-linux.")
         }
-        let kernel = (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
+        let kernel =
+            (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
         print("kernel \(kernel)\(TierProbe.insideUML ? " (user-mode-linux)" : "")")
-        let families: [XFRMAddressFamily] = switch family {
-        case .ipv4: [.inet]
-        case .ipv6: [.inet6]
-        case .both: [.inet, .inet6]
-        }
+        let families: [XFRMAddressFamily] =
+            switch family {
+            case .ipv4: [.inet]
+            case .ipv6: [.inet6]
+            case .both: [.inet, .inet6]
+            }
         var allHold = true
         for family in families {
             var scenario = ESPTransportScenario(family: family)

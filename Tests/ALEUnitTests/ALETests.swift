@@ -1,10 +1,10 @@
 import ALE
 import Dispatch
+import Foundation
 import Glibc
+import SystemPackage
 import XCTest
 import XFRM
-import SystemPackage
-import Foundation
 
 final class EndpointStateMachineTests: XCTestCase {
     let info = ProtectionInfo(ikeSAID: 1, childSAID: 2, peerIdentity: "b.example", encryptionAlgorithm: "AES_GCM_16")
@@ -66,8 +66,9 @@ final class EndpointStateMachineTests: XCTestCase {
 
 final class EndpointTableTests: XCTestCase {
     func endpoint(_ cookie: UInt64, reqid: UInt32?) -> Endpoint {
-        Endpoint(cookie: cookie, descriptor: 3, family: .inet, kind: .stream, reqid: reqid, allowInsecure: false,
-                 summary: "test")
+        Endpoint(
+            cookie: cookie, descriptor: 3, family: .inet, kind: .stream, reqid: reqid, allowInsecure: false,
+            summary: "test")
     }
 
     func testInsertOnceLookupByCookieAndReqid() throws {
@@ -120,7 +121,8 @@ final class ReqidAllocatorTests: XCTestCase {
     var directory: String!
 
     override func setUpWithError() throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("reqid-test-\(UUID().uuidString)").path
+        directory =
+            FileManager.default.temporaryDirectory.appendingPathComponent("reqid-test-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
 
@@ -142,8 +144,9 @@ final class ReqidAllocatorTests: XCTestCase {
         XCTAssertTrue(results.allSatisfy { (1000...1999).contains($0) })
         let files = try FileManager.default.contentsOfDirectory(atPath: directory + "/ids")
         XCTAssertEqual(files.count, allocator.heldBlocks.count, "one claim file per block: \(files)")
-        XCTAssertTrue((13...14).contains(allocator.heldBlocks.count),
-                      "800 reqids in blocks of 64 (one of 16 is partial): \(allocator.heldBlocks.count)")
+        XCTAssertTrue(
+            (13...14).contains(allocator.heldBlocks.count),
+            "800 reqids in blocks of 64 (one of 16 is partial): \(allocator.heldBlocks.count)")
         allocator.releaseAll()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory + "/ids").count, 0)
     }
@@ -191,7 +194,8 @@ final class ReqidAllocatorTests: XCTestCase {
         try "1 \(start)\n".write(toFile: folder + "/block-54", atomically: true, encoding: .utf8)
         XCTAssertEqual(try (0..<4).map { _ in try allocator.allocate() }.sorted(), [50, 51, 52, 53])
         XCTAssertThrowsError(try allocator.allocate())
-        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/block-54"), "another owner's block is never touched")
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: folder + "/block-54"), "another owner's block is never touched")
         // A pid now used by a process that started at another time is a recycled pid: its block is free.
         try "1 \(UInt64(start)! + 1)\n".write(toFile: folder + "/block-54", atomically: true, encoding: .utf8)
         XCTAssertEqual(try allocator.allocate(), 54)
@@ -205,7 +209,11 @@ final class SocketInspectorTests: XCTestCase {
         let tcp = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
         let udp = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         let unix = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(tcp); close(udp); close(unix) }
+        defer {
+            close(tcp)
+            close(udp)
+            close(unix)
+        }
         let t = try SocketInspector.facts(of: tcp)
         XCTAssertEqual(t.family, .inet6)
         XCTAssertEqual(t.kind, .stream)
@@ -224,23 +232,27 @@ final class SocketInspectorTests: XCTestCase {
         let file = open("/dev/null", O_RDONLY)
         defer { close(file) }
         XCTAssertThrowsError(try SocketInspector.facts(of: file)) { XCTAssertEqual($0 as? Errno, .notSocket) }
-        XCTAssertThrowsError(try SocketInspector.facts(of: 987_654)) { XCTAssertEqual($0 as? Errno, .badFileDescriptor) }
+        XCTAssertThrowsError(try SocketInspector.facts(of: 987_654)) {
+            XCTAssertEqual($0 as? Errno, .badFileDescriptor)
+        }
     }
 
     /// The cheaper read gives exactly the full facts, for sockets in every state (unbound, bound, listening,
     /// connected, non-blocking) and of every kind (TCP, UDP, raw, Unix); it refuses what the full read refuses.
     func testFactsExpectingUnboundEqualFullFacts() throws {
         var sockets: [CInt] = []
-        defer { sockets.forEach { close($0) } }
+        defer { for item in sockets { close(item) } }
         func make(_ family: Int32, _ type: Int32, _ proto: Int32 = 0) -> CInt {
             let fd = socket(family, type, proto)
             XCTAssertGreaterThanOrEqual(fd, 0)
             sockets.append(fd)
             return fd
         }
-        let stream = Int32(SOCK_STREAM.rawValue), datagram = Int32(SOCK_DGRAM.rawValue)
+        let stream = Int32(SOCK_STREAM.rawValue)
+        let datagram = Int32(SOCK_DGRAM.rawValue)
         let loopback = SocketEndpointAddress(address: "127.0.0.1", port: 0)
-        let unboundTCP = make(AF_INET, stream), unboundUDP6 = make(AF_INET6, datagram)
+        let unboundTCP = make(AF_INET, stream)
+        let unboundUDP6 = make(AF_INET6, datagram)
         let nonBlocking = make(AF_INET, stream | Int32(SOCK_NONBLOCK.rawValue))
         let boundUDP = make(AF_INET, datagram)
         _ = loopback.withSockaddr { bind(boundUDP, $0, $1) }
@@ -255,7 +267,8 @@ final class SocketInspectorTests: XCTestCase {
         let raw = make(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_ICMP))
         let unix = make(AF_UNIX, stream)
         for fd in [unboundTCP, unboundUDP6, nonBlocking, boundUDP, listener, connected, connectedUDP, raw, unix] {
-            XCTAssertEqual(try SocketInspector.factsExpectingUnbound(of: fd), try SocketInspector.facts(of: fd), "fd \(fd)")
+            XCTAssertEqual(
+                try SocketInspector.factsExpectingUnbound(of: fd), try SocketInspector.facts(of: fd), "fd \(fd)")
         }
         XCTAssertTrue(SocketInspector.isNonBlocking(nonBlocking))
         XCTAssertFalse(SocketInspector.isNonBlocking(unboundTCP))
@@ -263,7 +276,9 @@ final class SocketInspectorTests: XCTestCase {
         XCTAssertFalse(SocketInspector.isConnected(unboundTCP))
         let file = open("/dev/null", O_RDONLY)
         defer { close(file) }
-        XCTAssertThrowsError(try SocketInspector.factsExpectingUnbound(of: file)) { XCTAssertEqual($0 as? Errno, .notSocket) }
+        XCTAssertThrowsError(try SocketInspector.factsExpectingUnbound(of: file)) {
+            XCTAssertEqual($0 as? Errno, .notSocket)
+        }
         XCTAssertThrowsError(try SocketInspector.factsExpectingUnbound(of: 987_654)) {
             XCTAssertEqual($0 as? Errno, .badFileDescriptor)
         }

@@ -45,13 +45,15 @@ final class FuzzCorpusReplayTests: XCTestCase {
 
     /// The targets here are the ones the package builds executables for and `scripts/fuzz.sh` runs.
     func testEveryTargetIsReplayed() throws {
-        XCTAssertEqual(FuzzTarget.all.map(\.name).sorted(),
-                       ["identity-map", "keying-file", "netlink", "static-keys", "vici", "windows-structs"])
+        XCTAssertEqual(
+            FuzzTarget.all.map(\.name).sorted(),
+            ["identity-map", "keying-file", "netlink", "static-keys", "vici", "windows-structs"])
         for target in FuzzTarget.all {
             var isDirectory: ObjCBool = false
             let corpus = Self.fuzzing.appendingPathComponent("Corpus/\(target.name)").path
-            XCTAssertTrue(FileManager.default.fileExists(atPath: corpus, isDirectory: &isDirectory) && isDirectory.boolValue,
-                          "\(corpus) is missing")
+            XCTAssertTrue(
+                FileManager.default.fileExists(atPath: corpus, isDirectory: &isDirectory) && isDirectory.boolValue,
+                "\(corpus) is missing")
         }
     }
 }

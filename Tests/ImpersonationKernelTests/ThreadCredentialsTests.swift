@@ -2,12 +2,13 @@ import CThreadCredentials
 import Dispatch
 import Foundation
 import Glibc
-@testable import Impersonation
 import NetnsTestSupport
 import Synchronization
 import SystemPackage
 import TierTesting
 import XCTest
+
+@testable import Impersonation
 
 // MARK: Helpers
 
@@ -64,7 +65,9 @@ func openErrno(_ path: String) -> Int32 {
 
 /// The kernel's view of one thread: /proc/self/task/<tid>/status, field → values.
 func procStatus(thread: pid_t) -> [String: [String]] {
-    guard let text = try? String(contentsOfFile: "/proc/self/task/\(thread)/status", encoding: .utf8) else { return [:] }
+    guard let text = try? String(contentsOfFile: "/proc/self/task/\(thread)/status", encoding: .utf8) else {
+        return [:]
+    }
     return parseStatus(text)
 }
 
@@ -132,7 +135,7 @@ final class ThreadCredentialsKernelTests: XCTestCase {
 
         let worker = ThreadRun { () throws -> Report in
             var report = Report()
-            defer { impersonating.signal() }  // also on failure, so the main thread never waits in vain
+            defer { impersonating.signal() } // also on failure, so the main thread never waits in vain
             report.thread = ThreadCredentials.currentThreadID
             workerThread.withLock { $0 = report.thread }
             report.before = ThreadCredentials.current()
@@ -176,8 +179,10 @@ final class ThreadCredentialsKernelTests: XCTestCase {
 
         let during = try XCTUnwrap(report.during)
         let before = try XCTUnwrap(report.before)
-        XCTAssertEqual(during.uids, ThreadCredentialSnapshot.IDs(real: 65534, effective: 65534, saved: 0, filesystem: 65534))
-        XCTAssertEqual(during.gids, ThreadCredentialSnapshot.IDs(real: 65534, effective: 65534, saved: 65534, filesystem: 65534))
+        XCTAssertEqual(
+            during.uids, ThreadCredentialSnapshot.IDs(real: 65534, effective: 65534, saved: 0, filesystem: 65534))
+        XCTAssertEqual(
+            during.gids, ThreadCredentialSnapshot.IDs(real: 65534, effective: 65534, saved: 65534, filesystem: 65534))
         XCTAssertEqual(during.groups, nobody.groups)
         XCTAssertEqual(during.capabilities.effective, 0)
         XCTAssertEqual(during.capabilities.permitted, before.capabilities.permitted, "kept so revert can work")
@@ -208,7 +213,9 @@ final class ThreadCredentialsKernelTests: XCTestCase {
         let outcome = try onNewThread { () -> [String] in
             var problems: [String] = []
             let before = ThreadCredentials.current()
-            for peer in [PeerIdentity(ikeIdentity: "stranger.example"), PeerIdentity(ikeIdentity: "b.example", user: "bob")] {
+            for peer in [
+                PeerIdentity(ikeIdentity: "stranger.example"), PeerIdentity(ikeIdentity: "b.example", user: "bob"),
+            ] {
                 do throws(ImpersonationError) {
                     try ThreadCredentials.impersonate(peer, in: map)
                     problems.append("\(peer): impersonated")
@@ -221,7 +228,9 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                     _ = try ThreadCredentials.withImpersonation(of: peer, in: map) { _ in ran = true }
                     problems.append("\(peer): withImpersonation succeeded")
                 } catch {
-                    if (error as? ImpersonationError)?.code != .unmappedIdentity { problems.append("\(peer): \(error)") }
+                    if (error as? ImpersonationError)?.code != .unmappedIdentity {
+                        problems.append("\(peer): \(error)")
+                    }
                 }
                 if ran { problems.append("\(peer): body ran") }
                 if ThreadCredentials.current() != before { problems.append("\(peer): credentials changed") }
@@ -232,8 +241,10 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                 account in account.uid == ThreadCredentials.current().uids.effective ? account.uid : 0
             }
             if uid != 65534 { problems.append("mapped peer ran as \(uid)") }
-            let user = try ThreadCredentials.withImpersonation(of: PeerIdentity(ikeIdentity: "b.example", user: "alice"),
-                                                               in: map) { _ in ThreadCredentials.current().uids.effective }
+            let user = try ThreadCredentials.withImpersonation(
+                of: PeerIdentity(ikeIdentity: "b.example", user: "alice"),
+                in: map
+            ) { _ in ThreadCredentials.current().uids.effective }
             if user != 1 { problems.append("user alice ran as \(user), not daemon") }
             if ThreadCredentials.current() != before { problems.append("credentials changed after mapped peers") }
             return problems
@@ -245,7 +256,8 @@ final class ThreadCredentialsKernelTests: XCTestCase {
         let before = ThreadCredentials.current()
         try ThreadCredentials.revert()
         XCTAssertEqual(ThreadCredentials.current(), before)
-        let (threadBefore, threadAfter) = try onNewThread { () throws -> (ThreadCredentialSnapshot, ThreadCredentialSnapshot) in
+        let (threadBefore, threadAfter) = try onNewThread {
+            () throws -> (ThreadCredentialSnapshot, ThreadCredentialSnapshot) in
             let before = ThreadCredentials.current()
             try ThreadCredentials.revert()
             try ThreadCredentials.revert()
@@ -273,7 +285,9 @@ final class ThreadCredentialsKernelTests: XCTestCase {
             try ThreadCredentials.impersonate(nobody)
             try ThreadCredentials.impersonate(daemon)
             let now = ThreadCredentials.current()
-            if now.uids != ThreadCredentialSnapshot.IDs(real: 1, effective: 1, saved: 0, filesystem: 1) { problems.append("as daemon: \(now)") }
+            if now.uids != ThreadCredentialSnapshot.IDs(real: 1, effective: 1, saved: 0, filesystem: 1) {
+                problems.append("as daemon: \(now)")
+            }
             if now.groups != daemon.groups { problems.append("daemon's groups: \(now.groups)") }
             if ThreadCredentials.impersonatedAccount != daemon { problems.append("impersonatedAccount") }
             if ThreadCredentials.originalCredentials != before { problems.append("originalCredentials") }
@@ -326,7 +340,9 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                     }
                 }
                 FaultInjection.clear()
-                if ThreadCredentials.current() != before { problems.append("\(step): not undone: \(ThreadCredentials.current())") }
+                if ThreadCredentials.current() != before {
+                    problems.append("\(step): not undone: \(ThreadCredentials.current())")
+                }
                 if ThreadCredentials.isImpersonating { problems.append("\(step): marked impersonating") }
             }
 
@@ -368,7 +384,9 @@ final class ThreadCredentialsKernelTests: XCTestCase {
             FaultInjection.clear()
             if !ThreadCredentials.isImpersonating { problems.append("revert: record dropped after a failure") }
             try ThreadCredentials.revert()
-            if ThreadCredentials.current() != before { problems.append("second revert: \(ThreadCredentials.current())") }
+            if ThreadCredentials.current() != before {
+                problems.append("second revert: \(ThreadCredentials.current())")
+            }
 
             // The step fails AND its undo fails: restoreFailed, the thread stays marked, revert() repairs it.
             FaultInjection.failNext(.setresuid, errno: EIO)
@@ -377,7 +395,9 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                 try ThreadCredentials.impersonate(nobody)
                 problems.append("double fault: no error")
             } catch {
-                if error.code != .restoreFailed || error.errno != .noMemory { problems.append("double fault: \(error)") }
+                if error.code != .restoreFailed || error.errno != .noMemory {
+                    problems.append("double fault: \(error)")
+                }
             }
             FaultInjection.clear()
             if !ThreadCredentials.isImpersonating { problems.append("double fault: not marked") }
@@ -392,9 +412,12 @@ final class ThreadCredentialsKernelTests: XCTestCase {
     func testThreadWithoutSetuidCapabilityIsRefused() throws {
         let nobody = self.nobody
         let problems = try onNewThread { () -> [String] in
-            var effective: UInt64 = 0, permitted: UInt64 = 0, inheritable: UInt64 = 0
+            var effective: UInt64 = 0
+            var permitted: UInt64 = 0
+            var inheritable: UInt64 = 0
             guard ctc_capget(&effective, &permitted, &inheritable) == 0,
-                  ctc_capset(effective & ~(1 << 7), permitted, inheritable) == 0 else { return ["capset"] }
+                ctc_capset(effective & ~(1 << 7), permitted, inheritable) == 0
+            else { return ["capset"] }
             let before = ThreadCredentials.current()
             var problems: [String] = []
             do throws(ImpersonationError) {
@@ -404,7 +427,7 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                 if error.code != .notPermitted || error.errno != .notPermitted { problems.append("\(error)") }
             }
             if ThreadCredentials.current() != before { problems.append("changed") }
-            return problems  // the thread ends with its reduced capabilities
+            return problems // the thread ends with its reduced capabilities
         }
         XCTAssertEqual(problems, [])
     }
@@ -425,7 +448,7 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                 var pid: pid_t = 0
                 let arguments = ["/bin/cat", "/proc/self/status"]
                 var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-                defer { argv.forEach { free($0) } }
+                defer { for item in argv { free(item) } }
                 var environment: [UnsafeMutablePointer<CChar>?] = [nil]
                 let rc = posix_spawn(&pid, "/bin/cat", &actions, nil, &argv, &environment)
                 close(pipeEnds[1])
@@ -493,7 +516,8 @@ final class ThreadCredentialsKernelTests: XCTestCase {
                         try ThreadCredentials.impersonate(account)
                         var now = ThreadCredentials.current()
                         if now.uids.effective != account.uid || now.gids.effective != account.gid
-                            || now.groups != account.groups || now.capabilities.effective != 0 {
+                            || now.groups != account.groups || now.capabilities.effective != 0
+                        {
                             outcome.failures.append("cycle \(cycle): as \(account.name): \(now)")
                         }
                         if cycle % 10 == 9 {

@@ -61,9 +61,11 @@ final class MapFile {
     }
 }
 
-func XCTAssertThrowsImpersonationError<T>(_ code: ImpersonationError.Code, _ body: () throws(ImpersonationError) -> T,
-                                          file: StaticString = #filePath, line: UInt = #line,
-                                          _ check: (ImpersonationError) -> Void = { _ in }) {
+func XCTAssertThrowsImpersonationError<T>(
+    _ code: ImpersonationError.Code, _ body: () throws(ImpersonationError) -> T,
+    file: StaticString = #filePath, line: UInt = #line,
+    _ check: (ImpersonationError) -> Void = { _ in }
+) {
     do {
         let value = try body()
         XCTFail("expected \(code), got \(value)", file: file, line: line)
@@ -78,31 +80,41 @@ final class IdentityMapParsingTests: XCTestCase {
 
     func testEveryRuleKindParses() throws {
         let text = """
-        id b.example -> svc-b
-        id *.web.example -> svc-web
-        subject "C=CH, O=Example, CN=b.example" -> svc-subject
-        san backup.example -> svc-san
-        san *.web.example -> svc-web
-        user alice -> alice
-        user "bob@corp.example" -> bob
-        id 198.51.100.7 -> svc-id
-        """
+            id b.example -> svc-b
+            id *.web.example -> svc-web
+            subject "C=CH, O=Example, CN=b.example" -> svc-subject
+            san backup.example -> svc-san
+            san *.web.example -> svc-web
+            user alice -> alice
+            user "bob@corp.example" -> bob
+            id 198.51.100.7 -> svc-id
+            """
         let set = try IdentityRuleSet.parse(text, accounts: accounts)
         XCTAssertEqual(set.rules.count, 8)
         XCTAssertEqual(set.warnings, [])
         XCTAssertEqual(set.rules[0], IdentityRule(kind: .id, pattern: .exact("b.example"), account: "svc-b", line: 1))
-        XCTAssertEqual(set.rules[1], IdentityRule(kind: .id, pattern: .wildcard(suffix: "web.example"), account: "svc-web", line: 2))
-        XCTAssertEqual(set.rules[2], IdentityRule(kind: .subject, pattern: .exact("C=CH, O=Example, CN=b.example"),
-                                                  account: "svc-subject", line: 3))
-        XCTAssertEqual(set.rules[3], IdentityRule(kind: .san, pattern: .exact("backup.example"), account: "svc-san", line: 4))
-        XCTAssertEqual(set.rules[4], IdentityRule(kind: .san, pattern: .wildcard(suffix: "web.example"), account: "svc-web", line: 5))
+        XCTAssertEqual(
+            set.rules[1],
+            IdentityRule(kind: .id, pattern: .wildcard(suffix: "web.example"), account: "svc-web", line: 2))
+        XCTAssertEqual(
+            set.rules[2],
+            IdentityRule(
+                kind: .subject, pattern: .exact("C=CH, O=Example, CN=b.example"),
+                account: "svc-subject", line: 3))
+        XCTAssertEqual(
+            set.rules[3], IdentityRule(kind: .san, pattern: .exact("backup.example"), account: "svc-san", line: 4))
+        XCTAssertEqual(
+            set.rules[4],
+            IdentityRule(kind: .san, pattern: .wildcard(suffix: "web.example"), account: "svc-web", line: 5))
         XCTAssertEqual(set.rules[5], IdentityRule(kind: .user, pattern: .exact("alice"), account: "alice", line: 6))
-        XCTAssertEqual(set.rules[6], IdentityRule(kind: .user, pattern: .exact("bob@corp.example"), account: "bob", line: 7))
+        XCTAssertEqual(
+            set.rules[6], IdentityRule(kind: .user, pattern: .exact("bob@corp.example"), account: "bob", line: 7))
         XCTAssertEqual(set.rules[7].pattern, .exact("198.51.100.7"))
     }
 
     func testCommentsBlankLinesQuotesAndCRLF() throws {
-        let text = "# a comment\n\n   \t\n  # indented comment\r\n"
+        let text =
+            "# a comment\n\n   \t\n  # indented comment\r\n"
             + "id b.example -> svc-b   # trailing comment\r\n"
             + "subject \"CN=x\\\"#1\\\\, O=Example\" -> svc-subject # quoted # and escapes\n"
             + "id\tweird.example\t->\tsvc-id\n"
@@ -118,25 +130,28 @@ final class IdentityMapParsingTests: XCTestCase {
 
     func testErrorsAreAllReportedWithLineNumbers() {
         let text = """
-        id good.example -> svc-b
-        host b.example -> svc-b
-        id b2.example svc-b
-        id b3.example ->
-        id b4.example -> svc-b extra
-        subject "CN=unterminated -> svc-b
-        san * -> svc-b
-        san a.*.example -> svc-b
-        id *.123 -> svc-b
-        user *.example -> alice
-        subject "no equals sign" -> svc-b
-        id good.example -> svc-id
-        id c.example -> -bad
-        id d.example -> 1234
-        id e.example->svc-b
-        """
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse(text, source: "test-map", accounts: self.accounts)
-        }) { error in
+            id good.example -> svc-b
+            host b.example -> svc-b
+            id b2.example svc-b
+            id b3.example ->
+            id b4.example -> svc-b extra
+            subject "CN=unterminated -> svc-b
+            san * -> svc-b
+            san a.*.example -> svc-b
+            id *.123 -> svc-b
+            user *.example -> alice
+            subject "no equals sign" -> svc-b
+            id good.example -> svc-id
+            id c.example -> -bad
+            id d.example -> 1234
+            id e.example->svc-b
+            """
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse(text, source: "test-map", accounts: self.accounts)
+            }
+        ) { error in
             XCTAssertEqual(error.issues.map(\.line), Array(2...15), "\(error)")
             let messages = Dictionary(uniqueKeysWithValues: error.issues.map { ($0.line, $0.message) })
             XCTAssertTrue(messages[2]!.contains("unknown rule kind \"host\""), messages[2]!)
@@ -159,28 +174,42 @@ final class IdentityMapParsingTests: XCTestCase {
     }
 
     func testDuplicatesAreDetectedAfterNormalization() {
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse("id B.Example -> svc-b\nid b.example -> svc-id\n", accounts: self.accounts)
-        }) { XCTAssertEqual($0.issues.map(\.line), [2]) }
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse("subject \"CN=a,O=b\" -> svc-b\nsubject \"cn = A , o = B\" -> svc-id\n", accounts: self.accounts)
-        }) { XCTAssertEqual($0.issues.map(\.line), [2]) }
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse("id B.Example -> svc-b\nid b.example -> svc-id\n", accounts: self.accounts)
+            }
+        ) { XCTAssertEqual($0.issues.map(\.line), [2]) }
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse(
+                    "subject \"CN=a,O=b\" -> svc-b\nsubject \"cn = A , o = B\" -> svc-id\n", accounts: self.accounts)
+            }
+        ) { XCTAssertEqual($0.issues.map(\.line), [2]) }
         // Users are case-sensitive: two different users.
         XCTAssertNoThrow(try IdentityRuleSet.parse("user alice -> alice\nuser Alice -> bob\n", accounts: accounts))
     }
 
     func testRootIsRejectedAtLoad() {
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse("id a.example -> svc-b\nid b.example -> root\n", accounts: nil)
-        }) { error in
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse("id a.example -> svc-b\nid b.example -> root\n", accounts: nil)
+            }
+        ) { error in
             XCTAssertEqual(error.issues.map(\.line), [2])
             XCTAssertTrue(error.issues[0].message.contains("uid 0"), "\(error)")
         }
         // Another name for uid 0, and an account in group 0: found through the account database.
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse("id a.example -> toor\nid b.example -> svc-b\nid c.example -> wheelie\n",
-                                      accounts: self.accounts)
-        }) { error in
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse(
+                    "id a.example -> toor\nid b.example -> svc-b\nid c.example -> wheelie\n",
+                    accounts: self.accounts)
+            }
+        ) { error in
             XCTAssertEqual(error.issues.map(\.line), [1, 3], "\(error)")
             XCTAssertTrue(error.issues[0].message.contains("uid 0"), "\(error)")
             XCTAssertTrue(error.issues[1].message.contains("group 0"), "\(error)")
@@ -193,9 +222,12 @@ final class IdentityMapParsingTests: XCTestCase {
         let map = try IdentityMap(path: file.path, accounts: accounts)
         XCTAssertEqual(map.warnings.map(\.line), [2])
         XCTAssertTrue(map.warnings[0].message.contains("does not exist"))
-        XCTAssertThrowsImpersonationError(.unknownAccount, { () throws(ImpersonationError) in
-            try map.resolve(PeerIdentity(ikeIdentity: "b.example"))
-        }) { XCTAssertTrue($0.description.contains("no-such-account"), "\($0)") }
+        XCTAssertThrowsImpersonationError(
+            .unknownAccount,
+            { () throws(ImpersonationError) in
+                try map.resolve(PeerIdentity(ikeIdentity: "b.example"))
+            }
+        ) { XCTAssertTrue($0.description.contains("no-such-account"), "\($0)") }
         XCTAssertEqual(try map.resolve(PeerIdentity(ikeIdentity: "a.example")).uid, 2001)
     }
 
@@ -206,29 +238,42 @@ final class IdentityMapParsingTests: XCTestCase {
         let map = try IdentityMap(path: file.path, accounts: accounts)
         XCTAssertEqual(try map.resolve(PeerIdentity(ikeIdentity: "a.example")).name, "svc-b")
         accounts.set(LocalAccount(name: "svc-b", uid: 0, gid: 2001, groups: [2001]))
-        XCTAssertThrowsImpersonationError(.privilegedAccount, { () throws(ImpersonationError) in
-            try map.resolve(PeerIdentity(ikeIdentity: "a.example"))
-        }) { XCTAssertTrue($0.description.contains("uid 0"), "\($0)") }
+        XCTAssertThrowsImpersonationError(
+            .privilegedAccount,
+            { () throws(ImpersonationError) in
+                try map.resolve(PeerIdentity(ikeIdentity: "a.example"))
+            }
+        ) { XCTAssertTrue($0.description.contains("uid 0"), "\($0)") }
         accounts.set(LocalAccount(name: "svc-b", uid: 2001, gid: 2001, groups: [2001, 0]))
-        XCTAssertThrowsImpersonationError(.privilegedAccount, { () throws(ImpersonationError) in
-            try map.resolve(PeerIdentity(ikeIdentity: "a.example"))
-        })
+        XCTAssertThrowsImpersonationError(
+            .privilegedAccount,
+            { () throws(ImpersonationError) in
+                try map.resolve(PeerIdentity(ikeIdentity: "a.example"))
+            })
     }
 
     func testLimits() {
         let long = "id " + String(repeating: "a", count: 5000) + " -> svc-b\n"
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse("id a.example -> svc-b\n" + long, accounts: self.accounts)
-        }) { XCTAssertEqual($0.issues.map(\.line), [2]) }
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse("id a.example -> svc-b\n" + long, accounts: self.accounts)
+            }
+        ) { XCTAssertEqual($0.issues.map(\.line), [2]) }
         let huge = String(repeating: "#", count: IdentityRuleSet.maximumFileBytes + 1)
-        XCTAssertThrowsImpersonationError(.unreadableMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse(huge, accounts: self.accounts)
-        })
+        XCTAssertThrowsImpersonationError(
+            .unreadableMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse(huge, accounts: self.accounts)
+            })
         // Many errors: reported, but capped.
         let bad = String(repeating: "nonsense\n", count: 500)
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityRuleSet.parse(bad, accounts: self.accounts)
-        }) { error in
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityRuleSet.parse(bad, accounts: self.accounts)
+            }
+        ) { error in
             XCTAssertEqual(error.issues.count, 101)
             XCTAssertTrue(error.issues.last!.message.contains("400 more"), "\(error.issues.last!)")
         }
@@ -242,8 +287,10 @@ final class IdentityMatchingTests: XCTestCase {
         try IdentityRuleSet.parse(text, accounts: accounts)
     }
 
-    private func account(_ set: IdentityRuleSet, _ peer: PeerIdentity, file: StaticString = #filePath,
-                         line: UInt = #line) -> String? {
+    private func account(
+        _ set: IdentityRuleSet, _ peer: PeerIdentity, file: StaticString = #filePath,
+        line: UInt = #line
+    ) -> String? {
         do {
             return try set.match(peer).account
         } catch {
@@ -252,15 +299,17 @@ final class IdentityMatchingTests: XCTestCase {
     }
 
     func testPrecedence() throws {
-        let set = try map("""
-        id *.example -> svc-web
-        san *.example -> svc-san
-        id b.example -> svc-id
-        san b.example -> svc-b
-        subject "CN=b.example, O=Example" -> svc-subject
-        """)
-        let full = PeerIdentity(ikeIdentity: "b.example", certificateSubject: "CN=b.example,O=Example",
-                                subjectAltNames: ["b.example"])
+        let set = try map(
+            """
+            id *.example -> svc-web
+            san *.example -> svc-san
+            id b.example -> svc-id
+            san b.example -> svc-b
+            subject "CN=b.example, O=Example" -> svc-subject
+            """)
+        let full = PeerIdentity(
+            ikeIdentity: "b.example", certificateSubject: "CN=b.example,O=Example",
+            subjectAltNames: ["b.example"])
         XCTAssertEqual(account(set, full), "svc-subject", "subject beats everything")
         var peer = full
         peer.certificateSubject = "CN=other, O=Example"
@@ -279,8 +328,9 @@ final class IdentityMatchingTests: XCTestCase {
         let set = try map("id b.example -> svc-b\nuser alice -> alice\n")
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "b.example", user: "alice")), "alice")
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "b.example", user: "mallory")), "error: unmappedIdentity")
-        XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "b.example", user: "Alice")), "error: unmappedIdentity",
-                       "users compare exactly")
+        XCTAssertEqual(
+            account(set, PeerIdentity(ikeIdentity: "b.example", user: "Alice")), "error: unmappedIdentity",
+            "users compare exactly")
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "b.example")), "svc-b")
     }
 
@@ -293,18 +343,23 @@ final class IdentityMatchingTests: XCTestCase {
     }
 
     func testCaseAndDNNormalization() throws {
-        let set = try map("""
-        id B.Example -> svc-b
-        subject "C=CH, O=Example Corp, CN=host.example" -> svc-subject
-        san Mail@Example.org -> svc-san
-        """)
+        let set = try map(
+            """
+            id B.Example -> svc-b
+            subject "C=CH, O=Example Corp, CN=host.example" -> svc-subject
+            san Mail@Example.org -> svc-san
+            """)
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "b.EXAMPLE")), "svc-b")
-        XCTAssertEqual(account(set, PeerIdentity(certificateSubject: "c=ch,o=example corp,cn=HOST.example")), "svc-subject")
-        XCTAssertEqual(account(set, PeerIdentity(certificateSubject: "C=CH,  O = Example Corp , CN=host.example")), "svc-subject")
-        XCTAssertEqual(account(set, PeerIdentity(certificateSubject: "CN=host.example, O=Example Corp, C=CH")),
-                       "error: unmappedIdentity", "RDN order matters")
-        XCTAssertEqual(account(set, PeerIdentity(certificateSubject: "C=CH, O=Example Corp, CN=host.example, OU=x")),
-                       "error: unmappedIdentity")
+        XCTAssertEqual(
+            account(set, PeerIdentity(certificateSubject: "c=ch,o=example corp,cn=HOST.example")), "svc-subject")
+        XCTAssertEqual(
+            account(set, PeerIdentity(certificateSubject: "C=CH,  O = Example Corp , CN=host.example")), "svc-subject")
+        XCTAssertEqual(
+            account(set, PeerIdentity(certificateSubject: "CN=host.example, O=Example Corp, C=CH")),
+            "error: unmappedIdentity", "RDN order matters")
+        XCTAssertEqual(
+            account(set, PeerIdentity(certificateSubject: "C=CH, O=Example Corp, CN=host.example, OU=x")),
+            "error: unmappedIdentity")
         XCTAssertEqual(account(set, PeerIdentity(subjectAltNames: ["mail@example.ORG"])), "svc-san")
     }
 
@@ -312,8 +367,10 @@ final class IdentityMatchingTests: XCTestCase {
         let set = try map("id *.example -> svc-web\nsan *.example -> svc-web\n")
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "a.example")), "svc-web")
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "A.EXAMPLE")), "svc-web")
-        for identity in ["example", "a.b.example", "alice@a.example", "CN=a.example", ".example", "*.example",
-                         "a.example.org", "aexample"] {
+        for identity in [
+            "example", "a.b.example", "alice@a.example", "CN=a.example", ".example", "*.example",
+            "a.example.org", "aexample",
+        ] {
             XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: identity)), "error: unmappedIdentity", identity)
             XCTAssertEqual(account(set, PeerIdentity(subjectAltNames: [identity])), "error: unmappedIdentity", identity)
         }
@@ -321,9 +378,11 @@ final class IdentityMatchingTests: XCTestCase {
 
     func testAmbiguousMatchesAreRefused() throws {
         let set = try map("san a.example -> svc-b\nsan b.example -> svc-id\nsan c.example -> svc-b\n")
-        XCTAssertEqual(account(set, PeerIdentity(subjectAltNames: ["a.example", "b.example"])), "error: ambiguousIdentity")
-        XCTAssertEqual(account(set, PeerIdentity(subjectAltNames: ["a.example", "c.example"])), "svc-b",
-                       "several rules naming the same account are fine")
+        XCTAssertEqual(
+            account(set, PeerIdentity(subjectAltNames: ["a.example", "b.example"])), "error: ambiguousIdentity")
+        XCTAssertEqual(
+            account(set, PeerIdentity(subjectAltNames: ["a.example", "c.example"])), "svc-b",
+            "several rules naming the same account are fine")
         XCTAssertEqual(account(set, PeerIdentity(subjectAltNames: ["zz.example", "c.example"])), "svc-b")
     }
 }
@@ -361,36 +420,48 @@ final class IdentityMapFileTests: XCTestCase {
     }
 
     func testLoadFailures() throws {
-        XCTAssertThrowsImpersonationError(.unreadableMap, { () throws(ImpersonationError) in
-            try IdentityMap(path: "/nonexistent/identity-map")
-        }) { XCTAssertEqual($0.errno, .noSuchFileOrDirectory) }
+        XCTAssertThrowsImpersonationError(
+            .unreadableMap,
+            { () throws(ImpersonationError) in
+                try IdentityMap(path: "/nonexistent/identity-map")
+            }
+        ) { XCTAssertEqual($0.errno, .noSuchFileOrDirectory) }
         let file = try MapFile("id b.example -> nobody\n", mode: 0o666)
         defer { file.remove() }
-        XCTAssertThrowsImpersonationError(.unreadableMap, { () throws(ImpersonationError) in
-            try IdentityMap(path: file.path)
-        }) { XCTAssertTrue($0.description.contains("writable by group or others"), "\($0)") }
+        XCTAssertThrowsImpersonationError(
+            .unreadableMap,
+            { () throws(ImpersonationError) in
+                try IdentityMap(path: file.path)
+            }
+        ) { XCTAssertTrue($0.description.contains("writable by group or others"), "\($0)") }
         XCTAssertNoThrow(try IdentityMap(path: file.path, strictPermissions: false))
-        XCTAssertThrowsImpersonationError(.unreadableMap, { () throws(ImpersonationError) in
-            try IdentityMap(path: file.directory)
-        })
+        XCTAssertThrowsImpersonationError(
+            .unreadableMap,
+            { () throws(ImpersonationError) in
+                try IdentityMap(path: file.directory)
+            })
         try file.write("id b.example -> nobody # caf\u{E9} \u{FF}\n", mode: 0o644)
         XCTAssertNoThrow(try IdentityMap(path: file.path), "U+00FF is fine as UTF-8")
         let fd = open(file.path, O_WRONLY | O_APPEND)
         var invalid: [UInt8] = [0xff, 0xfe, 0x0a]
         _ = write(fd, &invalid, invalid.count)
         close(fd)
-        XCTAssertThrowsImpersonationError(.unreadableMap, { () throws(ImpersonationError) in
-            try IdentityMap(path: file.path)
-        }) { XCTAssertTrue($0.description.contains("UTF-8"), "\($0)") }
+        XCTAssertThrowsImpersonationError(
+            .unreadableMap,
+            { () throws(ImpersonationError) in
+                try IdentityMap(path: file.path)
+            }
+        ) { XCTAssertTrue($0.description.contains("UTF-8"), "\($0)") }
     }
 
     func testResolveSystemAccounts() throws {
-        let file = try MapFile("""
-        # Debian's own accounts: nobody 65534/nogroup, daemon 1/1.
-        id b.example -> nobody
-        user operator-1 -> daemon
-        id c.example -> no-such-account-xyz
-        """)
+        let file = try MapFile(
+            """
+            # Debian's own accounts: nobody 65534/nogroup, daemon 1/1.
+            id b.example -> nobody
+            user operator-1 -> daemon
+            id c.example -> no-such-account-xyz
+            """)
         defer { file.remove() }
         let map = try IdentityMap(path: file.path)
         XCTAssertEqual(map.warnings.map(\.line), [4])
@@ -404,20 +475,27 @@ final class IdentityMapFileTests: XCTestCase {
         XCTAssertEqual(daemon.gid, 1)
         XCTAssertTrue(daemon.groups.contains(1))
         XCTAssertEqual(daemon.groups, daemon.groups.sorted())
-        XCTAssertThrowsImpersonationError(.unknownAccount, { () throws(ImpersonationError) in
-            try map.resolve(PeerIdentity(ikeIdentity: "c.example"))
-        })
-        XCTAssertThrowsImpersonationError(.unmappedIdentity, { () throws(ImpersonationError) in
-            try map.resolve(PeerIdentity(ikeIdentity: "d.example"))
-        })
+        XCTAssertThrowsImpersonationError(
+            .unknownAccount,
+            { () throws(ImpersonationError) in
+                try map.resolve(PeerIdentity(ikeIdentity: "c.example"))
+            })
+        XCTAssertThrowsImpersonationError(
+            .unmappedIdentity,
+            { () throws(ImpersonationError) in
+                try map.resolve(PeerIdentity(ikeIdentity: "d.example"))
+            })
     }
 
     func testRootIsRejectedThroughTheSystemDatabase() throws {
         let file = try MapFile("id b.example -> nobody\nuser admin -> root\n")
         defer { file.remove() }
-        XCTAssertThrowsImpersonationError(.invalidMap, { () throws(ImpersonationError) in
-            try IdentityMap(path: file.path)
-        }) { XCTAssertEqual($0.issues.map(\.line), [2]) }
+        XCTAssertThrowsImpersonationError(
+            .invalidMap,
+            { () throws(ImpersonationError) in
+                try IdentityMap(path: file.path)
+            }
+        ) { XCTAssertEqual($0.issues.map(\.line), [2]) }
     }
 }
 
@@ -428,12 +506,16 @@ final class LocalAccountTests: XCTestCase {
         XCTAssertEqual(nobody.gid, 65534)
         XCTAssertEqual(try LocalAccount.lookup("daemon").uid, 1)
         XCTAssertEqual(try LocalAccount.lookup("bin").uid, 2)
-        XCTAssertThrowsImpersonationError(.unknownAccount, { () throws(ImpersonationError) in
-            try LocalAccount.lookup("no-such-account-xyz")
-        })
-        XCTAssertThrowsImpersonationError(.accountLookup, { () throws(ImpersonationError) in
-            try LocalAccount.lookup("")
-        })
+        XCTAssertThrowsImpersonationError(
+            .unknownAccount,
+            { () throws(ImpersonationError) in
+                try LocalAccount.lookup("no-such-account-xyz")
+            })
+        XCTAssertThrowsImpersonationError(
+            .accountLookup,
+            { () throws(ImpersonationError) in
+                try LocalAccount.lookup("")
+            })
     }
 
     func testGroupsAreSortedAndUnique() {
@@ -451,9 +533,11 @@ final class LocalAccountTests: XCTestCase {
             (LocalAccount(name: "many", uid: 5, gid: 5, groups: (1...70_000).map { gid_t($0) }), .invalidAccount),
         ]
         for (account, code) in cases {
-            XCTAssertThrowsImpersonationError(code, { () throws(ImpersonationError) in
-                try account.checkUnprivileged(operation: "test")
-            })
+            XCTAssertThrowsImpersonationError(
+                code,
+                { () throws(ImpersonationError) in
+                    try account.checkUnprivileged(operation: "test")
+                })
         }
         XCTAssertNoThrow(try LocalAccount.lookup("nobody").checkUnprivileged(operation: "test"))
     }

@@ -15,7 +15,8 @@ final class ThreadCredentialsUnitTests: XCTestCase {
             guard parts.count == 2 else { continue }
             fields[String(parts[0])] = parts[1].split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
         }
-        let uids = snapshot.uids, gids = snapshot.gids
+        let uids = snapshot.uids
+        let gids = snapshot.gids
         XCTAssertEqual(fields["Uid"], [uids.real, uids.effective, uids.saved, uids.filesystem].map(String.init))
         XCTAssertEqual(fields["Gid"], [gids.real, gids.effective, gids.saved, gids.filesystem].map(String.init))
         XCTAssertEqual(fields["Groups"] ?? [], snapshot.groups.map(String.init))
@@ -42,13 +43,17 @@ final class ThreadCredentialsUnitTests: XCTestCase {
     /// Refused before any system call, so safe to run with any privileges.
     func testPrivilegedAccountsAreRefusedWithoutChangingAnything() throws {
         let before = ThreadCredentials.current()
-        for account in [LocalAccount(name: "root", uid: 0, gid: 0, groups: [0]),
-                        LocalAccount(name: "toor", uid: 0, gid: 100, groups: [100]),
-                        LocalAccount(name: "wheelie", uid: 1234, gid: 0, groups: [0]),
-                        LocalAccount(name: "unchanged", uid: uid_t.max, gid: 1234, groups: [1234])] {
-            XCTAssertThrowsImpersonationError(.privilegedAccount, { () throws(ImpersonationError) in
-                try ThreadCredentials.impersonate(account)
-            })
+        for account in [
+            LocalAccount(name: "root", uid: 0, gid: 0, groups: [0]),
+            LocalAccount(name: "toor", uid: 0, gid: 100, groups: [100]),
+            LocalAccount(name: "wheelie", uid: 1234, gid: 0, groups: [0]),
+            LocalAccount(name: "unchanged", uid: uid_t.max, gid: 1234, groups: [1234]),
+        ] {
+            XCTAssertThrowsImpersonationError(
+                .privilegedAccount,
+                { () throws(ImpersonationError) in
+                    try ThreadCredentials.impersonate(account)
+                })
             var ran = false
             XCTAssertThrowsError(try ThreadCredentials.withImpersonation(of: account) { ran = true }) { error in
                 XCTAssertEqual((error as? ImpersonationError)?.code, .privilegedAccount)
@@ -65,16 +70,20 @@ final class ThreadCredentialsUnitTests: XCTestCase {
         let before = ThreadCredentials.current()
         let needed: UInt64 = (1 << 6) | (1 << 7)
         guard before.capabilities.effective & needed != needed else { return }
-        XCTAssertThrowsImpersonationError(.notPermitted, { () throws(ImpersonationError) in
-            try ThreadCredentials.impersonate(try LocalAccount.lookup("nobody"))
-        }) { XCTAssertEqual($0.errno, .notPermitted) }
+        XCTAssertThrowsImpersonationError(
+            .notPermitted,
+            { () throws(ImpersonationError) in
+                try ThreadCredentials.impersonate(try LocalAccount.lookup("nobody"))
+            }
+        ) { XCTAssertEqual($0.errno, .notPermitted) }
         XCTAssertEqual(ThreadCredentials.current(), before)
         XCTAssertFalse(ThreadCredentials.isImpersonating)
     }
 
     func testErrorDescriptionKeepsErrno() {
-        let error = ImpersonationError(.systemCall, operation: "impersonate nobody", errno: .permissionDenied,
-                                       detail: "setresuid(65534, 65534, 0)")
+        let error = ImpersonationError(
+            .systemCall, operation: "impersonate nobody", errno: .permissionDenied,
+            detail: "setresuid(65534, 65534, 0)")
         XCTAssertTrue(error.description.contains("impersonate nobody: systemCall"), error.description)
         XCTAssertTrue(error.description.contains("errno 13"), error.description)
         XCTAssertTrue(error.description.contains("setresuid(65534, 65534, 0)"), error.description)

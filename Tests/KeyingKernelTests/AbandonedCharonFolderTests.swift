@@ -23,9 +23,10 @@ extension CharonDaemonTests {
         let configuration = try certificates.writeKeyingFile(for: "b.example", charon: "private")
 
         // A service with a private charon, killed without a chance to stop it.
-        let server = try NamespaceProcess(in: namespace, environment: ["WSS_KEYING_CONFIG": configuration, "TMPDIR": parent],
-                                          [echo, "serve-many", "--bind", "127.0.0.1", "--port", "27016", "--seconds", "60"],
-                                          log: "\(certificates.folder)/server.log")
+        let server = try NamespaceProcess(
+            in: namespace, environment: ["WSS_KEYING_CONFIG": configuration, "TMPDIR": parent],
+            [echo, "serve-many", "--bind", "127.0.0.1", "--port", "27016", "--seconds", "60"],
+            log: "\(certificates.folder)/server.log")
         XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)
         let folders = try Self.charonFolders(in: parent)
         XCTAssertEqual(folders.count, 1, "the service's private charon folder: \(folders)")
@@ -38,7 +39,8 @@ extension CharonDaemonTests {
         XCTAssertTrue(server.waitForExit(timeout: 5))
         let deadline = Date().addingTimeInterval(3)
         while Self.isRunningProgram(charonPID, named: "charon"), Date() < deadline { usleep(20_000) }
-        XCTAssertFalse(Self.isRunningProgram(charonPID, named: "charon"), "charon died with its owner (parent-death signal)")
+        XCTAssertFalse(
+            Self.isRunningProgram(charonPID, named: "charon"), "charon died with its owner (parent-death signal)")
         XCTAssertTrue(FileManager.default.fileExists(atPath: folder), "the dead owner could not remove its folder")
 
         // An orphaned "charon" (a sleeper under that name) in a folder of a dead owner; a live owner's folder; a
@@ -63,9 +65,16 @@ extension CharonDaemonTests {
             try (lines.joined(separator: "\n") + "\n").write(toFile: "\(path)/owner", atomically: true, encoding: .utf8)
             return path
         }
-        let orphanFolder = try makeFolder("orphan", [String(deadOwner), own, "charon \(orphan.processIdentifier) \(try Self.startTime(orphan.processIdentifier))"])
-        let liveFolder = try makeFolder("living", ["owner \(orphan.processIdentifier) \(try Self.startTime(orphan.processIdentifier))", own])
-        let otherBoot = try makeFolder("otherb", [String(deadOwner), "scope 00000000-0000-0000-0000-000000000000 \(pidNamespace.st_ino)"])
+        let orphanFolder = try makeFolder(
+            "orphan",
+            [
+                String(deadOwner), own,
+                "charon \(orphan.processIdentifier) \(try Self.startTime(orphan.processIdentifier))",
+            ])
+        let liveFolder = try makeFolder(
+            "living", ["owner \(orphan.processIdentifier) \(try Self.startTime(orphan.processIdentifier))", own])
+        let otherBoot = try makeFolder(
+            "otherb", [String(deadOwner), "scope 00000000-0000-0000-0000-000000000000 \(pidNamespace.st_ino)"])
 
         let next = try start(in: namespace) { $0.temporaryDirectory = parent }
         XCTAssertEqual(Set(next.reclaimedFolders), [folder, orphanFolder], "the dead owners' folders of this boot")
@@ -83,7 +92,9 @@ extension CharonDaemonTests {
     }
 
     static func charonFolders(in parent: String) throws -> [String] {
-        try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.hasPrefix("charon-") }.map { "\(parent)/\($0)" }
+        try FileManager.default.contentsOfDirectory(atPath: parent).filter { $0.hasPrefix("charon-") }.map {
+            "\(parent)/\($0)"
+        }
     }
 
     static func recordedCharon(in record: String) -> pid_t? {
@@ -93,8 +104,9 @@ extension CharonDaemonTests {
 
     static func isRunningProgram(_ pid: pid_t, named name: String) -> Bool {
         guard let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),
-              let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return false }
+            let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
         let state = stat[stat.index(after: close)...].split(separator: " ").first
         return comm.trimmingCharacters(in: .newlines) == name && state != "Z"
     }

@@ -18,11 +18,11 @@ final class CharonDaemonTests: XCTestCase {
 
     override func tearDown() {
         let pids = daemons.map(\.pid)
-        daemons.forEach { $0.stop() }
+        for item in daemons { item.stop() }
         daemons = []
-        pairs.forEach { $0.remove() }
+        for item in pairs { item.remove() }
         pairs = []
-        namespaces.forEach { $0.remove() }
+        for item in namespaces { item.remove() }
         namespaces = []
         for pid in pids { XCTAssertFalse(Self.isAlive(pid), "charon \(pid) still running after stop()") }
         XCTAssertEqual(Self.charonChildren(), [], "a charon child of this process is left")
@@ -44,8 +44,9 @@ final class CharonDaemonTests: XCTestCase {
 
     /// `pgrep -P <our pid> -f /usr/lib/ipsec/charon`: charons whose parent is this test process.
     static func charonChildren() -> [String] {
-        let result = try? Command.run(["pgrep", "-a", "-P", "\(getpid())", "-f", "/usr/lib/ipsec/charon"], timeout: 10,
-                                      check: false)
+        let result = try? Command.run(
+            ["pgrep", "-a", "-P", "\(getpid())", "-f", "/usr/lib/ipsec/charon"], timeout: 10,
+            check: false)
         return (result?.output ?? "").split(separator: "\n").map(String.init)
     }
 
@@ -73,8 +74,9 @@ final class CharonDaemonTests: XCTestCase {
         XCTAssertTrue(version.version.hasPrefix("5.9."), "strongSwan \(version.version)")
         XCTAssertEqual(version, daemon.version)
         let stats = try daemon.vici.stats()
-        XCTAssertTrue(Set(stats.plugins).isSuperset(of: ["vici", "kernel-netlink", "socket-default", "kdf"]),
-                      "loaded: \(stats.plugins)")
+        XCTAssertTrue(
+            Set(stats.plugins).isSuperset(of: ["vici", "kernel-netlink", "socket-default", "kdf"]),
+            "loaded: \(stats.plugins)")
         XCTAssertEqual(stats.ikeSAs, 0)
         XCTAssertTrue(daemon.configuration.contains("load_modular = no"))
         XCTAssertTrue(FileManager.default.fileExists(atPath: daemon.socketPath))
@@ -84,8 +86,9 @@ final class CharonDaemonTests: XCTestCase {
         // charon's stdout and stderr are both its log (stdout once was closed at exec, and the first descriptor
         // charon opened became its fd 1).
         for fd in [1, 2] {
-            XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(daemon.pid)/fd/\(fd)"),
-                           daemon.logPath, "fd \(fd)")
+            XCTAssertEqual(
+                try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(daemon.pid)/fd/\(fd)"),
+                daemon.logPath, "fd \(fd)")
         }
         // charon's own netlink sockets live in the test namespace: its IKE sockets got bypass policies there.
         let policies = try XFRMClient(namespace: ns.namespace).policies()
@@ -93,16 +96,21 @@ final class CharonDaemonTests: XCTestCase {
 
         // The pid file is compiled in as /var/run/charon.pid: a second charon in the same namespace only
         // works because each has its own tmpfs on /run.
-        let second = try start(in: ns) { $0.ikePort = 1500; $0.natTraversalPort = 14500 }
+        let second = try start(in: ns) {
+            $0.ikePort = 1500
+            $0.natTraversalPort = 14500
+        }
         XCTAssertEqual(try second.vici.version().daemon, "charon")
 
-        print("MEASURE charon start to VICI ready: \(Self.ms(daemon.startupDuration)), \(Self.ms(second.startupDuration))")
+        print(
+            "MEASURE charon start to VICI ready: \(Self.ms(daemon.startupDuration)), \(Self.ms(second.startupDuration))"
+        )
         let pid = daemon.pid
         daemon.stop()
         XCTAssertFalse(daemon.isRunning)
         XCTAssertFalse(Self.isAlive(pid), "charon reaped")
         XCTAssertFalse(FileManager.default.fileExists(atPath: daemon.folder), "folder deleted")
-        daemon.stop()  // idempotent
+        daemon.stop() // idempotent
         XCTAssertThrowsError(try daemon.vici.version()) {
             XCTAssertEqual(($0 as? VICIError)?.code, .daemonUnavailable, "\($0)")
         }
@@ -118,8 +126,9 @@ final class CharonDaemonTests: XCTestCase {
             daemon.stop()
             XCTAssertFalse(Self.isAlive(daemon.pid))
         }
-        print("MEASURE charon start to VICI ready over 10 starts: median \(Self.ms(Self.median(times))), "
-              + "min \(Self.ms(times.min() ?? .zero)), max \(Self.ms(times.max() ?? .zero))")
+        print(
+            "MEASURE charon start to VICI ready over 10 starts: median \(Self.ms(Self.median(times))), "
+                + "min \(Self.ms(times.min() ?? .zero)), max \(Self.ms(times.max() ?? .zero))")
     }
 
     func testLoadSharedLoadConnGetConnsInstallUnload() throws {
@@ -128,14 +137,18 @@ final class CharonDaemonTests: XCTestCase {
         let vici = try start(in: ns).vici
         XCTAssertEqual(try vici.getConns(), [])
         try vici.loadShared(.ike, secret: Self.psk, owners: ["a.lab.test", "b.lab.test"], id: "psk-ab")
-        let child = ChildConfig(name: "sock", reqid: 200, espProposals: ["aes256gcm16", "aes128-sha256"],
-                                remoteTS: [.dynamic(protocol: "tcp", port: 5001)])
-        let conn = IKEConnConfig.initiator(name: "to-b", local: "10.77.0.1", remote: "10.77.0.2",
-                                           localAuth: .psk(id: "a.lab.test"), remoteAuth: .psk(id: "b.lab.test"),
-                                           children: [child], proposals: Self.ikeProposals)
+        let child = ChildConfig(
+            name: "sock", reqid: 200, espProposals: ["aes256gcm16", "aes128-sha256"],
+            remoteTS: [.dynamic(protocol: "tcp", port: 5001)])
+        let conn = IKEConnConfig.initiator(
+            name: "to-b", local: "10.77.0.1", remote: "10.77.0.2",
+            localAuth: .psk(id: "a.lab.test"), remoteAuth: .psk(id: "b.lab.test"),
+            children: [child], proposals: Self.ikeProposals)
         try vici.loadConn(conn)
-        try vici.loadConn(.responder(name: "from-any", localAuth: .psk(id: "a.lab.test"),
-                                     remoteAuth: .psk(id: "c.lab.test"), children: [ChildConfig(name: "srv", reqid: 100)]))
+        try vici.loadConn(
+            .responder(
+                name: "from-any", localAuth: .psk(id: "a.lab.test"),
+                remoteAuth: .psk(id: "c.lab.test"), children: [ChildConfig(name: "srv", reqid: 100)]))
         XCTAssertEqual(try vici.getConns(), ["to-b", "from-any"])
 
         let listed = try vici.listConns(ike: "to-b")
@@ -172,8 +185,9 @@ final class CharonDaemonTests: XCTestCase {
                 XCTAssertEqual(error?.errmsg, errmsg, file: file, line: line)
             }
         }
-        refused({ try vici.loadConn(name: "bad", config: ["proposals": ["nonsense-alg"]]) },
-                errmsg: "invalid value for: proposals, config discarded")
+        refused(
+            { try vici.loadConn(name: "bad", config: ["proposals": ["nonsense-alg"]]) },
+            errmsg: "invalid value for: proposals, config discarded")
         refused({ try vici.unloadConn(name: "nosuch") }, errmsg: "unload: connection 'nosuch' not found")
         refused({ try vici.command("initiate") }, errmsg: "missing configuration name")
         XCTAssertThrowsError(try vici.initiate(child: "nosuch", timeout: .seconds(2))) {
@@ -195,31 +209,43 @@ final class CharonDaemonTests: XCTestCase {
         let before = Set((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [])
             .filter { $0.hasPrefix("charon-") }
         // Without the vici plugin charon runs but never answers: killed after the ready timeout.
-        XCTAssertThrowsError(try CharonDaemon(namespace: ns.namespace, options: {
-            var options = CharonDaemon.Options()
-            options.plugins = ["random", "nonce", "kernel-netlink", "socket-default"]
-            options.readyTimeout = .milliseconds(1500)
-            return options
-        }())) {
+        XCTAssertThrowsError(
+            try CharonDaemon(
+                namespace: ns.namespace,
+                options: {
+                    var options = CharonDaemon.Options()
+                    options.plugins = ["random", "nonce", "kernel-netlink", "socket-default"]
+                    options.readyTimeout = .milliseconds(1500)
+                    return options
+                }())
+        ) {
             let error = $0 as? VICIError
             XCTAssertEqual(error?.code, .daemonUnavailable)
             XCTAssertTrue(error?.detail?.contains("Starting IKE charon daemon") ?? false, "log tail: \($0)")
         }
         // A program that exits at once is reported with its status.
-        XCTAssertThrowsError(try CharonDaemon(namespace: ns.namespace, options: {
-            var options = CharonDaemon.Options()
-            options.charonPath = "/bin/false"
-            return options
-        }())) {
+        XCTAssertThrowsError(
+            try CharonDaemon(
+                namespace: ns.namespace,
+                options: {
+                    var options = CharonDaemon.Options()
+                    options.charonPath = "/bin/false"
+                    return options
+                }())
+        ) {
             let error = $0 as? VICIError
             XCTAssertEqual(error?.code, .daemonUnavailable)
             XCTAssertTrue(error?.detail?.contains("exited with status 1") ?? false, "\($0)")
         }
-        XCTAssertThrowsError(try CharonDaemon(namespace: ns.namespace, options: {
-            var options = CharonDaemon.Options()
-            options.temporaryDirectory = "/run"
-            return options
-        }())) { XCTAssertEqual(($0 as? VICIError)?.code, .invalidArgument) }
+        XCTAssertThrowsError(
+            try CharonDaemon(
+                namespace: ns.namespace,
+                options: {
+                    var options = CharonDaemon.Options()
+                    options.temporaryDirectory = "/run"
+                    return options
+                }())
+        ) { XCTAssertEqual(($0 as? VICIError)?.code, .invalidArgument) }
         let after = Set((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? [])
             .filter { $0.hasPrefix("charon-") }
         XCTAssertEqual(after.subtracting(before), [], "private folders removed")
@@ -239,12 +265,16 @@ final class CharonDaemonTests: XCTestCase {
         for daemon in [a, b] {
             try daemon.vici.loadShared(.ike, secret: Self.psk, owners: ["a.lab.test", "b.lab.test"])
         }
-        try a.vici.loadConn(.initiator(name: "to-b", local: "\(pair.addressA4)", remote: "\(pair.addressB4)",
-                                       localAuth: .psk(id: "a.lab.test"), remoteAuth: .psk(id: "b.lab.test"),
-                                       children: [ChildConfig(name: "sock", reqid: 200)], proposals: Self.ikeProposals))
-        try b.vici.loadConn(.responder(name: "from-a", localAuth: .psk(id: "b.lab.test"),
-                                       remoteAuth: .psk(id: "a.lab.test"),
-                                       children: [ChildConfig(name: "sock", reqid: 100)], proposals: Self.ikeProposals))
+        try a.vici.loadConn(
+            .initiator(
+                name: "to-b", local: "\(pair.addressA4)", remote: "\(pair.addressB4)",
+                localAuth: .psk(id: "a.lab.test"), remoteAuth: .psk(id: "b.lab.test"),
+                children: [ChildConfig(name: "sock", reqid: 200)], proposals: Self.ikeProposals))
+        try b.vici.loadConn(
+            .responder(
+                name: "from-a", localAuth: .psk(id: "b.lab.test"),
+                remoteAuth: .psk(id: "a.lab.test"),
+                children: [ChildConfig(name: "sock", reqid: 100)], proposals: Self.ikeProposals))
 
         // initiate the child: IKE_SA_INIT + IKE_AUTH carrying the CHILD SA. B cannot add the SAs
         // (XFRM_MSG_NEWSA fails with ENOSYS, "Function not implemented (38)", without esp4) and answers
@@ -259,8 +289,9 @@ final class CharonDaemonTests: XCTestCase {
             XCTAssertTrue(error?.detail?.contains("keeping IKE_SA") ?? false, "control-log tail: \($0)")
         }
         print("MEASURE initiate of IKE SA + CHILD SA (child refused by B): \(Self.ms(begin.duration(to: .now)))")
-        XCTAssertTrue(b.logTail(maxBytes: 16_384).contains("unable to install inbound and outbound IPsec SA (SAD) in kernel"),
-                      b.logTail())
+        XCTAssertTrue(
+            b.logTail(maxBytes: 16_384).contains("unable to install inbound and outbound IPsec SA (SAD) in kernel"),
+            b.logTail())
 
         let onA = try a.vici.listSAs()
         XCTAssertEqual(onA.count, 1)
@@ -319,7 +350,9 @@ final class CharonDaemonTests: XCTestCase {
         let proposals = modern ? ["aes256gcm16-prfsha256-x25519"] : Self.ikeProposals
         let folder = try Self.makeCertificates(keyType: keyType)
         defer { try? FileManager.default.removeItem(atPath: folder) }
-        func read(_ name: String) throws -> [UInt8] { Array(try Data(contentsOf: URL(fileURLWithPath: "\(folder)/\(name)"))) }
+        func read(_ name: String) throws -> [UInt8] {
+            Array(try Data(contentsOf: URL(fileURLWithPath: "\(folder)/\(name)")))
+        }
 
         let pair = try NamespacePair(prefix: "kk")
         pairs.append(pair)
@@ -335,15 +368,21 @@ final class CharonDaemonTests: XCTestCase {
             XCTAssertEqual(($0 as? VICIError)?.code, .commandFailed, "\($0)")
             XCTAssertNotNil(($0 as? VICIError)?.errmsg)
         }
-        try a.vici.loadConn(.initiator(name: "to-b", local: "10.77.0.1", remote: "10.77.0.2",
-                                       localAuth: .pubkey(id: "a.lab.test", certificates: [try read("a.crt")]),
-                                       remoteAuth: .pubkey(id: "b.lab.test", caCertificates: [try read("ca.crt")]),
-                                       children: [], proposals: proposals))
-        try a.vici.loadConn(.initiator(name: "to-b-wrong-id", local: "10.77.0.1", remote: "10.77.0.2",
-                                       localAuth: .pubkey(id: "a.lab.test", certificates: [try read("a.crt")]),
-                                       remoteAuth: .pubkey(id: "c.lab.test"), children: [], proposals: proposals))
-        try b.vici.loadConn(.responder(name: "from-any", localAuth: .pubkey(id: "b.lab.test", certificates: [try read("b.crt")]),
-                                       remoteAuth: .pubkey(id: "%any"), children: [], proposals: proposals))
+        try a.vici.loadConn(
+            .initiator(
+                name: "to-b", local: "10.77.0.1", remote: "10.77.0.2",
+                localAuth: .pubkey(id: "a.lab.test", certificates: [try read("a.crt")]),
+                remoteAuth: .pubkey(id: "b.lab.test", caCertificates: [try read("ca.crt")]),
+                children: [], proposals: proposals))
+        try a.vici.loadConn(
+            .initiator(
+                name: "to-b-wrong-id", local: "10.77.0.1", remote: "10.77.0.2",
+                localAuth: .pubkey(id: "a.lab.test", certificates: [try read("a.crt")]),
+                remoteAuth: .pubkey(id: "c.lab.test"), children: [], proposals: proposals))
+        try b.vici.loadConn(
+            .responder(
+                name: "from-any", localAuth: .pubkey(id: "b.lab.test", certificates: [try read("b.crt")]),
+                remoteAuth: .pubkey(id: "%any"), children: [], proposals: proposals))
         var times: [Duration] = []
         for round in 0..<10 {
             let begin = ContinuousClock.now
@@ -359,8 +398,9 @@ final class CharonDaemonTests: XCTestCase {
             }
             try a.vici.terminate(ikeID: sa.uniqueID, timeout: .seconds(5))
         }
-        print("MEASURE IKE_SA establishment with \(keyType) certificates, \(proposals[0]) over 10: "
-              + "median \(Self.ms(Self.median(times)))")
+        print(
+            "MEASURE IKE_SA establishment with \(keyType) certificates, \(proposals[0]) over 10: "
+                + "median \(Self.ms(Self.median(times)))")
         // keying-notes: the identity must be in the certificate's subjectAltName.
         XCTAssertThrowsError(try a.vici.initiate(child: nil, ike: "to-b-wrong-id", timeout: .seconds(10))) {
             XCTAssertEqual(($0 as? VICIError)?.code, .commandFailed, "\($0)")
@@ -373,8 +413,9 @@ final class CharonDaemonTests: XCTestCase {
         // The tests read a.crt / b.crt / a.key / b.key: keep those names.
         for n in ["a", "b"] {
             for ext in ["crt", "key"] {
-                try FileManager.default.moveItem(atPath: "\(certificates.folder)/\(n).lab.test.\(ext)",
-                                                 toPath: "\(certificates.folder)/\(n).\(ext)")
+                try FileManager.default.moveItem(
+                    atPath: "\(certificates.folder)/\(n).lab.test.\(ext)",
+                    toPath: "\(certificates.folder)/\(n).\(ext)")
             }
         }
         return certificates.folder
@@ -396,11 +437,15 @@ final class CharonDaemonTests: XCTestCase {
             // One conn pair per proposal; identities differ so B selects the right one (selection is by identity).
             let (idA, idB) = ("a\(index).lab.test", "b\(index).lab.test")
             for daemon in [a, b] { try daemon.vici.loadShared(.ike, secret: Self.psk, owners: [idA, idB]) }
-            try a.vici.loadConn(.initiator(name: "to-b-\(index)", local: "10.77.0.1", remote: "10.77.0.2",
-                                           localAuth: .psk(id: idA), remoteAuth: .psk(id: idB), children: [],
-                                           proposals: [proposal]))
-            try b.vici.loadConn(.responder(name: "from-a-\(index)", localAuth: .psk(id: idB), remoteAuth: .psk(id: idA),
-                                           children: [], proposals: [proposal]))
+            try a.vici.loadConn(
+                .initiator(
+                    name: "to-b-\(index)", local: "10.77.0.1", remote: "10.77.0.2",
+                    localAuth: .psk(id: idA), remoteAuth: .psk(id: idB), children: [],
+                    proposals: [proposal]))
+            try b.vici.loadConn(
+                .responder(
+                    name: "from-a-\(index)", localAuth: .psk(id: idB), remoteAuth: .psk(id: idA),
+                    children: [], proposals: [proposal]))
             var times: [Duration] = []
             for round in 0..<20 {
                 let begin = ContinuousClock.now
@@ -411,9 +456,10 @@ final class CharonDaemonTests: XCTestCase {
                 XCTAssertEqual(sas.first?.remoteID, idB)
                 try a.vici.terminate(ikeID: sas.first?.uniqueID, timeout: .seconds(5))
             }
-            print("MEASURE IKE_SA establishment (PSK, \(proposal), veth between namespaces) over 20: "
-                  + "median \(Self.ms(Self.median(times))), min \(Self.ms(times.min() ?? .zero)), "
-                  + "max \(Self.ms(times.max() ?? .zero))")
+            print(
+                "MEASURE IKE_SA establishment (PSK, \(proposal), veth between namespaces) over 20: "
+                    + "median \(Self.ms(Self.median(times))), min \(Self.ms(times.min() ?? .zero)), "
+                    + "max \(Self.ms(times.max() ?? .zero))")
         }
         XCTAssertEqual(try b.vici.listSAs(), [])
     }
@@ -429,8 +475,9 @@ extension CharonDaemonTests {
         let daemon = try start(in: mine)
         let client = try VICIClient(path: daemon.socketPath)
         XCTAssertEqual(client.daemonProcessID, daemon.pid, "SO_PEERCRED names charon")
-        XCTAssertEqual(CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: mine.namespace),
-                       daemon.socketPath)
+        XCTAssertEqual(
+            CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: mine.namespace),
+            daemon.socketPath)
         XCTAssertNil(CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: other.namespace))
         XCTAssertNil(CharonDaemon.systemVICISocket(candidates: [daemon.socketPath], namespace: .current))
     }

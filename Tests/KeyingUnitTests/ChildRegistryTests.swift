@@ -1,23 +1,31 @@
 import XCTest
 import XFRM
+
 @testable import Keying
 
 /// Tier 1: the CHILD_SA registry the query reads instead of charon or the kernel's whole SAD.
 final class ChildRegistryTests: XCTestCase {
     func testFlowsFromTrafficSelectors() {
         let flow = ChildRegistry.flow(local: ["10.77.0.1/32[tcp/33516]"], remote: ["10.77.0.2/32[tcp/27015]"])
-        XCTAssertEqual(flow, KeyedFlow(transportProtocol: .tcp, local: "10.77.0.1", localPort: 33516,
-                                       remote: "10.77.0.2", remotePort: 27015))
-        XCTAssertEqual(ChildRegistry.flow(local: ["fd77::1/128[udp/53]"], remote: ["fd77::2/128[udp/4000]"])?.remotePort, 4000)
-        XCTAssertEqual(ChildRegistry.flow(local: ["10.0.0.1/32[tcp/http]"], remote: ["10.0.0.2/32[tcp/40000]"])?.localPort, 80,
-                       "charon prints a well-known port by its service name")
+        XCTAssertEqual(
+            flow,
+            KeyedFlow(
+                transportProtocol: .tcp, local: "10.77.0.1", localPort: 33516,
+                remote: "10.77.0.2", remotePort: 27015))
+        XCTAssertEqual(
+            ChildRegistry.flow(local: ["fd77::1/128[udp/53]"], remote: ["fd77::2/128[udp/4000]"])?.remotePort, 4000)
+        XCTAssertEqual(
+            ChildRegistry.flow(local: ["10.0.0.1/32[tcp/http]"], remote: ["10.0.0.2/32[tcp/40000]"])?.localPort, 80,
+            "charon prints a well-known port by its service name")
         // Anything wider than one flow is not indexed.
-        for (local, remote) in [("10.77.0.1/32[tcp]", "10.77.0.2/32[tcp/27015]"),
-                                ("10.77.0.0/24[tcp/1]", "10.77.0.2/32[tcp/27015]"),
-                                ("10.77.0.1/32[tcp/1000-2000]", "10.77.0.2/32[tcp/27015]"),
-                                ("10.77.0.1/32[tcp/1]", "10.77.0.2/32[udp/2]"),
-                                ("10.77.0.1/32", "10.77.0.2/32"),
-                                ("garbage", "10.77.0.2/32[tcp/2]")] {
+        for (local, remote) in [
+            ("10.77.0.1/32[tcp]", "10.77.0.2/32[tcp/27015]"),
+            ("10.77.0.0/24[tcp/1]", "10.77.0.2/32[tcp/27015]"),
+            ("10.77.0.1/32[tcp/1000-2000]", "10.77.0.2/32[tcp/27015]"),
+            ("10.77.0.1/32[tcp/1]", "10.77.0.2/32[udp/2]"),
+            ("10.77.0.1/32", "10.77.0.2/32"),
+            ("garbage", "10.77.0.2/32[tcp/2]"),
+        ] {
             XCTAssertNil(ChildRegistry.flow(local: [local], remote: [remote]), "\(local) === \(remote)")
         }
     }
@@ -25,18 +33,25 @@ final class ChildRegistryTests: XCTestCase {
     func testEventsIndexChildrenBySPIFlowAndNameAndForgetThemWhenDown() throws {
         let registry = ChildRegistry()
         func event(_ up: Bool, spiIn: String, local: String, name: String = "c7-1") -> VICIEvent {
-            VICIEvent(name: "child-updown", message: [
-                "up": .bool(up),
-                "ike": .section(["uniqueid": "3", "remote-id": "b.example", "state": "ESTABLISHED",
-                                 "child-sas": .section([name: .section([
-                                     "name": .string(name), "uniqueid": "9", "reqid": "7", "state": "INSTALLED",
-                                     "spi-in": .string(spiIn), "spi-out": "c0000002",
-                                     "local-ts": .strings([local]), "remote-ts": .strings(["10.0.0.2/32[tcp/5001]"]),
-                                 ])])]),
-            ])
+            VICIEvent(
+                name: "child-updown",
+                message: [
+                    "up": .bool(up),
+                    "ike": .section([
+                        "uniqueid": "3", "remote-id": "b.example", "state": "ESTABLISHED",
+                        "child-sas": .section([
+                            name: .section([
+                                "name": .string(name), "uniqueid": "9", "reqid": "7", "state": "INSTALLED",
+                                "spi-in": .string(spiIn), "spi-out": "c0000002",
+                                "local-ts": .strings([local]), "remote-ts": .strings(["10.0.0.2/32[tcp/5001]"]),
+                            ])
+                        ]),
+                    ]),
+                ])
         }
         registry.record(event(true, spiIn: "c0000001", local: "10.0.0.1/32[tcp/40000]"))
-        let flow = KeyedFlow(transportProtocol: .tcp, local: "10.0.0.1", localPort: 40000, remote: "10.0.0.2", remotePort: 5001)
+        let flow = KeyedFlow(
+            transportProtocol: .tcp, local: "10.0.0.1", localPort: 40000, remote: "10.0.0.2", remotePort: 5001)
         XCTAssertEqual(registry.protection(flow: flow)?.inboundSPI, 0xc000_0001)
         XCTAssertEqual(registry.protection(flow: flow)?.outboundSPI, 0xc000_0002)
         XCTAssertEqual(registry.protection(inboundSPI: 0xc000_0001)?.remoteIdentity, "b.example")

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+
 @testable import Keying
 
 /// A scripted VICI peer on a unix socket in a private temporary folder, for testing ``VICIClient`` and
@@ -50,7 +51,9 @@ final class FakeVICIServer: @unchecked Sendable {
             for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
         }
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard bound == 0, listen(listener, 8) == 0 else { throw POSIXError(.EADDRINUSE) }
         Thread.detachNewThread { [self] in serve() }
@@ -93,7 +96,10 @@ final class FakeVICIServer: @unchecked Sendable {
         var frames = VICIFrameReader()
         var buffer = [UInt8](repeating: 0, count: 65_536)
         while !isStopped && Date() < end {
-            for packet in lock.withLock({ () -> [VICIPacket] in defer { pushQueue = [] }; return pushQueue }) {
+            for packet in lock.withLock({ () -> [VICIPacket] in
+                defer { pushQueue = [] }
+                return pushQueue
+            }) {
                 guard write(fd, packet) else { return }
             }
             var entry = pollfd(fd: fd, events: CShort(POLLIN), revents: 0)
@@ -123,7 +129,9 @@ final class FakeVICIServer: @unchecked Sendable {
     private func writeAll(_ fd: CInt, _ bytes: [UInt8]) -> Bool {
         var sent = 0
         for _ in 0..<10_000 where sent < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, CInt(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, CInt(MSG_NOSIGNAL))
+            }
             guard n > 0 else { return false }
             sent += n
         }

@@ -1,9 +1,11 @@
-@testable import Keying
 import XCTest
+
+@testable import Keying
 
 final class KeyingConfigurationTests: XCTestCase {
     func testPSKFileWithCommentsAndQuotes() throws {
-        let configuration = try KeyingConfiguration.parse("""
+        let configuration = try KeyingConfiguration.parse(
+            """
             # a server's keying
             identity   a.example   # trailing comment
             psk        "with # inside and spaces"
@@ -22,7 +24,8 @@ final class KeyingConfigurationTests: XCTestCase {
     }
 
     func testCertificateFile() throws {
-        let configuration = try KeyingConfiguration.parse("""
+        let configuration = try KeyingConfiguration.parse(
+            """
             identity b.example
             certificate /etc/x/b.crt
             private-key /etc/x/b.key
@@ -59,14 +62,18 @@ final class KeyingConfigurationTests: XCTestCase {
 final class PeerKeyConfigurationTests: XCTestCase {
     /// `peer-psk` lines (repeatable, identity and secret either quoted) become per-peer keys.
     func testPeerKeysParse() throws {
-        let configuration = try KeyingConfiguration.parse("""
+        let configuration = try KeyingConfiguration.parse(
+            """
             identity b.example
             peer-psk a.example "a's # secret"
             peer-psk "C=CH, O=Example, CN=c.example" c-secret   # a DN identity
             """)
         XCTAssertNil(configuration.psk)
-        XCTAssertEqual(configuration.peerKeys, ["a.example": "a's # secret", "C=CH, O=Example, CN=c.example": "c-secret"])
-        guard case .peerKeys(let keys) = try configuration.credentials().method else { return XCTFail("peer keys expected") }
+        XCTAssertEqual(
+            configuration.peerKeys, ["a.example": "a's # secret", "C=CH, O=Example, CN=c.example": "c-secret"])
+        guard case .peerKeys(let keys) = try configuration.credentials().method else {
+            return XCTFail("peer keys expected")
+        }
         XCTAssertEqual(keys.count, 2)
     }
 
@@ -88,8 +95,10 @@ final class PeerKeyConfigurationTests: XCTestCase {
         XCTAssertTrue(both.message.contains("group key") && both.message.contains("any holder"), both.message)
         let cases: [(String, KeyingConfiguration.ParseError.Reason)] = [
             ("identity b.example\npeer-psk a.example a-secret\npsk group-secret", .groupKeyWithPeerKeys),
-            ("identity b.example\npeer-psk a.example a-secret\npeer-psk A.EXAMPLE other-secret",
-             .duplicatePeerKey(identity: "A.EXAMPLE")),
+            (
+                "identity b.example\npeer-psk a.example a-secret\npeer-psk A.EXAMPLE other-secret",
+                .duplicatePeerKey(identity: "A.EXAMPLE")
+            ),
             ("identity b.example\npeer-psk B.Example own-secret", .peerKeyForOwnIdentity),
             ("identity b.example\npeer-psk %any any-secret", .peerKeyIdentityIsPattern(identity: "%any")),
             ("identity b.example\npeer-psk *.example any-secret", .peerKeyIdentityIsPattern(identity: "*.example")),
@@ -115,16 +124,25 @@ final class StrongSwanClassificationTests: XCTestCase {
 
     /// charon's words, as seen in real runs, mapped to what the socket layer reports.
     func testCharonRefusalsAreClassified() {
-        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed",
-                                "[IKE] received EAP_FAILURE, EAP authentication failed | N(AUTH_FAILED)"), .authenticationFailed)
-        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed",
-                                "[IKE] received AUTHENTICATION_FAILED notify error"), .authenticationFailed)
-        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed",
-                                "[CFG] constraint check failed: identity 'b.example' required"), .authenticationFailed)
-        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] received NO_PROPOSAL_CHOSEN notify"),
-                       .noProposalChosen)
-        XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] received TS_UNACCEPTABLE notify"), .rejected)
+        XCTAssertEqual(
+            classify(
+                "establishing CHILD_SA 'i1' failed",
+                "[IKE] received EAP_FAILURE, EAP authentication failed | N(AUTH_FAILED)"), .authenticationFailed)
+        XCTAssertEqual(
+            classify(
+                "establishing CHILD_SA 'i1' failed",
+                "[IKE] received AUTHENTICATION_FAILED notify error"), .authenticationFailed)
+        XCTAssertEqual(
+            classify(
+                "establishing CHILD_SA 'i1' failed",
+                "[CFG] constraint check failed: identity 'b.example' required"), .authenticationFailed)
+        XCTAssertEqual(
+            classify("establishing CHILD_SA 'i1' failed", "[IKE] received NO_PROPOSAL_CHOSEN notify"),
+            .noProposalChosen)
+        XCTAssertEqual(
+            classify("establishing CHILD_SA 'i1' failed", "[IKE] received TS_UNACCEPTABLE notify"), .rejected)
         XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] giving up after 5 retransmits"), .timedOut)
-        XCTAssertEqual(StrongSwanBackend.classify(VICIError(.daemonUnavailable, command: "initiate")).code, .unavailable)
+        XCTAssertEqual(
+            StrongSwanBackend.classify(VICIError(.daemonUnavailable, command: "initiate")).code, .unavailable)
     }
 }

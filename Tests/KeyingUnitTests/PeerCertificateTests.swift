@@ -2,6 +2,7 @@ import Foundation
 import SwiftASN1
 import X509
 import XCTest
+
 @testable import Keying
 
 /// Throw-away P-256 keys for certificates made in the tests (never used anywhere else).
@@ -43,12 +44,16 @@ struct TestPKI {
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: key.publicKey,
             notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
             issuer: name, subject: name, signatureAlgorithm: .ecdsaWithSHA256,
-            extensions: try Certificate.Extensions { Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil)) },
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: nil))
+            },
             issuerPrivateKey: key)
     }
 
-    func host(_ subject: DistinguishedName, names: [GeneralName], signedBy key: Certificate.PrivateKey? = nil,
-              issuer: DistinguishedName? = nil) throws -> Certificate {
+    func host(
+        _ subject: DistinguishedName, names: [GeneralName], signedBy key: Certificate.PrivateKey? = nil,
+        issuer: DistinguishedName? = nil
+    ) throws -> Certificate {
         try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: hostKey.publicKey,
             notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
@@ -90,15 +95,20 @@ final class CertificateIdentityTests: XCTestCase {
         let names: [GeneralName] = [
             .dnsName("a.example"), .rfc822Name("ops@example.org"),
             .ipAddress(ASN1OctetString(contentBytes: [10, 77, 0, 1])),
-            .ipAddress(ASN1OctetString(contentBytes: ArraySlice([0xfd, 0x77] + [UInt8](repeating: 0, count: 13) + [1]))),
+            .ipAddress(
+                ASN1OctetString(contentBytes: ArraySlice([0xfd, 0x77] + [UInt8](repeating: 0, count: 13) + [1]))),
             .uniformResourceIdentifier("https://a.example/"), .directoryName(TestPKI.subjectA),
             .registeredID([1, 3, 6, 1, 4, 1, 99]),
         ]
         let identity = try CertificateIdentity(try pki.host(subject, names: names))
         XCTAssertEqual(identity.subject, "C=CH, O=Example, OU=Ops, CN=a.example, E=ops@example.org")
-        XCTAssertEqual(identity.subjectAltNames, ["a.example", "ops@example.org", "10.77.0.1", "fd77::1",
-                                                  "https://a.example/", "C=CH, O=Example, CN=a.example",
-                                                  "1.3.6.1.4.1.99"])
+        XCTAssertEqual(
+            identity.subjectAltNames,
+            [
+                "a.example", "ops@example.org", "10.77.0.1", "fd77::1",
+                "https://a.example/", "C=CH, O=Example, CN=a.example",
+                "1.3.6.1.4.1.99",
+            ])
         XCTAssertTrue(identity.names("A.Example"), "FQDN identities compare case-insensitively")
         XCTAssertTrue(identity.names("fd77::1"))
         XCTAssertTrue(identity.names("C=CH, O=Example, OU=Ops, CN=a.example, E=ops@example.org"))
@@ -108,9 +118,11 @@ final class CertificateIdentityTests: XCTestCase {
     /// Unknown attribute types print dotted; bytes outside printable ASCII print as `?` (strongSwan's
     /// `chunk_printable`), so the text equals charon's `remote-id` for a DN identity.
     func testUnknownAttributesAndUnprintableBytes() throws {
-        let subject = DistinguishedName([RelativeDistinguishedName([
-            RelativeDistinguishedName.Attribute(type: [1, 2, 3, 4], utf8String: "Zürich"),
-        ])])
+        let subject = DistinguishedName([
+            RelativeDistinguishedName([
+                RelativeDistinguishedName.Attribute(type: [1, 2, 3, 4], utf8String: "Zürich")
+            ])
+        ])
         let identity = try CertificateIdentity(try pki.host(subject, names: []))
         XCTAssertEqual(identity.subject, "1.2.3.4=Z??rich")
         XCTAssertEqual(identity.subjectAltNames, [])
@@ -128,21 +140,30 @@ final class PeerCertificateSelectorTests: XCTestCase {
     /// impostor authority with the same name, not one from another issuer, not one for another identity.
     func testOnlyOurAuthoritysCertificateForTheRemoteIdentityCounts() throws {
         let genuine = try pki.host(TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("alias.example")])
-        let impostor = try pki.host(TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("admin.example")],
-                                    signedBy: pki.impostorKey)
-        let otherIssuer = try pki.host(TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("other.example")],
-                                       signedBy: pki.impostorKey, issuer: try DistinguishedName { CommonName("Other CA") })
+        let impostor = try pki.host(
+            TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("admin.example")],
+            signedBy: pki.impostorKey)
+        let otherIssuer = try pki.host(
+            TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("other.example")],
+            signedBy: pki.impostorKey, issuer: try DistinguishedName { CommonName("Other CA") })
         let otherHost = try pki.host(try DistinguishedName { CommonName("c.example") }, names: [.dnsName("c.example")])
         let candidates = try [impostor, otherIssuer, otherHost, genuine].map(TestPKI.der) + [[0x30, 0x03, 0x01, 0x01]]
         let selector = try selector()
-        XCTAssertEqual(selector.select(candidates, remoteIdentity: "a.example"),
-                       .identified(CertificateIdentity(subject: "C=CH, O=Example, CN=a.example",
-                                                       subjectAltNames: ["a.example", "alias.example"])))
-        XCTAssertEqual(selector.select(candidates, remoteIdentity: "C=CH, O=Example, CN=a.example"),
-                       .identified(CertificateIdentity(subject: "C=CH, O=Example, CN=a.example",
-                                                       subjectAltNames: ["a.example", "alias.example"])),
-                       "a DN remote-id matches the subject")
-        XCTAssertEqual(selector.select(try [impostor, otherIssuer].map(TestPKI.der), remoteIdentity: "a.example"), .notFound)
+        XCTAssertEqual(
+            selector.select(candidates, remoteIdentity: "a.example"),
+            .identified(
+                CertificateIdentity(
+                    subject: "C=CH, O=Example, CN=a.example",
+                    subjectAltNames: ["a.example", "alias.example"])))
+        XCTAssertEqual(
+            selector.select(candidates, remoteIdentity: "C=CH, O=Example, CN=a.example"),
+            .identified(
+                CertificateIdentity(
+                    subject: "C=CH, O=Example, CN=a.example",
+                    subjectAltNames: ["a.example", "alias.example"])),
+            "a DN remote-id matches the subject")
+        XCTAssertEqual(
+            selector.select(try [impostor, otherIssuer].map(TestPKI.der), remoteIdentity: "a.example"), .notFound)
         XCTAssertEqual(selector.select(candidates, remoteIdentity: "b.example"), .notFound)
     }
 
@@ -154,17 +175,22 @@ final class PeerCertificateSelectorTests: XCTestCase {
         let renewal = try pki.host(TestPKI.subjectA, names: [.dnsName("a.example")])
         XCTAssertNotEqual(try TestPKI.der(first), try TestPKI.der(renewal), "distinct certificates (serial numbers)")
         let selector = try selector()
-        guard case .ambiguous(let identities) = selector.select(try [first, second].map(TestPKI.der), remoteIdentity: "a.example")
+        guard
+            case .ambiguous(let identities) = selector.select(
+                try [first, second].map(TestPKI.der), remoteIdentity: "a.example")
         else { return XCTFail("expected ambiguous") }
         XCTAssertEqual(identities.count, 2)
-        XCTAssertEqual(selector.select(try [first, renewal, first].map(TestPKI.der), remoteIdentity: "a.example"),
-                       .identified(CertificateIdentity(subject: "C=CH, O=Example, CN=a.example", subjectAltNames: ["a.example"])))
+        XCTAssertEqual(
+            selector.select(try [first, renewal, first].map(TestPKI.der), remoteIdentity: "a.example"),
+            .identified(CertificateIdentity(subject: "C=CH, O=Example, CN=a.example", subjectAltNames: ["a.example"])))
     }
 
     /// Authorities in PEM or DER; one that cannot be parsed is kept aside with its position and cause.
     func testAuthoritiesInPEMOrDERAndUnusableOnes() throws {
         let authority = try pki.authority()
-        let selector = PeerCertificateSelector(authorities: [Array("not a certificate".utf8), try TestPKI.der(authority)])
+        let selector = PeerCertificateSelector(authorities: [
+            Array("not a certificate".utf8), try TestPKI.der(authority),
+        ])
         XCTAssertEqual(selector.authorities.count, 1)
         XCTAssertEqual(selector.unusable.map(\.index), [0])
         let host = try pki.host(TestPKI.subjectA, names: [.dnsName("a.example")])
@@ -177,9 +203,10 @@ final class PeerCertificateSelectorTests: XCTestCase {
         let cache = PeerCertificateCache(selector: try selector())
         let der = try TestPKI.der(try pki.host(TestPKI.subjectA, names: [.dnsName("a.example")]))
         struct Unreachable: Error {}
-        XCTAssertThrowsError(try cache.lookup(ikeSAID: 7, remoteIdentity: "a.example") { () throws(Unreachable) in
-            throw Unreachable()
-        })
+        XCTAssertThrowsError(
+            try cache.lookup(ikeSAID: 7, remoteIdentity: "a.example") { () throws(Unreachable) in
+                throw Unreachable()
+            })
         XCTAssertNil(cache.known(ikeSAID: 7))
         XCTAssertEqual(cache.lookup(ikeSAID: 7, remoteIdentity: "a.example") { () -> [[UInt8]] in [] }, .notFound)
         XCTAssertNil(cache.known(ikeSAID: 7), "nothing found is asked again next time")

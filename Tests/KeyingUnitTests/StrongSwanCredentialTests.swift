@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import XFRM
+
 @testable import Keying
 
 /// Tier 1: what ``StrongSwanBackend`` loads into charon for each kind of credentials, and what it says about
@@ -17,9 +18,13 @@ final class StrongSwanCredentialTests: XCTestCase {
         "wss-responder": [
             "uniqueid": "7", "state": "ESTABLISHED", "remote-host": "10.77.0.1", "local-id": "b.example",
             "remote-id": "a.example",
-            "child-sas": ["l1-9": ["name": "l1", "uniqueid": "9", "state": "INSTALLED", "spi-in": "0000abcd",
-                                   "spi-out": "0000dcba"]],
-        ],
+            "child-sas": [
+                "l1-9": [
+                    "name": "l1", "uniqueid": "9", "state": "INSTALLED", "spi-in": "0000abcd",
+                    "spi-out": "0000dcba",
+                ]
+            ],
+        ]
     ]
 
     /// A charon that accepts every command, lists one IKE SA and answers `list-certs` with `certificates`.
@@ -34,8 +39,15 @@ final class StrongSwanCredentialTests: XCTestCase {
             case .commandRequest("list-sas", _):
                 return [.send(.event(name: "list-sa", message: listed)), .send(.commandResponse([:]))]
             case .commandRequest("list-certs", _):
-                return certificates.map { .send(.event(name: "list-cert", message: ["type": "X509", "flag": "NONE",
-                                                                                     "data": .value($0)])) }
+                return certificates.map {
+                    .send(
+                        .event(
+                            name: "list-cert",
+                            message: [
+                                "type": "X509", "flag": "NONE",
+                                "data": .value($0),
+                            ]))
+                }
                     + [.send(.commandResponse([:]))]
             case .commandRequest:
                 return [.send(.commandResponse(["success": "yes"]))]
@@ -65,9 +77,12 @@ final class StrongSwanCredentialTests: XCTestCase {
     /// the peer is reported as authenticated by a key of its own.
     func testPerPeerKeysAreOfferedForTheirPeerOnly() throws {
         let server = try charon()
-        let backend = try StrongSwanBackend(vici: try VICIClient(path: server.path, timeout: .seconds(2)),
-                                            credentials: .init(identity: "b.example", method: .peerKeys(
-                                                ["a.example": "a's key", "c.example": "c's key"])))
+        let backend = try StrongSwanBackend(
+            vici: try VICIClient(path: server.path, timeout: .seconds(2)),
+            credentials: .init(
+                identity: "b.example",
+                method: .peerKeys(
+                    ["a.example": "a's key", "c.example": "c's key"])))
         defer { backend.shutdown() }
         let loaded = loadShared(server)
         XCTAssertEqual(loaded.map { $0.list("owners") ?? [] }, [["a.example"], ["c.example"]])
@@ -84,8 +99,9 @@ final class StrongSwanCredentialTests: XCTestCase {
     /// adds the EAP user.
     func testGroupKeyPeersAreReportedAsSuch() throws {
         let server = try charon(eapUser: "alice")
-        let backend = try StrongSwanBackend(vici: try VICIClient(path: server.path, timeout: .seconds(2)),
-                                            credentials: .init(identity: "b.example", method: .psk("group secret")))
+        let backend = try StrongSwanBackend(
+            vici: try VICIClient(path: server.path, timeout: .seconds(2)),
+            credentials: .init(identity: "b.example", method: .psk("group secret")))
         defer { backend.shutdown() }
         XCTAssertEqual(loadShared(server).map { $0.list("owners") ?? ["?"] }, [[]], "owners %any")
         let protection = try XCTUnwrap(backend.protection(inboundSPI: 0xabcd, peer: "10.77.0.1"))
@@ -97,10 +113,17 @@ final class StrongSwanCredentialTests: XCTestCase {
     func testPerPeerKeysNeverNameUsOrAPattern() throws {
         for peer in ["B.example", "%any", "*.example"] {
             let server = try charon()
-            defer { server.stop(); self.server = nil }
-            XCTAssertThrowsError(try StrongSwanBackend(vici: try VICIClient(path: server.path, timeout: .seconds(2)),
-                                                       credentials: .init(identity: "b.example",
-                                                                          method: .peerKeys([peer: "secret"])))) {
+            defer {
+                server.stop()
+                self.server = nil
+            }
+            XCTAssertThrowsError(
+                try StrongSwanBackend(
+                    vici: try VICIClient(path: server.path, timeout: .seconds(2)),
+                    credentials: .init(
+                        identity: "b.example",
+                        method: .peerKeys([peer: "secret"])))
+            ) {
                 XCTAssertEqual(($0 as? KeyingError)?.code, .rejected, "\($0)")
                 XCTAssertFalse("\($0)".contains("secret"), "no secret in the error")
             }
@@ -113,20 +136,29 @@ final class StrongSwanCredentialTests: XCTestCase {
     func testCertificateSubjectAndNamesComeWithTheProtectionOncePerIKESA() throws {
         let pki = TestPKI()
         let authority = try TestPKI.pem(try pki.authority())
-        let host = try TestPKI.der(try pki.host(TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("alias.example")]))
-        let impostor = try TestPKI.der(try pki.host(TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("root.example")],
-                                                    signedBy: pki.impostorKey))
+        let host = try TestPKI.der(
+            try pki.host(TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("alias.example")]))
+        let impostor = try TestPKI.der(
+            try pki.host(
+                TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("root.example")],
+                signedBy: pki.impostorKey))
         let server = try charon(certificates: [impostor, host])
-        let backend = try StrongSwanBackend(vici: try VICIClient(path: server.path, timeout: .seconds(2)),
-                                            credentials: .init(identity: "b.example", method: .certificate(
-                                                certificate: host, privateKey: Array(TestKeys.host.utf8),
-                                                authorities: [authority])))
+        let backend = try StrongSwanBackend(
+            vici: try VICIClient(path: server.path, timeout: .seconds(2)),
+            credentials: .init(
+                identity: "b.example",
+                method: .certificate(
+                    certificate: host, privateKey: Array(TestKeys.host.utf8),
+                    authorities: [authority])))
         defer { backend.shutdown() }
         for _ in 0..<2 {
             let protection = try XCTUnwrap(backend.protection(inboundSPI: 0xabcd, peer: "10.77.0.1"))
             XCTAssertEqual(protection.authentication, PeerAuthentication(machine: .certificate))
-            XCTAssertEqual(protection.remoteCertificate, CertificateIdentity(subject: "C=CH, O=Example, CN=a.example",
-                                                                             subjectAltNames: ["a.example", "alias.example"]))
+            XCTAssertEqual(
+                protection.remoteCertificate,
+                CertificateIdentity(
+                    subject: "C=CH, O=Example, CN=a.example",
+                    subjectAltNames: ["a.example", "alias.example"]))
         }
         let requests = commands(server, "list-certs")
         XCTAssertEqual(requests.count, 1, "one list-certs per IKE SA")

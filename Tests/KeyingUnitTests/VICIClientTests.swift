@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import XCTest
+
 @testable import Keying
 
 /// Tier 1: ``VICIClient`` and ``VICIEventStream`` against a scripted peer: responses, refusals, streaming,
@@ -33,8 +34,13 @@ final class VICIClientTests: XCTestCase {
                 ]
             case .commandRequest("initiate", _):
                 return [
-                    .send(.event(name: "control-log", message: ["group": "IKE", "level": "1", "msg": "initiating IKE_SA"])),
-                    .send(.event(name: "control-log", message: ["group": "KNL", "level": "1", "msg": "unable to add SAD entry"])),
+                    .send(
+                        .event(
+                            name: "control-log", message: ["group": "IKE", "level": "1", "msg": "initiating IKE_SA"])),
+                    .send(
+                        .event(
+                            name: "control-log",
+                            message: ["group": "KNL", "level": "1", "msg": "unable to add SAD entry"])),
                     .send(.commandResponse(["success": "no", "errmsg": "establishing CHILD_SA 'c' failed"])),
                 ]
             case .commandRequest("silent", _):
@@ -82,10 +88,12 @@ final class VICIClientTests: XCTestCase {
         let sas = try client.listSAs()
         XCTAssertEqual(sas.map(\.name), ["a", "b"], "only list-sa events, in order")
         XCTAssertEqual(sas.map(\.uniqueID), [1, 2])
-        XCTAssertEqual(server.received, [
-            .eventRegister(name: "list-sa"), .commandRequest(name: "list-sas", message: [:]),
-            .eventUnregister(name: "list-sa"),
-        ])
+        XCTAssertEqual(
+            server.received,
+            [
+                .eventRegister(name: "list-sa"), .commandRequest(name: "list-sas", message: [:]),
+                .eventUnregister(name: "list-sa"),
+            ])
         XCTAssertThrowsError(try client.streamingCommand("list-sas", [:], event: "nosuch") { _ in }) {
             XCTAssertEqual(($0 as? VICIError)?.code, .unknownEvent)
         }
@@ -102,10 +110,12 @@ final class VICIClientTests: XCTestCase {
             XCTAssertEqual(($0 as? VICIError)?.code, .invalidArgument)
         }
         XCTAssertEqual(try client.version().daemon, "charon")
-        XCTAssertEqual(server.received, [
-            .eventRegister(name: "list-sa"), .eventUnregister(name: "list-sa"),
-            .commandRequest(name: "version", message: [:]),
-        ])
+        XCTAssertEqual(
+            server.received,
+            [
+                .eventRegister(name: "list-sa"), .eventUnregister(name: "list-sa"),
+                .commandRequest(name: "version", message: [:]),
+            ])
         XCTAssertEqual(server.connections, 1)
     }
 
@@ -113,11 +123,14 @@ final class VICIClientTests: XCTestCase {
         let server = try charonLike()
         let client = try VICIClient(path: server.path, timeout: .seconds(2))
         var lines: [String] = []
-        XCTAssertThrowsError(try client.initiate(child: "c", ike: "i", timeout: .seconds(1)) { lines.append($0.message) }) {
+        XCTAssertThrowsError(
+            try client.initiate(child: "c", ike: "i", timeout: .seconds(1)) { lines.append($0.message) }
+        ) {
             let error = $0 as? VICIError
             XCTAssertEqual(error?.code, .commandFailed)
             XCTAssertEqual(error?.errmsg, "establishing CHILD_SA 'c' failed")
-            XCTAssertTrue(error?.detail?.contains("[KNL] unable to add SAD entry") ?? false, "\(String(describing: error))")
+            XCTAssertTrue(
+                error?.detail?.contains("[KNL] unable to add SAD entry") ?? false, "\(String(describing: error))")
         }
         XCTAssertEqual(lines, ["initiating IKE_SA", "unable to add SAD entry"])
         let request = server.received.first { if case .commandRequest("initiate", _) = $0 { true } else { false } }
@@ -166,7 +179,8 @@ final class VICIClientTests: XCTestCase {
 
     func testEventStreamDeliversEventsAndStops() async throws {
         let server = try charonLike()
-        let stream = try VICIEventStream(path: server.path, events: ["ike-updown", "child-updown"], timeout: .seconds(2))
+        let stream = try VICIEventStream(
+            path: server.path, events: ["ike-updown", "child-updown"], timeout: .seconds(2))
         XCTAssertEqual(server.received, [.eventRegister(name: "ike-updown"), .eventRegister(name: "child-updown")])
         server.push(.event(name: "ike-updown", message: ["up": "yes", "conn": ["state": "ESTABLISHED"]]))
         server.push(.event(name: "child-updown", message: ["conn": [:]]))
@@ -188,7 +202,7 @@ final class VICIClientTests: XCTestCase {
             XCTAssertEqual(($0 as? VICIError)?.code, .unknownEvent)
         }
         let stream = try VICIEventStream(path: server.path, events: ["ike-updown"], timeout: .seconds(2))
-        server.push(.commandUnknown)  // not allowed on an event connection
+        server.push(.commandUnknown) // not allowed on an event connection
         do {
             for try await event in stream { XCTFail("unexpected \(event)") }
             XCTFail("the stream should end with an error")

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Keying
 
 /// Tier 1: the VICI message encoding, byte for byte against strongSwan's protocol description
@@ -60,8 +61,9 @@ final class VICICodecTests: XCTestCase {
         let long = [UInt8](repeating: 0xab, count: 300)
         XCTAssertEqual(try (["v": .value(long)] as VICIMessage).encode(), [3, 1, 0x76, 0x01, 0x2c] + long)
         // Integers and booleans are decimal text and yes/no, as charon's settings parser reads them.
-        XCTAssertEqual(try (["reqid": 200, "policies": false] as VICIMessage).encode(),
-                       [3, 5] + ascii("reqid") + [0, 3] + ascii("200") + [3, 8] + ascii("policies") + [0, 2] + ascii("no"))
+        XCTAssertEqual(
+            try (["reqid": 200, "policies": false] as VICIMessage).encode(),
+            [3, 5] + ascii("reqid") + [0, 3] + ascii("200") + [3, 8] + ascii("policies") + [0, 2] + ascii("no"))
         XCTAssertEqual(try VICIMessage().encode(), [])
         XCTAssertEqual(try VICIMessage.decode([UInt8]()), VICIMessage())
     }
@@ -102,7 +104,8 @@ final class VICICodecTests: XCTestCase {
         XCTAssertThrowsError(try nested(VICIMessage.maximumDepth + 1).encode()) {
             XCTAssertEqual(($0 as? VICIError)?.code, .invalidArgument)
         }
-        let tooDeep = Array(repeating: [UInt8(1), 1, 0x73], count: VICIMessage.maximumDepth + 1).flatMap { $0 }
+        let tooDeep =
+            Array(repeating: [UInt8(1), 1, 0x73], count: VICIMessage.maximumDepth + 1).flatMap { $0 }
             + Array(repeating: UInt8(2), count: VICIMessage.maximumDepth + 1)
         assertMalformed(tooDeep, "65 nested sections")
         // Deep nesting of unbalanced input must not recurse or crash either.

@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Keying
 
 /// Tier 1: the message API, the typed `list-sa` parser and the conn config builder.
@@ -42,7 +43,9 @@ final class VICIModelTests: XCTestCase {
             }
         }
         conn.withSection("children") { $0.withSection("sock") { $0["policies"] = false } }
-        let expected: VICIMessage = ["version": "2", "children": ["sock": ["mode": "transport", "reqid": "200", "policies": "no"]]]
+        let expected: VICIMessage = [
+            "version": "2", "children": ["sock": ["mode": "transport", "reqid": "200", "policies": "no"]],
+        ]
         XCTAssertEqual(conn, expected)
     }
 
@@ -60,7 +63,8 @@ final class VICIModelTests: XCTestCase {
                 "remote-host": "10.77.0.2", "remote-port": "4500", "remote-id": "b.lab.test",
                 "remote-eap-id": "alice",
                 "initiator": "yes", "initiator-spi": "6a2f0b0c1d2e3f40", "responder-spi": "0123456789abcdef",
-                "encr-alg": "AES_GCM_16", "encr-keysize": "256", "prf-alg": "PRF_HMAC_SHA2_256", "dh-group": "CURVE_25519",
+                "encr-alg": "AES_GCM_16", "encr-keysize": "256", "prf-alg": "PRF_HMAC_SHA2_256",
+                "dh-group": "CURVE_25519",
                 "established": "12", "rekey-time": "13000",
                 "child-sas": [
                     "sock-7": [
@@ -73,7 +77,7 @@ final class VICIModelTests: XCTestCase {
                     ],
                     "bare-8": ["state": "INSTALLING", "spi-in": "not-hex"],
                 ],
-            ],
+            ]
         ]
         let sas = IKESAInfo.parse(event: event)
         XCTAssertEqual(sas.count, 1)
@@ -127,7 +131,8 @@ final class VICIModelTests: XCTestCase {
         let event: VICIMessage = [
             "up": "yes",
             "from-a": [
-                "uniqueid": "1", "version": "2", "state": "ESTABLISHED", "local-host": "10.77.0.2", "local-port": "4500",
+                "uniqueid": "1", "version": "2", "state": "ESTABLISHED", "local-host": "10.77.0.2",
+                "local-port": "4500",
                 "local-id": "b.lab.test", "remote-host": "10.77.0.1", "remote-port": "4500", "remote-id": "a.lab.test",
                 "initiator-spi": "179b3b766f5ef483", "responder-spi": "72a26e58715dfcc0", "encr-alg": "AES_CBC",
                 "encr-keysize": "128", "integ-alg": "HMAC_SHA2_256_128", "prf-alg": "PRF_HMAC_SHA2_256",
@@ -139,7 +144,7 @@ final class VICIModelTests: XCTestCase {
                         "encr-keysize": "256", "bytes-in": "0", "packets-in": "0", "bytes-out": "0", "packets-out": "0",
                         "rekey-time": "3445", "life-time": "3960", "install-time": "0",
                         "local-ts": ["10.77.0.2/32[tcp/5001]"], "remote-ts": ["10.77.0.1/32"],
-                    ],
+                    ]
                 ],
             ],
         ]
@@ -193,11 +198,13 @@ final class VICIModelTests: XCTestCase {
 
     /// The two per-socket shapes of keying-notes, as `load-conn` bodies.
     func testInitiatorAndResponderConfigs() {
-        let child = ChildConfig(name: "sock", reqid: 200, startAction: .trap, espProposals: ["aes256gcm16"],
-                                localTS: [.dynamic(protocol: "tcp")], remoteTS: [.dynamic(protocol: "tcp", port: 5001)])
-        let initiator = IKEConnConfig.initiator(name: "to-b", local: "10.77.0.1", remote: "10.77.0.2",
-                                                localAuth: .psk(id: "a.lab.test"), remoteAuth: .psk(id: "b.lab.test"),
-                                                children: [child], proposals: ["aes256-sha256-modp2048"])
+        let child = ChildConfig(
+            name: "sock", reqid: 200, startAction: .trap, espProposals: ["aes256gcm16"],
+            localTS: [.dynamic(protocol: "tcp")], remoteTS: [.dynamic(protocol: "tcp", port: 5001)])
+        let initiator = IKEConnConfig.initiator(
+            name: "to-b", local: "10.77.0.1", remote: "10.77.0.2",
+            localAuth: .psk(id: "a.lab.test"), remoteAuth: .psk(id: "b.lab.test"),
+            children: [child], proposals: ["aes256-sha256-modp2048"])
         let expected: VICIMessage = [
             "version": "2",
             "local_addrs": ["10.77.0.1"],
@@ -209,30 +216,36 @@ final class VICIModelTests: XCTestCase {
                 "sock": [
                     "mode": "transport", "policies": "no", "reqid": "200", "start_action": "trap",
                     "esp_proposals": ["aes256gcm16"], "local_ts": ["dynamic[tcp]"], "remote_ts": ["dynamic[tcp/5001]"],
-                ],
+                ]
             ],
         ]
         XCTAssertEqual(initiator.message, expected)
 
-        let responder = IKEConnConfig.responder(name: "from-any", localAuth: .pubkey(id: "b.lab.test", certificates: [[1, 2]]),
-                                                remoteAuth: AuthConfig(method: .pubkey, id: "%any"),
-                                                children: [ChildConfig(name: "srv", reqid: 100)])
+        let responder = IKEConnConfig.responder(
+            name: "from-any", localAuth: .pubkey(id: "b.lab.test", certificates: [[1, 2]]),
+            remoteAuth: AuthConfig(method: .pubkey, id: "%any"),
+            children: [ChildConfig(name: "srv", reqid: 100)])
         XCTAssertEqual(responder.message.list("remote_addrs"), ["%any"])
         XCTAssertNil(responder.message["local_addrs"])
         XCTAssertEqual(responder.message.section("local")?["certs"], .list([[1, 2]]))
-        XCTAssertEqual(responder.message.section("children")?.section("srv"),
-                       ["mode": "transport", "policies": "no", "reqid": "100", "start_action": "none",
-                        "local_ts": ["dynamic"], "remote_ts": ["dynamic"]])
+        XCTAssertEqual(
+            responder.message.section("children")?.section("srv"),
+            [
+                "mode": "transport", "policies": "no", "reqid": "100", "start_action": "none",
+                "local_ts": ["dynamic"], "remote_ts": ["dynamic"],
+            ])
 
         var twoRounds = responder
         twoRounds.remoteAuth = [AuthConfig(method: .pubkey), AuthConfig(method: .eapMD5, eapID: "%any")]
-        XCTAssertEqual(twoRounds.message.keys, ["version", "remote_addrs", "local", "remote-1", "remote-2", "children"])
+        XCTAssertEqual(
+            twoRounds.message.keys, ["version", "remote_addrs", "local", "remote-1", "remote-2", "children"])
         XCTAssertEqual(twoRounds.message.section("remote-2"), ["auth": "eap-md5", "eap_id": "%any"])
     }
 
     func testErrorDescriptionKeepsEverything() {
-        let error = VICIError(.commandFailed, command: "load-conn", errno: .connectionRefused, errmsg: "bad proposal",
-                              detail: "more")
+        let error = VICIError(
+            .commandFailed, command: "load-conn", errno: .connectionRefused, errmsg: "bad proposal",
+            detail: "more")
         XCTAssertEqual(error, VICIError(.commandFailed, command: "other"), "equality is by code")
         XCTAssertTrue(error.description.contains("load-conn"))
         XCTAssertTrue(error.description.contains("charon says \"bad proposal\""))

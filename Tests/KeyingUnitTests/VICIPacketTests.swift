@@ -1,4 +1,5 @@
 import XCTest
+
 @testable import Keying
 
 /// Tier 1: VICI packets and stream framing, byte for byte against the protocol description, plus a
@@ -8,21 +9,26 @@ final class VICIPacketTests: XCTestCase {
 
     func testPacketsByteForByte() throws {
         // CMD_REQUEST "version", empty message: length 9 = type + name length + 7 name bytes.
-        XCTAssertEqual(try VICIPacket.commandRequest(name: "version", message: [:]).encode(),
-                       [0, 0, 0, 9, 0, 7] + ascii("version"))
+        XCTAssertEqual(
+            try VICIPacket.commandRequest(name: "version", message: [:]).encode(),
+            [0, 0, 0, 9, 0, 7] + ascii("version"))
         // CMD_REQUEST "unload-conn" { name = a }: 1 + 1 + 11 + (1 + 1 + 4 + 2 + 1) = 22.
-        XCTAssertEqual(try VICIPacket.commandRequest(name: "unload-conn", message: ["name": "a"]).encode(),
-                       [0, 0, 0, 22, 0, 11] + ascii("unload-conn") + [3, 4] + ascii("name") + [0, 1] + ascii("a"))
+        XCTAssertEqual(
+            try VICIPacket.commandRequest(name: "unload-conn", message: ["name": "a"]).encode(),
+            [0, 0, 0, 22, 0, 11] + ascii("unload-conn") + [3, 4] + ascii("name") + [0, 1] + ascii("a"))
         // CMD_RESPONSE { success = yes }: 1 + 14.
-        XCTAssertEqual(try VICIPacket.commandResponse(["success": "yes"]).encode(),
-                       [0, 0, 0, 15, 1, 3, 7] + ascii("success") + [0, 3] + ascii("yes"))
+        XCTAssertEqual(
+            try VICIPacket.commandResponse(["success": "yes"]).encode(),
+            [0, 0, 0, 15, 1, 3, 7] + ascii("success") + [0, 3] + ascii("yes"))
         XCTAssertEqual(try VICIPacket.commandUnknown.encode(), [0, 0, 0, 1, 2])
-        XCTAssertEqual(try VICIPacket.eventRegister(name: "ike-updown").encode(), [0, 0, 0, 12, 3, 10] + ascii("ike-updown"))
+        XCTAssertEqual(
+            try VICIPacket.eventRegister(name: "ike-updown").encode(), [0, 0, 0, 12, 3, 10] + ascii("ike-updown"))
         XCTAssertEqual(try VICIPacket.eventUnregister(name: "list-sa").encode(), [0, 0, 0, 9, 4, 7] + ascii("list-sa"))
         XCTAssertEqual(try VICIPacket.eventConfirm.encode(), [0, 0, 0, 1, 5])
         XCTAssertEqual(try VICIPacket.eventUnknown.encode(), [0, 0, 0, 1, 6])
-        XCTAssertEqual(try VICIPacket.event(name: "log", message: ["msg": "hi"]).encode(),
-                       [0, 0, 0, 14, 7, 3] + ascii("log") + [3, 3] + ascii("msg") + [0, 2] + ascii("hi"))
+        XCTAssertEqual(
+            try VICIPacket.event(name: "log", message: ["msg": "hi"]).encode(),
+            [0, 0, 0, 14, 7, 3] + ascii("log") + [3, 3] + ascii("msg") + [0, 2] + ascii("hi"))
     }
 
     func testPacketsRoundTrip() throws {
@@ -69,7 +75,7 @@ final class VICIPacketTests: XCTestCase {
         let element = 1 + 1 + 3 + 2 + 65_535
         let endOverhead = 1 + 1 + 3 + 2
         var fitting = VICIMessage()
-        var size = 1  // the CMD_RESPONSE type byte
+        var size = 1 // the CMD_RESPONSE type byte
         for index in 0..<100 where size + element + endOverhead <= VICIPacket.maximumSegmentLength {
             fitting.append("k0\(index)", .value([UInt8](repeating: 0, count: 65_535)))
             size += element
@@ -94,7 +100,7 @@ final class VICIPacketTests: XCTestCase {
 
     func testFrameReaderRejectsOversizedLengthBeforeBuffering() {
         var reader = VICIFrameReader()
-        reader.append([0, 8, 0, 1])  // 512 KiB + 1
+        reader.append([0, 8, 0, 1]) // 512 KiB + 1
         XCTAssertThrowsError(try reader.next()) { XCTAssertEqual(($0 as? VICIError)?.code, .malformed) }
         var huge = VICIFrameReader()
         huge.append([0xff, 0xff, 0xff, 0xff])
@@ -126,7 +132,7 @@ final class VICIPacketTests: XCTestCase {
         XCTAssertEqual(reader.bufferedCount, 0)
 
         var whole = VICIFrameReader()
-        whole.append(stream + [0, 0])  // and half of the next length
+        whole.append(stream + [0, 0]) // and half of the next length
         XCTAssertEqual(try whole.next(), packets[0])
         XCTAssertEqual(try whole.next(), packets[1])
         XCTAssertEqual(try whole.next(), packets[2])
@@ -157,7 +163,9 @@ final class VICIPacketTests: XCTestCase {
             let key = "k\(i)" + String(repeating: "x", count: random.below(4))
             switch random.below(depth < 4 ? 3 : 2) {
             case 0: message.append(key, .value((0..<random.below(12)).map { _ in random.byte() }))
-            case 1: message.append(key, .list((0..<random.below(4)).map { _ in (0..<random.below(6)).map { _ in random.byte() } }))
+            case 1:
+                message.append(
+                    key, .list((0..<random.below(4)).map { _ in (0..<random.below(6)).map { _ in random.byte() } }))
             default: message.append(key, .section(randomMessage(&random, depth: depth + 1)))
             }
         }
@@ -172,7 +180,8 @@ final class VICIPacketTests: XCTestCase {
         for round in 0..<20_000 {
             var bytes: [UInt8]
             if round % 2 == 0 {
-                bytes = (0..<random.below(48)).map { _ in random.below(3) == 0 ? random.byte() : UInt8(random.below(8)) }
+                bytes = (0..<random.below(48)).map { _ in random.below(3) == 0 ? random.byte() : UInt8(random.below(8))
+                }
             } else {
                 bytes = try randomMessage(&random).encode()
                 for _ in 0..<(1 + random.below(3)) where !bytes.isEmpty {
@@ -201,7 +210,8 @@ final class VICIPacketTests: XCTestCase {
         var random = Random(state: 42)
         for round in 0..<2_000 {
             let packets = (0..<(1 + random.below(3))).map { i -> VICIPacket in
-                i % 2 == 0 ? .event(name: "list-sa", message: randomMessage(&random))
+                i % 2 == 0
+                    ? .event(name: "list-sa", message: randomMessage(&random))
                     : .commandResponse(randomMessage(&random))
             }
             var stream = try packets.flatMap { try $0.encode() }
@@ -225,7 +235,9 @@ final class VICIPacketTests: XCTestCase {
             var reader = VICIFrameReader()
             let body = (0..<random.below(40)).map { _ in random.below(2) == 0 ? UInt8(random.below(8)) : random.byte() }
             let length = random.below(10) == 0 ? UInt32(truncatingIfNeeded: random.next()) : UInt32(body.count)
-            reader.append([UInt8(length >> 24), UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff)])
+            reader.append([
+                UInt8(length >> 24), UInt8(length >> 16 & 0xff), UInt8(length >> 8 & 0xff), UInt8(length & 0xff),
+            ])
             reader.append(body)
             do {
                 _ = try reader.next()

@@ -16,10 +16,11 @@ final class BindingTests: XCTestCase {
 
     func capture(_ ends: Ends, on side: TestNamespace? = nil) throws -> PacketCapture {
         let namespace = side ?? ends.pair.b
-        return try PacketCapture(namespace: namespace,
-                                 interface: namespace.name == ends.pair.a.name ? ends.pair.interfaceA : ends.pair.interfaceB,
-                                 file: FileManager.default.temporaryDirectory
-                                     .appendingPathComponent("bt-\(UUID().uuidString).pcap").path)
+        return try PacketCapture(
+            namespace: namespace,
+            interface: namespace.name == ends.pair.a.name ? ends.pair.interfaceA : ends.pair.interfaceB,
+            file: FileManager.default.temporaryDirectory
+                .appendingPathComponent("bt-\(UUID().uuidString).pcap").path)
     }
 
     /// One client process, one server: 200 secured connections opened one after another and all held open,
@@ -30,7 +31,10 @@ final class BindingTests: XCTestCase {
             let ends = try Ends(auth: .ecdsa)
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let count = Int(ProcessInfo.processInfo.environment["WSS_HELD_CONNECTIONS"] ?? "") ?? 200
@@ -54,8 +58,9 @@ final class BindingTests: XCTestCase {
                 accepted.append(server)
             }
             let opened = Date().timeIntervalSince(started)
-            print("opened \(count) secured connections in \(String(format: "%.1f", opened)) s "
-                  + "(\(String(format: "%.1f", opened * 1000 / Double(count))) ms each)")
+            print(
+                "opened \(count) secured connections in \(String(format: "%.1f", opened)) s "
+                    + "(\(String(format: "%.1f", opened * 1000 / Double(count))) ms each)")
 
             let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
             let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
@@ -78,25 +83,35 @@ final class BindingTests: XCTestCase {
                     // The server's SA for this connection is exactly its flow.
                     let state = try xfrmB.getState(out)
                     XCTAssertTrue(state.selector.isFlowExact, "connection \(index): \(state.selector)")
-                    XCTAssertEqual(state.selector.destinationPort, try XCTUnwrap(SocketInspector.facts(of: client.fd.rawValue).local?.port))
+                    XCTAssertEqual(
+                        state.selector.destinationPort,
+                        try XCTUnwrap(SocketInspector.facts(of: client.fd.rawValue).local?.port))
                 }
             }
             XCTAssertEqual(answered, count, "every held connection echoes")
             XCTAssertEqual(outboundSPIs.count, count, "each connection has an outbound SA of its own")
             let statsAfter = try XFRMStatistics.read(in: ends.pair.a.namespace)
-            XCTAssertEqual(statsAfter["XfrmInTmplMismatch"], statsBefore["XfrmInTmplMismatch"], "no reply dropped by a policy")
+            XCTAssertEqual(
+                statsAfter["XfrmInTmplMismatch"], statsBefore["XfrmInTmplMismatch"], "no reply dropped by a policy")
             XCTAssertEqual(statsAfter["XfrmInStateMismatch"], statsBefore["XfrmInStateMismatch"])
             let clientSAs = try xfrmA.states().filter { $0.id.spi != 0 && $0.mode == .transport }
-            print("client SAD: \(clientSAs.count) SAs for \(count) connections; XfrmIn* increase: "
-                  + "\(statsAfter.increase(since: statsBefore))")
+            print(
+                "client SAD: \(clientSAs.count) SAs for \(count) connections; XfrmIn* increase: "
+                    + "\(statsAfter.increase(since: statsBefore))")
 
             capture.stop()
             let analysis = try capture.analyse(markers: markers)
             XCTAssertGreaterThan(analysis.espPackets, 0)
             XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
             XCTAssertFalse(analysis.markerFound)
-            for socket in clients { ends.a.release(socket.fd.rawValue); socket.closeAbortively() }
-            for socket in accepted { ends.b.release(socket.fd.rawValue); socket.closeAbortively() }
+            for socket in clients {
+                ends.a.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+            for socket in accepted {
+                ends.b.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
             ends.b.release(listener.fd.rawValue)
             listener.closeAbortively()
         }
@@ -108,8 +123,10 @@ final class BindingTests: XCTestCase {
     /// the processes exit.
     func testTwoHundredConnectionsFromFourProcesses() throws {
         try inESPKernel(self, timeout: 420) {
-            let binaries = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-                .deletingLastPathComponent().path
+            let binaries = URL(
+                fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+            )
+            .deletingLastPathComponent().path
             let echo = "\(binaries)/secure-echo"
             XCTAssertTrue(FileManager.default.isExecutableFile(atPath: echo), "build the secure-echo product first")
             let certificates = try TestCertificates(names: ["a.example", "b.example"])
@@ -124,14 +141,20 @@ final class BindingTests: XCTestCase {
             let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private")
             let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB, file: "\(c)/veth-b.pcap")
             defer { capture.stop() }
-            let server = try NamespaceProcess(in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
-                                              [echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
-                                               "--seconds", "240"], log: "\(c)/server.log")
+            let server = try NamespaceProcess(
+                in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
+                [
+                    echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
+                    "--seconds", "240",
+                ], log: "\(c)/server.log")
             XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)
             let clients = try (0..<4).map { index in
-                try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
-                                     [echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
-                                      "--connections", "50", "--linger", "3"], log: "\(c)/client-\(index).log")
+                try NamespaceProcess(
+                    in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+                    [
+                        echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
+                        "--connections", "50", "--linger", "3",
+                    ], log: "\(c)/client-\(index).log")
             }
             for (index, client) in clients.enumerated() {
                 XCTAssertTrue(client.waitForExit(timeout: 300), "client \(index) finished")
@@ -172,14 +195,19 @@ final class BindingTests: XCTestCase {
             let ends = try Ends(auth: .ecdsa, identityOfB: "c.example")
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             // The attacker's service: secured (its charon answers any authenticated peer) and a plain one.
-            let attackerSecured = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let attackerSecured = try ends.b.securedListener(
+                in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let attackerPlain = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
             try attackerPlain.bind(ends.pair.addressB4, port: 0)
             try attackerPlain.listen()
             // The client host also serves (so it has a responder config a peer could try to use).
-            let clientListener = try ends.a.securedListener(in: ends.pair.a, family: .inet, address: ends.pair.addressA4)
+            let clientListener = try ends.a.securedListener(
+                in: ends.pair.a, family: .inet, address: ends.pair.addressA4)
             let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
             var markers: [[UInt8]] = []
 
@@ -203,11 +231,18 @@ final class BindingTests: XCTestCase {
                     let attack = IKEConnConfig(
                         name: "attack-\(UUID().uuidString.prefix(6))", localAddresses: ["\(ends.pair.addressB4)"],
                         remoteAddresses: ["\(ends.pair.addressA4)"],
-                        localAuth: [.pubkey(id: "c.example", certificates: [try XCTUnwrap(ends.certificates).certificate("c.example")])],
+                        localAuth: [
+                            .pubkey(
+                                id: "c.example",
+                                certificates: [try XCTUnwrap(ends.certificates).certificate("c.example")])
+                        ],
                         remoteAuth: [.pubkey(id: "%any")],
-                        children: [ChildConfig(name: "grab", mode: .transport, policies: false,
-                                               espProposals: StrongSwanBackend.espProposals,
-                                               localTS: [.dynamic], remoteTS: [.dynamic])])
+                        children: [
+                            ChildConfig(
+                                name: "grab", mode: .transport, policies: false,
+                                espProposals: StrongSwanBackend.espProposals,
+                                localTS: [.dynamic], remoteTS: [.dynamic])
+                        ])
                     try ends.backendB.vici.loadConn(attack)
                     _ = try? ends.backendB.vici.initiate(child: "grab", ike: attack.name, timeout: .seconds(5))
                     let onReqid = try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }
@@ -219,9 +254,11 @@ final class BindingTests: XCTestCase {
                     XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\(label): \($0)")
                 }
                 let state = ends.a.table.endpoint(cookie: cookie)?.state
-                XCTAssertFalse({ if case .secured = state { true } else { false } }(), "\(label): \(String(describing: state))")
-                XCTAssertEqual(try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }.count, 0,
-                               "\(label): no SA carries the client's reqid")
+                XCTAssertFalse(
+                    { if case .secured = state { true } else { false } }(), "\(label): \(String(describing: state))")
+                XCTAssertEqual(
+                    try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }.count, 0,
+                    "\(label): no SA carries the client's reqid")
                 ends.a.release(client.fd.rawValue)
                 client.closeAbortively()
 
@@ -245,8 +282,11 @@ final class BindingTests: XCTestCase {
             // an IKE SA with the attacker. A named socket must not ride on it.
             let unnamed = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(unnamed.fd.rawValue)
-            try ends.a.connect(unnamed.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4,
-                                                                                port: attackerSecured.localPort))
+            try ends.a.connect(
+                unnamed.fd.rawValue,
+                to: SocketEndpointAddress(
+                    address: ends.pair.addressB4,
+                    port: attackerSecured.localPort))
             XCTAssertEqual(try ends.a.query(unnamed.fd.rawValue).peerMachineIdentity, "c.example")
             let acceptedUnnamed = try attackerSecured.accept(timeout: 5)
             for port in [attackerSecured.localPort, attackerPlain.localPort] {
@@ -255,7 +295,8 @@ final class BindingTests: XCTestCase {
 
             // The attacker's applications got nothing from the named sockets.
             XCTAssertThrowsError(try attackerSecured.accept(timeout: 0.5), "no further connection reached the attacker")
-            XCTAssertThrowsError(try attackerPlain.accept(timeout: 0.5), "no connection reached the attacker's plain service")
+            XCTAssertThrowsError(
+                try attackerPlain.accept(timeout: 0.5), "no connection reached the attacker's plain service")
             capture.stop()
             let analysis = try capture.analyse(markers: markers)
             XCTAssertFalse(analysis.markerFound, "no secret in clear on the wire")
@@ -278,12 +319,20 @@ final class BindingTests: XCTestCase {
             let fixture = try CharonFlowTests.ImpersonationFixture(rules: "user alice -> nobody\nuser bob -> daemon\n")
             defer { fixture.remove() }
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice": "alice's secret", "bob": "bob's secret"])
-            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
-            let server = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB,
-                                                      reqidDirectory: ends.folders[1] + "-imp",
-                                                      namespace: ends.pair.b.namespace, identityMap: fixture.map))
+            defer {
+                ends.close()
+                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+            }
+            let server = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: ends.backendB,
+                    reqidDirectory: ends.folders[1] + "-imp",
+                    namespace: ends.pair.b.namespace, identityMap: fixture.map))
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
@@ -292,8 +341,12 @@ final class BindingTests: XCTestCase {
                 let user = index % 2 == 0 ? "alice" : "bob"
                 let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
                 client.setTimeouts(5)
-                try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
-                    userName: user, password: "\(user)'s secret")))
+                try ends.a.setSecurity(
+                    client.fd.rawValue,
+                    SocketSecuritySettings(
+                        securityProtocol: .ipsec,
+                        ipsec: IPsecSettings(
+                            userName: user, password: "\(user)'s secret")))
                 try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
                 try ends.a.connect(client.fd.rawValue, to: peer)
                 let accepted = try listener.accept(timeout: 5)
@@ -304,7 +357,8 @@ final class BindingTests: XCTestCase {
             var markers: [[UInt8]] = []
             for (index, connection) in connections.enumerated() {
                 let view = try server.query(connection.accepted.fd.rawValue)
-                XCTAssertEqual(view.flags, [.secured, .encrypted, .impersonated], "\(index) \(connection.user): \(view)")
+                XCTAssertEqual(
+                    view.flags, [.secured, .encrypted, .impersonated], "\(index) \(connection.user): \(view)")
                 XCTAssertEqual(view.peerUserIdentity, connection.user, "connection \(index)")
                 XCTAssertEqual(view.peerMachineIdentity, "a.example")
                 let account = try server.withPeerImpersonation(connection.accepted.fd.rawValue) { $0.name }
@@ -316,9 +370,11 @@ final class BindingTests: XCTestCase {
                 let marker = Array("to-\(connection.user)-\(index)".utf8)
                 markers.append(marker)
                 try connection.accepted.send(marker)
-                XCTAssertEqual(try connection.client.receiveExactly(marker.count, timeout: 5), marker, "connection \(index)")
+                XCTAssertEqual(
+                    try connection.client.receiveExactly(marker.count, timeout: 5), marker, "connection \(index)")
                 let after = try xfrmB.getState(out)
-                XCTAssertGreaterThan(after.counters.packets, before, "the reply left through \(connection.user)'s own SA")
+                XCTAssertGreaterThan(
+                    after.counters.packets, before, "the reply left through \(connection.user)'s own SA")
                 XCTAssertTrue(after.selector.isFlowExact, "\(after.selector)")
             }
             XCTAssertEqual(inboundSPIs.count, 40, "an SA pair per connection")
@@ -352,19 +408,22 @@ final class BindingTests: XCTestCase {
             // the kernel sends for it from its control socket (TIME_WAIT ACKs, RSTs).
             let xfrm = try XFRMClient(namespace: ends.pair.a.namespace)
             let first = try XCTUnwrap(SocketInspector.facts(of: pairs[0].0.fd.rawValue))
-            let outSelector = XFRMSelector.host(ends.pair.addressA4, ends.pair.addressB4, protocol: .tcp,
-                                                sourcePort: first.local!.port, destinationPort: listener.localPort)
+            let outSelector = XFRMSelector.host(
+                ends.pair.addressA4, ends.pair.addressB4, protocol: .tcp,
+                sourcePort: first.local!.port, destinationPort: listener.localPort)
             let cover = try xfrm.policies().filter { !$0.direction.isSocketPolicy && $0.selector == outSelector }
             XCTAssertEqual(cover.count, 1, "\(cover)")
-            XCTAssertEqual(cover.first?.templates.first?.reqid,
-                           ends.a.table.endpoint(cookie: first.cookie)?.reqid, "with the socket's reqid")
+            XCTAssertEqual(
+                cover.first?.templates.first?.reqid,
+                ends.a.table.endpoint(cookie: first.cookie)?.reqid, "with the socket's reqid")
             XCTAssertEqual(cover.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
             // The server's side of the same flow is covered too, from the moment its SAs exist, although the
             // application never handed the accepted socket to the library (a server that closes first is the
             // side in TIME_WAIT).
             let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
-            let serverSelector = XFRMSelector.host(ends.pair.addressB4, ends.pair.addressA4, protocol: .tcp,
-                                                   sourcePort: listener.localPort, destinationPort: first.local!.port)
+            let serverSelector = XFRMSelector.host(
+                ends.pair.addressB4, ends.pair.addressA4, protocol: .tcp,
+                sourcePort: listener.localPort, destinationPort: first.local!.port)
             func serverCover() throws -> [XFRMPolicy] {
                 try xfrmB.policies().filter { !$0.direction.isSocketPolicy && $0.selector == serverSelector }
             }
@@ -374,7 +433,8 @@ final class BindingTests: XCTestCase {
                 if covered.isEmpty { usleep(20_000) }
             }
             XCTAssertEqual(covered.count, 1, "the accepted flow's cover on the server")
-            let listenerReqid = try XCTUnwrap(ends.b.table.endpoint(cookie: SocketInspector.cookie(of: listener.fd.rawValue)!)?.reqid)
+            let listenerReqid = try XCTUnwrap(
+                ends.b.table.endpoint(cookie: SocketInspector.cookie(of: listener.fd.rawValue)!)?.reqid)
             XCTAssertEqual(covered.first?.templates.first?.reqid, listenerReqid, "with the listener's reqid")
             XCTAssertEqual(covered.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
             XCTAssertNotEqual(views[0].childSAID, views[1].childSAID, "a CHILD SA each")
@@ -383,7 +443,8 @@ final class BindingTests: XCTestCase {
             pairs[0].0.closeAbortively()
             let gone = Date().addingTimeInterval(3)
             while Date() < gone, (try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA))) != nil { usleep(20_000) }
-            XCTAssertNil(try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA)), "the released connection's SA is gone")
+            XCTAssertNil(
+                try? xfrmA.getState(try XCTUnwrap(views[0].outboundSA)), "the released connection's SA is gone")
             let after = try xfrm.policies().filter { !$0.direction.isSocketPolicy && $0.selector == outSelector }
             XCTAssertEqual(after.first?.lifetime.hardAddExpiresSeconds, 120, "the cover ends by itself after TIME_WAIT")
             var serverAfter: [XFRMPolicy] = []
@@ -392,13 +453,15 @@ final class BindingTests: XCTestCase {
                 if serverAfter.first?.lifetime.hardAddExpiresSeconds == 120 { break }
                 usleep(20_000)
             }
-            XCTAssertEqual(serverAfter.first?.lifetime.hardAddExpiresSeconds, 120,
-                           "the server's cover ends by itself after TIME_WAIT once the flow's SAs are gone")
+            XCTAssertEqual(
+                serverAfter.first?.lifetime.hardAddExpiresSeconds, 120,
+                "the server's cover ends by itself after TIME_WAIT once the flow's SAs are gone")
             for round in 0..<3 {
                 try pairs[1].0.send([UInt8(round)])
                 XCTAssertEqual(try pairs[1].1.receiveExactly(1, timeout: 5), [UInt8(round)])
                 try pairs[1].1.send([UInt8(round)])
-                XCTAssertEqual(try pairs[1].0.receiveExactly(1, timeout: 5), [UInt8(round)], "the other connection still echoes")
+                XCTAssertEqual(
+                    try pairs[1].0.receiveExactly(1, timeout: 5), [UInt8(round)], "the other connection still echoes")
             }
             XCTAssertEqual(try ends.a.query(pairs[1].0.fd.rawValue).flags, [.secured, .encrypted])
             XCTAssertEqual(try ends.backendA.vici.listSAs().count, 1, "the IKE SA stays for the other connection")
@@ -425,14 +488,18 @@ final class BindingTests: XCTestCase {
                 for listener in order {
                     let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
                     try ends.a.setSecurity(client.fd.rawValue)
-                    try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4,
-                                                                                      port: listener.localPort))
+                    try ends.a.connect(
+                        client.fd.rawValue,
+                        to: SocketEndpointAddress(
+                            address: ends.pair.addressB4,
+                            port: listener.localPort))
                     let accepted = try listener.accept(timeout: 5)
                     try client.send([7])
                     XCTAssertEqual(try accepted.receiveExactly(1, timeout: 5), [7])
                     let view = try ends.b.query(accepted.fd.rawValue)
                     XCTAssertEqual(view.flags, [.secured, .encrypted])
-                    let listenerReqid = ends.b.table.endpoint(cookie: try XCTUnwrap(SocketInspector.cookie(of: listener.fd.rawValue)))?.reqid
+                    let listenerReqid = ends.b.table.endpoint(
+                        cookie: try XCTUnwrap(SocketInspector.cookie(of: listener.fd.rawValue)))?.reqid
                     XCTAssertEqual(try xfrmB.getState(try XCTUnwrap(view.outboundSA)).reqid, listenerReqid)
                     ends.a.release(client.fd.rawValue)
                     ends.b.release(accepted.fd.rawValue)
@@ -454,15 +521,22 @@ final class BindingTests: XCTestCase {
             let fixture = try CharonFlowTests.ImpersonationFixture(rules: "id a.example -> daemon\n")
             defer { fixture.remove() }
             let ends = try Ends(auth: .ecdsa)
-            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
-            let server = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB,
-                                                      reqidDirectory: ends.folders[1] + "-imp",
-                                                      namespace: ends.pair.b.namespace, identityMap: fixture.map))
-            let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4,
-                                                      SocketSecuritySettings(flags: .allowInsecure))
+            defer {
+                ends.close()
+                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+            }
+            let server = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: ends.backendB,
+                    reqidDirectory: ends.folders[1] + "-imp",
+                    namespace: ends.pair.b.namespace, identityMap: fixture.map))
+            let listener = try server.securedListener(
+                in: ends.pair.b, family: .inet, address: ends.pair.addressB4,
+                SocketSecuritySettings(flags: .allowInsecure))
             let secured = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(secured.fd.rawValue)
-            try ends.a.connect(secured.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            try ends.a.connect(
+                secured.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
             let securedAccepted = try listener.accept(timeout: 5)
             let plain = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             _ = try plain.connect(ends.pair.addressB4, port: listener.localPort, retryFor: 3)

@@ -1,11 +1,11 @@
 import ALE
-import Impersonation
-import WinsockSecureSocket
 import Foundation
+import Impersonation
 import Keying
 import NetnsTestSupport
 import SecureSocket
 import TierTesting
+import WinsockSecureSocket
 import XCTest
 import XFRM
 
@@ -26,41 +26,58 @@ final class CharonFlowTests: XCTestCase {
         /// only connect to their VICI sockets and never start or stop them).
         let systemCharons: [CharonDaemon]
 
-        init(auth: Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:],
-             systemCharons: Bool = false) throws {
+        init(
+            auth: Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:],
+            systemCharons: Bool = false
+        ) throws {
             pair = try NamespacePair(prefix: "cf")
-            folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString)").path }
+            folders = (0..<2).map { _ in
+                FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString)").path
+            }
             var random = SystemRandomNumberGenerator()
             let secret = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &random), radix: 16) }.joined()
             let credentials: (String) throws -> StrongSwanBackend.Credentials
             switch auth {
             case .psk:
                 certificates = nil
-                credentials = { StrongSwanBackend.Credentials(identity: $0, method: .psk(secret),
-                                                              eapUsers: $0 == identityOfB ? usersOfB : [:]) }
+                credentials = {
+                    StrongSwanBackend.Credentials(
+                        identity: $0, method: .psk(secret),
+                        eapUsers: $0 == identityOfB ? usersOfB : [:])
+                }
             case .ecdsa:
                 let made = try TestCertificates(names: ["a.example", identityOfB])
                 certificates = made
                 credentials = { name in
-                    StrongSwanBackend.Credentials(identity: name, method: .certificate(
-                        certificate: try made.certificate(name), privateKey: try made.key(name),
-                        authorities: [try made.authority()]), eapUsers: name == identityOfB ? usersOfB : [:])
+                    StrongSwanBackend.Credentials(
+                        identity: name,
+                        method: .certificate(
+                            certificate: try made.certificate(name), privateKey: try made.key(name),
+                            authorities: [try made.authority()]), eapUsers: name == identityOfB ? usersOfB : [:])
                 }
             }
             if systemCharons {
                 let daemons = try [pair.a.namespace, pair.b.namespace].map { try CharonDaemon(namespace: $0) }
                 self.systemCharons = daemons
-                backendA = try StrongSwanBackend(vici: try VICIClient(path: daemons[0].socketPath), credentials: credentials("a.example"))
-                backendB = try StrongSwanBackend(vici: try VICIClient(path: daemons[1].socketPath), credentials: credentials(identityOfB))
+                backendA = try StrongSwanBackend(
+                    vici: try VICIClient(path: daemons[0].socketPath), credentials: credentials("a.example"))
+                backendB = try StrongSwanBackend(
+                    vici: try VICIClient(path: daemons[1].socketPath), credentials: credentials(identityOfB))
             } else {
                 self.systemCharons = []
-                backendA = try StrongSwanBackend.systemOrPrivate(credentials: credentials("a.example"), namespace: pair.a.namespace)
-                backendB = try StrongSwanBackend.systemOrPrivate(credentials: credentials(identityOfB), namespace: pair.b.namespace)
+                backendA = try StrongSwanBackend.systemOrPrivate(
+                    credentials: credentials("a.example"), namespace: pair.a.namespace)
+                backendB = try StrongSwanBackend.systemOrPrivate(
+                    credentials: credentials(identityOfB), namespace: pair.b.namespace)
             }
-            a = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backendA, reqidDirectory: folders[0],
-                                             namespace: pair.a.namespace))
-            b = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backendB, reqidDirectory: folders[1],
-                                             namespace: pair.b.namespace))
+            a = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: backendA, reqidDirectory: folders[0],
+                    namespace: pair.a.namespace))
+            b = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: backendB, reqidDirectory: folders[1],
+                    namespace: pair.b.namespace))
         }
 
         func close() {
@@ -68,7 +85,7 @@ final class CharonFlowTests: XCTestCase {
             backendB.daemon?.stop()
             backendA.shutdown()
             backendB.shutdown()
-            systemCharons.forEach { $0.stop() }
+            for item in systemCharons { item.stop() }
             pair.remove()
             certificates?.remove()
             for folder in folders { try? FileManager.default.removeItem(atPath: folder) }
@@ -76,8 +93,9 @@ final class CharonFlowTests: XCTestCase {
     }
 
     func capture(_ ends: Ends) throws -> PacketCapture {
-        try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
-                          file: FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString).pcap").path)
+        try PacketCapture(
+            namespace: ends.pair.b, interface: ends.pair.interfaceB,
+            file: FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString).pcap").path)
     }
 
     /// Client: set security, peer target name, WSAConnect, send. Server: set security, bind, listen, accept,
@@ -87,9 +105,13 @@ final class CharonFlowTests: XCTestCase {
         defer { ends.close() }
         let (_, addressB) = ends.pair.addresses(family)
         let capture = try capture(ends)
-        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        defer {
+            capture.stop()
+            try? FileManager.default.removeItem(atPath: capture.file)
+        }
 
-        let listener = try ends.b.securedListener(in: ends.pair.b, family: family, address: addressB, SocketSecuritySettings(flags: .guaranteeEncryption))
+        let listener = try ends.b.securedListener(
+            in: ends.pair.b, family: family, address: addressB, SocketSecuritySettings(flags: .guaranteeEncryption))
 
         let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
         client.setTimeouts(5)
@@ -150,13 +172,19 @@ final class CharonFlowTests: XCTestCase {
             let ends = try Ends(auth: .ecdsa, identityOfB: "mallory.example")
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-            XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue,
-                                                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))) {
+            XCTAssertThrowsError(
+                try ends.a.connect(
+                    client.fd.rawValue,
+                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
             let endpoint = try XCTUnwrap(ends.a.table.endpoint(cookie: SocketInspector.cookie(of: client.fd.rawValue)!))
@@ -164,8 +192,9 @@ final class CharonFlowTests: XCTestCase {
                 return XCTFail("state \(endpoint.state)")
             }
             XCTAssertEqual(expected, "b.example")
-            XCTAssertEqual(client.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable,
-                           "a plain connect() cannot go around it")
+            XCTAssertEqual(
+                client.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable,
+                "a plain connect() cannot go around it")
             capture.stop()
             XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0)
         }
@@ -180,7 +209,10 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let server = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .udp)
             try ends.b.setSecurity(server.fd.rawValue)
             try server.bind(.any(.inet), port: 0)
@@ -198,7 +230,8 @@ extension CharonFlowTests {
             XCTAssertEqual(clientView.flags, [.secured, .encrypted], "\(clientView)")
             XCTAssertEqual(clientView.peerMachineIdentity, "b.example")
             let clientAddress = SocketEndpointAddress(address: ends.pair.addressA4, port: client.localPort)
-            let serverView = try ends.b.query(server.fd.rawValue, SocketSecurityQueryTemplate(peerAddress: clientAddress))
+            let serverView = try ends.b.query(
+                server.fd.rawValue, SocketSecurityQueryTemplate(peerAddress: clientAddress))
             XCTAssertEqual(serverView.flags, [.secured, .encrypted], "\(serverView)")
             XCTAssertEqual(serverView.peerMachineIdentity, "a.example")
             XCTAssertThrowsError(try ends.b.query(server.fd.rawValue)) {
@@ -208,8 +241,9 @@ extension CharonFlowTests {
             let analysis = try capture.analyse(markers: [marker])
             XCTAssertGreaterThan(analysis.espPackets, 0)
             XCTAssertFalse(analysis.markerFound)
-            XCTAssertEqual(try Command.run(["tcpdump", "-r", capture.file, "-n", "udp and not port 500 and not port 4500"]).output
-                .split(separator: "\n").filter { !$0.hasPrefix("reading") }.count, 0, "no clear datagram")
+            XCTAssertEqual(
+                try Command.run(["tcpdump", "-r", capture.file, "-n", "udp and not port 500 and not port 4500"]).output
+                    .split(separator: "\n").filter { !$0.hasPrefix("reading") }.count, 0, "no clear datagram")
         }
     }
 
@@ -219,10 +253,12 @@ extension CharonFlowTests {
         try inESPKernel(self) {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
-            ends.backendB.daemon?.stop()   // B runs no IKE at all
-            let insecure = try SecureSocketEngine(.init(negotiationTimeout: 2, keying: ends.backendA,
-                                                        reqidDirectory: ends.folders[0] + "-insecure",
-                                                        namespace: ends.pair.a.namespace))
+            ends.backendB.daemon?.stop() // B runs no IKE at all
+            let insecure = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 2, keying: ends.backendA,
+                    reqidDirectory: ends.folders[0] + "-insecure",
+                    namespace: ends.pair.a.namespace))
             defer { try? FileManager.default.removeItem(atPath: ends.folders[0] + "-insecure") }
             let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
             try listener.bind(ends.pair.addressB4, port: 0)
@@ -230,7 +266,8 @@ extension CharonFlowTests {
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try insecure.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
             let started = Date()
-            try insecure.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            try insecure.connect(
+                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
             XCTAssertLessThan(Date().timeIntervalSince(started), 8, "the fallback comes after the bounded negotiation")
             let accepted = try listener.accept(timeout: 5)
             try client.send(Array("hello".utf8))
@@ -251,12 +288,16 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             client.setTimeouts(5)
             try ends.a.setSecurity(client.fd.rawValue)
-            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            try ends.a.connect(
+                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
             try client.send(Array("before".utf8))
             XCTAssertEqual(try accepted.receiveExactly(6, timeout: 5), Array("before".utf8))
@@ -270,19 +311,24 @@ extension CharonFlowTests {
             if let echoed = try? accepted.receiveExactly(after.count, timeout: 3) {
                 XCTAssertEqual(echoed, after, "delivered, through the SAs still in the kernel")
             }
-            XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted],
-                           "the kernel still holds the SAs with this socket's reqid")
+            XCTAssertEqual(
+                try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted],
+                "the kernel still holds the SAs with this socket's reqid")
 
             // A new connection meanwhile: secured (the library starts its private charons again, see
             // CharonRestartTests) or refused, never in clear.
             let second = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(second.fd.rawValue)
             do {
-                try ends.a.connect(second.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4,
-                                                                                   port: listener.localPort))
+                try ends.a.connect(
+                    second.fd.rawValue,
+                    to: SocketEndpointAddress(
+                        address: ends.pair.addressB4,
+                        port: listener.localPort))
                 XCTAssertEqual(try ends.a.query(second.fd.rawValue).flags, [.secured, .encrypted])
             } catch {
-                XCTAssertEqual(second.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable)
+                XCTAssertEqual(
+                    second.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable)
             }
 
             capture.stop()
@@ -309,13 +355,16 @@ extension CharonFlowTests {
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
-            XCTAssertEqual(client.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable,
-                           "no SA yet: the kernel refuses at once")
+            XCTAssertEqual(
+                client.connectOnce(ends.pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable,
+                "no SA yet: the kernel refuses at once")
             let attempts: Int
             do {
                 attempts = try client.connect(ends.pair.addressB4, port: listener.localPort, retryFor: 10)
             } catch {
-                print("A: \(ends.backendA.daemon?.logTail(maxBytes: 3000) ?? "")\nB: \(ends.backendB.daemon?.logTail(maxBytes: 3000) ?? "")")
+                print(
+                    "A: \(ends.backendA.daemon?.logTail(maxBytes: 3000) ?? "")\nB: \(ends.backendB.daemon?.logTail(maxBytes: 3000) ?? "")"
+                )
                 print("A endpoints: \(ends.a.table.all.map { "\($0.role) \($0.state)" })")
                 throw error
             }
@@ -329,7 +378,9 @@ extension CharonFlowTests {
                 if case .secured = state { break }
                 usleep(20_000)
             }
-            guard case .secured(let info)? = state else { return XCTFail("endpoint state \(String(describing: state))") }
+            guard case .secured(let info)? = state else {
+                return XCTFail("endpoint state \(String(describing: state))")
+            }
             XCTAssertEqual(info.peerIdentity, "b.example")
             XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted])
 
@@ -342,7 +393,9 @@ extension CharonFlowTests {
                 if case .negotiating = state { break }
                 usleep(20_000)
             }
-            guard case .negotiating? = state else { return XCTFail("after the peer's delete: \(String(describing: state))") }
+            guard case .negotiating? = state else {
+                return XCTFail("after the peer's delete: \(String(describing: state))")
+            }
             XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [], "no SA protects the flow any more")
             client.closeAbortively()
             accepted.closeAbortively()
@@ -362,15 +415,23 @@ extension CharonFlowTests {
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
 
             let wrong = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
-            try ends.a.setSecurity(wrong.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
-                userName: "alice", domainName: "EXAMPLE", password: "not her secret")))
+            try ends.a.setSecurity(
+                wrong.fd.rawValue,
+                SocketSecuritySettings(
+                    securityProtocol: .ipsec,
+                    ipsec: IPsecSettings(
+                        userName: "alice", domainName: "EXAMPLE", password: "not her secret")))
             XCTAssertThrowsError(try ends.a.connect(wrong.fd.rawValue, to: peer)) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
 
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
-            try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
-                userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
+            try ends.a.setSecurity(
+                client.fd.rawValue,
+                SocketSecuritySettings(
+                    securityProtocol: .ipsec,
+                    ipsec: IPsecSettings(
+                        userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
             try ends.a.connect(client.fd.rawValue, to: peer)
             let accepted = try listener.accept(timeout: 5)
@@ -397,9 +458,12 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let daemon = try XCTUnwrap(ends.backendA.daemon)
-            let second = try StrongSwanBackend(vici: try VICIClient(path: daemon.socketPath), credentials: ends.backendA.credentials)
-            let other = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: second, reqidDirectory: ends.folders[0],
-                                                     namespace: ends.pair.a.namespace))
+            let second = try StrongSwanBackend(
+                vici: try VICIClient(path: daemon.socketPath), credentials: ends.backendA.credentials)
+            let other = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: second, reqidDirectory: ends.folders[0],
+                    namespace: ends.pair.a.namespace))
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let sockets = try [ends.a, other].map { engine -> TestSocket in
@@ -413,7 +477,9 @@ extension CharonFlowTests {
                 do {
                     try [ends.a, other][index].connect(sockets[index].fd.rawValue, to: peer)
                 } catch {
-                    lock.lock(); failures.append("\(error)"); lock.unlock()
+                    lock.lock()
+                    failures.append("\(error)")
+                    lock.unlock()
                 }
             }
             XCTAssertEqual(failures, [])
@@ -434,7 +500,8 @@ extension CharonFlowTests {
                 engine.release(socket.fd.rawValue)
                 socket.closeAbortively()
             }
-            XCTAssertEqual(try daemon.vici.getConns().filter { !$0.contains("-responder") }, [], "initiator conns unloaded")
+            XCTAssertEqual(
+                try daemon.vici.getConns().filter { !$0.contains("-responder") }, [], "initiator conns unloaded")
             for _ in 0..<2 { try listener.accept(timeout: 5).closeAbortively() }
         }
     }
@@ -500,8 +567,10 @@ extension CharonFlowTests {
     }
 
     func serverEngine(_ ends: Ends, map: IdentityMap) throws -> SecureSocketEngine {
-        try SecureSocketEngine(.init(negotiationTimeout: 10, keying: ends.backendB, reqidDirectory: ends.folders[1] + "-imp",
-                                     namespace: ends.pair.b.namespace, identityMap: map))
+        try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 10, keying: ends.backendB, reqidDirectory: ends.folders[1] + "-imp",
+                namespace: ends.pair.b.namespace, identityMap: map))
     }
 
     /// The server impersonates the peer user of a second authentication round (alice → `nobody`): a file the
@@ -513,13 +582,21 @@ extension CharonFlowTests {
             let fixture = try ImpersonationFixture(rules: "id a.example -> daemon\nuser alice@EXAMPLE -> nobody\n")
             defer { fixture.remove() }
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
-            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
+            defer {
+                ends.close()
+                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+            }
             let server = try serverEngine(ends, map: fixture.map)
             let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
-            try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, ipsec: IPsecSettings(
-                userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
-            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            try ends.a.setSecurity(
+                client.fd.rawValue,
+                SocketSecuritySettings(
+                    securityProtocol: .ipsec,
+                    ipsec: IPsecSettings(
+                        userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
+            try ends.a.connect(
+                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
 
             let bystander = Bystander()
@@ -558,12 +635,16 @@ extension CharonFlowTests {
             let fixture = try ImpersonationFixture(rules: "id a.example -> daemon accept-group-key\n")
             defer { fixture.remove() }
             let ends = try Ends(auth: .psk)
-            defer { ends.close(); try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp") }
+            defer {
+                ends.close()
+                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+            }
             let server = try serverEngine(ends, map: fixture.map)
             let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
-            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            try ends.a.connect(
+                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
             let owner = try server.withPeerImpersonation(accepted.fd.rawValue) { account -> uid_t? in
                 XCTAssertEqual(account.name, "daemon")

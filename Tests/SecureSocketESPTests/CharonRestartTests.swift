@@ -17,10 +17,14 @@ final class CharonRestartTests: XCTestCase {
         try inESPKernel(self, timeout: 300) {
             let ends = try Ends(auth: .ecdsa)
             defer { ends.close() }
-            let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
-                                            file: FileManager.default.temporaryDirectory
-                                                .appendingPathComponent("cr-\(UUID().uuidString).pcap").path)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let capture = try PacketCapture(
+                namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                file: FileManager.default.temporaryDirectory
+                    .appendingPathComponent("cr-\(UUID().uuidString).pcap").path)
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             var markers: [[UInt8]] = []
@@ -49,18 +53,21 @@ final class CharonRestartTests: XCTestCase {
                     if restartedAfter == nil, daemon.restarts > 0 { restartedAfter = Date().timeIntervalSince(killed) }
                     usleep(20_000)
                 }
-                print("\(side): charon running again after \(restartedAfter.map { String(format: "%.2f s", $0) } ?? "-")")
+                print(
+                    "\(side): charon running again after \(restartedAfter.map { String(format: "%.2f s", $0) } ?? "-")")
                 XCTAssertEqual(daemon.restarts, 1, "\(side): the private charon was started again")
                 XCTAssertGreaterThanOrEqual(backend.resyncs, 1, "\(side): credentials and conns loaded again")
                 let recovered = Date().timeIntervalSince(killed)
                 let started = Date()
                 let fresh = try connect()
-                print("\(side) charon killed: running again with its state in \(String(format: "%.2f", recovered)) s;"
-                      + " a new connection then took \(String(format: "%.2f", Date().timeIntervalSince(started))) s")
+                print(
+                    "\(side) charon killed: running again with its state in \(String(format: "%.2f", recovered)) s;"
+                        + " a new connection then took \(String(format: "%.2f", Date().timeIntervalSince(started))) s")
                 try echoes(fresh, "\(side)-after")
                 XCTAssertEqual(try ends.b.query(fresh.1.fd.rawValue).peerMachineIdentity, "a.example")
-                XCTAssertEqual(try engine.query(side == "server" ? fresh.1.fd.rawValue : fresh.0.fd.rawValue).flags,
-                               [.secured, .encrypted])
+                XCTAssertEqual(
+                    try engine.query(side == "server" ? fresh.1.fd.rawValue : fresh.0.fd.rawValue).flags,
+                    [.secured, .encrypted])
                 connections.append(fresh)
                 for (index, connection) in connections.enumerated() { try echoes(connection, "\(side)-up-\(index)") }
             }
@@ -91,15 +98,22 @@ extension CharonRestartTests {
             let ends = try Ends(auth: .psk, systemCharons: true)
             defer { ends.close() }
             XCTAssertNil(ends.backendB.daemon, "the backend does not own this charon")
-            let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
-                                            file: FileManager.default.temporaryDirectory
-                                                .appendingPathComponent("sc-\(UUID().uuidString).pcap").path)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let capture = try PacketCapture(
+                namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                file: FileManager.default.temporaryDirectory
+                    .appendingPathComponent("sc-\(UUID().uuidString).pcap").path)
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             defer { listener.closeAbortively() }
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let first = try ends.namedConnection(to: peer, through: listener)
-            defer { first.0.closeAbortively(); first.1.closeAbortively() }
+            defer {
+                first.0.closeAbortively()
+                first.1.closeAbortively()
+            }
             let marker = Array("SYSTEM-\(UUID().uuidString)".utf8)
 
             let server = ends.systemCharons[1]
@@ -114,7 +128,7 @@ extension CharonRestartTests {
             XCTAssertThrowsError(try ends.a.connect(during.fd.rawValue, to: peer, timeout: 1))
 
             usleep(500_000)
-            try server.restart()   // the supervisor
+            try server.restart() // the supervisor
             var resynced: TimeInterval?
             while resynced == nil, Date().timeIntervalSince(killed) < 15 {
                 if ends.backendB.resyncs > 0 { resynced = Date().timeIntervalSince(killed) } else { usleep(20_000) }
@@ -122,9 +136,14 @@ extension CharonRestartTests {
             let back = try XCTUnwrap(resynced, "the backend reloaded its state into the restarted charon")
             let started = Date()
             let fresh = try ends.namedConnection(to: peer, through: listener)
-            defer { fresh.0.closeAbortively(); fresh.1.closeAbortively() }
-            print("system charon killed: state reloaded \(String(format: "%.2f", back)) s after the kill (restarted"
-                  + " at 0.5 s); a new connection then took \(String(format: "%.2f", Date().timeIntervalSince(started))) s")
+            defer {
+                fresh.0.closeAbortively()
+                fresh.1.closeAbortively()
+            }
+            print(
+                "system charon killed: state reloaded \(String(format: "%.2f", back)) s after the kill (restarted"
+                    + " at 0.5 s); a new connection then took \(String(format: "%.2f", Date().timeIntervalSince(started))) s"
+            )
             try fresh.0.send(marker)
             XCTAssertEqual(try fresh.1.receiveExactly(marker.count, timeout: 5), marker)
             XCTAssertEqual(try ends.b.query(fresh.1.fd.rawValue).flags, [.secured, .encrypted])

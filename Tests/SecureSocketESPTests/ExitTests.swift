@@ -14,10 +14,14 @@ final class ExitTests: XCTestCase {
         try inESPKernel(self) {
             let ends = try CharonFlowTests.Ends(auth: .psk)
             defer { ends.close() }
-            let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
-                                            file: FileManager.default.temporaryDirectory
-                                                .appendingPathComponent("ex-\(UUID().uuidString).pcap").path)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let capture = try PacketCapture(
+                namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                file: FileManager.default.temporaryDirectory
+                    .appendingPathComponent("ex-\(UUID().uuidString).pcap").path)
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
             try ends.b.setSecurity(listener.fd.rawValue)
             var small: CInt = 4096
@@ -46,8 +50,10 @@ final class ExitTests: XCTestCase {
                 }
             }
             let started = Date()
-            ends.a.shutdown()   // what the process's exit runs
-            print("shutdown waited \(String(format: "%.2f", Date().timeIntervalSince(started))) s for \(queued) queued bytes")
+            ends.a.shutdown() // what the process's exit runs
+            print(
+                "shutdown waited \(String(format: "%.2f", Date().timeIntervalSince(started))) s for \(queued) queued bytes"
+            )
             XCTAssertEqual(done.wait(timeout: .now() + 20), .success)
             XCTAssertEqual(received.count, payload.count, "every byte written before the exit arrived")
             XCTAssertEqual(received, payload)

@@ -23,19 +23,23 @@ final class HangingPeerTests: XCTestCase {
             Thread.detachNewThread {
                 defer { hangingDone.signal() }
                 do {
-                    try net.clientB.connect(hanging.fd.rawValue, to: SocketEndpointAddress(address: net.trio.addressC, port: 5001),
-                                            timeout: 6)
+                    try net.clientB.connect(
+                        hanging.fd.rawValue, to: SocketEndpointAddress(address: net.trio.addressC, port: 5001),
+                        timeout: 6)
                 } catch {
                     hangingError = error
                 }
             }
-            usleep(300_000)   // the hanging negotiation is under way
+            usleep(300_000) // the hanging negotiation is under way
             let healthy = try TestSocket.make(in: net.trio.b.namespace, family: .inet, kind: .tcp)
             healthy.setTimeouts(5)
             try net.clientB.setSecurity(healthy.fd.rawValue)
             let started = Date()
-            try net.clientB.connect(healthy.fd.rawValue, to: SocketEndpointAddress(address: net.trio.addressA,
-                                                                                     port: listener.localPort))
+            try net.clientB.connect(
+                healthy.fd.rawValue,
+                to: SocketEndpointAddress(
+                    address: net.trio.addressA,
+                    port: listener.localPort))
             let view = try net.clientB.query(healthy.fd.rawValue)
             let elapsed = Date().timeIntervalSince(started)
             XCTAssertEqual(view.flags, [.secured, .encrypted])
@@ -46,7 +50,10 @@ final class HangingPeerTests: XCTestCase {
             XCTAssertNotNil(hangingError, "the hanging peer was never reached")
             XCTAssertGreaterThan(Date().timeIntervalSince(hangingStarted), 5, "it waited out its own timeout")
             let accepted = try listener.accept(timeout: 5)
-            for socket in [healthy, hanging] { net.clientB.release(socket.fd.rawValue); socket.closeAbortively() }
+            for socket in [healthy, hanging] {
+                net.clientB.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
             accepted.closeAbortively()
             listener.closeAbortively()
         }
@@ -65,14 +72,20 @@ final class NamespacePair3: @unchecked Sendable {
 
     init() throws {
         trio = try NamespaceTrio(prefix: "hp")
-        folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("hp-\(UUID().uuidString)").path }
+        folders = (0..<2).map { _ in
+            FileManager.default.temporaryDirectory.appendingPathComponent("hp-\(UUID().uuidString)").path
+        }
         let secret = UUID().uuidString
-        backendA = try StrongSwanBackend.systemOrPrivate(credentials: .init(identity: "a.example", method: .psk(secret)),
-                                                         namespace: trio.a.namespace)
-        backendB = try StrongSwanBackend.systemOrPrivate(credentials: .init(identity: "b.example", method: .psk(secret)),
-                                                         namespace: trio.b.namespace)
-        serverA = try SecureSocketEngine(.init(keying: backendA, reqidDirectory: folders[0], namespace: trio.a.namespace))
-        clientB = try SecureSocketEngine(.init(keying: backendB, reqidDirectory: folders[1], namespace: trio.b.namespace))
+        backendA = try StrongSwanBackend.systemOrPrivate(
+            credentials: .init(identity: "a.example", method: .psk(secret)),
+            namespace: trio.a.namespace)
+        backendB = try StrongSwanBackend.systemOrPrivate(
+            credentials: .init(identity: "b.example", method: .psk(secret)),
+            namespace: trio.b.namespace)
+        serverA = try SecureSocketEngine(
+            .init(keying: backendA, reqidDirectory: folders[0], namespace: trio.a.namespace))
+        clientB = try SecureSocketEngine(
+            .init(keying: backendB, reqidDirectory: folders[1], namespace: trio.b.namespace))
     }
 
     func close() {

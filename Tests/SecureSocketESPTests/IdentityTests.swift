@@ -26,13 +26,16 @@ final class IdentityTests: XCTestCase {
         }
 
         /// A backend with a private charon in `namespace`, or on the charon of `sharing` (a second user of it).
-        func backend(_ credentials: StrongSwanBackend.Credentials, in namespace: TestNamespace,
-                     sharing: StrongSwanBackend? = nil) throws -> StrongSwanBackend {
-            let backend = if let daemon = sharing?.daemon {
-                try StrongSwanBackend(vici: try VICIClient(path: daemon.socketPath), credentials: credentials)
-            } else {
-                try StrongSwanBackend.systemOrPrivate(credentials: credentials, namespace: namespace.namespace)
-            }
+        func backend(
+            _ credentials: StrongSwanBackend.Credentials, in namespace: TestNamespace,
+            sharing: StrongSwanBackend? = nil
+        ) throws -> StrongSwanBackend {
+            let backend =
+                if let daemon = sharing?.daemon {
+                    try StrongSwanBackend(vici: try VICIClient(path: daemon.socketPath), credentials: credentials)
+                } else {
+                    try StrongSwanBackend.systemOrPrivate(credentials: credentials, namespace: namespace.namespace)
+                }
             backends.append(backend)
             return backend
         }
@@ -40,26 +43,36 @@ final class IdentityTests: XCTestCase {
         /// Certificate credentials for `name` from ``certificates``.
         func certificate(_ name: String) throws -> StrongSwanBackend.Credentials {
             let made = try XCTUnwrap(certificates)
-            return .init(identity: name, method: .certificate(certificate: try made.certificate(name),
-                                                              privateKey: try made.key(name),
-                                                              authorities: [try made.authority()]))
+            return .init(
+                identity: name,
+                method: .certificate(
+                    certificate: try made.certificate(name),
+                    privateKey: try made.key(name),
+                    authorities: [try made.authority()]))
         }
 
         /// An engine over `backend`; engines of one namespace share its reqid folder.
         func engine(_ backend: StrongSwanBackend, in namespace: TestNamespace, map: IdentityMap? = nil) throws
-            -> SecureSocketEngine {
-            let folder = folders[namespace.name] ?? FileManager.default.temporaryDirectory
+            -> SecureSocketEngine
+        {
+            let folder =
+                folders[namespace.name]
+                ?? FileManager.default.temporaryDirectory
                 .appendingPathComponent("id-\(UUID().uuidString)").path
             folders[namespace.name] = folder
-            let engine = try SecureSocketEngine(.init(negotiationTimeout: 10, keying: backend, reqidDirectory: folder,
-                                                      namespace: namespace.namespace, identityMap: map))
+            let engine = try SecureSocketEngine(
+                .init(
+                    negotiationTimeout: 10, keying: backend, reqidDirectory: folder,
+                    namespace: namespace.namespace, identityMap: map))
             engines.append(engine)
             return engine
         }
 
         /// A secured TCP connection from `namespace` to b's `address`:`port`, b proving `b.example`.
-        func connect(_ engine: SecureSocketEngine, from namespace: TestNamespace, to address: XFRMAddress,
-                     port: UInt16) throws -> TestSocket {
+        func connect(
+            _ engine: SecureSocketEngine, from namespace: TestNamespace, to address: XFRMAddress,
+            port: UInt16
+        ) throws -> TestSocket {
             let client = try TestSocket.make(in: namespace.namespace, family: .inet, kind: .tcp)
             client.setTimeouts(5)
             do {
@@ -88,8 +101,10 @@ final class IdentityTests: XCTestCase {
     }
 
     /// The account the server's thread becomes for the peer of `accepted` (and a file it creates is owned by it).
-    func impersonated(_ server: SecureSocketEngine, _ accepted: TestSocket,
-                      _ fixture: CharonFlowTests.ImpersonationFixture) throws -> (String, uid_t?) {
+    func impersonated(
+        _ server: SecureSocketEngine, _ accepted: TestSocket,
+        _ fixture: CharonFlowTests.ImpersonationFixture
+    ) throws -> (String, uid_t?) {
         try server.withPeerImpersonation(accepted.fd.rawValue) { account in
             (account.name, fixture.createOwnedFile("by-\(account.name)-\(UUID().uuidString)"))
         }
@@ -97,13 +112,16 @@ final class IdentityTests: XCTestCase {
 
     /// Impersonating the peer of `accepted` is refused with WSAEACCES, and so is resolving its machine token; the
     /// thread is unchanged.
-    func assertRefused(_ server: SecureSocketEngine, _ accepted: TestSocket, _ why: String,
-                       file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertRefused(
+        _ server: SecureSocketEngine, _ accepted: TestSocket, _ why: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let before = ThreadCredentials.current()
         XCTAssertThrowsError(try server.impersonatePeer(accepted.fd.rawValue), why, file: file, line: line) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)", file: file, line: line)
         }
-        XCTAssertEqual(ThreadCredentials.current(), before, "a refused impersonation changes nothing", file: file, line: line)
+        XCTAssertEqual(
+            ThreadCredentials.current(), before, "a refused impersonation changes nothing", file: file, line: line)
         let view = try server.query(accepted.fd.rawValue, SocketSecurityQueryTemplate(peerTokenAccessMask: 1))
         defer { server.tokens.close(view.peerMachineToken) }
         XCTAssertThrowsError(try server.account(forToken: view.peerMachineToken), why, file: file, line: line) {
@@ -115,25 +133,32 @@ final class IdentityTests: XCTestCase {
     /// identity with its own key is refused by b's charon (the claim finds a's key only), before any payload.
     func testPerPeerKeysRefuseASecondHolderClaimingThePeersIdentity() throws {
         try inESPKernel(self) {
-            let fixture = try CharonFlowTests.ImpersonationFixture(rules: "id a.example -> daemon\nid c.example -> nobody\n")
+            let fixture = try CharonFlowTests.ImpersonationFixture(
+                rules: "id a.example -> daemon\nid c.example -> nobody\n")
             defer { fixture.remove() }
             let hosts = try Hosts()
             defer { hosts.close() }
             let net = hosts.net
             let (keyA, keyC) = (Self.secret(), Self.secret())
-            let b = try hosts.backend(.init(identity: "b.example", method: .peerKeys(["a.example": keyA, "c.example": keyC])),
-                                      in: net.b)
+            let b = try hosts.backend(
+                .init(identity: "b.example", method: .peerKeys(["a.example": keyA, "c.example": keyC])),
+                in: net.b)
             let a = try hosts.backend(.init(identity: "a.example", method: .peerKeys(["b.example": keyA])), in: net.a)
             let c = try hosts.backend(.init(identity: "c.example", method: .peerKeys(["b.example": keyC])), in: net.c)
-            let claim = try hosts.backend(.init(identity: "a.example", method: .peerKeys(["b.example": keyC])), in: net.c,
-                                          sharing: c)
+            let claim = try hosts.backend(
+                .init(identity: "a.example", method: .peerKeys(["b.example": keyC])), in: net.c,
+                sharing: c)
             let server = try hosts.engine(b, in: net.b, map: fixture.map)
             let listener = try server.securedListener(in: net.b, family: .inet, address: .any(.inet))
             defer { listener.closeAbortively() }
 
-            let fromA = try hosts.connect(try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
+            let fromA = try hosts.connect(
+                try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
             let acceptedA = try listener.accept(timeout: 5)
-            defer { fromA.closeAbortively(); acceptedA.closeAbortively() }
+            defer {
+                fromA.closeAbortively()
+                acceptedA.closeAbortively()
+            }
             let viewA = try server.query(acceptedA.fd.rawValue)
             XCTAssertEqual(viewA.flags, [.secured, .encrypted], "\(viewA)")
             XCTAssertEqual(viewA.peer, PeerIdentity(ikeIdentity: "a.example", authentication: .peerKey))
@@ -141,15 +166,23 @@ final class IdentityTests: XCTestCase {
             XCTAssertEqual(accountA, "daemon")
             XCTAssertEqual(ownerA, 1, "daemon's uid")
 
-            let fromC = try hosts.connect(try hosts.engine(c, in: net.c), from: net.c, to: net.addressBC, port: listener.localPort)
+            let fromC = try hosts.connect(
+                try hosts.engine(c, in: net.c), from: net.c, to: net.addressBC, port: listener.localPort)
             let acceptedC = try listener.accept(timeout: 5)
-            defer { fromC.closeAbortively(); acceptedC.closeAbortively() }
-            XCTAssertEqual(try server.query(acceptedC.fd.rawValue).peer,
-                           PeerIdentity(ikeIdentity: "c.example", authentication: .peerKey), "c's key works")
+            defer {
+                fromC.closeAbortively()
+                acceptedC.closeAbortively()
+            }
+            XCTAssertEqual(
+                try server.query(acceptedC.fd.rawValue).peer,
+                PeerIdentity(ikeIdentity: "c.example", authentication: .peerKey), "c's key works")
             XCTAssertEqual(try impersonated(server, acceptedC, fixture).0, "nobody")
 
-            XCTAssertThrowsError(try hosts.connect(try hosts.engine(claim, in: net.c), from: net.c, to: net.addressBC,
-                                                   port: listener.localPort), "c claiming a.example") {
+            XCTAssertThrowsError(
+                try hosts.connect(
+                    try hosts.engine(claim, in: net.c), from: net.c, to: net.addressBC,
+                    port: listener.localPort), "c claiming a.example"
+            ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
             XCTAssertThrowsError(try listener.accept(timeout: 1), "b accepted nothing from the claim")
@@ -175,17 +208,25 @@ final class IdentityTests: XCTestCase {
             let listener = try server.securedListener(in: net.b, family: .inet, address: .any(.inet))
             defer { listener.closeAbortively() }
 
-            let fromA = try hosts.connect(try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
+            let fromA = try hosts.connect(
+                try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
             let acceptedA = try listener.accept(timeout: 5)
-            defer { fromA.closeAbortively(); acceptedA.closeAbortively() }
+            defer {
+                fromA.closeAbortively()
+                acceptedA.closeAbortively()
+            }
             let claimed = PeerIdentity(ikeIdentity: "a.example", authentication: .groupKey)
             XCTAssertEqual(try server.query(acceptedA.fd.rawValue).peer, claimed)
             try assertRefused(server, acceptedA, "a group key proves no identity, not even a's own")
 
-            let fromClaim = try hosts.connect(try hosts.engine(claim, in: net.c), from: net.c, to: net.addressBC,
-                                              port: listener.localPort)
+            let fromClaim = try hosts.connect(
+                try hosts.engine(claim, in: net.c), from: net.c, to: net.addressBC,
+                port: listener.localPort)
             let acceptedClaim = try listener.accept(timeout: 5)
-            defer { fromClaim.closeAbortively(); acceptedClaim.closeAbortively() }
+            defer {
+                fromClaim.closeAbortively()
+                acceptedClaim.closeAbortively()
+            }
             let view = try server.query(acceptedClaim.fd.rawValue)
             XCTAssertEqual(view.flags, [.secured, .encrypted], "the claim authenticates: \(view)")
             XCTAssertEqual(view.peerMachineIdentity, "a.example")
@@ -195,17 +236,20 @@ final class IdentityTests: XCTestCase {
             // The claim does not displace a: our conns are `unique = never`, so its INITIAL_CONTACT makes b's
             // charon delete nothing, and a's connection keeps its own SAs.
             usleep(500_000)
-            XCTAssertEqual(try server.query(acceptedA.fd.rawValue).flags, [.secured, .encrypted],
-                           "a's connection keeps its SAs beside the claim")
+            XCTAssertEqual(
+                try server.query(acceptedA.fd.rawValue).flags, [.secured, .encrypted],
+                "a's connection keeps its SAs beside the claim")
             XCTAssertEqual(try server.query(acceptedA.fd.rawValue).peerMachineIdentity, "a.example")
 
-            try "id a.example -> daemon accept-group-key\n".write(toFile: fixture.mapPath, atomically: true, encoding: .utf8)
+            try "id a.example -> daemon accept-group-key\n".write(
+                toFile: fixture.mapPath, atomically: true, encoding: .utf8)
             chmod(fixture.mapPath, 0o644)
             _ = try fixture.map.reload()
             let (account, owner) = try impersonated(server, acceptedClaim, fixture)
             XCTAssertEqual(account, "daemon", "opted in: any holder of the group key who claims a.example")
             XCTAssertEqual(owner, 1)
-            let withToken = try server.query(acceptedClaim.fd.rawValue, SocketSecurityQueryTemplate(peerTokenAccessMask: 1))
+            let withToken = try server.query(
+                acceptedClaim.fd.rawValue, SocketSecurityQueryTemplate(peerTokenAccessMask: 1))
             XCTAssertEqual(try server.account(forToken: withToken.peerMachineToken).name, "daemon")
             server.tokens.close(withToken.peerMachineToken)
             XCTAssertEqual(server.tokens.openCount, 0)
@@ -218,7 +262,8 @@ final class IdentityTests: XCTestCase {
         let fixture = try CharonFlowTests.ImpersonationFixture(rules: rules)
         defer { fixture.remove() }
         let certificates = try TestCertificates(hosts: [
-            .init("a.example", subject: "C=CH, O=Example, CN=a.example", subjectAltNames: ["a.example", "alias.example"]),
+            .init(
+                "a.example", subject: "C=CH, O=Example, CN=a.example", subjectAltNames: ["a.example", "alias.example"]),
             .init("b.example"), .init("c.example"),
         ])
         let hosts = try Hosts(certificates: certificates)
@@ -231,15 +276,20 @@ final class IdentityTests: XCTestCase {
         let listener = try server.securedListener(in: net.b, family: .inet, address: .any(.inet))
         defer { listener.closeAbortively() }
 
-        let fromA = try hosts.connect(try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
+        let fromA = try hosts.connect(
+            try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
         let acceptedA = try listener.accept(timeout: 5)
-        let fromC = try hosts.connect(try hosts.engine(c, in: net.c), from: net.c, to: net.addressBC, port: listener.localPort)
+        let fromC = try hosts.connect(
+            try hosts.engine(c, in: net.c), from: net.c, to: net.addressBC, port: listener.localPort)
         let acceptedC = try listener.accept(timeout: 5)
         defer { for socket in [fromA, acceptedA, fromC, acceptedC] { socket.closeAbortively() } }
 
         let view = try server.query(acceptedA.fd.rawValue, SocketSecurityQueryTemplate(peerTokenAccessMask: 1))
-        XCTAssertEqual(view.peer, PeerIdentity(ikeIdentity: "a.example", certificateSubject: "C=CH, O=Example, CN=a.example",
-                                               subjectAltNames: ["a.example", "alias.example"], authentication: .certificate))
+        XCTAssertEqual(
+            view.peer,
+            PeerIdentity(
+                ikeIdentity: "a.example", certificateSubject: "C=CH, O=Example, CN=a.example",
+                subjectAltNames: ["a.example", "alias.example"], authentication: .certificate))
         let ike = try XCTUnwrap(view.ikeSAID == 0 ? nil : view.ikeSAID)
         guard case .identified? = b.peerCertificateLookup(ikeSAID: ike) else {
             return XCTFail("lookup \(String(describing: b.peerCertificateLookup(ikeSAID: ike)))")
@@ -247,12 +297,15 @@ final class IdentityTests: XCTestCase {
         let (account, owner) = try impersonated(server, acceptedA, fixture)
         XCTAssertEqual(account, "daemon")
         XCTAssertEqual(owner, 1)
-        XCTAssertEqual(try server.account(forToken: view.peerMachineToken).name, "daemon", "the token carries the names")
+        XCTAssertEqual(
+            try server.account(forToken: view.peerMachineToken).name, "daemon", "the token carries the names")
         server.tokens.close(view.peerMachineToken)
 
-        XCTAssertEqual(try server.query(acceptedC.fd.rawValue).peer,
-                       PeerIdentity(ikeIdentity: "c.example", certificateSubject: "CN=c.example",
-                                    subjectAltNames: ["c.example"], authentication: .certificate))
+        XCTAssertEqual(
+            try server.query(acceptedC.fd.rawValue).peer,
+            PeerIdentity(
+                ikeIdentity: "c.example", certificateSubject: "CN=c.example",
+                subjectAltNames: ["c.example"], authentication: .certificate))
         try assertRefused(server, acceptedC, "c's certificate names nothing the map knows")
         XCTAssertEqual(server.tokens.openCount, 0)
     }

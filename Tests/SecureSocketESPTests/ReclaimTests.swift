@@ -12,8 +12,10 @@ import XFRM
 final class ReclaimTests: XCTestCase {
     func testAKilledClientsClaimsConnsAndSAsAreReclaimedByTheNextProcess() throws {
         try inESPKernel(self, timeout: 300) {
-            let binaries = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-                .deletingLastPathComponent().path
+            let binaries = URL(
+                fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+            )
+            .deletingLastPathComponent().path
             let echo = "\(binaries)/secure-echo"
             let certificates = try TestCertificates(names: ["a.example", "b.example"])
             defer { certificates.remove() }
@@ -24,13 +26,19 @@ final class ReclaimTests: XCTestCase {
             defer { charonA.stop() }
             let aConf = try certificates.writeKeyingFile(for: "a.example", charon: charonA.socketPath)
             let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private")
-            let server = try NamespaceProcess(in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
-                                              [echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
-                                               "--seconds", "120"], log: "\(c)/server.log")
+            let server = try NamespaceProcess(
+                in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
+                [
+                    echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
+                    "--seconds", "120",
+                ], log: "\(c)/server.log")
             XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)
-            let client = try NamespaceProcess(in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
-                                              [echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
-                                               "--connections", "20", "--linger", "120"], log: "\(c)/client.log")
+            let client = try NamespaceProcess(
+                in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+                [
+                    echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
+                    "--connections", "20", "--linger", "120",
+                ], log: "\(c)/client.log")
             XCTAssertTrue(client.wait(for: "echoed 20/20", timeout: 90), client.output)
             let pid = client.pid
             let folder = ReqidAllocator.defaultDirectory(for: pair.a.namespace)
@@ -40,8 +48,9 @@ final class ReclaimTests: XCTestCase {
             let sasBefore = try xfrmA.states().filter { $0.id.spi != 0 }
             XCTAssertGreaterThanOrEqual(connsBefore.count, 20, "the client's per-flow conns: \(connsBefore.count)")
             XCTAssertGreaterThanOrEqual(sasBefore.count, 40)
-            XCTAssertEqual(try xfrmA.policies().filter { !$0.direction.isSocketPolicy && !$0.templates.isEmpty }.count, 40,
-                           "each held connection's flow is covered, out and in")
+            XCTAssertEqual(
+                try xfrmA.policies().filter { !$0.direction.isSocketPolicy && !$0.templates.isEmpty }.count, 40,
+                "each held connection's flow is covered, out and in")
             XCTAssertFalse(claimsBefore.isEmpty)
 
             kill(pid, SIGKILL)
@@ -51,27 +60,35 @@ final class ReclaimTests: XCTestCase {
 
             // The next process in the namespace (here an engine with a backend on the same charon) reclaims.
             let started = Date()
-            let backend = try StrongSwanBackend(vici: try VICIClient(path: charonA.socketPath), credentials: .init(
-                identity: "a.example", method: .certificate(certificate: try certificates.certificate("a.example"),
-                                                            privateKey: try certificates.key("a.example"),
-                                                            authorities: [try certificates.authority()])))
+            let backend = try StrongSwanBackend(
+                vici: try VICIClient(path: charonA.socketPath),
+                credentials: .init(
+                    identity: "a.example",
+                    method: .certificate(
+                        certificate: try certificates.certificate("a.example"),
+                        privateKey: try certificates.key("a.example"),
+                        authorities: [try certificates.authority()])))
             let engine = try SecureSocketEngine(.init(keying: backend, namespace: pair.a.namespace))
             var left: (conns: [String], claims: [String], sas: [XFRMState]) = ([], [], [])
             let deadline = Date().addingTimeInterval(5)
             repeat {
-                left = (try charonA.vici.getConns().filter { $0.hasPrefix("wss\(pid)x") },
-                        try FileManager.default.contentsOfDirectory(atPath: folder),
-                        try xfrmA.states().filter { $0.id.spi != 0 })
+                left = (
+                    try charonA.vici.getConns().filter { $0.hasPrefix("wss\(pid)x") },
+                    try FileManager.default.contentsOfDirectory(atPath: folder),
+                    try xfrmA.states().filter { $0.id.spi != 0 }
+                )
                 if left.conns.isEmpty && left.claims.isEmpty && left.sas.isEmpty { break }
                 usleep(100_000)
             } while Date() < deadline
-            print("reclaimed \(connsBefore.count) conns, \(claimsBefore.count) claims, \(sasBefore.count) SAs of pid \(pid) in "
-                  + String(format: "%.2f s", Date().timeIntervalSince(started)))
+            print(
+                "reclaimed \(connsBefore.count) conns, \(claimsBefore.count) claims, \(sasBefore.count) SAs of pid \(pid) in "
+                    + String(format: "%.2f s", Date().timeIntervalSince(started)))
             XCTAssertEqual(left.conns, [], "the dead process's conns are unloaded")
             XCTAssertEqual(left.claims, [], "its reqid claims are gone")
             XCTAssertEqual(left.sas.count, 0, "its SAs are gone from the kernel: \(left.sas.prefix(2))")
-            XCTAssertEqual(try xfrmA.policies().filter { !$0.direction.isSocketPolicy && !$0.templates.isEmpty }.count, 0,
-                           "and its connections' flow covers")
+            XCTAssertEqual(
+                try xfrmA.policies().filter { !$0.direction.isSocketPolicy && !$0.templates.isEmpty }.count, 0,
+                "and its connections' flow covers")
             engine.shutdown()
         }
     }

@@ -47,7 +47,9 @@ extension CharonFlowTests {
                 for _ in 0..<1_000_000 {
                     var entry = pollfd(fd: accepted.fd.rawValue, events: Int16(POLLIN), revents: 0)
                     guard poll(&entry, 1, 30_000) > 0 else { return }
-                    let n = buffer.withUnsafeMutableBytes { Glibc.recv(accepted.fd.rawValue, $0.baseAddress, $0.count, 0) }
+                    let n = buffer.withUnsafeMutableBytes {
+                        Glibc.recv(accepted.fd.rawValue, $0.baseAddress, $0.count, 0)
+                    }
                     guard n > 0 else { return }
                     lock.withLock { receivedBytes += n }
                 }
@@ -79,13 +81,17 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             defer { client.closeAbortively() }
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
-            try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            try ends.a.connect(
+                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
             defer { accepted.closeAbortively() }
             let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
@@ -102,8 +108,9 @@ extension CharonFlowTests {
             XCTAssertEqual(first.count, 2, "one SA pair with the socket's reqid")
 
             // 1. charon rekeys the connection's CHILD SA: new SPIs, same reqid, the stream goes on.
-            let child = try XCTUnwrap(try ends.backendA.vici.listSAs().flatMap(\.children)
-                .first { $0.name.hasPrefix("c\(reqid)-") }?.uniqueID, "the connection's own CHILD SA in charon A")
+            let child = try XCTUnwrap(
+                try ends.backendA.vici.listSAs().flatMap(\.children)
+                    .first { $0.name.hasPrefix("c\(reqid)-") }?.uniqueID, "the connection's own CHILD SA in charon A")
             try ends.backendA.vici.rekey(childID: child)
             // The new pair at once; the old inbound SA lingers a few seconds for packets in flight (charon's
             // delete_rekeyed_delay), then goes.
@@ -136,9 +143,10 @@ extension CharonFlowTests {
 
             // 3. The outbound SA reaches its hard lifetime (1 s from now): the kernel deletes it and tells
             // charon; the connection gets new SAs the same way.
-            var outbound = try XCTUnwrap(try xfrmA.states().first {
-                $0.reqid == reqid && $0.id.spi != 0 && $0.id.destination == ends.pair.addressB4
-            })
+            var outbound = try XCTUnwrap(
+                try xfrmA.states().first {
+                    $0.reqid == reqid && $0.id.spi != 0 && $0.id.destination == ends.pair.addressB4
+                })
             outbound.lifetime.hardAddExpiresSeconds = 1
             outbound.lifetime.softAddExpiresSeconds = 0
             try xfrmA.updateState(outbound)
@@ -171,7 +179,7 @@ extension CharonFlowTests {
             defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             var open: [TestSocket] = []
-            defer { open.forEach { $0.closeAbortively() } }
+            defer { for item in open { item.closeAbortively() } }
             var spis: Set<UInt32> = []
             for index in 0..<10 {
                 let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
@@ -204,7 +212,10 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
@@ -212,7 +223,10 @@ extension CharonFlowTests {
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
             let pid = try XCTUnwrap(ends.backendA.daemon?.pid)
-            let killer = Thread { usleep(15_000); kill(pid, SIGKILL) }
+            let killer = Thread {
+                usleep(15_000)
+                kill(pid, SIGKILL)
+            }
             killer.start()
             let marker = Array("DURING-KILL-\(UUID().uuidString)".utf8)
             do {
@@ -221,8 +235,9 @@ extension CharonFlowTests {
                 XCTAssertEqual(try ends.a.query(client.fd.rawValue).flags, [.secured, .encrypted])
                 try? client.send(marker)
             } catch {
-                XCTAssertNotEqual(client.connectOnce(ends.pair.addressB4, port: listener.localPort), nil,
-                                  "no clear connection after a failed negotiation: \(error)")
+                XCTAssertNotEqual(
+                    client.connectOnce(ends.pair.addressB4, port: listener.localPort), nil,
+                    "no clear connection after a failed negotiation: \(error)")
             }
             let killed = Date()
             var recovered: TimeInterval?
@@ -236,7 +251,9 @@ extension CharonFlowTests {
                 }
             }
             let seconds = try XCTUnwrap(recovered, "a new connection within 20 s of the kill")
-            print("a new connection succeeded \(String(format: "%.2f", seconds)) s after charon was killed mid-negotiation")
+            print(
+                "a new connection succeeded \(String(format: "%.2f", seconds)) s after charon was killed mid-negotiation"
+            )
             XCTAssertNotEqual(ends.backendA.daemon?.pid, pid, "the library started charon again")
             capture.stop()
             let analysis = try capture.analyse(markers: [marker])
@@ -255,7 +272,10 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let capture = try capture(ends)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             defer { listener.closeAbortively() }
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
@@ -264,10 +284,10 @@ extension CharonFlowTests {
             let hello = Array("HELLO-\(UUID().uuidString)".utf8)
             try client.send(hello)
             XCTAssertEqual(try accepted.receiveExactly(hello.count, timeout: 5), hello)
-            accepted.close()                        // the server closes first: FIN, then FIN_WAIT2 (orphaned)
+            accepted.close() // the server closes first: FIN, then FIN_WAIT2 (orphaned)
             XCTAssertEqual(try client.receive(timeout: 5), [], "the client sees the server's FIN")
             let late = Array("LATE-\(UUID().uuidString)".utf8)
-            try client.send(late)                   // answered by a RST from the control socket
+            try client.send(late) // answered by a RST from the control socket
             var reset = false
             for _ in 0..<150 where !reset {
                 // A RST in CLOSE_WAIT sets EPIPE (elsewhere ECONNRESET) as the socket's error.

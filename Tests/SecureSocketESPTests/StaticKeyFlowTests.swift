@@ -23,15 +23,27 @@ final class StaticKeyFlowTests: XCTestCase {
         var random = SystemRandomNumberGenerator()
         let keyAB = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
         let keyBA = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-        let folders = (0..<2).map { _ in FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString)").path }
-        let peersOfA = [StaticKeyBackend.Peer(peer: addressB, local: addressA, outboundSPI: 0x1100, inboundSPI: 0x2200,
-                                              outboundKey: keyAB, inboundKey: keyBA, identity: identityOfB)]
-        let peersOfB = [StaticKeyBackend.Peer(peer: addressA, local: addressB, outboundSPI: 0x2200, inboundSPI: 0x1100,
-                                              outboundKey: keyBA, inboundKey: keyAB, identity: "a.example")]
-        let a = try SecureSocketEngine(.init(negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
-                                             reqidDirectory: folders[0], namespace: pair.a.namespace))
-        let b = try SecureSocketEngine(.init(negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
-                                             reqidDirectory: folders[1], namespace: pair.b.namespace))
+        let folders = (0..<2).map { _ in
+            FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString)").path
+        }
+        let peersOfA = [
+            StaticKeyBackend.Peer(
+                peer: addressB, local: addressA, outboundSPI: 0x1100, inboundSPI: 0x2200,
+                outboundKey: keyAB, inboundKey: keyBA, identity: identityOfB)
+        ]
+        let peersOfB = [
+            StaticKeyBackend.Peer(
+                peer: addressA, local: addressB, outboundSPI: 0x2200, inboundSPI: 0x1100,
+                outboundKey: keyBA, inboundKey: keyAB, identity: "a.example")
+        ]
+        let a = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
+                reqidDirectory: folders[0], namespace: pair.a.namespace))
+        let b = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
+                reqidDirectory: folders[1], namespace: pair.b.namespace))
         return Ends(pair: pair, a: a, b: b, folders: folders)
     }
 
@@ -42,12 +54,17 @@ final class StaticKeyFlowTests: XCTestCase {
             for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
         }
         let (_, addressB) = ends.pair.addresses(family)
-        let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
-                                        file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path)
-        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        let capture = try PacketCapture(
+            namespace: ends.pair.b, interface: ends.pair.interfaceB,
+            file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path)
+        defer {
+            capture.stop()
+            try? FileManager.default.removeItem(atPath: capture.file)
+        }
 
         // Server: set security, bind, listen, accept, query.
-        let listener = try ends.b.securedListener(in: ends.pair.b, family: family, address: addressB, SocketSecuritySettings(flags: .guaranteeEncryption))
+        let listener = try ends.b.securedListener(
+            in: ends.pair.b, family: family, address: addressB, SocketSecuritySettings(flags: .guaranteeEncryption))
 
         // Client: set security, peer target name, WSAConnect, send.
         let client = try TestSocket.make(in: ends.pair.a.namespace, family: family, kind: .tcp)
@@ -103,14 +120,22 @@ final class StaticKeyFlowTests: XCTestCase {
                 for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
             }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let capture = try PacketCapture(namespace: ends.pair.b, interface: ends.pair.interfaceB,
-                                            file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path)
-            defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+            let capture = try PacketCapture(
+                namespace: ends.pair.b, interface: ends.pair.interfaceB,
+                file: FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString).pcap").path
+            )
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/mallory.example"))
-            XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue,
-                                                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))) {
+            XCTAssertThrowsError(
+                try ends.a.connect(
+                    client.fd.rawValue,
+                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+            ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
             let endpoint = try XCTUnwrap(ends.a.table.endpoint(cookie: SocketInspector.cookie(of: client.fd.rawValue)!))
@@ -143,7 +168,10 @@ extension StaticKeyFlowTests {
             let engineA = ends.a
             let fd = client.fd.rawValue
             Task {
-                do { try await engineA.connect(fd, to: peer); outcome = "connected" } catch { outcome = "\(error)" }
+                do {
+                    try await engineA.connect(fd, to: peer)
+                    outcome = "connected"
+                } catch { outcome = "\(error)" }
                 done.signal()
             }
             XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
@@ -156,12 +184,18 @@ extension StaticKeyFlowTests {
             let stuckFD = stuck.fd.rawValue
             let started = Date()
             let task = Task { () -> String in
-                do { try await engineA.connect(stuckFD, to: peer); return "connected" } catch { return "\(error)" }
+                do {
+                    try await engineA.connect(stuckFD, to: peer)
+                    return "connected"
+                } catch { return "\(error)" }
             }
             usleep(700_000)
             task.cancel()
             nonisolated(unsafe) var cancelledOutcome: String?
-            Task { cancelledOutcome = await task.value; done.signal() }
+            Task {
+                cancelledOutcome = await task.value
+                done.signal()
+            }
             XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
             XCTAssertLessThan(Date().timeIntervalSince(started), 5, "abandoned at once, not after TCP's timeout")
             XCTAssertTrue(cancelledOutcome?.contains("WSAEINTR") == true, "\(String(describing: cancelledOutcome))")

@@ -20,10 +20,13 @@ final class DualStackTests: XCTestCase {
     override func setUpWithError() throws {
         try requireTier(.hostKernel)
         pair = try NamespacePair(prefix: "ds")
-        reqidFolder = FileManager.default.temporaryDirectory.appendingPathComponent("ds-reqids-\(UUID().uuidString)").path
-        engine = try SecureSocketEngine(.init(negotiationTimeout: 1,
-                                              keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-                                              reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
+        reqidFolder =
+            FileManager.default.temporaryDirectory.appendingPathComponent("ds-reqids-\(UUID().uuidString)").path
+        engine = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 1,
+                keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+                reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
     }
 
     override func tearDown() {
@@ -39,8 +42,9 @@ final class DualStackTests: XCTestCase {
     func clearV6Only(_ socket: TestSocket, file: StaticString = #filePath, line: UInt = #line) {
         var zero: CInt = 0
         let size = socklen_t(MemoryLayout<CInt>.size)
-        XCTAssertEqual(setsockopt(socket.fd.rawValue, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &zero, size), 0,
-                       "the application may clear IPV6_V6ONLY", file: file, line: line)
+        XCTAssertEqual(
+            setsockopt(socket.fd.rawValue, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &zero, size), 0,
+            "the application may clear IPV6_V6ONLY", file: file, line: line)
         var value: CInt = 1
         var length = size
         getsockopt(socket.fd.rawValue, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &value, &length)
@@ -69,7 +73,8 @@ final class DualStackTests: XCTestCase {
     /// A TCP connect from `b` to `address` that gives up after `seconds` (2 where it must fail, 5 where it must
     /// succeed): nil if it connected, else the errno (`EINPROGRESS` when `SO_SNDTIMEO` ran out), and how long
     /// it took.
-    func connectFromB(_ address: XFRMAddress, port: UInt16, seconds: Double = 2) throws -> (TestSocket, Errno?, Double) {
+    func connectFromB(_ address: XFRMAddress, port: UInt16, seconds: Double = 2) throws -> (TestSocket, Errno?, Double)
+    {
         let client = try TestSocket.make(in: pair.b.namespace, family: address.family, kind: .tcp)
         client.setTimeouts(seconds)
         let started = Date()
@@ -85,7 +90,8 @@ final class DualStackTests: XCTestCase {
 
     func setOption(_ fd: CInt, _ level: CInt, _ name: CInt, _ value: CInt) -> Errno? {
         var value = value
-        return setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size)) == 0 ? nil : Errno(rawValue: errno)
+        return setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<CInt>.size)) == 0
+            ? nil : Errno(rawValue: errno)
     }
 
     func intOption(_ fd: CInt, _ level: CInt, _ name: CInt) -> CInt {
@@ -96,8 +102,9 @@ final class DualStackTests: XCTestCase {
     }
 
     func temporaryCapture(_ namespace: TestNamespace, _ interface: String) throws -> PacketCapture {
-        try PacketCapture(namespace: namespace, interface: interface,
-                          file: FileManager.default.temporaryDirectory.appendingPathComponent("ds-\(UUID().uuidString).pcap").path)
+        try PacketCapture(
+            namespace: namespace, interface: interface,
+            file: FileManager.default.temporaryDirectory.appendingPathComponent("ds-\(UUID().uuidString).pcap").path)
     }
 
     /// The packets of a finished capture that match a tcpdump filter expression, one line each.
@@ -113,7 +120,10 @@ final class DualStackTests: XCTestCase {
     func testSecuredDualStackTCPListenerAcceptsNoIPv4Client() throws {
         let listener = try securedDualStack(.tcp)
         let capture = try temporaryCapture(pair.a, pair.interfaceA)
-        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        defer {
+            capture.stop()
+            try? FileManager.default.removeItem(atPath: capture.file)
+        }
 
         let (client, error, elapsed) = try connectFromB(pair.addressA4, port: listener.localPort)
         defer { client.closeAbortively() }
@@ -124,7 +134,8 @@ final class DualStackTests: XCTestCase {
 
         capture.stop()
         XCTAssertFalse(try packets(capture, "tcp and dst host \(pair.addressA4)").isEmpty, "the client's SYNs arrived")
-        XCTAssertEqual(try packets(capture, "tcp and src host \(pair.addressA4)"), [], "no SYN-ACK, no RST: nothing answered")
+        XCTAssertEqual(
+            try packets(capture, "tcp and src host \(pair.addressA4)"), [], "no SYN-ACK, no RST: nothing answered")
     }
 
     /// UDP: a secured dual-stack datagram socket receives no IPv4 datagram.
@@ -149,8 +160,9 @@ final class DualStackTests: XCTestCase {
         try v6client.send(Array("over IPv6".utf8))
         XCTAssertEqual(try accepted.receiveExactly(9, timeout: 2), Array("over IPv6".utf8))
 
-        XCTAssertEqual(try SocketHardening.attachedFilter(on: accepted.fd.rawValue), SocketHardening.ipv6Only,
-                       "the accepted socket inherited the filter")
+        XCTAssertEqual(
+            try SocketHardening.attachedFilter(on: accepted.fd.rawValue), SocketHardening.ipv6Only,
+            "the accepted socket inherited the filter")
         XCTAssertEqual(intOption(accepted.fd.rawValue, SOL_SOCKET, SO_LOCK_FILTER), 1, "and its lock")
         XCTAssertEqual(setOption(accepted.fd.rawValue, SOL_SOCKET, SO_DETACH_FILTER, 0), .notPermitted)
 
@@ -182,7 +194,8 @@ final class DualStackTests: XCTestCase {
             XCTAssertEqual(setOption(fd, SOL_SOCKET, SO_LOCK_FILTER, 0), .notPermitted, "\(kind): unlock")
             XCTAssertEqual(try SocketHardening.attachedFilter(on: fd), SocketHardening.ipv6Only, "\(kind): unchanged")
             XCTAssertEqual(intOption(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY), 1)
-            XCTAssertEqual(intOption(fd, SOL_SOCKET, SO_REUSEADDR), 1, "TestSocket set it; the application's choice stays")
+            XCTAssertEqual(
+                intOption(fd, SOL_SOCKET, SO_REUSEADDR), 1, "TestSocket set it; the application's choice stays")
             XCTAssertEqual(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 0, "no port sharing")
 
             // Securing the same socket again (after a release) keeps the one filter.
@@ -211,7 +224,8 @@ final class DualStackTests: XCTestCase {
         try udp.bind(.any(.inet6), port: 0)
         try sendDatagramFromB(Array("v4-0123456789".utf8), to: pair.addressA4, port: udp.localPort)
         try sendDatagramFromB(Array("v6-0123456789".utf8), to: pair.addressA6, port: udp.localPort)
-        XCTAssertEqual(try udp.receive(timeout: 2), Array("v6-0".utf8), "IPv6 passes, truncated by the application's filter")
+        XCTAssertEqual(
+            try udp.receive(timeout: 2), Array("v6-0".utf8), "IPv6 passes, truncated by the application's filter")
         XCTAssertThrowsError(try udp.receive(timeout: 0.5), "IPv4 is dropped")
 
         let locked = try TestSocket.make(in: pair.a.namespace, family: .inet6, kind: .tcp)
@@ -272,7 +286,10 @@ final class DualStackTests: XCTestCase {
         try server.listen()
         let mapped = try XCTUnwrap(XFRMAddress("::ffff:\(pair.addressB4)"))
         let capture = try temporaryCapture(pair.b, pair.interfaceB)
-        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        defer {
+            capture.stop()
+            try? FileManager.default.removeItem(atPath: capture.file)
+        }
 
         let client = try TestSocket.make(in: pair.a.namespace, family: .inet6, kind: .tcp)
         defer { client.closeAbortively() }
@@ -293,18 +310,22 @@ final class DualStackTests: XCTestCase {
         XCTAssertNil(setOption(fastOpen.fd.rawValue, CInt(IPPROTO_TCP), TCP_FASTOPEN_NO_COOKIE, 1))
         fastOpen.setTimeouts(1)
         let sent = SocketEndpointAddress(address: mapped, port: server.localPort).withSockaddr { sa, length in
-            marker.withUnsafeBytes { sendto(fastOpen.fd.rawValue, $0.baseAddress, $0.count, CInt(MSG_FASTOPEN), sa, length) }
+            marker.withUnsafeBytes {
+                sendto(fastOpen.fd.rawValue, $0.baseAddress, $0.count, CInt(MSG_FASTOPEN), sa, length)
+            }
         }
         XCTAssertEqual(sent, marker.count, "sendto(MSG_FASTOPEN) queues the payload in the SYN (errno \(errno))")
         usleep(300_000)
 
         capture.stop()
         let syns = try packets(capture, "tcp[tcpflags] & tcp-syn != 0 and src host \(pair.addressA4)")
-        XCTAssertGreaterThanOrEqual(syns.count, 2, "clear SYNs from the secured socket:\n\(syns.joined(separator: "\n"))")
+        XCTAssertGreaterThanOrEqual(
+            syns.count, 2, "clear SYNs from the secured socket:\n\(syns.joined(separator: "\n"))")
         XCTAssertEqual(try packets(capture, "esp"), [])
         let analysis = try capture.analyse(markers: [marker])
         XCTAssertTrue(analysis.markerFound, "the Fast Open payload is visible on the wire:\n\(analysis.summary)")
-        let data = try packets(capture, "tcp and src host \(pair.addressA4) and tcp[tcpflags] & tcp-syn == 0 and greater 60")
+        let data = try packets(
+            capture, "tcp and src host \(pair.addressA4) and tcp[tcpflags] & tcp-syn == 0 and greater 60")
         XCTAssertEqual(data, [], "no payload segment after a handshake: there is none")
     }
 
@@ -314,7 +335,10 @@ final class DualStackTests: XCTestCase {
         let receiver = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .udp)
         try receiver.bind(pair.addressB4, port: 0)
         let capture = try temporaryCapture(pair.b, pair.interfaceB)
-        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        defer {
+            capture.stop()
+            try? FileManager.default.removeItem(atPath: capture.file)
+        }
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet6, kind: .udp)
         try engine.setSecurity(socket.fd.rawValue)
         clearV6Only(socket)
@@ -326,10 +350,13 @@ final class DualStackTests: XCTestCase {
         XCTAssertTrue(try capture.analyse(markers: [marker]).markerFound, "in clear on the wire")
 
         // No per-socket IPv4 policy can be added to an IPv6 socket to cover it.
-        let policy = XFRMPolicy(selector: .any(.inet), direction: .outbound,
-                                templates: SecureSocketEngine.templates(for: .default, reqid: 4242))
+        let policy = XFRMPolicy(
+            selector: .any(.inet), direction: .outbound,
+            templates: SecureSocketEngine.templates(for: .default, reqid: 4242))
         let bytes = SocketPolicy.encode(policy)
-        let rc = bytes.withUnsafeBytes { setsockopt(socket.fd.rawValue, CInt(IPPROTO_IP), IP_XFRM_POLICY, $0.baseAddress, socklen_t($0.count)) }
+        let rc = bytes.withUnsafeBytes {
+            setsockopt(socket.fd.rawValue, CInt(IPPROTO_IP), IP_XFRM_POLICY, $0.baseAddress, socklen_t($0.count))
+        }
         XCTAssertEqual(rc == 0 ? nil : Errno(rawValue: errno), .notSupported, "IP_XFRM_POLICY on an AF_INET6 socket")
 
         // An AF_INET selector in IPV6_XFRM_POLICY covers the v4-mapped flow, but replaces the direction's IPv6
@@ -337,8 +364,9 @@ final class DualStackTests: XCTestCase {
         let receiver6 = try TestSocket.make(in: pair.b.namespace, family: .inet6, kind: .udp)
         try receiver6.bind(pair.addressB6, port: 0)
         try SocketPolicy.set(policy, on: socket.fd)
-        XCTAssertEqual(socket.sendTo(marker, mapped, port: receiver.localPort), .resourceTemporarilyUnavailable,
-                       "v4-mapped now needs an SA")
+        XCTAssertEqual(
+            socket.sendTo(marker, mapped, port: receiver.localPort), .resourceTemporarilyUnavailable,
+            "v4-mapped now needs an SA")
         XCTAssertNil(socket.sendTo(marker, pair.addressB6, port: receiver6.localPort))
         XCTAssertEqual(try receiver6.receive(timeout: 2), marker, "IPv6 is no longer covered")
     }

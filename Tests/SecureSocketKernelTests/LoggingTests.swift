@@ -41,16 +41,20 @@ final class LoggingTests: XCTestCase {
         let engine = try SecureSocketEngine(configuration)
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         let password = "pw-\(UUID().uuidString)"
-        try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(
-            securityProtocol: .ipsec, ipsec: IPsecSettings(userName: "alice", password: password)))
+        try engine.setSecurity(
+            socket.fd.rawValue,
+            SocketSecuritySettings(
+                securityProtocol: .ipsec, ipsec: IPsecSettings(userName: "alice", password: password)))
         try engine.setPeerTargetName(socket.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-        XCTAssertThrowsError(try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: 9)))
+        XCTAssertThrowsError(
+            try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: 9)))
 
         let events = box.events.withLock { $0 }
         let secured = try XCTUnwrap(events.first { $0.message.description.hasPrefix("socket secured") })
         XCTAssertEqual(secured.level, .debug)
         XCTAssertEqual(secured.metadata?["fd"]?.description, "\(socket.fd.rawValue)")
-        let refused = try XCTUnwrap(events.first { $0.message.description.hasPrefix("connection refused") }, "\(events)")
+        let refused = try XCTUnwrap(
+            events.first { $0.message.description.hasPrefix("connection refused") }, "\(events)")
         XCTAssertEqual(refused.level, .notice)
         XCTAssertEqual(refused.metadata?["peer"]?.description, "\(pair.addressB4):9")
         XCTAssertEqual(refused.metadata?["required-identity"]?.description, "b.example")

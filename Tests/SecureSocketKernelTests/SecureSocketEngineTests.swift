@@ -19,10 +19,13 @@ final class SecureSocketEngineTests: XCTestCase {
     override func setUpWithError() throws {
         try requireTier(.hostKernel)
         pair = try NamespacePair(prefix: "ss")
-        reqidFolder = FileManager.default.temporaryDirectory.appendingPathComponent("ss-reqids-\(UUID().uuidString)").path
-        engine = try SecureSocketEngine(.init(negotiationTimeout: 1,
-                                              keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-                                              reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
+        reqidFolder =
+            FileManager.default.temporaryDirectory.appendingPathComponent("ss-reqids-\(UUID().uuidString)").path
+        engine = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 1,
+                keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+                reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
         client = try XFRMClient(namespace: pair.a.namespace)
     }
 
@@ -36,12 +39,15 @@ final class SecureSocketEngineTests: XCTestCase {
     func socketPolicies() throws -> [XFRMPolicy] { try client.policies().filter(\.direction.isSocketPolicy) }
 
     func testSetSecurityInstallsRequiredPoliciesOnceBeforeBind() throws {
-        for (family, kind) in [(XFRMAddressFamily.inet, TestSocket.Kind.tcp), (.inet6, .tcp), (.inet, .udp), (.inet6, .udp)] {
+        for (family, kind) in [
+            (XFRMAddressFamily.inet, TestSocket.Kind.tcp), (.inet6, .tcp), (.inet, .udp), (.inet6, .udp),
+        ] {
             let socket = try TestSocket.make(in: pair.a.namespace, family: family, kind: kind)
             try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
             let policies = try socketPolicies()
             XCTAssertEqual(policies.count, 2, "\(family) \(kind): one policy per direction")
-            let reqid = try XCTUnwrap(engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!)?.reqid)
+            let reqid = try XCTUnwrap(
+                engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!)?.reqid)
             for policy in policies {
                 XCTAssertEqual(policy.templates.map(\.reqid), [reqid])
                 XCTAssertEqual(policy.templates.map(\.level), [.required])
@@ -58,8 +64,10 @@ final class SecureSocketEngineTests: XCTestCase {
                 XCTAssertEqual(v6only, 1, "a secured IPv6 socket cannot reach v4-mapped peers")
             }
             XCTAssertTrue(engine.holdsReqid(reqid), "reqid claimed")
-            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: reqidFolder).filter { $0.hasPrefix("block-") }.count,
-                           1, "claimed from the namespace in a block")
+            XCTAssertEqual(
+                try FileManager.default.contentsOfDirectory(atPath: reqidFolder).filter { $0.hasPrefix("block-") }
+                    .count,
+                1, "claimed from the namespace in a block")
             engine.release(socket.fd.rawValue)
             socket.close()
             XCTAssertEqual(try socketPolicies(), [], "closing the socket removes its policies")
@@ -88,8 +96,11 @@ final class SecureSocketEngineTests: XCTestCase {
 
     func testSkipFilterAndAllowInsecureMapping() throws {
         let skip = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
-        try engine.setSecurity(skip.fd.rawValue, SocketSecuritySettings(securityProtocol: .ipsec, flags: [],
-                                                                         ipsec: IPsecSettings(flags: .skipFilterInstantiation)))
+        try engine.setSecurity(
+            skip.fd.rawValue,
+            SocketSecuritySettings(
+                securityProtocol: .ipsec, flags: [],
+                ipsec: IPsecSettings(flags: .skipFilterInstantiation)))
         XCTAssertEqual(try socketPolicies(), [], "SKIP_FILTER_INSTANTIATION: no per-socket policy")
         let insecure = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(insecure.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
@@ -102,14 +113,21 @@ final class SecureSocketEngineTests: XCTestCase {
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         try listener.bind(pair.addressB4, port: 0)
         try listener.listen()
-        let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB,
-                                        file: FileManager.default.temporaryDirectory.appendingPathComponent("ss-\(UUID().uuidString).pcap").path)
-        defer { capture.stop(); try? FileManager.default.removeItem(atPath: capture.file) }
+        let capture = try PacketCapture(
+            namespace: pair.b, interface: pair.interfaceB,
+            file: FileManager.default.temporaryDirectory.appendingPathComponent("ss-\(UUID().uuidString).pcap").path)
+        defer {
+            capture.stop()
+            try? FileManager.default.removeItem(atPath: capture.file)
+        }
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)
         let started = Date()
-        XCTAssertThrowsError(try engine.connect(socket.fd.rawValue,
-                                                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))) {
+        XCTAssertThrowsError(
+            try engine.connect(
+                socket.fd.rawValue,
+                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+        ) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .networkUnreachable, "\($0)")
         }
         XCTAssertLessThan(Date().timeIntervalSince(started), 5)
@@ -135,7 +153,8 @@ final class SecureSocketEngineTests: XCTestCase {
         try listener.listen()
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
-        try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+        try engine.connect(
+            socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
         let accepted = try listener.accept(timeout: 5)
         defer { accepted.close() }
         let info = try engine.query(socket.fd.rawValue)
@@ -156,10 +175,11 @@ final class SecureSocketEngineTests: XCTestCase {
         let c = SocketEndpointAddress(address: "10.77.0.3", port: 53)
         try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(peerAddress: b, name: "host/b.example"))
         try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(peerAddress: c, name: "c.example"))
-        XCTAssertEqual(engine.peerTargetNames(udp.fd.rawValue), [pair.addressB4: "host/b.example", "10.77.0.3": "c.example"])
+        XCTAssertEqual(
+            engine.peerTargetNames(udp.fd.rawValue), [pair.addressB4: "host/b.example", "10.77.0.3": "c.example"])
         try engine.deletePeerTargetName(udp.fd.rawValue, address: b)
         XCTAssertEqual(engine.peerTargetNames(udp.fd.rawValue), ["10.77.0.3": "c.example"])
-        try engine.deletePeerTargetName(udp.fd.rawValue, address: b)   // unknown: nothing to forget, no error
+        try engine.deletePeerTargetName(udp.fd.rawValue, address: b) // unknown: nothing to forget, no error
 
         let tcp = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(tcp.fd.rawValue)
@@ -172,10 +192,14 @@ final class SecureSocketEngineTests: XCTestCase {
     func testPeerTargetNamesThatArePatternsAreRefused() throws {
         let tcp = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(tcp.fd.rawValue)
-        for name in ["host/%any", "%any", "*.example", "host/*.example", "b.%example", "*", "CN=*, O=example",
-                     "%any6", "host/b.exa*mple"] {
-            XCTAssertThrowsError(try engine.setPeerTargetName(tcp.fd.rawValue, SocketPeerTargetName(name: name)),
-                                 name) {
+        for name in [
+            "host/%any", "%any", "*.example", "host/*.example", "b.%example", "*", "CN=*, O=example",
+            "%any6", "host/b.exa*mple",
+        ] {
+            XCTAssertThrowsError(
+                try engine.setPeerTargetName(tcp.fd.rawValue, SocketPeerTargetName(name: name)),
+                name
+            ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, name)
             }
         }
@@ -184,8 +208,10 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertEqual(engine.peerTargetNames(tcp.fd.rawValue), [nil: "host/b.example"])
 
         let raw = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
-        try engine.setSecurity(raw.fd.rawValue, SocketSecuritySettings(
-            securityProtocol: .ipsec, ipsec: IPsecSettings(flags: .peerNameIsRawFormat)))
+        try engine.setSecurity(
+            raw.fd.rawValue,
+            SocketSecuritySettings(
+                securityProtocol: .ipsec, ipsec: IPsecSettings(flags: .peerNameIsRawFormat)))
         XCTAssertThrowsError(try engine.setPeerTargetName(raw.fd.rawValue, SocketPeerTargetName(name: "%any")))
         try engine.setPeerTargetName(raw.fd.rawValue, SocketPeerTargetName(name: "CN=b.example, O=Example"))
     }
@@ -206,10 +232,12 @@ extension SecureSocketEngineTests {
     /// A listener closed while a connection it accepted is still open: the sweep adopts the accepted socket,
     /// so the shared reqid (and the keying behind it) stays until that connection closes too.
     func testClosingAListenerKeepsItsAcceptedConnectionsSecured() throws {
-        let serverEngine = try SecureSocketEngine(.init(negotiationTimeout: 1,
-                                                        keying: try StaticKeyBackend(peers: [], namespace: pair.b.namespace),
-                                                        reqidDirectory: reqidFolder + "-b", namespace: pair.b.namespace,
-                                                        followEvents: false, closeGrace: 0))
+        let serverEngine = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 1,
+                keying: try StaticKeyBackend(peers: [], namespace: pair.b.namespace),
+                reqidDirectory: reqidFolder + "-b", namespace: pair.b.namespace,
+                followEvents: false, closeGrace: 0))
         defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-b") }
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         try serverEngine.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
@@ -224,7 +252,8 @@ extension SecureSocketEngineTests {
 
         listener.close()
         XCTAssertEqual(serverEngine.sweep(), 1, "the listener is released")
-        let adopted = try XCTUnwrap(serverEngine.table.endpoint(cookie: SocketInspector.cookie(of: accepted.fd.rawValue)!))
+        let adopted = try XCTUnwrap(
+            serverEngine.table.endpoint(cookie: SocketInspector.cookie(of: accepted.fd.rawValue)!))
         XCTAssertEqual(adopted.reqid, reqid, "the accepted socket holds the listener's reqid now")
         XCTAssertTrue(serverEngine.holdsReqid(reqid), "the reqid is still claimed")
 
@@ -240,10 +269,12 @@ extension SecureSocketEngineTests {
     /// A socket closed without release keeps its keying for the grace period (its FIN still needs the SAs),
     /// then the sweep frees everything.
     func testClosedSocketsKeepTheirKeyingForTheGracePeriod() throws {
-        let graceful = try SecureSocketEngine(.init(negotiationTimeout: 1,
-                                                    keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-                                                    reqidDirectory: reqidFolder + "-g", namespace: pair.a.namespace,
-                                                    followEvents: false, closeGrace: 0.5))
+        let graceful = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: 1,
+                keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+                reqidDirectory: reqidFolder + "-g", namespace: pair.a.namespace,
+                followEvents: false, closeGrace: 0.5))
         defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-g") }
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try graceful.setSecurity(socket.fd.rawValue)
@@ -292,15 +323,21 @@ extension SecureSocketEngineTests {
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         try listener.bind(pair.addressB4, port: 0)
         try listener.listen()
-        _ = try pair.b.ip("xfrm", "policy", "add", "dir", "in", "src", "\(pair.addressA4)/32", "dst", "\(pair.addressB4)/32",
-                          "proto", "tcp", "dport", "\(listener.localPort)", "action", "block")
+        _ = try pair.b.ip(
+            "xfrm", "policy", "add", "dir", "in", "src", "\(pair.addressA4)/32", "dst", "\(pair.addressB4)/32",
+            "proto", "tcp", "dport", "\(listener.localPort)", "action", "block")
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
-        try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(
-            securityProtocol: .ipsec, ipsec: IPsecSettings(flags: .skipFilterInstantiation)))
+        try engine.setSecurity(
+            socket.fd.rawValue,
+            SocketSecuritySettings(
+                securityProtocol: .ipsec, ipsec: IPsecSettings(flags: .skipFilterInstantiation)))
         let started = Date()
-        XCTAssertThrowsError(try engine.connect(socket.fd.rawValue,
-                                                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort),
-                                                timeout: 1.5)) {
+        XCTAssertThrowsError(
+            try engine.connect(
+                socket.fd.rawValue,
+                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort),
+                timeout: 1.5)
+        ) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .timedOut, "\($0)")
         }
         let elapsed = Date().timeIntervalSince(started)
@@ -354,7 +391,9 @@ extension SecureSocketEngineTests {
             if case .failed = state { break }
             usleep(10_000)
         }
-        guard case .failed? = state else { return XCTFail("the ACQUIRE was not answered: \(String(describing: state))") }
+        guard case .failed? = state else {
+            return XCTFail("the ACQUIRE was not answered: \(String(describing: state))")
+        }
     }
 }
 
@@ -368,7 +407,8 @@ extension SecureSocketEngineTests {
         try listener.listen()
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
-        try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+        try engine.connect(
+            socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
         engine.release(socket.fd.rawValue)
         XCTAssertEqual(try client.policies().filter { !$0.direction.isSocketPolicy }, [])
         socket.close()
@@ -380,19 +420,25 @@ extension SecureSocketEngineTests {
     /// the sweep): nothing stays behind, neither in the kernel (policies, SAs) nor in the engine (endpoints,
     /// reqids, claim files, token handles) nor in the process (descriptors), and memory stays flat.
     func testTenThousandSecureAndCloseCyclesLeaveNothingBehind() throws {
-        func descriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        func descriptors() -> Int {
+            (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1
+        }
         func anonymousKiB() -> Int {
             guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
-                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("RssAnon:") }) else { return -1 }
+                let line = text.split(separator: "\n").first(where: { $0.hasPrefix("RssAnon:") })
+            else { return -1 }
             return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? -1
         }
         func cycles(_ count: Int) throws {
             for index in 0..<count {
-                let socket = try TestSocket.make(in: pair.a.namespace, family: index % 3 == 0 ? .inet6 : .inet,
-                                                 kind: index % 2 == 0 ? .tcp : .udp)
+                let socket = try TestSocket.make(
+                    in: pair.a.namespace, family: index % 3 == 0 ? .inet6 : .inet,
+                    kind: index % 2 == 0 ? .tcp : .udp)
                 try engine.setSecurity(socket.fd.rawValue)
-                try engine.setPeerTargetName(socket.fd.rawValue, SocketPeerTargetName(
-                    peerAddress: SocketEndpointAddress(address: pair.addressB4, port: 9), name: "host/b.example"))
+                try engine.setPeerTargetName(
+                    socket.fd.rawValue,
+                    SocketPeerTargetName(
+                        peerAddress: SocketEndpointAddress(address: pair.addressB4, port: 9), name: "host/b.example"))
                 if index % 2 == 0 { engine.release(socket.fd.rawValue) }
                 socket.close()
                 if index % 500 == 499 { engine.sweep() }
@@ -400,7 +446,7 @@ extension SecureSocketEngineTests {
             engine.sweep()
         }
         let fdsBefore = descriptors()
-        try cycles(2_000)   // warm-up: the first blocks, tables and code paths
+        try cycles(2_000) // warm-up: the first blocks, tables and code paths
         let memoryAfterWarmUp = anonymousKiB()
         try cycles(8_000)
         let memoryAfter = anonymousKiB()
@@ -412,7 +458,8 @@ extension SecureSocketEngineTests {
         let claims = (try? FileManager.default.contentsOfDirectory(atPath: reqidFolder)) ?? []
         XCTAssertEqual(claims, [], "every reqid block given back")
         XCTAssertLessThanOrEqual(descriptors(), fdsBefore, "no descriptor left")
-        XCTAssertLessThan(memoryAfter - memoryAfterWarmUp, 1_024,
-                          "8,000 more cycles grew anonymous memory by \(memoryAfter - memoryAfterWarmUp) KiB")
+        XCTAssertLessThan(
+            memoryAfter - memoryAfterWarmUp, 1_024,
+            "8,000 more cycles grew anonymous memory by \(memoryAfter - memoryAfterWarmUp) KiB")
     }
 }

@@ -5,6 +5,7 @@ import Glibc
 import Keying
 import SecureSocket
 import XCTest
+
 @testable import WinsockSecureSocket
 
 /// Tier 1 (no privileges): the C entry points' argument validation and error codes, the Windows struct
@@ -71,15 +72,20 @@ final class WinsockABITests: XCTestCase {
         settings.SecurityProtocol = SOCKET_SECURITY_PROTOCOL_INVALID
         XCTAssertEqual(lastError(WSASetSocketSecurity(tcp, &settings, 8, nil, nil)), WSAEINVAL, "protocol INVALID")
         settings = SOCKET_SECURITY_SETTINGS(SecurityProtocol: SOCKET_SECURITY_PROTOCOL_DEFAULT, SecurityFlags: 3)
-        XCTAssertEqual(lastError(WSASetSocketSecurity(tcp, &settings, 8, nil, nil)), WSAEINVAL, "GUARANTEE|ALLOW_INSECURE")
+        XCTAssertEqual(
+            lastError(WSASetSocketSecurity(tcp, &settings, 8, nil, nil)), WSAEINVAL, "GUARANTEE|ALLOW_INSECURE")
         settings.SecurityFlags = 0x10
         XCTAssertEqual(lastError(WSASetSocketSecurity(tcp, &settings, 8, nil, nil)), WSAEINVAL, "unknown flag")
     }
 
     /// An IPSEC settings buffer: 84-byte header + UTF-16 user, domain, password.
-    func ipsecSettings(user: String, domain: String, password: String, flags: UInt32 = 0,
-                       declaredLengths: (Int, Int, Int)? = nil, bufferShortBy: Int = 0) -> [UInt8] {
-        let strings = [user, domain, password].map { Array($0.utf16).flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } } }
+    func ipsecSettings(
+        user: String, domain: String, password: String, flags: UInt32 = 0,
+        declaredLengths: (Int, Int, Int)? = nil, bufferShortBy: Int = 0
+    ) -> [UInt8] {
+        let strings = [user, domain, password].map {
+            Array($0.utf16).flatMap { withUnsafeBytes(of: $0.littleEndian) { Array($0) } }
+        }
         var header = SOCKET_SECURITY_SETTINGS_IPSEC()
         header.SecurityProtocol = SOCKET_SECURITY_PROTOCOL_IPSEC
         header.SecurityFlags = 1
@@ -117,11 +123,13 @@ final class WinsockABITests: XCTestCase {
         let tcp = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(tcp) }
         var unsupported = ipsecSettings(user: "", domain: "", password: "", flags: 0x4)
-        XCTAssertEqual(lastError(WSASetSocketSecurity(tcp, &unsupported, 88, nil, nil)), WSAEOPNOTSUPP,
-                       "ALLOW_FIRST_INBOUND_PKT_UNENCRYPTED")
+        XCTAssertEqual(
+            lastError(WSASetSocketSecurity(tcp, &unsupported, 88, nil, nil)), WSAEOPNOTSUPP,
+            "ALLOW_FIRST_INBOUND_PKT_UNENCRYPTED")
         var userWithoutPassword = ipsecSettings(user: "bob", domain: "", password: "")
-        XCTAssertEqual(lastError(WSASetSocketSecurity(tcp, &userWithoutPassword, UInt32(userWithoutPassword.count), nil, nil)),
-                       WSAEINVAL)
+        XCTAssertEqual(
+            lastError(WSASetSocketSecurity(tcp, &userWithoutPassword, UInt32(userWithoutPassword.count), nil, nil)),
+            WSAEINVAL)
     }
 
     // MARK: WSASetSocketPeerTargetName / WSADeleteSocketPeerTargetName
@@ -132,7 +140,9 @@ final class WinsockABITests: XCTestCase {
         header.PeerTargetNameStringLen = UInt32(characters ? units.count : units.count * 2)
         if let peer {
             peer.withSockaddr { address, length in
-                withUnsafeMutableBytes(of: &header.PeerAddress) { $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length))) }
+                withUnsafeMutableBytes(of: &header.PeerAddress) {
+                    $0.copyMemory(from: UnsafeRawBufferPointer(start: address, count: Int(length)))
+                }
             }
         }
         return Array(withUnsafeBytes(of: header) { Array($0) }.prefix(140))
@@ -141,10 +151,12 @@ final class WinsockABITests: XCTestCase {
 
     func testPeerTargetNameParsingBothLengthConventions() throws {
         let bytesForm = peerTargetName("host/b.example")
-        XCTAssertEqual(try WindowsStructs.peerTargetName(bytesForm, length: UInt32(bytesForm.count)).name, "host/b.example")
+        XCTAssertEqual(
+            try WindowsStructs.peerTargetName(bytesForm, length: UInt32(bytesForm.count)).name, "host/b.example")
         // Microsoft's sample stores the character count, with a buffer of 144 + 2 * characters.
         let charsForm = peerTargetName("host/b.example", characters: true) + [0, 0, 0, 0]
-        XCTAssertEqual(try WindowsStructs.peerTargetName(charsForm, length: UInt32(charsForm.count)).name, "host/b.example")
+        XCTAssertEqual(
+            try WindowsStructs.peerTargetName(charsForm, length: UInt32(charsForm.count)).name, "host/b.example")
         XCTAssertThrowsError(try WindowsStructs.peerTargetName(bytesForm, length: 139)) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .messageSize)
         }
@@ -152,8 +164,9 @@ final class WinsockABITests: XCTestCase {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .messageSize)
         }
         let withPeer = peerTargetName("b", peer: SocketEndpointAddress(address: "fd00::2", port: 500))
-        XCTAssertEqual(try WindowsStructs.peerTargetName(withPeer, length: UInt32(withPeer.count)).peerAddress,
-                       SocketEndpointAddress(address: "fd00::2", port: 500))
+        XCTAssertEqual(
+            try WindowsStructs.peerTargetName(withPeer, length: UInt32(withPeer.count)).peerAddress,
+            SocketEndpointAddress(address: "fd00::2", port: 500))
     }
 
     func testPeerTargetNameErrors() {
@@ -162,8 +175,9 @@ final class WinsockABITests: XCTestCase {
         XCTAssertEqual(lastError(WSASetSocketPeerTargetName(tcp, nil, 0, nil, nil)), WSAEFAULT)
         var name = peerTargetName("b.example")
         XCTAssertEqual(lastError(WSASetSocketPeerTargetName(tcp, &name, 100, nil, nil)), WSAEMSGSIZE)
-        XCTAssertEqual(lastError(WSASetSocketPeerTargetName(tcp, &name, UInt32(name.count), nil, nil)), WSAEINVAL,
-                       "WSASetSocketSecurity must come first")
+        XCTAssertEqual(
+            lastError(WSASetSocketPeerTargetName(tcp, &name, UInt32(name.count), nil, nil)), WSAEINVAL,
+            "WSASetSocketSecurity must come first")
         let file = open("/dev/null", O_RDONLY)
         defer { close(file) }
         XCTAssertEqual(lastError(WSASetSocketPeerTargetName(file, &name, UInt32(name.count), nil, nil)), WSAENOTSOCK)
@@ -174,8 +188,9 @@ final class WinsockABITests: XCTestCase {
         XCTAssertEqual(lastError(WSADeleteSocketPeerTargetName(tcp, &short, 8, nil, nil)), WSAEMSGSIZE)
         var unix = sockaddr_un()
         unix.sun_family = sa_family_t(AF_UNIX)
-        XCTAssertEqual(lastError(WSADeleteSocketPeerTargetName(tcp, &unix, UInt32(MemoryLayout<sockaddr_un>.size), nil, nil)),
-                       WSAEAFNOSUPPORT)
+        XCTAssertEqual(
+            lastError(WSADeleteSocketPeerTargetName(tcp, &unix, UInt32(MemoryLayout<sockaddr_un>.size), nil, nil)),
+            WSAEAFNOSUPPORT)
     }
 
     // MARK: WSAQuerySocketSecurity
@@ -193,11 +208,16 @@ final class WinsockABITests: XCTestCase {
 
     func testQuerySizeProbeAndClearConnection() throws {
         let (client, server, listener) = try connectedTCPPair()
-        defer { close(client); close(server); close(listener) }
+        defer {
+            close(client)
+            close(server)
+            close(listener)
+        }
         XCTAssertEqual(lastError(WSAQuerySocketSecurity(client, nil, 0, nil, nil, nil, nil)), WSAEFAULT, "NULL length")
         var length: UInt32 = 0
-        XCTAssertEqual(lastError(WSAQuerySocketSecurity(client, nil, 0, nil, &length, nil, nil)), WSAEFAULT,
-                       "TCP size probe (Microsoft's sample)")
+        XCTAssertEqual(
+            lastError(WSAQuerySocketSecurity(client, nil, 0, nil, &length, nil, nil)), WSAEFAULT,
+            "TCP size probe (Microsoft's sample)")
         XCTAssertEqual(length, 24)
         var info = SOCKET_SECURITY_QUERY_INFO()
         info.Flags = 0xffff
@@ -219,16 +239,21 @@ final class WinsockABITests: XCTestCase {
     func testQueryErrors() {
         let udp = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         let tcp = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(udp); close(tcp) }
+        defer {
+            close(udp)
+            close(tcp)
+        }
         var length: UInt32 = 24
         var info = SOCKET_SECURITY_QUERY_INFO()
-        XCTAssertEqual(lastError(WSAQuerySocketSecurity(udp, nil, 0, &info, &length, nil, nil)), WSAEMSGSIZE,
-                       "UDP needs a template")
+        XCTAssertEqual(
+            lastError(WSAQuerySocketSecurity(udp, nil, 0, &info, &length, nil, nil)), WSAEMSGSIZE,
+            "UDP needs a template")
         var template = SOCKET_SECURITY_QUERY_TEMPLATE()
         XCTAssertEqual(lastError(WSAQuerySocketSecurity(udp, &template, 143, &info, &length, nil, nil)), WSAEMSGSIZE)
         XCTAssertEqual(lastError(WSAQuerySocketSecurity(udp, &template, 144, nil, &length, nil, nil)), WSAEMSGSIZE)
-        XCTAssertEqual(lastError(WSAQuerySocketSecurity(tcp, nil, 0, &info, &length, nil, nil)), WSAENOTCONN,
-                       "unconnected TCP (our documented choice)")
+        XCTAssertEqual(
+            lastError(WSAQuerySocketSecurity(tcp, nil, 0, &info, &length, nil, nil)), WSAENOTCONN,
+            "unconnected TCP (our documented choice)")
         let unix = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(unix) }
         XCTAssertEqual(lastError(WSAQuerySocketSecurity(unix, nil, 0, &info, &length, nil, nil)), WSAEINVAL)
@@ -243,8 +268,9 @@ final class WinsockABITests: XCTestCase {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         var qos = 0
-        XCTAssertEqual(lastError(WSAConnect(tcp, &address, Int32(MemoryLayout<sockaddr_in>.size), nil, nil, &qos, nil)),
-                       WSAEOPNOTSUPP)
+        XCTAssertEqual(
+            lastError(WSAConnect(tcp, &address, Int32(MemoryLayout<sockaddr_in>.size), nil, nil, &qos, nil)),
+            WSAEOPNOTSUPP)
     }
 
     func testLastErrorIsPerThread() {
@@ -295,7 +321,8 @@ final class PeerTokenTests: XCTestCase {
         XCTAssertEqual(length, 13)
         var buffer = [CChar](repeating: 0, count: Int(length))
         XCTAssertEqual(WSSGetTokenIdentity(token.handle, &buffer, &length), 0)
-        XCTAssertEqual(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), "host.example")
+        XCTAssertEqual(
+            String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), "host.example")
         var copy: UInt64 = 0
         XCTAssertEqual(WSSDuplicateToken(token.handle, &copy), 0)
         XCTAssertEqual(WSSCloseToken(token.handle), 0)

@@ -28,10 +28,12 @@ final class ESPTransportTests: XCTestCase {
         XCTAssertGreaterThan(report.outboundSAPackets, 0, "outbound SA counted packets", file: file, line: line)
         XCTAssertGreaterThan(report.inboundSAPackets, 0, "inbound SA counted packets", file: file, line: line)
         XCTAssertGreaterThan(report.capturedESPPackets, 0, "ESP on the wire", file: file, line: line)
-        XCTAssertEqual(report.capturedPlainTCPPackets, 0, "not one plain TCP packet on the wire", file: file, line: line)
+        XCTAssertEqual(
+            report.capturedPlainTCPPackets, 0, "not one plain TCP packet on the wire", file: file, line: line)
         XCTAssertFalse(report.payloadVisibleInCapture, "no payload byte in clear", file: file, line: line)
-        XCTAssertEqual(report.connectAfterDeletion, .resourceTemporarilyUnavailable,
-                       "without SAs a new connection is refused", file: file, line: line)
+        XCTAssertEqual(
+            report.connectAfterDeletion, .resourceTemporarilyUnavailable,
+            "without SAs a new connection is refused", file: file, line: line)
         XCTAssertFalse(report.lateDataDelivered, "without SAs no data gets through", file: file, line: line)
         XCTAssertEqual(report.leftoverStates, 0, file: file, line: line)
         XCTAssertEqual(report.leftoverPolicies, 0, file: file, line: line)
@@ -44,13 +46,18 @@ final class ESPTransportTests: XCTestCase {
             let ns = try TestNamespace(prefix: "espsa")
             defer { ns.remove() }
             let client = try XFRMClient(namespace: ns.namespace)
-            let gcm = XFRMState(source: "10.6.0.1", destination: "10.6.0.2", spi: 0x100, reqid: 3,
-                                algorithms: [.aesGCM(key: (0..<36).map { UInt8($0) })], replayWindow: 32)
-            let cbc = XFRMState(source: "fd06::1", destination: "fd06::2", spi: 0x200, mode: .tunnel, reqid: 4,
-                                algorithms: [XFRMAlgorithm(.encryption, name: "cbc(aes)", key: (0..<16).map { UInt8($0) }),
-                                             XFRMAlgorithm(.authenticationTruncated(truncationBits: 128),
-                                                           name: "hmac(sha256)", key: (0..<32).map { UInt8($0) })],
-                                selector: .host("fd06::1", "fd06::2"))
+            let gcm = XFRMState(
+                source: "10.6.0.1", destination: "10.6.0.2", spi: 0x100, reqid: 3,
+                algorithms: [.aesGCM(key: (0..<36).map { UInt8($0) })], replayWindow: 32)
+            let cbc = XFRMState(
+                source: "fd06::1", destination: "fd06::2", spi: 0x200, mode: .tunnel, reqid: 4,
+                algorithms: [
+                    XFRMAlgorithm(.encryption, name: "cbc(aes)", key: (0..<16).map { UInt8($0) }),
+                    XFRMAlgorithm(
+                        .authenticationTruncated(truncationBits: 128),
+                        name: "hmac(sha256)", key: (0..<32).map { UInt8($0) }),
+                ],
+                selector: .host("fd06::1", "fd06::2"))
             try client.addState(gcm)
             try client.addState(cbc)
             XCTAssertEqual(try client.getState(gcm.id).algorithms, gcm.algorithms)

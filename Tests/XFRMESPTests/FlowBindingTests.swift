@@ -45,7 +45,8 @@ final class FlowBindingTests: XCTestCase {
                 print("FlowBinding 1: echo on \(active.name) only, SA packet increase: \(rise)")
                 for sa in FlowLab.SAName.allCases {
                     XCTAssertGreaterThan(rise[active.name, sa], 0, "\(active.name)'s \(sa) SA counts its own flow")
-                    XCTAssertEqual(rise[idle.name, sa], 0, "\(idle.name)'s \(sa) SA does not count \(active.name)'s flow")
+                    XCTAssertEqual(
+                        rise[idle.name, sa], 0, "\(idle.name)'s \(sa) SA does not count \(active.name)'s flow")
                 }
             }
 
@@ -78,8 +79,9 @@ final class FlowBindingTests: XCTestCase {
             let statsAfter = try lab.statistics()
             let increaseA = statsAfter.a.increase(since: statsBefore.a)
             let increaseB = statsAfter.b.increase(since: statsBefore.b)
-            print("FlowBinding 1: xfrm_stat increase A: \(increaseA.counterIncreaseDescription); "
-                  + "B: \(increaseB.counterIncreaseDescription)")
+            print(
+                "FlowBinding 1: xfrm_stat increase A: \(increaseA.counterIncreaseDescription); "
+                    + "B: \(increaseB.counterIncreaseDescription)")
             for (side, increase) in [("A", increaseA), ("B", increaseB)] {
                 XCTAssertNil(increase["XfrmInTmplMismatch"], "no XfrmInTmplMismatch in \(side)")
                 XCTAssertNil(increase["XfrmInStateMismatch"], "no XfrmInStateMismatch in \(side)")
@@ -107,23 +109,26 @@ final class FlowBindingTests: XCTestCase {
             let before = try lab.counters([x, y])
             let request = Array("X after Y exists".utf8)
             try x.client.send(request)
-            XCTAssertEqual(try x.server.receiveExactly(request.count, timeout: 5), request,
-                           "A→B on X still arrives (B's inbound check accepts any SA with reqid L)")
+            XCTAssertEqual(
+                try x.server.receiveExactly(request.count, timeout: 5), request,
+                "A→B on X still arrives (B's inbound check accepts any SA with reqid L)")
             try x.server.send(request)
             let answer = FlowLab.arrival(on: x.client, within: Self.silence)
             let rise = try lab.counters([x, y]).increase(since: before)
             let statsAfter = try lab.statistics()
             let increaseA = statsAfter.a.increase(since: statsBefore.a)
             let increaseB = statsAfter.b.increase(since: statsBefore.b)
-            print("FlowBinding 1 contrast: X's echo \(answer.map { "arrived (\($0.count) bytes)" } ?? "did not arrive within \(Self.silence) s"); "
-                  + "SA packet increase: \(rise); xfrm_stat increase A: \(increaseA.counterIncreaseDescription); "
-                  + "B: \(increaseB.counterIncreaseDescription)")
+            print(
+                "FlowBinding 1 contrast: X's echo \(answer.map { "arrived (\($0.count) bytes)" } ?? "did not arrive within \(Self.silence) s"); "
+                    + "SA packet increase: \(rise); xfrm_stat increase A: \(increaseA.counterIncreaseDescription); "
+                    + "B: \(increaseB.counterIncreaseDescription)")
             XCTAssertNil(answer, "the older connection's echo does not reach A's socket")
             XCTAssertEqual(rise["X", .outB], 0, "B sends nothing through X's own SA")
             XCTAssertGreaterThan(rise["Y", .outB], 0, "B sends X's reply through Y's (newest) SA")
             XCTAssertGreaterThan(rise["Y", .inA], 0, "A decrypts X's reply with Y's SA")
-            XCTAssertGreaterThan(increaseA["XfrmInTmplMismatch"] ?? 0, 0,
-                                 "A drops it: Y's SA has reqid \(y.reqidA), X's socket requires \(x.reqidA)")
+            XCTAssertGreaterThan(
+                increaseA["XfrmInTmplMismatch"] ?? 0, 0,
+                "A drops it: Y's SA has reqid \(y.reqidA), X's socket requires \(x.reqidA)")
         }
     }
 
@@ -170,19 +175,22 @@ final class FlowBindingTests: XCTestCase {
             let statsAfter = try lab.statistics()
             let increaseB = statsAfter.b.increase(since: statsBefore.b)
             let increaseA = statsAfter.a.increase(since: statsBefore.a)
-            print("FlowBinding 2: forged SA sent \(forgedPackets) packets; B decrypted "
-                  + "\(yInB.counters.packets - yInBBefore.counters.packets) with Y's SA (integrity failures "
-                  + "\(yInB.statistics.integrityFailed), replay drops \(yInB.statistics.replay + yInB.statistics.replayWindow)), "
-                  + "\(xInB - xInBBefore) with X's; X's server socket got \(atX?.count ?? 0) bytes, Y's \(atY?.count ?? 0); "
-                  + "xfrm_stat increase B: \(increaseB.counterIncreaseDescription); A: \(increaseA.counterIncreaseDescription)")
+            print(
+                "FlowBinding 2: forged SA sent \(forgedPackets) packets; B decrypted "
+                    + "\(yInB.counters.packets - yInBBefore.counters.packets) with Y's SA (integrity failures "
+                    + "\(yInB.statistics.integrityFailed), replay drops \(yInB.statistics.replay + yInB.statistics.replayWindow)), "
+                    + "\(xInB - xInBBefore) with X's; X's server socket got \(atX?.count ?? 0) bytes, Y's \(atY?.count ?? 0); "
+                    + "xfrm_stat increase B: \(increaseB.counterIncreaseDescription); A: \(increaseA.counterIncreaseDescription)"
+            )
             XCTAssertGreaterThan(forgedPackets, 0, "X's segments left A under Y's SPI and key")
             XCTAssertGreaterThan(yInB.counters.packets, yInBBefore.counters.packets, "B decrypted them with Y's SA")
             XCTAssertEqual(yInB.statistics.integrityFailed, 0, "the key was right: no integrity failure")
             XCTAssertEqual(xInB, xInBBefore, "X's own inbound SA on B saw nothing")
             XCTAssertNil(atX, "no byte reached X's socket on B")
             XCTAssertNil(atY, "nor Y's")
-            XCTAssertGreaterThan(increaseB["XfrmInStateMismatch"] ?? 0, 0,
-                                 "B drops a packet whose SA selector does not cover its flow: XfrmInStateMismatch")
+            XCTAssertGreaterThan(
+                increaseB["XfrmInStateMismatch"] ?? 0, 0,
+                "B drops a packet whose SA selector does not cover its flow: XfrmInStateMismatch")
             XCTAssertNil(increaseB["XfrmInTmplMismatch"], "the reqid (L) was right, so no template mismatch")
         }
     }
@@ -213,9 +221,10 @@ final class FlowBindingTests: XCTestCase {
             let decrypted = try lab.xfrmB.getState(z.aToB.id).counters.packets
             let statsAfter = try lab.statistics()
             let increaseB = statsAfter.b.increase(since: statsBefore.b)
-            print("FlowBinding 3: SA reqid \(otherReqid.reqid) vs socket IN template reqid \(Self.listenerReqid): "
-                  + "B decrypted \(decrypted) packets, socket got \(early?.count ?? 0) bytes; "
-                  + "xfrm_stat increase B: \(increaseB.counterIncreaseDescription)")
+            print(
+                "FlowBinding 3: SA reqid \(otherReqid.reqid) vs socket IN template reqid \(Self.listenerReqid): "
+                    + "B decrypted \(decrypted) packets, socket got \(early?.count ?? 0) bytes; "
+                    + "xfrm_stat increase B: \(increaseB.counterIncreaseDescription)")
             XCTAssertGreaterThan(decrypted, 0, "B decrypted Z's segments")
             XCTAssertNil(early, "no byte reached Z's socket on B")
             XCTAssertGreaterThan(increaseB["XfrmInTmplMismatch"] ?? 0, 0, "counted as XfrmInTmplMismatch")
@@ -241,7 +250,10 @@ final class FlowLab {
 
     /// The four SAs of a flow: (A→B, B→A) × (in A, in B).
     enum SAName: String, CaseIterable, CustomStringConvertible {
-        case outA = "A out", inA = "A in", inB = "B in", outB = "B out"
+        case outA = "A out"
+        case inA = "A in"
+        case inB = "B in"
+        case outB = "B out"
         var description: String { rawValue }
     }
 
@@ -257,8 +269,10 @@ final class FlowLab {
         let aToB: XFRMState
         let bToA: XFRMState
 
-        init(name: String, client: TestSocket, server: TestSocket, clientPort: UInt16, reqidA: UInt32,
-             reqidB: UInt32, aToB: XFRMState, bToA: XFRMState) {
+        init(
+            name: String, client: TestSocket, server: TestSocket, clientPort: UInt16, reqidA: UInt32,
+            reqidB: UInt32, aToB: XFRMState, bToA: XFRMState
+        ) {
             self.name = name
             self.client = client
             self.server = server
@@ -352,17 +366,22 @@ final class FlowLab {
         let clientPort = client.localPort
         client.setTimeouts(5)
 
-        let (up, down): (XFRMSelector, XFRMSelector) = switch selectors {
-        case .flowExact:
-            (.host(addressA, addressB, protocol: .tcp, sourcePort: clientPort, destinationPort: port),
-             .host(addressB, addressA, protocol: .tcp, sourcePort: port, destinationPort: clientPort))
-        case .hostOnly:
-            (.host(addressA, addressB), .host(addressB, addressA))
-        }
-        let aToB = XFRMState(source: addressA, destination: addressB, spi: nextSPI, reqid: reqid,
-                             algorithms: [.aesGCM(key: key())], selector: up, replayWindow: 32)
-        let bToA = XFRMState(source: addressB, destination: addressA, spi: nextSPI + 1, reqid: reqid,
-                             algorithms: [.aesGCM(key: key())], selector: down, replayWindow: 32)
+        let (up, down): (XFRMSelector, XFRMSelector) =
+            switch selectors {
+            case .flowExact:
+                (
+                    .host(addressA, addressB, protocol: .tcp, sourcePort: clientPort, destinationPort: port),
+                    .host(addressB, addressA, protocol: .tcp, sourcePort: port, destinationPort: clientPort)
+                )
+            case .hostOnly:
+                (.host(addressA, addressB), .host(addressB, addressA))
+            }
+        let aToB = XFRMState(
+            source: addressA, destination: addressB, spi: nextSPI, reqid: reqid,
+            algorithms: [.aesGCM(key: key())], selector: up, replayWindow: 32)
+        let bToA = XFRMState(
+            source: addressB, destination: addressA, spi: nextSPI + 1, reqid: reqid,
+            algorithms: [.aesGCM(key: key())], selector: down, replayWindow: 32)
         nextSPI += 0x10
         try xfrmA.addState(aToB)
         try xfrmA.addState(bToA)
@@ -377,8 +396,9 @@ final class FlowLab {
         guard peer == clientPort else {
             throw LabError(description: "accepted the connection from port \(peer), expected \(clientPort)")
         }
-        return Flow(name: name, client: client, server: server, clientPort: clientPort, reqidA: reqid,
-                    reqidB: listenerReqid, aToB: aToB, bToA: bToA)
+        return Flow(
+            name: name, client: client, server: server, clientPort: clientPort, reqidA: reqid,
+            reqidB: listenerReqid, aToB: aToB, bToA: bToA)
     }
 
     /// Client sends, server echoes, client checks; every wait bounded.

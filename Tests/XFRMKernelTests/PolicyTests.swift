@@ -27,8 +27,9 @@ final class PolicyTests: XCTestCase {
 
     func testPolicyAddGetUpdateDeleteRoundTrip() throws {
         let selector = XFRMSelector.host("10.1.0.1", "10.1.0.2", protocol: .tcp, destinationPort: 443)
-        let policy = XFRMPolicy(selector: selector, direction: .outbound, priority: 10,
-                                templates: [XFRMTemplate(reqid: 5), XFRMTemplate(proto: .ah, reqid: 6, level: .use)])
+        let policy = XFRMPolicy(
+            selector: selector, direction: .outbound, priority: 10,
+            templates: [XFRMTemplate(reqid: 5), XFRMTemplate(proto: .ah, reqid: 6, level: .use)])
         try client.addPolicy(policy)
 
         var fetched = try client.getPolicy(.selector(selector, .outbound))
@@ -73,9 +74,11 @@ final class PolicyTests: XCTestCase {
     func testIPv6PolicyWithMarkAndFlush() throws {
         let mark = XFRMMark(value: 0x42, mask: 0xff)
         for port in [1, 2, 3] as [UInt16] {
-            try client.addPolicy(XFRMPolicy(selector: .host("fd00::1", "fd00::2", protocol: .udp, destinationPort: port),
-                                            direction: .inbound, templates: [XFRMTemplate(reqid: UInt32(port))],
-                                            mark: mark))
+            try client.addPolicy(
+                XFRMPolicy(
+                    selector: .host("fd00::1", "fd00::2", protocol: .udp, destinationPort: port),
+                    direction: .inbound, templates: [XFRMTemplate(reqid: UInt32(port))],
+                    mark: mark))
         }
         let listed = try client.policies()
         XCTAssertEqual(listed.count, 3)
@@ -94,16 +97,20 @@ final class PolicyTests: XCTestCase {
         for i in 0..<count {
             let source = XFRMAddress(bytes: [10, 9, UInt8(i >> 8), UInt8(i & 0xff)])!
             let selector = XFRMSelector.host(source, "10.8.0.1")
-            policies.append(XFRMPolicy(selector: selector, direction: .outbound,
-                                       templates: [XFRMTemplate(reqid: UInt32(i + 1))]))
+            policies.append(
+                XFRMPolicy(
+                    selector: selector, direction: .outbound,
+                    templates: [XFRMTemplate(reqid: UInt32(i + 1))]))
         }
         try client.addPolicies(policies)
         let listed = try client.policies()
         XCTAssertEqual(listed.count, count)
         XCTAssertEqual(Set(listed.flatMap { $0.templates.map(\.reqid) }), Set((1...count).map(UInt32.init)))
 
-        let again = [XFRMPolicy(selector: .host("10.7.0.1", "10.7.0.2"), direction: .inbound), policies[5],
-                     XFRMPolicy(selector: .host("10.7.0.3", "10.7.0.4"), direction: .inbound)]
+        let again = [
+            XFRMPolicy(selector: .host("10.7.0.1", "10.7.0.2"), direction: .inbound), policies[5],
+            XFRMPolicy(selector: .host("10.7.0.3", "10.7.0.4"), direction: .inbound),
+        ]
         XCTAssertThrowsError(try client.addPolicies(again)) { error in
             let e = error as? XFRMError
             XCTAssertEqual(e?.errno, .fileExists)
@@ -140,8 +147,9 @@ final class PolicyTests: XCTestCase {
     /// Two decoders of one kernel dump: ours and libnl-xfrm's caches must agree on every policy.
     func testLibnlReadsTheSameSPD() throws {
         try client.addPolicies([
-            XFRMPolicy(selector: .host("10.10.0.1", "10.10.0.2", protocol: .tcp, destinationPort: 443),
-                       direction: .outbound, priority: 5, templates: [XFRMTemplate(reqid: 1), XFRMTemplate(reqid: 2)]),
+            XFRMPolicy(
+                selector: .host("10.10.0.1", "10.10.0.2", protocol: .tcp, destinationPort: 443),
+                direction: .outbound, priority: 5, templates: [XFRMTemplate(reqid: 1), XFRMTemplate(reqid: 2)]),
             XFRMPolicy(selector: .host("fd10::1", "fd10::2"), direction: .inbound, action: .block, priority: 6),
             XFRMPolicy(selector: .any(.inet), direction: .forward, priority: 7, templates: [XFRMTemplate(reqid: 3)]),
         ])
@@ -150,9 +158,10 @@ final class PolicyTests: XCTestCase {
         try SocketPolicy.require([XFRMTemplate(reqid: 99)], on: socket.fd)
 
         let ours = try client.policies().map { p in
-            LibnlOracle.Policy(index: p.index, direction: p.direction.rawValue, priority: p.priority,
-                               action: p.action.rawValue, source: p.selector.source, destination: p.selector.destination,
-                               destinationPort: p.selector.destinationPort, reqids: p.templates.map(\.reqid))
+            LibnlOracle.Policy(
+                index: p.index, direction: p.direction.rawValue, priority: p.priority,
+                action: p.action.rawValue, source: p.selector.source, destination: p.selector.destination,
+                destinationPort: p.selector.destinationPort, reqids: p.templates.map(\.reqid))
         }
         let theirs = try LibnlOracle.policies(in: ns.namespace)
         XCTAssertEqual(ours.count, 5)

@@ -51,14 +51,19 @@ final class SocketPolicyTests: XCTestCase {
         let reqid: UInt32 = 4242
         try SocketPolicy.require([XFRMTemplate(reqid: reqid)], on: sender.fd)
         let sockets = try clientA.policies().filter(\.direction.isSocketPolicy)
-        XCTAssertEqual(Set(sockets.map(\.direction)), [.socketInbound, .socketOutbound],
-                       "socket policies show in the dump as socket in/out")
+        XCTAssertEqual(
+            Set(sockets.map(\.direction)), [.socketInbound, .socketOutbound],
+            "socket policies show in the dump as socket in/out")
 
         let payload = Array("must not leave in clear".utf8)
-        XCTAssertEqual(sender.sendTo(payload, addressB, port: serverPort), .resourceTemporarilyUnavailable,
-                       "no SA: sendto fails with EAGAIN")
+        XCTAssertEqual(
+            sender.sendTo(payload, addressB, port: serverPort), .resourceTemporarilyUnavailable,
+            "no SA: sendto fails with EAGAIN")
 
-        let event = try recorder.wait(timeout: 5) { if case .acquire = $0 { return true }; return false }
+        let event = try recorder.wait(timeout: 5) {
+            if case .acquire = $0 { return true }
+            return false
+        }
         guard case .acquire(let acquire)? = event else {
             return XCTFail("no ACQUIRE; saw \(recorder.recorded)")
         }
@@ -126,8 +131,9 @@ final class SocketPolicyTests: XCTestCase {
         }
 
         listener.close()
-        XCTAssertEqual(try clientB.policies().filter(\.direction.isSocketPolicy).count, 2,
-                       "the child's policies outlive the listener")
+        XCTAssertEqual(
+            try clientB.policies().filter(\.direction.isSocketPolicy).count, 2,
+            "the child's policies outlive the listener")
         accepted.close()
         client.close()
         XCTAssertEqual(try clientB.policies(), [])
@@ -141,8 +147,10 @@ final class SocketPolicyTests: XCTestCase {
         defer { socket.close() }
         let client = try XFRMClient(namespace: pair.a.namespace)
         try SocketPolicy.require([XFRMTemplate(reqid: 1)], on: socket.fd)
-        try SocketPolicy.set(XFRMPolicy(selector: .any(.inet6), direction: .outbound,
-                                        templates: [XFRMTemplate(reqid: 2, level: .use)]), on: socket.fd)
+        try SocketPolicy.set(
+            XFRMPolicy(
+                selector: .any(.inet6), direction: .outbound,
+                templates: [XFRMTemplate(reqid: 2, level: .use)]), on: socket.fd)
         let policies = try client.policies()
         XCTAssertEqual(policies.count, 2)
         XCTAssertEqual(policies.first { $0.direction == .socketOutbound }?.templates.map(\.reqid), [2])
@@ -159,13 +167,18 @@ final class SocketPolicyTests: XCTestCase {
         XCTAssertEqual(policies.count, 2)
         XCTAssertTrue(policies.allSatisfy { $0.templates.isEmpty && $0.action == .allow })
 
-        XCTAssertThrowsError(try SocketPolicy.set(XFRMPolicy(selector: .any(.inet), direction: .forward), on: socket.fd)) {
+        XCTAssertThrowsError(
+            try SocketPolicy.set(XFRMPolicy(selector: .any(.inet), direction: .forward), on: socket.fd)
+        ) {
             XCTAssertEqual(($0 as? XFRMError)?.code, .invalidArgument)
         }
-        XCTAssertThrowsError(try SocketPolicy.set(XFRMPolicy(selector: .any(.unspecified), direction: .outbound),
-                                                  on: socket.fd))
-        let seven = XFRMPolicy(selector: .any(.inet), direction: .outbound,
-                               templates: Array(repeating: XFRMTemplate(reqid: 1), count: 7))
+        XCTAssertThrowsError(
+            try SocketPolicy.set(
+                XFRMPolicy(selector: .any(.unspecified), direction: .outbound),
+                on: socket.fd))
+        let seven = XFRMPolicy(
+            selector: .any(.inet), direction: .outbound,
+            templates: Array(repeating: XFRMTemplate(reqid: 1), count: 7))
         XCTAssertThrowsError(try SocketPolicy.set(seven, on: socket.fd))
 
         // A socket that is not IPv4/IPv6 gets a clear error, not a kernel surprise.

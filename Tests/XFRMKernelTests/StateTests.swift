@@ -23,8 +23,9 @@ final class StateTests: XCTestCase {
     func testAllocateSPIGetListFilterAndDelete() throws {
         let recorder = EventRecorder(try XFRMMonitor(namespace: ns.namespace, groups: [.states]))
         defer { recorder.stop() }
-        let first = try client.allocateSPI(source: "10.3.0.1", destination: "10.3.0.2", reqid: 11,
-                                           range: 0x1000...0x1fff)
+        let first = try client.allocateSPI(
+            source: "10.3.0.1", destination: "10.3.0.2", reqid: 11,
+            range: 0x1000...0x1fff)
         XCTAssertTrue((0x1000...0x1fff).contains(first.id.spi), "spi \(first.id.spi) in the range asked for")
         XCTAssertEqual(first.reqid, 11)
         XCTAssertEqual(first.id.destination, "10.3.0.2")
@@ -59,8 +60,9 @@ final class StateTests: XCTestCase {
     /// The host kernel has no ESP: the kernel's own reason must reach the caller intact.
     func testKernelRejectionKeepsErrnoAndExtendedAck() throws {
         try XCTSkipIf(TierProbe.espUnavailableReason == nil, "this kernel has ESP; the rejection cannot be seen here")
-        let state = XFRMState(source: "10.4.0.1", destination: "10.4.0.2", spi: 0x4000, reqid: 1,
-                              algorithms: [.aesGCM(key: [UInt8](repeating: 1, count: 20))])
+        let state = XFRMState(
+            source: "10.4.0.1", destination: "10.4.0.2", spi: 0x4000, reqid: 1,
+            algorithms: [.aesGCM(key: [UInt8](repeating: 1, count: 20))])
         XCTAssertThrowsError(try client.addState(state)) { error in
             let e = error as? XFRMError
             XCTAssertEqual(e?.code, .kernelRejected)
@@ -75,9 +77,13 @@ final class StateTests: XCTestCase {
             // The kernel answers a lookup of a missing SA with ESRCH (xfrm_user_state_lookup).
             XCTAssertEqual(($0 as? XFRMError)?.errno, .noSuchProcess)
         }
-        let badKey = XFRMState(source: "10.5.0.1", destination: "10.5.0.2", spi: 1,
-                               algorithms: [XFRMAlgorithm(.aead(icvBits: 128), name: "rfc4106(gcm(aes))", key: [1, 2],
-                                                          keyBits: 160)])
+        let badKey = XFRMState(
+            source: "10.5.0.1", destination: "10.5.0.2", spi: 1,
+            algorithms: [
+                XFRMAlgorithm(
+                    .aead(icvBits: 128), name: "rfc4106(gcm(aes))", key: [1, 2],
+                    keyBits: 160)
+            ])
         XCTAssertThrowsError(try client.addState(badKey)) {
             XCTAssertEqual(($0 as? XFRMError)?.code, .invalidArgument)
         }

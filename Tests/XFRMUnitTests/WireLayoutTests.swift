@@ -1,5 +1,6 @@
 import CNetlink
 import XCTest
+
 @testable import XFRM
 
 /// Tier 1: every encoding checked byte for byte against the kernel's C struct layout.
@@ -18,7 +19,9 @@ final class WireLayoutTests: XCTestCase {
         mutating func u32(_ offset: Int, _ value: UInt32) { put(offset, value.littleEndian) }
         mutating func be32(_ offset: Int, _ value: UInt32) { put(offset, value.bigEndian) }
         mutating func u64(_ offset: Int, _ value: UInt64) { put(offset, value.littleEndian) }
-        mutating func bytes(_ offset: Int, _ value: [UInt8]) { raw.replaceSubrange(offset..<offset + value.count, with: value) }
+        mutating func bytes(_ offset: Int, _ value: [UInt8]) {
+            raw.replaceSubrange(offset..<offset + value.count, with: value)
+        }
         private mutating func put<T: FixedWidthInteger>(_ offset: Int, _ value: T) {
             withUnsafeBytes(of: value) { raw.replaceSubrange(offset..<offset + $0.count, with: $0) }
         }
@@ -84,9 +87,10 @@ final class WireLayoutTests: XCTestCase {
     /// xfrm_user_tmpl (64 bytes): id.daddr@0 id.spi@16 id.proto@20 family@24 saddr@28 reqid@44 mode@48
     /// share@49 optional@50 aalgos@52 ealgos@56 calgos@60.
     func testTemplateBytes() {
-        let t = XFRMTemplate(proto: .esp, mode: .transport, reqid: 42, level: .use, family: .inet,
-                             source: "10.0.0.1", destination: "10.0.0.2", spi: 0x1234_5678,
-                             authenticationAlgorithms: 0xffff_ffff, encryptionAlgorithms: 0x10, compressionAlgorithms: 0)
+        let t = XFRMTemplate(
+            proto: .esp, mode: .transport, reqid: 42, level: .use, family: .inet,
+            source: "10.0.0.1", destination: "10.0.0.2", spi: 0x1234_5678,
+            authenticationAlgorithms: 0xffff_ffff, encryptionAlgorithms: 0x10, compressionAlgorithms: 0)
         var b = Bytes(64)
         b.bytes(0, [10, 0, 0, 2])
         b.be32(16, 0x1234_5678)
@@ -114,8 +118,8 @@ final class WireLayoutTests: XCTestCase {
         // lft: soft_byte, hard_byte, soft_packet, hard_packet = XFRM_INF; the four time limits 0.
         for offset in [56, 64, 72, 80] { b.u64(offset, .max) }
         b.u32(152, 7)
-        b.u8(160, 1)   // XFRM_POLICY_OUT
-        b.u8(161, 0)   // XFRM_POLICY_ALLOW
+        b.u8(160, 1) // XFRM_POLICY_OUT
+        b.u8(161, 0) // XFRM_POLICY_ALLOW
         // template: proto esp, family 0 (= the policy's), reqid 100, transport, required, all algorithms.
         b.u8(168 + 20, 50)
         b.u32(168 + 44, 100)
@@ -130,9 +134,10 @@ final class WireLayoutTests: XCTestCase {
     /// (xfrm_algo_aead: name[64], key_len bits, icv_len bits, key).
     func testNewStateMessageBytes() {
         let key = (0..<20).map { UInt8($0) }
-        var state = XFRMState(source: "10.77.0.1", destination: "10.77.0.2", spi: 0x1000, reqid: 42,
-                              algorithms: [.aesGCM(key: key)],
-                              selector: .host("10.77.0.1", "10.77.0.2"), replayWindow: 32, flags: 1, sequence: 9)
+        var state = XFRMState(
+            source: "10.77.0.1", destination: "10.77.0.2", spi: 0x1000, reqid: 42,
+            algorithms: [.aesGCM(key: key)],
+            selector: .host("10.77.0.1", "10.77.0.2"), replayWindow: 32, flags: 1, sequence: 9)
         state.mark = XFRMMark(value: 5, mask: 0xff)
         var builder = XFRMClient.stateMessage(state, type: UInt16(XFRM_MSG_NEWSA), create: true)
         builder.setSequence(77)
@@ -142,8 +147,8 @@ final class WireLayoutTests: XCTestCase {
         let total = 16 + 224 + ((aeadLength + 3) & ~3) + (4 + 8)
         var b = Bytes(total)
         b.u32(0, UInt32(total))
-        b.u16(4, 0x10)   // XFRM_MSG_NEWSA
-        b.u16(6, 0x1 | 0x4 | 0x400 | 0x200)   // REQUEST | ACK | CREATE | EXCL
+        b.u16(4, 0x10) // XFRM_MSG_NEWSA
+        b.u16(6, 0x1 | 0x4 | 0x400 | 0x200) // REQUEST | ACK | CREATE | EXCL
         b.u32(8, 77)
         let info = 16
         b.bytes(info, expectedSelector(.host("10.77.0.1", "10.77.0.2")).raw)
@@ -160,14 +165,14 @@ final class WireLayoutTests: XCTestCase {
         b.u8(info + 216, 1)
         var attr = info + 224
         b.u16(attr, UInt16(aeadLength))
-        b.u16(attr + 2, 18)   // XFRMA_ALG_AEAD
+        b.u16(attr + 2, 18) // XFRMA_ALG_AEAD
         b.bytes(attr + 4, Array("rfc4106(gcm(aes))".utf8))
         b.u32(attr + 4 + 64, 160)
         b.u32(attr + 4 + 68, 128)
         b.bytes(attr + 4 + 72, key)
         attr += (aeadLength + 3) & ~3
         b.u16(attr, 12)
-        b.u16(attr + 2, 21)   // XFRMA_MARK
+        b.u16(attr + 2, 21) // XFRMA_MARK
         b.u32(attr + 4, 5)
         b.u32(attr + 8, 0xff)
         XCTAssertEqual(Bytes(raw: message), b)
@@ -175,8 +180,9 @@ final class WireLayoutTests: XCTestCase {
 
     /// `ip xfrm policy add … tmpl …`: nlmsghdr, xfrm_userpolicy_info, XFRMA_TMPL (type 5) with the templates.
     func testNewPolicyMessageBytes() {
-        let policy = XFRMPolicy(selector: .host("fd77::1", "fd77::2"), direction: .inbound, action: .allow,
-                                priority: 100, templates: [XFRMTemplate(reqid: 1), XFRMTemplate(reqid: 2, level: .use)])
+        let policy = XFRMPolicy(
+            selector: .host("fd77::1", "fd77::2"), direction: .inbound, action: .allow,
+            priority: 100, templates: [XFRMTemplate(reqid: 1), XFRMTemplate(reqid: 2, level: .use)])
         var builder = XFRMClient.policyMessage(policy, type: UInt16(XFRM_MSG_NEWPOLICY), create: true)
         builder.setSequence(3)
         let message = builder.finished()
@@ -188,8 +194,9 @@ final class WireLayoutTests: XCTestCase {
         XCTAssertEqual(Array(message[16 + 168..<16 + 172]), [132, 0, 5, 0], "nla_len 132, XFRMA_TMPL")
         XCTAssertEqual(Array(message[16 + 172 + 44..<16 + 172 + 48]), [1, 0, 0, 0], "first reqid")
         XCTAssertEqual(message[16 + 172 + 64 + 50], 1, "second template level use")
-        XCTAssertEqual(Array(SocketPolicy.encode(policy)[0..<168]), Array(message[16..<16 + 168]),
-                       "socket policy and netlink policy share the xfrm_userpolicy_info encoding")
+        XCTAssertEqual(
+            Array(SocketPolicy.encode(policy)[0..<168]), Array(message[16..<16 + 168]),
+            "socket policy and netlink policy share the xfrm_userpolicy_info encoding")
     }
 
     /// `ip xfrm state delete`: nlmsghdr + xfrm_usersa_id (daddr@0 spi@16 family@20 proto@22) + XFRMA_SRCADDR.
@@ -200,7 +207,7 @@ final class WireLayoutTests: XCTestCase {
         let message = builder.finished()
         var b = Bytes(16 + 24 + 20)
         b.u32(0, 60)
-        b.u16(4, 0x11)   // XFRM_MSG_DELSA
+        b.u16(4, 0x11) // XFRM_MSG_DELSA
         b.u16(6, 0x5)
         b.u32(8, 1)
         b.bytes(16, ("fd77::2" as XFRMAddress).bytes)
@@ -208,18 +215,22 @@ final class WireLayoutTests: XCTestCase {
         b.u16(16 + 20, 10)
         b.u8(16 + 22, 50)
         b.u16(40, 20)
-        b.u16(42, 13)   // XFRMA_SRCADDR
+        b.u16(42, 13) // XFRMA_SRCADDR
         b.bytes(44, ("fd77::1" as XFRMAddress).bytes)
         XCTAssertEqual(Bytes(raw: message), b)
     }
 
     func testStateRoundTrip() throws {
-        var state = XFRMState(source: "fd77::1", destination: "fd77::2", spi: 0x2000, mode: .tunnel, reqid: 7,
-                              algorithms: [XFRMAlgorithm(.encryption, name: "cbc(aes)", key: [UInt8](repeating: 1, count: 16)),
-                                           XFRMAlgorithm(.authenticationTruncated(truncationBits: 128), name: "hmac(sha256)",
-                                                         key: [UInt8](repeating: 2, count: 32))],
-                              selector: .host("fd77::1", "fd77::2", protocol: .tcp, destinationPort: 443),
-                              replayWindow: 64)
+        var state = XFRMState(
+            source: "fd77::1", destination: "fd77::2", spi: 0x2000, mode: .tunnel, reqid: 7,
+            algorithms: [
+                XFRMAlgorithm(.encryption, name: "cbc(aes)", key: [UInt8](repeating: 1, count: 16)),
+                XFRMAlgorithm(
+                    .authenticationTruncated(truncationBits: 128), name: "hmac(sha256)",
+                    key: [UInt8](repeating: 2, count: 32)),
+            ],
+            selector: .host("fd77::1", "fd77::2", protocol: .tcp, destinationPort: 443),
+            replayWindow: 64)
         state.encapsulation = .espInUDP(sourcePort: 4500, destinationPort: 4500, originalAddress: "fd77::9")
         state.mark = XFRMMark(value: 1)
         var builder = XFRMClient.stateMessage(state, type: UInt16(XFRM_MSG_NEWSA), create: true)
@@ -230,9 +241,10 @@ final class WireLayoutTests: XCTestCase {
     }
 
     func testPolicyRoundTrip() throws {
-        let policy = XFRMPolicy(selector: .host("10.0.0.1", "10.0.0.2", protocol: .udp, sourcePort: 500),
-                                direction: .forward, action: .block, priority: 9, index: 0,
-                                templates: (1...6).map { XFRMTemplate(reqid: UInt32($0)) }, mark: XFRMMark(value: 3))
+        let policy = XFRMPolicy(
+            selector: .host("10.0.0.1", "10.0.0.2", protocol: .udp, sourcePort: 500),
+            direction: .forward, action: .block, priority: 9, index: 0,
+            templates: (1...6).map { XFRMTemplate(reqid: UInt32($0)) }, mark: XFRMMark(value: 3))
         var builder = XFRMClient.policyMessage(policy, type: UInt16(XFRM_MSG_NEWPOLICY), create: true)
         builder.setSequence(1)
         let messages = try NetlinkMessage.split(builder.finished()[...], operation: "test")
@@ -245,17 +257,21 @@ final class WireLayoutTests: XCTestCase {
     }
 
     func testEncodingRejectsWhatTheKernelWould() {
-        let tooMany = XFRMPolicy(selector: .any(.inet), direction: .outbound,
-                                 templates: Array(repeating: XFRMTemplate(), count: 7))
+        let tooMany = XFRMPolicy(
+            selector: .any(.inet), direction: .outbound,
+            templates: Array(repeating: XFRMTemplate(), count: 7))
         XCTAssertThrowsError(try tooMany.validate(operation: "t")) { error in
             XCTAssertEqual((error as? XFRMError)?.code, .invalidArgument)
         }
-        let badPrefix = XFRMPolicy(selector: XFRMSelector(family: .inet, source: "10.0.0.1", sourcePrefixLength: 33,
-                                                          destination: "10.0.0.2", destinationPrefixLength: 32),
-                                   direction: .outbound)
+        let badPrefix = XFRMPolicy(
+            selector: XFRMSelector(
+                family: .inet, source: "10.0.0.1", sourcePrefixLength: 33,
+                destination: "10.0.0.2", destinationPrefixLength: 32),
+            direction: .outbound)
         XCTAssertThrowsError(try badPrefix.validate(operation: "t"))
-        let longName = XFRMState(source: "10.0.0.1", destination: "10.0.0.2", spi: 1,
-                                 algorithms: [XFRMAlgorithm(.encryption, name: String(repeating: "x", count: 64), key: [1])])
+        let longName = XFRMState(
+            source: "10.0.0.1", destination: "10.0.0.2", spi: 1,
+            algorithms: [XFRMAlgorithm(.encryption, name: String(repeating: "x", count: 64), key: [1])])
         XCTAssertThrowsError(try longName.validate(operation: "t"))
         let mixed = XFRMState(source: "10.0.0.1", destination: "fd00::1", spi: 1)
         XCTAssertThrowsError(try mixed.validate(operation: "t"))
@@ -263,13 +279,16 @@ final class WireLayoutTests: XCTestCase {
 
     func testDescriptionsUseIproute2Words() {
         let template = XFRMTemplate(reqid: 42)
-        XCTAssertEqual(template.description,
-                       "tmpl src 0.0.0.0 dst 0.0.0.0 proto esp reqid 42 mode transport level required")
-        XCTAssertEqual(XFRMSelector.host("10.0.0.1", "10.0.0.2", protocol: .tcp, destinationPort: 80).description,
-                       "src 10.0.0.1/32 dst 10.0.0.2/32 proto tcp dport 80")
+        XCTAssertEqual(
+            template.description,
+            "tmpl src 0.0.0.0 dst 0.0.0.0 proto esp reqid 42 mode transport level required")
+        XCTAssertEqual(
+            XFRMSelector.host("10.0.0.1", "10.0.0.2", protocol: .tcp, destinationPort: 80).description,
+            "src 10.0.0.1/32 dst 10.0.0.2/32 proto tcp dport 80")
         XCTAssertEqual(XFRMDirection.socketOutbound.description, "socket out")
-        XCTAssertEqual(XFRMStateID(destination: "10.0.0.2", spi: 0x1000).description,
-                       "dst 10.0.0.2 proto esp spi 0x00001000")
+        XCTAssertEqual(
+            XFRMStateID(destination: "10.0.0.2", spi: 0x1000).description,
+            "dst 10.0.0.2 proto esp spi 0x00001000")
     }
 }
 
@@ -277,9 +296,11 @@ final class AlgorithmDecodingTests: XCTestCase {
     /// The kernel reports auth-trunc as both XFRMA_ALG_AUTH and XFRMA_ALG_AUTH_TRUNC; the model keeps one.
     func testLegacyAuthDuplicateIsDropped() {
         let key = [UInt8](repeating: 1, count: 32)
-        let list = [XFRMAlgorithm(.authentication, name: "hmac(sha256)", key: key),
-                    XFRMAlgorithm(.authenticationTruncated(truncationBits: 128), name: "hmac(sha256)", key: key),
-                    XFRMAlgorithm(.encryption, name: "cbc(aes)", key: [UInt8](repeating: 2, count: 16))]
+        let list = [
+            XFRMAlgorithm(.authentication, name: "hmac(sha256)", key: key),
+            XFRMAlgorithm(.authenticationTruncated(truncationBits: 128), name: "hmac(sha256)", key: key),
+            XFRMAlgorithm(.encryption, name: "cbc(aes)", key: [UInt8](repeating: 2, count: 16)),
+        ]
         XCTAssertEqual(XFRMAlgorithm.canonical(list).map(\.name), ["cbc(aes)", "hmac(sha256)"])
         XCTAssertEqual(XFRMAlgorithm.canonical(list).last?.kind, .authenticationTruncated(truncationBits: 128))
     }

@@ -69,7 +69,8 @@ struct CharonFolder {
     /// Creates `<parent>/charon-XXXXXX` (mode 0700) with a record naming the calling process.
     static func make(in parent: String, command: String) throws(VICIError) -> CharonFolder {
         guard parent.hasPrefix("/"), !parent.hasPrefix("/run"), !parent.hasPrefix("/var/run"),
-              parent.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) }) else {
+            parent.allSatisfy({ $0.isLetter || $0.isNumber || "/._-".contains($0) })
+        else {
             throw .invalid(command, "temporary directory \(parent) must be absolute, outside /run, and plain")
         }
         var template = Array("\(parent)/\(prefix)XXXXXX".utf8CString)
@@ -78,7 +79,8 @@ struct CharonFolder {
             return mkdtemp(base) != nil
         }
         guard made else { throw .syscall(command, "mkdtemp in \(parent)", errno: .init(rawValue: errno)) }
-        let folder = CharonFolder(path: String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        let folder = CharonFolder(
+            path: String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self))
         if let scope = ProcessScope.current {
             try folder.write(Record(owner: .current, scope: scope), command: command)
         }
@@ -118,8 +120,9 @@ struct CharonFolder {
             let folder = CharonFolder(path: "\(parent)/\(name)")
             var info = stat()
             guard lstat(folder.path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR, info.st_uid == geteuid(),
-                  let record = folder.record, record.scope == scope, record.owner != .current,
-                  !record.owner.isRunning else { continue }
+                let record = folder.record, record.scope == scope, record.owner != .current,
+                !record.owner.isRunning
+            else { continue }
             var killed: ProcessIdentity?
             if let charon = record.charon, charon.command == "charon" {
                 kill(charon.pid, SIGKILL)

@@ -26,19 +26,25 @@ final class ChildProcess: Sendable {
 
     /// Spawns `arguments[0]` (an absolute path) with `arguments` as argv and exactly `environment`.
     /// stdin is `/dev/null`; stdout and stderr append to `outputPath`. Descriptors above 2 are closed.
-    init(arguments: [String], environment: [String: String], outputPath: String,
-         command: String) throws(VICIError) {
+    init(
+        arguments: [String], environment: [String: String], outputPath: String,
+        command: String
+    ) throws(VICIError) {
         guard let executable = arguments.first, executable.hasPrefix("/") else {
             throw .invalid(command, "the program must be an absolute path: \(arguments.first ?? "")")
         }
-        let context = Unmanaged.passRetained(SpawnContext(process: self, arguments: arguments,
-                                                          environment: environment, outputPath: outputPath))
+        let context = Unmanaged.passRetained(
+            SpawnContext(
+                process: self, arguments: arguments,
+                environment: environment, outputPath: outputPath))
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { raw in
-            guard let raw else { return nil }
-            Unmanaged<SpawnContext>.fromOpaque(raw).takeRetainedValue().run()
-            return nil
-        }, context.toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { raw in
+                guard let raw else { return nil }
+                Unmanaged<SpawnContext>.fromOpaque(raw).takeRetainedValue().run()
+                return nil
+            }, context.toOpaque())
         guard rc == 0 else {
             context.release()
             throw .syscall(command, "pthread_create", errno: Errno(rawValue: rc))
@@ -119,7 +125,8 @@ private final class SpawnContext {
     /// module does not export it. Closes every descriptor from 3 up in the child, so sockets and pipes of the
     /// host process that lack close-on-exec never leak into charon.
     static let addCloseFrom: AddCloseFrom? = {
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np")
+        else {
             return nil
         }
         return unsafeBitCast(symbol, to: AddCloseFrom.self)
@@ -135,7 +142,8 @@ private final class SpawnContext {
             posix_spawnattr_destroy(&attributes)
         }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)   // not O_CLOEXEC: it is the child's stdout
+        // Not O_CLOEXEC: it is the child's stdout.
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
         // Default dispositions and an empty mask: the Swift runtime's choices must not leak into charon.
@@ -146,13 +154,14 @@ private final class SpawnContext {
         posix_spawnattr_setsigdefault(&attributes, &all)
         posix_spawnattr_setsigmask(&attributes, &none)
         posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
+        posix_spawnattr_setflags(
+            &attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
 
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
+            for item in argv { free(item) }
+            for item in envp { free(item) }
         }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, arguments[0], &actions, &attributes, argv, envp)

@@ -40,12 +40,14 @@ final class VICIConnection {
         let pathBytes = Array(path.utf8)
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
         guard !pathBytes.isEmpty, pathBytes.count < capacity, !pathBytes.contains(0) else {
-            throw .invalid(command, "socket path of \(pathBytes.count) bytes (sockaddr_un holds at most \(capacity - 1))")
+            throw .invalid(
+                command, "socket path of \(pathBytes.count) bytes (sockaddr_un holds at most \(capacity - 1))")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (i, byte) in pathBytes.enumerated() { raw[i] = byte }
         }
-        let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+        let fd = socket(
+            AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .syscall(command, "socket(AF_UNIX)", errno: Errno(rawValue: errno)) }
         self.fd = fd
         let length = socklen_t(MemoryLayout<sockaddr_un>.size)
@@ -148,8 +150,9 @@ final class VICIConnection {
                 continue
             }
             if n == 0 {
-                throw VICIError(.daemonUnavailable, command: command,
-                                detail: "charon closed \(path) (\(frames.bufferedCount) byte(s) of a packet pending)")
+                throw VICIError(
+                    .daemonUnavailable, command: command,
+                    detail: "charon closed \(path) (\(frames.bufferedCount) byte(s) of a packet pending)")
             }
             let error = Errno(rawValue: errno)
             switch error {

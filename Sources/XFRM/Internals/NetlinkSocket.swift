@@ -12,8 +12,10 @@ final class NetlinkSocket {
     var receiveBuffer: [UInt8]
 
     /// Opens and binds a socket in `namespace`, joined to `groups` (XFRMNLGRP_* numbers).
-    init(namespace: NetworkNamespace, groups: [UInt32] = [], receiveTimeoutMilliseconds: Int,
-         receiveBufferBytes: Int32? = nil, operation: String) throws(XFRMError) {
+    init(
+        namespace: NetworkNamespace, groups: [UInt32] = [], receiveTimeoutMilliseconds: Int,
+        receiveBufferBytes: Int32? = nil, operation: String
+    ) throws(XFRMError) {
         let opened: Result<OpaquePointer, XFRMError>
         do {
             opened = try namespace.perform { () -> Result<OpaquePointer, XFRMError> in
@@ -33,8 +35,9 @@ final class NetlinkSocket {
         // Extended acks carry the kernel's error text; capped acks do not echo our request back.
         _ = mnl_socket_setsockopt(handle, _NETLINK_EXT_ACK, &one, socklen_t(MemoryLayout<CInt>.size))
         _ = mnl_socket_setsockopt(handle, _NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<CInt>.size))
-        var timeout = timeval(tv_sec: receiveTimeoutMilliseconds / 1000,
-                              tv_usec: (receiveTimeoutMilliseconds % 1000) * 1000)
+        var timeout = timeval(
+            tv_sec: receiveTimeoutMilliseconds / 1000,
+            tv_usec: (receiveTimeoutMilliseconds % 1000) * 1000)
         let fd = mnl_socket_get_fd(handle)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         if var size = receiveBufferBytes {
@@ -102,8 +105,9 @@ final class NetlinkSocket {
                     throw .malformed(operation, "netlink datagram larger than the \(receiveBuffer.count)-byte buffer")
                 }
                 guard senderLength == socklen_t(MemoryLayout<sockaddr_nl>.size), sender.nl_pid == 0 else {
-                    throw XFRMError(.unexpectedSender, operation: operation,
-                                    detail: "netlink datagram from port \(sender.nl_pid), not the kernel")
+                    throw XFRMError(
+                        .unexpectedSender, operation: operation,
+                        detail: "netlink datagram from port \(sender.nl_pid), not the kernel")
                 }
                 return receiveBuffer[0..<count]
             }
@@ -112,8 +116,9 @@ final class NetlinkSocket {
             case .interrupted: continue
             case .resourceTemporarilyUnavailable: return nil
             case .noBufferSpace:
-                throw XFRMError(.eventsLost, operation: operation, errno: error,
-                                detail: "the kernel dropped messages: receive buffer overrun")
+                throw XFRMError(
+                    .eventsLost, operation: operation, errno: error,
+                    detail: "the kernel dropped messages: receive buffer overrun")
             default:
                 throw .syscall(operation, "recvmsg", errno: error)
             }

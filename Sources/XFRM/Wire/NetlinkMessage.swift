@@ -95,9 +95,11 @@ struct NetlinkMessage {
             guard length <= remaining else {
                 throw .malformed(operation, "netlink message length \(length) exceeds the \(remaining) bytes received")
             }
-            messages.append(NetlinkMessage(type: header.nlmsg_type, flags: header.nlmsg_flags,
-                                           sequence: header.nlmsg_seq, portID: header.nlmsg_pid,
-                                           payload: buffer[(offset + nlmsghdrSize)..<(offset + length)]))
+            messages.append(
+                NetlinkMessage(
+                    type: header.nlmsg_type, flags: header.nlmsg_flags,
+                    sequence: header.nlmsg_seq, portID: header.nlmsg_pid,
+                    payload: buffer[(offset + nlmsghdrSize)..<(offset + length)]))
             offset += min(Int(cnl_nlmsg_align(UInt32(length))), remaining)
         }
         return messages
@@ -129,8 +131,9 @@ struct NetlinkAttribute {
                 throw .malformed(operation, "attribute \(header.nla_type) length \(length) below header size")
             }
             guard length <= remaining else {
-                throw .malformed(operation,
-                                 "attribute \(header.nla_type) length \(length) exceeds the \(remaining) bytes left")
+                throw .malformed(
+                    operation,
+                    "attribute \(header.nla_type) length \(length) exceeds the \(remaining) bytes left")
             }
             let type = header.nla_type & ~(_NLA_F_NESTED | _NLA_F_NET_BYTEORDER)
             attributes.append(NetlinkAttribute(type: type, payload: bytes[(offset + nlattrSize)..<(offset + length)]))
@@ -142,7 +145,9 @@ struct NetlinkAttribute {
     /// The payload as a kernel struct; throws if the payload is shorter than the struct.
     func load<T>(_ type: T.Type, operation: String) throws(XFRMError) -> T {
         guard payload.count >= MemoryLayout<T>.size else {
-            throw .malformed(operation, "attribute \(self.type) carries \(payload.count) bytes, \(T.self) needs \(MemoryLayout<T>.size)")
+            throw .malformed(
+                operation,
+                "attribute \(self.type) carries \(payload.count) bytes, \(T.self) needs \(MemoryLayout<T>.size)")
         }
         return payload.loadStruct(T.self)
     }
@@ -160,7 +165,9 @@ extension ArraySlice<UInt8> {
         // `BitwiseCopyable` in Swift's eyes): copy the bytes into fresh, aligned storage.
         let storage = UnsafeMutablePointer<T>.allocate(capacity: 1)
         defer { storage.deallocate() }
-        withUnsafeBytes { UnsafeMutableRawPointer(storage).copyMemory(from: $0.baseAddress!, byteCount: MemoryLayout<T>.size) }
+        withUnsafeBytes {
+            UnsafeMutableRawPointer(storage).copyMemory(from: $0.baseAddress!, byteCount: MemoryLayout<T>.size)
+        }
         return storage.move()
     }
 

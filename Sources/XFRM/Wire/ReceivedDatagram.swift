@@ -46,11 +46,11 @@ package enum XFRMReceivedMessage: Hashable, Sendable {
     package var encodedAgain: [UInt8]? {
         switch self {
         case .event(.stateAdded(let state)), .event(.stateUpdated(let state)), .event(.stateDeleted(let state)),
-             .event(.expire(let state, _)):
+            .event(.expire(let state, _)):
             guard (try? state.validate(operation: "encode again")) != nil else { return nil }
             return XFRMClient.stateMessage(state, type: _XFRM_MSG_NEWSA, create: true).finished()
         case .event(.policyAdded(let policy)), .event(.policyUpdated(let policy)), .event(.policyDeleted(let policy)),
-             .event(.policyExpire(let policy, _)):
+            .event(.policyExpire(let policy, _)):
             guard (try? policy.validate(operation: "encode again")) != nil else { return nil }
             return XFRMClient.policyMessage(policy, type: _XFRM_MSG_NEWPOLICY, create: true).finished()
         default:

@@ -14,7 +14,9 @@ extension XFRMAddress {
     }
 
     init(family: XFRMAddressFamily, kernelValue: xfrm_address_t) {
-        self = Swift.withUnsafeBytes(of: kernelValue) { XFRMAddress(family: family == .inet6 ? .inet6 : .inet, raw: $0) }
+        self = Swift.withUnsafeBytes(of: kernelValue) {
+            XFRMAddress(family: family == .inet6 ? .inet6 : .inet, raw: $0)
+        }
     }
 }
 
@@ -39,13 +41,14 @@ extension XFRMSelector {
     init(kernelValue s: xfrm_selector, fallbackFamily: XFRMAddressFamily) {
         let family = XFRMAddressFamily(rawValue: s.family)
         let addressFamily = family == .unspecified ? fallbackFamily : family
-        self.init(family: family,
-                  source: XFRMAddress(family: addressFamily, kernelValue: s.saddr), sourcePrefixLength: s.prefixlen_s,
-                  destination: XFRMAddress(family: addressFamily, kernelValue: s.daddr),
-                  destinationPrefixLength: s.prefixlen_d,
-                  sourcePort: UInt16(bigEndian: s.sport), sourcePortMask: UInt16(bigEndian: s.sport_mask),
-                  destinationPort: UInt16(bigEndian: s.dport), destinationPortMask: UInt16(bigEndian: s.dport_mask),
-                  upperProtocol: XFRMUpperProtocol(rawValue: s.proto), interfaceIndex: s.ifindex, user: s.user)
+        self.init(
+            family: family,
+            source: XFRMAddress(family: addressFamily, kernelValue: s.saddr), sourcePrefixLength: s.prefixlen_s,
+            destination: XFRMAddress(family: addressFamily, kernelValue: s.daddr),
+            destinationPrefixLength: s.prefixlen_d,
+            sourcePort: UInt16(bigEndian: s.sport), sourcePortMask: UInt16(bigEndian: s.sport_mask),
+            destinationPort: UInt16(bigEndian: s.dport), destinationPortMask: UInt16(bigEndian: s.dport_mask),
+            upperProtocol: XFRMUpperProtocol(rawValue: s.proto), interfaceIndex: s.ifindex, user: s.user)
     }
 }
 
@@ -64,10 +67,11 @@ extension XFRMLifetime {
     }
 
     init(kernelValue l: xfrm_lifetime_cfg) {
-        self.init(softByteLimit: l.soft_byte_limit, hardByteLimit: l.hard_byte_limit,
-                  softPacketLimit: l.soft_packet_limit, hardPacketLimit: l.hard_packet_limit,
-                  softAddExpiresSeconds: l.soft_add_expires_seconds, hardAddExpiresSeconds: l.hard_add_expires_seconds,
-                  softUseExpiresSeconds: l.soft_use_expires_seconds, hardUseExpiresSeconds: l.hard_use_expires_seconds)
+        self.init(
+            softByteLimit: l.soft_byte_limit, hardByteLimit: l.hard_byte_limit,
+            softPacketLimit: l.soft_packet_limit, hardPacketLimit: l.hard_packet_limit,
+            softAddExpiresSeconds: l.soft_add_expires_seconds, hardAddExpiresSeconds: l.hard_add_expires_seconds,
+            softUseExpiresSeconds: l.soft_use_expires_seconds, hardUseExpiresSeconds: l.hard_use_expires_seconds)
     }
 }
 
@@ -98,12 +102,13 @@ extension XFRMTemplate {
     init(kernelValue t: xfrm_user_tmpl, policyFamily: XFRMAddressFamily) {
         let family = XFRMAddressFamily(rawValue: t.family)
         let addressFamily = family == .unspecified ? policyFamily : family
-        self.init(proto: XFRMProtocol(rawValue: t.id.proto), mode: XFRMMode(rawValue: t.mode), reqid: t.reqid,
-                  level: t.optional != 0 ? .use : .required, family: family,
-                  source: XFRMAddress(family: addressFamily, kernelValue: t.saddr),
-                  destination: XFRMAddress(family: addressFamily, kernelValue: t.id.daddr),
-                  spi: UInt32(bigEndian: t.id.spi), share: t.share,
-                  authenticationAlgorithms: t.aalgos, encryptionAlgorithms: t.ealgos, compressionAlgorithms: t.calgos)
+        self.init(
+            proto: XFRMProtocol(rawValue: t.id.proto), mode: XFRMMode(rawValue: t.mode), reqid: t.reqid,
+            level: t.optional != 0 ? .use : .required, family: family,
+            source: XFRMAddress(family: addressFamily, kernelValue: t.saddr),
+            destination: XFRMAddress(family: addressFamily, kernelValue: t.id.daddr),
+            spi: UInt32(bigEndian: t.id.spi), share: t.share,
+            authenticationAlgorithms: t.aalgos, encryptionAlgorithms: t.ealgos, compressionAlgorithms: t.calgos)
     }
 }
 
@@ -124,10 +129,11 @@ extension XFRMAlgorithm {
     /// The kernel reports an `auth-trunc` algorithm twice, as `XFRMA_ALG_AUTH_TRUNC` and as the legacy
     /// `XFRMA_ALG_AUTH`: keep the complete one, and order the list aead, enc, auth, comp.
     static func canonical(_ algorithms: [XFRMAlgorithm]) -> [XFRMAlgorithm] {
-        let truncated = Set(algorithms.compactMap { a -> String? in
-            if case .authenticationTruncated = a.kind { return a.name }
-            return nil
-        })
+        let truncated = Set(
+            algorithms.compactMap { a -> String? in
+                if case .authenticationTruncated = a.kind { return a.name }
+                return nil
+            })
         func rank(_ kind: Kind) -> Int {
             switch kind {
             case .aead: 0
@@ -136,7 +142,8 @@ extension XFRMAlgorithm {
             case .compression: 3
             }
         }
-        return algorithms
+        return
+            algorithms
             .filter { !($0.kind == .authentication && truncated.contains($0.name)) }
             .enumerated()
             .sorted { (rank($0.element.kind), $0.offset) < (rank($1.element.kind), $1.offset) }
@@ -159,11 +166,12 @@ extension XFRMAlgorithm {
             var a = xfrm_algo()
             setName(&a.alg_name)
             a.alg_key_len = keyBits
-            let type: UInt16 = switch kind {
-            case .encryption: _XFRMA_ALG_CRYPT
-            case .authentication: _XFRMA_ALG_AUTH
-            default: _XFRMA_ALG_COMP
-            }
+            let type: UInt16 =
+                switch kind {
+                case .encryption: _XFRMA_ALG_CRYPT
+                case .authentication: _XFRMA_ALG_AUTH
+                default: _XFRMA_ALG_COMP
+                }
             return (type, withUnsafeBytes(of: a) { Array($0) } + key)
         case .authenticationTruncated(let bits):
             var a = xfrm_algo_auth()
@@ -203,24 +211,28 @@ extension XFRMAlgorithm {
         switch attribute.type {
         case _XFRMA_ALG_CRYPT, _XFRMA_ALG_AUTH, _XFRMA_ALG_COMP:
             let a = try attribute.load(xfrm_algo.self, operation: operation)
-            let kind: Kind = switch attribute.type {
-            case _XFRMA_ALG_CRYPT: .encryption
-            case _XFRMA_ALG_AUTH: .authentication
-            default: .compression
-            }
-            return XFRMAlgorithm(kind, name: name(a.alg_name),
-                                 key: try key(after: MemoryLayout<xfrm_algo>.size, bits: a.alg_key_len),
-                                 keyBits: a.alg_key_len)
+            let kind: Kind =
+                switch attribute.type {
+                case _XFRMA_ALG_CRYPT: .encryption
+                case _XFRMA_ALG_AUTH: .authentication
+                default: .compression
+                }
+            return XFRMAlgorithm(
+                kind, name: name(a.alg_name),
+                key: try key(after: MemoryLayout<xfrm_algo>.size, bits: a.alg_key_len),
+                keyBits: a.alg_key_len)
         case _XFRMA_ALG_AUTH_TRUNC:
             let a = try attribute.load(xfrm_algo_auth.self, operation: operation)
-            return XFRMAlgorithm(.authenticationTruncated(truncationBits: a.alg_trunc_len), name: name(a.alg_name),
-                                 key: try key(after: MemoryLayout<xfrm_algo_auth>.size, bits: a.alg_key_len),
-                                 keyBits: a.alg_key_len)
+            return XFRMAlgorithm(
+                .authenticationTruncated(truncationBits: a.alg_trunc_len), name: name(a.alg_name),
+                key: try key(after: MemoryLayout<xfrm_algo_auth>.size, bits: a.alg_key_len),
+                keyBits: a.alg_key_len)
         case _XFRMA_ALG_AEAD:
             let a = try attribute.load(xfrm_algo_aead.self, operation: operation)
-            return XFRMAlgorithm(.aead(icvBits: a.alg_icv_len), name: name(a.alg_name),
-                                 key: try key(after: MemoryLayout<xfrm_algo_aead>.size, bits: a.alg_key_len),
-                                 keyBits: a.alg_key_len)
+            return XFRMAlgorithm(
+                .aead(icvBits: a.alg_icv_len), name: name(a.alg_name),
+                key: try key(after: MemoryLayout<xfrm_algo_aead>.size, bits: a.alg_key_len),
+                keyBits: a.alg_key_len)
         default:
             return nil
         }
@@ -276,13 +288,14 @@ extension XFRMState {
         guard family == .inet || family == .inet6 else {
             throw .malformed(operation, "state family \(info.family) is neither inet nor inet6")
         }
-        self.init(source: XFRMAddress(family: family, kernelValue: info.saddr),
-                  destination: XFRMAddress(family: family, kernelValue: info.id.daddr),
-                  proto: XFRMProtocol(rawValue: info.id.proto), spi: UInt32(bigEndian: info.id.spi),
-                  mode: XFRMMode(rawValue: info.mode), reqid: info.reqid,
-                  selector: XFRMSelector(kernelValue: info.sel, fallbackFamily: family),
-                  replayWindow: info.replay_window, flags: info.flags,
-                  lifetime: XFRMLifetime(kernelValue: info.lft), sequence: info.seq)
+        self.init(
+            source: XFRMAddress(family: family, kernelValue: info.saddr),
+            destination: XFRMAddress(family: family, kernelValue: info.id.daddr),
+            proto: XFRMProtocol(rawValue: info.id.proto), spi: UInt32(bigEndian: info.id.spi),
+            mode: XFRMMode(rawValue: info.mode), reqid: info.reqid,
+            selector: XFRMSelector(kernelValue: info.sel, fallbackFamily: family),
+            replayWindow: info.replay_window, flags: info.flags,
+            lifetime: XFRMLifetime(kernelValue: info.lft), sequence: info.seq)
         counters = XFRMLifetimeCounters(kernelValue: info.curlft)
         statistics.replayWindow = info.stats.replay_window
         statistics.replay = info.stats.replay
@@ -296,9 +309,10 @@ extension XFRMState {
                 mark = XFRMMark(value: m.v, mask: m.m)
             } else if attribute.type == _XFRMA_ENCAP {
                 let e = try attribute.load(xfrm_encap_tmpl.self, operation: operation)
-                encapsulation = XFRMEncapsulation(type: e.encap_type, sourcePort: UInt16(bigEndian: e.encap_sport),
-                                                  destinationPort: UInt16(bigEndian: e.encap_dport),
-                                                  originalAddress: XFRMAddress(family: family, kernelValue: e.encap_oa))
+                encapsulation = XFRMEncapsulation(
+                    type: e.encap_type, sourcePort: UInt16(bigEndian: e.encap_sport),
+                    destinationPort: UInt16(bigEndian: e.encap_dport),
+                    originalAddress: XFRMAddress(family: family, kernelValue: e.encap_oa))
             }
         }
         algorithms = XFRMAlgorithm.canonical(decoded)
@@ -317,8 +331,9 @@ extension XFRMStateID {
 
     init(kernelValue i: xfrm_usersa_id) {
         let family = XFRMAddressFamily(rawValue: i.family)
-        self.init(destination: XFRMAddress(family: family, kernelValue: i.daddr), spi: UInt32(bigEndian: i.spi),
-                  proto: XFRMProtocol(rawValue: i.proto))
+        self.init(
+            destination: XFRMAddress(family: family, kernelValue: i.daddr), spi: UInt32(bigEndian: i.spi),
+            proto: XFRMProtocol(rawValue: i.proto))
     }
 }
 
@@ -353,7 +368,8 @@ extension XFRMPolicy {
             throw .invalid(operation, "\(templates.count) templates, the kernel takes at most \(Self.maximumTemplates)")
         }
         guard selector.sourcePrefixLength <= selector.family.addressBits,
-              selector.destinationPrefixLength <= selector.family.addressBits else {
+            selector.destinationPrefixLength <= selector.family.addressBits
+        else {
             throw .invalid(operation, "selector prefix longer than \(selector.family.addressBits) bits")
         }
     }
@@ -366,9 +382,10 @@ extension XFRMPolicy {
     init(info p: xfrm_userpolicy_info, attributes: [NetlinkAttribute], operation: String) throws(XFRMError) {
         let family = XFRMAddressFamily(rawValue: p.sel.family)
         let selector = XFRMSelector(kernelValue: p.sel, fallbackFamily: family == .unspecified ? .inet : family)
-        self.init(selector: selector, direction: XFRMDirection(rawValue: p.dir),
-                  action: XFRMPolicyAction(rawValue: p.action), priority: p.priority, index: p.index,
-                  flags: p.flags, share: p.share, lifetime: XFRMLifetime(kernelValue: p.lft))
+        self.init(
+            selector: selector, direction: XFRMDirection(rawValue: p.dir),
+            action: XFRMPolicyAction(rawValue: p.action), priority: p.priority, index: p.index,
+            flags: p.flags, share: p.share, lifetime: XFRMLifetime(kernelValue: p.lft))
         counters = XFRMLifetimeCounters(kernelValue: p.curlft)
         if let tmpl = attributes.first(_XFRMA_TMPL) {
             templates = try Self.decodeTemplates(tmpl.payload, policyFamily: selector.family, operation: operation)
@@ -379,15 +396,18 @@ extension XFRMPolicy {
         }
     }
 
-    static func decodeTemplates(_ bytes: ArraySlice<UInt8>, policyFamily: XFRMAddressFamily,
-                                operation: String) throws(XFRMError) -> [XFRMTemplate] {
+    static func decodeTemplates(
+        _ bytes: ArraySlice<UInt8>, policyFamily: XFRMAddressFamily,
+        operation: String
+    ) throws(XFRMError) -> [XFRMTemplate] {
         let size = MemoryLayout<xfrm_user_tmpl>.size
         guard bytes.count % size == 0 else {
             throw .malformed(operation, "template attribute of \(bytes.count) bytes is not a multiple of \(size)")
         }
         return stride(from: bytes.startIndex, to: bytes.endIndex, by: size).map { start in
-            XFRMTemplate(kernelValue: bytes[start..<start + size].loadStruct(xfrm_user_tmpl.self),
-                         policyFamily: policyFamily == .unspecified ? .inet : policyFamily)
+            XFRMTemplate(
+                kernelValue: bytes[start..<start + size].loadStruct(xfrm_user_tmpl.self),
+                policyFamily: policyFamily == .unspecified ? .inet : policyFamily)
         }
     }
 }
