@@ -1,0 +1,157 @@
+import ALE
+import Foundation
+import Glibc
+import Impersonation
+import Keying
+import Logging
+import Synchronization
+import SystemPackage
+import XFRM
+
+// The endpoints' life cycle: the sweep, accepted sockets adopted, dead processes reclaimed, snapshots published.
+extension SecureSocketEngine {
+    /// Releases endpoints whose socket is gone, and notes the local port of the live ones. O(endpoints); the
+    /// event pump runs it every second. A socket is gone when no descriptor of this process names its cookie:
+    /// when its registered descriptor no longer does (closed, perhaps after a `dup`), the process's descriptors
+    /// are searched for it once per sweep, and a duplicate found becomes the registered descriptor. (A socket
+    /// passed to another process with `SCM_RIGHTS` and closed here counts as gone.)
+    ///
+    /// A listener that is closed while connections it accepted are still open keeps its reqid and keying: the
+    /// accepted sockets (found among this process's descriptors by local port) are adopted as endpoints first,
+    /// so their SAs are not torn down under them.
+    @discardableResult
+    public func sweep() -> Int {
+        // What the sweep changed is published with the pump's next tick (at most once a second).
+        defer { snapshotDirty.store(true, ordering: .releasing) }
+        var released = 0
+        let now = monotonicNow()
+        if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
+        var descriptors: [UInt64: CInt]?
+        for var endpoint in table.all {
+            if SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
+                if descriptors == nil { descriptors = SocketInspector.descriptorsByCookie() }
+                if let moved = descriptors?[endpoint.cookie] {
+                    table.update(cookie: endpoint.cookie) {
+                        $0.descriptor = moved
+                        $0.goneSince = nil
+                    }
+                    endpoint.descriptor = moved
+                }
+            }
+            if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
+                if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
+                    table.update(cookie: endpoint.cookie) {
+                        $0.lastLocalPort = facts.local?.port
+                        $0.wasListening = facts.isListening
+                    }
+                }
+                continue
+            }
+            // Gone: give the kernel's socket a moment to finish (its FIN or last data still need the SAs)
+            // before the keying is torn down. A listener's accepted sockets are adopted at once.
+            if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
+                adoptAcceptedSockets(of: endpoint, port: port)
+            }
+            guard let since = endpoint.goneSince else {
+                table.update(cookie: endpoint.cookie) { $0.goneSince = now }
+                if closeGrace > 0 { continue }
+                release(cookie: endpoint.cookie)
+                released += 1
+                continue
+            }
+            guard now - since >= closeGrace else { continue }
+            release(cookie: endpoint.cookie)
+            released += 1
+        }
+        // An idle engine keeps no reqid claim in the namespace.
+        if table.count == 0 { reqids.releaseIfUnused() }
+        return released
+    }
+
+    /// Publishes the snapshot if something changed since the last time and the last publication is at least
+    /// ``publishInterval`` old (the event pump calls it each tick).
+    func publishIfDirty() {
+        let now = monotonicNow()
+        guard lastPublished.withLock({ now - $0 >= Self.publishInterval }),
+            snapshotDirty.exchange(false, ordering: .acquiringAndReleasing)
+        else { return }
+        lastPublished.withLock { $0 = now }
+        publish()
+    }
+
+    /// What processes that are gone (killed, crashed) left in this namespace: their reqid claims, their configs,
+    /// secrets and CHILD_SAs in a shared charon, their SAs in the kernel, their endpoint snapshots. Run when the
+    /// engine starts and every tenth sweep. O(claim files) when nobody died.
+    func reclaimDeadProcesses() {
+        let dead = reqids.reclaimDeadBlocks()
+        guard !dead.isEmpty else { return }
+        for (pid, claims) in Dictionary(grouping: dead, by: \.pid) {
+            let ranges = claims.map(\.reqids)
+            logger.notice("reclaiming what a dead process left", metadata: ["pid": "\(pid)", "reqids": "\(ranges)"])
+            keying?.reclaim(deadProcess: pid, reqids: ranges)
+            let orphans = ((try? xfrm.states()) ?? []).filter { state in ranges.contains { $0.contains(state.reqid) } }
+            try? xfrm.deleteStates(orphans.map(\.id))
+            // Its flows' covers (global policies with its reqids, see coverFlow) end with it.
+            let covers = ((try? xfrm.policies()) ?? []).filter { policy in
+                !policy.direction.isSocketPolicy
+                    && policy.templates.contains { template in ranges.contains { $0.contains(template.reqid) } }
+            }
+            try? xfrm.deletePolicies(covers.map { .selector($0.selector, $0.direction, mark: $0.mark) })
+            let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? []
+            where file.hasPrefix("\(pid)-") {
+                unlink("\(snapshots)/\(file)")
+            }
+        }
+    }
+
+    /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.
+    public func publish() {
+        guard let (json, hash) = EndpointSnapshot.encode(table, keying: keying?.name ?? "none") else { return }
+        let changed = published.withLock { last -> Bool in
+            guard last != hash else { return false }
+            last = hash
+            return true
+        }
+        guard changed else { return }
+        try? Data(json).write(to: URL(fileURLWithPath: snapshotFile), options: .atomic)
+    }
+
+    /// Registers this process's connected TCP sockets on `port` as children of a (closed) listener endpoint.
+    func adoptAcceptedSockets(of listener: Endpoint, port: UInt16) {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
+        for entry in entries.prefix(65_536) {
+            guard let fd = CInt(entry), let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream,
+                facts.isConnected, facts.local?.port == port, facts.family == listener.family,
+                table.endpoint(cookie: facts.cookie) == nil
+            else { continue }
+            adopt(fd, facts: facts, listener: listener, port: port)
+        }
+    }
+
+    /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`.
+    func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
+        var child = Endpoint(
+            cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
+            reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
+            summary: listener.summary + " (accepted)")
+        child.peerTargetNames = listener.peerTargetNames
+        child.peerNameIsRaw = listener.peerNameIsRaw
+        child.lastLocalPort = port
+        child.peer = facts.peer?.address
+        child.role = .accepted
+        child.registeredAt = monotonicNow()
+        guard (try? table.insert(child)) != nil else { return }
+        if let request = keyings.request(cookie: listener.cookie) {
+            keyings.register(cookie: facts.cookie, request: request)
+            if let local = facts.local, let peer = facts.peer {
+                keyings.setFlow(
+                    cookie: facts.cookie,
+                    flow: KeyedFlow(
+                        transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
+                        remotePort: peer.port))
+            }
+        }
+    }
+
+}

@@ -1,0 +1,148 @@
+import ALE
+import Foundation
+import Glibc
+import Impersonation
+import Keying
+import Logging
+import Synchronization
+import SystemPackage
+import XFRM
+
+// WSAQuerySocketSecurity: the endpoint, the kernel's SAs for its flow, and the identities the keying proved.
+extension SecureSocketEngine {
+    // MARK: - Query
+
+    /// What protects `fd`'s traffic, asked from the kernel (the SAs with the socket's reqid for its addresses),
+    /// never assumed.
+    public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)
+        -> SocketSecurityQueryInfo
+    {
+        let facts = try inspect(fd)
+        try requireInetStreamOrDatagram(facts)
+        let peer: SocketEndpointAddress
+        if facts.kind == .stream {
+            var soError: CInt = 0
+            var length = socklen_t(MemoryLayout<CInt>.size)
+            if getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length) == 0, soError == ECONNRESET {
+                throw SecureSocketError(.connectionReset, "the connection was reset by the peer")
+            }
+            guard let connected = facts.peer else {
+                throw SecureSocketError(.notConnected, "query needs a connected (or accepted) TCP socket")
+            }
+            peer = connected
+        } else {
+            guard let address = template?.peerAddress ?? facts.peer else {
+                throw SecureSocketError(
+                    .messageSize, "a datagram socket's query needs the peer address in the template")
+            }
+            guard address.address.family == .inet || address.address.family == .inet6 else {
+                throw SecureSocketError(.addressFamilyNotSupported, "peer address family")
+            }
+            peer = address
+        }
+        let securityProtocol: SocketSecurityProtocol =
+            template?.securityProtocol == .ipsec2
+            ? .ipsec2
+            : (template?.securityProtocol == .ipsec ? .ipsec : .ipsec)
+        var info = SocketSecurityQueryInfo(securityProtocol: securityProtocol, flags: [])
+        guard let endpoint = endpoint(for: fd, facts: facts) else { return info }
+        if case .failed(let failure) = endpoint.state { info.negotiationError = Self.win32Error(failure) }
+        if case .insecure(let failure) = endpoint.state {
+            info.negotiationError = Self.win32Error(failure)
+            return info // opened in clear: stays clear for its whole life
+        }
+        guard let reqid = endpoint.reqid, let local = facts.local else { return info }
+        let flow = KeyedFlow(
+            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+            localPort: local.port, remote: peer.address, remotePort: peer.port)
+        var found: FlowAttribution?
+        // The SA pair charon reported for this very flow, checked in the kernel by SPI (O(1)); else a dump of
+        // the SAs between the two hosts.
+        if let hint = keying?.protection(flow: flow), let spiIn = hint.inboundSPI, let spiOut = hint.outboundSPI {
+            found = FlowAttribution.known(in: xfrm, flow: flow, reqid: reqid, inboundSPI: spiIn, outboundSPI: spiOut)
+        }
+        if found == nil {
+            do {
+                // Only this flow's own SAs count; a socket that may run in clear must not borrow another
+                // connection's SAs between the same hosts as proof.
+                found = try FlowAttribution.find(
+                    in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
+            } catch {
+                throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
+            }
+        }
+        guard let found else { return info }
+        let out = found.outbound
+        let into = found.inbound
+        info.flags.insert(.secured)
+        info.outboundSA = out.id
+        info.inboundSA = into.id
+        let encrypts = { (state: XFRMState) in
+            state.algorithms.contains { algorithm in
+                switch algorithm.kind {
+                case .aead: true
+                case .encryption: !algorithm.name.contains("null")
+                default: false
+                }
+            }
+        }
+        if encrypts(out) && encrypts(into) { info.flags.insert(.encrypted) }
+        info.encryptionAlgorithm = out.algorithms.first.map(\.name)
+        // Who: the IKE SA that negotiated this very SA pair (by its inbound SPI), never "some SA to that host".
+        guard found.attributable else { return info }
+        if endpoint.role == .accepted {
+            keyings.setOwnChild(cookie: endpoint.cookie, spi: into.id.spi, peer: peer.address)
+        }
+        if let protection = keying?.protection(inboundSPI: into.id.spi, peer: peer.address) {
+            info.peerMachineIdentity = protection.remoteIdentity
+            info.peerUserIdentity = protection.remoteUserIdentity
+            info.ikeSAID = protection.ikeSAID ?? 0
+            info.childSAID = protection.childSAID ?? 0
+            if protection.remoteUserIdentity != nil { info.flags.insert(.impersonated) }
+            info.peer = PeerIdentity(protection)
+        }
+        // The kernel is the truth: an endpoint found protected here (an accepted socket registered on first
+        // sight, after the keying events passed) is secured in the table too.
+        if endpoint.peer == nil || endpoint.peer == peer.address,
+            !{ if case .secured = endpoint.state { true } else { false } }()
+        {
+            table.update(cookie: endpoint.cookie) { $0.peer = peer.address }
+            _ = table.handle(
+                .childUp(
+                    ProtectionInfo(
+                        ikeSAID: info.ikeSAID == 0 ? nil : info.ikeSAID,
+                        childSAID: info.childSAID == 0 ? nil : info.childSAID,
+                        peerIdentity: info.peerMachineIdentity,
+                        peerUserIdentity: info.peerUserIdentity,
+                        encryptionAlgorithm: info.encryptionAlgorithm)),
+                cookie: endpoint.cookie)
+        }
+        snapshotDirty.store(true, ordering: .releasing)
+        if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
+            if let machine = info.peerMachineIdentity {
+                info.peerMachineToken =
+                    tokens.open(.machine, identity: machine, accessMask: mask, peer: info.peer).handle
+            }
+            if let user = info.peerUserIdentity {
+                info.peerApplicationToken = tokens.open(.user, identity: user, accessMask: mask, peer: info.peer).handle
+            }
+        }
+        return info
+    }
+
+    /// The endpoint for `fd`: registered, or an accepted socket that inherited a registered listener's
+    /// policies (same family, same local port); the latter is registered on first sight.
+    func endpoint(for fd: CInt, facts: SocketFacts) -> Endpoint? {
+        if let endpoint = table.endpoint(cookie: facts.cookie) { return endpoint }
+        guard facts.kind == .stream, facts.isConnected, let port = facts.local?.port else { return nil }
+        for candidate in table.all where candidate.kind == .stream && candidate.family == facts.family {
+            guard SocketInspector.cookie(of: candidate.descriptor) == candidate.cookie,
+                let listener = try? SocketInspector.facts(of: candidate.descriptor),
+                listener.isListening, listener.local?.port == port
+            else { continue }
+            adopt(fd, facts: facts, listener: candidate, port: port)
+            return table.endpoint(cookie: facts.cookie)
+        }
+        return nil
+    }
+}

@@ -1,0 +1,134 @@
+import ALE
+import Foundation
+import Glibc
+import Impersonation
+import Keying
+import Logging
+import Synchronization
+import SystemPackage
+import XFRM
+
+// Release: what a socket owned goes (its SAs, conns, reqid), and its flow stays covered while TCP may still send.
+extension SecureSocketEngine {
+    // MARK: - Release
+
+    /// Forgets `fd`'s endpoint and frees what it held (reqid, keying configs) once no other endpoint (an
+    /// accepted child of a listener) uses them. Call before `close()`; ``sweep()`` catches sockets closed without it.
+    public func release(_ fd: CInt) {
+        guard let facts = try? SocketInspector.facts(of: fd) else { return }
+        // An accepted connection the application never queried is registered now, so its own SAs go too.
+        _ = endpoint(for: fd, facts: facts)
+        release(cookie: facts.cookie)
+    }
+
+    /// The decision "secured", with what proves it.
+    func logSecured(_ fd: CInt, reqid: UInt32, flow: KeyedFlow, _ protection: KeyedProtection, how: String) {
+        logger.info(
+            "connection secured",
+            metadata: [
+                "fd": "\(fd)", "reqid": "\(reqid)", "flow": "\(flow)",
+                "peer-identity": "\(protection.remoteIdentity ?? "?")",
+                "peer-user": "\(protection.remoteUserIdentity ?? "none")",
+                "spi-in": "\(protection.inboundSPI.map { String($0, radix: 16) } ?? "?")",
+                "spi-out": "\(protection.outboundSPI.map { String($0, radix: 16) } ?? "?")",
+                "ike-sa": "\(protection.ikeSAID.map(String.init) ?? "?")", "via": "\(how)",
+            ])
+    }
+
+    func release(cookie: UInt64) {
+        let wasSecured = { if case .secured? = table.endpoint(cookie: cookie)?.state { true } else { false } }()
+        _ = table.handle(.closed, cookie: cookie)
+        guard let endpoint = table.remove(cookie: cookie) else { return }
+        logger.debug(
+            "socket released",
+            metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
+        snapshotDirty.store(true, ordering: .releasing)
+        // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
+        // CHILD_SA. Never an IKE SA other connections use.
+        if let entry = keyings.remove(cookie: cookie) {
+            if endpoint.kind == .stream, wasSecured, let reqid = endpoint.reqid, let flow = entry.flow {
+                // (An initiator's cover was installed when it connected; an accepted connection's now.)
+                coverFlow(flow, reqid: reqid, for: Self.closedFlowCover)
+            }
+            for registration in entry.registrations { keying?.release(registration) }
+            if let own = entry.ownChild ?? ownChild(of: endpoint, flow: entry.flow) {
+                keying?.releaseChild(inboundSPI: own.spi, peer: own.peer)
+            }
+        }
+        guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
+        reqids.release(reqid)
+    }
+
+    /// Notes a connected socket's flow and covers it (see ``coverFlow(_:reqid:for:)``), so that its
+    /// `TIME_WAIT` is covered even after the socket is gone.
+    func recordFlow(_ fd: CInt, cookie: UInt64) {
+        guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let local = facts.local,
+            let peer = facts.peer, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid
+        else { return }
+        let flow = KeyedFlow(
+            transportProtocol: .tcp, local: local.address, localPort: local.port,
+            remote: peer.address, remotePort: peer.port)
+        keyings.setFlow(cookie: cookie, flow: flow)
+        if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil) }
+    }
+
+    /// Takes every tracked accepted flow (at shutdown).
+    func acceptedFlowReqids() -> [(KeyedFlow, UInt32)] {
+        acceptedFlows.withLock { flows in
+            defer { flows = [:] }
+            return flows.map { ($0.key, $0.value.reqid) }
+        }
+    }
+
+    /// A listener's connection got (`installed`) or lost an SA: the server's side of ``coverFlow(_:reqid:for:)``,
+    /// from the moment its SAs exist, whether or not the application ever hands the accepted socket to the
+    /// library (a server that closes first is the side in `TIME_WAIT`).
+    func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
+        let change = acceptedFlows.withLock { flows -> Bool? in
+            if installed {
+                let first = flows[flow] == nil
+                flows[flow, default: (reqid, [])].spis.insert(spi)
+                return first ? true : nil
+            }
+            guard flows[flow]?.spis.remove(spi) != nil else { return nil }
+            guard flows[flow]?.spis.isEmpty == true else { return nil }
+            flows[flow] = nil
+            return false
+        }
+        switch change {
+        case true?: coverFlow(flow, reqid: reqid, for: nil)
+        case false?: coverFlow(flow, reqid: reqid, for: Self.closedFlowCover)
+        case nil: return
+        }
+    }
+
+    /// How long a released TCP flow stays covered: `TIME_WAIT` (60 s) and a margin.
+    static let closedFlowCover: UInt64 = 120
+
+    /// The kernel answers for a TCP flow from its own control socket, which carries no per-socket policy: the
+    /// bare ACKs of `TIME_WAIT` and RSTs would leave in clear, and a clear segment of the flow would reach a
+    /// `TIME_WAIT` socket. Two flow-exact global policies (out and in) with the socket's own template (ESP,
+    /// transport, its reqid, required) cover the flow: while the SAs exist those packets go under them, after
+    /// they are gone they cannot leave at all. The socket's own packets still use its own policy (a per-socket
+    /// policy is looked up first). Installed when the connection is secured; at release they are replaced by
+    /// ones the kernel removes itself once `TIME_WAIT` has ended (hard add-expiry, `seconds`).
+    func coverFlow(_ flow: KeyedFlow, reqid: UInt32, for seconds: UInt64?) {
+        var lifetime = XFRMLifetime.infinite
+        if let seconds { lifetime.hardAddExpiresSeconds = seconds }
+        let templates = [XFRMTemplate(proto: .esp, mode: .transport, reqid: reqid, level: .required)]
+        for outbound in [true, false] {
+            let policy = XFRMPolicy(
+                selector: flow.selector(outbound: outbound), direction: outbound ? .outbound : .inbound,
+                lifetime: lifetime, templates: templates)
+            do { try xfrm.addPolicy(policy) } catch { try? xfrm.updatePolicy(policy) }
+        }
+    }
+
+    /// An accepted connection's own CHILD_SA: the SA pair whose selectors are exactly its flow.
+    func ownChild(of endpoint: Endpoint, flow: KeyedFlow?) -> (spi: UInt32, peer: XFRMAddress)? {
+        guard endpoint.role == .accepted, let flow, let reqid = endpoint.reqid,
+            let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true)
+        else { return nil }
+        return (found.inbound.id.spi, flow.remote)
+    }
+}

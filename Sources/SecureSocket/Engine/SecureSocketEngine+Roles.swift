@@ -1,0 +1,158 @@
+import ALE
+import Foundation
+import Glibc
+import Impersonation
+import Keying
+import Logging
+import Synchronization
+import SystemPackage
+import XFRM
+
+// Roles: a socket becomes a responder when seen listening, and the ACQUIREs of secured sockets are answered.
+extension SecureSocketEngine {
+    // MARK: - Roles
+
+    /// Looks at sockets that are secured but neither listening nor connecting yet: a listening TCP socket (or
+    /// a bound, unconnected UDP socket that never initiated) becomes a responder, its reqid offered for flows
+    /// to its port; a socket found connected (a plain `connect()`) is an initiator. Returns whether young
+    /// undetermined sockets remain, so the caller looks again soon. O(undetermined endpoints).
+    @discardableResult
+    func settleRoles() -> Bool {
+        var young = false
+        let now = monotonicNow()
+        for endpoint in table.all where endpoint.role == .undetermined && endpoint.reqid != nil {
+            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+                let facts = try? SocketInspector.facts(of: endpoint.descriptor)
+            else { continue }
+            if facts.isConnected {
+                table.update(cookie: endpoint.cookie) { $0.role = .initiator }
+            } else if let port = facts.local?.port, port != 0,
+                facts.isListening || (facts.kind == .datagram)
+            {
+                becomeResponder(endpoint, port: port)
+            } else if now - endpoint.registeredAt < 5 {
+                young = true
+            }
+        }
+        return young
+    }
+
+    func becomeResponder(_ endpoint: Endpoint, port: UInt16) {
+        guard let keying, let request = keyings.request(cookie: endpoint.cookie) else { return }
+        // Claimed first, so a concurrent connect sees the role and the listen is not loaded twice.
+        let claimed =
+            table.update(cookie: endpoint.cookie) { e -> Bool in
+                guard e.role == .undetermined else { return false }
+                e.role = .responder(port: port)
+                return true
+            } ?? false
+        guard claimed else { return }
+        do {
+            let registration = try keying.listen(request, localPort: port)
+            keyings.add(registration, cookie: endpoint.cookie)
+        } catch {
+            _ = table.handle(.failed(Self.failure(error, expected: nil, timeout: 0)), cookie: endpoint.cookie)
+        }
+    }
+
+    /// The kernel's ACQUIRE for a flow of a secured socket that sent without `WSAConnect` (a plain
+    /// `connect()` or `sendto()` got EAGAIN): negotiates that flow's SAs with the peer target name set for
+    /// its peer, on a thread of its own (bounded), so the application's retry succeeds. Responders' and
+    /// accepted sockets' reqids never initiate (their peers do).
+    func answerAcquire(reqid: UInt32, flow: KeyedFlow) {
+        guard let keying,
+            let endpoint = table.endpoints(reqid: reqid).first(where: {
+                $0.role == .initiator || $0.role == .undetermined || ($0.kind == .datagram && $0.role.isResponder)
+            }),
+            var request = keyings.request(cookie: endpoint.cookie)
+        else { return }
+        guard (try? becomeInitiator(endpoint)) != nil else { return }
+        var flow = flow
+        var stale = false
+        if endpoint.kind == .stream {
+            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+                let facts = try? SocketInspector.facts(of: endpoint.descriptor)
+            else { return }
+            if let peer = facts.peer {
+                // A live connection whose SAs went away (flushed, expired, deleted): the kernel asks again for
+                // exactly its flow, and the connection gets new SAs (its segments wait, TCP retransmits).
+                guard facts.local?.port == flow.localPort, peer.address == flow.remote, peer.port == flow.remotePort
+                else {
+                    return
+                }
+                stale = true
+            } else {
+                // A TCP connect() that failed with EAGAIN gave its ephemeral port back, and the retry takes
+                // another: the flow's SAs would never match. Bind the socket to the port of the ACQUIRE (as connect
+                // would have) so the application's retries use the flow negotiated now.
+                guard let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else {
+                    return
+                }
+                flow.localPort = local.port
+            }
+        }
+        let key = "\(reqid)/\(flow)"
+        guard acquires.admit(key) else { return } // the kernel raises a new ACQUIRE once the larval state expires
+        request.requiredPeerIdentity = endpoint.peerTargetName(for: flow.remote).map {
+            SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
+        }
+        _ = table.handle(.negotiationStarted, cookie: endpoint.cookie)
+        let timeout = configuration.negotiationTimeout
+        let finalRequest = request
+        let finalFlow = flow
+        let hooks = AcquireHooks(engine: self)
+        // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
+        // first (terminated by config name, whatever rekeys renamed its id to).
+        let staleRegistrations = stale ? keyings.take(cookie: endpoint.cookie, where: { !$0.childNames.isEmpty }) : []
+        Thread.detachNewThread {
+            defer { hooks.done(key) }
+            for registration in staleRegistrations { keying.release(registration) }
+            do throws(KeyingError) {
+                let negotiated = try keying.negotiate(
+                    finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
+                hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
+            } catch {
+                hooks.failed(
+                    Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
+                    cookie: endpoint.cookie)
+            }
+        }
+    }
+
+    struct AcquireHooks: @unchecked Sendable {
+        weak var engine: SecureSocketEngine?
+        func done(_ key: String) { engine?.acquires.remove(key) }
+        func succeeded(_ negotiated: Negotiated, flow: KeyedFlow, cookie: UInt64) {
+            guard let engine else { return }
+            if let endpoint = engine.table.endpoint(cookie: cookie) {
+                engine.logSecured(
+                    endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
+                    how: "kernel ACQUIRE")
+            }
+            guard let endpoint = engine.table.endpoint(cookie: cookie) else {
+                engine.keying?.release(negotiated.registration) // closed meanwhile
+                return
+            }
+            engine.keyings.add(negotiated.registration, cookie: cookie)
+            if endpoint.kind == .stream {
+                engine.keyings.setFlow(cookie: cookie, flow: flow)
+                if let reqid = endpoint.reqid { engine.coverFlow(flow, reqid: reqid, for: nil) }
+            }
+            _ = engine.table.handle(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
+        }
+        func failed(_ failure: EndpointFailure, cookie: UInt64) {
+            guard let engine else { return }
+            engine.logger.notice(
+                "kernel ACQUIRE not satisfied: no SAs for the flow",
+                metadata: [
+                    "cookie": "\(cookie)", "reason": "\(failure)",
+                ])
+            _ = engine.table.handle(.failed(failure), cookie: cookie)
+        }
+    }
+
+    /// How long a socket closed without ``release(_:)`` keeps its keying (seconds), so that its last segments and
+    /// FIN still find their SAs. The explicit ``release(_:)`` does not wait.
+    public var closeGrace: Double { configuration.closeGrace }
+
+}
