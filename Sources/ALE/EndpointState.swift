@@ -48,13 +48,18 @@ public enum EndpointFailure: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// The life of one secured endpoint: requested → negotiating → secured / failed(reason) → closed, plus
-/// `insecure` when `ALLOW_INSECURE` let it fall back to clear text after a failed negotiation.
-public enum EndpointState: Hashable, Sendable, CustomStringConvertible {
+/// `insecure` when `ALLOW_INSECURE` let it fall back to clear text after a failed negotiation, and `closing` for
+/// the grace period of a socket closed without a release (its kernel socket may still send its last data and
+/// its FIN under the SAs).
+public indirect enum EndpointState: Hashable, Sendable, CustomStringConvertible {
     case requested
     case negotiating
     case secured(ProtectionInfo)
     case failed(EndpointFailure)
     case insecure(after: EndpointFailure)
+    /// No descriptor names the socket any more; its resources go at `until` (monotonic seconds) unless a
+    /// descriptor naming it turns up (a `dup`). `previous` is the state it had, and keeps following events.
+    case closing(until: Double, previous: EndpointState)
     case closed
 
     public var description: String {
@@ -64,8 +69,14 @@ public enum EndpointState: Hashable, Sendable, CustomStringConvertible {
         case .secured(let info): "secured (peer \(info.peerIdentity ?? "?"))"
         case .failed(let failure): "failed: \(failure)"
         case .insecure(let failure): "insecure after \(failure)"
+        case .closing(_, let previous): "closing (was \(previous))"
         case .closed: "closed"
         }
+    }
+
+    /// The state apart from a closing grace period: what the socket's traffic still has.
+    public var settled: EndpointState {
+        if case .closing(_, let previous) = self { previous } else { self }
     }
 }
 
@@ -80,15 +91,25 @@ public enum EndpointEvent: Hashable, Sendable {
     case failed(EndpointFailure)
     /// `ALLOW_INSECURE`: after a failure the endpoint now sends in clear.
     case fellBackToClear
+    /// The sweep found no descriptor naming the socket at `at` (monotonic seconds): closed without a release.
+    /// With `grace` 0 the endpoint closes at once; otherwise it is `closing` until `at + grace`.
+    case socketGone(at: Double, grace: Double)
+    /// A descriptor naming a closing socket turned up (the one registered was closed after a `dup`).
+    case socketFound
+    /// The sweep's clock: a closing endpoint whose grace period ended at `now` closes.
+    case tick(now: Double)
+    /// Released by the application, or the engine shuts down.
     case closed
 }
 
 /// What the owner of the machine must do after an event.
 public enum EndpointAction: Hashable, Sendable {
-    /// Wake threads waiting for the endpoint to settle (connect, query).
-    case notifyWaiters
-    /// Release the reqid, the child config and SAs the endpoint held (once, when closed).
-    case releaseResources
+    /// What an inspector sees changed: publish the endpoint snapshot.
+    case publish
+    /// Release the reqid, the keying configs and the SAs the endpoint held (once, when closed). With
+    /// `coverClosedFlow` (it was secured) its TCP flow stays covered while the kernel may still answer for it
+    /// (`TIME_WAIT`), so nothing of it ever leaves in clear.
+    case releaseResources(coverClosedFlow: Bool)
 }
 
 /// The pure state machine of one endpoint: events in, actions out, no I/O.
@@ -99,13 +120,25 @@ public struct EndpointStateMachine: Hashable, Sendable {
 
     public init(allowInsecure: Bool) { self.allowInsecure = allowInsecure }
 
+    init(state: EndpointState, allowInsecure: Bool) {
+        self.state = state
+        self.allowInsecure = allowInsecure
+    }
+
     public mutating func handle(_ event: EndpointEvent) -> [EndpointAction] {
         switch (state, event) {
+        case (.closing(let until, let previous), _):
+            return handleClosing(event, until: until, previous: previous)
         case (.closed, _):
             return []
         case (_, .closed):
-            state = .closed
-            return [.notifyWaiters, .releaseResources]
+            return close(from: state)
+        case (_, .socketGone(let at, let grace)):
+            guard grace > 0 else { return close(from: state) }
+            state = .closing(until: at + grace, previous: state)
+            return [.publish]
+        case (_, .socketFound), (_, .tick):
+            return []
         case (.requested, .negotiationStarted), (.failed, .negotiationStarted):
             state = .negotiating
             return []
@@ -114,10 +147,10 @@ public struct EndpointStateMachine: Hashable, Sendable {
         case (_, .childUp(let info)):
             if case .insecure = state { return [] } // a clear connection stays clear for its whole life
             state = .secured(info)
-            return [.notifyWaiters]
+            return [.publish]
         case (.secured, .childDown):
             state = .negotiating
-            return [.notifyWaiters]
+            return [.publish]
         case (_, .childDown):
             return []
         case (.secured, .failed):
@@ -125,12 +158,41 @@ public struct EndpointStateMachine: Hashable, Sendable {
         case (_, .failed(let failure)):
             if case .insecure = state { return [] }
             state = .failed(failure)
-            return [.notifyWaiters]
+            return [.publish]
         case (.failed(let failure), .fellBackToClear) where allowInsecure:
             state = .insecure(after: failure)
-            return [.notifyWaiters]
+            return [.publish]
         case (_, .fellBackToClear):
             return []
         }
+    }
+
+    /// A closing endpoint: closes when released or when its grace period ends, returns to what it was when its
+    /// socket turns up again, and otherwise lets `previous` follow the event (a rekey during the grace period).
+    private mutating func handleClosing(_ event: EndpointEvent, until: Double, previous: EndpointState)
+        -> [EndpointAction]
+    {
+        switch event {
+        case .closed:
+            return close(from: previous)
+        case .tick(let now):
+            return now >= until ? close(from: previous) : []
+        case .socketFound:
+            state = previous
+            return [.publish]
+        case .socketGone:
+            return []
+        default:
+            var inner = EndpointStateMachine(state: previous, allowInsecure: allowInsecure)
+            let actions = inner.handle(event)
+            state = .closing(until: until, previous: inner.state)
+            return actions
+        }
+    }
+
+    private mutating func close(from previous: EndpointState) -> [EndpointAction] {
+        let secured = if case .secured = previous { true } else { false }
+        state = .closed
+        return [.publish, .releaseResources(coverClosedFlow: secured)]
     }
 }

@@ -47,8 +47,6 @@ public struct Endpoint: Sendable {
     public var wasListening = false
     /// The peer of a connected (or accepted) socket; events about SAs with other hosts do not touch it.
     public var peer: XFRMAddress?
-    /// When the socket was first seen gone (closed without an explicit release), for the grace period.
-    public var goneSince: Double?
     /// `PEER_NAME_IS_RAW_FORMAT`: peer target names are identities as given (no `service/` SPN prefix removed).
     public var peerNameIsRaw = false
     /// What the socket turned out to be (see ``EndpointRole``).

@@ -135,7 +135,7 @@ final class EndpointEventPump: Sendable {
             guard state.id.spi != 0, table.users(of: state.reqid) > 0 else { return }
             // Only the endpoints whose own flow that SA covered (a listener's reqid is shared by all its peers).
             for endpoint in table.endpoints(reqid: state.reqid) where covers(state, endpoint) {
-                _ = table.handle(.childDown, cookie: endpoint.cookie)
+                engine.apply(.childDown, cookie: endpoint.cookie)
             }
         default:
             return
@@ -193,13 +193,14 @@ final class EndpointEventPump: Sendable {
         let byReqid = Dictionary(grouping: states.filter { $0.id.spi != 0 }, by: \.reqid)
         var lost = 0
         for endpoint in table.all {
-            guard case .secured = endpoint.state, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint) else {
+            guard case .secured = endpoint.state.settled, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint)
+            else {
                 continue
             }
             let covered = (byReqid[reqid] ?? []).contains { flow.isCovered(by: $0.selector, outbound: true) }
             if !covered {
                 lost += 1
-                _ = table.handle(.childDown, cookie: endpoint.cookie)
+                engine.apply(.childDown, cookie: endpoint.cookie)
             }
         }
         logger.info(

@@ -92,7 +92,7 @@ extension EndpointSnapshot.Entry {
     init(_ endpoint: Endpoint) {
         var identity: String?
         var user: String?
-        if case .secured(let info) = endpoint.state {
+        if case .secured(let info) = endpoint.state.settled {
             identity = info.peerIdentity
             user = info.peerUserIdentity
         }

@@ -138,6 +138,7 @@ public final class SecureSocketEngine: Sendable {
             return engine.settleRoles()
         }
         func acquire(reqid: UInt32, flow: KeyedFlow) { engine?.answerAcquire(reqid: reqid, flow: flow) }
+        func apply(_ event: EndpointEvent, cookie: UInt64) { engine?.apply(event, cookie: cookie) }
         func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
             engine?.acceptedFlowSA(flow, reqid: reqid, spi: spi, installed: installed)
         }

@@ -14,9 +14,9 @@ final class EndpointStateMachineTests: XCTestCase {
         XCTAssertEqual(machine.state, .requested)
         XCTAssertEqual(machine.handle(.negotiationStarted), [])
         XCTAssertEqual(machine.state, .negotiating)
-        XCTAssertEqual(machine.handle(.childUp(info)), [.notifyWaiters])
+        XCTAssertEqual(machine.handle(.childUp(info)), [.publish])
         XCTAssertEqual(machine.state, .secured(info))
-        XCTAssertEqual(machine.handle(.closed), [.notifyWaiters, .releaseResources])
+        XCTAssertEqual(machine.handle(.closed), [.publish, .releaseResources(coverClosedFlow: true)])
         XCTAssertEqual(machine.state, .closed)
         XCTAssertEqual(machine.handle(.closed), [], "resources are released once")
         XCTAssertEqual(machine.handle(.childUp(info)), [])
@@ -26,7 +26,7 @@ final class EndpointStateMachineTests: XCTestCase {
     func testFailureWithoutAllowInsecureNeverFallsBack() {
         var machine = EndpointStateMachine(allowInsecure: false)
         _ = machine.handle(.negotiationStarted)
-        XCTAssertEqual(machine.handle(.failed(.negotiationTimedOut(seconds: 5))), [.notifyWaiters])
+        XCTAssertEqual(machine.handle(.failed(.negotiationTimedOut(seconds: 5))), [.publish])
         XCTAssertEqual(machine.handle(.fellBackToClear), [])
         XCTAssertEqual(machine.state, .failed(.negotiationTimedOut(seconds: 5)))
     }
@@ -35,7 +35,7 @@ final class EndpointStateMachineTests: XCTestCase {
         var machine = EndpointStateMachine(allowInsecure: true)
         _ = machine.handle(.negotiationStarted)
         _ = machine.handle(.failed(.negotiationTimedOut(seconds: 1)))
-        XCTAssertEqual(machine.handle(.fellBackToClear), [.notifyWaiters])
+        XCTAssertEqual(machine.handle(.fellBackToClear), [.publish])
         XCTAssertEqual(machine.state, .insecure(after: .negotiationTimedOut(seconds: 1)))
         // A TCP connection opened in clear stays clear for its whole life (kernel-notes), so a late SA changes nothing.
         XCTAssertEqual(machine.handle(.childUp(info)), [])
@@ -47,11 +47,57 @@ final class EndpointStateMachineTests: XCTestCase {
         _ = machine.handle(.childUp(info))
         var rekeyed = info
         rekeyed.childSAID = 3
-        XCTAssertEqual(machine.handle(.childUp(rekeyed)), [.notifyWaiters])
+        XCTAssertEqual(machine.handle(.childUp(rekeyed)), [.publish])
         XCTAssertEqual(machine.state, .secured(rekeyed))
         XCTAssertEqual(machine.handle(.failed(.negotiationFailed("late"))), [], "a protected connection stays secured")
-        XCTAssertEqual(machine.handle(.childDown), [.notifyWaiters])
+        XCTAssertEqual(machine.handle(.childDown), [.publish])
         XCTAssertEqual(machine.state, .negotiating)
+    }
+
+    func testASocketClosedWithoutReleaseClosesAfterItsGracePeriod() {
+        var machine = EndpointStateMachine(allowInsecure: false)
+        _ = machine.handle(.childUp(info))
+        XCTAssertEqual(machine.handle(.socketGone(at: 100, grace: 2)), [.publish])
+        XCTAssertEqual(machine.state, .closing(until: 102, previous: .secured(info)))
+        XCTAssertEqual(machine.state.settled, .secured(info))
+        XCTAssertEqual(machine.handle(.socketGone(at: 101, grace: 2)), [], "the grace period starts once")
+        XCTAssertEqual(machine.handle(.tick(now: 101.9)), [])
+        var rekeyed = info
+        rekeyed.childSAID = 9
+        XCTAssertEqual(machine.handle(.childUp(rekeyed)), [.publish], "the previous state follows a rekey")
+        XCTAssertEqual(machine.state, .closing(until: 102, previous: .secured(rekeyed)))
+        XCTAssertEqual(machine.handle(.tick(now: 102)), [.publish, .releaseResources(coverClosedFlow: true)])
+        XCTAssertEqual(machine.state, .closed)
+        XCTAssertEqual(machine.handle(.tick(now: 200)), [], "released once")
+    }
+
+    func testASocketFoundAgainDuringItsGracePeriodGoesBackToWhatItWas() {
+        var machine = EndpointStateMachine(allowInsecure: false)
+        _ = machine.handle(.childUp(info))
+        _ = machine.handle(.socketGone(at: 5, grace: 2))
+        XCTAssertEqual(machine.handle(.socketFound), [.publish])
+        XCTAssertEqual(machine.state, .secured(info))
+        XCTAssertEqual(machine.handle(.tick(now: 50)), [], "a live socket is not closed by the clock")
+        XCTAssertEqual(machine.handle(.socketFound), [])
+    }
+
+    func testWithoutAGracePeriodOrWhenReleasedTheEndpointClosesAtOnce() {
+        var secured = EndpointStateMachine(allowInsecure: false)
+        _ = secured.handle(.childUp(info))
+        XCTAssertEqual(
+            secured.handle(.socketGone(at: 5, grace: 0)), [.publish, .releaseResources(coverClosedFlow: true)])
+        var closing = EndpointStateMachine(allowInsecure: false)
+        _ = closing.handle(.childUp(info))
+        _ = closing.handle(.socketGone(at: 5, grace: 2))
+        XCTAssertEqual(closing.handle(.closed), [.publish, .releaseResources(coverClosedFlow: true)])
+        // Only a secured flow is covered after close: one that never had SAs, or went clear, has nothing to hide.
+        var clear = EndpointStateMachine(allowInsecure: true)
+        _ = clear.handle(.failed(.negotiationTimedOut(seconds: 1)))
+        _ = clear.handle(.fellBackToClear)
+        XCTAssertEqual(clear.handle(.closed), [.publish, .releaseResources(coverClosedFlow: false)])
+        var requested = EndpointStateMachine(allowInsecure: false)
+        XCTAssertEqual(
+            requested.handle(.socketGone(at: 1, grace: 0)), [.publish, .releaseResources(coverClosedFlow: false)])
     }
 
     func testPeerNameMismatchIsRecorded() {
@@ -85,7 +131,7 @@ final class EndpointTableTests: XCTestCase {
         table.update(cookie: 2) { $0.reqid = 200 }
         XCTAssertEqual(table.users(of: 100), 1)
         XCTAssertEqual(table.endpoints(reqid: 200).map(\.cookie), [2])
-        XCTAssertEqual(table.handle(.childUp(ProtectionInfo()), cookie: 1), [.notifyWaiters])
+        XCTAssertEqual(table.handle(.childUp(ProtectionInfo()), cookie: 1), [.publish])
         XCTAssertEqual(table.handle(.childUp(ProtectionInfo()), cookie: 99), [], "unknown cookie: nothing")
         XCTAssertEqual(table.remove(cookie: 1)?.cookie, 1)
         XCTAssertEqual(table.users(of: 100), 0)

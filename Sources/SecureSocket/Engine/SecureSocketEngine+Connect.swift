@@ -43,7 +43,7 @@ extension SecureSocketEngine {
         let deadline = monotonicNow() + timeout
         try becomeInitiator(endpoint)
         table.update(cookie: facts.cookie) { $0.peer = peer.address }
-        _ = table.handle(.negotiationStarted, cookie: facts.cookie)
+        apply(.negotiationStarted, cookie: facts.cookie)
         if let keying, var request = keyings.request(cookie: facts.cookie) {
             request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address).map {
                 SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
@@ -58,12 +58,12 @@ extension SecureSocketEngine {
                 let negotiated = try keying.negotiate(request, flow: flow, timeout: Self.duration(seconds: timeout))
                 logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
                 keyings.add(negotiated.registration, cookie: facts.cookie)
-                _ = table.handle(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
+                apply(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
             } catch let error as SecureSocketError {
                 throw error
             } catch let error as KeyingError {
                 let failure = Self.failure(error, expected: request.requiredPeerIdentity, timeout: timeout)
-                _ = table.handle(.failed(failure), cookie: facts.cookie)
+                apply(.failed(failure), cookie: facts.cookie)
                 let metadata: Logger.Metadata = [
                     "fd": "\(fd)", "reqid": "\(reqid)", "peer": "\(peer)",
                     "required-identity": "\(request.requiredPeerIdentity ?? "any")",
@@ -74,7 +74,7 @@ extension SecureSocketEngine {
                     throw SecureSocketError(Self.code(for: error), "\(failure)")
                 }
                 logger.warning("connection falls back to clear text (ALLOW_INSECURE)", metadata: metadata)
-                _ = table.handle(.fellBackToClear, cookie: facts.cookie)
+                apply(.fellBackToClear, cookie: facts.cookie)
             } catch {
                 throw SecureSocketError(.systemCallFailure, "\(error)")
             }

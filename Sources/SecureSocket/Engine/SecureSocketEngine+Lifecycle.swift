@@ -31,11 +31,9 @@ extension SecureSocketEngine {
             if SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
                 if descriptors == nil { descriptors = SocketInspector.descriptorsByCookie() }
                 if let moved = descriptors?[endpoint.cookie] {
-                    table.update(cookie: endpoint.cookie) {
-                        $0.descriptor = moved
-                        $0.goneSince = nil
-                    }
+                    table.update(cookie: endpoint.cookie) { $0.descriptor = moved }
                     endpoint.descriptor = moved
+                    apply(.socketFound, cookie: endpoint.cookie)
                 }
             }
             if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
@@ -47,21 +45,17 @@ extension SecureSocketEngine {
                 }
                 continue
             }
-            // Gone: give the kernel's socket a moment to finish (its FIN or last data still need the SAs)
-            // before the keying is torn down. A listener's accepted sockets are adopted at once.
+            // Gone: the machine gives the kernel's socket a grace period to finish (its FIN or last data still
+            // need the SAs) before the keying is torn down. A listener's accepted sockets are adopted at once.
             if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
                 adoptAcceptedSockets(of: endpoint, port: port)
             }
-            guard let since = endpoint.goneSince else {
-                table.update(cookie: endpoint.cookie) { $0.goneSince = now }
-                if closeGrace > 0 { continue }
-                release(cookie: endpoint.cookie)
-                released += 1
-                continue
+            if case .closing = endpoint.state {
+                apply(.tick(now: now), cookie: endpoint.cookie)
+            } else {
+                apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
             }
-            guard now - since >= closeGrace else { continue }
-            release(cookie: endpoint.cookie)
-            released += 1
+            if table.endpoint(cookie: endpoint.cookie) == nil { released += 1 }
         }
         // An idle engine keeps no reqid claim in the namespace.
         if table.count == 0 { reqids.releaseIfUnused() }

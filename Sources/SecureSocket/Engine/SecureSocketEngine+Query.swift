@@ -46,8 +46,8 @@ extension SecureSocketEngine {
             : (template?.securityProtocol == .ipsec ? .ipsec : .ipsec)
         var info = SocketSecurityQueryInfo(securityProtocol: securityProtocol, flags: [])
         guard let endpoint = endpoint(for: fd, facts: facts) else { return info }
-        if case .failed(let failure) = endpoint.state { info.negotiationError = Self.win32Error(failure) }
-        if case .insecure(let failure) = endpoint.state {
+        if case .failed(let failure) = endpoint.state.settled { info.negotiationError = Self.win32Error(failure) }
+        if case .insecure(let failure) = endpoint.state.settled {
             info.negotiationError = Self.win32Error(failure)
             return info // opened in clear: stays clear for its whole life
         }
@@ -104,10 +104,10 @@ extension SecureSocketEngine {
         // The kernel is the truth: an endpoint found protected here (an accepted socket registered on first
         // sight, after the keying events passed) is secured in the table too.
         if endpoint.peer == nil || endpoint.peer == peer.address,
-            !{ if case .secured = endpoint.state { true } else { false } }()
+            !{ if case .secured = endpoint.state.settled { true } else { false } }()
         {
             table.update(cookie: endpoint.cookie) { $0.peer = peer.address }
-            _ = table.handle(
+            apply(
                 .childUp(
                     ProtectionInfo(
                         ikeSAID: info.ikeSAID == 0 ? nil : info.ikeSAID,

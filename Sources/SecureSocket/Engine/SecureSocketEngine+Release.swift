@@ -35,18 +35,32 @@ extension SecureSocketEngine {
             ])
     }
 
-    func release(cookie: UInt64) {
-        let wasSecured = { if case .secured? = table.endpoint(cookie: cookie)?.state { true } else { false } }()
-        _ = table.handle(.closed, cookie: cookie)
+    /// Releases the endpoint (the application's release, or shutdown): through its state machine, like every event.
+    func release(cookie: UInt64) { apply(.closed, cookie: cookie) }
+
+    /// Every endpoint event enters here: the endpoint's state machine decides, and the engine acts on each action it
+    /// returns (resources are released only through ``EndpointAction/releaseResources(coverClosedFlow:)``).
+    func apply(_ event: EndpointEvent, cookie: UInt64) {
+        for action in table.handle(event, cookie: cookie) {
+            switch action {
+            case .publish:
+                snapshotDirty.store(true, ordering: .releasing)
+            case .releaseResources(let coverClosedFlow):
+                releaseResources(cookie: cookie, coverClosedFlow: coverClosedFlow)
+            }
+        }
+    }
+
+    /// Removes the endpoint and exactly what the socket owned: its negotiated flows or its listen, or an accepted
+    /// connection's own CHILD_SA, never an IKE SA other connections use; then its reqid once no other endpoint
+    /// (an accepted child of a listener) uses it.
+    private func releaseResources(cookie: UInt64, coverClosedFlow: Bool) {
         guard let endpoint = table.remove(cookie: cookie) else { return }
         logger.debug(
             "socket released",
             metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
-        snapshotDirty.store(true, ordering: .releasing)
-        // Exactly what the socket owned: its negotiated flows or its listen, or an accepted connection's own
-        // CHILD_SA. Never an IKE SA other connections use.
         if let entry = keyings.remove(cookie: cookie) {
-            if endpoint.kind == .stream, wasSecured, let reqid = endpoint.reqid, let flow = entry.flow {
+            if endpoint.kind == .stream, coverClosedFlow, let reqid = endpoint.reqid, let flow = entry.flow {
                 // (An initiator's cover was installed when it connected; an accepted connection's now.)
                 coverFlow(flow, reqid: reqid, for: Self.closedFlowCover)
             }

@@ -51,7 +51,7 @@ extension SecureSocketEngine {
             let registration = try keying.listen(request, localPort: port)
             keyings.add(registration, cookie: endpoint.cookie)
         } catch {
-            _ = table.handle(.failed(Self.failure(error, expected: nil, timeout: 0)), cookie: endpoint.cookie)
+            apply(.failed(Self.failure(error, expected: nil, timeout: 0)), cookie: endpoint.cookie)
         }
     }
 
@@ -96,7 +96,7 @@ extension SecureSocketEngine {
         request.requiredPeerIdentity = endpoint.peerTargetName(for: flow.remote).map {
             SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
         }
-        _ = table.handle(.negotiationStarted, cookie: endpoint.cookie)
+        apply(.negotiationStarted, cookie: endpoint.cookie)
         let timeout = configuration.negotiationTimeout
         let finalRequest = request
         let finalFlow = flow
@@ -138,7 +138,7 @@ extension SecureSocketEngine {
                 engine.keyings.setFlow(cookie: cookie, flow: flow)
                 if let reqid = endpoint.reqid { engine.coverFlow(flow, reqid: reqid, for: nil) }
             }
-            _ = engine.table.handle(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
+            engine.apply(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
         }
         func failed(_ failure: EndpointFailure, cookie: UInt64) {
             guard let engine else { return }
@@ -147,7 +147,7 @@ extension SecureSocketEngine {
                 metadata: [
                     "cookie": "\(cookie)", "reason": "\(failure)",
                 ])
-            _ = engine.table.handle(.failed(failure), cookie: cookie)
+            engine.apply(.failed(failure), cookie: cookie)
         }
     }
 
