@@ -46,10 +46,21 @@ let package = Package(
         ),
         // Linux process facts several layers need (who owns a file left behind, and whether it still runs).
         .target(name: "SystemSupport"),
+        // VICI: strongSwan's control protocol (codec, messages, packets, client, event stream, errors, conn shapes),
+        // as strongSwan's own bindings split it from the daemon. Nothing here knows of sockets or backends.
+        .target(
+            name: "VICI",
+            dependencies: [
+                "XFRM",
+                "SystemSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         // Keying: strongSwan's charon driven over VICI, and a private charon per namespace.
         .target(
             name: "Keying",
             dependencies: [
+                "VICI",
                 "XFRM",
                 "SystemSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -104,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "secure-socket-bench",
             dependencies: [
-                "SecureSocket", "WinsockSecureSocket", "Keying", "ALE", "XFRM", "NetnsTestSupport",
+                "SecureSocket", "WinsockSecureSocket", "Keying", "VICI", "ALE", "XFRM", "NetnsTestSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -143,7 +154,7 @@ let package = Package(
         .testTarget(
             name: "KeyingUnitTests",
             dependencies: [
-                "Keying", "XFRM", .product(name: "X509", package: "swift-certificates"),
+                "Keying", "VICI", "XFRM", .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]),
         .testTarget(
@@ -162,13 +173,14 @@ let package = Package(
         .testTarget(
             name: "SecureSocketESPTests",
             dependencies: [
-                "SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "XFRM", "NetnsTestSupport",
-                "TierTesting",
+                "SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "VICI", "XFRM",
+                "NetnsTestSupport", "TierTesting",
             ]),
         .testTarget(
             name: "ALEUnitTests",
             dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
-        .testTarget(name: "KeyingKernelTests", dependencies: ["Keying", "XFRM", "NetnsTestSupport", "TierTesting"]),
+        .testTarget(
+            name: "KeyingKernelTests", dependencies: ["Keying", "VICI", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
         .testTarget(
             name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
@@ -178,7 +190,7 @@ let package = Package(
         // libFuzzer executables below and by the tier-1 replay of the committed seeds and crash inputs.
         .target(
             name: "FuzzTargets",
-            dependencies: ["Keying", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer"],
+            dependencies: ["Keying", "VICI", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer"],
             path: "Fuzzing/FuzzTargets"),
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),

@@ -1,4 +1,5 @@
 import Keying
+import VICI
 
 extension FuzzTarget {
     /// The VICI decoder, on bytes as charon's socket delivers them. Each input is read three ways: as a

@@ -1,5 +1,6 @@
 import Glibc
 import SwiftASN1
+import VICI
 import X509
 
 /// What a peer's end-entity certificate says about its holder, as text in strongSwan's words: the subject DN as

@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 import Synchronization
+import SystemSupport
+import VICI
 import XFRM
 
 /// A private strongSwan charon for one network namespace, driven over its own VICI socket.
@@ -227,7 +229,7 @@ public final class CharonDaemon: Sendable {
     }
 
     /// Stops charon: SIGTERM, up to ``Options/stopGrace`` for it to exit, then SIGKILL; reaps it and deletes
-    /// the folder. Idempotent. Event streams on its socket end with ``VICIError/Code/daemonUnavailable``.
+    /// the folder. Idempotent. Event streams on its socket end with `VICIError.Code.daemonUnavailable`.
     public func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         vici.disconnect()

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import VICI
 import XFRM
 
 /// The CHILD_SAs charon reported (`child-updown`, `child-rekey`), by inbound SPI, by flow (when their traffic

@@ -1,3 +1,4 @@
+import VICI
 import XFRM
 
 /// What the secure-socket layer asks of a key manager. Two implementations: ``StrongSwanBackend`` (charon
@@ -215,7 +216,7 @@ public struct KeyingError: Error, Hashable, CustomStringConvertible, Sendable {
 
     public var code: Code
     public var detail: String
-    /// The error that caused this one (a ``VICIError``, a certificate parser's error), kept as a value.
+    /// The error that caused this one (a `VICIError`, a certificate parser's error), kept as a value.
     public var cause: (any Error & Sendable)?
 
     public init(_ code: Code, _ detail: String, cause: (any Error & Sendable)? = nil) {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import VICI
 import XFRM
 
 /// The keying configuration a service gives the library: one file, for the people who run servers.

@@ -1,3 +1,5 @@
+import VICI
+
 /// How a keying backend authenticated a peer: the machine round (the IKE identity) and, when one ran, the
 /// user round. Reported with every ``KeyedProtection``; the identity map uses it to refuse identities that were
 /// only claimed, never proven (a group key).

@@ -1,4 +1,5 @@
 import Synchronization
+import VICI
 
 /// The peer certificate found for each IKE SA, by charon's unique id (never reused while charon runs), so that
 /// `list-certs` runs once per IKE SA and a certificate charon's 32-slot cache evicts later is still known.

@@ -1,3 +1,4 @@
+import VICI
 import X509
 
 /// What is known about the certificate a peer authenticated an IKE SA with.

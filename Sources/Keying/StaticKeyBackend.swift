@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import VICI
 import XFRM
 
 /// Manual keying: SA pairs read from a file and installed through `XFRMClient` (XFRM), no IKE. For deterministic

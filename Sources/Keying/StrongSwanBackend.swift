@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import Synchronization
+import VICI
 import XFRM
 
 /// Keying through strongSwan's charon over VICI: the library's default backend.

@@ -4,6 +4,7 @@ import Foundation
 import Keying
 import NetnsTestSupport
 import SecureSocket
+import VICI
 import XFRM
 
 /// From the connect call to the first echoed byte, starting each time from no IKE SA.

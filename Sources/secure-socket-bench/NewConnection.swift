@@ -4,6 +4,7 @@ import Foundation
 import Keying
 import NetnsTestSupport
 import SecureSocket
+import VICI
 import XFRM
 
 /// A new secured connection to a peer whose IKE SA is up, N times in a row, against strongSwan's own cost for

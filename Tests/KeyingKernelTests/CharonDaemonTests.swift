@@ -2,6 +2,7 @@ import Foundation
 import Keying
 import NetnsTestSupport
 import TierTesting
+import VICI
 import XCTest
 import XFRM
 

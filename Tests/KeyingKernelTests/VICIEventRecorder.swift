@@ -1,6 +1,7 @@
 import Foundation
 import Keying
 import Synchronization
+import VICI
 
 /// Consumes a ``VICIEventStream`` in the background and keeps every event, so a test can wait for several
 /// events in turn, and records how the stream ended. Waiting is bounded in time.

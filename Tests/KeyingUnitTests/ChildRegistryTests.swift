@@ -2,6 +2,7 @@ import XCTest
 import XFRM
 
 @testable import Keying
+@testable import VICI
 
 /// Tier 1: the CHILD_SA registry the query reads instead of charon or the kernel's whole SAD.
 final class ChildRegistryTests: XCTestCase {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 
 @testable import Keying
+@testable import VICI
 
 /// A scripted VICI peer on a unix socket in a private temporary folder, for testing ``VICIClient`` and
 /// ``VICIEventStream`` without charon and without privileges.

@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import Keying
+@testable import VICI
 
 final class KeyingConfigurationTests: XCTestCase {
     func testPSKFileWithCommentsAndQuotes() throws {

@@ -3,6 +3,7 @@ import XCTest
 import XFRM
 
 @testable import Keying
+@testable import VICI
 
 /// Tier 1: what ``StrongSwanBackend`` loads into charon for each kind of credentials, and what it says about
 /// how a peer authenticated, against a scripted charon.

@@ -3,6 +3,7 @@ import Glibc
 import XCTest
 
 @testable import Keying
+@testable import VICI
 
 /// Tier 1: ``VICIClient`` and ``VICIEventStream`` against a scripted peer: responses, refusals, streaming,
 /// timeouts, garbage, a peer that goes away, and reconnection afterwards.

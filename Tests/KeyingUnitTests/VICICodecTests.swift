@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import Keying
+@testable import VICI
 
 /// Tier 1: the VICI message encoding, byte for byte against strongSwan's protocol description
 /// (`src/libcharon/plugins/vici/README.md`), round trips, and every malformed-input case.

@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import Keying
+@testable import VICI
 
 /// Tier 1: the message API, the typed `list-sa` parser and the conn config builder.
 final class VICIModelTests: XCTestCase {

@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import Keying
+@testable import VICI
 
 /// Tier 1: VICI packets and stream framing, byte for byte against the protocol description, plus a
 /// deterministic fuzz of the message and packet decoders (never a crash, only ``VICIError/Code/malformed``).

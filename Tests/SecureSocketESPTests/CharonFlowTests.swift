@@ -5,6 +5,7 @@ import Keying
 import NetnsTestSupport
 import SecureSocket
 import TierTesting
+import VICI
 import WinsockSecureSocket
 import XCTest
 import XFRM

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import SystemSupport
+import VICI
 
 /// The private folder of one ``CharonDaemon`` (`<parent>/charon-XXXXXX`: configuration, VICI socket, log) and
 /// the record in it of who owns it, so that a folder whose owner died without ``CharonDaemon/stop()`` (`kill -9`,

@@ -1,6 +1,8 @@
 import Glibc
 import Synchronization
 import SystemPackage
+import SystemSupport
+import VICI
 
 /// One spawned process, owned by a supervisor thread that is its parent for its whole life.
 ///

@@ -1,23 +1,6 @@
 import Glibc
 import SystemPackage
-
-/// A point in time by which an exchange must be complete.
-struct Deadline {
-    let instant: ContinuousClock.Instant
-
-    init(after duration: Duration) { instant = ContinuousClock.now.advanced(by: duration) }
-
-    var hasPassed: Bool { ContinuousClock.now >= instant }
-
-    /// Milliseconds left, rounded up, for `poll(2)`; 0 once passed.
-    var pollMilliseconds: CInt {
-        let left = ContinuousClock.now.duration(to: instant)
-        guard left > .zero else { return 0 }
-        let (seconds, attoseconds) = left.components
-        let ms = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
-        return CInt(clamping: ms)
-    }
-}
+import SystemSupport
 
 /// One connected VICI stream socket (`AF_UNIX`, non-blocking, close-on-exec).
 ///

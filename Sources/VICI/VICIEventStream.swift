@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import SystemSupport
 
 /// One event charon raised: its name (`ike-updown`, `child-updown`, `ike-rekey`, `child-rekey`, `alert`, `log`)
 /// and its message.

@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import SystemSupport
 
 /// A client for charon's VICI socket: `swanctl`'s transport, in Swift.
 ///

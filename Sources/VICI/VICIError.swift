@@ -79,12 +79,12 @@ public struct VICIError: Error, Hashable, CustomStringConvertible, Sendable {
     }
 
     @inline(never)
-    static func invalid(_ command: String, _ detail: String) -> VICIError {
+    public static func invalid(_ command: String, _ detail: String) -> VICIError {
         VICIError(.invalidArgument, command: command, detail: detail)
     }
 
     @inline(never)
-    static func syscall(_ command: String, _ call: String, errno: Errno) -> VICIError {
+    public static func syscall(_ command: String, _ call: String, errno: Errno) -> VICIError {
         VICIError(.io, command: command, errno: errno, detail: call)
     }
 }
