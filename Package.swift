@@ -41,11 +41,12 @@ let package = Package(
             name: "XFRM",
             dependencies: [
                 "CNetlink",
+                "SystemSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         // Linux process facts several layers need (who owns a file left behind, and whether it still runs).
-        .target(name: "SystemSupport"),
+        .target(name: "SystemSupport", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // VICI: strongSwan's control protocol (codec, messages, packets, client, event stream, errors, conn shapes),
         // as strongSwan's own bindings split it from the daemon. Nothing here knows of sockets or backends.
         .target(
@@ -195,6 +196,7 @@ let package = Package(
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),
+        .testTarget(name: "SystemSupportUnitTests", dependencies: ["SystemSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

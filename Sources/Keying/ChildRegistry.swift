@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import SystemSupport
 import VICI
 import XFRM
 
@@ -15,6 +16,8 @@ final class ChildRegistry: Sendable {
     }
 
     private let tables = Mutex(Tables())
+    /// Wakes ``waitForChild(named:upTo:)`` when a child is recorded.
+    private let recorded = ChangeSignal()
 
     func record(_ event: VICIEvent) {
         let up = event.isUp ?? (event.name == "child-rekey")
@@ -43,6 +46,7 @@ final class ChildRegistry: Sendable {
                 t.flowOfSPI[spi] = flow
             }
         }
+        recorded.notify()
     }
 
     func remove(inboundSPI: UInt32) {
@@ -97,13 +101,9 @@ final class ChildRegistry: Sendable {
 
     func protection(inboundSPI: UInt32) -> KeyedProtection? { tables.withLock { $0.byInboundSPI[inboundSPI] } }
 
-    /// The installed child named `name`, waiting for its event at most `bound`; the name is forgotten once read.
+    /// The installed child named `name`, waiting for its event at most `bound` (woken when it is recorded, not
+    /// polled); the name is forgotten once read.
     func waitForChild(named name: String, upTo bound: Duration) -> KeyedProtection? {
-        let deadline = ContinuousClock.now + bound
-        while true {
-            if let found = tables.withLock({ $0.byName.removeValue(forKey: name) }) { return found }
-            guard ContinuousClock.now < deadline else { return nil }
-            sleepFor(.milliseconds(1))
-        }
+        recorded.wait(until: Deadline(after: bound)) { tables.withLock { $0.byName.removeValue(forKey: name) } }
     }
 }

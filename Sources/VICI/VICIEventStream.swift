@@ -59,21 +59,12 @@ public final class VICIEventStream: AsyncSequence, Sendable {
         let stopFlag = EventStopFlag()
         self.stopFlag = stopFlag
         continuation.onTermination = { _ in stopFlag.stop() }
-        let context = Unmanaged.passRetained(EventReaderContext(link: link, continuation: continuation, stop: stopFlag))
-        var thread = pthread_t()
-        let rc = pthread_create(
-            &thread, nil,
-            { raw in
-                guard let raw else { return nil }
-                let context = Unmanaged<EventReaderContext>.fromOpaque(raw).takeRetainedValue()
-                context.run()
-                return nil
-            }, context.toOpaque())
-        guard rc == 0 else {
-            context.release()
-            throw .syscall("event stream", "pthread_create", errno: .init(rawValue: rc))
+        let context = EventReaderContext(link: link, continuation: continuation, stop: stopFlag)
+        do {
+            try Threads.detach { context.run() }
+        } catch {
+            throw .syscall("event stream", "pthread_create", errno: error)
         }
-        pthread_detach(thread)
     }
 
     /// Stops reading; the sequence finishes within one poll (100 ms) and the socket is closed.
@@ -92,8 +83,8 @@ final class EventStopFlag: Sendable {
     var isStopped: Bool { flag.load(ordering: .acquiring) }
 }
 
-/// Owns the connection on the reader thread; closes it when the loop ends.
-private final class EventReaderContext {
+/// Owns the connection on the reader thread (handed to it, used there only); closes it when the loop ends.
+private final class EventReaderContext: @unchecked Sendable {
     let link: VICIConnection
     let continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation
     let stop: EventStopFlag

@@ -1,6 +1,7 @@
 import CNetlink
 import Glibc
 import SystemPackage
+import SystemSupport
 
 /// A network namespace to open kernel sockets in.
 ///
@@ -46,25 +47,11 @@ public struct NetworkNamespace: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-private final class ThreadWork {
-    let run: () -> Void
-    init(_ run: @escaping () -> Void) { self.run = run }
-}
-
 /// Runs `body` on a new POSIX thread and waits for it.
 func runOnNewThread(_ body: @escaping () -> Void) throws(XFRMError) {
-    let work = Unmanaged.passRetained(ThreadWork(body))
-    var thread = pthread_t()
-    let rc = pthread_create(
-        &thread, nil,
-        { context in
-            let work = Unmanaged<ThreadWork>.fromOpaque(context!).takeRetainedValue()
-            work.run()
-            return nil
-        }, work.toOpaque())
-    guard rc == 0 else {
-        work.release()
-        throw .syscall("start namespace thread", "pthread_create", errno: Errno(rawValue: rc))
+    do {
+        try Threads.runAndJoin(body)
+    } catch {
+        throw .syscall("start namespace thread", "pthread_create", errno: error)
     }
-    pthread_join(thread, nil)
 }

@@ -1,6 +1,8 @@
 import CNetlink
 import Glibc
 import Synchronization
+import SystemPackage
+import SystemSupport
 
 /// Typed events from the XFRM multicast groups of one namespace: `ip xfrm monitor` as an `AsyncSequence`.
 ///
@@ -53,20 +55,12 @@ public final class XFRMMonitor: AsyncSequence, Sendable {
         let stopFlag = StopFlag()
         continuation.onTermination = { _ in stopFlag.stop() }
         self.stopFlag = stopFlag
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(ReaderContext(reader: reader, stop: stopFlag))
-        let rc = pthread_create(
-            &thread, nil,
-            { raw in
-                let context = Unmanaged<ReaderContext>.fromOpaque(raw!).takeRetainedValue()
-                context.reader.run(until: context.stop)
-                return nil
-            }, context.toOpaque())
-        guard rc == 0 else {
-            context.release()
-            throw .syscall("monitor", "pthread_create", errno: .init(rawValue: rc))
+        let context = ReaderContext(reader: reader, stop: stopFlag)
+        do {
+            try Threads.detach { context.reader.run(until: context.stop) }
+        } catch {
+            throw .syscall("monitor", "pthread_create", errno: error)
         }
-        pthread_detach(thread)
     }
 
     private let stopFlag: StopFlag
@@ -87,7 +81,8 @@ final class StopFlag: Sendable {
     var isStopped: Bool { flag.load(ordering: .acquiring) }
 }
 
-private final class ReaderContext {
+/// Handed to the reader thread, used there only.
+private final class ReaderContext: @unchecked Sendable {
     let reader: EventReader
     let stop: StopFlag
     init(reader: EventReader, stop: StopFlag) {

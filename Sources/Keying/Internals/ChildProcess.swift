@@ -25,6 +25,8 @@ final class ChildProcess: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Wakes waiters when the spawn is reported and when the exit is recorded.
+    private let changed = ChangeSignal()
 
     /// Spawns `arguments[0]` (an absolute path) with `arguments` as argv and exactly `environment`.
     /// stdin is `/dev/null`; stdout and stderr append to `outputPath`. Descriptors above 2 are closed.
@@ -35,31 +37,25 @@ final class ChildProcess: Sendable {
         guard let executable = arguments.first, executable.hasPrefix("/") else {
             throw .invalid(command, "the program must be an absolute path: \(arguments.first ?? "")")
         }
-        let context = Unmanaged.passRetained(
-            SpawnContext(
-                process: self, arguments: arguments,
-                environment: environment, outputPath: outputPath))
-        var thread = pthread_t()
-        let rc = pthread_create(
-            &thread, nil,
-            { raw in
-                guard let raw else { return nil }
-                Unmanaged<SpawnContext>.fromOpaque(raw).takeRetainedValue().run()
-                return nil
-            }, context.toOpaque())
-        guard rc == 0 else {
-            context.release()
-            throw .syscall(command, "pthread_create", errno: Errno(rawValue: rc))
+        let context = SpawnContext(
+            process: self, arguments: arguments, environment: environment, outputPath: outputPath)
+        do {
+            try Threads.detach { context.run() }
+        } catch {
+            throw .syscall(command, "pthread_create", errno: error)
         }
-        pthread_detach(thread)
         // The thread reports within microseconds; bounded at 5 s all the same.
-        for _ in 0..<5_000 {
+        let reported = changed.wait(until: Deadline(after: .seconds(5))) { () -> Errno?? in
             let (spawned, error) = state.withLock { ($0.spawned, $0.spawnError) }
-            if let error { throw .syscall(command, "posix_spawn \(executable)", errno: error) }
-            if spawned { return }
-            usleep(1_000)
+            if let error { return .some(error) }
+            return spawned ? .some(nil) : nil
         }
-        throw VICIError(.timedOut, command: command, detail: "the supervisor thread did not report the spawn")
+        switch reported {
+        case .some(.some(let error)): throw .syscall(command, "posix_spawn \(executable)", errno: error)
+        case .some(.none): return
+        case .none:
+            throw VICIError(.timedOut, command: command, detail: "the supervisor thread did not report the spawn")
+        }
     }
 
     var pid: pid_t { state.withLock { $0.pid } }
@@ -78,15 +74,9 @@ final class ChildProcess: Sendable {
         }
     }
 
-    /// Waits up to `timeout` for the exit; true if it happened.
+    /// Waits up to `timeout` for the exit (woken when it is recorded); true if it happened.
     func waitForExit(timeout: Duration) -> Bool {
-        let deadline = Deadline(after: timeout)
-        for _ in 0..<1_000_000 {
-            if !isRunning { return true }
-            if deadline.hasPassed { return false }
-            usleep(2_000)
-        }
-        return !isRunning
+        changed.wait(until: Deadline(after: timeout)) { isRunning ? nil : true } ?? false
     }
 
     /// SIGTERM, up to `grace` for the exit, then SIGKILL and up to 5 s more. True when it is gone.
@@ -99,7 +89,10 @@ final class ChildProcess: Sendable {
         return waitForExit(timeout: .seconds(5))
     }
 
-    fileprivate func record(_ body: (inout State) -> Void) { state.withLock { body(&$0) } }
+    fileprivate func record(_ body: (inout State) -> Void) {
+        state.withLock { body(&$0) }
+        changed.notify()
+    }
 
     /// A readable account of the exit, e.g. "exited with status 1", "killed by signal 9".
     var exitDescription: String {
@@ -108,7 +101,8 @@ final class ChildProcess: Sendable {
     }
 }
 
-private final class SpawnContext {
+/// Handed to the supervisor thread and used there only.
+private final class SpawnContext: @unchecked Sendable {
     let process: ChildProcess
     let arguments: [String]
     let environment: [String: String]
