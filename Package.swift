@@ -89,7 +89,7 @@ let package = Package(
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
-            dependencies: ["SecureSocket", "ALE", "Impersonation", "CSecureSocketABI"]
+            dependencies: ["SecureSocket", "ALE", "CSecureSocketABI"]
         ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(

@@ -45,9 +45,16 @@ extension SecureSocketEngine {
     /// Ends the calling thread's impersonation; a thread that is not impersonating is left as it is (success).
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
     public func revertImpersonation() throws(SecureSocketError) {
+        try Self.revertThreadImpersonation()
+        logger.info("impersonation reverted")
+    }
+
+    /// ``revertImpersonation()`` without an engine: no engine is needed to give a thread its own credentials back
+    /// (the Windows function works before any engine exists).
+    @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
+    public static func revertThreadImpersonation() throws(SecureSocketError) {
         do {
             try ThreadCredentials.revert()
-            logger.info("impersonation reverted")
         } catch {
             throw SecureSocketError(.systemCallFailure, "revert: \(error)", errno: error.errno)
         }

@@ -1,7 +1,6 @@
 import ALE
 import CSecureSocketABI
 import Glibc
-import Impersonation
 import SecureSocket
 import SystemPackage
 
@@ -64,11 +63,7 @@ public func WSAQuerySocketSecurity(
     WinsockLastError.call { () throws(SecureSocketError) in
         guard let infoLength else { throw SecureSocketError(.fault, "SecurityQueryInfoLen is NULL") }
         let engine = try engine()
-        let facts: SocketFacts
-        do throws(Errno) { facts = try SocketInspector.facts(of: socket) } catch {
-            throw SecureSocketError(.notSocket, "descriptor \(socket) is not a socket", errno: error)
-        }
-        let isTCP = facts.kind == .stream
+        let isTCP = try SecureSocketEngine.socketKind(socket) == .stream
         if !isTCP && (template == nil || templateLength < UInt32(WindowsStructs.queryTemplateSize)) {
             throw SecureSocketError(.messageSize, "a datagram socket's query needs a full template")
         }
@@ -177,11 +172,9 @@ public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointe
     WinsockLastError.call { () throws(SecureSocketError) in
         let engine = try engine()
         var peer: SocketEndpointAddress?
-        let facts: SocketFacts
-        do throws(Errno) { facts = try SocketInspector.facts(of: socket) } catch {
-            throw SecureSocketError(.notSocket, "descriptor \(socket) is not a socket", errno: error)
+        if try SecureSocketEngine.socketKind(socket) == .datagram {
+            peer = try WindowsStructs.address(address, length: addressLength)
         }
-        if facts.kind == .datagram { peer = try WindowsStructs.address(address, length: addressLength) }
         try engine.impersonatePeer(socket, peerAddress: peer)
     }
 }
@@ -192,11 +185,7 @@ public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointe
 public func WSARevertImpersonation() -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         // No engine is needed to give a thread its own credentials back.
-        do throws(ImpersonationError) {
-            try ThreadCredentials.revert()
-        } catch {
-            throw SecureSocketError(.systemCallFailure, "revert: \(error)", errno: error.errno)
-        }
+        try SecureSocketEngine.revertThreadImpersonation()
     }
 }
 

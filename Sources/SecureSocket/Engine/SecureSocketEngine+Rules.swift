@@ -10,6 +10,16 @@ import XFRM
 
 // The Windows argument rules and the mappings from keying failures to Windows errors.
 extension SecureSocketEngine {
+    /// What kind of socket `fd` is: the Windows functions' rules differ by kind (which buffer errors apply,
+    /// whether a query or an impersonation needs the peer's address).
+    public static func socketKind(_ fd: CInt) throws(SecureSocketError) -> SocketFacts.Kind {
+        do throws(Errno) {
+            return try SocketInspector.facts(of: fd).kind
+        } catch {
+            throw SecureSocketError(.notSocket, "descriptor \(fd) is not a socket", errno: error)
+        }
+    }
+
     // MARK: - Helpers
 
     func inspect(_ fd: CInt, expectingUnbound: Bool = false) throws(SecureSocketError) -> SocketFacts {
