@@ -161,17 +161,11 @@ public final class CharonDaemon: Sendable {
             } catch {
                 throw VICIError(.io, command: command, detail: "write \(configPath): \(error)")
             }
-            let arguments = try Self.commandLine(namespace: namespace, charon: options.charonPath, command: command)
             let begin = ContinuousClock.now
-            let process = try ChildProcess(
-                arguments: arguments,
-                environment: [
-                    "STRONGSWAN_CONF": configPath,
-                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
-                ],
-                outputPath: logPath, command: command)
+            let process = try Self.spawn(
+                namespace: namespace, options: options, folder: privateFolder, configPath: configPath,
+                logPath: logPath, command: command)
             started = process
-            try privateFolder.noteCharon(pid: process.pid, command: command)
             let (client, version) = try Self.waitUntilReady(
                 process: process, socketPath: socketPath,
                 logPath: logPath, options: options, command: command)
@@ -204,16 +198,10 @@ public final class CharonDaemon: Sendable {
         try running.withLock { (state: inout Running) throws(VICIError) in
             guard !state.process.isRunning else { return }
             unlink(socketPath)
-            let arguments = try Self.commandLine(namespace: namespace, charon: options.charonPath, command: command)
-            let process = try ChildProcess(
-                arguments: arguments,
-                environment: [
-                    "STRONGSWAN_CONF": configPath,
-                    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C",
-                ],
-                outputPath: logPath, command: command)
+            let process = try Self.spawn(
+                namespace: namespace, options: options, folder: privateFolder, configPath: configPath,
+                logPath: logPath, command: command)
             do throws(VICIError) {
-                try privateFolder.noteCharon(pid: process.pid, command: command)
                 _ = try Self.waitUntilReady(
                     process: process, socketPath: socketPath, logPath: logPath, options: options,
                     command: command)
@@ -346,6 +334,27 @@ public final class CharonDaemon: Sendable {
             "mount -t tmpfs -o mode=0755 tmpfs /run && exec \"$0\"", charon,
         ]
         return arguments
+    }
+
+    /// Spawns charon for `namespace` (see ``commandLine(namespace:charon:command:)``) with its configuration and
+    /// log in the private folder, and notes it in the folder's owner record. A spawned charon that cannot be noted
+    /// is killed.
+    private static func spawn(
+        namespace: NetworkNamespace, options: Options, folder: CharonFolder, configPath: String, logPath: String,
+        command: String
+    ) throws(VICIError) -> ChildProcess {
+        let arguments = try commandLine(namespace: namespace, charon: options.charonPath, command: command)
+        let process = try ChildProcess(
+            arguments: arguments,
+            environment: ["STRONGSWAN_CONF": configPath, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"],
+            outputPath: logPath, command: command)
+        do throws(VICIError) {
+            try folder.noteCharon(pid: process.pid, command: command)
+        } catch {
+            process.terminate(grace: .milliseconds(500))
+            throw error
+        }
+        return process
     }
 
     /// Polls the socket until `version` answers, charon exits, or the deadline passes.
