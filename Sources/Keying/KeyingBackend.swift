@@ -217,17 +217,20 @@ public struct KeyingError: Error, Hashable, CustomStringConvertible, Sendable {
     public var code: Code
     public var detail: String
     /// The error that caused this one (a `VICIError`, a certificate parser's error), kept as a value.
-    public var cause: (any Error & Sendable)?
+    public var underlying: (any Error & Sendable)?
 
-    public init(_ code: Code, _ detail: String, cause: (any Error & Sendable)? = nil) {
+    public init(_ code: Code, _ detail: String, underlying: (any Error & Sendable)? = nil) {
         self.code = code
         self.detail = detail
-        self.cause = cause
+        self.underlying = underlying
     }
 
-    public var description: String { cause.map { "\(code): \(detail): \($0)" } ?? "\(code): \(detail)" }
+    public var description: String { "\(code): \(explanation)" }
 
-    /// Equal code and detail (the cause is not compared).
+    /// The detail and, after it, what the underlying error says: for people (logs, failure reasons).
+    public var explanation: String { underlying.map { "\(detail): \($0)" } ?? detail }
+
+    /// Equal code and detail (the underlying error is not compared).
     public static func == (lhs: KeyingError, rhs: KeyingError) -> Bool {
         lhs.code == rhs.code && lhs.detail == rhs.detail
     }

@@ -277,7 +277,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
         case .private:
             let daemon: CharonDaemon
             do { daemon = try CharonDaemon(namespace: namespace) } catch {
-                throw KeyingError(.unavailable, "starting a private charon: \(error)")
+                throw KeyingError(.unavailable, "starting a private charon", underlying: error)
             }
             return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon, logger: logger)
         case .socket(let path):
@@ -286,7 +286,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
             } catch let error as KeyingError {
                 throw error
             } catch {
-                throw KeyingError(.unavailable, "VICI socket \(path): \(error)")
+                throw KeyingError(.unavailable, "VICI socket \(path)", underlying: error)
             }
         }
     }

@@ -193,7 +193,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
             do {
                 try client.addOrUpdateState(state)
             } catch {
-                throw KeyingError(.unavailable, "installing \(state.id): \(error)")
+                throw KeyingError(.unavailable, "installing \(state.id)", underlying: error)
             }
         }
         installed.withLock { table in

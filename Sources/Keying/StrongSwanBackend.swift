@@ -119,7 +119,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             try loadResponder([])
         } catch {
             shutdown()
-            throw KeyingError(.unavailable, "load-conn \(responderName): \(error)")
+            throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
         }
         // The first subscription before init returns, so no event of a first negotiation is missed.
         superviseEvents(first: try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"]))
@@ -180,17 +180,17 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         guard !stopped.load(ordering: .acquiring) else { return }
         if let daemon, !daemon.isRunning {
             do { try daemon.restart() } catch {
-                throw KeyingError(.unavailable, "restarting the private charon", cause: error)
+                throw KeyingError(.unavailable, "restarting the private charon", underlying: error)
             }
         }
         vici.disconnect()
         do { _ = try vici.version() } catch {
-            throw KeyingError(.unavailable, "charon does not answer", cause: error)
+            throw KeyingError(.unavailable, "charon does not answer", underlying: error)
         }
         try loadCredentials()
         let all = responderChildren.withLock { table in table.keys.sorted().compactMap { table[$0] } }
         do { try loadResponder(all) } catch {
-            throw KeyingError(.unavailable, "load-conn \(responderName)", cause: error)
+            throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
         }
         resyncCount.add(1, ordering: .relaxed)
     }
@@ -207,14 +207,14 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             do {
                 return try StrongSwanBackend(vici: try VICIClient(path: path), credentials: credentials, logger: logger)
             } catch {
-                throw KeyingError(.unavailable, "system charon at \(path): \(error)")
+                throw KeyingError(.unavailable, "system charon at \(path)", underlying: error)
             }
         }
         let daemon: CharonDaemon
         do {
             daemon = try CharonDaemon(namespace: namespace, options: options)
         } catch {
-            throw KeyingError(.unavailable, "starting a private charon: \(error)")
+            throw KeyingError(.unavailable, "starting a private charon", underlying: error)
         }
         return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon, logger: logger)
     }
@@ -256,7 +256,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } catch let error as KeyingError {
             throw error
         } catch {
-            throw KeyingError(.unavailable, "loading credentials into charon", cause: error)
+            throw KeyingError(.unavailable, "loading credentials into charon", underlying: error)
         }
     }
 
@@ -329,7 +329,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             try loadResponder(all)
         } catch {
             responderChildren.withLock { _ = $0.removeValue(forKey: request.reqid) }
-            throw KeyingError(.unavailable, "load-conn \(responderName): \(error)")
+            throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
         }
         return KeyingRegistration(reqid: request.reqid, names: [responderName])
     }
@@ -356,7 +356,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             do {
                 try vici.loadShared(.eap, secret: password, owners: [user], id: id)
             } catch {
-                throw KeyingError(.unavailable, "load-shared for \(user): \(error)")
+                throw KeyingError(.unavailable, "load-shared for \(user)", underlying: error)
             }
             secrets.append(id)
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
@@ -380,7 +380,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 do {
                     try vici.loadConn(config)
                 } catch {
-                    throw KeyingError(.unavailable, "load-conn \(conn)", cause: error)
+                    throw KeyingError(.unavailable, "load-conn \(conn)", underlying: error)
                 }
                 let child = try initiate(child: childName, conn: conn, peer: flow.remote, deadline: deadline) {
                     // The IKE SA did not answer: a new generation of the conn, loaded before the next attempt.
@@ -516,8 +516,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// Maps charon's words to a keying error.
     static func classify(_ error: VICIError) -> KeyingError {
         let text = "\(error.errmsg ?? "") \(error.detail ?? "")"
-        if error.code == .daemonUnavailable || error.code == .io { return KeyingError(.unavailable, "\(error)") }
-        if error.code == .timedOut { return KeyingError(.timedOut, "\(error)") }
+        if error.code == .daemonUnavailable || error.code == .io {
+            return KeyingError(.unavailable, error.command, underlying: error)
+        }
+        if error.code == .timedOut { return KeyingError(.timedOut, error.command, underlying: error) }
         let authentication = [
             "AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed",
             "constraint check failed", "no trusted", "no shared key found",

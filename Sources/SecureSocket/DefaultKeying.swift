@@ -18,9 +18,9 @@ public enum DefaultKeying {
             let configuration = try KeyingConfiguration.parse(String(decoding: data, as: UTF8.self))
             return (configuration, try configuration.makeBackend(logger: logger))
         } catch let error as KeyingConfiguration.ParseError {
-            throw SecureSocketError(.invalidArgument, "\(path): \(error)")
+            throw SecureSocketError(.invalidArgument, path, underlying: error)
         } catch {
-            throw SecureSocketError(.networkUnreachable, "\(path): \(error)")
+            throw SecureSocketError(.networkUnreachable, path, underlying: error)
         }
     }
 }

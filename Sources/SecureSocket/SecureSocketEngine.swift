@@ -94,7 +94,7 @@ public final class SecureSocketEngine: Sendable {
                 directory: configuration.reqidDirectory
                     ?? ReqidAllocator.defaultDirectory(for: configuration.namespace))
         } catch {
-            throw SecureSocketError(.systemCallFailure, "reqid allocator: \(error)")
+            throw SecureSocketError(.systemCallFailure, "reqid allocator", underlying: error)
         }
         let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
         try? FileManager.default.createDirectory(
@@ -165,7 +165,7 @@ public final class SecureSocketEngine: Sendable {
                 do {
                     map = try IdentityMap(path: IdentityMapLocation.defaultPath)
                 } catch {
-                    throw SecureSocketError(.invalidArgument, "\(IdentityMapLocation.defaultPath): \(error)")
+                    throw SecureSocketError(.invalidArgument, IdentityMapLocation.defaultPath, underlying: error)
                 }
             }
             var configuration = Configuration(

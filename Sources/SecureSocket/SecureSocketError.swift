@@ -88,11 +88,15 @@ public struct SecureSocketError: Error, Hashable, CustomStringConvertible, Senda
     public var errno: Errno?
     /// What was wrong, in words.
     public var detail: String
+    /// The error that caused this one (a `KeyingError`, an allocator's or a parser's error), kept as a value so a
+    /// caller can inspect it, not only read it.
+    public var underlying: (any Error & Sendable)?
 
-    public init(_ code: Code, _ detail: String, errno: Errno? = nil) {
+    public init(_ code: Code, _ detail: String, errno: Errno? = nil, underlying: (any Error & Sendable)? = nil) {
         self.code = code
         self.detail = detail
         self.errno = errno
+        self.underlying = underlying
     }
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
@@ -100,6 +104,7 @@ public struct SecureSocketError: Error, Hashable, CustomStringConvertible, Senda
 
     public var description: String {
         var text = "\(code) (\(code.rawValue)): \(detail)"
+        if let underlying { text += ": \(underlying)" }
         if let errno { text += " [\(errno), errno \(errno.rawValue)]" }
         return text
     }

@@ -41,6 +41,19 @@ final class KeyingConfigurationTests: XCTestCase {
         }
     }
 
+    func testAnUnreachableCharonSocketKeepsTheVICIErrorAsAValue() throws {
+        let configuration = try KeyingConfiguration.parse(
+            "identity a.example\npsk \"group-key-0123456789\"\ncharon /nonexistent/charon.vici\n")
+        XCTAssertThrowsError(try configuration.makeBackend()) { error in
+            guard let keying = error as? KeyingError else { return XCTFail("\(error)") }
+            XCTAssertEqual(keying.code, .unavailable)
+            let vici = keying.underlying as? VICIError
+            XCTAssertNotNil(vici, "the cause is a value, not only text: \(keying)")
+            XCTAssertEqual(vici?.code, .daemonUnavailable)
+            XCTAssertTrue(keying.explanation.contains("/nonexistent/charon.vici"), keying.explanation)
+        }
+    }
+
     func testMistakesAreReportedWithTheirLine() {
         let cases: [(String, String)] = [
             ("identity a\npsk x\ncolour blue", "line 3"),

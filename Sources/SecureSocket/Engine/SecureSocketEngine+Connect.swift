@@ -76,7 +76,7 @@ extension SecureSocketEngine {
                 logger.warning("connection falls back to clear text (ALLOW_INSECURE)", metadata: metadata)
                 apply(.fellBackToClear, cookie: facts.cookie)
             } catch {
-                throw SecureSocketError(.systemCallFailure, "\(error)")
+                throw SecureSocketError(.systemCallFailure, "connect", underlying: error)
             }
         }
         snapshotDirty.store(true, ordering: .releasing)

@@ -73,10 +73,10 @@ extension SecureSocketEngine {
         switch error.code {
         case .timedOut: .negotiationTimedOut(seconds: timeout)
         case .authenticationFailed:
-            .peerNameMismatch(expected: expected ?? "an authenticated peer", detail: error.detail)
-        case .unavailable: .keyingUnavailable(error.detail)
-        case .noProposalChosen: .encryptionNotNegotiated(error.detail)
-        case .rejected: .negotiationFailed(error.detail)
+            .peerNameMismatch(expected: expected ?? "an authenticated peer", detail: error.explanation)
+        case .unavailable: .keyingUnavailable(error.explanation)
+        case .noProposalChosen: .encryptionNotNegotiated(error.explanation)
+        case .rejected: .negotiationFailed(error.explanation)
         }
     }
 

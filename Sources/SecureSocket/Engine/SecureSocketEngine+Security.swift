@@ -48,7 +48,7 @@ extension SecureSocketEngine {
             do {
                 reqid = try reqids.allocate()
             } catch {
-                throw SecureSocketError(.systemCallFailure, "no reqid: \(error)")
+                throw SecureSocketError(.systemCallFailure, "no reqid", underlying: error)
             }
             do {
                 try SocketPolicy.require(
