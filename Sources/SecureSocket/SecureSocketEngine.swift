@@ -58,7 +58,7 @@ public final class SecureSocketEngine: Sendable {
 
     public let configuration: Configuration
     var logger: Logger { configuration.logger }
-    public let table = EndpointTable()
+    let table = EndpointTable()
     /// Peer token handles the queries handed out.
     public let tokens = PeerTokenTable()
     let reqids: ReqidAllocator
@@ -241,6 +241,20 @@ public final class SecureSocketEngine: Sendable {
 
     /// Ends the event pump's XFRM monitor as a kernel overrun would, to exercise its restart (tests).
     public func interruptEventMonitor() { pump.withLock { $0?.interruptMonitor() } }
+
+    /// The endpoint of the socket `fd` names (for inspection and tests), nil if it is not secured.
+    public func endpoint(_ fd: CInt) -> Endpoint? {
+        SocketInspector.cookie(of: fd).flatMap { table.endpoint(cookie: $0) }
+    }
+
+    /// The endpoint of the socket with this cookie, nil if there is none.
+    public func endpoint(cookie: UInt64) -> Endpoint? { table.endpoint(cookie: cookie) }
+
+    /// Every endpoint, in no order.
+    public var endpoints: [Endpoint] { table.all }
+
+    /// How many endpoints the engine tracks.
+    public var endpointCount: Int { table.count }
 
     /// Whether this engine holds `reqid` (claimed from the namespace and not given back).
     public func holdsReqid(_ reqid: UInt32) -> Bool { reqids.heldReqids.contains(reqid) }

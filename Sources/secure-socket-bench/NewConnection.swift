@@ -264,13 +264,13 @@ struct NewConnection: ParsableCommand {
         let claims = (try? FileManager.default.contentsOfDirectory(atPath: ends.reqidFolderA))?.count ?? -1
         print(
             "churn: \(churn) set-security + close cycles in \(format(seconds, 1)) s; 5 s later: \(sas) SAs, \(claims) reqid"
-                + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.table.count) endpoints left"
+                + " claims, \(conns) per-flow conns, \(children) CHILD SAs, \(ends.a.endpointCount) endpoints left"
                 + " (before the churn: \(before.sas) SAs, \(before.conns) conns, \(before.children) CHILD SAs)")
         summary(
             "churn: \(churn) set-security + close, then 5 s",
             ours:
                 "\(sas - before.sas) SAs, \(claims) claims, \(conns - before.conns) conns, \(children - before.children) children,"
-                + " \(ends.a.table.count) endpoints left",
+                + " \(ends.a.endpointCount) endpoints left",
             baseline: "-", ratio: "-", goal: "0 left")
     }
 

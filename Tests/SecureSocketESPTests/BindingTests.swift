@@ -218,7 +218,7 @@ final class BindingTests: XCTestCase {
                 try ends.a.setSecurity(client.fd.rawValue)
                 try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
                 let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
-                let reqid = try XCTUnwrap(ends.a.table.endpoint(cookie: cookie)?.reqid)
+                let reqid = try XCTUnwrap(ends.a.endpoint(cookie: cookie)?.reqid)
                 var attackName: String?
                 defer {
                     // The attacker's own config stays out of the later cases (its charon would pick it for them).
@@ -254,7 +254,7 @@ final class BindingTests: XCTestCase {
                 XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue, to: target, timeout: 4), label) {
                     XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\(label): \($0)")
                 }
-                let state = ends.a.table.endpoint(cookie: cookie)?.state
+                let state = ends.a.endpoint(cookie: cookie)?.state
                 XCTAssertFalse(
                     { if case .secured = state { true } else { false } }(), "\(label): \(String(describing: state))")
                 XCTAssertEqual(
@@ -416,7 +416,7 @@ final class BindingTests: XCTestCase {
             XCTAssertEqual(cover.count, 1, "\(cover)")
             XCTAssertEqual(
                 cover.first?.templates.first?.reqid,
-                ends.a.table.endpoint(cookie: first.cookie)?.reqid, "with the socket's reqid")
+                ends.a.endpoint(cookie: first.cookie)?.reqid, "with the socket's reqid")
             XCTAssertEqual(cover.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
             // The server's side of the same flow is covered too, from the moment its SAs exist, although the
             // application never handed the accepted socket to the library (a server that closes first is the
@@ -435,7 +435,7 @@ final class BindingTests: XCTestCase {
             }
             XCTAssertEqual(covered.count, 1, "the accepted flow's cover on the server")
             let listenerReqid = try XCTUnwrap(
-                ends.b.table.endpoint(cookie: SocketInspector.cookie(of: listener.fd.rawValue)!)?.reqid)
+                ends.b.endpoint(listener.fd.rawValue)?.reqid)
             XCTAssertEqual(covered.first?.templates.first?.reqid, listenerReqid, "with the listener's reqid")
             XCTAssertEqual(covered.first?.lifetime.hardAddExpiresSeconds, XFRMLifetime.infinite.hardAddExpiresSeconds)
             XCTAssertNotEqual(views[0].childSAID, views[1].childSAID, "a CHILD SA each")
@@ -499,8 +499,7 @@ final class BindingTests: XCTestCase {
                     XCTAssertEqual(try accepted.receiveExactly(1, timeout: 5), [7])
                     let view = try ends.b.query(accepted.fd.rawValue)
                     XCTAssertEqual(view.flags, [.secured, .encrypted])
-                    let listenerReqid = ends.b.table.endpoint(
-                        cookie: try XCTUnwrap(SocketInspector.cookie(of: listener.fd.rawValue)))?.reqid
+                    let listenerReqid = ends.b.endpoint(listener.fd.rawValue)?.reqid
                     XCTAssertEqual(try xfrmB.getState(try XCTUnwrap(view.outboundSA)).reqid, listenerReqid)
                     ends.a.release(client.fd.rawValue)
                     ends.b.release(accepted.fd.rawValue)

@@ -188,7 +188,7 @@ final class CharonFlowTests: XCTestCase {
             ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
-            let endpoint = try XCTUnwrap(ends.a.table.endpoint(cookie: SocketInspector.cookie(of: client.fd.rawValue)!))
+            let endpoint = try XCTUnwrap(ends.a.endpoint(client.fd.rawValue))
             guard case .failed(.peerNameMismatch(let expected, _)) = endpoint.state else {
                 return XCTFail("state \(endpoint.state)")
             }
@@ -366,16 +366,16 @@ extension CharonFlowTests {
                 print(
                     "A: \(ends.backendA.daemon?.logTail(maxBytes: 3000) ?? "")\nB: \(ends.backendB.daemon?.logTail(maxBytes: 3000) ?? "")"
                 )
-                print("A endpoints: \(ends.a.table.all.map { "\($0.role) \($0.state)" })")
+                print("A endpoints: \(ends.a.endpoints.map { "\($0.role) \($0.state)" })")
                 throw error
             }
             XCTAssertGreaterThan(attempts, 1)
             let accepted = try listener.accept(timeout: 5)
             let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
             let deadline = Date().addingTimeInterval(5)
-            var state = ends.a.table.endpoint(cookie: cookie)?.state
+            var state = ends.a.endpoint(cookie: cookie)?.state
             while Date() < deadline {
-                state = ends.a.table.endpoint(cookie: cookie)?.state
+                state = ends.a.endpoint(cookie: cookie)?.state
                 if case .secured = state { break }
                 usleep(20_000)
             }
@@ -390,7 +390,7 @@ extension CharonFlowTests {
             ends.b.release(listener.fd.rawValue)
             let downDeadline = Date().addingTimeInterval(5)
             while Date() < downDeadline {
-                state = ends.a.table.endpoint(cookie: cookie)?.state
+                state = ends.a.endpoint(cookie: cookie)?.state
                 if case .negotiating = state { break }
                 usleep(20_000)
             }
@@ -485,7 +485,7 @@ extension CharonFlowTests {
             }
             XCTAssertEqual(failures, [])
             let reqids = zip([ends.a, other], sockets).compactMap { engine, socket in
-                engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!)?.reqid
+                engine.endpoint(socket.fd.rawValue)?.reqid
             }
             XCTAssertEqual(Set(reqids).count, 2, "different reqids: \(reqids)")
             for (engine, socket) in zip([ends.a, other], sockets) {

@@ -95,7 +95,7 @@ extension CharonFlowTests {
             let accepted = try listener.accept(timeout: 5)
             defer { accepted.closeAbortively() }
             let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
-            let reqid = try XCTUnwrap(ends.a.table.endpoint(cookie: cookie)?.reqid)
+            let reqid = try XCTUnwrap(ends.a.endpoint(cookie: cookie)?.reqid)
             let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
             func spis() throws -> Set<UInt32> {
                 Set(try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }.map(\.id.spi))
@@ -132,7 +132,7 @@ extension CharonFlowTests {
             let resumed = stream.progresses(within: 15)
             XCTAssertTrue(resumed, "the stream resumes after the flush")
             if !resumed {
-                print("A endpoints: \(ends.a.table.all.map { "\($0.role) \($0.state) reqid \($0.reqid ?? 0)" })")
+                print("A endpoints: \(ends.a.endpoints.map { "\($0.role) \($0.state) reqid \($0.reqid ?? 0)" })")
                 print("A states: \((try? xfrmA.states().map(\.description)) ?? [])")
                 print("A charon: \(ends.backendA.daemon?.logTail(maxBytes: 4000) ?? "")")
             }

@@ -138,7 +138,7 @@ final class StaticKeyFlowTests: XCTestCase {
             ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
-            let endpoint = try XCTUnwrap(ends.a.table.endpoint(cookie: SocketInspector.cookie(of: client.fd.rawValue)!))
+            let endpoint = try XCTUnwrap(ends.a.endpoint(client.fd.rawValue))
             guard case .failed(.peerNameMismatch(let expected, _)) = endpoint.state else {
                 return XCTFail("state \(endpoint.state)")
             }

@@ -47,7 +47,7 @@ final class SecureSocketEngineTests: XCTestCase {
             let policies = try socketPolicies()
             XCTAssertEqual(policies.count, 2, "\(family) \(kind): one policy per direction")
             let reqid = try XCTUnwrap(
-                engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!)?.reqid)
+                engine.endpoint(socket.fd.rawValue)?.reqid)
             for policy in policies {
                 XCTAssertEqual(policy.templates.map(\.reqid), [reqid])
                 XCTAssertEqual(policy.templates.map(\.level), [.required])
@@ -135,9 +135,9 @@ final class SecureSocketEngineTests: XCTestCase {
         // That connect() raised an ACQUIRE, which the engine answers (and fails again): wait for it to settle.
         let cookie = try XCTUnwrap(SocketInspector.cookie(of: socket.fd.rawValue))
         let settle = Date().addingTimeInterval(3)
-        var state = engine.table.endpoint(cookie: cookie)?.state
+        var state = engine.endpoint(cookie: cookie)?.state
         while Date() < settle {
-            state = engine.table.endpoint(cookie: cookie)?.state
+            state = engine.endpoint(cookie: cookie)?.state
             if case .failed = state { break }
             usleep(10_000)
         }
@@ -161,7 +161,7 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertFalse(info.flags.contains(.secured))
         XCTAssertFalse(info.flags.contains(.encrypted))
         XCTAssertEqual(info.negotiationError, 13800)
-        let endpoint = try XCTUnwrap(engine.table.endpoint(cookie: SocketInspector.cookie(of: socket.fd.rawValue)!))
+        let endpoint = try XCTUnwrap(engine.endpoint(socket.fd.rawValue))
         guard case .insecure = endpoint.state else { return XCTFail("endpoint state \(endpoint.state)") }
     }
 
@@ -219,11 +219,11 @@ final class SecureSocketEngineTests: XCTestCase {
     func testSweepReleasesClosedSockets() throws {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)
-        let reqid = try XCTUnwrap(engine.table.all.first?.reqid)
-        XCTAssertEqual(engine.table.count, 1)
+        let reqid = try XCTUnwrap(engine.endpoints.first?.reqid)
+        XCTAssertEqual(engine.endpointCount, 1)
         socket.close()
         XCTAssertEqual(engine.sweep(), 1)
-        XCTAssertEqual(engine.table.count, 0)
+        XCTAssertEqual(engine.endpointCount, 0)
         XCTAssertTrue(engine.holdsReqid(reqid) == false, "the reqid is given back")
     }
 }
@@ -248,18 +248,18 @@ extension SecureSocketEngineTests {
         client.setTimeouts(5)
         try client.connect(pair.addressB4, port: listener.localPort)
         let accepted = try listener.accept(timeout: 5)
-        let reqid = try XCTUnwrap(serverEngine.table.all.first?.reqid)
+        let reqid = try XCTUnwrap(serverEngine.endpoints.first?.reqid)
 
         listener.close()
         XCTAssertEqual(serverEngine.sweep(), 1, "the listener is released")
         let adopted = try XCTUnwrap(
-            serverEngine.table.endpoint(cookie: SocketInspector.cookie(of: accepted.fd.rawValue)!))
+            serverEngine.endpoint(accepted.fd.rawValue))
         XCTAssertEqual(adopted.reqid, reqid, "the accepted socket holds the listener's reqid now")
         XCTAssertTrue(serverEngine.holdsReqid(reqid), "the reqid is still claimed")
 
         accepted.close()
         XCTAssertEqual(serverEngine.sweep(), 1)
-        XCTAssertEqual(serverEngine.table.count, 0)
+        XCTAssertEqual(serverEngine.endpointCount, 0)
         XCTAssertFalse(serverEngine.holdsReqid(reqid), "released with the last user")
         client.close()
     }
@@ -280,10 +280,10 @@ extension SecureSocketEngineTests {
         try graceful.setSecurity(socket.fd.rawValue)
         socket.close()
         XCTAssertEqual(graceful.sweep(), 0, "first seen gone: grace starts")
-        XCTAssertEqual(graceful.table.count, 1)
+        XCTAssertEqual(graceful.endpointCount, 1)
         usleep(600_000)
         XCTAssertEqual(graceful.sweep(), 1, "after the grace period")
-        XCTAssertEqual(graceful.table.count, 0)
+        XCTAssertEqual(graceful.endpointCount, 0)
     }
 }
 
@@ -293,7 +293,7 @@ extension SecureSocketEngineTests {
     func testAForkedChildNeverTearsDownTheParentsEngine() throws {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)
-        let reqid = try XCTUnwrap(engine.table.all.first?.reqid)
+        let reqid = try XCTUnwrap(engine.endpoints.first?.reqid)
         let claims = try FileManager.default.contentsOfDirectory(atPath: reqidFolder)
         let child = fork()
         if child == 0 {
@@ -305,13 +305,13 @@ extension SecureSocketEngineTests {
         var status: CInt = 0
         XCTAssertEqual(waitpid(child, &status, 0), child)
         XCTAssertEqual(status, 0)
-        XCTAssertEqual(engine.table.count, 1, "the parent's endpoint is still there")
+        XCTAssertEqual(engine.endpointCount, 1, "the parent's endpoint is still there")
         XCTAssertTrue(engine.holdsReqid(reqid))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: reqidFolder), claims, "its claims too")
         XCTAssertEqual(try socketPolicies().count, 2, "and the socket's policies")
         let another = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(another.fd.rawValue)
-        XCTAssertEqual(engine.table.count, 2)
+        XCTAssertEqual(engine.endpointCount, 2)
     }
 }
 
@@ -354,16 +354,16 @@ extension SecureSocketEngineTests {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)
         let cookie = try XCTUnwrap(SocketInspector.cookie(of: socket.fd.rawValue))
-        let reqid = try XCTUnwrap(engine.table.endpoint(cookie: cookie)?.reqid)
+        let reqid = try XCTUnwrap(engine.endpoint(cookie: cookie)?.reqid)
         let duplicate = dup(socket.fd.rawValue)
         XCTAssertGreaterThanOrEqual(duplicate, 0)
         socket.close()
         XCTAssertEqual(engine.sweep(), 0, "a descriptor still names the socket")
-        XCTAssertEqual(engine.table.endpoint(cookie: cookie)?.descriptor, duplicate, "the duplicate is registered now")
+        XCTAssertEqual(engine.endpoint(cookie: cookie)?.descriptor, duplicate, "the duplicate is registered now")
         XCTAssertTrue(engine.holdsReqid(reqid))
         close(duplicate)
         XCTAssertEqual(engine.sweep(), 1, "the last descriptor is gone: released")
-        XCTAssertNil(engine.table.endpoint(cookie: cookie))
+        XCTAssertNil(engine.endpoint(cookie: cookie))
         XCTAssertFalse(engine.holdsReqid(reqid))
     }
 }
@@ -385,9 +385,9 @@ extension SecureSocketEngineTests {
         let cookie = try XCTUnwrap(SocketInspector.cookie(of: socket.fd.rawValue))
         XCTAssertEqual(socket.connectOnce(pair.addressB4, port: listener.localPort), .resourceTemporarilyUnavailable)
         let answered = Date().addingTimeInterval(3)
-        var state = engine.table.endpoint(cookie: cookie)?.state
+        var state = engine.endpoint(cookie: cookie)?.state
         while Date() < answered {
-            state = engine.table.endpoint(cookie: cookie)?.state
+            state = engine.endpoint(cookie: cookie)?.state
             if case .failed = state { break }
             usleep(10_000)
         }
@@ -451,7 +451,7 @@ extension SecureSocketEngineTests {
         try cycles(8_000)
         let memoryAfter = anonymousKiB()
 
-        XCTAssertEqual(engine.table.count, 0, "no endpoint left")
+        XCTAssertEqual(engine.endpointCount, 0, "no endpoint left")
         XCTAssertEqual(try client.policies().count, 0, "no socket or global policy left")
         XCTAssertEqual(try client.states().count, 0, "no SA left")
         XCTAssertEqual(engine.tokens.openCount, 0, "no token handle left")
