@@ -96,6 +96,10 @@ let package = Package(
             name: "NetnsTestSupport",
             dependencies: ["XFRM", "ALE", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // The two-engine fixture the tier-3 tests and the benchmarks share.
+        .target(
+            name: "EngineTestSupport",
+            dependencies: ["SecureSocket", "Keying", "VICI", "XFRM", "NetnsTestSupport"]),
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
         .target(
             name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
@@ -117,7 +121,7 @@ let package = Package(
             name: "secure-socket-bench",
             dependencies: [
                 "SecureSocket", "WinsockSecureSocket", "Keying", "VICI", "ALE", "XFRM", "NetnsTestSupport",
-                .product(name: "SystemPackage", package: "swift-system"),
+                "EngineTestSupport", .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -175,7 +179,7 @@ let package = Package(
             name: "SecureSocketESPTests",
             dependencies: [
                 "SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "VICI", "XFRM",
-                "NetnsTestSupport", "TierTesting",
+                "NetnsTestSupport", "TierTesting", "EngineTestSupport",
             ]),
         .testTarget(
             name: "ALEUnitTests",

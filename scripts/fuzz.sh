@@ -8,7 +8,7 @@
 # Usage: scripts/fuzz.sh [--ci | --long | --seconds N] [--budget SECONDS] [--release] [--only NAME[,NAME]]
 #                        [--scratch PATH] [--fresh]
 #   --ci          (default) the whole stage, build included, within --budget (default 180 s): the build is
-#                 timed and what is left is split evenly between the targets, at least 5 s each.
+#                 timed and what is left is split evenly between the targets, at least 3 s each.
 #   --long        30 minutes per target (the long run); add --release for a faster (slower to build) binary.
 #   --seconds N   N seconds per target.
 #   --only LIST   only these targets (comma-separated names: vici, netlink, windows-structs, keying-file,
@@ -64,9 +64,9 @@ if [[ $mode == ci ]]; then
   # Per target: its share of what the budget leaves, less ~2 s of start-up and corpus loading each.
   left=$(( budget - build_seconds ))
   seconds=$(( left / ${#targets[@]} - 2 ))
-  if (( seconds < 5 )); then
-    echo "fuzz.sh: the build took ${build_seconds} s of the ${budget} s budget; fuzzing 5 s per target anyway" >&2
-    seconds=5
+  if (( seconds < 3 )); then
+    echo "fuzz.sh: the build took ${build_seconds} s of the ${budget} s budget; fuzzing 3 s per target anyway (the long runs are scripts/fuzz.sh --long)" >&2
+    seconds=3
   fi
 fi
 echo "=== fuzzing: ${#targets[@]} target(s), ${seconds} s each ==="

@@ -1,88 +1,46 @@
 import ALE
 import ArgumentParser
+import EngineTestSupport
 import Foundation
 import Keying
 import NetnsTestSupport
 import SecureSocket
 import XFRM
 
-/// Two engines in the two namespaces of a pair, keyed statically or by one private charon per namespace, and
-/// everything needed to undo them (registered with ``Cleanup``).
+/// The shared two-engine fixture (`EnginePair`) for the benchmarks: keyed statically or by one private charon per
+/// namespace, its undo registered with ``Cleanup`` (so a signal still stops the charons).
 final class Ends: @unchecked Sendable {
     enum Keying: String, ExpressibleByArgument { case `static`, strongswan }
 
-    let pair: NamespacePair
+    let engines: EnginePair
     let keying: Keying
-    let a: SecureSocketEngine
-    let b: SecureSocketEngine
-    let backendA: StrongSwanBackend?
-    let backendB: StrongSwanBackend?
+    private var token: Int?
+
+    var pair: NamespacePair { engines.pair }
+    var a: SecureSocketEngine { engines.a }
+    var b: SecureSocketEngine { engines.b }
+    var backendA: StrongSwanBackend? { engines.strongSwanBackends?.a }
+    var backendB: StrongSwanBackend? { engines.strongSwanBackends?.b }
     /// The PSK both charons use, and A's reqid folder (for benchmarks that look at what is left).
-    let secret: String
-    let reqidFolderA: String
-    private var tokens: [Int] = []
+    var secret: String { engines.options.secret }
+    var reqidFolderA: String { engines.reqidFolders[0] }
 
     /// `pair`'s A is the client side (10.77.0.1, identity a.example), B the server (10.77.0.2, b.example).
-    init(pair: NamespacePair, keying: Keying, secret: String = randomSecret()) throws {
-        self.pair = pair
+    init(pair: NamespacePair, keying: Keying, secret: String = EnginePair.randomSecret()) throws {
         self.keying = keying
-        self.secret = secret
-        let folders = try (0..<2).map { _ in try makeTemporaryFolder("ssb-reqids") }
-        reqidFolderA = folders[0]
-        tokens.append(Cleanup.add { for folder in folders { try? FileManager.default.removeItem(atPath: folder) } })
-        switch keying {
-        case .static:
-            var random = SystemRandomNumberGenerator()
-            let keyAB = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-            let keyBA = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-            let peersOfA = [
-                StaticKeyBackend.Peer(
-                    peer: pair.addressB4, local: pair.addressA4, outboundSPI: 0x1100,
-                    inboundSPI: 0x2200, outboundKey: keyAB, inboundKey: keyBA,
-                    identity: "b.example")
-            ]
-            let peersOfB = [
-                StaticKeyBackend.Peer(
-                    peer: pair.addressA4, local: pair.addressB4, outboundSPI: 0x2200,
-                    inboundSPI: 0x1100, outboundKey: keyBA, inboundKey: keyAB,
-                    identity: "a.example")
-            ]
-            backendA = nil
-            backendB = nil
-            a = try SecureSocketEngine(
-                .init(
-                    negotiationTimeout: 5,
-                    keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
-                    reqidDirectory: folders[0], namespace: pair.a.namespace))
-            b = try SecureSocketEngine(
-                .init(
-                    negotiationTimeout: 5,
-                    keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
-                    reqidDirectory: folders[1], namespace: pair.b.namespace))
-        case .strongswan:
-            let madeA = try StrongSwanBackend.systemOrPrivate(
-                credentials: .init(identity: "a.example", method: .psk(secret)), namespace: pair.a.namespace)
-            tokens.append(Cleanup.add { madeA.daemon?.stop() })
-            let madeB = try StrongSwanBackend.systemOrPrivate(
-                credentials: .init(identity: "b.example", method: .psk(secret)), namespace: pair.b.namespace)
-            tokens.append(Cleanup.add { madeB.daemon?.stop() })
-            backendA = madeA
-            backendB = madeB
-            a = try SecureSocketEngine(
-                .init(
-                    negotiationTimeout: 10, keying: madeA, reqidDirectory: folders[0],
-                    namespace: pair.a.namespace))
-            b = try SecureSocketEngine(
-                .init(
-                    negotiationTimeout: 10, keying: madeB, reqidDirectory: folders[1],
-                    namespace: pair.b.namespace))
-        }
+        var options = EnginePair.Options()
+        options.secret = secret
+        options.negotiationTimeout = keying == .static ? 5 : 10
+        engines = try EnginePair(
+            pair: pair, keying: keying == .static ? .static(family: .inet) : .psk, options: options)
+        let engines = engines
+        token = Cleanup.add { engines.close() }
     }
 
     /// Stops the charons and removes the reqid folders (the namespaces belong to the caller).
     func close() {
-        for token in tokens.reversed() { Cleanup.run(token) }
-        tokens.removeAll()
+        if let token { Cleanup.run(token) }
+        token = nil
     }
 
     /// A secured listener on B (any port) and a secured client on A connected to it with `WSAConnect`

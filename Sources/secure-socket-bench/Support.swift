@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import EngineTestSupport
 import Foundation
 import NetnsTestSupport
 import Synchronization
@@ -69,10 +70,7 @@ func fileSystemType(_ path: String) -> String {
 }
 
 /// A random PSK (hex), the same for both ends.
-func randomSecret() -> String {
-    var random = SystemRandomNumberGenerator()
-    return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &random)) }.joined()
-}
+func randomSecret() -> String { EnginePair.randomSecret() }
 
 /// Undo actions (delete a namespace, stop a charon, remove a folder) run in reverse order by ``run(_:)``, by
 /// ``runAll()`` at exit, or from a SIGINT/SIGTERM handler (a dispatch source, not signal context), so an

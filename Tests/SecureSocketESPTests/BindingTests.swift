@@ -322,12 +322,12 @@ final class BindingTests: XCTestCase {
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice": "alice's secret", "bob": "bob's secret"])
             defer {
                 ends.close()
-                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+                try? FileManager.default.removeItem(atPath: ends.reqidFolders[1] + "-imp")
             }
             let server = try SecureSocketEngine(
                 .init(
                     negotiationTimeout: 10, keying: ends.backendB,
-                    reqidDirectory: ends.folders[1] + "-imp",
+                    reqidDirectory: ends.reqidFolders[1] + "-imp",
                     namespace: ends.pair.b.namespace, identityMap: fixture.map))
             let capture = try capture(ends)
             defer {
@@ -523,12 +523,12 @@ final class BindingTests: XCTestCase {
             let ends = try Ends(auth: .ecdsa)
             defer {
                 ends.close()
-                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+                try? FileManager.default.removeItem(atPath: ends.reqidFolders[1] + "-imp")
             }
             let server = try SecureSocketEngine(
                 .init(
                     negotiationTimeout: 10, keying: ends.backendB,
-                    reqidDirectory: ends.folders[1] + "-imp",
+                    reqidDirectory: ends.reqidFolders[1] + "-imp",
                     namespace: ends.pair.b.namespace, identityMap: fixture.map))
             let listener = try server.securedListener(
                 in: ends.pair.b, family: .inet, address: ends.pair.addressB4,

@@ -1,4 +1,5 @@
 import ALE
+import EngineTestSupport
 import Foundation
 import Impersonation
 import Keying
@@ -15,83 +16,7 @@ import XFRM
 final class CharonFlowTests: XCTestCase {
     enum Auth { case psk, ecdsa }
 
-    final class Ends: @unchecked Sendable {
-        let pair: NamespacePair
-        let a: SecureSocketEngine
-        let b: SecureSocketEngine
-        let backendA: StrongSwanBackend
-        let backendB: StrongSwanBackend
-        let folders: [String]
-        let certificates: TestCertificates?
-        /// With `systemCharons`: the charons the test runs itself, as a system's supervisor would (the backends
-        /// only connect to their VICI sockets and never start or stop them).
-        let systemCharons: [CharonDaemon]
-
-        init(
-            auth: Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:],
-            systemCharons: Bool = false
-        ) throws {
-            pair = try NamespacePair(prefix: "cf")
-            folders = (0..<2).map { _ in
-                FileManager.default.temporaryDirectory.appendingPathComponent("cf-\(UUID().uuidString)").path
-            }
-            var random = SystemRandomNumberGenerator()
-            let secret = (0..<32).map { _ in String(UInt8.random(in: 0...255, using: &random), radix: 16) }.joined()
-            let credentials: (String) throws -> StrongSwanBackend.Credentials
-            switch auth {
-            case .psk:
-                certificates = nil
-                credentials = {
-                    StrongSwanBackend.Credentials(
-                        identity: $0, method: .psk(secret),
-                        eapUsers: $0 == identityOfB ? usersOfB : [:])
-                }
-            case .ecdsa:
-                let made = try TestCertificates(names: ["a.example", identityOfB])
-                certificates = made
-                credentials = { name in
-                    StrongSwanBackend.Credentials(
-                        identity: name,
-                        method: .certificate(
-                            certificate: try made.certificate(name), privateKey: try made.key(name),
-                            authorities: [try made.authority()]), eapUsers: name == identityOfB ? usersOfB : [:])
-                }
-            }
-            if systemCharons {
-                let daemons = try [pair.a.namespace, pair.b.namespace].map { try CharonDaemon(namespace: $0) }
-                self.systemCharons = daemons
-                backendA = try StrongSwanBackend(
-                    vici: try VICIClient(path: daemons[0].socketPath), credentials: credentials("a.example"))
-                backendB = try StrongSwanBackend(
-                    vici: try VICIClient(path: daemons[1].socketPath), credentials: credentials(identityOfB))
-            } else {
-                self.systemCharons = []
-                backendA = try StrongSwanBackend.systemOrPrivate(
-                    credentials: credentials("a.example"), namespace: pair.a.namespace)
-                backendB = try StrongSwanBackend.systemOrPrivate(
-                    credentials: credentials(identityOfB), namespace: pair.b.namespace)
-            }
-            a = try SecureSocketEngine(
-                .init(
-                    negotiationTimeout: 10, keying: backendA, reqidDirectory: folders[0],
-                    namespace: pair.a.namespace))
-            b = try SecureSocketEngine(
-                .init(
-                    negotiationTimeout: 10, keying: backendB, reqidDirectory: folders[1],
-                    namespace: pair.b.namespace))
-        }
-
-        func close() {
-            backendA.daemon?.stop()
-            backendB.daemon?.stop()
-            backendA.shutdown()
-            backendB.shutdown()
-            for item in systemCharons { item.stop() }
-            pair.remove()
-            certificates?.remove()
-            for folder in folders { try? FileManager.default.removeItem(atPath: folder) }
-        }
-    }
+    typealias Ends = EnginePair
 
     func capture(_ ends: Ends) throws -> PacketCapture {
         try PacketCapture(
@@ -258,9 +183,9 @@ extension CharonFlowTests {
             let insecure = try SecureSocketEngine(
                 .init(
                     negotiationTimeout: 2, keying: ends.backendA,
-                    reqidDirectory: ends.folders[0] + "-insecure",
+                    reqidDirectory: ends.reqidFolders[0] + "-insecure",
                     namespace: ends.pair.a.namespace))
-            defer { try? FileManager.default.removeItem(atPath: ends.folders[0] + "-insecure") }
+            defer { try? FileManager.default.removeItem(atPath: ends.reqidFolders[0] + "-insecure") }
             let listener = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .tcp)
             try listener.bind(ends.pair.addressB4, port: 0)
             try listener.listen()
@@ -463,7 +388,7 @@ extension CharonFlowTests {
                 vici: try VICIClient(path: daemon.socketPath), credentials: ends.backendA.credentials)
             let other = try SecureSocketEngine(
                 .init(
-                    negotiationTimeout: 10, keying: second, reqidDirectory: ends.folders[0],
+                    negotiationTimeout: 10, keying: second, reqidDirectory: ends.reqidFolders[0],
                     namespace: ends.pair.a.namespace))
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
@@ -570,7 +495,7 @@ extension CharonFlowTests {
     func serverEngine(_ ends: Ends, map: IdentityMap) throws -> SecureSocketEngine {
         try SecureSocketEngine(
             .init(
-                negotiationTimeout: 10, keying: ends.backendB, reqidDirectory: ends.folders[1] + "-imp",
+                negotiationTimeout: 10, keying: ends.backendB, reqidDirectory: ends.reqidFolders[1] + "-imp",
                 namespace: ends.pair.b.namespace, identityMap: map))
     }
 
@@ -585,7 +510,7 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
             defer {
                 ends.close()
-                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+                try? FileManager.default.removeItem(atPath: ends.reqidFolders[1] + "-imp")
             }
             let server = try serverEngine(ends, map: fixture.map)
             let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
@@ -638,7 +563,7 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .psk)
             defer {
                 ends.close()
-                try? FileManager.default.removeItem(atPath: ends.folders[1] + "-imp")
+                try? FileManager.default.removeItem(atPath: ends.reqidFolders[1] + "-imp")
             }
             let server = try serverEngine(ends, map: fixture.map)
             let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
@@ -662,6 +587,27 @@ extension CharonFlowTests {
             }
             XCTAssertEqual(ThreadCredentials.current(), before, "a refused impersonation changes nothing")
             for socket in [client, accepted, listener] { socket.closeAbortively() }
+        }
+    }
+}
+
+extension EnginePair {
+    /// A fixture on a namespace pair of its own (removed by ``close()``), keyed by strongSwan.
+    convenience init(
+        auth: CharonFlowTests.Auth, identityOfB: String = "b.example", usersOfB: [String: String] = [:],
+        systemCharons: Bool = false
+    ) throws {
+        let pair = try NamespacePair(prefix: "cf")
+        var options = Options()
+        options.identityOfB = identityOfB
+        options.usersOfB = usersOfB
+        options.systemCharons = systemCharons
+        options.removesPairOnClose = true
+        do {
+            try self.init(pair: pair, keying: auth == .psk ? .psk : .ecdsa, options: options)
+        } catch {
+            pair.remove()
+            throw error
         }
     }
 }

@@ -1,4 +1,5 @@
 import ALE
+import EngineTestSupport
 import Foundation
 import Keying
 import NetnsTestSupport
@@ -10,49 +11,24 @@ import XFRM
 /// Tier 3: the Windows sample flow over real ESP, keyed by the static-key backend (no IKE), so the engine,
 /// policies, query and capture are checked deterministically. The charon-keyed flow has its own tests.
 final class StaticKeyFlowTests: XCTestCase {
-    struct Ends {
-        let pair: NamespacePair
-        let a: SecureSocketEngine
-        let b: SecureSocketEngine
-        let folders: [String]
-    }
-
-    func makeEnds(family: XFRMAddressFamily, identityOfB: String = "b.example") throws -> Ends {
+    /// Static keys between a namespace pair of its own (removed by `close()`).
+    func makeEnds(family: XFRMAddressFamily, identityOfB: String = "b.example") throws -> EnginePair {
         let pair = try NamespacePair(prefix: "sk")
-        let (addressA, addressB) = pair.addresses(family)
-        var random = SystemRandomNumberGenerator()
-        let keyAB = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-        let keyBA = (0..<20).map { _ in UInt8.random(in: 0...255, using: &random) }
-        let folders = (0..<2).map { _ in
-            FileManager.default.temporaryDirectory.appendingPathComponent("sk-\(UUID().uuidString)").path
+        var options = EnginePair.Options()
+        options.identityOfB = identityOfB
+        options.negotiationTimeout = 5
+        options.removesPairOnClose = true
+        do {
+            return try EnginePair(pair: pair, keying: .static(family: family), options: options)
+        } catch {
+            pair.remove()
+            throw error
         }
-        let peersOfA = [
-            StaticKeyBackend.Peer(
-                peer: addressB, local: addressA, outboundSPI: 0x1100, inboundSPI: 0x2200,
-                outboundKey: keyAB, inboundKey: keyBA, identity: identityOfB)
-        ]
-        let peersOfB = [
-            StaticKeyBackend.Peer(
-                peer: addressA, local: addressB, outboundSPI: 0x2200, inboundSPI: 0x1100,
-                outboundKey: keyBA, inboundKey: keyAB, identity: "a.example")
-        ]
-        let a = try SecureSocketEngine(
-            .init(
-                negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfA, namespace: pair.a.namespace),
-                reqidDirectory: folders[0], namespace: pair.a.namespace))
-        let b = try SecureSocketEngine(
-            .init(
-                negotiationTimeout: 5, keying: try StaticKeyBackend(peers: peersOfB, namespace: pair.b.namespace),
-                reqidDirectory: folders[1], namespace: pair.b.namespace))
-        return Ends(pair: pair, a: a, b: b, folders: folders)
     }
 
     func sampleFlow(family: XFRMAddressFamily) throws {
         let ends = try makeEnds(family: family)
-        defer {
-            ends.pair.remove()
-            for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
-        }
+        defer { ends.close() }
         let (_, addressB) = ends.pair.addresses(family)
         let capture = try PacketCapture(
             namespace: ends.pair.b, interface: ends.pair.interfaceB,
@@ -115,10 +91,7 @@ final class StaticKeyFlowTests: XCTestCase {
     func testWrongPeerNameIsRefused() throws {
         try inESPKernel(self) {
             let ends = try makeEnds(family: .inet)
-            defer {
-                ends.pair.remove()
-                for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
-            }
+            defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let capture = try PacketCapture(
                 namespace: ends.pair.b, interface: ends.pair.interfaceB,
@@ -155,10 +128,7 @@ extension StaticKeyFlowTests {
     func testAsyncConnectSucceedsAndCancellationAbandonsAHangingAttempt() throws {
         try inESPKernel(self) {
             let ends = try makeEnds(family: .inet)
-            defer {
-                ends.pair.remove()
-                for folder in ends.folders { try? FileManager.default.removeItem(atPath: folder) }
-            }
+            defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
