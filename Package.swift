@@ -40,6 +40,7 @@ let package = Package(
         .target(
             name: "XFRM",
             dependencies: [
+                "IPAddressing",
                 "CNetlink",
                 "SystemSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -47,6 +48,10 @@ let package = Package(
         ),
         // Linux process facts several layers need (who owns a file left behind, and whether it still runs).
         .target(name: "SystemSupport", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        // The line syntax and the line-numbered errors of the library's files (keying file, static keys, identity map).
+        .target(name: "ConfigurationFile"),
+        // IP addresses and socket endpoints (address + port, sockaddr conversions): the vocabulary every layer shares.
+        .target(name: "IPAddressing"),
         // VICI: strongSwan's control protocol (codec, messages, packets, client, event stream, errors, conn shapes),
         // as strongSwan's own bindings split it from the daemon. Nothing here knows of sockets or backends.
         .target(
@@ -61,6 +66,8 @@ let package = Package(
         .target(
             name: "Keying",
             dependencies: [
+                "ConfigurationFile",
+                "IPAddressing",
                 "VICI",
                 "XFRM",
                 "SystemSupport",
@@ -73,11 +80,14 @@ let package = Package(
         // Application layer enforcement: the endpoint table and each endpoint's state machine.
         .target(
             name: "ALE",
-            dependencies: ["XFRM", "SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: [
+                "IPAddressing", "XFRM", "SystemSupport", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // The idiomatic Swift API over XFRM, ALE and keying.
         .target(
             name: "SecureSocket",
             dependencies: [
+                "IPAddressing",
                 "XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -89,17 +99,19 @@ let package = Package(
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
-            dependencies: ["SecureSocket", "ALE", "CSecureSocketABI"]
+            dependencies: ["IPAddressing", "SecureSocket", "ALE", "CSecureSocketABI"]
         ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
             name: "NetnsTestSupport",
-            dependencies: ["XFRM", "ALE", "CNetlink", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "IPAddressing", "XFRM", "ALE", "CNetlink", .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
         // The two-engine fixture the tier-3 tests and the benchmarks share.
         .target(
             name: "EngineTestSupport",
-            dependencies: ["SecureSocket", "Keying", "VICI", "XFRM", "NetnsTestSupport"]),
+            dependencies: ["IPAddressing", "SecureSocket", "Keying", "VICI", "XFRM", "NetnsTestSupport"]),
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
         .target(
             name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
@@ -108,11 +120,14 @@ let package = Package(
         // Per-thread impersonation of authenticated peers: the identity map and the credential switch.
         .target(
             name: "Impersonation",
-            dependencies: ["CThreadCredentials", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: [
+                "ConfigurationFile", "CThreadCredentials", .product(name: "SystemPackage", package: "swift-system"),
+            ]
         ),
         .executableTarget(
             name: "xfrm-demo",
             dependencies: [
+                "IPAddressing",
                 "XFRM", "NetnsTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -120,6 +135,7 @@ let package = Package(
         .executableTarget(
             name: "secure-socket-bench",
             dependencies: [
+                "IPAddressing",
                 "SecureSocket", "WinsockSecureSocket", "Keying", "VICI", "ALE", "XFRM", "NetnsTestSupport",
                 "EngineTestSupport", .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -129,6 +145,7 @@ let package = Package(
         .executableTarget(
             name: "secure-echo",
             dependencies: [
+                "IPAddressing",
                 "WinsockSecureSocket", "CSecureSocketABI", "ALE", "XFRM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
@@ -148,14 +165,17 @@ let package = Package(
         .executableTarget(
             name: "xfrm-bench",
             dependencies: [
+                "IPAddressing",
                 "XFRM", "NetnsTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // Tier 1: no privileges.
-        .testTarget(name: "XFRMUnitTests", dependencies: ["XFRM", "CNetlink"]),
+        .testTarget(name: "XFRMUnitTests", dependencies: ["IPAddressing", "XFRM", "CNetlink"]),
         // Tier 2: the host kernel, a fresh network namespace per test.
-        .testTarget(name: "XFRMKernelTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
+        .testTarget(
+            name: "XFRMKernelTests",
+            dependencies: ["IPAddressing", "XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
         .testTarget(
             name: "KeyingUnitTests",
             dependencies: [
@@ -165,12 +185,14 @@ let package = Package(
         .testTarget(
             name: "WinsockUnitTests",
             dependencies: [
+                "IPAddressing",
                 "WinsockSecureSocket", "SecureSocket", "ALE", "Keying", "CSecureSocketABI",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "SecureSocketKernelTests",
             dependencies: [
+                "IPAddressing",
                 "SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting",
                 "CSecureSocketABI",
                 .product(name: "Logging", package: "swift-log"),
@@ -178,24 +200,29 @@ let package = Package(
         .testTarget(
             name: "SecureSocketESPTests",
             dependencies: [
+                "IPAddressing",
                 "SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "VICI", "XFRM",
                 "NetnsTestSupport", "TierTesting", "EngineTestSupport",
             ]),
         .testTarget(
             name: "ALEUnitTests",
-            dependencies: ["ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: ["IPAddressing", "ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(
             name: "KeyingKernelTests", dependencies: ["Keying", "VICI", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
+        .testTarget(name: "ConfigurationFileUnitTests", dependencies: ["ConfigurationFile"]),
         .testTarget(
             name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
-        .testTarget(name: "XFRMESPTests", dependencies: ["XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
+        .testTarget(
+            name: "XFRMESPTests", dependencies: ["IPAddressing", "XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
         // Fuzzing (README "Fuzzing", scripts/fuzz.sh): what each fuzz target does with one input, shared by the
         // libFuzzer executables below and by the tier-1 replay of the committed seeds and crash inputs.
         .target(
             name: "FuzzTargets",
-            dependencies: ["Keying", "VICI", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer"],
+            dependencies: [
+                "ConfigurationFile", "Keying", "VICI", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer",
+            ],
             path: "Fuzzing/FuzzTargets"),
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),

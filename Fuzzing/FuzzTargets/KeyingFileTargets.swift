@@ -1,3 +1,4 @@
+import ConfigurationFile
 import Keying
 
 extension FuzzTarget {
@@ -11,7 +12,7 @@ extension FuzzTarget {
             _ = try KeyingConfiguration.parse(text)
             return .accepted
         } catch {
-            let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+            let lines = ConfigurationReader.lineCount(text)
             guard (0...lines).contains(error.line) else {
                 return .violated("a refusal names line \(error.line) of a file of \(lines) lines")
             }
@@ -25,7 +26,7 @@ extension FuzzTarget {
     /// 64, 96 or 128 bits; addresses of one family), and a refusal names a line of the file.
     public static let staticKeys = FuzzTarget(name: "static-keys") { input in
         let text = String(decoding: input, as: UTF8.self)
-        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+        let lines = ConfigurationReader.lineCount(text)
         do throws(StaticKeyBackend.ParseError) {
             let peers = try StaticKeyBackend.parse(text)
             for peer in peers {

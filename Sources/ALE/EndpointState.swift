@@ -26,7 +26,7 @@ public struct ProtectionInfo: Hashable, Sendable {
 /// Why an endpoint could not be secured.
 public enum EndpointFailure: Hashable, Sendable, CustomStringConvertible {
     /// No SA within the bound.
-    case negotiationTimedOut(seconds: Double)
+    case negotiationTimedOut(after: Duration)
     /// The peer authenticated as someone other than the peer target name.
     case peerNameMismatch(expected: String, detail: String)
     /// The keying daemon refused or failed (its own words).
@@ -38,7 +38,7 @@ public enum EndpointFailure: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .negotiationTimedOut(let s): "no IPsec SA within \(s) s"
+        case .negotiationTimedOut(let bound): "no IPsec SA within \(bound)"
         case .peerNameMismatch(let expected, let detail): "peer is not \(expected): \(detail)"
         case .negotiationFailed(let text): "negotiation failed: \(text)"
         case .keyingUnavailable(let text): "keying daemon unavailable: \(text)"
@@ -57,9 +57,9 @@ public indirect enum EndpointState: Hashable, Sendable, CustomStringConvertible 
     case secured(ProtectionInfo)
     case failed(EndpointFailure)
     case insecure(after: EndpointFailure)
-    /// No descriptor names the socket any more; its resources go at `until` (monotonic seconds) unless a
+    /// No descriptor names the socket any more; its resources go at `until` unless a
     /// descriptor naming it turns up (a `dup`). `previous` is the state it had, and keeps following events.
-    case closing(until: Double, previous: EndpointState)
+    case closing(until: ContinuousClock.Instant, previous: EndpointState)
     case closed
 
     public var description: String {
@@ -91,13 +91,13 @@ public enum EndpointEvent: Hashable, Sendable {
     case failed(EndpointFailure)
     /// `ALLOW_INSECURE`: after a failure the endpoint now sends in clear.
     case fellBackToClear
-    /// The sweep found no descriptor naming the socket at `at` (monotonic seconds): closed without a release.
-    /// With `grace` 0 the endpoint closes at once; otherwise it is `closing` until `at + grace`.
-    case socketGone(at: Double, grace: Double)
+    /// The sweep found no descriptor naming the socket at `at`: closed without a release.
+    /// With `grace` zero the endpoint closes at once; otherwise it is `closing` until `at + grace`.
+    case socketGone(at: ContinuousClock.Instant, grace: Duration)
     /// A descriptor naming a closing socket turned up (the one registered was closed after a `dup`).
     case socketFound
     /// The sweep's clock: a closing endpoint whose grace period ended at `now` closes.
-    case tick(now: Double)
+    case tick(now: ContinuousClock.Instant)
     /// Released by the application, or the engine shuts down.
     case closed
 }
@@ -134,8 +134,8 @@ public struct EndpointStateMachine: Hashable, Sendable {
         case (_, .closed):
             return close(from: state)
         case (_, .socketGone(let at, let grace)):
-            guard grace > 0 else { return close(from: state) }
-            state = .closing(until: at + grace, previous: state)
+            guard grace > .zero else { return close(from: state) }
+            state = .closing(until: at.advanced(by: grace), previous: state)
             return [.publish]
         case (_, .socketFound), (_, .tick):
             return []
@@ -169,7 +169,7 @@ public struct EndpointStateMachine: Hashable, Sendable {
 
     /// A closing endpoint: closes when released or when its grace period ends, returns to what it was when its
     /// socket turns up again, and otherwise lets `previous` follow the event (a rekey during the grace period).
-    private mutating func handleClosing(_ event: EndpointEvent, until: Double, previous: EndpointState)
+    private mutating func handleClosing(_ event: EndpointEvent, until: ContinuousClock.Instant, previous: EndpointState)
         -> [EndpointAction]
     {
         switch event {

@@ -1,3 +1,4 @@
+import IPAddressing
 import Synchronization
 import XFRM
 
@@ -32,12 +33,12 @@ public struct Endpoint: Sendable {
     public var cookie: UInt64
     /// The descriptor it was registered through (informational: fds are reused, cookies are not).
     public var descriptor: Int32
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     public var kind: SocketFacts.Kind
     /// The reqid in the socket's policy templates; nil when no per-socket policy was set.
     public var reqid: UInt32?
     /// Peer target names by peer address; `nil` key for "whatever peer" (TCP with a zero PeerAddress).
-    public var peerTargetNames: [XFRMAddress?: String] = [:]
+    public var peerTargetNames: [IPAddress?: String] = [:]
     public var machine: EndpointStateMachine
     /// Settings in force, as a free-form summary for inspection tools.
     public var summary: String
@@ -46,18 +47,18 @@ public struct Endpoint: Sendable {
     /// Whether the socket was last seen listening.
     public var wasListening = false
     /// The peer of a connected (or accepted) socket; events about SAs with other hosts do not touch it.
-    public var peer: XFRMAddress?
+    public var peer: IPAddress?
     /// `PEER_NAME_IS_RAW_FORMAT`: peer target names are identities as given (no `service/` SPN prefix removed).
     public var peerNameIsRaw = false
     /// What the socket turned out to be (see ``EndpointRole``).
     public var role: EndpointRole = .undetermined
-    /// When it was registered (monotonic seconds), to watch young undetermined sockets closely.
-    public var registeredAt: Double = 0
+    /// When it was registered, to watch young undetermined sockets closely.
+    public var registeredAt: ContinuousClock.Instant = .now
 
     public var state: EndpointState { machine.state }
 
     public init(
-        cookie: UInt64, descriptor: Int32, family: XFRMAddressFamily, kind: SocketFacts.Kind, reqid: UInt32?,
+        cookie: UInt64, descriptor: Int32, family: IPAddressFamily, kind: SocketFacts.Kind, reqid: UInt32?,
         allowInsecure: Bool, summary: String
     ) {
         self.cookie = cookie
@@ -70,7 +71,7 @@ public struct Endpoint: Sendable {
     }
 
     /// The name that applies to a peer: its own, else the catch-all one.
-    public func peerTargetName(for peer: XFRMAddress?) -> String? {
+    public func peerTargetName(for peer: IPAddress?) -> String? {
         if let peer, let name = peerTargetNames[peer] { return name }
         return peerTargetNames[nil] ?? nil
     }

@@ -1,4 +1,5 @@
 import Glibc
+import IPAddressing
 import SystemPackage
 import XFRM
 
@@ -13,87 +14,20 @@ public struct SocketFacts: Hashable, Sendable {
     /// The kernel's socket cookie (`SO_COOKIE`), unique for the life of the network namespace's boot.
     public var cookie: UInt64
     /// `AF_INET`, `AF_INET6` or something else (`.unspecified` then, with `rawFamily` kept).
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     public var rawFamily: Int32
     public var kind: Kind
     /// `IPPROTO_TCP`, `IPPROTO_UDP`, ...
     public var protocolNumber: Int32
     /// Local address and port (port 0 when unbound).
-    public var local: SocketEndpointAddress?
+    public var local: IPEndpoint?
     /// Peer address and port when connected.
-    public var peer: SocketEndpointAddress?
+    public var peer: IPEndpoint?
     /// Whether `listen()` was called (`SO_ACCEPTCONN`).
     public var isListening: Bool
 
     public var isBound: Bool { (local?.port ?? 0) != 0 }
     public var isConnected: Bool { peer != nil }
-}
-
-/// An IP address and port.
-public struct SocketEndpointAddress: Hashable, Sendable, CustomStringConvertible {
-    public var address: XFRMAddress
-    public var port: UInt16
-    public init(address: XFRMAddress, port: UInt16) {
-        self.address = address
-        self.port = port
-    }
-    public var description: String {
-        address.family == .inet6 ? "[\(address)]:\(port)" : "\(address):\(port)"
-    }
-
-    /// Whether this is an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
-    public var isV4Mapped: Bool {
-        address.family == .inet6 && address.bytes.prefix(10).allSatisfy { $0 == 0 }
-            && address.bytes[10] == 0xff && address.bytes[11] == 0xff
-    }
-
-    /// Reads a `sockaddr_in` / `sockaddr_in6`; nil for other families or short buffers.
-    public init?(sockaddr pointer: UnsafeRawPointer, length: Int) {
-        guard length >= 2 else { return nil }
-        let family = Int32(pointer.loadUnaligned(as: sa_family_t.self))
-        switch family {
-        case AF_INET:
-            guard length >= MemoryLayout<sockaddr_in>.size else { return nil }
-            let sin = pointer.loadUnaligned(as: sockaddr_in.self)
-            self.init(
-                address: withUnsafeBytes(of: sin.sin_addr) { XFRMAddress(family: .inet, raw: $0) },
-                port: UInt16(bigEndian: sin.sin_port))
-        case AF_INET6:
-            guard length >= MemoryLayout<sockaddr_in6>.size else { return nil }
-            let sin6 = pointer.loadUnaligned(as: sockaddr_in6.self)
-            self.init(
-                address: withUnsafeBytes(of: sin6.sin6_addr) { XFRMAddress(family: .inet6, raw: $0) },
-                port: UInt16(bigEndian: sin6.sin6_port))
-        default:
-            return nil
-        }
-    }
-
-    /// Calls `body` with this address as a `sockaddr_in` / `sockaddr_in6`.
-    public func withSockaddr<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T) rethrows -> T {
-        if address.family == .inet6 {
-            var sa = sockaddr_in6()
-            sa.sin6_family = sa_family_t(AF_INET6)
-            sa.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &sa.sin6_addr) { target in
-                address.withUnsafeBytes { target.copyMemory(from: $0) }
-            }
-            return try withUnsafePointer(to: &sa) {
-                try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    try body($0, socklen_t(MemoryLayout<sockaddr_in6>.size))
-                }
-            }
-        }
-        var sa = sockaddr_in()
-        sa.sin_family = sa_family_t(AF_INET)
-        sa.sin_port = port.bigEndian
-        withUnsafeMutableBytes(of: &sa.sin_addr) { target in address.withUnsafeBytes { target.copyMemory(from: $0) } }
-        return try withUnsafePointer(to: &sa) {
-            try $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                try body($0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-    }
 }
 
 public enum SocketInspector {
@@ -113,7 +47,7 @@ public enum SocketInspector {
         let type = try intOption(SO_TYPE)
         let proto = try intOption(SO_PROTOCOL)
         let listening = try intOption(SO_ACCEPTCONN) != 0
-        let family: XFRMAddressFamily = domain == AF_INET ? .inet : domain == AF_INET6 ? .inet6 : .unspecified
+        let family: IPAddressFamily = domain == AF_INET ? .inet : domain == AF_INET6 ? .inet6 : .unspecified
         let kind: SocketFacts.Kind =
             type == Int32(SOCK_STREAM.rawValue)
             ? .stream
@@ -189,7 +123,7 @@ public enum SocketInspector {
         _ fd: CInt,
         _ call: (CInt, UnsafeMutablePointer<sockaddr>, UnsafeMutablePointer<socklen_t>) -> CInt
     )
-        -> SocketEndpointAddress?
+        -> IPEndpoint?
     {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -197,6 +131,6 @@ public enum SocketInspector {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { call(fd, $0, &length) == 0 }
         }
         guard ok else { return nil }
-        return withUnsafeBytes(of: storage) { SocketEndpointAddress(sockaddr: $0.baseAddress!, length: Int(length)) }
+        return withUnsafeBytes(of: storage) { IPEndpoint(sockaddr: $0.baseAddress!, length: Int(length)) }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -13,7 +14,7 @@ import XFRM
 public final class EnginePair: @unchecked Sendable {
     public enum Keying: Sendable {
         /// `StaticKeyBackend` SA pairs between the pair's addresses of `family`.
-        case `static`(family: XFRMAddressFamily)
+        case `static`(family: IPAddressFamily)
         /// strongSwan with one pre-shared key for both identities.
         case psk
         /// strongSwan with ECDSA certificates from a test authority.
@@ -28,7 +29,7 @@ public final class EnginePair: @unchecked Sendable {
         /// Run the charons here, as a system's supervisor would; the backends only connect to their sockets.
         public var systemCharons = false
         /// Each engine's negotiation timeout, seconds.
-        public var negotiationTimeout = 10.0
+        public var negotiationTimeout: Duration = .seconds(10)
         /// The PSK (`.psk`).
         public var secret = EnginePair.randomSecret()
         /// ``EnginePair/close()`` removes the pair's namespaces too (a fixture that made its own pair).
@@ -157,7 +158,7 @@ public final class EnginePair: @unchecked Sendable {
     }
 
     private static func staticEngines(
-        pair: NamespacePair, family: XFRMAddressFamily, folders: [String], options: Options
+        pair: NamespacePair, family: IPAddressFamily, folders: [String], options: Options
     ) throws -> (SecureSocketEngine, SecureSocketEngine) {
         let (addressA, addressB) = pair.addresses(family)
         var random = SystemRandomNumberGenerator()

@@ -1,3 +1,5 @@
+import ConfigurationFile
+
 /// One rule of an identity map: `<kind> <identity> -> <account>`.
 public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
     /// Which authenticated identity the rule looks at.
@@ -184,18 +186,16 @@ public struct IdentityRuleSet: Sendable {
         var rules: [IdentityRule] = []
         var firstLine: [String: Int] = [:]
         // Bounded by the file size checked above.
-        // Split on Characters "\n" and "\r\n" (Swift reads CR LF as ONE Character, never equal to "\n").
-        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
-        for (index, rawLine) in lines.enumerated() {
-            let number = index + 1
-            let line = rawLine.hasSuffix("\r") ? rawLine.dropLast() : rawLine
-            guard line.utf8.count <= maximumLineBytes else {
-                issues.append(.init(line: number, message: "line longer than \(maximumLineBytes) bytes"))
+        for result in ConfigurationReader.lines(text, maximumLineBytes: maximumLineBytes) {
+            let line: ConfigurationLine
+            switch result {
+            case .success(let read): line = read
+            case .failure(let issue):
+                issues.append(issue)
                 continue
             }
-            switch parseLine(line, number: number) {
-            case .none:
-                continue
+            let number = line.number
+            switch parseLine(line.tokens, number: number) {
             case .failure(let message):
                 issues.append(.init(line: number, message: message))
             case .rule(let rule):
@@ -262,18 +262,12 @@ public struct IdentityRuleSet: Sendable {
     }
 
     private enum LineResult {
-        case none
         case rule(IdentityRule)
         case failure(String)
     }
 
-    private static func parseLine(_ line: Substring, number: Int) -> LineResult {
-        let tokens: [Token]
-        switch tokenize(line) {
-        case .success(let result): tokens = result
-        case .failure(let problem): return .failure(problem.message)
-        }
-        guard let first = tokens.first else { return .none }
+    private static func parseLine(_ tokens: [ConfigurationToken], number: Int) -> LineResult {
+        guard let first = tokens.first else { return .failure("empty line") }
         let usage = "expected `<id|subject|san|user> <identity> -> <account>`"
         guard !first.quoted, let kind = IdentityRule.Kind(rawValue: first.text) else {
             return .failure("unknown rule kind \"\(first.text)\"; \(usage)")
@@ -341,72 +335,6 @@ public struct IdentityRuleSet: Sendable {
             IdentityRule(
                 kind: kind, pattern: pattern, account: account, line: number,
                 acceptsGroupKey: acceptsGroupKey))
-    }
-
-    private struct Token {
-        var text: String
-        var quoted: Bool
-    }
-
-    private struct TokenProblem: Error {
-        var message: String
-    }
-
-    /// Splits a line into whitespace-separated tokens. `"` quotes a token (inside, `\"` and `\\` are escapes,
-    /// any other backslash is kept as it is, for DN escapes like `\,`); `#` outside quotes starts a comment.
-    private static func tokenize(_ line: Substring) -> Result<[Token], TokenProblem> {
-        var tokens: [Token] = []
-        let scalars = Array(line.unicodeScalars)
-        var index = 0
-        // Bounded: every iteration consumes at least one scalar.
-        while index < scalars.count {
-            let scalar = scalars[index]
-            if scalar == " " || scalar == "\t" {
-                index += 1
-                continue
-            }
-            if scalar == "#" { break }
-            if scalar == "\"" {
-                var text = String.UnicodeScalarView()
-                index += 1
-                var closed = false
-                while index < scalars.count {
-                    let current = scalars[index]
-                    if current == "\\", index + 1 < scalars.count,
-                        scalars[index + 1] == "\"" || scalars[index + 1] == "\\"
-                    {
-                        text.append(scalars[index + 1])
-                        index += 2
-                        continue
-                    }
-                    index += 1
-                    if current == "\"" {
-                        closed = true
-                        break
-                    }
-                    text.append(current)
-                }
-                guard closed else { return .failure(TokenProblem(message: "unterminated quote")) }
-                if index < scalars.count, scalars[index] != " ", scalars[index] != "\t", scalars[index] != "#" {
-                    return .failure(TokenProblem(message: "a closing quote must be followed by a space"))
-                }
-                tokens.append(Token(text: String(text), quoted: true))
-                continue
-            }
-            var text = String.UnicodeScalarView()
-            while index < scalars.count, scalars[index] != " ", scalars[index] != "\t", scalars[index] != "#" {
-                if scalars[index] == "\"" {
-                    return .failure(TokenProblem(message: "a quote may only open a token (quote the whole identity)"))
-                }
-                if scalars[index].properties.generalCategory == .control {
-                    return .failure(TokenProblem(message: "control character in the line"))
-                }
-                text.append(scalars[index])
-                index += 1
-            }
-            tokens.append(Token(text: String(text), quoted: false))
-        }
-        return .success(tokens)
     }
 
     /// nil when `name` is a plausible account name (`[A-Za-z0-9_.][A-Za-z0-9_.-]*` with an optional final `$`, at

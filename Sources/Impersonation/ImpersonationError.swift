@@ -1,3 +1,4 @@
+import ConfigurationFile
 import SystemPackage
 
 /// An error from the Impersonation module: the identity map (parsing, matching, account lookup) and the
@@ -54,17 +55,8 @@ public struct ImpersonationError: Error, Hashable, CustomStringConvertible, Send
         public var description: String { "\(kind)" }
     }
 
-    /// One problem in an identity map file.
-    public struct Issue: Hashable, Sendable, CustomStringConvertible {
-        /// 1-based line number (0 for problems with the whole file).
-        public var line: Int
-        public var message: String
-        public init(line: Int, message: String) {
-            self.line = line
-            self.message = message
-        }
-        public var description: String { line > 0 ? "line \(line): \(message)" : message }
-    }
+    /// One problem in an identity map file, at its line (the line syntax the library's files share).
+    public typealias Issue = ConfigurationIssue
 
     public var code: Code
     /// The errno the kernel or the C library reported, never dropped.

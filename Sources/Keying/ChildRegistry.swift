@@ -1,4 +1,5 @@
 import Glibc
+import IPAddressing
 import Synchronization
 import SystemSupport
 import VICI
@@ -77,12 +78,12 @@ final class ChildRegistry: Sendable {
             remote: theirs.address, remotePort: theirs.port)
     }
 
-    private static func endpoint(_ text: String) -> (address: XFRMAddress, proto: XFRMUpperProtocol, port: UInt16)? {
+    private static func endpoint(_ text: String) -> (address: IPAddress, proto: XFRMUpperProtocol, port: UInt16)? {
         guard let open = text.firstIndex(of: "["), text.hasSuffix("]"),
             let slash = text[..<open].firstIndex(of: "/")
         else { return nil }
         let address = String(text[..<slash])
-        guard let length = UInt8(text[text.index(after: slash)..<open]), let parsed = XFRMAddress(address),
+        guard let length = UInt8(text[text.index(after: slash)..<open]), let parsed = IPAddress(address),
             length == parsed.family.addressBits
         else { return nil }
         let inside = text[text.index(after: open)..<text.index(before: text.endIndex)].split(separator: "/")

@@ -1,3 +1,4 @@
+import IPAddressing
 import VICI
 import XFRM
 
@@ -26,7 +27,7 @@ public protocol KeyingBackend: AnyObject, Sendable {
 
     /// What the backend knows about the SAs whose inbound SA has `inboundSPI` (from `peer`): the identities
     /// its IKE SA authenticated, ids and algorithms; nil if it knows of none.
-    func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection?
+    func protection(inboundSPI: UInt32, peer: IPAddress) -> KeyedProtection?
 
     /// The SA pair (SPIs) and identities the backend knows for exactly `flow`, from the keying daemon's events;
     /// nil when it knows none (the caller then reads the kernel). A hint: the caller checks it in the kernel.
@@ -38,7 +39,7 @@ public protocol KeyingBackend: AnyObject, Sendable {
 
     /// Removes the CHILD_SA whose inbound SA has `inboundSPI` (an accepted connection's own SAs, once it is
     /// closed); other CHILD_SAs with the same peer stay.
-    func releaseChild(inboundSPI: UInt32, peer: XFRMAddress)
+    func releaseChild(inboundSPI: UInt32, peer: IPAddress)
 
     /// Removes what a process that is gone (killed, crashed) left in a shared keying daemon: its configs and
     /// secrets, and the CHILD_SAs under its reqids; IKE SAs other processes use stay.
@@ -52,13 +53,13 @@ public protocol KeyingBackend: AnyObject, Sendable {
 /// is bound to it and has not connected yet (the keying daemon then uses the address it reaches the peer from).
 public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
     public var transportProtocol: XFRMUpperProtocol
-    public var local: XFRMAddress
+    public var local: IPAddress
     public var localPort: UInt16
-    public var remote: XFRMAddress
+    public var remote: IPAddress
     public var remotePort: UInt16
 
     public init(
-        transportProtocol: XFRMUpperProtocol, local: XFRMAddress, localPort: UInt16, remote: XFRMAddress,
+        transportProtocol: XFRMUpperProtocol, local: IPAddress, localPort: UInt16, remote: IPAddress,
         remotePort: UInt16
     ) {
         self.transportProtocol = transportProtocol
@@ -68,7 +69,7 @@ public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
         self.remotePort = remotePort
     }
 
-    public var family: XFRMAddressFamily { remote.family }
+    public var family: IPAddressFamily { remote.family }
 
     /// The kernel selector of exactly this flow, outbound (local → remote) or inbound.
     public func selector(outbound: Bool) -> XFRMSelector {
@@ -90,7 +91,7 @@ public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         let name = transportProtocol == .tcp ? "tcp" : transportProtocol == .udp ? "udp" : "\(transportProtocol)"
-        let show = { (address: XFRMAddress, port: UInt16) in
+        let show = { (address: IPAddress, port: UInt16) in
             address.family == .inet6 ? "[\(address)]:\(port)" : "\(address):\(port)"
         }
         return "\(name) \(show(local, localPort)) -> \(show(remote, remotePort))"
@@ -111,7 +112,7 @@ public struct Negotiated: Hashable, Sendable {
 public struct KeyingRequest: Hashable, Sendable {
     /// The reqid in the socket's templates.
     public var reqid: UInt32
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     /// The socket's transport protocol.
     public var transportProtocol: XFRMUpperProtocol
     /// The identity the peer must prove (the peer target name), or nil for any authenticated peer.
@@ -125,7 +126,7 @@ public struct KeyingRequest: Hashable, Sendable {
     public var userPassword: String?
 
     public init(
-        reqid: UInt32, family: XFRMAddressFamily, transportProtocol: XFRMUpperProtocol = .any,
+        reqid: UInt32, family: IPAddressFamily, transportProtocol: XFRMUpperProtocol = .any,
         requiredPeerIdentity: String? = nil, peerIdentityOptional: Bool = false,
         requireEncryption: Bool = true, userName: String? = nil, userPassword: String? = nil
     ) {

@@ -1,3 +1,4 @@
+import ConfigurationFile
 import Foundation
 import Logging
 import VICI
@@ -57,33 +58,29 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public var privateKeyPath: String?
     public var authorityPaths: [String]
     public var charon: Charon
-    public var negotiationTimeout: Double
+    public var negotiationTimeout: Duration
     public var eapUsers: [String: String] = [:]
     /// Per-peer pre-shared keys (`peer-psk`), by peer identity. Never together with ``psk``.
     public var peerKeys: [String: String] = [:]
 
-    public struct ParseError: Error, CustomStringConvertible {
-        /// Why the file was refused, as a value (``message`` says it in words, without any secret).
-        public enum Reason: Hashable, Sendable {
-            /// A line the format does not allow, a missing or invalid value.
-            case syntax
-            /// `psk` (a group key, offered for every identity) together with `peer-psk` lines.
-            case groupKeyWithPeerKeys
-            /// Two `peer-psk` lines for one identity.
-            case duplicatePeerKey(identity: String)
-            /// A `peer-psk` for this host's own `identity` (it would be offered for every IKE SA of ours).
-            case peerKeyForOwnIdentity
-            /// A `peer-psk` identity that charon would read as a pattern (`%any`, `*`).
-            case peerKeyIdentityIsPattern(identity: String)
-            /// Pre-shared keys together with a certificate, or neither.
-            case credentials
-        }
-
-        public var line: Int
-        public var message: String
-        public var reason: Reason = .syntax
-        public var description: String { line > 0 ? "line \(line): \(message)" : message }
+    /// Why the file was refused, as a value (the error's message says it in words, without any secret).
+    public enum ParseReason: Hashable, Sendable {
+        /// A line the format does not allow, a missing or invalid value.
+        case syntax
+        /// `psk` (a group key, offered for every identity) together with `peer-psk` lines.
+        case groupKeyWithPeerKeys
+        /// Two `peer-psk` lines for one identity.
+        case duplicatePeerKey(identity: String)
+        /// A `peer-psk` for this host's own `identity` (it would be offered for every IKE SA of ours).
+        case peerKeyForOwnIdentity
+        /// A `peer-psk` identity that charon would read as a pattern (`%any`, `*`).
+        case peerKeyIdentityIsPattern(identity: String)
+        /// Pre-shared keys together with a certificate, or neither.
+        case credentials
     }
+
+    /// A refused keying file: the first problem, its line and its ``ParseReason``.
+    public typealias ParseError = ConfigurationError<ParseReason>
 
     /// The file the library reads when nothing is configured in code.
     public static var defaultPath: String {
@@ -97,33 +94,35 @@ public struct KeyingConfiguration: Hashable, Sendable {
         var key: String?
         var authorities: [String] = []
         var charon = Charon.auto
-        var timeout = 10.0
+        var timeout: Duration = .seconds(10)
         var eapUsers: [String: String] = [:]
         var peerKeys: [String: String] = [:]
         var pskLine = 0
         var firstPeerKeyLine = 0
-        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let number = index + 1
-            let line = Self.stripComment(String(raw)).trimmingCharacters(in: .whitespaces)
-            if line.isEmpty { continue }
-            let parts = line.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" })
-            guard parts.count == 2 else { throw ParseError(line: number, message: "`\(line)` has no value") }
-            let name = String(parts[0])
-            let rawValue = parts[1].trimmingCharacters(in: .whitespaces)
-            var value = rawValue
-            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") {
-                value = String(value.dropFirst().dropLast())
+        for result in ConfigurationReader.lines(text) {
+            let line: ConfigurationLine
+            switch result {
+            case .success(let read): line = read
+            case .failure(let issue): throw ParseError(line: issue.line, message: issue.message, reason: .syntax)
             }
+            let number = line.number
+            let name = line.tokens[0].text
+            guard line.tokens.count >= 2 else {
+                throw ParseError(line: number, message: "`\(name)` has no value", reason: .syntax)
+            }
+            let value = line.value(after: 0)
             switch name {
             case "identity": identity = value
             case "psk":
                 psk = value
                 pskLine = number
             case "peer-psk":
-                guard let (peer, secret) = Self.identityAndSecret(rawValue), !peer.isEmpty, !secret.isEmpty else {
+                guard line.tokens.count == 3, !line.tokens[1].text.isEmpty, !line.tokens[2].text.isEmpty else {
                     throw ParseError(
-                        line: number, message: "peer-psk PEER-IDENTITY SECRET (quote an identity with spaces)")
+                        line: number, message: "peer-psk PEER-IDENTITY SECRET (quote an identity with spaces)",
+                        reason: .syntax)
                 }
+                let (peer, secret) = (line.tokens[1].text, line.tokens[2].text)
                 guard PeerIdentityText.isLiteral(peer) else {
                     throw ParseError(
                         line: number,
@@ -144,26 +143,28 @@ public struct KeyingConfiguration: Hashable, Sendable {
             case "charon":
                 charon = value == "auto" ? .auto : value == "private" ? .private : .socket(value)
                 if case .socket(let path) = charon, !path.hasPrefix("/") {
-                    throw ParseError(line: number, message: "charon is auto, private or an absolute socket path")
+                    throw ParseError(
+                        line: number, message: "charon is auto, private or an absolute socket path", reason: .syntax)
                 }
             case "eap-user":
-                let fields = value.split(maxSplits: 1, whereSeparator: { $0 == " " || $0 == "\t" })
-                guard fields.count == 2 else { throw ParseError(line: number, message: "eap-user NAME SECRET") }
-                var secret = fields[1].trimmingCharacters(in: .whitespaces)
-                if secret.count >= 2, secret.hasPrefix("\""), secret.hasSuffix("\"") {
-                    secret = String(secret.dropFirst().dropLast())
+                let secret = line.value(after: 1)
+                guard line.tokens.count >= 3, !secret.isEmpty else {
+                    throw ParseError(line: number, message: "eap-user NAME SECRET", reason: .syntax)
                 }
-                eapUsers[String(fields[0])] = secret
+                eapUsers[line.tokens[1].text] = secret
             case "negotiation-timeout":
                 guard let seconds = Double(value), seconds > 0, seconds <= 300 else {
-                    throw ParseError(line: number, message: "negotiation-timeout is seconds in (0, 300]")
+                    throw ParseError(
+                        line: number, message: "negotiation-timeout is seconds in (0, 300]", reason: .syntax)
                 }
-                timeout = seconds
+                timeout = .milliseconds(Int64((seconds * 1000).rounded()))
             default:
-                throw ParseError(line: number, message: "unknown setting `\(name)`")
+                throw ParseError(line: number, message: "unknown setting `\(name)`", reason: .syntax)
             }
         }
-        guard let identity, !identity.isEmpty else { throw ParseError(line: 0, message: "`identity` is required") }
+        guard let identity, !identity.isEmpty else {
+            throw ParseError(line: 0, message: "`identity` is required", reason: .syntax)
+        }
         if psk != nil && !peerKeys.isEmpty {
             throw ParseError(
                 line: max(pskLine, firstPeerKeyLine),
@@ -202,45 +203,12 @@ public struct KeyingConfiguration: Hashable, Sendable {
         return configuration
     }
 
-    /// `IDENTITY SECRET`, either of them quoted; nil when there are not exactly two.
-    static func identityAndSecret(_ value: String) -> (String, String)? {
-        var fields: [String] = []
-        var rest = Substring(value)
-        // Bounded: every round consumes at least one character.
-        while let first = rest.first {
-            if first == " " || first == "\t" {
-                rest = rest.dropFirst()
-                continue
-            }
-            if first == "\"" {
-                let body = rest.dropFirst()
-                guard let close = body.firstIndex(of: "\"") else { return nil }
-                fields.append(String(body[..<close]))
-                rest = body[body.index(after: close)...]
-            } else {
-                let end = rest.firstIndex(where: { $0 == " " || $0 == "\t" }) ?? rest.endIndex
-                fields.append(String(rest[..<end]))
-                rest = rest[end...]
-            }
-        }
-        return fields.count == 2 ? (fields[0], fields[1]) : nil
-    }
-
     /// charon compares FQDN and email identities ASCII case-insensitively.
     static func sameIdentity(_ a: String, _ b: String) -> Bool {
         a.utf8.count == b.utf8.count
             && zip(a.utf8, b.utf8).allSatisfy { x, y in
                 (x >= 0x41 && x <= 0x5a ? x + 0x20 : x) == (y >= 0x41 && y <= 0x5a ? y + 0x20 : y)
             }
-    }
-
-    private static func stripComment(_ line: String) -> String {
-        var inQuotes = false
-        for (offset, character) in line.enumerated() {
-            if character == "\"" { inQuotes.toggle() }
-            if character == "#" && !inQuotes { return String(line.prefix(offset)) }
-        }
-        return line
     }
 
     /// The credentials this configuration names, files read now.

@@ -1,4 +1,6 @@
+import ConfigurationFile
 import Foundation
+import IPAddressing
 import Synchronization
 import VICI
 import XFRM
@@ -21,8 +23,8 @@ import XFRM
 /// charon); ``release(_:)`` deletes what it installed.
 public final class StaticKeyBackend: KeyingBackend, Sendable {
     public struct Peer: Hashable, Sendable {
-        public var peer: XFRMAddress
-        public var local: XFRMAddress
+        public var peer: IPAddress
+        public var local: IPAddress
         public var outboundSPI: UInt32
         public var inboundSPI: UInt32
         public var algorithm: String
@@ -33,7 +35,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         public var identity: String?
 
         public init(
-            peer: XFRMAddress, local: XFRMAddress, outboundSPI: UInt32, inboundSPI: UInt32,
+            peer: IPAddress, local: IPAddress, outboundSPI: UInt32, inboundSPI: UInt32,
             algorithm: String = "rfc4106(gcm(aes))", outboundKey: [UInt8], inboundKey: [UInt8],
             icvBits: UInt32 = 128, identity: String? = nil
         ) {
@@ -61,11 +63,8 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         }
     }
 
-    public struct ParseError: Error, CustomStringConvertible {
-        public var line: Int
-        public var message: String
-        public var description: String { "line \(line): \(message)" }
-    }
+    /// A refused static keys file: the first problem and its line.
+    public typealias ParseError = ConfigurationError<Never>
 
     public let name = "static"
     public let peers: [Peer]
@@ -80,34 +79,38 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     /// Reads the file format above.
     public static func parse(_ text: String) throws(ParseError) -> [Peer] {
         var peers: [Peer] = []
-        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
-            if words.isEmpty { continue }
-            guard words.count == 8 || words.count == 10 else {
-                throw ParseError(line: number + 1, message: "expected 8 fields (+ identity NAME), found \(words.count)")
+        for result in ConfigurationReader.lines(text) {
+            let line: ConfigurationLine
+            switch result {
+            case .success(let read): line = read
+            case .failure(let issue): throw ParseError(issue)
             }
-            guard let peer = XFRMAddress(words[0]), let local = XFRMAddress(words[1]), peer.family == local.family
+            let number = line.number
+            let words = line.tokens.map(\.text)
+            guard words.count == 8 || words.count == 10 else {
+                throw ParseError(line: number, message: "expected 8 fields (+ identity NAME), found \(words.count)")
+            }
+            guard let peer = IPAddress(words[0]), let local = IPAddress(words[1]), peer.family == local.family
             else {
-                throw ParseError(line: number + 1, message: "peer and local must be addresses of one family")
+                throw ParseError(line: number, message: "peer and local must be addresses of one family")
             }
             guard let spiOut = hexOrDecimal(words[2]), let spiIn = hexOrDecimal(words[3]), spiOut >= 0x100,
                 spiIn >= 0x100
             else {
-                throw ParseError(line: number + 1, message: "SPIs must be numbers of at least 0x100")
+                throw ParseError(line: number, message: "SPIs must be numbers of at least 0x100")
             }
             guard let keyOut = hexBytes(words[5]), let keyIn = hexBytes(words[6]), !keyOut.isEmpty,
                 keyOut.count == keyIn.count
             else {
-                throw ParseError(line: number + 1, message: "keys must be 0x-prefixed hex of equal length")
+                throw ParseError(line: number, message: "keys must be 0x-prefixed hex of equal length")
             }
             guard let icv = UInt32(words[7]), [64, 96, 128].contains(icv) else {
-                throw ParseError(line: number + 1, message: "icv-bits must be 64, 96 or 128")
+                throw ParseError(line: number, message: "icv-bits must be 64, 96 or 128")
             }
             var identity: String?
             if words.count == 10 {
                 guard words[8] == "identity" else {
-                    throw ParseError(line: number + 1, message: "expected `identity NAME`")
+                    throw ParseError(line: number, message: "expected `identity NAME`")
                 }
                 identity = words[9]
             }
@@ -160,7 +163,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
             registration: KeyingRegistration(reqid: request.reqid, names: ["static \(entry.peer)"]))
     }
 
-    public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+    public func protection(inboundSPI: UInt32, peer: IPAddress) -> KeyedProtection? {
         guard let entry = peers.first(where: { $0.peer == peer && $0.inboundSPI == inboundSPI }) else { return nil }
         return protection(for: entry)
     }
@@ -174,7 +177,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     }
 
     /// Manual keying has one SA pair per peer, released with the registration that installed it.
-    public func releaseChild(inboundSPI: UInt32, peer: XFRMAddress) {}
+    public func releaseChild(inboundSPI: UInt32, peer: IPAddress) {}
 
     public func shutdown() {}
 

@@ -1,4 +1,5 @@
 import Glibc
+import IPAddressing
 import Logging
 import Synchronization
 import VICI
@@ -408,7 +409,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
     /// answers as a host whose listener is not ready yet; then the child as charon lists it.
     private func initiate(
-        child childName: String, conn: String, peer: XFRMAddress, deadline: ContinuousClock.Instant,
+        child childName: String, conn: String, peer: IPAddress, deadline: ContinuousClock.Instant,
         onStaleIKESA: () -> Void
     ) throws(KeyingError) -> KeyedProtection {
         let started = ContinuousClock.now
@@ -485,10 +486,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// equal conn, and the generation makes ours differ (in `rekey_time`, by that many seconds), so the next
     /// negotiation makes a fresh IKE SA while the stale one keeps its CHILD_SAs, and the connections on them keep
     /// flowing over their kernel SAs until charon gives that IKE SA up. By peer address.
-    private let generations = Mutex<[XFRMAddress: Int]>([:])
+    private let generations = Mutex<[IPAddress: Int]>([:])
 
     /// IKE SAs are rekeyed after 4 hours (charon's default), plus the peer's generation in seconds.
-    private func connOptions(for peer: XFRMAddress) -> VICIMessage {
+    private func connOptions(for peer: IPAddress) -> VICIMessage {
         var options = Self.connOptions
         options["rekey_time"] = .string("\(14_400 + generations.withLock { $0[peer] ?? 0 })s")
         return options
@@ -544,7 +545,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// What protects the flow, with how the peer authenticated and, for certificates, what its certificate names.
     public func protection(flow: KeyedFlow) -> KeyedProtection? { children.protection(flow: flow) }
 
-    public func protection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+    public func protection(inboundSPI: UInt32, peer: IPAddress) -> KeyedProtection? {
         childProtection(inboundSPI: inboundSPI, peer: peer).map { identified(authenticated($0)) }
     }
 
@@ -585,7 +586,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         peerCertificates?.known(ikeSAID: ikeSAID)
     }
 
-    private func childProtection(inboundSPI: UInt32, peer: XFRMAddress) -> KeyedProtection? {
+    private func childProtection(inboundSPI: UInt32, peer: IPAddress) -> KeyedProtection? {
         if let known = children.protection(inboundSPI: inboundSPI) { return known }
         // Not seen as an event (charon was busy, or the child predates us): ask, without waiting on busy SAs.
         guard let sas = try? vici.listSAs(noblock: true) else { return nil }
@@ -640,7 +641,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
     }
 
-    public func releaseChild(inboundSPI: UInt32, peer: XFRMAddress) {
+    public func releaseChild(inboundSPI: UInt32, peer: IPAddress) {
         guard let id = childProtection(inboundSPI: inboundSPI, peer: peer)?.childSAID else { return }
         children.remove(inboundSPI: inboundSPI)
         _ = try? vici.terminate(childID: Int(id), force: true, timeout: .seconds(2))

@@ -1,4 +1,5 @@
 import Foundation
+import IPAddressing
 import SystemPackage
 import XFRM
 
@@ -12,7 +13,7 @@ import XFRM
 /// (EAGAIN) and data written on the old one never arrives, instead of leaking in clear.
 public struct ESPTransportScenario {
     public struct Report: Sendable, CustomStringConvertible {
-        public var family: XFRMAddressFamily
+        public var family: IPAddressFamily
         public var reqid: UInt32
         public var algorithm: String
         /// connect() calls until the handshake completed (1 when the SAs exist beforehand).
@@ -76,11 +77,11 @@ public struct ESPTransportScenario {
         }
     }
 
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     public var reqid: UInt32 = 42
     public var payloadSize = 4096
 
-    public init(family: XFRMAddressFamily) { self.family = family }
+    public init(family: IPAddressFamily) { self.family = family }
 
     public func run() throws -> Report {
         let started = Date()

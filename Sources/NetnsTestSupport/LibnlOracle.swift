@@ -1,4 +1,5 @@
 import CNetlink
+import IPAddressing
 import XFRM
 
 /// An independent reading of the kernel's SPD and SAD through libnl-xfrm-3's own caches, for tests that
@@ -12,14 +13,14 @@ public enum LibnlOracle {
         public var direction: UInt8
         public var priority: UInt32
         public var action: UInt8
-        public var source: XFRMAddress?
-        public var destination: XFRMAddress?
+        public var source: IPAddress?
+        public var destination: IPAddress?
         public var destinationPort: UInt16
         public var reqids: [UInt32]
 
         public init(
-            index: UInt32, direction: UInt8, priority: UInt32, action: UInt8, source: XFRMAddress?,
-            destination: XFRMAddress?, destinationPort: UInt16, reqids: [UInt32]
+            index: UInt32, direction: UInt8, priority: UInt32, action: UInt8, source: IPAddress?,
+            destination: IPAddress?, destinationPort: UInt16, reqids: [UInt32]
         ) {
             self.index = index
             self.direction = direction
@@ -33,7 +34,7 @@ public enum LibnlOracle {
     }
 
     public struct State: Hashable, Sendable {
-        public var destination: XFRMAddress?
+        public var destination: IPAddress?
         public var spi: UInt32
         public var proto: UInt8
         public var reqid: UInt32
@@ -84,10 +85,10 @@ public enum LibnlOracle {
         }
     }
 
-    private static func address(_ a: OpaquePointer?) -> XFRMAddress? {
+    private static func address(_ a: OpaquePointer?) -> IPAddress? {
         guard let a, let raw = nl_addr_get_binary_addr(a) else { return nil }
         let length = Int(nl_addr_get_len(a))
-        return XFRMAddress(bytes: Array(UnsafeRawBufferPointer(start: raw, count: length)))
+        return IPAddress(bytes: Array(UnsafeRawBufferPointer(start: raw, count: length)))
     }
 
     private static func withCache<T>(

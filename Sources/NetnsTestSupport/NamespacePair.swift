@@ -1,4 +1,5 @@
 import Foundation
+import IPAddressing
 import XFRM
 
 /// A network namespace the harness created with `ip netns add`, deleted by ``remove()`` or on deinit.
@@ -61,10 +62,10 @@ public final class NamespacePair: @unchecked Sendable {
     public let b: TestNamespace
     public let interfaceA = "veth-a"
     public let interfaceB = "veth-b"
-    public let addressA4: XFRMAddress = "10.77.0.1"
-    public let addressB4: XFRMAddress = "10.77.0.2"
-    public let addressA6: XFRMAddress = "fd77::1"
-    public let addressB6: XFRMAddress = "fd77::2"
+    public let addressA4: IPAddress = "10.77.0.1"
+    public let addressB4: IPAddress = "10.77.0.2"
+    public let addressA6: IPAddress = "fd77::1"
+    public let addressB6: IPAddress = "fd77::2"
 
     /// Creates both namespaces and the link. If any step fails, what was made is deleted before throwing.
     public init(prefix: String = "wss") throws {
@@ -94,7 +95,7 @@ public final class NamespacePair: @unchecked Sendable {
     }
 
     /// The two addresses of a family: (a, b).
-    public func addresses(_ family: XFRMAddressFamily) -> (a: XFRMAddress, b: XFRMAddress) {
+    public func addresses(_ family: IPAddressFamily) -> (a: IPAddress, b: IPAddress) {
         family == .inet6 ? (addressA6, addressB6) : (addressA4, addressB4)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import IPAddressing
 import XFRM
 
 /// Three namespaces, `b` in the middle joined to `a` and to `c` by a veth pair each (IPv4 only):
@@ -9,12 +10,12 @@ public final class NamespaceTrio: @unchecked Sendable {
     public let a: TestNamespace
     public let b: TestNamespace
     public let c: TestNamespace
-    public let addressA: XFRMAddress = "10.77.0.1"
+    public let addressA: IPAddress = "10.77.0.1"
     /// b's address on the link to a.
-    public let addressBA: XFRMAddress = "10.77.0.2"
+    public let addressBA: IPAddress = "10.77.0.2"
     /// b's address on the link to c.
-    public let addressBC: XFRMAddress = "10.78.0.2"
-    public let addressC: XFRMAddress = "10.78.0.3"
+    public let addressBC: IPAddress = "10.78.0.2"
+    public let addressC: IPAddress = "10.78.0.3"
 
     /// Creates the three namespaces and both links. If any step fails, what was made is deleted before throwing.
     public init(prefix: String = "wss") throws {

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import SystemPackage
 import XFRM
 
@@ -15,19 +16,18 @@ public final class TestSocket: @unchecked Sendable {
     public enum Kind: Sendable { case tcp, udp }
 
     public let fd: FileDescriptor
-    public let family: XFRMAddressFamily
+    public let family: IPAddressFamily
     public let kind: Kind
     private var closed = false
 
-    init(fd: FileDescriptor, family: XFRMAddressFamily, kind: Kind) {
+    init(fd: FileDescriptor, family: IPAddressFamily, kind: Kind) {
         self.fd = fd
         self.family = family
         self.kind = kind
     }
 
     /// Creates a socket of `family` in `namespace` (the socket stays in that namespace).
-    public static func make(in namespace: NetworkNamespace, family: XFRMAddressFamily, kind: Kind) throws -> TestSocket
-    {
+    public static func make(in namespace: NetworkNamespace, family: IPAddressFamily, kind: Kind) throws -> TestSocket {
         let fd: CInt = try namespace.perform {
             let type = kind == .tcp ? CInt(SOCK_STREAM.rawValue) : CInt(SOCK_DGRAM.rawValue)
             let fd = socket(family == .inet6 ? AF_INET6 : AF_INET, type | CInt(SOCK_CLOEXEC.rawValue), 0)
@@ -68,7 +68,7 @@ public final class TestSocket: @unchecked Sendable {
         setsockopt(fd.rawValue, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    public func bind(_ address: XFRMAddress, port: UInt16) throws {
+    public func bind(_ address: IPAddress, port: UInt16) throws {
         try withSockaddr(address, port) { sa, len in
             guard Glibc.bind(fd.rawValue, sa, len) == 0 else {
                 throw SocketError(call: "bind", errno: Errno(rawValue: errno))
@@ -95,7 +95,7 @@ public final class TestSocket: @unchecked Sendable {
     }
 
     /// One `connect()` call; returns the errno it failed with, or nil on success.
-    public func connectOnce(_ address: XFRMAddress, port: UInt16) -> Errno? {
+    public func connectOnce(_ address: IPAddress, port: UInt16) -> Errno? {
         do {
             return try withSockaddr(address, port) { sa, len -> Errno? in
                 Glibc.connect(fd.rawValue, sa, len) == 0 ? nil : Errno(rawValue: errno)
@@ -108,7 +108,7 @@ public final class TestSocket: @unchecked Sendable {
     /// Connects, retrying while the kernel answers `EAGAIN` (no SA yet), at most `seconds` long.
     /// Returns how many attempts it took.
     @discardableResult
-    public func connect(_ address: XFRMAddress, port: UInt16, retryFor seconds: Double = 5) throws -> Int {
+    public func connect(_ address: IPAddress, port: UInt16, retryFor seconds: Double = 5) throws -> Int {
         let deadline = Date().addingTimeInterval(seconds)
         var attempts = 0
         while true {
@@ -133,7 +133,7 @@ public final class TestSocket: @unchecked Sendable {
     }
 
     /// One `sendto()`; returns the errno it failed with, or nil.
-    public func sendTo(_ bytes: [UInt8], _ address: XFRMAddress, port: UInt16) -> Errno? {
+    public func sendTo(_ bytes: [UInt8], _ address: IPAddress, port: UInt16) -> Errno? {
         do {
             return try withSockaddr(address, port) { sa, len -> Errno? in
                 bytes.withUnsafeBytes { Glibc.sendto(fd.rawValue, $0.baseAddress, $0.count, 0, sa, len) } >= 0
@@ -186,9 +186,9 @@ public final class TestSocket: @unchecked Sendable {
     }
 
     private func withSockaddr<T>(
-        _ address: XFRMAddress, _ port: UInt16,
+        _ address: IPAddress, _ port: UInt16,
         _ body: (UnsafePointer<sockaddr>, socklen_t) throws -> T
     ) throws -> T {
-        try SocketEndpointAddress(address: address, port: port).withSockaddr(body)
+        try IPEndpoint(address: address, port: port).withSockaddr(body)
     }
 }

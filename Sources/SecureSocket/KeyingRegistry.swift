@@ -1,4 +1,5 @@
 import ALE
+import IPAddressing
 import Keying
 import Synchronization
 import XFRM
@@ -11,7 +12,7 @@ final class KeyingRegistry: Sendable {
         var request: KeyingRequest
         var registrations: [KeyingRegistration] = []
         /// An accepted connection's own CHILD_SA (inbound SPI and peer), removed when it closes.
-        var ownChild: (spi: UInt32, peer: XFRMAddress)?
+        var ownChild: (spi: UInt32, peer: IPAddress)?
         /// A connected TCP socket's flow, to find an accepted connection's own CHILD_SA and to cover the flow's
         /// `TIME_WAIT` after the socket is gone.
         var flow: KeyedFlow?
@@ -42,7 +43,7 @@ final class KeyingRegistry: Sendable {
 
     func setFlow(cookie: UInt64, flow: KeyedFlow) { entries.withLock { $0[cookie]?.flow = flow } }
 
-    func setOwnChild(cookie: UInt64, spi: UInt32, peer: XFRMAddress) {
+    func setOwnChild(cookie: UInt64, spi: UInt32, peer: IPAddress) {
         entries.withLock { $0[cookie]?.ownChild = (spi, peer) }
     }
 

@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Synchronization
 
 /// Async variants for Swift concurrency. The blocking work (negotiation with the keying daemon, the bounded
@@ -10,7 +11,7 @@ extension SecureSocketEngine {
     /// `connect(_:to:timeout:)` for async code. Cancelling the task ends the wait for SAs within 5 ms and aborts
     /// a `connect()` blocked in SYN_SENT (shutdown); a negotiation already handed to the keying daemon still ends
     /// within its timeout. The call then throws `WSAEINTR`; the socket is unusable, as after a failed connect.
-    public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil)
+    public func connect(_ fd: CInt, to peer: IPEndpoint, timeout: Duration? = nil)
         async throws(SecureSocketError)
     {
         let cancelled = CancelFlag()

@@ -1,5 +1,6 @@
 import ALE
 import Glibc
+import IPAddressing
 import Impersonation
 import Logging
 import SystemPackage
@@ -16,7 +17,7 @@ extension SecureSocketEngine {
     /// Returns the account.
     @discardableResult
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
-    public func impersonatePeer(_ fd: CInt, peerAddress: SocketEndpointAddress? = nil) throws(SecureSocketError)
+    public func impersonatePeer(_ fd: CInt, peerAddress: IPEndpoint? = nil) throws(SecureSocketError)
         -> LocalAccount
     {
         let peer: PeerIdentity
@@ -62,7 +63,7 @@ extension SecureSocketEngine {
 
     /// Runs `body` as the peer's mapped account on this thread and always reverts.
     public func withPeerImpersonation<T>(
-        _ fd: CInt, peerAddress: SocketEndpointAddress? = nil,
+        _ fd: CInt, peerAddress: IPEndpoint? = nil,
         _ body: (LocalAccount) throws -> T
     ) throws -> T {
         let (peer, map) = try peerIdentity(fd, peerAddress: peerAddress)
@@ -96,7 +97,7 @@ extension SecureSocketEngine {
         }
     }
 
-    private func peerIdentity(_ fd: CInt, peerAddress: SocketEndpointAddress?) throws(SecureSocketError)
+    private func peerIdentity(_ fd: CInt, peerAddress: IPEndpoint?) throws(SecureSocketError)
         -> (PeerIdentity, IdentityMap)
     {
         let facts = try inspect(fd)

@@ -1,11 +1,13 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
 import Synchronization
 import SystemPackage
+import SystemSupport
 import XFRM
 
 /// The machinery behind the six functions: per-socket XFRM policies, the ALE endpoint table, reqids, and a
@@ -21,7 +23,7 @@ import XFRM
 public final class SecureSocketEngine: Sendable {
     public struct Configuration: Sendable {
         /// How long `connect` waits for the SAs before giving up (or, with `ALLOW_INSECURE`, falling back).
-        public var negotiationTimeout: Double
+        public var negotiationTimeout: Duration
         public var keying: (any KeyingBackend)?
         /// Where reqid claims are kept (one folder per network namespace; shared by every process using it).
         public var reqidDirectory: String?
@@ -30,20 +32,20 @@ public final class SecureSocketEngine: Sendable {
         /// Follow the kernel's and the keying daemon's events (see `EndpointEventPump`): endpoint states stay
         /// current, and ACQUIREs for secured sockets are answered, so plain `connect()` retries succeed.
         public var followEvents: Bool
-        /// Seconds a socket closed without `release` keeps its keying (see ``SecureSocketEngine/closeGrace``).
-        public var closeGrace: Double
+        /// How long a socket closed without `release` keeps its keying (see ``SecureSocketEngine/closeGrace``).
+        public var closeGrace: Duration
         /// Who authenticated peers are on this host, for impersonation and token inspection.
         public var identityMap: IdentityMap?
-        /// Seconds ``SecureSocketEngine/shutdown()`` (run at exit) waits for connected sockets' unsent data to
+        /// How long ``SecureSocketEngine/shutdown()`` (run at exit) waits for connected sockets' unsent data to
         /// leave under their SAs before releasing them.
-        public var exitDrain: Double = 5
+        public var exitDrain: Duration = .seconds(5)
         /// Where the engine logs its decisions (see ``SecureSocketLogging``); the application's logging system by
         /// default, `WSS_LOG` for the process-wide engine of the Windows functions.
         public var logger = Logger(label: "wss.secure-socket")
 
         public init(
-            negotiationTimeout: Double = 10, keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
-            namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Double = 2,
+            negotiationTimeout: Duration = .seconds(10), keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
+            namespace: NetworkNamespace = .current, followEvents: Bool = true, closeGrace: Duration = .seconds(2),
             identityMap: IdentityMap? = nil
         ) {
             self.closeGrace = closeGrace
@@ -68,10 +70,10 @@ public final class SecureSocketEngine: Sendable {
     let pump = Mutex<EndpointEventPump?>(nil)
     /// The hash of the last snapshot's endpoints, to write only on change.
     let published = Mutex<Int?>(nil)
-    /// When the pump last published (monotonic seconds): at most once per ``publishInterval``.
-    let lastPublished = Mutex<Double>(0)
+    /// When the pump last published: at most once per ``publishInterval``.
+    let lastPublished = Mutex<ContinuousClock.Instant?>(nil)
     /// Snapshots are for inspection: one a second at most, so a burst of connections costs one publication.
-    static let publishInterval = 1.0
+    static let publishInterval: Duration = .seconds(1)
     /// Where this process's snapshot goes.
     public let snapshotFile: String
     /// Something an inspector would show changed: the event pump publishes within its next tick.
@@ -169,7 +171,7 @@ public final class SecureSocketEngine: Sendable {
                 }
             }
             var configuration = Configuration(
-                negotiationTimeout: keying?.configuration.negotiationTimeout ?? 10,
+                negotiationTimeout: keying?.configuration.negotiationTimeout ?? .seconds(10),
                 keying: keying?.backend, identityMap: map)
             configuration.logger = SecureSocketLogging.logger(label: "wss.secure-socket")
             let created = try SecureSocketEngine(configuration)
@@ -220,13 +222,13 @@ public final class SecureSocketEngine: Sendable {
         keying?.shutdown()
     }
 
-    /// Waits (at most `bound` seconds in all) until the connected TCP sockets have no unsent data (`SIOCOUTQ`),
+    /// Waits (at most `bound` in all) until the connected TCP sockets have no unsent data (`SIOCOUTQ`),
     /// so what the application wrote before exiting leaves under its SAs instead of being stranded when they
     /// are released.
-    func drainSendQueues(within bound: Double) {
-        let deadline = monotonicNow() + bound
+    func drainSendQueues(within bound: Duration) {
+        let deadline = Deadline(after: bound)
         var pending = table.all.filter { $0.kind == .stream }.map(\.descriptor)
-        while !pending.isEmpty, monotonicNow() < deadline {
+        while !pending.isEmpty, !deadline.hasPassed {
             pending = pending.filter { fd in
                 var queued: CInt = 0
                 // SIOCOUTQ (= TIOCOUTQ, 0x5411): bytes not yet acknowledged by the peer.
@@ -260,16 +262,10 @@ public final class SecureSocketEngine: Sendable {
     public func holdsReqid(_ reqid: UInt32) -> Bool { reqids.heldReqids.contains(reqid) }
 
     /// The names an endpoint holds (for inspection and tests).
-    public func peerTargetNames(_ fd: CInt) -> [XFRMAddress?: String] {
+    public func peerTargetNames(_ fd: CInt) -> [IPAddress?: String] {
         guard let cookie = SocketInspector.cookie(of: fd) else { return [:] }
         return table.endpoint(cookie: cookie)?.peerTargetNames ?? [:]
     }
-}
-
-func monotonicNow() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 extension String {

@@ -1,4 +1,5 @@
 import Glibc
+import IPAddressing
 import SystemPackage
 import XFRM
 
@@ -102,7 +103,7 @@ public enum SocketHardening {
     ]
 
     /// Hardens `fd` (of `family`) as described above. Before bind; safe to repeat on the same socket.
-    public static func apply(to fd: CInt, family: XFRMAddressFamily) throws(SecureSocketError) {
+    public static func apply(to fd: CInt, family: IPAddressFamily) throws(SecureSocketError) {
         var zero: CInt = 0
         var one: CInt = 1
         let size = socklen_t(MemoryLayout<CInt>.size)

@@ -1,4 +1,5 @@
 import ALE
+import IPAddressing
 import Impersonation
 import XFRM
 
@@ -6,7 +7,7 @@ import XFRM
 public struct SocketSecurityQueryTemplate: Hashable, Sendable {
     public var securityProtocol: SocketSecurityProtocol
     /// Required for datagram sockets (which peer); ignored for TCP.
-    public var peerAddress: SocketEndpointAddress?
+    public var peerAddress: IPEndpoint?
     /// 0: no token handles are returned.
     public var peerTokenAccessMask: UInt32
     /// The IPSEC2 form's `Flags` and `FieldMask`.
@@ -14,7 +15,7 @@ public struct SocketSecurityQueryTemplate: Hashable, Sendable {
     public var ipsec2FieldMask: UInt32
 
     public init(
-        securityProtocol: SocketSecurityProtocol = .default, peerAddress: SocketEndpointAddress? = nil,
+        securityProtocol: SocketSecurityProtocol = .default, peerAddress: IPEndpoint? = nil,
         peerTokenAccessMask: UInt32 = 0, ipsec2Flags: UInt32 = 0, ipsec2FieldMask: UInt32 = 0
     ) {
         self.securityProtocol = securityProtocol

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import XFRM
 
 /// The security protocol a settings, name or query structure is about. `default` behaves like `ipsec`.
@@ -128,12 +129,12 @@ public struct SocketSecuritySettings: Hashable, Sendable {
 public struct SocketPeerTargetName: Hashable, Sendable {
     public var securityProtocol: SocketSecurityProtocol
     /// The peer this name applies to; nil (or the zero address) for "the peer" of a TCP socket.
-    public var peerAddress: SocketEndpointAddress?
+    public var peerAddress: IPEndpoint?
     /// The identity the peer must prove, e.g. `host/server.example` (SPN) or `server.example`.
     public var name: String
 
     public init(
-        securityProtocol: SocketSecurityProtocol = .default, peerAddress: SocketEndpointAddress? = nil,
+        securityProtocol: SocketSecurityProtocol = .default, peerAddress: IPEndpoint? = nil,
         name: String
     ) {
         self.securityProtocol = securityProtocol

@@ -1,11 +1,13 @@
 /// A point in time by which something must be done, on the monotonic clock (`ContinuousClock`: it keeps counting
 /// while the machine sleeps, and never jumps with the wall clock). Every bounded wait takes one.
-public struct Deadline: Sendable, Hashable {
+public struct Deadline: Sendable, Hashable, Comparable {
     public let instant: ContinuousClock.Instant
 
     public init(after duration: Duration) { instant = ContinuousClock.now.advanced(by: duration) }
 
     public init(_ instant: ContinuousClock.Instant) { self.instant = instant }
+
+    public static func < (a: Deadline, b: Deadline) -> Bool { a.instant < b.instant }
 
     public var hasPassed: Bool { ContinuousClock.now >= instant }
 

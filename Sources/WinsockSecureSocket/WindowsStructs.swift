@@ -1,6 +1,7 @@
 import ALE
 import CSecureSocketABI
 import Foundation
+import IPAddressing
 import SecureSocket
 
 /// Reading the Windows-layout structs a C caller passes, with the length rules of winsock-spec.md §5.
@@ -93,8 +94,8 @@ package enum WindowsStructs {
         guard bytes > 0 else { throw SecureSocketError(.invalidArgument, "empty peer target name") }
         var name = try utf16(pointer + peerNameStringOffset, bytes: bytes) ?? ""
         while name.hasSuffix("\0") { name.removeLast() }
-        let peer = withUnsafeBytes(of: header.PeerAddress) { raw -> SocketEndpointAddress? in
-            SocketEndpointAddress(sockaddr: raw.baseAddress!, length: raw.count)
+        let peer = withUnsafeBytes(of: header.PeerAddress) { raw -> IPEndpoint? in
+            IPEndpoint(sockaddr: raw.baseAddress!, length: raw.count)
         }
         let family = withUnsafeBytes(of: header.PeerAddress) { $0.loadUnaligned(as: UInt16.self) }
         if family != 0 && peer == nil {
@@ -105,7 +106,7 @@ package enum WindowsStructs {
 
     /// A `struct sockaddr` argument.
     package static func address(_ pointer: UnsafeRawPointer?, length: UInt32) throws(SecureSocketError)
-        -> SocketEndpointAddress
+        -> IPEndpoint
     {
         guard let pointer else { throw SecureSocketError(.fault, "PeerAddr is NULL") }
         guard length >= 2 else { throw SecureSocketError(.messageSize, "PeerAddrLen \(length)") }
@@ -115,7 +116,7 @@ package enum WindowsStructs {
             AF_INET6 where length < UInt32(MemoryLayout<sockaddr_in6>.size):
             throw SecureSocketError(.messageSize, "PeerAddrLen \(length) too small for family \(family)")
         case AF_INET, AF_INET6:
-            return SocketEndpointAddress(sockaddr: pointer, length: Int(length))!
+            return IPEndpoint(sockaddr: pointer, length: Int(length))!
         default:
             throw SecureSocketError(.addressFamilyNotSupported, "address family \(family)")
         }
@@ -139,7 +140,7 @@ package enum WindowsStructs {
         if family != 0 {
             guard
                 let peer = withUnsafeBytes(
-                    of: t.PeerAddress, { SocketEndpointAddress(sockaddr: $0.baseAddress!, length: $0.count) })
+                    of: t.PeerAddress, { IPEndpoint(sockaddr: $0.baseAddress!, length: $0.count) })
             else {
                 throw SecureSocketError(.addressFamilyNotSupported, "PeerAddress family \(family)")
             }

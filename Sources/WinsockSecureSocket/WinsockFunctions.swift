@@ -1,6 +1,7 @@
 import ALE
 import CSecureSocketABI
 import Glibc
+import IPAddressing
 import SecureSocket
 import SystemPackage
 
@@ -171,7 +172,7 @@ public func WSSGetTokenIdentity(
 public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointer?, _ addressLength: UInt32) -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         let engine = try engine()
-        var peer: SocketEndpointAddress?
+        var peer: IPEndpoint?
         if try SecureSocketEngine.socketKind(socket) == .datagram {
             peer = try WindowsStructs.address(address, length: addressLength)
         }

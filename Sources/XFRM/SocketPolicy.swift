@@ -1,5 +1,6 @@
 import CNetlink
 import Glibc
+import IPAddressing
 import SystemPackage
 
 /// Per-socket XFRM policies: `setsockopt(IP_XFRM_POLICY)` on IPv4 sockets, `setsockopt(IPV6_XFRM_POLICY)` on
@@ -21,7 +22,7 @@ public enum SocketPolicy {
 
     /// `set` with the socket's family already known (one `SO_DOMAIN` lookup per call of the public API). The
     /// operation's name is built only for an error: this is the hot path of `WSASetSocketSecurity`.
-    private static func set(_ policy: XFRMPolicy, on fd: FileDescriptor, family: XFRMAddressFamily) throws(XFRMError) {
+    private static func set(_ policy: XFRMPolicy, on fd: FileDescriptor, family: IPAddressFamily) throws(XFRMError) {
         func operation() -> String { "setsockopt \(optionName(family))" }
         try check(policy, family: family)
         let (level, option) = socketOption(family)
@@ -41,7 +42,7 @@ public enum SocketPolicy {
     /// ``require(_:on:selector:)`` for a socket whose family the caller already read (one system call less).
     /// `family` must be the socket's own (`SO_DOMAIN`): the kernel refuses the other family's option.
     public static func require(
-        _ templates: [XFRMTemplate], on fd: FileDescriptor, family: XFRMAddressFamily,
+        _ templates: [XFRMTemplate], on fd: FileDescriptor, family: IPAddressFamily,
         selector: XFRMSelector? = nil
     ) throws(XFRMError) {
         let selector = selector ?? .any(family)
@@ -93,7 +94,7 @@ public enum SocketPolicy {
 
     /// Whether the kernel could take `policy` as a socket policy of `family` (an in or out direction, a selector
     /// family, prefixes and templates within bounds). The operation's name is built only for an error.
-    private static func check(_ policy: XFRMPolicy, family: XFRMAddressFamily) throws(XFRMError) {
+    private static func check(_ policy: XFRMPolicy, family: IPAddressFamily) throws(XFRMError) {
         func operation() -> String { "setsockopt \(optionName(family))" }
         guard policy.direction == .inbound || policy.direction == .outbound else {
             throw .invalid(operation(), "a socket policy's direction is in or out, not \(policy.direction)")
@@ -116,12 +117,12 @@ public enum SocketPolicy {
     }
 
     /// `(SOL_IP, IP_XFRM_POLICY)` or `(SOL_IPV6, IPV6_XFRM_POLICY)`.
-    private static func socketOption(_ family: XFRMAddressFamily) -> (level: CInt, option: CInt) {
+    private static func socketOption(_ family: IPAddressFamily) -> (level: CInt, option: CInt) {
         family == .inet6 ? (CInt(IPPROTO_IPV6), _IPV6_XFRM_POLICY) : (CInt(IPPROTO_IP), _IP_XFRM_POLICY)
     }
 
     /// The socket's address family (`SO_DOMAIN`); only IPv4 and IPv6 sockets take XFRM policies.
-    static func socketFamily(_ fd: FileDescriptor) throws(XFRMError) -> XFRMAddressFamily {
+    static func socketFamily(_ fd: FileDescriptor) throws(XFRMError) -> IPAddressFamily {
         var domain: CInt = 0
         var length = socklen_t(MemoryLayout<CInt>.size)
         guard getsockopt(fd.rawValue, SOL_SOCKET, SO_DOMAIN, &domain, &length) == 0 else {
@@ -137,7 +138,7 @@ public enum SocketPolicy {
         }
     }
 
-    private static func optionName(_ family: XFRMAddressFamily) -> String {
+    private static func optionName(_ family: IPAddressFamily) -> String {
         family == .inet6 ? "IPV6_XFRM_POLICY" : "IP_XFRM_POLICY"
     }
 }

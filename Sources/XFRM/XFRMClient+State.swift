@@ -1,4 +1,5 @@
 import CNetlink
+import IPAddressing
 
 /// The `ip xfrm state` verbs.
 extension XFRMClient {
@@ -39,7 +40,7 @@ extension XFRMClient {
     /// Deletes a state.
     ///
     /// Equivalent to: `ip xfrm state delete src S dst D proto P spi SPI`.
-    public func deleteState(_ id: XFRMStateID, source: XFRMAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError) {
+    public func deleteState(_ id: XFRMStateID, source: IPAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError) {
         _ = try request(
             Self.stateIDMessage(id, type: _XFRM_MSG_DELSA, source: source, mark: mark),
             operation: "state delete")
@@ -55,7 +56,7 @@ extension XFRMClient {
     /// Reads one state with its counters.
     ///
     /// Equivalent to: `ip -s xfrm state get src S dst D proto P spi SPI`.
-    public func getState(_ id: XFRMStateID, source: XFRMAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError)
+    public func getState(_ id: XFRMStateID, source: IPAddress? = nil, mark: XFRMMark? = nil) throws(XFRMError)
         -> XFRMState
     {
         let replies = try request(
@@ -72,7 +73,7 @@ extension XFRMClient {
     ///
     /// Equivalent to: `ip -s xfrm state list [src S] [dst D] [proto P]`.
     public func states(
-        source: XFRMAddress? = nil, destination: XFRMAddress? = nil,
+        source: IPAddress? = nil, destination: IPAddress? = nil,
         proto: XFRMProtocol? = nil
     ) throws(XFRMError) -> [XFRMState] {
         var builder = NetlinkMessageBuilder(type: _XFRM_MSG_GETSA, flags: _NLM_F_REQUEST | _NLM_F_DUMP)
@@ -117,7 +118,7 @@ extension XFRMClient {
     ///
     /// Equivalent to: `ip xfrm state allocspi src S dst D proto P mode M reqid R min MIN max MAX`.
     public func allocateSPI(
-        source: XFRMAddress, destination: XFRMAddress, proto: XFRMProtocol = .esp,
+        source: IPAddress, destination: IPAddress, proto: XFRMProtocol = .esp,
         mode: XFRMMode = .transport, reqid: UInt32 = 0, sequence: UInt32 = 0,
         range: ClosedRange<UInt32> = 0x100...0xffff_ffff
     ) throws(XFRMError) -> XFRMState {
@@ -150,7 +151,7 @@ extension XFRMClient {
     }
 
     static func stateIDMessage(
-        _ id: XFRMStateID, type: UInt16, source: XFRMAddress?,
+        _ id: XFRMStateID, type: UInt16, source: IPAddress?,
         mark: XFRMMark?
     ) -> NetlinkMessageBuilder {
         var builder = NetlinkMessageBuilder(type: type, flags: _NLM_F_REQUEST | _NLM_F_ACK)

@@ -2,6 +2,7 @@ import CNetlink
 import Glibc
 import Synchronization
 import SystemPackage
+import SystemSupport
 
 /// A NETLINK_XFRM client bound to one network namespace: the `ip xfrm state` and `ip xfrm policy` verbs.
 ///
@@ -16,10 +17,10 @@ public final class XFRMClient: Sendable {
     public let namespace: NetworkNamespace
     /// How many times an interrupted dump is restarted before ``XFRMError/Code/dumpInterrupted`` is thrown.
     public static let dumpRetries = 5
-    /// Longest wait for one datagram, in milliseconds.
-    public static let receiveTimeout = 2_000
-    /// Longest time one request (including a whole dump) may take, in seconds.
-    public static let requestDeadline: Int = 120
+    /// Longest wait for one datagram.
+    public static let receiveTimeout: Duration = .seconds(2)
+    /// Longest time one request (including a whole dump) may take.
+    public static let requestDeadline: Duration = .seconds(120)
     /// Largest batch sent in one `sendto` (kept well under the default socket send buffer).
     static let batchBytes = 60 * 1024
     /// Most requests in one batch: each ack costs about 1 KiB of the receive buffer (skb truesize), and an
@@ -32,7 +33,7 @@ public final class XFRMClient: Sendable {
     public init(namespace: NetworkNamespace = .current) throws(XFRMError) {
         self.namespace = namespace
         let socket = try NetlinkSocket(
-            namespace: namespace, receiveTimeoutMilliseconds: Self.receiveTimeout,
+            namespace: namespace, receiveTimeout: Self.receiveTimeout,
             receiveBufferBytes: 1 << 20, operation: "open xfrm client")
         self.socket = Mutex(socket)
     }
@@ -152,18 +153,18 @@ public final class XFRMClient: Sendable {
         _ socket: NetlinkSocket, operation: String,
         _ handle: (NetlinkMessage) throws(XFRMError) -> Bool
     ) throws(XFRMError) {
-        let deadline = monotonicSeconds() + Double(requestDeadline)
-        while monotonicSeconds() < deadline {
+        let deadline = Deadline(after: requestDeadline)
+        while !deadline.hasPassed {
             guard let datagram = try socket.receive(operation: operation) else {
                 throw XFRMError(
                     .timedOut, operation: operation,
-                    detail: "no reply within \(receiveTimeout) ms")
+                    detail: "no reply within \(receiveTimeout)")
             }
             for message in try NetlinkMessage.split(datagram, operation: operation) {
                 if try handle(message) { return }
             }
         }
-        throw XFRMError(.timedOut, operation: operation, detail: "request took longer than \(requestDeadline) s")
+        throw XFRMError(.timedOut, operation: operation, detail: "request took longer than \(requestDeadline)")
     }
 
     private static func check(
@@ -217,10 +218,4 @@ public final class XFRMClient: Sendable {
             .kernelRejected, operation: operation, errno: Errno(rawValue: -header.error),
             kernelMessage: kernelMessage)
     }
-}
-
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

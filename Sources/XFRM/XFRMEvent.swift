@@ -1,11 +1,12 @@
 import CNetlink
+import IPAddressing
 
 /// An `XFRM_MSG_ACQUIRE`: the kernel needs an SA for a flow that a policy requires.
 public struct XFRMAcquire: Hashable, Sendable {
     /// Destination (the peer), SPI 0, protocol.
     public var id: XFRMStateID
     /// The local source address.
-    public var source: XFRMAddress
+    public var source: IPAddress
     /// The exact flow (source port 0 for an unbound connecting socket).
     public var selector: XFRMSelector
     /// A copy of the policy that asked; a socket policy shows direction out and `index & 7 == 4`.
@@ -56,8 +57,8 @@ public enum XFRMEvent: Hashable, Sendable {
             let attributes = try NetlinkAttribute.parse(
                 payload.afterHeader(xfrm_user_acquire.self),
                 operation: operation)
-            let family = XFRMAddressFamily(rawValue: a.sel.family)
-            let addressFamily: XFRMAddressFamily = family == .inet6 ? .inet6 : .inet
+            let family = IPAddressFamily(rawValue: a.sel.family)
+            let addressFamily: IPAddressFamily = family == .inet6 ? .inet6 : .inet
             let policy = try XFRMPolicy(info: a.policy, attributes: [], operation: operation)
             var templates: [XFRMTemplate] = []
             if let tmpl = attributes.first(_XFRMA_TMPL) {
@@ -68,9 +69,9 @@ public enum XFRMEvent: Hashable, Sendable {
             return .acquire(
                 XFRMAcquire(
                     id: XFRMStateID(
-                        destination: XFRMAddress(family: addressFamily, kernelValue: a.id.daddr),
+                        destination: IPAddress(family: addressFamily, kernelValue: a.id.daddr),
                         spi: UInt32(bigEndian: a.id.spi), proto: XFRMProtocol(rawValue: a.id.proto)),
-                    source: XFRMAddress(family: addressFamily, kernelValue: a.saddr),
+                    source: IPAddress(family: addressFamily, kernelValue: a.saddr),
                     selector: XFRMSelector(kernelValue: a.sel, fallbackFamily: addressFamily),
                     policy: policy, templates: templates, authenticationAlgorithms: a.aalgos,
                     encryptionAlgorithms: a.ealgos, compressionAlgorithms: a.calgos, sequence: a.seq))

@@ -1,4 +1,5 @@
 import CNetlink
+import IPAddressing
 
 /// Soft and hard limits of a state or policy: the kernel's `struct xfrm_lifetime_cfg`.
 ///
@@ -72,19 +73,19 @@ public struct XFRMEncapsulation: Hashable, Sendable {
     public var type: UInt16
     public var sourcePort: UInt16
     public var destinationPort: UInt16
-    public var originalAddress: XFRMAddress
+    public var originalAddress: IPAddress
 
     /// RFC 3948 ESP-in-UDP (`espinudp`).
     public static func espInUDP(
         sourcePort: UInt16, destinationPort: UInt16,
-        originalAddress: XFRMAddress
+        originalAddress: IPAddress
     ) -> XFRMEncapsulation {
         XFRMEncapsulation(
             type: 2, sourcePort: sourcePort, destinationPort: destinationPort,
             originalAddress: originalAddress)
     }
 
-    public init(type: UInt16, sourcePort: UInt16, destinationPort: UInt16, originalAddress: XFRMAddress) {
+    public init(type: UInt16, sourcePort: UInt16, destinationPort: UInt16, originalAddress: IPAddress) {
         self.type = type
         self.sourcePort = sourcePort
         self.destinationPort = destinationPort

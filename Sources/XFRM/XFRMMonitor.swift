@@ -47,7 +47,7 @@ public final class XFRMMonitor: AsyncSequence, Sendable {
     public init(namespace: NetworkNamespace = .current, groups: Groups = .all) throws(XFRMError) {
         self.namespace = namespace
         let socket = try NetlinkSocket(
-            namespace: namespace, groups: groups.numbers, receiveTimeoutMilliseconds: 100,
+            namespace: namespace, groups: groups.numbers, receiveTimeout: .milliseconds(100),
             receiveBufferBytes: 4 << 20, operation: "monitor")
         let (stream, continuation) = AsyncThrowingStream<XFRMEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
         self.stream = stream

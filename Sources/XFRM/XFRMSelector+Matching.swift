@@ -1,3 +1,5 @@
+import IPAddressing
+
 /// Which flows a selector covers, as the kernel decides it (`xfrm_selector_match` in
 /// net/xfrm/xfrm_policy.c): addresses under their prefixes, ports under their masks, the protocol unless it
 /// is `.any`. The kernel applies it to an SA's selector on output (an SA whose selector does not cover the
@@ -6,7 +8,7 @@
 extension XFRMSelector {
     /// Whether a packet from `source`:`sourcePort` to `destination`:`destinationPort` of `upper` is covered.
     public func covers(
-        source: XFRMAddress, sourcePort: UInt16, destination: XFRMAddress, destinationPort: UInt16,
+        source: IPAddress, sourcePort: UInt16, destination: IPAddress, destinationPort: UInt16,
         protocol upper: XFRMUpperProtocol
     ) -> Bool {
         guard family == source.family, family == destination.family else { return false }
@@ -26,9 +28,9 @@ extension XFRMSelector {
     }
 }
 
-extension XFRMAddress {
+extension IPAddress {
     /// Whether the first `length` bits of `self` and `other` agree (same family only).
-    public func hasPrefix(of other: XFRMAddress, length: UInt8) -> Bool {
+    public func hasPrefix(of other: IPAddress, length: UInt8) -> Bool {
         guard family == other.family else { return false }
         let mine = bytes
         let theirs = other.bytes

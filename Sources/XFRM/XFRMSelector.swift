@@ -1,15 +1,17 @@
+import IPAddressing
+
 /// Which packets a policy or a state applies to: the kernel's `struct xfrm_selector`.
 ///
 /// iproute2's words: `src ADDR[/PLEN] dst ADDR[/PLEN] [dev DEV] [proto P [sport PORT] [dport PORT]]`.
 /// A zero selector of a family matches every flow of that family.
 public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
     /// The address family. Per-socket policies require `.inet` or `.inet6`.
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     /// Source address and prefix length.
-    public var source: XFRMAddress
+    public var source: IPAddress
     public var sourcePrefixLength: UInt8
     /// Destination address and prefix length.
-    public var destination: XFRMAddress
+    public var destination: IPAddress
     public var destinationPrefixLength: UInt8
     /// Source port (host order) and its mask; mask `0` means any port.
     public var sourcePort: UInt16
@@ -25,7 +27,7 @@ public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
     public var user: UInt32
 
     /// A selector that matches every flow of `family`.
-    public static func any(_ family: XFRMAddressFamily) -> XFRMSelector {
+    public static func any(_ family: IPAddressFamily) -> XFRMSelector {
         XFRMSelector(
             family: family, source: .any(family), sourcePrefixLength: 0,
             destination: .any(family), destinationPrefixLength: 0)
@@ -33,7 +35,7 @@ public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
 
     /// A host-to-host selector (full-length prefixes), optionally narrowed to a protocol and ports.
     public static func host(
-        _ source: XFRMAddress, _ destination: XFRMAddress,
+        _ source: IPAddress, _ destination: IPAddress,
         protocol upper: XFRMUpperProtocol = .any,
         sourcePort: UInt16? = nil, destinationPort: UInt16? = nil
     ) -> XFRMSelector {
@@ -46,8 +48,8 @@ public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
     }
 
     public init(
-        family: XFRMAddressFamily, source: XFRMAddress, sourcePrefixLength: UInt8,
-        destination: XFRMAddress, destinationPrefixLength: UInt8,
+        family: IPAddressFamily, source: IPAddress, sourcePrefixLength: UInt8,
+        destination: IPAddress, destinationPrefixLength: UInt8,
         sourcePort: UInt16 = 0, sourcePortMask: UInt16 = 0,
         destinationPort: UInt16 = 0, destinationPortMask: UInt16 = 0,
         upperProtocol: XFRMUpperProtocol = .any, interfaceIndex: Int32 = 0, user: UInt32 = 0

@@ -1,11 +1,13 @@
+import IPAddressing
+
 /// The key that names a state in the kernel: destination, SPI and protocol (`ID` in iproute2).
 public struct XFRMStateID: Hashable, Sendable, CustomStringConvertible {
-    public var destination: XFRMAddress
+    public var destination: IPAddress
     /// The SPI in host byte order.
     public var spi: UInt32
     public var proto: XFRMProtocol
 
-    public init(destination: XFRMAddress, spi: UInt32, proto: XFRMProtocol = .esp) {
+    public init(destination: IPAddress, spi: UInt32, proto: XFRMProtocol = .esp) {
         self.destination = destination
         self.spi = spi
         self.proto = proto
@@ -24,9 +26,9 @@ public struct XFRMState: Hashable, Sendable, CustomStringConvertible {
     /// Destination, SPI, protocol.
     public var id: XFRMStateID
     /// The outer source address (`src`).
-    public var source: XFRMAddress
+    public var source: IPAddress
     /// Family of the outer addresses.
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     public var mode: XFRMMode
     /// Request id that ties the SA to policy templates.
     public var reqid: UInt32
@@ -58,7 +60,7 @@ public struct XFRMState: Hashable, Sendable, CustomStringConvertible {
     }
 
     public init(
-        source: XFRMAddress, destination: XFRMAddress, proto: XFRMProtocol = .esp, spi: UInt32,
+        source: IPAddress, destination: IPAddress, proto: XFRMProtocol = .esp, spi: UInt32,
         mode: XFRMMode = .transport, reqid: UInt32 = 0, algorithms: [XFRMAlgorithm] = [],
         selector: XFRMSelector? = nil, replayWindow: UInt8 = 0, flags: UInt8 = 0,
         lifetime: XFRMLifetime = .infinite, mark: XFRMMark? = nil,

@@ -1,18 +1,20 @@
+import IPAddressing
+
 /// One transform a policy requires: the kernel's `struct xfrm_user_tmpl`.
 ///
 /// iproute2's words: `tmpl [src ADDR] [dst ADDR] [proto P] [spi SPI] [mode M] [reqid R] [level required|use]`.
 public struct XFRMTemplate: Hashable, Sendable, CustomStringConvertible {
     /// Outer destination (`dst`); keep it `.any` in transport mode (the flow's address is used, and a
     /// non-zero one makes every retry raise a new ACQUIRE).
-    public var destination: XFRMAddress
+    public var destination: IPAddress
     /// Outer source (`src`); `.any` in transport mode for the same reason.
-    public var source: XFRMAddress
+    public var source: IPAddress
     /// SPI to require, 0 for any.
     public var spi: UInt32
     /// ESP, AH or IPComp.
     public var proto: XFRMProtocol
     /// Template family; `.unspecified` takes the policy's.
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     /// The request id: on output the SA's reqid must equal it; on input 0 accepts any SA.
     public var reqid: UInt32
     /// Transport, tunnel, ...
@@ -29,8 +31,8 @@ public struct XFRMTemplate: Hashable, Sendable, CustomStringConvertible {
 
     public init(
         proto: XFRMProtocol = .esp, mode: XFRMMode = .transport, reqid: UInt32 = 0,
-        level: XFRMTemplateLevel = .required, family: XFRMAddressFamily = .unspecified,
-        source: XFRMAddress? = nil, destination: XFRMAddress? = nil, spi: UInt32 = 0, share: UInt8 = 0,
+        level: XFRMTemplateLevel = .required, family: IPAddressFamily = .unspecified,
+        source: IPAddress? = nil, destination: IPAddress? = nil, spi: UInt32 = 0, share: UInt8 = 0,
         authenticationAlgorithms: UInt32 = .max, encryptionAlgorithms: UInt32 = .max,
         compressionAlgorithms: UInt32 = .max
     ) {

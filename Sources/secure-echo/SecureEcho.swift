@@ -3,6 +3,7 @@ import ArgumentParser
 import CSecureSocketABI
 import Foundation
 import Glibc
+import IPAddressing
 import WinsockSecureSocket
 import XFRM
 
@@ -28,9 +29,9 @@ struct SecureEcho: ParsableCommand {
         return ExitCode(3)
     }
 
-    static func address(_ text: String, _ port: UInt16) throws -> SocketEndpointAddress {
-        guard let address = XFRMAddressParser.parse(text) else { throw ValidationError("not an IP address: \(text)") }
-        return SocketEndpointAddress(address: address, port: port)
+    static func address(_ text: String, _ port: UInt16) throws -> IPEndpoint {
+        guard let address = IPAddressParser.parse(text) else { throw ValidationError("not an IP address: \(text)") }
+        return IPEndpoint(address: address, port: port)
     }
 
     static func queryLine(_ socket: Int32) -> (String, SOCKET_SECURITY_QUERY_INFO_IPSEC2)? {
@@ -218,6 +219,6 @@ struct SecureEcho: ParsableCommand {
     }
 }
 
-enum XFRMAddressParser {
-    static func parse(_ text: String) -> XFRMAddress? { XFRMAddress(text) }
+enum IPAddressParser {
+    static func parse(_ text: String) -> IPAddress? { IPAddress(text) }
 }

@@ -2,6 +2,7 @@ import ALE
 import ArgumentParser
 import EngineTestSupport
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -30,7 +31,7 @@ final class Ends: @unchecked Sendable {
         self.keying = keying
         var options = EnginePair.Options()
         options.secret = secret
-        options.negotiationTimeout = keying == .static ? 5 : 10
+        options.negotiationTimeout = .seconds(keying == .static ? 5 : 10)
         engines = try EnginePair(
             pair: pair, keying: keying == .static ? .static(family: .inet) : .psk, options: options)
         let engines = engines
@@ -54,7 +55,7 @@ final class Ends: @unchecked Sendable {
         client.setTimeouts(5)
         try a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
         try a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-        try a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+        try a.connect(client.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: listener.localPort))
         let accepted = try listener.accept(timeout: 5)
         accepted.setTimeouts(5)
         try client.send([0x2a])

@@ -1,6 +1,7 @@
 import ALE
 import ArgumentParser
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -139,7 +140,7 @@ struct FirstContact: ParsableCommand {
             let sample: Sample
             do {
                 try ends.a.connect(
-                    client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.port))
+                    client.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: Self.port))
                 let connected = nowNanos()
                 try client.send([0x2a])
                 guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("wrong echo") }
@@ -209,7 +210,7 @@ struct FirstContact: ParsableCommand {
             tokens.append(Cleanup.add { daemon.stop() })
             daemons.append(daemon)
         }
-        let ends: [(local: XFRMAddress, remote: XFRMAddress, id: String, peer: String)] = [
+        let ends: [(local: IPAddress, remote: IPAddress, id: String, peer: String)] = [
             (pair.addressA4, pair.addressB4, "a.example", "b.example"),
             (pair.addressB4, pair.addressA4, "b.example", "a.example"),
         ]

@@ -1,6 +1,7 @@
 import ALE
 import ArgumentParser
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -290,7 +291,7 @@ struct NewConnection: ParsableCommand {
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
             try ends.a.connect(
-                client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.oursPort))
+                client.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: Self.oursPort))
             clients.append(client)
             if index == 9 { queryAt10 = try queryCost(ends, clients) }
         }
@@ -406,7 +407,7 @@ struct NewConnection: ParsableCommand {
         defer { client.closeAbortively() }
         try ends.a.setSecurity(client.fd.rawValue)
         try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-        try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: Self.oursPort))
+        try ends.a.connect(client.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: Self.oursPort))
         try client.send([0x2a])
         guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("ours: wrong echo") }
         ends.a.release(client.fd.rawValue)

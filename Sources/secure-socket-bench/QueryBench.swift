@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import IPAddressing
 import NetnsTestSupport
 import SecureSocket
 import XFRM
@@ -176,7 +177,7 @@ struct QueryBench: ParsableCommand {
 
     /// The i-th unrelated SA: 192.168.77.1 → 10.x.y.z (never 10.77.0.0/24), distinct SPI and reqid.
     static func unrelatedState(_ i: Int) -> XFRMState {
-        let destination = XFRMAddress(bytes: [
+        let destination = IPAddress(bytes: [
             10, UInt8(100 + (i >> 16) & 0x7f), UInt8((i >> 8) & 0xff), UInt8(i & 0xff),
         ])!
         return XFRMState(

@@ -61,7 +61,10 @@ struct WSSDemo: ParsableCommand {
 
         // The server.
         let server = try NamespaceProcess(
-            in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf, "WSS_IDENTITY_MAP": "\(c)/identity.map"],
+            in: pair.b,
+            environment: [
+                "WSS_KEYING_CONFIG": bConf, "WSS_IDENTITY_MAP": "\(c)/identity.map", "WSS_LOG": "info,stderr",
+            ],
             [
                 echo, "server", "--bind", "10.77.0.2", "--port", "27015", "--directory", shared, "--root-only",
                 rootOnly,
@@ -73,7 +76,7 @@ struct WSSDemo: ParsableCommand {
         // A client that names the wrong server is refused before a single payload byte.
         let wrong = try pair.a.exec(
             [
-                "env", "WSS_KEYING_CONFIG=\(aConf)", echo, "client", "--server", "10.77.0.2",
+                "env", "WSS_KEYING_CONFIG=\(aConf)", "WSS_LOG=info,stderr", echo, "client", "--server", "10.77.0.2",
                 "--target", "host/mallory.example", "--user", "alice", "--domain", "EXAMPLE",
                 "--password", secret, "--message", "WRONG-NAME-PAYLOAD",
             ], timeout: 60, check: false)
@@ -81,11 +84,14 @@ struct WSSDemo: ParsableCommand {
         claim(
             "peer name checked: a client requiring host/mallory.example is refused (WSAEACCES)",
             wrong.status != 0 && wrong.output.contains("WSAEACCES"))
+        claim(
+            "the refusal is logged with its reason and the identity that was required",
+            wrong.output.contains("connection refused") && wrong.output.contains("mallory.example"))
 
         // The real client, holding the connection open so it can be inspected.
         let marker = "SECRET-\(UUID().uuidString)"
         let client = try NamespaceProcess(
-            in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+            in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf, "WSS_LOG": "info,stderr"],
             [
                 echo, "client", "--server", "10.77.0.2", "--target", "host/b.example", "--user", "alice", "--domain",
                 "EXAMPLE",
@@ -112,6 +118,10 @@ struct WSSDemo: ParsableCommand {
         claim("secured and encrypted, as the client's query reports", clientOutput.contains("flags SECURED ENCRYPTED"))
         claim("the client's query names the server it required: b.example", clientOutput.contains("machine=b.example"))
         claim("the echo came back intact", clientOutput.contains("echo: \(marker)"))
+        claim(
+            "the secured connection is logged with the peer's identity and its SAs",
+            clientOutput.contains("connection secured") && clientOutput.contains("peer-identity=b.example")
+                && clientOutput.contains("spi-in="))
         claim(
             "secured and encrypted, as the server's query reports, with the peer user",
             serverOutput.contains("flags SECURED ENCRYPTED IMPERSONATED") && serverOutput.contains("user=alice@EXAMPLE")

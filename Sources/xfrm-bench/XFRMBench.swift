@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import IPAddressing
 import NetnsTestSupport
 import XFRM
 
@@ -67,11 +68,11 @@ struct XFRMBench: ParsableCommand {
 
     func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
-    func address(_ i: Int) -> XFRMAddress {
-        XFRMAddress(bytes: [10, UInt8((i >> 16) & 0xff), UInt8((i >> 8) & 0xff), UInt8(i & 0xff)])!
+    func address(_ i: Int) -> IPAddress {
+        IPAddress(bytes: [10, UInt8((i >> 16) & 0xff), UInt8((i >> 8) & 0xff), UInt8(i & 0xff)])!
     }
 
-    static let local: XFRMAddress = "192.168.77.1"
+    static let local: IPAddress = "192.168.77.1"
     static let key = "0x" + String(repeating: "0123456789abcdef", count: 3).prefix(40)
     static let keyBytes: [UInt8] = (0..<20).map { UInt8([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef][$0 % 8]) }
 

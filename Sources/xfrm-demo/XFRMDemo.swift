@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import IPAddressing
 import NetnsTestSupport
 import XFRM
 
@@ -30,7 +31,7 @@ struct XFRMDemo: ParsableCommand {
             (try? String(contentsOfFile: "/proc/sys/kernel/osrelease", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
         print("kernel \(kernel)\(TierProbe.insideUML ? " (user-mode-linux)" : "")")
-        let families: [XFRMAddressFamily] =
+        let families: [IPAddressFamily] =
             switch family {
             case .ipv4: [.inet]
             case .ipv6: [.inet6]

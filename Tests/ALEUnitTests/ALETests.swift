@@ -2,12 +2,15 @@ import ALE
 import Dispatch
 import Foundation
 import Glibc
+import IPAddressing
 import SystemPackage
 import XCTest
 import XFRM
 
 final class EndpointStateMachineTests: XCTestCase {
     let info = ProtectionInfo(ikeSAID: 1, childSAID: 2, peerIdentity: "b.example", encryptionAlgorithm: "AES_GCM_16")
+    /// The clock's origin for the life-cycle tests: every instant below is an offset from it.
+    let t0 = ContinuousClock.now
 
     func testHappyPath() {
         var machine = EndpointStateMachine(allowInsecure: false)
@@ -26,20 +29,20 @@ final class EndpointStateMachineTests: XCTestCase {
     func testFailureWithoutAllowInsecureNeverFallsBack() {
         var machine = EndpointStateMachine(allowInsecure: false)
         _ = machine.handle(.negotiationStarted)
-        XCTAssertEqual(machine.handle(.failed(.negotiationTimedOut(seconds: 5))), [.publish])
+        XCTAssertEqual(machine.handle(.failed(.negotiationTimedOut(after: .seconds(5)))), [.publish])
         XCTAssertEqual(machine.handle(.fellBackToClear), [])
-        XCTAssertEqual(machine.state, .failed(.negotiationTimedOut(seconds: 5)))
+        XCTAssertEqual(machine.state, .failed(.negotiationTimedOut(after: .seconds(5))))
     }
 
     func testAllowInsecureFallsBackAndStaysClear() {
         var machine = EndpointStateMachine(allowInsecure: true)
         _ = machine.handle(.negotiationStarted)
-        _ = machine.handle(.failed(.negotiationTimedOut(seconds: 1)))
+        _ = machine.handle(.failed(.negotiationTimedOut(after: .seconds(1))))
         XCTAssertEqual(machine.handle(.fellBackToClear), [.publish])
-        XCTAssertEqual(machine.state, .insecure(after: .negotiationTimedOut(seconds: 1)))
+        XCTAssertEqual(machine.state, .insecure(after: .negotiationTimedOut(after: .seconds(1))))
         // A TCP connection opened in clear stays clear for its whole life (kernel-notes), so a late SA changes nothing.
         XCTAssertEqual(machine.handle(.childUp(info)), [])
-        XCTAssertEqual(machine.state, .insecure(after: .negotiationTimedOut(seconds: 1)))
+        XCTAssertEqual(machine.state, .insecure(after: .negotiationTimedOut(after: .seconds(1))))
     }
 
     func testRekeyAndChildDown() {
@@ -57,27 +60,29 @@ final class EndpointStateMachineTests: XCTestCase {
     func testASocketClosedWithoutReleaseClosesAfterItsGracePeriod() {
         var machine = EndpointStateMachine(allowInsecure: false)
         _ = machine.handle(.childUp(info))
-        XCTAssertEqual(machine.handle(.socketGone(at: 100, grace: 2)), [.publish])
-        XCTAssertEqual(machine.state, .closing(until: 102, previous: .secured(info)))
+        XCTAssertEqual(machine.handle(.socketGone(at: t0 + .seconds(100), grace: .seconds(2))), [.publish])
+        XCTAssertEqual(machine.state, .closing(until: t0 + .seconds(102), previous: .secured(info)))
         XCTAssertEqual(machine.state.settled, .secured(info))
-        XCTAssertEqual(machine.handle(.socketGone(at: 101, grace: 2)), [], "the grace period starts once")
-        XCTAssertEqual(machine.handle(.tick(now: 101.9)), [])
+        XCTAssertEqual(
+            machine.handle(.socketGone(at: t0 + .seconds(101), grace: .seconds(2))), [], "the grace period starts once")
+        XCTAssertEqual(machine.handle(.tick(now: t0 + .milliseconds(101900))), [])
         var rekeyed = info
         rekeyed.childSAID = 9
         XCTAssertEqual(machine.handle(.childUp(rekeyed)), [.publish], "the previous state follows a rekey")
-        XCTAssertEqual(machine.state, .closing(until: 102, previous: .secured(rekeyed)))
-        XCTAssertEqual(machine.handle(.tick(now: 102)), [.publish, .releaseResources(coverClosedFlow: true)])
+        XCTAssertEqual(machine.state, .closing(until: t0 + .seconds(102), previous: .secured(rekeyed)))
+        XCTAssertEqual(
+            machine.handle(.tick(now: t0 + .seconds(102))), [.publish, .releaseResources(coverClosedFlow: true)])
         XCTAssertEqual(machine.state, .closed)
-        XCTAssertEqual(machine.handle(.tick(now: 200)), [], "released once")
+        XCTAssertEqual(machine.handle(.tick(now: t0 + .seconds(200))), [], "released once")
     }
 
     func testASocketFoundAgainDuringItsGracePeriodGoesBackToWhatItWas() {
         var machine = EndpointStateMachine(allowInsecure: false)
         _ = machine.handle(.childUp(info))
-        _ = machine.handle(.socketGone(at: 5, grace: 2))
+        _ = machine.handle(.socketGone(at: t0 + .seconds(5), grace: .seconds(2)))
         XCTAssertEqual(machine.handle(.socketFound), [.publish])
         XCTAssertEqual(machine.state, .secured(info))
-        XCTAssertEqual(machine.handle(.tick(now: 50)), [], "a live socket is not closed by the clock")
+        XCTAssertEqual(machine.handle(.tick(now: t0 + .seconds(50))), [], "a live socket is not closed by the clock")
         XCTAssertEqual(machine.handle(.socketFound), [])
     }
 
@@ -85,19 +90,21 @@ final class EndpointStateMachineTests: XCTestCase {
         var secured = EndpointStateMachine(allowInsecure: false)
         _ = secured.handle(.childUp(info))
         XCTAssertEqual(
-            secured.handle(.socketGone(at: 5, grace: 0)), [.publish, .releaseResources(coverClosedFlow: true)])
+            secured.handle(.socketGone(at: t0 + .seconds(5), grace: .seconds(0))),
+            [.publish, .releaseResources(coverClosedFlow: true)])
         var closing = EndpointStateMachine(allowInsecure: false)
         _ = closing.handle(.childUp(info))
-        _ = closing.handle(.socketGone(at: 5, grace: 2))
+        _ = closing.handle(.socketGone(at: t0 + .seconds(5), grace: .seconds(2)))
         XCTAssertEqual(closing.handle(.closed), [.publish, .releaseResources(coverClosedFlow: true)])
         // Only a secured flow is covered after close: one that never had SAs, or went clear, has nothing to hide.
         var clear = EndpointStateMachine(allowInsecure: true)
-        _ = clear.handle(.failed(.negotiationTimedOut(seconds: 1)))
+        _ = clear.handle(.failed(.negotiationTimedOut(after: .seconds(1))))
         _ = clear.handle(.fellBackToClear)
         XCTAssertEqual(clear.handle(.closed), [.publish, .releaseResources(coverClosedFlow: false)])
         var requested = EndpointStateMachine(allowInsecure: false)
         XCTAssertEqual(
-            requested.handle(.socketGone(at: 1, grace: 0)), [.publish, .releaseResources(coverClosedFlow: false)])
+            requested.handle(.socketGone(at: t0 + .seconds(1), grace: .seconds(0))),
+            [.publish, .releaseResources(coverClosedFlow: false)])
     }
 
     func testPeerNameMismatchIsRecorded() {
@@ -271,7 +278,7 @@ final class SocketInspectorTests: XCTestCase {
         XCTAssertNotEqual(u.cookie, t.cookie, "cookies differ per socket")
         XCTAssertEqual(try SocketInspector.facts(of: unix).family, .unspecified)
 
-        let address = SocketEndpointAddress(address: "127.0.0.1", port: 0)
+        let address = IPEndpoint(address: "127.0.0.1", port: 0)
         _ = address.withSockaddr { bind(udp, $0, $1) }
         XCTAssertTrue(try SocketInspector.facts(of: udp).isBound)
 
@@ -296,7 +303,7 @@ final class SocketInspectorTests: XCTestCase {
         }
         let stream = Int32(SOCK_STREAM.rawValue)
         let datagram = Int32(SOCK_DGRAM.rawValue)
-        let loopback = SocketEndpointAddress(address: "127.0.0.1", port: 0)
+        let loopback = IPEndpoint(address: "127.0.0.1", port: 0)
         let unboundTCP = make(AF_INET, stream)
         let unboundUDP6 = make(AF_INET6, datagram)
         let nonBlocking = make(AF_INET, stream | Int32(SOCK_NONBLOCK.rawValue))
@@ -331,8 +338,8 @@ final class SocketInspectorTests: XCTestCase {
     }
 
     func testV4MappedDetection() {
-        XCTAssertTrue(SocketEndpointAddress(address: "::ffff:10.0.0.1", port: 1).isV4Mapped)
-        XCTAssertFalse(SocketEndpointAddress(address: "fd00::1", port: 1).isV4Mapped)
-        XCTAssertFalse(SocketEndpointAddress(address: "10.0.0.1", port: 1).isV4Mapped)
+        XCTAssertTrue(IPEndpoint(address: "::ffff:10.0.0.1", port: 1).isV4Mapped)
+        XCTAssertFalse(IPEndpoint(address: "fd00::1", port: 1).isV4Mapped)
+        XCTAssertFalse(IPEndpoint(address: "10.0.0.1", port: 1).isV4Mapped)
     }
 }

@@ -17,11 +17,28 @@ final class KeyingConfigurationTests: XCTestCase {
         XCTAssertEqual(configuration.identity, "a.example")
         XCTAssertEqual(configuration.psk, "with # inside and spaces")
         XCTAssertEqual(configuration.charon, .socket("/run/other/charon.vici"))
-        XCTAssertEqual(configuration.negotiationTimeout, 2.5)
+        XCTAssertEqual(configuration.negotiationTimeout, .milliseconds(2500))
         let credentials = try configuration.credentials()
         XCTAssertEqual(credentials.identity, "a.example")
         guard case .psk(let secret) = credentials.method else { return XCTFail("psk expected") }
         XCTAssertEqual(secret, "with # inside and spaces")
+    }
+
+    /// The keying file reads its lines as the other two files do: CR LF ends a line, an identity with spaces may
+    /// stand unquoted, an eap-user secret may be quoted, and a broken line is named.
+    func testCRLFUnquotedDistinguishedNamesAndQuotedSecrets() throws {
+        let configuration = try KeyingConfiguration.parse(
+            "identity C=CH, O=strongSwan, CN=moon\r\npeer-psk \"C=CH, CN=sun\" \"sun's secret\"\r\n"
+                + "eap-user alice \"alice's secret\"\r\n")
+        XCTAssertEqual(configuration.identity, "C=CH, O=strongSwan, CN=moon")
+        XCTAssertEqual(configuration.peerKeys, ["C=CH, CN=sun": "sun's secret"])
+        XCTAssertEqual(configuration.eapUsers, ["alice": "alice's secret"])
+        XCTAssertThrowsError(try KeyingConfiguration.parse("identity a.example\npsk \"open")) {
+            let error = $0 as? KeyingConfiguration.ParseError
+            XCTAssertEqual(error?.line, 2)
+            XCTAssertEqual(error?.reason, .syntax)
+            XCTAssertEqual(error?.description, "line 2: unterminated quote")
+        }
     }
 
     func testCertificateFile() throws {
@@ -107,7 +124,7 @@ final class PeerKeyConfigurationTests: XCTestCase {
         XCTAssertEqual(both.reason, .groupKeyWithPeerKeys)
         XCTAssertEqual(both.line, 3)
         XCTAssertTrue(both.message.contains("group key") && both.message.contains("any holder"), both.message)
-        let cases: [(String, KeyingConfiguration.ParseError.Reason)] = [
+        let cases: [(String, KeyingConfiguration.ParseReason)] = [
             ("identity b.example\npeer-psk a.example a-secret\npsk group-secret", .groupKeyWithPeerKeys),
             (
                 "identity b.example\npeer-psk a.example a-secret\npeer-psk A.EXAMPLE other-secret",

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Impersonation
 import Keying
 import NetnsTestSupport
@@ -37,7 +38,7 @@ final class BindingTests: XCTestCase {
                 try? FileManager.default.removeItem(atPath: capture.file)
             }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let count = Int(ProcessInfo.processInfo.environment["WSS_HELD_CONNECTIONS"] ?? "") ?? 200
             var clients: [TestSocket] = []
             var accepted: [TestSocket] = []
@@ -250,8 +251,8 @@ final class BindingTests: XCTestCase {
                     XCTAssertEqual(onReqid.count, 0, "\(label): the attacker put SAs on the client's reqid: \(onReqid)")
                     attackName = attack.name
                 }
-                let target = SocketEndpointAddress(address: ends.pair.addressB4, port: port)
-                XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue, to: target, timeout: 4), label) {
+                let target = IPEndpoint(address: ends.pair.addressB4, port: port)
+                XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue, to: target, timeout: .seconds(4)), label) {
                     XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\(label): \($0)")
                 }
                 let state = ends.a.endpoint(cookie: cookie)?.state
@@ -285,7 +286,7 @@ final class BindingTests: XCTestCase {
             try ends.a.setSecurity(unnamed.fd.rawValue)
             try ends.a.connect(
                 unnamed.fd.rawValue,
-                to: SocketEndpointAddress(
+                to: IPEndpoint(
                     address: ends.pair.addressB4,
                     port: attackerSecured.localPort))
             XCTAssertEqual(try ends.a.query(unnamed.fd.rawValue).peerMachineIdentity, "c.example")
@@ -326,7 +327,7 @@ final class BindingTests: XCTestCase {
             }
             let server = try SecureSocketEngine(
                 .init(
-                    negotiationTimeout: 10, keying: ends.backendB,
+                    negotiationTimeout: .seconds(10), keying: ends.backendB,
                     reqidDirectory: ends.reqidFolders[1] + "-imp",
                     namespace: ends.pair.b.namespace, identityMap: fixture.map))
             let capture = try capture(ends)
@@ -335,7 +336,7 @@ final class BindingTests: XCTestCase {
                 try? FileManager.default.removeItem(atPath: capture.file)
             }
             let listener = try server.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let xfrmB = try XFRMClient(namespace: ends.pair.b.namespace)
             var connections: [(user: String, client: TestSocket, accepted: TestSocket)] = []
             for index in 0..<40 {
@@ -401,7 +402,7 @@ final class BindingTests: XCTestCase {
             let ends = try Ends(auth: .psk)
             defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let pairs = try (0..<2).map { _ in try ends.namedConnection(to: peer, through: listener) }
             let views = try pairs.map { try ends.a.query($0.0.fd.rawValue) }
             XCTAssertEqual(views[0].ikeSAID, views[1].ikeSAID, "one IKE SA for both connections")
@@ -491,7 +492,7 @@ final class BindingTests: XCTestCase {
                     try ends.a.setSecurity(client.fd.rawValue)
                     try ends.a.connect(
                         client.fd.rawValue,
-                        to: SocketEndpointAddress(
+                        to: IPEndpoint(
                             address: ends.pair.addressB4,
                             port: listener.localPort))
                     let accepted = try listener.accept(timeout: 5)
@@ -527,7 +528,7 @@ final class BindingTests: XCTestCase {
             }
             let server = try SecureSocketEngine(
                 .init(
-                    negotiationTimeout: 10, keying: ends.backendB,
+                    negotiationTimeout: .seconds(10), keying: ends.backendB,
                     reqidDirectory: ends.reqidFolders[1] + "-imp",
                     namespace: ends.pair.b.namespace, identityMap: fixture.map))
             let listener = try server.securedListener(
@@ -536,7 +537,7 @@ final class BindingTests: XCTestCase {
             let secured = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(secured.fd.rawValue)
             try ends.a.connect(
-                secured.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                secured.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             let securedAccepted = try listener.accept(timeout: 5)
             let plain = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             _ = try plain.connect(ends.pair.addressB4, port: listener.localPort, retryFor: 3)

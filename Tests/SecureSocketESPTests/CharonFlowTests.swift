@@ -1,6 +1,7 @@
 import ALE
 import EngineTestSupport
 import Foundation
+import IPAddressing
 import Impersonation
 import Keying
 import NetnsTestSupport
@@ -26,7 +27,7 @@ final class CharonFlowTests: XCTestCase {
 
     /// Client: set security, peer target name, WSAConnect, send. Server: set security, bind, listen, accept,
     /// query. Both queries report SECURED|ENCRYPTED and the other's authenticated identity; only ESP on the wire.
-    func tcpFlow(family: XFRMAddressFamily, auth: Auth) throws {
+    func tcpFlow(family: IPAddressFamily, auth: Auth) throws {
         let ends = try Ends(auth: auth)
         defer { ends.close() }
         let (_, addressB) = ends.pair.addresses(family)
@@ -44,7 +45,7 @@ final class CharonFlowTests: XCTestCase {
         try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
         try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
         let started = Date()
-        try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: addressB, port: listener.localPort))
+        try ends.a.connect(client.fd.rawValue, to: IPEndpoint(address: addressB, port: listener.localPort))
         let firstContact = Date().timeIntervalSince(started)
         let marker = Array("12345678-\(UUID().uuidString)".utf8)
         try client.send(marker)
@@ -109,7 +110,7 @@ final class CharonFlowTests: XCTestCase {
             XCTAssertThrowsError(
                 try ends.a.connect(
                     client.fd.rawValue,
-                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                    to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
@@ -145,7 +146,7 @@ extension CharonFlowTests {
             let port = server.localPort
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .udp)
             try ends.a.setSecurity(client.fd.rawValue)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: port)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: port)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(peerAddress: peer, name: "b.example"))
             try ends.a.connect(client.fd.rawValue, to: peer)
             let marker = Array("udp-\(UUID().uuidString)".utf8)
@@ -155,7 +156,7 @@ extension CharonFlowTests {
             let clientView = try ends.a.query(client.fd.rawValue)
             XCTAssertEqual(clientView.flags, [.secured, .encrypted], "\(clientView)")
             XCTAssertEqual(clientView.peerMachineIdentity, "b.example")
-            let clientAddress = SocketEndpointAddress(address: ends.pair.addressA4, port: client.localPort)
+            let clientAddress = IPEndpoint(address: ends.pair.addressA4, port: client.localPort)
             let serverView = try ends.b.query(
                 server.fd.rawValue, SocketSecurityQueryTemplate(peerAddress: clientAddress))
             XCTAssertEqual(serverView.flags, [.secured, .encrypted], "\(serverView)")
@@ -182,7 +183,7 @@ extension CharonFlowTests {
             ends.backendB.daemon?.stop() // B runs no IKE at all
             let insecure = try SecureSocketEngine(
                 .init(
-                    negotiationTimeout: 2, keying: ends.backendA,
+                    negotiationTimeout: .seconds(2), keying: ends.backendA,
                     reqidDirectory: ends.reqidFolders[0] + "-insecure",
                     namespace: ends.pair.a.namespace))
             defer { try? FileManager.default.removeItem(atPath: ends.reqidFolders[0] + "-insecure") }
@@ -193,7 +194,7 @@ extension CharonFlowTests {
             try insecure.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
             let started = Date()
             try insecure.connect(
-                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                client.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             XCTAssertLessThan(Date().timeIntervalSince(started), 8, "the fallback comes after the bounded negotiation")
             let accepted = try listener.accept(timeout: 5)
             try client.send(Array("hello".utf8))
@@ -223,7 +224,7 @@ extension CharonFlowTests {
             client.setTimeouts(5)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.connect(
-                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                client.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
             try client.send(Array("before".utf8))
             XCTAssertEqual(try accepted.receiveExactly(6, timeout: 5), Array("before".utf8))
@@ -248,7 +249,7 @@ extension CharonFlowTests {
             do {
                 try ends.a.connect(
                     second.fd.rawValue,
-                    to: SocketEndpointAddress(
+                    to: IPEndpoint(
                         address: ends.pair.addressB4,
                         port: listener.localPort))
                 XCTAssertEqual(try ends.a.query(second.fd.rawValue).flags, [.secured, .encrypted])
@@ -338,7 +339,7 @@ extension CharonFlowTests {
             let ends = try Ends(auth: .ecdsa, usersOfB: ["alice@EXAMPLE": "alice's secret"])
             defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
 
             let wrong = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(
@@ -388,10 +389,10 @@ extension CharonFlowTests {
                 vici: try VICIClient(path: daemon.socketPath), credentials: ends.backendA.credentials)
             let other = try SecureSocketEngine(
                 .init(
-                    negotiationTimeout: 10, keying: second, reqidDirectory: ends.reqidFolders[0],
+                    negotiationTimeout: .seconds(10), keying: second, reqidDirectory: ends.reqidFolders[0],
                     namespace: ends.pair.a.namespace))
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let sockets = try [ends.a, other].map { engine -> TestSocket in
                 let socket = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
                 try engine.setSecurity(socket.fd.rawValue)
@@ -495,7 +496,7 @@ extension CharonFlowTests {
     func serverEngine(_ ends: Ends, map: IdentityMap) throws -> SecureSocketEngine {
         try SecureSocketEngine(
             .init(
-                negotiationTimeout: 10, keying: ends.backendB, reqidDirectory: ends.reqidFolders[1] + "-imp",
+                negotiationTimeout: .seconds(10), keying: ends.backendB, reqidDirectory: ends.reqidFolders[1] + "-imp",
                 namespace: ends.pair.b.namespace, identityMap: map))
     }
 
@@ -522,7 +523,7 @@ extension CharonFlowTests {
                     ipsec: IPsecSettings(
                         userName: "alice", domainName: "EXAMPLE", password: "alice's secret")))
             try ends.a.connect(
-                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                client.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
 
             let bystander = Bystander()
@@ -570,7 +571,7 @@ extension CharonFlowTests {
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.connect(
-                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                client.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
             let owner = try server.withPeerImpersonation(accepted.fd.rawValue) { account -> uid_t? in
                 XCTAssertEqual(account.name, "daemon")

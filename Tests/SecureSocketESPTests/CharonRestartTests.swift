@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -26,7 +27,7 @@ final class CharonRestartTests: XCTestCase {
                 try? FileManager.default.removeItem(atPath: capture.file)
             }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             var markers: [[UInt8]] = []
 
             func connect() throws -> (TestSocket, TestSocket) { try ends.namedConnection(to: peer, through: listener) }
@@ -108,7 +109,7 @@ extension CharonRestartTests {
             }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             defer { listener.closeAbortively() }
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let first = try ends.namedConnection(to: peer, through: listener)
             defer {
                 first.0.closeAbortively()
@@ -125,7 +126,7 @@ extension CharonRestartTests {
             let during = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             defer { during.closeAbortively() }
             try ends.a.setSecurity(during.fd.rawValue)
-            XCTAssertThrowsError(try ends.a.connect(during.fd.rawValue, to: peer, timeout: 1))
+            XCTAssertThrowsError(try ends.a.connect(during.fd.rawValue, to: peer, timeout: .seconds(1)))
 
             usleep(500_000)
             try server.restart() // the supervisor

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -29,7 +30,7 @@ final class ExitTests: XCTestCase {
             try listener.bind(ends.pair.addressB4, port: 0)
             try listener.listen()
             let (client, accepted) = try ends.namedConnection(
-                to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort), through: listener)
+                to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort), through: listener)
             var large: CInt = 1 << 20
             setsockopt(client.fd.rawValue, SOL_SOCKET, SO_SNDBUF, &large, socklen_t(MemoryLayout<CInt>.size))
             let payload = (0..<65_536).map { UInt8(truncatingIfNeeded: $0 &* 7) }

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -24,8 +25,8 @@ final class HangingPeerTests: XCTestCase {
                 defer { hangingDone.signal() }
                 do {
                     try net.clientB.connect(
-                        hanging.fd.rawValue, to: SocketEndpointAddress(address: net.trio.addressC, port: 5001),
-                        timeout: 6)
+                        hanging.fd.rawValue, to: IPEndpoint(address: net.trio.addressC, port: 5001),
+                        timeout: .seconds(6))
                 } catch {
                     hangingError = error
                 }
@@ -37,7 +38,7 @@ final class HangingPeerTests: XCTestCase {
             let started = Date()
             try net.clientB.connect(
                 healthy.fd.rawValue,
-                to: SocketEndpointAddress(
+                to: IPEndpoint(
                     address: net.trio.addressA,
                     port: listener.localPort))
             let view = try net.clientB.query(healthy.fd.rawValue)

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Impersonation
 import Keying
 import NetnsTestSupport
@@ -63,7 +64,7 @@ final class IdentityTests: XCTestCase {
             folders[namespace.name] = folder
             let engine = try SecureSocketEngine(
                 .init(
-                    negotiationTimeout: 10, keying: backend, reqidDirectory: folder,
+                    negotiationTimeout: .seconds(10), keying: backend, reqidDirectory: folder,
                     namespace: namespace.namespace, identityMap: map))
             engines.append(engine)
             return engine
@@ -71,7 +72,7 @@ final class IdentityTests: XCTestCase {
 
         /// A secured TCP connection from `namespace` to b's `address`:`port`, b proving `b.example`.
         func connect(
-            _ engine: SecureSocketEngine, from namespace: TestNamespace, to address: XFRMAddress,
+            _ engine: SecureSocketEngine, from namespace: TestNamespace, to address: IPAddress,
             port: UInt16
         ) throws -> TestSocket {
             let client = try TestSocket.make(in: namespace.namespace, family: .inet, kind: .tcp)
@@ -79,7 +80,7 @@ final class IdentityTests: XCTestCase {
             do {
                 try engine.setSecurity(client.fd.rawValue)
                 try engine.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-                try engine.connect(client.fd.rawValue, to: SocketEndpointAddress(address: address, port: port))
+                try engine.connect(client.fd.rawValue, to: IPEndpoint(address: address, port: port))
             } catch {
                 client.closeAbortively()
                 throw error

@@ -1,4 +1,5 @@
 import ALE
+import IPAddressing
 import NetnsTestSupport
 import SecureSocket
 import XFRM
@@ -7,7 +8,7 @@ extension SecureSocketEngine {
     /// The server half of the sample flow: a TCP socket in `namespace`, secured (before bind, as the rules
     /// require), bound to `address` on a free port and listening.
     func securedListener(
-        in namespace: TestNamespace, family: XFRMAddressFamily, address: XFRMAddress,
+        in namespace: TestNamespace, family: IPAddressFamily, address: IPAddress,
         _ settings: SocketSecuritySettings = .default
     ) throws -> TestSocket {
         let listener = try TestSocket.make(in: namespace.namespace, family: family, kind: .tcp)
@@ -21,7 +22,7 @@ extension SecureSocketEngine {
 extension CharonFlowTests.Ends {
     /// A client on A secured and named `host/b.example`, connected with `WSAConnect` to `peer`, and the socket
     /// `listener` accepted for it (both with 5 s timeouts).
-    func namedConnection(to peer: SocketEndpointAddress, through listener: TestSocket) throws -> (
+    func namedConnection(to peer: IPEndpoint, through listener: TestSocket) throws -> (
         TestSocket, TestSocket
     ) {
         let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -91,7 +92,7 @@ extension CharonFlowTests {
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "b.example"))
             try ends.a.connect(
-                client.fd.rawValue, to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                client.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             let accepted = try listener.accept(timeout: 5)
             defer { accepted.closeAbortively() }
             let cookie = try XCTUnwrap(SocketInspector.cookie(of: client.fd.rawValue))
@@ -217,7 +218,7 @@ extension CharonFlowTests {
                 try? FileManager.default.removeItem(atPath: capture.file)
             }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             defer { client.closeAbortively() }
             try ends.a.setSecurity(client.fd.rawValue)
@@ -245,7 +246,7 @@ extension CharonFlowTests {
                 let next = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
                 defer { next.closeAbortively() }
                 try ends.a.setSecurity(next.fd.rawValue)
-                if (try? ends.a.connect(next.fd.rawValue, to: peer, timeout: 5)) != nil {
+                if (try? ends.a.connect(next.fd.rawValue, to: peer, timeout: .seconds(5))) != nil {
                     XCTAssertEqual(try ends.a.query(next.fd.rawValue).flags, [.secured, .encrypted])
                     recovered = Date().timeIntervalSince(killed)
                 }
@@ -278,7 +279,7 @@ extension CharonFlowTests {
             }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
             defer { listener.closeAbortively() }
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let (client, accepted) = try ends.namedConnection(to: peer, through: listener)
             defer { client.closeAbortively() }
             let hello = Array("HELLO-\(UUID().uuidString)".utf8)

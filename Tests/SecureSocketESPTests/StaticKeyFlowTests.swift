@@ -1,6 +1,7 @@
 import ALE
 import EngineTestSupport
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -12,11 +13,11 @@ import XFRM
 /// policies, query and capture are checked deterministically. The charon-keyed flow has its own tests.
 final class StaticKeyFlowTests: XCTestCase {
     /// Static keys between a namespace pair of its own (removed by `close()`).
-    func makeEnds(family: XFRMAddressFamily, identityOfB: String = "b.example") throws -> EnginePair {
+    func makeEnds(family: IPAddressFamily, identityOfB: String = "b.example") throws -> EnginePair {
         let pair = try NamespacePair(prefix: "sk")
         var options = EnginePair.Options()
         options.identityOfB = identityOfB
-        options.negotiationTimeout = 5
+        options.negotiationTimeout = .seconds(5)
         options.removesPairOnClose = true
         do {
             return try EnginePair(pair: pair, keying: .static(family: family), options: options)
@@ -26,7 +27,7 @@ final class StaticKeyFlowTests: XCTestCase {
         }
     }
 
-    func sampleFlow(family: XFRMAddressFamily) throws {
+    func sampleFlow(family: IPAddressFamily) throws {
         let ends = try makeEnds(family: family)
         defer { ends.close() }
         let (_, addressB) = ends.pair.addresses(family)
@@ -47,7 +48,7 @@ final class StaticKeyFlowTests: XCTestCase {
         client.setTimeouts(5)
         try ends.a.setSecurity(client.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
         try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
-        try ends.a.connect(client.fd.rawValue, to: SocketEndpointAddress(address: addressB, port: listener.localPort))
+        try ends.a.connect(client.fd.rawValue, to: IPEndpoint(address: addressB, port: listener.localPort))
         let marker = Array("12345678-\(UUID().uuidString)".utf8)
         try client.send(marker)
 
@@ -107,7 +108,7 @@ final class StaticKeyFlowTests: XCTestCase {
             XCTAssertThrowsError(
                 try ends.a.connect(
                     client.fd.rawValue,
-                    to: SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort))
+                    to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort))
             ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
@@ -130,7 +131,7 @@ extension StaticKeyFlowTests {
             let ends = try makeEnds(family: .inet)
             defer { ends.close() }
             let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
-            let peer = SocketEndpointAddress(address: ends.pair.addressB4, port: listener.localPort)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: listener.localPort)
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             let done = DispatchSemaphore(value: 0)

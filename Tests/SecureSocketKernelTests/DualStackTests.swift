@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -24,9 +25,9 @@ final class DualStackTests: XCTestCase {
             FileManager.default.temporaryDirectory.appendingPathComponent("ds-reqids-\(UUID().uuidString)").path
         engine = try SecureSocketEngine(
             .init(
-                negotiationTimeout: 1,
+                negotiationTimeout: .seconds(1),
                 keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-                reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
+                reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: .zero))
     }
 
     override func tearDown() {
@@ -73,8 +74,7 @@ final class DualStackTests: XCTestCase {
     /// A TCP connect from `b` to `address` that gives up after `seconds` (2 where it must fail, 5 where it must
     /// succeed): nil if it connected, else the errno (`EINPROGRESS` when `SO_SNDTIMEO` ran out), and how long
     /// it took.
-    func connectFromB(_ address: XFRMAddress, port: UInt16, seconds: Double = 2) throws -> (TestSocket, Errno?, Double)
-    {
+    func connectFromB(_ address: IPAddress, port: UInt16, seconds: Double = 2) throws -> (TestSocket, Errno?, Double) {
         let client = try TestSocket.make(in: pair.b.namespace, family: address.family, kind: .tcp)
         client.setTimeouts(seconds)
         let started = Date()
@@ -82,7 +82,7 @@ final class DualStackTests: XCTestCase {
         return (client, error, Date().timeIntervalSince(started))
     }
 
-    func sendDatagramFromB(_ payload: [UInt8], to address: XFRMAddress, port: UInt16) throws {
+    func sendDatagramFromB(_ payload: [UInt8], to address: IPAddress, port: UInt16) throws {
         let sender = try TestSocket.make(in: pair.b.namespace, family: address.family, kind: .udp)
         defer { sender.close() }
         XCTAssertNil(sender.sendTo(payload, address, port: port), "sendto from b")
@@ -284,7 +284,7 @@ final class DualStackTests: XCTestCase {
         let server = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         try server.bind(pair.addressB4, port: 0)
         try server.listen()
-        let mapped = try XCTUnwrap(XFRMAddress("::ffff:\(pair.addressB4)"))
+        let mapped = try XCTUnwrap(IPAddress("::ffff:\(pair.addressB4)"))
         let capture = try temporaryCapture(pair.b, pair.interfaceB)
         defer {
             capture.stop()
@@ -309,7 +309,7 @@ final class DualStackTests: XCTestCase {
         clearV6Only(fastOpen)
         XCTAssertNil(setOption(fastOpen.fd.rawValue, CInt(IPPROTO_TCP), TCP_FASTOPEN_NO_COOKIE, 1))
         fastOpen.setTimeouts(1)
-        let sent = SocketEndpointAddress(address: mapped, port: server.localPort).withSockaddr { sa, length in
+        let sent = IPEndpoint(address: mapped, port: server.localPort).withSockaddr { sa, length in
             marker.withUnsafeBytes {
                 sendto(fastOpen.fd.rawValue, $0.baseAddress, $0.count, CInt(MSG_FASTOPEN), sa, length)
             }
@@ -343,7 +343,7 @@ final class DualStackTests: XCTestCase {
         try engine.setSecurity(socket.fd.rawValue)
         clearV6Only(socket)
         let marker = Array("DUALSTACK-UDP-PAYLOAD".utf8)
-        let mapped = try XCTUnwrap(XFRMAddress("::ffff:\(pair.addressB4)"))
+        let mapped = try XCTUnwrap(IPAddress("::ffff:\(pair.addressB4)"))
         XCTAssertNil(socket.sendTo(marker, mapped, port: receiver.localPort), "sendto succeeds")
         XCTAssertEqual(try receiver.receive(timeout: 2), marker, "and the datagram arrives")
         capture.stop()

@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import Logging
 import NetnsTestSupport
@@ -34,8 +35,8 @@ final class LoggingTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let box = Box()
         var configuration = SecureSocketEngine.Configuration(
-            negotiationTimeout: 1, keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-            reqidDirectory: folder, namespace: pair.a.namespace, followEvents: false, closeGrace: 0)
+            negotiationTimeout: .seconds(1), keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+            reqidDirectory: folder, namespace: pair.a.namespace, followEvents: false, closeGrace: .zero)
         configuration.logger = Logger(label: "test", factory: { _ in Recorder(box: box) as any LogHandler })
         configuration.logger.logLevel = .trace
         let engine = try SecureSocketEngine(configuration)
@@ -47,7 +48,7 @@ final class LoggingTests: XCTestCase {
                 securityProtocol: .ipsec, ipsec: IPsecSettings(userName: "alice", password: password)))
         try engine.setPeerTargetName(socket.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
         XCTAssertThrowsError(
-            try engine.connect(socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: 9)))
+            try engine.connect(socket.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: 9)))
 
         let events = box.events.withLock { $0 }
         let secured = try XCTUnwrap(events.first { $0.message.description.hasPrefix("socket secured") })

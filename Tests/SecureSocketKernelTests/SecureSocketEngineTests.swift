@@ -1,5 +1,6 @@
 import ALE
 import Foundation
+import IPAddressing
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -23,9 +24,9 @@ final class SecureSocketEngineTests: XCTestCase {
             FileManager.default.temporaryDirectory.appendingPathComponent("ss-reqids-\(UUID().uuidString)").path
         engine = try SecureSocketEngine(
             .init(
-                negotiationTimeout: 1,
+                negotiationTimeout: .seconds(1),
                 keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
-                reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: 0))
+                reqidDirectory: reqidFolder, namespace: pair.a.namespace, closeGrace: .zero))
         client = try XFRMClient(namespace: pair.a.namespace)
     }
 
@@ -40,7 +41,7 @@ final class SecureSocketEngineTests: XCTestCase {
 
     func testSetSecurityInstallsRequiredPoliciesOnceBeforeBind() throws {
         for (family, kind) in [
-            (XFRMAddressFamily.inet, TestSocket.Kind.tcp), (.inet6, .tcp), (.inet, .udp), (.inet6, .udp),
+            (IPAddressFamily.inet, TestSocket.Kind.tcp), (.inet6, .tcp), (.inet, .udp), (.inet6, .udp),
         ] {
             let socket = try TestSocket.make(in: pair.a.namespace, family: family, kind: kind)
             try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .guaranteeEncryption))
@@ -126,7 +127,7 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertThrowsError(
             try engine.connect(
                 socket.fd.rawValue,
-                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+                to: IPEndpoint(address: pair.addressB4, port: listener.localPort))
         ) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .networkUnreachable, "\($0)")
         }
@@ -154,7 +155,7 @@ final class SecureSocketEngineTests: XCTestCase {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
         try engine.connect(
-            socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+            socket.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: listener.localPort))
         let accepted = try listener.accept(timeout: 5)
         defer { accepted.close() }
         let info = try engine.query(socket.fd.rawValue)
@@ -171,8 +172,8 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertThrowsError(try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(name: "b.example"))) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "datagram needs an address")
         }
-        let b = SocketEndpointAddress(address: pair.addressB4, port: 0)
-        let c = SocketEndpointAddress(address: "10.77.0.3", port: 53)
+        let b = IPEndpoint(address: pair.addressB4, port: 0)
+        let c = IPEndpoint(address: "10.77.0.3", port: 53)
         try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(peerAddress: b, name: "host/b.example"))
         try engine.setPeerTargetName(udp.fd.rawValue, SocketPeerTargetName(peerAddress: c, name: "c.example"))
         XCTAssertEqual(
@@ -234,10 +235,10 @@ extension SecureSocketEngineTests {
     func testClosingAListenerKeepsItsAcceptedConnectionsSecured() throws {
         let serverEngine = try SecureSocketEngine(
             .init(
-                negotiationTimeout: 1,
+                negotiationTimeout: .seconds(1),
                 keying: try StaticKeyBackend(peers: [], namespace: pair.b.namespace),
                 reqidDirectory: reqidFolder + "-b", namespace: pair.b.namespace,
-                followEvents: false, closeGrace: 0))
+                followEvents: false, closeGrace: .zero))
         defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-b") }
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         try serverEngine.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
@@ -271,10 +272,10 @@ extension SecureSocketEngineTests {
     func testClosedSocketsKeepTheirKeyingForTheGracePeriod() throws {
         let graceful = try SecureSocketEngine(
             .init(
-                negotiationTimeout: 1,
+                negotiationTimeout: .seconds(1),
                 keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
                 reqidDirectory: reqidFolder + "-g", namespace: pair.a.namespace,
-                followEvents: false, closeGrace: 0.5))
+                followEvents: false, closeGrace: .milliseconds(500)))
         defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-g") }
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try graceful.setSecurity(socket.fd.rawValue)
@@ -335,8 +336,8 @@ extension SecureSocketEngineTests {
         XCTAssertThrowsError(
             try engine.connect(
                 socket.fd.rawValue,
-                to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort),
-                timeout: 1.5)
+                to: IPEndpoint(address: pair.addressB4, port: listener.localPort),
+                timeout: .milliseconds(1500))
         ) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .timedOut, "\($0)")
         }
@@ -408,7 +409,7 @@ extension SecureSocketEngineTests {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
         try engine.connect(
-            socket.fd.rawValue, to: SocketEndpointAddress(address: pair.addressB4, port: listener.localPort))
+            socket.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: listener.localPort))
         engine.release(socket.fd.rawValue)
         XCTAssertEqual(try client.policies().filter { !$0.direction.isSocketPolicy }, [])
         socket.close()
@@ -438,7 +439,7 @@ extension SecureSocketEngineTests {
                 try engine.setPeerTargetName(
                     socket.fd.rawValue,
                     SocketPeerTargetName(
-                        peerAddress: SocketEndpointAddress(address: pair.addressB4, port: 9), name: "host/b.example"))
+                        peerAddress: IPEndpoint(address: pair.addressB4, port: 9), name: "host/b.example"))
                 if index % 2 == 0 { engine.release(socket.fd.rawValue) }
                 socket.close()
                 if index % 500 == 499 { engine.sweep() }

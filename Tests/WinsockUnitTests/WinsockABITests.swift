@@ -2,6 +2,7 @@ import ALE
 import CSecureSocketABI
 import Foundation
 import Glibc
+import IPAddressing
 import Keying
 import SecureSocket
 import XCTest
@@ -56,11 +57,11 @@ final class WinsockABITests: XCTestCase {
     func testSetSecurityOnConnectedUDPAndBoundSockets() {
         let udp = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
         defer { close(udp) }
-        _ = SocketEndpointAddress(address: "127.0.0.1", port: 9).withSockaddr { connect(udp, $0, $1) }
+        _ = IPEndpoint(address: "127.0.0.1", port: 9).withSockaddr { connect(udp, $0, $1) }
         XCTAssertEqual(lastError(WSASetSocketSecurity(udp, nil, 0, nil, nil)), WSAEISCONN)
         let bound = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(bound) }
-        _ = SocketEndpointAddress(address: "127.0.0.1", port: 0).withSockaddr { bind(bound, $0, $1) }
+        _ = IPEndpoint(address: "127.0.0.1", port: 0).withSockaddr { bind(bound, $0, $1) }
         XCTAssertEqual(lastError(WSASetSocketSecurity(bound, nil, 0, nil, nil)), WSAEINVAL, "after bind")
     }
 
@@ -134,7 +135,7 @@ final class WinsockABITests: XCTestCase {
 
     // MARK: WSASetSocketPeerTargetName / WSADeleteSocketPeerTargetName
 
-    func peerTargetName(_ name: String, peer: SocketEndpointAddress? = nil, characters: Bool = false) -> [UInt8] {
+    func peerTargetName(_ name: String, peer: IPEndpoint? = nil, characters: Bool = false) -> [UInt8] {
         var header = SOCKET_PEER_TARGET_NAME()
         let units = Array(name.utf16)
         header.PeerTargetNameStringLen = UInt32(characters ? units.count : units.count * 2)
@@ -163,10 +164,10 @@ final class WinsockABITests: XCTestCase {
         XCTAssertThrowsError(try WindowsStructs.peerTargetName(bytesForm, length: UInt32(bytesForm.count - 10))) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .messageSize)
         }
-        let withPeer = peerTargetName("b", peer: SocketEndpointAddress(address: "fd00::2", port: 500))
+        let withPeer = peerTargetName("b", peer: IPEndpoint(address: "fd00::2", port: 500))
         XCTAssertEqual(
             try WindowsStructs.peerTargetName(withPeer, length: UInt32(withPeer.count)).peerAddress,
-            SocketEndpointAddress(address: "fd00::2", port: 500))
+            IPEndpoint(address: "fd00::2", port: 500))
     }
 
     func testPeerTargetNameErrors() {
@@ -197,11 +198,11 @@ final class WinsockABITests: XCTestCase {
 
     func connectedTCPPair() throws -> (client: Int32, server: Int32, listener: Int32) {
         let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        _ = SocketEndpointAddress(address: "127.0.0.1", port: 0).withSockaddr { bind(listener, $0, $1) }
+        _ = IPEndpoint(address: "127.0.0.1", port: 0).withSockaddr { bind(listener, $0, $1) }
         listen(listener, 1)
         let port = try XCTUnwrap(SocketInspector.facts(of: listener).local?.port)
         let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        _ = SocketEndpointAddress(address: "127.0.0.1", port: port).withSockaddr { connect(client, $0, $1) }
+        _ = IPEndpoint(address: "127.0.0.1", port: port).withSockaddr { connect(client, $0, $1) }
         let server = accept(listener, nil, nil)
         return (client, server, listener)
     }

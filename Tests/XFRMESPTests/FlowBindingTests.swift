@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import IPAddressing
 import NetnsTestSupport
 import TierTesting
 import XCTest
@@ -314,8 +315,8 @@ final class FlowLab {
     let pair: NamespacePair
     let xfrmA: XFRMClient
     let xfrmB: XFRMClient
-    let addressA: XFRMAddress
-    let addressB: XFRMAddress
+    let addressA: IPAddress
+    let addressB: IPAddress
     let listenerReqid: UInt32
     let listener: TestSocket
     let port: UInt16

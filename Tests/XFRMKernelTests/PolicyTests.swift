@@ -1,3 +1,4 @@
+import IPAddressing
 import NetnsTestSupport
 import TierTesting
 import XCTest
@@ -95,7 +96,7 @@ final class PolicyTests: XCTestCase {
         let count = 2_000
         var policies: [XFRMPolicy] = []
         for i in 0..<count {
-            let source = XFRMAddress(bytes: [10, 9, UInt8(i >> 8), UInt8(i & 0xff)])!
+            let source = IPAddress(bytes: [10, 9, UInt8(i >> 8), UInt8(i & 0xff)])!
             let selector = XFRMSelector.host(source, "10.8.0.1")
             policies.append(
                 XFRMPolicy(

@@ -1,3 +1,4 @@
+import IPAddressing
 import NetnsTestSupport
 import SystemPackage
 import TierTesting
@@ -31,7 +32,7 @@ final class SocketPolicyTests: XCTestCase {
         try requiredESPScenario(family: .inet6)
     }
 
-    func requiredESPScenario(family: XFRMAddressFamily) throws {
+    func requiredESPScenario(family: IPAddressFamily) throws {
         let (addressA, addressB) = pair.addresses(family)
         let clientA = try XFRMClient(namespace: pair.a.namespace)
         // The larval state an ACQUIRE creates lives net.core.xfrm_acq_expires seconds (per namespace); make it

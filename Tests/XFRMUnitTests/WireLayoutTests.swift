@@ -1,4 +1,5 @@
 import CNetlink
+import IPAddressing
 import XCTest
 
 @testable import XFRM
@@ -210,13 +211,13 @@ final class WireLayoutTests: XCTestCase {
         b.u16(4, 0x11) // XFRM_MSG_DELSA
         b.u16(6, 0x5)
         b.u32(8, 1)
-        b.bytes(16, ("fd77::2" as XFRMAddress).bytes)
+        b.bytes(16, ("fd77::2" as IPAddress).bytes)
         b.be32(16 + 16, 0xdead_beef)
         b.u16(16 + 20, 10)
         b.u8(16 + 22, 50)
         b.u16(40, 20)
         b.u16(42, 13) // XFRMA_SRCADDR
-        b.bytes(44, ("fd77::1" as XFRMAddress).bytes)
+        b.bytes(44, ("fd77::1" as IPAddress).bytes)
         XCTAssertEqual(Bytes(raw: message), b)
     }
 

@@ -1,11 +1,13 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
 import Synchronization
 import SystemPackage
+import SystemSupport
 import XFRM
 
 // WSAConnect: negotiation for exactly the flow, then a connect() bounded by the same deadline.
@@ -17,12 +19,12 @@ extension SecureSocketEngine {
     /// `EAGAIN` from the kernel; this is the call that waits. With `ALLOW_INSECURE` a failed negotiation falls
     /// back to clear text. The negotiation is bounded by `timeout`; the TCP handshake after it by what is left
     /// of that, or at least by `timeout` again (at most 10 s) when the negotiation used it up.
-    public func connect(_ fd: CInt, to peer: SocketEndpointAddress, timeout: Double? = nil) throws(SecureSocketError) {
+    public func connect(_ fd: CInt, to peer: IPEndpoint, timeout: Duration? = nil) throws(SecureSocketError) {
         try connect(fd, to: peer, timeout: timeout, cancelled: nil)
     }
 
     func connect(
-        _ fd: CInt, to peer: SocketEndpointAddress, timeout: Double?,
+        _ fd: CInt, to peer: IPEndpoint, timeout: Duration?,
         cancelled: CancelFlag?
     ) throws(SecureSocketError) {
         let facts = try inspect(fd)
@@ -32,7 +34,7 @@ extension SecureSocketEngine {
         }
         let timeout = timeout ?? configuration.negotiationTimeout
         guard let endpoint = table.endpoint(cookie: facts.cookie), let reqid = endpoint.reqid else {
-            return try plainConnect(fd, peer, deadline: monotonicNow() + timeout, cancelled: cancelled)
+            return try plainConnect(fd, peer, deadline: Deadline(after: timeout), cancelled: cancelled)
         }
         if facts.family == .inet6 && peer.isV4Mapped {
             // The kernel skips an AF_INET6 socket policy for v4-mapped flows: that would be clear text.
@@ -40,7 +42,7 @@ extension SecureSocketEngine {
                 .addressFamilyNotSupported,
                 "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
         }
-        let deadline = monotonicNow() + timeout
+        let deadline = Deadline(after: timeout)
         try becomeInitiator(endpoint)
         table.update(cookie: facts.cookie) { $0.peer = peer.address }
         apply(.negotiationStarted, cookie: facts.cookie)
@@ -55,7 +57,7 @@ extension SecureSocketEngine {
                 let flow = KeyedFlow(
                     transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
                     localPort: local.port, remote: peer.address, remotePort: peer.port)
-                let negotiated = try keying.negotiate(request, flow: flow, timeout: Self.duration(seconds: timeout))
+                let negotiated = try keying.negotiate(request, flow: flow, timeout: timeout)
                 logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
                 keyings.add(negotiated.registration, cookie: facts.cookie)
                 apply(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
@@ -85,24 +87,24 @@ extension SecureSocketEngine {
         // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
         // have used the whole first one).
         try plainConnect(
-            fd, peer, deadline: max(deadline, monotonicNow() + min(timeout, 10)),
+            fd, peer, deadline: max(deadline, Deadline(after: min(timeout, .seconds(10)))),
             cancelled: cancelled)
     }
 
     /// The socket's local address and port, binding an unbound socket to the wildcard address and an
     /// ephemeral port first (what `connect()` would do), so the flow's traffic selectors can name the port.
     func boundLocal(_ fd: CInt, facts: SocketFacts, preferring port: UInt16 = 0) throws(SecureSocketError)
-        -> SocketEndpointAddress
+        -> IPEndpoint
     {
         if let local = facts.local, local.port != 0 { return local }
         if port != 0,
-            SocketEndpointAddress(address: .any(facts.family), port: port).withSockaddr({ Glibc.bind(fd, $0, $1) })
+            IPEndpoint(address: .any(facts.family), port: port).withSockaddr({ Glibc.bind(fd, $0, $1) })
                 == 0,
             let local = try inspect(fd).local, local.port != 0
         {
             return local
         }
-        let any = SocketEndpointAddress(address: .any(facts.family), port: 0)
+        let any = IPEndpoint(address: .any(facts.family), port: 0)
         guard any.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0 else {
             let error = Errno(rawValue: errno)
             throw SecureSocketError(SecureSocketError.Code(errno: error), "binding to an ephemeral port", errno: error)
@@ -125,13 +127,11 @@ extension SecureSocketEngine {
         table.update(cookie: endpoint.cookie) { $0.role = .initiator }
     }
 
-    static func duration(seconds: Double) -> Duration { .milliseconds(Int64(max(0, seconds) * 1000)) }
-
     /// `connect()` bounded by `deadline`, the TCP handshake included: a blocking socket is switched to
     /// non-blocking for the call and waited on with `poll` (a blocking `connect()` to a silent peer would wait for
     /// TCP's SYN retries, about two minutes), then switched back.
     func plainConnect(
-        _ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
+        _ fd: CInt, _ peer: IPEndpoint, deadline: Deadline,
         cancelled: CancelFlag?
     ) throws(SecureSocketError) {
         let flags = fcntl(fd, F_GETFL)
@@ -150,7 +150,7 @@ extension SecureSocketEngine {
                 continue
             case .resourceTemporarilyUnavailable:
                 // No SA for the flow yet (the kernel answers at once, whatever xfrm_larval_drop says).
-                guard monotonicNow() < deadline, attempts < 100_000 else {
+                guard !deadline.hasPassed, attempts < 100_000 else {
                     throw SecureSocketError(
                         .timedOut, "no IPsec SA for \(peer) before the deadline (\(attempts) connect attempts)",
                         errno: error)
@@ -169,18 +169,17 @@ extension SecureSocketEngine {
     /// Waits for a non-blocking `connect()` to complete, at most until `deadline` (polling in slices so that
     /// cancellation is seen), and reports its outcome from `SO_ERROR`.
     func awaitHandshake(
-        _ fd: CInt, _ peer: SocketEndpointAddress, deadline: Double,
+        _ fd: CInt, _ peer: IPEndpoint, deadline: Deadline,
         cancelled: CancelFlag?
     ) throws(SecureSocketError) {
         while true {
             if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
-            let left = deadline - monotonicNow()
-            guard left > 0 else {
+            guard !deadline.hasPassed else {
                 throw SecureSocketError(
                     .timedOut, "the TCP handshake with \(peer) did not complete before the deadline")
             }
             var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            let ready = poll(&pfd, 1, Int32(min(left, 0.1) * 1000) + 1)
+            let ready = poll(&pfd, 1, min(deadline.pollMilliseconds, 100))
             if ready < 0 && errno != EINTR {
                 let error = Errno(rawValue: errno)
                 throw SecureSocketError(SecureSocketError.Code(errno: error), "poll", errno: error)

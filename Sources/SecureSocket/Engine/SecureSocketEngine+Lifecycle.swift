@@ -24,7 +24,7 @@ extension SecureSocketEngine {
         // What the sweep changed is published with the pump's next tick (at most once a second).
         defer { snapshotDirty.store(true, ordering: .releasing) }
         var released = 0
-        let now = monotonicNow()
+        let now = ContinuousClock.now
         if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
         var descriptors: [UInt64: CInt]?
         for var endpoint in table.all {
@@ -65,8 +65,8 @@ extension SecureSocketEngine {
     /// Publishes the snapshot if something changed since the last time and the last publication is at least
     /// ``publishInterval`` old (the event pump calls it each tick).
     func publishIfDirty() {
-        let now = monotonicNow()
-        guard lastPublished.withLock({ now - $0 >= Self.publishInterval }),
+        let now = ContinuousClock.now
+        guard lastPublished.withLock({ $0.map { $0.duration(to: now) >= Self.publishInterval } ?? true }),
             snapshotDirty.exchange(false, ordering: .acquiringAndReleasing)
         else { return }
         lastPublished.withLock { $0 = now }
@@ -134,7 +134,7 @@ extension SecureSocketEngine {
         child.lastLocalPort = port
         child.peer = facts.peer?.address
         child.role = .accepted
-        child.registeredAt = monotonicNow()
+        child.registeredAt = ContinuousClock.now
         guard (try? table.insert(child)) != nil else { return }
         if let request = keyings.request(cookie: listener.cookie) {
             keyings.register(cookie: facts.cookie, request: request)

@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
@@ -19,7 +20,7 @@ extension SecureSocketEngine {
     {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
-        let peer: SocketEndpointAddress
+        let peer: IPEndpoint
         if facts.kind == .stream {
             var soError: CInt = 0
             var length = socklen_t(MemoryLayout<CInt>.size)

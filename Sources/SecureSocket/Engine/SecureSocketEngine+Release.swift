@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
@@ -139,7 +140,7 @@ extension SecureSocketEngine {
     }
 
     /// An accepted connection's own CHILD_SA: the SA pair whose selectors are exactly its flow.
-    func ownChild(of endpoint: Endpoint, flow: KeyedFlow?) -> (spi: UInt32, peer: XFRMAddress)? {
+    func ownChild(of endpoint: Endpoint, flow: KeyedFlow?) -> (spi: UInt32, peer: IPAddress)? {
         guard endpoint.role == .accepted, let flow, let reqid = endpoint.reqid,
             let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true)
         else { return nil }

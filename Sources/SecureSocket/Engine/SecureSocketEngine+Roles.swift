@@ -19,7 +19,7 @@ extension SecureSocketEngine {
     @discardableResult
     func settleRoles() -> Bool {
         var young = false
-        let now = monotonicNow()
+        let now = ContinuousClock.now
         for endpoint in table.all where endpoint.role == .undetermined && endpoint.reqid != nil {
             guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
                 let facts = try? SocketInspector.facts(of: endpoint.descriptor)
@@ -30,7 +30,7 @@ extension SecureSocketEngine {
                 facts.isListening || (facts.kind == .datagram)
             {
                 becomeResponder(endpoint, port: port)
-            } else if now - endpoint.registeredAt < 5 {
+            } else if endpoint.registeredAt.duration(to: now) < .seconds(5) {
                 young = true
             }
         }
@@ -51,7 +51,7 @@ extension SecureSocketEngine {
             let registration = try keying.listen(request, localPort: port)
             keyings.add(registration, cookie: endpoint.cookie)
         } catch {
-            apply(.failed(Self.failure(error, expected: nil, timeout: 0)), cookie: endpoint.cookie)
+            apply(.failed(Self.failure(error, expected: nil, timeout: .zero)), cookie: endpoint.cookie)
         }
     }
 
@@ -109,7 +109,7 @@ extension SecureSocketEngine {
             for registration in staleRegistrations { keying.release(registration) }
             do throws(KeyingError) {
                 let negotiated = try keying.negotiate(
-                    finalRequest, flow: finalFlow, timeout: Self.duration(seconds: timeout))
+                    finalRequest, flow: finalFlow, timeout: timeout)
                 hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
             } catch {
                 hooks.failed(
@@ -151,8 +151,8 @@ extension SecureSocketEngine {
         }
     }
 
-    /// How long a socket closed without ``release(_:)`` keeps its keying (seconds), so that its last segments and
+    /// How long a socket closed without ``release(_:)`` keeps its keying, so that its last segments and
     /// FIN still find their SAs. The explicit ``release(_:)`` does not wait.
-    public var closeGrace: Double { configuration.closeGrace }
+    public var closeGrace: Duration { configuration.closeGrace }
 
 }

@@ -69,9 +69,9 @@ extension SecureSocketEngine {
             integrityAlgorithm: p.integrityAlgorithm)
     }
 
-    static func failure(_ error: KeyingError, expected: String?, timeout: Double) -> EndpointFailure {
+    static func failure(_ error: KeyingError, expected: String?, timeout: Duration) -> EndpointFailure {
         switch error.code {
-        case .timedOut: .negotiationTimedOut(seconds: timeout)
+        case .timedOut: .negotiationTimedOut(after: timeout)
         case .authenticationFailed:
             .peerNameMismatch(expected: expected ?? "an authenticated peer", detail: error.explanation)
         case .unavailable: .keyingUnavailable(error.explanation)

@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
@@ -66,7 +67,7 @@ extension SecureSocketEngine {
             reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
             summary: Self.summary(settings))
         endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
-        endpoint.registeredAt = monotonicNow()
+        endpoint.registeredAt = ContinuousClock.now
         do {
             try table.insert(endpoint)
         } catch {
@@ -131,7 +132,7 @@ extension SecureSocketEngine {
     }
 
     /// Forgets the name set for `address`. Unknown addresses are not an error (nothing to forget).
-    public func deletePeerTargetName(_ fd: CInt, address: SocketEndpointAddress) throws(SecureSocketError) {
+    public func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError) {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         table.update(cookie: facts.cookie) { $0.peerTargetNames[address.address.isAny ? nil : address.address] = nil }

@@ -13,7 +13,7 @@ final class NetlinkSocket {
 
     /// Opens and binds a socket in `namespace`, joined to `groups` (XFRMNLGRP_* numbers).
     init(
-        namespace: NetworkNamespace, groups: [UInt32] = [], receiveTimeoutMilliseconds: Int,
+        namespace: NetworkNamespace, groups: [UInt32] = [], receiveTimeout: Duration,
         receiveBufferBytes: Int32? = nil, operation: String
     ) throws(XFRMError) {
         let opened: Result<OpaquePointer, XFRMError>
@@ -35,9 +35,8 @@ final class NetlinkSocket {
         // Extended acks carry the kernel's error text; capped acks do not echo our request back.
         _ = mnl_socket_setsockopt(handle, _NETLINK_EXT_ACK, &one, socklen_t(MemoryLayout<CInt>.size))
         _ = mnl_socket_setsockopt(handle, _NETLINK_CAP_ACK, &one, socklen_t(MemoryLayout<CInt>.size))
-        var timeout = timeval(
-            tv_sec: receiveTimeoutMilliseconds / 1000,
-            tv_usec: (receiveTimeoutMilliseconds % 1000) * 1000)
+        let (seconds, attoseconds) = receiveTimeout.components
+        var timeout = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
         let fd = mnl_socket_get_fd(handle)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         if var size = receiveBufferBytes {

@@ -1,9 +1,10 @@
 import CNetlink
+import IPAddressing
 
 // Model <-> kernel struct conversions. Byte order: SPIs and ports are big-endian in the kernel's structs
 // (`__be32`, `__be16`); the models keep host order.
 
-extension XFRMAddress {
+extension IPAddress {
     /// The kernel's 16-byte `xfrm_address_t` (IPv4 in the first 4 bytes, the rest zero).
     var kernelValue: xfrm_address_t {
         var raw = xfrm_address_t()
@@ -13,9 +14,9 @@ extension XFRMAddress {
         return raw
     }
 
-    init(family: XFRMAddressFamily, kernelValue: xfrm_address_t) {
+    init(family: IPAddressFamily, kernelValue: xfrm_address_t) {
         self = Swift.withUnsafeBytes(of: kernelValue) {
-            XFRMAddress(family: family == .inet6 ? .inet6 : .inet, raw: $0)
+            IPAddress(family: family == .inet6 ? .inet6 : .inet, raw: $0)
         }
     }
 }
@@ -38,13 +39,13 @@ extension XFRMSelector {
         return s
     }
 
-    init(kernelValue s: xfrm_selector, fallbackFamily: XFRMAddressFamily) {
-        let family = XFRMAddressFamily(rawValue: s.family)
+    init(kernelValue s: xfrm_selector, fallbackFamily: IPAddressFamily) {
+        let family = IPAddressFamily(rawValue: s.family)
         let addressFamily = family == .unspecified ? fallbackFamily : family
         self.init(
             family: family,
-            source: XFRMAddress(family: addressFamily, kernelValue: s.saddr), sourcePrefixLength: s.prefixlen_s,
-            destination: XFRMAddress(family: addressFamily, kernelValue: s.daddr),
+            source: IPAddress(family: addressFamily, kernelValue: s.saddr), sourcePrefixLength: s.prefixlen_s,
+            destination: IPAddress(family: addressFamily, kernelValue: s.daddr),
             destinationPrefixLength: s.prefixlen_d,
             sourcePort: UInt16(bigEndian: s.sport), sourcePortMask: UInt16(bigEndian: s.sport_mask),
             destinationPort: UInt16(bigEndian: s.dport), destinationPortMask: UInt16(bigEndian: s.dport_mask),
@@ -82,7 +83,7 @@ extension XFRMLifetimeCounters {
 }
 
 extension XFRMTemplate {
-    func kernelValue(policyFamily: XFRMAddressFamily) -> xfrm_user_tmpl {
+    func kernelValue(policyFamily: IPAddressFamily) -> xfrm_user_tmpl {
         var t = xfrm_user_tmpl()
         t.id.daddr = destination.kernelValue
         t.id.spi = spi.bigEndian
@@ -99,14 +100,14 @@ extension XFRMTemplate {
         return t
     }
 
-    init(kernelValue t: xfrm_user_tmpl, policyFamily: XFRMAddressFamily) {
-        let family = XFRMAddressFamily(rawValue: t.family)
+    init(kernelValue t: xfrm_user_tmpl, policyFamily: IPAddressFamily) {
+        let family = IPAddressFamily(rawValue: t.family)
         let addressFamily = family == .unspecified ? policyFamily : family
         self.init(
             proto: XFRMProtocol(rawValue: t.id.proto), mode: XFRMMode(rawValue: t.mode), reqid: t.reqid,
             level: t.optional != 0 ? .use : .required, family: family,
-            source: XFRMAddress(family: addressFamily, kernelValue: t.saddr),
-            destination: XFRMAddress(family: addressFamily, kernelValue: t.id.daddr),
+            source: IPAddress(family: addressFamily, kernelValue: t.saddr),
+            destination: IPAddress(family: addressFamily, kernelValue: t.id.daddr),
             spi: UInt32(bigEndian: t.id.spi), share: t.share,
             authenticationAlgorithms: t.aalgos, encryptionAlgorithms: t.ealgos, compressionAlgorithms: t.calgos)
     }
@@ -284,13 +285,13 @@ extension XFRMState {
     }
 
     init(info: xfrm_usersa_info, attributes: [NetlinkAttribute], operation: String) throws(XFRMError) {
-        let family = XFRMAddressFamily(rawValue: info.family)
+        let family = IPAddressFamily(rawValue: info.family)
         guard family == .inet || family == .inet6 else {
             throw .malformed(operation, "state family \(info.family) is neither inet nor inet6")
         }
         self.init(
-            source: XFRMAddress(family: family, kernelValue: info.saddr),
-            destination: XFRMAddress(family: family, kernelValue: info.id.daddr),
+            source: IPAddress(family: family, kernelValue: info.saddr),
+            destination: IPAddress(family: family, kernelValue: info.id.daddr),
             proto: XFRMProtocol(rawValue: info.id.proto), spi: UInt32(bigEndian: info.id.spi),
             mode: XFRMMode(rawValue: info.mode), reqid: info.reqid,
             selector: XFRMSelector(kernelValue: info.sel, fallbackFamily: family),
@@ -312,7 +313,7 @@ extension XFRMState {
                 encapsulation = XFRMEncapsulation(
                     type: e.encap_type, sourcePort: UInt16(bigEndian: e.encap_sport),
                     destinationPort: UInt16(bigEndian: e.encap_dport),
-                    originalAddress: XFRMAddress(family: family, kernelValue: e.encap_oa))
+                    originalAddress: IPAddress(family: family, kernelValue: e.encap_oa))
             }
         }
         algorithms = XFRMAlgorithm.canonical(decoded)
@@ -320,7 +321,7 @@ extension XFRMState {
 }
 
 extension XFRMStateID {
-    func userSAID(family: XFRMAddressFamily? = nil) -> xfrm_usersa_id {
+    func userSAID(family: IPAddressFamily? = nil) -> xfrm_usersa_id {
         var i = xfrm_usersa_id()
         i.daddr = destination.kernelValue
         i.spi = spi.bigEndian
@@ -330,9 +331,9 @@ extension XFRMStateID {
     }
 
     init(kernelValue i: xfrm_usersa_id) {
-        let family = XFRMAddressFamily(rawValue: i.family)
+        let family = IPAddressFamily(rawValue: i.family)
         self.init(
-            destination: XFRMAddress(family: family, kernelValue: i.daddr), spi: UInt32(bigEndian: i.spi),
+            destination: IPAddress(family: family, kernelValue: i.daddr), spi: UInt32(bigEndian: i.spi),
             proto: XFRMProtocol(rawValue: i.proto))
     }
 }
@@ -380,7 +381,7 @@ extension XFRMPolicy {
     }
 
     init(info p: xfrm_userpolicy_info, attributes: [NetlinkAttribute], operation: String) throws(XFRMError) {
-        let family = XFRMAddressFamily(rawValue: p.sel.family)
+        let family = IPAddressFamily(rawValue: p.sel.family)
         let selector = XFRMSelector(kernelValue: p.sel, fallbackFamily: family == .unspecified ? .inet : family)
         self.init(
             selector: selector, direction: XFRMDirection(rawValue: p.dir),
@@ -397,7 +398,7 @@ extension XFRMPolicy {
     }
 
     static func decodeTemplates(
-        _ bytes: ArraySlice<UInt8>, policyFamily: XFRMAddressFamily,
+        _ bytes: ArraySlice<UInt8>, policyFamily: IPAddressFamily,
         operation: String
     ) throws(XFRMError) -> [XFRMTemplate] {
         let size = MemoryLayout<xfrm_user_tmpl>.size

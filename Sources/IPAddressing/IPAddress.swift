@@ -1,16 +1,17 @@
 import Glibc
 
-/// An address family as XFRM uses it: `AF_INET` or `AF_INET6` (or unspecified, `0`).
-public struct XFRMAddressFamily: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+/// An IP address family: `AF_INET` or `AF_INET6` (or unspecified, `0`, which XFRM reads as "take it from the
+/// policy or the state").
+public struct IPAddressFamily: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
     public var rawValue: UInt16
     public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// IPv4. The corresponding C constant is `AF_INET`.
-    public static let inet = XFRMAddressFamily(rawValue: UInt16(Glibc.AF_INET))
+    public static let inet = IPAddressFamily(rawValue: UInt16(Glibc.AF_INET))
     /// IPv6. The corresponding C constant is `AF_INET6`.
-    public static let inet6 = XFRMAddressFamily(rawValue: UInt16(Glibc.AF_INET6))
+    public static let inet6 = IPAddressFamily(rawValue: UInt16(Glibc.AF_INET6))
     /// No family (the kernel then takes the policy's or the state's).
-    public static let unspecified = XFRMAddressFamily(rawValue: 0)
+    public static let unspecified = IPAddressFamily(rawValue: 0)
 
     @available(*, unavailable, renamed: "inet") public static var AF_INET: Self { inet }
     @available(*, unavailable, renamed: "inet6") public static var AF_INET6: Self { inet6 }
@@ -27,14 +28,15 @@ public struct XFRMAddressFamily: RawRepresentable, Hashable, Sendable, CustomStr
 
     /// Bits in a full-length prefix: 32 or 128.
     public var addressBits: UInt8 { self == .inet6 ? 128 : 32 }
-    var addressLength: Int { self == .inet6 ? 16 : 4 }
+    /// Bytes in an address: 4 or 16.
+    public var addressLength: Int { self == .inet6 ? 16 : 4 }
 }
 
-/// An IPv4 or IPv6 address, the kernel's `xfrm_address_t` with its family beside it. Held inline (two words and
-/// the family, no allocation): endpoints, flows and SAs carry several each.
-public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
+/// An IPv4 or IPv6 address with its family. Laid out as the kernel's `in_addr` / `in6_addr` / `xfrm_address_t`
+/// and held inline (two words and the family, no allocation): endpoints, flows and SAs carry several each.
+public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
     /// The address family.
-    public var family: XFRMAddressFamily
+    public var family: IPAddressFamily
     /// The address bytes in network order, as laid out in memory (`xfrm_address_t`); IPv4 uses the first 4.
     private var first: UInt64
     private var second: UInt64
@@ -63,29 +65,30 @@ public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
     public init?(_ text: String) {
         var v4 = in_addr()
         if inet_pton(AF_INET, text, &v4) == 1 {
-            self = Swift.withUnsafeBytes(of: v4) { XFRMAddress(family: .inet, raw: $0) }
+            self = Swift.withUnsafeBytes(of: v4) { IPAddress(family: .inet, raw: $0) }
             return
         }
         var v6 = in6_addr()
         if inet_pton(AF_INET6, text, &v6) == 1 {
-            self = Swift.withUnsafeBytes(of: v6) { XFRMAddress(family: .inet6, raw: $0) }
+            self = Swift.withUnsafeBytes(of: v6) { IPAddress(family: .inet6, raw: $0) }
             return
         }
         return nil
     }
 
     /// The all-zero address of a family (`0.0.0.0` / `::`), which XFRM reads as "any".
-    public static func any(_ family: XFRMAddressFamily) -> XFRMAddress {
-        XFRMAddress(family: family, first: 0, second: 0)
+    public static func any(_ family: IPAddressFamily) -> IPAddress {
+        IPAddress(family: family, first: 0, second: 0)
     }
 
-    init(family: XFRMAddressFamily, bytes: [UInt8]) {
-        self = bytes.withUnsafeBytes { XFRMAddress(family: family, raw: $0) }
+    /// From `bytes` in network order, for `family` (extra bytes are ignored, missing ones are zero).
+    public init(family: IPAddressFamily, bytes: [UInt8]) {
+        self = bytes.withUnsafeBytes { IPAddress(family: family, raw: $0) }
     }
 
     /// From the first 4 (IPv4) or 16 (IPv6) bytes of `raw`, in network order (fewer: the rest are zero), as in
     /// `in_addr`, `in6_addr` or `xfrm_address_t`.
-    public init(family: XFRMAddressFamily, raw: UnsafeRawBufferPointer) {
+    public init(family: IPAddressFamily, raw: UnsafeRawBufferPointer) {
         var words: (UInt64, UInt64) = (0, 0)
         Swift.withUnsafeMutableBytes(of: &words) { target in
             let count = min(raw.count, family.addressLength, 16)
@@ -94,7 +97,7 @@ public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
         self.init(family: family, first: words.0, second: words.1)
     }
 
-    private init(family: XFRMAddressFamily, first: UInt64, second: UInt64) {
+    private init(family: IPAddressFamily, first: UInt64, second: UInt64) {
         self.family = family
         self.first = first
         self.second = second
@@ -114,10 +117,10 @@ public struct XFRMAddress: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-extension XFRMAddress: ExpressibleByStringLiteral {
+extension IPAddress: ExpressibleByStringLiteral {
     /// A literal address; traps on text that is not an address (literals are the programmer's).
     public init(stringLiteral value: String) {
-        guard let address = XFRMAddress(value) else { preconditionFailure("not an IP address: \(value)") }
+        guard let address = IPAddress(value) else { preconditionFailure("not an IP address: \(value)") }
         self = address
     }
 }
