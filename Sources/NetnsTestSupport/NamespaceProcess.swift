@@ -17,8 +17,11 @@ public final class NamespaceProcess: @unchecked Sendable {
         process.arguments =
             ["netns", "exec", namespace.name, "env"]
             + environment.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" } + command
-        process.standardOutput = FileHandle(forWritingAtPath: log)
-        process.standardError = FileHandle(forWritingAtPath: log)
+        // One open file description for both streams: two would each write at their own offset, and a log line
+        // on stderr would be overwritten by the stdout written after it.
+        let output = FileHandle(forWritingAtPath: log)
+        process.standardOutput = output
+        process.standardError = output
         try process.run()
     }
 

@@ -46,19 +46,22 @@ extension SecureSocketEngine {
     /// Ends the calling thread's impersonation; a thread that is not impersonating is left as it is (success).
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
     public func revertImpersonation() throws(SecureSocketError) {
-        try Self.revertThreadImpersonation()
-        logger.info("impersonation reverted")
+        try Self.revertThreadImpersonation(logger: logger)
     }
 
     /// ``revertImpersonation()`` without an engine: no engine is needed to give a thread its own credentials back
-    /// (the Windows function works before any engine exists).
+    /// (the Windows function works before any engine exists). A revert that changed the thread's credentials is
+    /// logged (info) to `logger`; a failed one (error) too: the thread's identity is then unknown.
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
-    public static func revertThreadImpersonation() throws(SecureSocketError) {
+    public static func revertThreadImpersonation(logger: Logger? = nil) throws(SecureSocketError) {
+        let wasImpersonating = ThreadCredentials.isImpersonating
         do {
             try ThreadCredentials.revert()
         } catch {
-            throw SecureSocketError(.systemCallFailure, "revert: \(error)", errno: error.errno)
+            logger?.error("impersonation could not be reverted", metadata: ["reason": "\(error)"])
+            throw SecureSocketError(.systemCallFailure, "revert", errno: error.errno, underlying: error)
         }
+        if wasImpersonating { logger?.info("impersonation reverted", metadata: ["uid": "\(geteuid())"]) }
     }
 
     /// Runs `body` as the peer's mapped account on this thread and always reverts.
@@ -124,11 +127,11 @@ extension SecureSocketEngine {
         switch error.code {
         case .unmappedIdentity, .ambiguousIdentity, .groupKeyNotAccepted, .privilegedAccount, .unknownAccount,
             .invalidAccount:
-            SecureSocketError(.accessDenied, "\(error)", errno: error.errno)
+            SecureSocketError(.accessDenied, "\(error.code)", errno: error.errno, underlying: error)
         case .notPermitted:
-            SecureSocketError(.accessDenied, "\(error)", errno: error.errno)
+            SecureSocketError(.accessDenied, "\(error.code)", errno: error.errno, underlying: error)
         default:
-            SecureSocketError(.systemCallFailure, "\(error)", errno: error.errno)
+            SecureSocketError(.systemCallFailure, "\(error.code)", errno: error.errno, underlying: error)
         }
     }
 }

@@ -106,7 +106,7 @@ public final class SecureSocketEngine: Sendable {
         do {
             xfrm = try XFRMClient(namespace: configuration.namespace)
         } catch {
-            throw SecureSocketError(.systemCallFailure, "NETLINK_XFRM: \(error)", errno: error.errno)
+            throw SecureSocketError(.systemCallFailure, "NETLINK_XFRM", errno: error.errno, underlying: error)
         }
         if configuration.followEvents, configuration.keying != nil {
             do {
@@ -115,7 +115,7 @@ public final class SecureSocketEngine: Sendable {
                     engine: EngineHooks(engine: self), logger: configuration.logger)
                 pump.withLock { $0 = started }
             } catch {
-                throw SecureSocketError(.systemCallFailure, "XFRM event monitor: \(error)", errno: error.errno)
+                throw SecureSocketError(.systemCallFailure, "XFRM event monitor", errno: error.errno, underlying: error)
             }
         }
         reclaimDeadProcesses()

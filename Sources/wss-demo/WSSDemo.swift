@@ -134,6 +134,10 @@ struct WSSDemo: ParsableCommand {
             serverOutput.contains("root-only file while impersonating: refused"))
         claim("reverted to root", serverOutput.contains("reverted: uid 0"))
         claim(
+            "the server's log records the secured connection, the impersonation as nobody and the revert",
+            serverOutput.contains("connection secured") && serverOutput.contains("account=nobody")
+                && serverOutput.contains("impersonation reverted"))
+        claim(
             "wss-inspect saw the secured endpoint and its SAs",
             inspected.status == 0 && inspected.output.contains("\"state\" : \"secured")
                 && inspected.output.contains("\"spi\""))

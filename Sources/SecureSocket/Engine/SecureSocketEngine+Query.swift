@@ -69,7 +69,7 @@ extension SecureSocketEngine {
                 found = try FlowAttribution.find(
                     in: xfrm, flow: flow, reqid: reqid, exactOnly: endpoint.machine.allowInsecure)
             } catch {
-                throw SecureSocketError(.systemCallFailure, "reading SAs: \(error)", errno: error.errno)
+                throw SecureSocketError(.systemCallFailure, "reading SAs", errno: error.errno, underlying: error)
             }
         }
         guard let found else { return info }
@@ -117,6 +117,14 @@ extension SecureSocketEngine {
                         peerUserIdentity: info.peerUserIdentity,
                         encryptionAlgorithm: info.encryptionAlgorithm)),
                 cookie: endpoint.cookie)
+            logger.info(
+                "connection secured",
+                metadata: [
+                    "fd": "\(fd)", "reqid": "\(reqid)", "flow": "\(flow)",
+                    "peer-identity": "\(info.peerMachineIdentity ?? "?")",
+                    "peer-user": "\(info.peerUserIdentity ?? "none")", "spi-in": "\(String(into.id.spi, radix: 16))",
+                    "spi-out": "\(String(out.id.spi, radix: 16))", "ike-sa": "\(info.ikeSAID)", "via": "query",
+                ])
         }
         snapshotDirty.store(true, ordering: .releasing)
         if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {

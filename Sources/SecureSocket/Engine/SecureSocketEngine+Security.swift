@@ -59,7 +59,7 @@ extension SecureSocketEngine {
                 reqids.release(reqid!)
                 throw SecureSocketError(
                     error.errno.map(SecureSocketError.Code.init(errno:)) ?? .systemCallFailure,
-                    "per-socket policy: \(error)", errno: error.errno)
+                    "per-socket policy", errno: error.errno, underlying: error)
             }
         }
         var endpoint = Endpoint(
