@@ -99,7 +99,7 @@ let package = Package(
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
-            dependencies: ["IPAddressing", "SecureSocket", "ALE", "CSecureSocketABI"]
+            dependencies: ["IPAddressing", "SecureSocket", "CSecureSocketABI"]
         ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
@@ -117,6 +117,8 @@ let package = Package(
             name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
         // C: static inline wrappers for the raw per-thread credential system calls (glibc's broadcast to all threads).
         .systemLibrary(name: "CThreadCredentials", path: "CModules/CThreadCredentials"),
+        // C: glibc's allocator statistics for the tools (mallinfo2 is in <malloc.h>, outside Swift's Glibc module).
+        .systemLibrary(name: "CMallocInfo", path: "CModules/CMallocInfo"),
         // Per-thread impersonation of authenticated peers: the identity map and the credential switch.
         .target(
             name: "Impersonation",
@@ -145,6 +147,7 @@ let package = Package(
         .executableTarget(
             name: "secure-echo",
             dependencies: [
+                "CMallocInfo",
                 "IPAddressing",
                 "WinsockSecureSocket", "CSecureSocketABI", "ALE", "XFRM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -37,8 +37,31 @@ public struct Endpoint: Sendable {
     public var kind: SocketFacts.Kind
     /// The reqid in the socket's policy templates; nil when no per-socket policy was set.
     public var reqid: UInt32?
-    /// Peer target names by peer address; `nil` key for "whatever peer" (TCP with a zero PeerAddress).
-    public var peerTargetNames: [IPAddress?: String] = [:]
+    /// The name for whatever peer (TCP with a zero PeerAddress): most sockets have only this one, which costs
+    /// no dictionary.
+    private var catchAllPeerTargetName: String?
+    /// Names for particular peer addresses.
+    private var peerTargetNamesByAddress: [IPAddress: String] = [:]
+
+    /// Peer target names by peer address; `nil` key for "whatever peer".
+    public var peerTargetNames: [IPAddress?: String] {
+        get {
+            var all: [IPAddress?: String] = [:]
+            if let catchAllPeerTargetName { all[nil] = catchAllPeerTargetName }
+            for (address, name) in peerTargetNamesByAddress { all[address] = name }
+            return all
+        }
+        set {
+            catchAllPeerTargetName = nil
+            peerTargetNamesByAddress = [:]
+            for (address, name) in newValue { setPeerTargetName(name, for: address) }
+        }
+    }
+
+    /// Sets (or, with nil, deletes) the name for `peer`, or the catch-all one when `peer` is nil.
+    public mutating func setPeerTargetName(_ name: String?, for peer: IPAddress?) {
+        if let peer { peerTargetNamesByAddress[peer] = name } else { catchAllPeerTargetName = name }
+    }
     public var machine: EndpointStateMachine
     /// Settings in force, as a free-form summary for inspection tools.
     public var summary: String
@@ -72,8 +95,8 @@ public struct Endpoint: Sendable {
 
     /// The name that applies to a peer: its own, else the catch-all one.
     public func peerTargetName(for peer: IPAddress?) -> String? {
-        if let peer, let name = peerTargetNames[peer] { return name }
-        return peerTargetNames[nil] ?? nil
+        if let peer, let name = peerTargetNamesByAddress[peer] { return name }
+        return catchAllPeerTargetName
     }
 }
 
@@ -81,7 +104,51 @@ public struct Endpoint: Sendable {
 public final class EndpointTable: Sendable {
     private struct Storage {
         var byCookie: [UInt64: Endpoint] = [:]
-        var byReqid: [UInt32: Set<UInt64>] = [:]
+        var byReqid: [UInt32: ReqidUsers] = [:]
+    }
+
+    /// The endpoints of one reqid: an initiator's own reqid has one, held without an allocation; a listener's is
+    /// shared with its accepted sockets. Callers take the value out of the table before changing it, so the set is
+    /// not copied.
+    private enum ReqidUsers {
+        case one(UInt64)
+        case many(Set<UInt64>)
+
+        var cookies: [UInt64] {
+            switch self {
+            case .one(let cookie): [cookie]
+            case .many(let set): Array(set)
+            }
+        }
+
+        var count: Int {
+            switch self {
+            case .one: 1
+            case .many(let set): set.count
+            }
+        }
+
+        static func adding(_ cookie: UInt64, to users: ReqidUsers?) -> ReqidUsers {
+            switch users {
+            case nil: return .one(cookie)
+            case .one(let first)?: return first == cookie ? .one(first) : .many([first, cookie])
+            case .many(var set)?:
+                set.insert(cookie)
+                return .many(set)
+            }
+        }
+
+        /// Without `cookie`; nil when no endpoint is left.
+        static func removing(_ cookie: UInt64, from users: ReqidUsers?) -> ReqidUsers? {
+            switch users {
+            case nil: return nil
+            case .one(let only)?: return only == cookie ? nil : .one(only)
+            case .many(var set)?:
+                set.remove(cookie)
+                if set.count == 1, let last = set.first { return .one(last) }
+                return set.isEmpty ? nil : .many(set)
+            }
+        }
     }
 
     private let storage = Mutex(Storage())
@@ -95,7 +162,9 @@ public final class EndpointTable: Sendable {
         try storage.withLock { (s) throws(InsertError) in
             guard s.byCookie[endpoint.cookie] == nil else { throw .alreadyRegistered }
             s.byCookie[endpoint.cookie] = endpoint
-            if let reqid = endpoint.reqid { s.byReqid[reqid, default: []].insert(endpoint.cookie) }
+            if let reqid = endpoint.reqid {
+                s.byReqid[reqid] = .adding(endpoint.cookie, to: s.byReqid.removeValue(forKey: reqid))
+            }
         }
     }
 
@@ -103,10 +172,12 @@ public final class EndpointTable: Sendable {
 
     /// The endpoints whose policies carry `reqid` (a listener and its accepted sockets share one).
     public func endpoints(reqid: UInt32) -> [Endpoint] {
-        storage.withLock { s in (s.byReqid[reqid] ?? []).compactMap { s.byCookie[$0] } }
+        storage.withLock { s in (s.byReqid[reqid]?.cookies ?? []).compactMap { s.byCookie[$0] } }
     }
 
     public var all: [Endpoint] { storage.withLock { Array($0.byCookie.values) } }
+    /// Every endpoint's cookie, in no order (8 bytes each, where ``all`` copies every endpoint).
+    public var cookies: [UInt64] { storage.withLock { Array($0.byCookie.keys) } }
     public var count: Int { storage.withLock { $0.byCookie.count } }
 
     /// Changes an endpoint in place; returns what `body` returns, or nil if the cookie is unknown.
@@ -117,8 +188,12 @@ public final class EndpointTable: Sendable {
             let oldReqid = endpoint.reqid
             let result = body(&endpoint)
             if oldReqid != endpoint.reqid {
-                if let oldReqid { s.byReqid[oldReqid]?.remove(cookie) }
-                if let reqid = endpoint.reqid { s.byReqid[reqid, default: []].insert(cookie) }
+                if let oldReqid {
+                    s.byReqid[oldReqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: oldReqid))
+                }
+                if let reqid = endpoint.reqid {
+                    s.byReqid[reqid] = .adding(cookie, to: s.byReqid.removeValue(forKey: reqid))
+                }
             }
             s.byCookie[cookie] = endpoint
             return result
@@ -136,8 +211,7 @@ public final class EndpointTable: Sendable {
         storage.withLock { s in
             guard let endpoint = s.byCookie.removeValue(forKey: cookie) else { return nil }
             if let reqid = endpoint.reqid {
-                s.byReqid[reqid]?.remove(cookie)
-                if s.byReqid[reqid]?.isEmpty == true { s.byReqid[reqid] = nil }
+                s.byReqid[reqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: reqid))
             }
             return endpoint
         }

@@ -8,12 +8,28 @@ import XFRM
 /// The CHILD_SAs charon reported (`child-updown`, `child-rekey`), by inbound SPI, by flow (when their traffic
 /// selectors are exactly one flow) and, for the ones we initiated, by child name: a query finds the SA pair of
 /// a connection and the identity behind it without a round trip to charon or a dump of the kernel's SAD.
+///
+/// Only this process's children are kept: those whose reqid the backend uses (``claim(reqid:)``) or that rekey a
+/// child already kept. A charon shared by many processes reports every process's children to each of them; kept
+/// by all, each process's memory would grow with the whole host's connections instead of its own.
 final class ChildRegistry: Sendable {
+    /// One child kept: what charon said of it, the flow it is indexed under and its reqid, in one entry (the
+    /// query's indexes point at it by inbound SPI).
+    private struct Kept {
+        var protection: KeyedProtection
+        var flow: KeyedFlow?
+        var reqid: UInt32?
+    }
+
     private struct Tables {
-        var byInboundSPI: [UInt32: KeyedProtection] = [:]
+        var byInboundSPI: [UInt32: Kept] = [:]
+        /// Children we initiated, until their negotiation reads them (``waitForChild(named:upTo:)``).
         var byName: [String: KeyedProtection] = [:]
         var byFlow: [KeyedFlow: UInt32] = [:]
-        var flowOfSPI: [UInt32: KeyedFlow] = [:]
+        /// The reqids the backend's registrations use, with how many use each.
+        var claimed: [UInt32: Int] = [:]
+        /// How many children are kept per reqid.
+        var keptPerReqid: [UInt32: Int] = [:]
     }
 
     private let tables = Mutex(Tables())
@@ -26,8 +42,9 @@ final class ChildRegistry: Sendable {
             for child in ike.children {
                 guard let spi = child.spiIn else { continue }
                 if up && (child.isInstalled || event.name == "child-rekey") {
+                    guard let reqid = child.reqid, isOurs(reqid) else { continue }
                     insert(
-                        StrongSwanBackend.protection(ike: ike, child: child), name: child.name,
+                        StrongSwanBackend.protection(ike: ike, child: child), reqid: reqid, name: child.name,
                         flow: Self.flow(local: child.localTS, remote: child.remoteTS))
                 } else if !up {
                     remove(inboundSPI: spi)
@@ -36,16 +53,39 @@ final class ChildRegistry: Sendable {
         }
     }
 
-    func insert(_ protection: KeyedProtection, name: String? = nil, flow: KeyedFlow? = nil) {
+    /// The backend's registrations use `reqid` (one more of them): its children are kept from now on.
+    func claim(reqid: UInt32) { tables.withLock { $0.claimed[reqid, default: 0] += 1 } }
+
+    /// One registration less uses `reqid`; children already kept stay until they go down.
+    func unclaim(reqid: UInt32) {
+        tables.withLock { t in
+            guard let count = t.claimed[reqid] else { return }
+            t.claimed[reqid] = count > 1 ? count - 1 : nil
+        }
+    }
+
+    /// Whether children with `reqid` are this process's: a registration uses it, or a child kept has it (a
+    /// rekey of an accepted connection's child after its listener closed).
+    func isOurs(_ reqid: UInt32) -> Bool {
+        tables.withLock { $0.claimed[reqid] != nil || $0.keptPerReqid[reqid] != nil }
+    }
+
+    /// How many children are kept (inspection, tests).
+    var count: Int { tables.withLock { $0.byInboundSPI.count } }
+
+    func insert(_ protection: KeyedProtection, reqid: UInt32?, name: String? = nil, flow: KeyedFlow? = nil) {
         guard let spi = protection.inboundSPI else { return }
         tables.withLock { t in
-            t.byInboundSPI[spi] = protection
+            let previous = t.byInboundSPI.updateValue(
+                Kept(protection: protection, flow: flow, reqid: reqid), forKey: spi)
+            if let reqid, previous?.reqid != reqid {
+                t.keptPerReqid[reqid, default: 0] += 1
+                if let old = previous?.reqid { Self.forget(reqid: old, in: &t) }
+            }
             // Only our per-flow children have unique names; a listener's children share theirs.
             if let name, name.hasPrefix("c") { t.byName[name] = protection }
-            if let flow {
-                t.byFlow[flow] = spi // a rekey's new child replaces the old one for the flow
-                t.flowOfSPI[spi] = flow
-            }
+            // A rekey's new child replaces the old one for the flow.
+            if let flow { t.byFlow[flow] = spi }
         }
         recorded.notify()
     }
@@ -53,18 +93,20 @@ final class ChildRegistry: Sendable {
     func remove(inboundSPI: UInt32) {
         tables.withLock { t in
             guard let gone = t.byInboundSPI.removeValue(forKey: inboundSPI) else { return }
-            if let name = t.byName.first(where: { $0.value.inboundSPI == gone.inboundSPI })?.key {
-                t.byName[name] = nil
-            }
-            if let flow = t.flowOfSPI.removeValue(forKey: inboundSPI), t.byFlow[flow] == inboundSPI {
-                t.byFlow[flow] = nil
-            }
+            if let reqid = gone.reqid { Self.forget(reqid: reqid, in: &t) }
+            if let name = t.byName.first(where: { $0.value.inboundSPI == inboundSPI })?.key { t.byName[name] = nil }
+            if let flow = gone.flow, t.byFlow[flow] == inboundSPI { t.byFlow[flow] = nil }
         }
+    }
+
+    private static func forget(reqid: UInt32, in t: inout Tables) {
+        guard let kept = t.keptPerReqid[reqid] else { return }
+        t.keptPerReqid[reqid] = kept > 1 ? kept - 1 : nil
     }
 
     /// The newest CHILD_SA charon reported for exactly `flow`.
     func protection(flow: KeyedFlow) -> KeyedProtection? {
-        tables.withLock { t in t.byFlow[flow].flatMap { t.byInboundSPI[$0] } }
+        tables.withLock { t in t.byFlow[flow].flatMap { t.byInboundSPI[$0]?.protection } }
     }
 
     /// A flow from a child's first local and remote traffic selectors (`10.0.0.1/32[tcp/5001]`), when both name
@@ -100,7 +142,9 @@ final class ChildRegistry: Sendable {
         return (parsed, proto, UInt16(bigEndian: UInt16(truncatingIfNeeded: service.pointee.s_port)))
     }
 
-    func protection(inboundSPI: UInt32) -> KeyedProtection? { tables.withLock { $0.byInboundSPI[inboundSPI] } }
+    func protection(inboundSPI: UInt32) -> KeyedProtection? {
+        tables.withLock { $0.byInboundSPI[inboundSPI]?.protection }
+    }
 
     /// The installed child named `name`, waiting for its event at most `bound` (woken when it is recorded, not
     /// polled); the name is forgotten once read.

@@ -326,10 +326,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             table[request.reqid] = child
             return table.keys.sorted().compactMap { table[$0] }
         }
+        children.claim(reqid: request.reqid)
         do {
             try loadResponder(all)
         } catch {
             responderChildren.withLock { _ = $0.removeValue(forKey: request.reqid) }
+            children.unclaim(reqid: request.reqid)
             throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
         }
         return KeyingRegistration(reqid: request.reqid, names: [responderName])
@@ -364,6 +366,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
         var registration = KeyingRegistration(
             reqid: request.reqid, names: [conn], secrets: secrets, childNames: [childName])
+        // Claimed before the conn is loaded, so the child's event is kept; every path out releases (unclaims).
+        children.claim(reqid: request.reqid)
         var config = IKEConnConfig(
             name: conn, localAddresses: ["%any"], remoteAddresses: ["\(flow.remote)"],
             localAuth: localRounds, remoteAuth: [remoteAuth(identity: pinned)],
@@ -594,7 +598,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         for ike in sas where ike.isEstablished && ike.remoteHost == peerText {
             if let child = ike.children.first(where: { $0.spiIn == inboundSPI && $0.isInstalled }) {
                 let found = Self.protection(ike: ike, child: child)
-                children.insert(found)
+                children.insert(found, reqid: child.reqid)
                 return found
             }
         }
@@ -604,6 +608,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     // MARK: - Release
 
     public func release(_ registration: KeyingRegistration) {
+        defer { children.unclaim(reqid: registration.reqid) }
         // By config name when known: a rekeyed CHILD_SA has a new unique id but the same config name.
         for name in registration.childNames {
             _ = try? vici.terminate(child: name, force: true, timeout: .seconds(2))

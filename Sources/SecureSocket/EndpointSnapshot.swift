@@ -65,7 +65,13 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
     /// The JSON of `table`'s snapshot, decodable as an ``EndpointSnapshot``, written one endpoint at a time (the
     /// work and memory of one publication stay one endpoint's, plus the output), and a hash of its endpoints
     /// (equal hashes: nothing to write again).
-    static func encode(_ table: EndpointTable, keying: String) -> (json: [UInt8], endpointsHash: Int)? {
+    /// Writes the snapshot of `table` to `path` unless its endpoints are the same as those whose hash is
+    /// `unchanged`; returns the endpoints' hash, or nil when nothing could be written.
+    ///
+    /// One endpoint at a time, through a temporary file beside `path` that is renamed over it (readers never see
+    /// half a snapshot): the memory it takes does not grow with the number of endpoints (a snapshot built whole
+    /// would cost a few hundred bytes per endpoint at every publication, several copies at the peak).
+    static func write(_ table: EndpointTable, keying: String, to path: String, unlessHash unchanged: Int?) -> Int? {
         let encoder = JSONEncoder()
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys]
@@ -74,18 +80,58 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
                 Head(pid: getpid(), executable: executable, keying: keying, updated: Date())),
             head.last == UInt8(ascii: "}")
         else { return nil }
-        var json = Array(head.dropLast())
-        json += Array(#","endpoints":["#.utf8)
+        let temporary = "\(path).\(getpid()).tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return nil }
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(Self.writeChunk)
+        var failed = false
+        func emit<C: Collection>(_ bytes: C) where C.Element == UInt8 {
+            buffer.append(contentsOf: bytes)
+            if buffer.count >= Self.writeChunk { flush() }
+        }
+        func flush() {
+            var offset = 0
+            // Bounded: each round writes at least one byte or ends the loop.
+            while offset < buffer.count, !failed {
+                let written = buffer.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+                if written > 0 {
+                    offset += written
+                } else if written < 0 && errno == EINTR {
+                    continue
+                } else {
+                    failed = true
+                }
+            }
+            buffer.removeAll(keepingCapacity: true)
+        }
+        emit(head.dropLast())
+        emit(#","endpoints":["#.utf8)
         var hasher = Hasher()
-        for (index, endpoint) in table.all.sorted(by: { $0.cookie < $1.cookie }).enumerated() {
-            guard let entry = try? encoder.encode(Entry(endpoint)) else { return nil }
-            if index > 0 { json += Array(",\n".utf8) }
-            json += entry
+        // Cookies only, then each endpoint as it is now: no copy of the whole table.
+        for (index, cookie) in table.cookies.sorted().enumerated() {
+            guard let endpoint = table.endpoint(cookie: cookie) else { continue }
+            guard let entry = try? encoder.encode(Entry(endpoint)) else {
+                failed = true
+                break
+            }
+            if index > 0 { emit(",\n".utf8) }
+            emit(entry)
             hasher.combine(entry)
         }
-        json += Array("]}\n".utf8)
-        return (json, hasher.finalize())
+        emit("]}\n".utf8)
+        flush()
+        close(fd)
+        let hash = hasher.finalize()
+        guard !failed, hash != unchanged, rename(temporary, path) == 0 else {
+            unlink(temporary)
+            return failed ? nil : hash
+        }
+        return hash
     }
+
+    /// Bytes gathered before each `write(2)`.
+    static let writeChunk = 16 * 1024
 }
 
 extension EndpointSnapshot.Entry {

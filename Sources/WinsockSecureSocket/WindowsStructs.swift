@@ -1,4 +1,3 @@
-import ALE
 import CSecureSocketABI
 import Foundation
 import IPAddressing

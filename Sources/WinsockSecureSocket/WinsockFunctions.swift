@@ -1,4 +1,3 @@
-import ALE
 import CSecureSocketABI
 import Glibc
 import IPAddressing

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMallocInfo
 import CSecureSocketABI
 import Foundation
 import Glibc
@@ -29,6 +30,10 @@ extension SecureEcho {
             // made once: the engine, its charon session and threads, the IKE SA) and after the last.
             var residentBefore = 0
             var residentHalfway = 0
+            // The heap in use (every malloc arena, mmapped chunks included): what the library keeps, without the
+            // allocator's free space and fragmentation that the resident size also counts.
+            var heapBefore = 0
+            var heapHalfway = 0
             let started = Date()
             for index in 0..<connections {
                 let s = socket(server.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -45,9 +50,13 @@ extension SecureEcho {
                 var timeout = timeval(tv_sec: 10, tv_usec: 0)
                 setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
                 sockets.append(s)
-                if index == connections / 2 { residentHalfway = Self.residentKiB("RssAnon") }
+                if index == connections / 2 {
+                    residentHalfway = Self.residentKiB("RssAnon")
+                    heapHalfway = Self.heapInUse()
+                }
                 if index == 0 {
                     residentBefore = Self.residentKiB("RssAnon")
+                    heapBefore = Self.heapInUse()
                     print("after the first connection: " + Self.status(["RssAnon", "RssFile", "Threads"]))
                 }
             }
@@ -68,6 +77,10 @@ extension SecureEcho {
             print(
                 "marginal: \((residentAfter - residentHalfway) * 1024 / max(1, secondHalf)) bytes per held connection"
                     + " over the second half (\(secondHalf) connections)")
+            let heapAfter = Self.heapInUse()
+            print(
+                "heap in use: \((heapAfter - heapBefore) / max(1, connections - 1)) bytes per held connection,"
+                    + " \((heapAfter - heapHalfway) / max(1, secondHalf)) over the second half")
             print("status: " + Self.status(["RssAnon", "RssFile", "Threads", "VmStk"]))
             fflush(nil)
             var echoed = 0
@@ -95,6 +108,11 @@ extension SecureEcho {
             return text.split(separator: "\n").filter { line in names.contains { line.hasPrefix("\($0):") } }
                 .map { $0.split(whereSeparator: { $0 == " " || $0 == "\t" }).joined(separator: " ") }.joined(
                     separator: ", ")
+        }
+
+        /// Bytes malloc has handed out and not had back (`mallinfo2`: every arena, plus mmapped chunks).
+        static func heapInUse() -> Int {
+            Int(cmi_heap_in_use())
         }
 
         static func residentKiB(_ field: String = "VmRSS") -> Int {

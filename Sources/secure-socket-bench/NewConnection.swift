@@ -190,6 +190,7 @@ struct NewConnection: ParsableCommand {
         var echoed = 0
         var perConnection: [Int] = []
         var marginal: [Int] = []
+        var heap: [Int] = []
         var statuses: [String] = []
         for client in clients {
             client.wait(for: "echoed", timeout: 1200)
@@ -206,6 +207,11 @@ struct NewConnection: ParsableCommand {
                 let bytes = Int(line.dropFirst(9).split(separator: " ").first ?? "")
             {
                 marginal.append(bytes)
+            }
+            if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("heap in use:") }),
+                let bytes = Int(line.dropFirst(13).split(separator: " ").first ?? "")
+            {
+                heap.append(bytes)
             }
             opened = max(opened, Double(nowNanos() - started) / 1e9)
             if let line = client.output.split(separator: "\n").first(where: { $0.hasPrefix("echoed ") }),
@@ -229,6 +235,12 @@ struct NewConnection: ParsableCommand {
             summary(
                 "memory per held connection (client process, anonymous resident)",
                 ours: perConnection.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
+                ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
+        }
+        if let worst = heap.max() {
+            summary(
+                "heap in use per held connection (malloc, client processes)",
+                ours: heap.map { "\($0) B" }.joined(separator: ", "), baseline: "2048 B (goal)",
                 ratio: format(Double(worst) / 2048, 2), goal: "≤ 1")
         }
         if let worst = marginal.max() {

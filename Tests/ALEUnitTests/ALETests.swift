@@ -153,6 +153,26 @@ final class EndpointTableTests: XCTestCase {
         XCTAssertEqual(e.peerTargetName(for: "10.0.0.3"), "any.example")
         e.peerTargetNames[nil] = nil
         XCTAssertNil(e.peerTargetName(for: "10.0.0.3"))
+        e.setPeerTargetName("c.example", for: "10.0.0.4")
+        e.setPeerTargetName("all.example", for: nil)
+        XCTAssertEqual(e.peerTargetNames, [nil: "all.example", "10.0.0.2": "b.example", "10.0.0.4": "c.example"])
+        e.setPeerTargetName(nil, for: "10.0.0.2")
+        XCTAssertEqual(e.peerTargetName(for: "10.0.0.2"), "all.example")
+    }
+
+    /// A reqid's users: one, then many (a listener and its accepted sockets), then one and none again.
+    func testReqidUsersGrowAndShrink() throws {
+        let table = EndpointTable()
+        for cookie in 1...3 as ClosedRange<UInt64> { try table.insert(endpoint(cookie, reqid: 7)) }
+        XCTAssertEqual(table.users(of: 7), 3)
+        XCTAssertEqual(Set(table.endpoints(reqid: 7).map(\.cookie)), [1, 2, 3])
+        table.remove(cookie: 2)
+        table.update(cookie: 3) { $0.reqid = nil }
+        XCTAssertEqual(table.endpoints(reqid: 7).map(\.cookie), [1])
+        table.remove(cookie: 1)
+        XCTAssertEqual(table.users(of: 7), 0)
+        try table.insert(endpoint(4, reqid: 7))
+        XCTAssertEqual(table.endpoints(reqid: 7).map(\.cookie), [4])
     }
 
     func testConcurrentUpdatesAreSerialised() throws {

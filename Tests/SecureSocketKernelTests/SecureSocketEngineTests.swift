@@ -464,3 +464,40 @@ extension SecureSocketEngineTests {
             "8,000 more cycles grew anonymous memory by \(memoryAfter - memoryAfterWarmUp) KiB")
     }
 }
+
+extension SecureSocketEngineTests {
+    /// The snapshot the inspection tools read: every endpoint, in cookie order, written whole (a temporary file
+    /// renamed over it, none left behind) and not rewritten while nothing changed.
+    func testTheSnapshotListsEveryEndpointAndIsRewrittenOnlyWhenTheyChange() throws {
+        var sockets: [TestSocket] = []
+        for _ in 0..<3 {
+            let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+            try engine.setSecurity(socket.fd.rawValue)
+            sockets.append(socket)
+        }
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        func snapshot() throws -> (EndpointSnapshot, inode: ino_t) {
+            var info = stat()
+            XCTAssertEqual(stat(engine.snapshotFile, &info), 0, "the snapshot exists")
+            let data = try XCTUnwrap(FileManager.default.contents(atPath: engine.snapshotFile))
+            return (try decoder.decode(EndpointSnapshot.self, from: data), info.st_ino)
+        }
+        engine.publish()
+        let (first, inode) = try snapshot()
+        XCTAssertEqual(first.pid, getpid())
+        let cookies = try sockets.map { try XCTUnwrap(engine.endpoint($0.fd.rawValue)?.cookie) }
+        XCTAssertEqual(first.endpoints.map(\.cookie), cookies.sorted())
+        engine.publish()
+        XCTAssertEqual(try snapshot().inode, inode, "nothing changed: not rewritten")
+        sockets.removeLast()
+        engine.sweep()
+        engine.publish()
+        let (second, newInode) = try snapshot()
+        XCTAssertNotEqual(newInode, inode)
+        XCTAssertEqual(second.endpoints.map(\.cookie), Array(cookies.prefix(2)).sorted())
+        let folder = URL(fileURLWithPath: engine.snapshotFile).deletingLastPathComponent().path
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".tmp") }
+        XCTAssertEqual(leftovers, [], "no temporary file is left")
+    }
+}

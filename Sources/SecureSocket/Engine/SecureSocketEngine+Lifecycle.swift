@@ -101,14 +101,14 @@ extension SecureSocketEngine {
 
     /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.
     public func publish() {
-        guard let (json, hash) = EndpointSnapshot.encode(table, keying: keying?.name ?? "none") else { return }
-        let changed = published.withLock { last -> Bool in
-            guard last != hash else { return false }
-            last = hash
-            return true
+        // One publication at a time (the pump's tick, a release, shutdown may each publish).
+        published.withLock { last in
+            if let hash = EndpointSnapshot.write(
+                table, keying: keying?.name ?? "none", to: snapshotFile, unlessHash: last)
+            {
+                last = hash
+            }
         }
-        guard changed else { return }
-        try? Data(json).write(to: URL(fileURLWithPath: snapshotFile), options: .atomic)
     }
 
     /// Registers this process's connected TCP sockets on `port` as children of a (closed) listener endpoint.

@@ -128,13 +128,15 @@ extension SecureSocketEngine {
                 .invalidArgument,
                 "peer target name `\(trimmed)` is a pattern (`*` or `%`), not one identity")
         }
-        table.update(cookie: endpoint.cookie) { $0.peerTargetNames[key] = trimmed }
+        table.update(cookie: endpoint.cookie) { $0.setPeerTargetName(trimmed, for: key) }
     }
 
     /// Forgets the name set for `address`. Unknown addresses are not an error (nothing to forget).
     public func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError) {
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
-        table.update(cookie: facts.cookie) { $0.peerTargetNames[address.address.isAny ? nil : address.address] = nil }
+        table.update(cookie: facts.cookie) {
+            $0.setPeerTargetName(nil, for: address.address.isAny ? nil : address.address)
+        }
     }
 }
