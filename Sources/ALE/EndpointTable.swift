@@ -102,8 +102,15 @@ public struct Endpoint: Sendable {
 
 /// The endpoint table: O(1) by cookie and by reqid, safe from any thread.
 public final class EndpointTable: Sendable {
+    /// An endpoint in the table, by reference: changed in place under the table's lock (no copy out and back),
+    /// and the dictionary's free buckets cost a pointer each instead of a whole endpoint.
+    private final class Slot {
+        var endpoint: Endpoint
+        init(_ endpoint: Endpoint) { self.endpoint = endpoint }
+    }
+
     private struct Storage {
-        var byCookie: [UInt64: Endpoint] = [:]
+        var byCookie: [UInt64: Slot] = [:]
         var byReqid: [UInt32: ReqidUsers] = [:]
     }
 
@@ -161,21 +168,21 @@ public final class EndpointTable: Sendable {
     public func insert(_ endpoint: Endpoint) throws(InsertError) {
         try storage.withLock { (s) throws(InsertError) in
             guard s.byCookie[endpoint.cookie] == nil else { throw .alreadyRegistered }
-            s.byCookie[endpoint.cookie] = endpoint
+            s.byCookie[endpoint.cookie] = Slot(endpoint)
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .adding(endpoint.cookie, to: s.byReqid.removeValue(forKey: reqid))
             }
         }
     }
 
-    public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie] } }
+    public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie]?.endpoint } }
 
     /// The endpoints whose policies carry `reqid` (a listener and its accepted sockets share one).
     public func endpoints(reqid: UInt32) -> [Endpoint] {
-        storage.withLock { s in (s.byReqid[reqid]?.cookies ?? []).compactMap { s.byCookie[$0] } }
+        storage.withLock { s in (s.byReqid[reqid]?.cookies ?? []).compactMap { s.byCookie[$0]?.endpoint } }
     }
 
-    public var all: [Endpoint] { storage.withLock { Array($0.byCookie.values) } }
+    public var all: [Endpoint] { storage.withLock { $0.byCookie.values.map(\.endpoint) } }
     /// Every endpoint's cookie, in no order (8 bytes each, where ``all`` copies every endpoint).
     public var cookies: [UInt64] { storage.withLock { Array($0.byCookie.keys) } }
     public var count: Int { storage.withLock { $0.byCookie.count } }
@@ -184,18 +191,18 @@ public final class EndpointTable: Sendable {
     @discardableResult
     public func update<T>(cookie: UInt64, _ body: (inout Endpoint) -> T) -> T? {
         storage.withLock { s in
-            guard var endpoint = s.byCookie[cookie] else { return nil }
-            let oldReqid = endpoint.reqid
-            let result = body(&endpoint)
-            if oldReqid != endpoint.reqid {
+            guard let slot = s.byCookie[cookie] else { return nil }
+            let oldReqid = slot.endpoint.reqid
+            let result = body(&slot.endpoint)
+            let newReqid = slot.endpoint.reqid
+            if oldReqid != newReqid {
                 if let oldReqid {
                     s.byReqid[oldReqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: oldReqid))
                 }
-                if let reqid = endpoint.reqid {
-                    s.byReqid[reqid] = .adding(cookie, to: s.byReqid.removeValue(forKey: reqid))
+                if let newReqid {
+                    s.byReqid[newReqid] = .adding(cookie, to: s.byReqid.removeValue(forKey: newReqid))
                 }
             }
-            s.byCookie[cookie] = endpoint
             return result
         }
     }
@@ -209,7 +216,7 @@ public final class EndpointTable: Sendable {
     @discardableResult
     public func remove(cookie: UInt64) -> Endpoint? {
         storage.withLock { s in
-            guard let endpoint = s.byCookie.removeValue(forKey: cookie) else { return nil }
+            guard let endpoint = s.byCookie.removeValue(forKey: cookie)?.endpoint else { return nil }
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: reqid))
             }

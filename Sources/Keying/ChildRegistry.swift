@@ -14,11 +14,18 @@ import XFRM
 /// by all, each process's memory would grow with the whole host's connections instead of its own.
 final class ChildRegistry: Sendable {
     /// One child kept: what charon said of it, the flow it is indexed under and its reqid, in one entry (the
-    /// query's indexes point at it by inbound SPI).
-    private struct Kept {
-        var protection: KeyedProtection
-        var flow: KeyedFlow?
-        var reqid: UInt32?
+    /// query's indexes point at it by inbound SPI). A reference, so the table's empty buckets (a dictionary keeps
+    /// up to half of them free) cost a pointer each instead of a whole entry.
+    private final class Kept: Sendable {
+        let protection: KeyedProtection
+        let flow: KeyedFlow?
+        let reqid: UInt32?
+
+        init(protection: KeyedProtection, flow: KeyedFlow?, reqid: UInt32?) {
+            self.protection = protection
+            self.flow = flow
+            self.reqid = reqid
+        }
     }
 
     private struct Tables {

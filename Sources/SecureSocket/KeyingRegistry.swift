@@ -18,36 +18,42 @@ final class KeyingRegistry: Sendable {
         var flow: KeyedFlow?
     }
 
-    private let entries = Mutex<[UInt64: Entry]>([:])
-
-    func register(cookie: UInt64, request: KeyingRequest) {
-        entries.withLock { $0[cookie] = Entry(request: request) }
+    /// An entry by reference: changed in place under the lock, and the dictionary's free buckets cost a pointer
+    /// each instead of a whole entry.
+    private final class Slot {
+        var entry: Entry
+        init(_ entry: Entry) { self.entry = entry }
     }
 
-    func request(cookie: UInt64) -> KeyingRequest? { entries.withLock { $0[cookie]?.request } }
+    private let entries = Mutex<[UInt64: Slot]>([:])
+
+    func register(cookie: UInt64, request: KeyingRequest) {
+        entries.withLock { $0[cookie] = Slot(Entry(request: request)) }
+    }
+
+    func request(cookie: UInt64) -> KeyingRequest? { entries.withLock { $0[cookie]?.entry.request } }
 
     func add(_ registration: KeyingRegistration, cookie: UInt64) {
-        entries.withLock { $0[cookie]?.registrations.append(registration) }
+        entries.withLock { $0[cookie]?.entry.registrations.append(registration) }
     }
 
     /// Removes and returns the registrations of `cookie` that `matching` selects.
     func take(cookie: UInt64, where matching: (KeyingRegistration) -> Bool) -> [KeyingRegistration] {
         entries.withLock { table in
-            guard var entry = table[cookie] else { return [] }
-            let taken = entry.registrations.filter(matching)
-            entry.registrations.removeAll(where: matching)
-            table[cookie] = entry
+            guard let slot = table[cookie] else { return [] }
+            let taken = slot.entry.registrations.filter(matching)
+            slot.entry.registrations.removeAll(where: matching)
             return taken
         }
     }
 
-    func setFlow(cookie: UInt64, flow: KeyedFlow) { entries.withLock { $0[cookie]?.flow = flow } }
+    func setFlow(cookie: UInt64, flow: KeyedFlow) { entries.withLock { $0[cookie]?.entry.flow = flow } }
 
     func setOwnChild(cookie: UInt64, spi: UInt32, peer: IPAddress) {
-        entries.withLock { $0[cookie]?.ownChild = (spi, peer) }
+        entries.withLock { $0[cookie]?.entry.ownChild = (spi, peer) }
     }
 
-    func remove(cookie: UInt64) -> Entry? { entries.withLock { $0.removeValue(forKey: cookie) } }
+    func remove(cookie: UInt64) -> Entry? { entries.withLock { $0.removeValue(forKey: cookie)?.entry } }
 
     var cookies: [UInt64] { entries.withLock { Array($0.keys) } }
 }

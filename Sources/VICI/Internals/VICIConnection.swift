@@ -11,7 +11,9 @@ final class VICIConnection {
     let fd: CInt
     let path: String
     private var frames = VICIFrameReader()
-    private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+    /// One `read(2)`'s worth; packets longer than this arrive over several reads (the frame reader joins them).
+    /// Small, because every negotiation opens a connection of its own and pays for the buffer.
+    private var readBuffer = [UInt8](repeating: 0, count: 16 * 1024)
 
     /// Connects to the VICI socket at `path`. A missing socket (`ENOENT`), nobody listening (`ECONNREFUSED`)
     /// and no permission (`EACCES`) are ``VICIError/Code/daemonUnavailable``; a full listen backlog (`EAGAIN`) is
