@@ -32,7 +32,9 @@ final class ChildRegistry: Sendable {
         var byInboundSPI: [UInt32: Kept] = [:]
         /// Children we initiated, until their negotiation reads them (``waitForChild(named:upTo:)``).
         var byName: [String: KeyedProtection] = [:]
-        var byFlow: [KeyedFlow: UInt32] = [:]
+        /// Inbound SPI by a 64-bit digest of the flow (16 bytes a bucket where the flow itself takes about 70);
+        /// a lookup checks the kept child's own flow, so two flows with one digest never answer for each other.
+        var byFlow: [UInt64: UInt32] = [:]
         /// The reqids the backend's registrations use, with how many use each.
         var claimed: [UInt32: Int] = [:]
         /// How many children are kept per reqid.
@@ -92,7 +94,7 @@ final class ChildRegistry: Sendable {
             // Only our per-flow children have unique names; a listener's children share theirs.
             if let name, name.hasPrefix("c") { t.byName[name] = protection }
             // A rekey's new child replaces the old one for the flow.
-            if let flow { t.byFlow[flow] = spi }
+            if let flow { t.byFlow[Self.digest(flow)] = spi }
         }
         recorded.notify()
     }
@@ -102,8 +104,15 @@ final class ChildRegistry: Sendable {
             guard let gone = t.byInboundSPI.removeValue(forKey: inboundSPI) else { return }
             if let reqid = gone.reqid { Self.forget(reqid: reqid, in: &t) }
             if let name = t.byName.first(where: { $0.value.inboundSPI == inboundSPI })?.key { t.byName[name] = nil }
-            if let flow = gone.flow, t.byFlow[flow] == inboundSPI { t.byFlow[flow] = nil }
+            if let flow = gone.flow, t.byFlow[Self.digest(flow)] == inboundSPI { t.byFlow[Self.digest(flow)] = nil }
         }
+    }
+
+    /// A digest of `flow` that stays the same for the life of the process (`Hasher` is seeded per process).
+    private static func digest(_ flow: KeyedFlow) -> UInt64 {
+        var hasher = Hasher()
+        hasher.combine(flow)
+        return UInt64(bitPattern: Int64(hasher.finalize()))
     }
 
     private static func forget(reqid: UInt32, in t: inout Tables) {
@@ -113,7 +122,12 @@ final class ChildRegistry: Sendable {
 
     /// The newest CHILD_SA charon reported for exactly `flow`.
     func protection(flow: KeyedFlow) -> KeyedProtection? {
-        tables.withLock { t in t.byFlow[flow].flatMap { t.byInboundSPI[$0]?.protection } }
+        tables.withLock { t in
+            guard let spi = t.byFlow[Self.digest(flow)], let kept = t.byInboundSPI[spi], kept.flow == flow else {
+                return nil
+            }
+            return kept.protection
+        }
     }
 
     /// A flow from a child's first local and remote traffic selectors (`10.0.0.1/32[tcp/5001]`), when both name

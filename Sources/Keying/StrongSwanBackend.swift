@@ -364,7 +364,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             secrets.append(id)
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
         }
-        var registration = KeyingRegistration(
+        let registration = KeyingRegistration(
             reqid: request.reqid, names: [conn], secrets: secrets, childNames: [childName])
         // Claimed before the conn is loaded, so the child's event is kept; every path out releases (unclaims).
         children.claim(reqid: request.reqid)
@@ -393,7 +393,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     config.extra = self.connOptions(for: flow.remote)
                     try? self.vici.loadConn(config)
                 }
-                registration.childIDs = child.childSAID.map { [Int($0)] } ?? []
+                // The registration names its child config (childNames): release terminates every CHILD_SA of that
+                // config, rekeyed ones included, so the unique id is not kept (one array less per connection).
                 try verify(child, request: request)
                 return Negotiated(protection: authenticated(child), registration: registration)
             } catch  where error.code == .unavailable && attempt == 0 && !stopped.load(ordering: .acquiring) {
