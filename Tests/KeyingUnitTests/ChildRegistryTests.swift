@@ -33,26 +33,6 @@ final class ChildRegistryTests: XCTestCase {
 
     func testEventsIndexChildrenBySPIFlowAndNameAndForgetThemWhenDown() throws {
         let registry = ChildRegistry()
-        func event(
-            _ up: Bool, spiIn: String, local: String, name: String = "c7-1", reqid: String = "7",
-            kind: String = "child-updown"
-        ) -> VICIEvent {
-            VICIEvent(
-                name: kind,
-                message: [
-                    "up": .bool(up),
-                    "ike": .section([
-                        "uniqueid": "3", "remote-id": "b.example", "state": "ESTABLISHED",
-                        "child-sas": .section([
-                            name: .section([
-                                "name": .string(name), "uniqueid": "9", "reqid": .string(reqid), "state": "INSTALLED",
-                                "spi-in": .string(spiIn), "spi-out": "c0000002",
-                                "local-ts": .strings([local]), "remote-ts": .strings(["10.0.0.2/32[tcp/5001]"]),
-                            ])
-                        ]),
-                    ]),
-                ])
-        }
         registry.claim(reqid: 7)
         registry.record(event(true, spiIn: "c0000001", local: "10.0.0.1/32[tcp/40000]"))
         let flow = KeyedFlow(
@@ -71,35 +51,41 @@ final class ChildRegistryTests: XCTestCase {
     /// reqids this backend uses are kept (and their rekeys, even after the reqid's last registration ended).
     func testOnlyThisProcesssChildrenAreKept() throws {
         let registry = ChildRegistry()
-        func event(_ up: Bool, spiIn: String, reqid: String, kind: String = "child-updown") -> VICIEvent {
-            VICIEvent(
-                name: kind,
-                message: [
-                    "up": .bool(up),
-                    "ike": .section([
-                        "uniqueid": "3", "remote-id": "b.example", "state": "ESTABLISHED",
-                        "child-sas": .section([
-                            "l\(reqid)": .section([
-                                "name": .string("l\(reqid)"), "uniqueid": "9", "reqid": .string(reqid),
-                                "state": "INSTALLED", "spi-in": .string(spiIn), "spi-out": "c0000002",
-                            ])
-                        ]),
-                    ]),
-                ])
-        }
         registry.claim(reqid: 7)
-        registry.record(event(true, spiIn: "c0000011", reqid: "8"))
+        registry.record(event(true, spiIn: "c0000011", name: "l8", reqid: "8"))
         XCTAssertNil(registry.protection(inboundSPI: 0xc000_0011), "another process's child is not kept")
-        registry.record(event(true, spiIn: "c0000012", reqid: "7"))
+        registry.record(event(true, spiIn: "c0000012", name: "l7"))
         XCTAssertEqual(registry.count, 1)
         registry.unclaim(reqid: 7)
-        registry.record(event(true, spiIn: "c0000013", reqid: "7", kind: "child-rekey"))
+        registry.record(event(true, spiIn: "c0000013", name: "l7", kind: "child-rekey"))
         XCTAssertNotNil(
             registry.protection(inboundSPI: 0xc000_0013), "a kept child's rekey is kept after its listener closed")
-        registry.record(event(false, spiIn: "c0000012", reqid: "7"))
-        registry.record(event(false, spiIn: "c0000013", reqid: "7"))
+        registry.record(event(false, spiIn: "c0000012", name: "l7"))
+        registry.record(event(false, spiIn: "c0000013", name: "l7"))
         XCTAssertEqual(registry.count, 0, "down always removes")
-        registry.record(event(true, spiIn: "c0000014", reqid: "7"))
+        registry.record(event(true, spiIn: "c0000014", name: "l7"))
         XCTAssertNil(registry.protection(inboundSPI: 0xc000_0014), "nothing of reqid 7 is kept or claimed any more")
     }
+}
+
+/// A `child-updown` (or `child-rekey`) event as charon sends it, for one child of IKE SA 3 with b.example.
+private func event(
+    _ up: Bool, spiIn: String, local: String = "10.0.0.1/32[tcp/40000]", name: String = "c7-1",
+    reqid: String = "7", kind: String = "child-updown"
+) -> VICIEvent {
+    VICIEvent(
+        name: kind,
+        message: [
+            "up": .bool(up),
+            "ike": .section([
+                "uniqueid": "3", "remote-id": "b.example", "state": "ESTABLISHED",
+                "child-sas": .section([
+                    name: .section([
+                        "name": .string(name), "uniqueid": "9", "reqid": .string(reqid), "state": "INSTALLED",
+                        "spi-in": .string(spiIn), "spi-out": "c0000002",
+                        "local-ts": .strings([local]), "remote-ts": .strings(["10.0.0.2/32[tcp/5001]"]),
+                    ])
+                ]),
+            ]),
+        ])
 }
