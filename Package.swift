@@ -197,7 +197,7 @@ let package = Package(
             dependencies: [
                 "IPAddressing",
                 "SecureSocket", "WinsockSecureSocket", "ALE", "Keying", "XFRM", "NetnsTestSupport", "TierTesting",
-                "CSecureSocketABI",
+                "CSecureSocketABI", "SystemSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(

@@ -1,3 +1,4 @@
+import ALE
 import Foundation
 import IPAddressing
 import XFRM
@@ -28,6 +29,8 @@ public final class TestNamespace: @unchecked Sendable {
         guard !removed else { return }
         removed = true
         _ = try? Command.run(["ip", "netns", "del", name], check: false)
+        // What processes killed in it left in its library folder (claims, snapshots) goes with it.
+        AbandonedNamespaceFolders.remove()
     }
 
     deinit { remove() }

@@ -98,6 +98,17 @@ public final class SecureSocketEngine: Sendable {
         } catch {
             throw SecureSocketError(.systemCallFailure, "reqid allocator", underlying: error)
         }
+        if configuration.reqidDirectory == nil {
+            // Folders of namespaces deleted after their processes died: nobody in them will ever reclaim them.
+            // Off the start-up path (it may read every process's descriptors).
+            let own = URL(fileURLWithPath: reqids.directory).deletingLastPathComponent().path
+            let logger = configuration.logger
+            try? Threads.detach {
+                for path in AbandonedNamespaceFolders.remove(keeping: own) {
+                    logger.notice("removed the folder of a deleted namespace", metadata: ["path": "\(path)"])
+                }
+            }
+        }
         let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
         try? FileManager.default.createDirectory(
             atPath: snapshots, withIntermediateDirectories: true,
