@@ -20,7 +20,7 @@ public enum AbandonedNamespaceFolders {
     @discardableResult
     public static func remove(under parent: String = parent, keeping own: String? = nil) -> [String] {
         var candidates: [(path: String, inode: UInt64)] = []
-        for name in entries(of: parent) where name.hasPrefix("netns-") {
+        for name in Directory.names(in: parent) where name.hasPrefix("netns-") {
             let path = "\(parent)/\(name)"
             guard path != own, let inode = UInt64(name.dropFirst(6)), !hasLiveOwner(path) else { continue }
             candidates.append((path, inode))
@@ -30,7 +30,9 @@ public enum AbandonedNamespaceFolders {
         var removed: [String] = []
         for candidate in candidates where !live.contains(candidate.inode) {
             for sub in ["reqids", "endpoints"] {
-                for file in entries(of: "\(candidate.path)/\(sub)") { unlink("\(candidate.path)/\(sub)/\(file)") }
+                for file in Directory.names(in: "\(candidate.path)/\(sub)") {
+                    unlink("\(candidate.path)/\(sub)/\(file)")
+                }
                 rmdir("\(candidate.path)/\(sub)")
             }
             if rmdir(candidate.path) == 0 { removed.append(candidate.path) }
@@ -40,12 +42,12 @@ public enum AbandonedNamespaceFolders {
 
     /// Whether a claim's owner or a snapshot's process in `folder` still runs.
     static func hasLiveOwner(_ folder: String) -> Bool {
-        for file in entries(of: "\(folder)/reqids") {
+        for file in Directory.names(in: "\(folder)/reqids") {
             // A claim without a readable owner is being written: live.
             guard let owner = ProcessIdentity(file: "\(folder)/reqids/\(file)") else { return true }
             if owner.isRunning { return true }
         }
-        for file in entries(of: "\(folder)/endpoints") {
+        for file in Directory.names(in: "\(folder)/endpoints") {
             // `PID-TAG.json`; its process may hold claims in a moment.
             guard let pid = pid_t(file.prefix(while: { $0 != "-" && $0 != "." })) else { continue }
             if kill(pid, 0) == 0 || errno == EPERM { return true }
@@ -57,11 +59,11 @@ public enum AbandonedNamespaceFolders {
     /// of it (`ip netns add` bind-mounts one under `/run/netns`).
     static func liveNamespaceInodes() -> Set<UInt64> {
         var live: Set<UInt64> = []
-        for entry in entries(of: "/proc") {
+        for entry in Directory.names(in: "/proc") {
             guard pid_t(entry) != nil else { continue }
             var info = stat()
             if stat("/proc/\(entry)/ns/net", &info) == 0 { live.insert(UInt64(info.st_ino)) }
-            for fd in entries(of: "/proc/\(entry)/fd") {
+            for fd in Directory.names(in: "/proc/\(entry)/fd") {
                 if let inode = namespaceInode(link("/proc/\(entry)/fd/\(fd)")) { live.insert(inode) }
             }
         }
@@ -77,20 +79,6 @@ public enum AbandonedNamespaceFolders {
     static func namespaceInode(_ text: String?) -> UInt64? {
         guard let text, text.hasPrefix("net:["), text.hasSuffix("]") else { return nil }
         return UInt64(text.dropFirst(5).dropLast())
-    }
-
-    static func entries(of directory: String) -> [String] {
-        guard let folder = opendir(directory) else { return [] }
-        defer { closedir(folder) }
-        var names: [String] = []
-        // Bounded by the directory's size.
-        while let entry = readdir(folder) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
     }
 
     static func link(_ path: String) -> String? {

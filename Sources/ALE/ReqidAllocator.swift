@@ -48,13 +48,8 @@ public final class ReqidAllocator: Sendable {
 
     /// Removes the claims of processes that are gone (killed, crashed) and returns them. O(claim files).
     public func reclaimDeadBlocks() -> [DeadClaim] {
-        guard let folder = opendir(directory) else { return [] }
-        defer { closedir(folder) }
         var reclaimed: [DeadClaim] = []
-        while let entry = readdir(folder) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+        for name in Directory.names(in: directory) {
             guard name.hasPrefix("block-"), let first = UInt32(name.dropFirst(6)), range.contains(first) else {
                 continue
             }

@@ -1,6 +1,7 @@
 import Glibc
 import IPAddressing
 import SystemPackage
+import SystemSupport
 import XFRM
 
 /// What the kernel says about a socket: its identity (`SO_COOKIE`), family, type, and whether it is bound,
@@ -105,13 +106,8 @@ public enum SocketInspector {
     /// `/proc/self/fd`. O(descriptors); for the rare moment a registered descriptor no longer names its socket
     /// (closed, or closed after a `dup`).
     public static func descriptorsByCookie() -> [UInt64: CInt] {
-        guard let folder = opendir("/proc/self/fd") else { return [:] }
-        defer { closedir(folder) }
         var found: [UInt64: CInt] = [:]
-        while let entry = readdir(folder) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+        for name in Directory.names(in: "/proc/self/fd") {
             guard let fd = CInt(name), let cookie = cookie(of: fd) else { continue }
             if let known = found[cookie], known < fd { continue }
             found[cookie] = fd

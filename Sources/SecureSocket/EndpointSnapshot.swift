@@ -44,14 +44,6 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
         }.sorted { $0.pid < $1.pid }
     }
 
-    init(table: EndpointTable, keying: String) {
-        pid = getpid()
-        executable = Self.executable
-        self.keying = keying
-        updated = Date()
-        endpoints = table.all.sorted { $0.cookie < $1.cookie }.map(Entry.init)
-    }
-
     static let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "?"
 
     /// The head of a snapshot: everything but its endpoints.
