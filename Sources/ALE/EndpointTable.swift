@@ -177,6 +177,16 @@ public final class EndpointTable: Sendable {
 
     public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie]?.endpoint } }
 
+    public func contains(cookie: UInt64) -> Bool { storage.withLock { $0.byCookie[cookie] != nil } }
+
+    /// What `body` reads from an endpoint, without copying the endpoint out; nil if the cookie is unknown.
+    public func read<T>(cookie: UInt64, _ body: (borrowing Endpoint) -> T) -> T? {
+        storage.withLock { s in
+            guard let slot = s.byCookie[cookie] else { return nil }
+            return body(slot.endpoint)
+        }
+    }
+
     /// The endpoints whose policies carry `reqid` (a listener and its accepted sockets share one).
     public func endpoints(reqid: UInt32) -> [Endpoint] {
         storage.withLock { s in (s.byReqid[reqid]?.cookies ?? []).compactMap { s.byCookie[$0]?.endpoint } }

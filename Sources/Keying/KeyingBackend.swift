@@ -143,23 +143,30 @@ public struct KeyingRequest: Hashable, Sendable {
 
 /// What a backend set up for one request, to release later.
 public struct KeyingRegistration: Hashable, Sendable {
+    /// What a backend installed for a registration. The backend names its entries from this and the reqid, so a
+    /// registration stores no names (it is kept for every open connection).
+    public enum Entry: Hashable, Sendable {
+        /// One negotiation of an initiator: its conn, its CHILD config and, with a user, that user's secret, all
+        /// named by the negotiation's number. On release every CHILD_SA of that config is terminated, the ones a
+        /// rekey made included.
+        case negotiation(number: Int, userSecret: Bool)
+        /// A listener's CHILD config in the shared responder conn.
+        case responder
+        /// Entries kept under the reqid itself (static keys).
+        case installed
+    }
+
     public var reqid: UInt32
-    /// Backend-specific names (charon conn names, static key entries).
-    public var names: [String]
-    /// The CHILD_SAs this registration owns (charon's unique ids), terminated on release.
-    public var childIDs: [Int]
-    /// Shared secrets loaded for it (charon's ids), unloaded on release.
-    public var secrets: [String]
-    /// The CHILD configs whose SAs it owns: on release every CHILD_SA of these configs is terminated, the ones
-    /// a rekey made (new unique ids) included.
-    public var childNames: [String]
-    public init(reqid: UInt32, names: [String], childIDs: [Int] = [], secrets: [String] = [], childNames: [String] = [])
-    {
+    public var entry: Entry
+
+    public init(reqid: UInt32, entry: Entry) {
         self.reqid = reqid
-        self.names = names
-        self.childIDs = childIDs
-        self.secrets = secrets
-        self.childNames = childNames
+        self.entry = entry
+    }
+
+    /// Whether it is an initiator's negotiation (its CHILD_SAs are the flow's own).
+    public var isNegotiation: Bool {
+        if case .negotiation = entry { true } else { false }
     }
 }
 

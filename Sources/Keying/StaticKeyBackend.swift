@@ -143,7 +143,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         for peer in peers where peer.peer.family == request.family {
             try install(peer, reqid: request.reqid)
         }
-        return KeyingRegistration(reqid: request.reqid, names: peers.map { "static \($0.peer)" })
+        return KeyingRegistration(reqid: request.reqid, entry: .installed)
     }
 
     public func negotiate(_ request: KeyingRequest, flow: KeyedFlow, timeout: Duration) throws(KeyingError)
@@ -160,7 +160,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         try install(entry, reqid: request.reqid)
         return Negotiated(
             protection: protection(for: entry),
-            registration: KeyingRegistration(reqid: request.reqid, names: ["static \(entry.peer)"]))
+            registration: KeyingRegistration(reqid: request.reqid, entry: .installed))
     }
 
     public func protection(inboundSPI: UInt32, peer: IPAddress) -> KeyedProtection? {

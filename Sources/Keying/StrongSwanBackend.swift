@@ -265,6 +265,11 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     private var responderName: String { "\(prefix)-responder" }
 
+    /// The names of one negotiation's entries in charon: its conn, its CHILD config, its user's secret.
+    private func connName(reqid: UInt32, number: Int) -> String { "\(prefix)-c\(reqid)-\(number)" }
+    private static func childName(reqid: UInt32, number: Int) -> String { "c\(reqid)-\(number)" }
+    private func userSecretID(reqid: UInt32, number: Int) -> String { "\(prefix)-user-\(reqid)-\(number)" }
+
     private var authorities: [[UInt8]] {
         if case .certificate(_, _, let authorities) = credentials.method { return authorities }
         return []
@@ -334,7 +339,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             children.unclaim(reqid: request.reqid)
             throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
         }
-        return KeyingRegistration(reqid: request.reqid, names: [responderName])
+        return KeyingRegistration(reqid: request.reqid, entry: .responder)
     }
 
     // MARK: - Initiator
@@ -344,8 +349,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     {
         let deadline = ContinuousClock.now + timeout
         let number = negotiations.wrappingAdd(1, ordering: .relaxed).oldValue
-        let conn = "\(prefix)-c\(request.reqid)-\(number)"
-        let childName = "c\(request.reqid)-\(number)"
+        let conn = connName(reqid: request.reqid, number: number)
+        let childName = Self.childName(reqid: request.reqid, number: number)
         let pinned = request.peerIdentityOptional ? nil : request.requiredPeerIdentity
         if let pinned, !PeerIdentityText.isLiteral(pinned) {
             throw KeyingError(.rejected, "peer identity `\(pinned)` is a pattern, not an identity")
@@ -355,7 +360,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         var secrets: [String] = []
         if let user = request.userName, let password = request.userPassword {
             // The second round: this user, proven with EAP-MD5, so the server learns who is calling.
-            let id = "\(prefix)-user-\(request.reqid)-\(number)"
+            let id = userSecretID(reqid: request.reqid, number: number)
             do {
                 try vici.loadShared(.eap, secret: password, owners: [user], id: id)
             } catch {
@@ -365,7 +370,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             localRounds.append(AuthConfig(method: .eap, id: credentials.identity, eapID: user))
         }
         let registration = KeyingRegistration(
-            reqid: request.reqid, names: [conn], secrets: secrets, childNames: [childName])
+            reqid: request.reqid, entry: .negotiation(number: number, userSecret: !secrets.isEmpty))
         // Claimed before the conn is loaded, so the child's event is kept; every path out releases (unclaims).
         children.claim(reqid: request.reqid)
         var config = IKEConnConfig(
@@ -436,7 +441,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 let classified = Self.classify(error)
                 if classified.code == .timedOut, !staleChecked, deadline - ContinuousClock.now > .milliseconds(500) {
                     staleChecked = true
-                    try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
+                    _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
                     onStaleIKESA()
                     continue
                 }
@@ -460,7 +465,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 guard notReady || transient, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
                     deadline - ContinuousClock.now > pause
                 else { throw classified }
-                try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
+                _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
                 sleepFor(pause)
                 pause = pause * 2
             }
@@ -609,25 +614,24 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     // MARK: - Release
 
     public func release(_ registration: KeyingRegistration) {
-        defer { children.unclaim(reqid: registration.reqid) }
-        // By config name when known: a rekeyed CHILD_SA has a new unique id but the same config name.
-        for name in registration.childNames {
-            _ = try? vici.terminate(child: name, force: true, timeout: .seconds(2))
-        }
-        for id in registration.childIDs where registration.childNames.isEmpty {
-            _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2))
-        }
-        for name in registration.names where name != responderName {
-            try? vici.unloadConn(name: name)
-        }
-        for id in registration.secrets { try? vici.unloadShared(id: id) }
-        if registration.names.contains(responderName) {
+        let reqid = registration.reqid
+        defer { children.unclaim(reqid: reqid) }
+        switch registration.entry {
+        case .negotiation(let number, let userSecret):
+            // By config name: a rekeyed CHILD_SA has a new unique id but the same config name.
+            _ = try? vici.terminate(
+                child: Self.childName(reqid: reqid, number: number), force: true, timeout: .seconds(2))
+            try? vici.unloadConn(name: connName(reqid: reqid, number: number))
+            if userSecret { try? vici.unloadShared(id: userSecretID(reqid: reqid, number: number)) }
+        case .responder:
             let all = responderChildren.withLock { table -> [ChildConfig]? in
-                guard table.removeValue(forKey: registration.reqid) != nil else { return nil }
+                guard table.removeValue(forKey: reqid) != nil else { return nil }
                 return table.keys.sorted().compactMap { table[$0] }
             }
             // Connections the listener accepted keep their CHILD_SAs until they close (releaseChild).
             if let all { try? loadResponder(all) }
+        case .installed:
+            break
         }
     }
 

@@ -270,7 +270,7 @@ public final class SecureSocketEngine: Sendable {
     public var endpointCount: Int { table.count }
 
     /// Whether this engine holds `reqid` (claimed from the namespace and not given back).
-    public func holdsReqid(_ reqid: UInt32) -> Bool { reqids.heldReqids.contains(reqid) }
+    public func holdsReqid(_ reqid: UInt32) -> Bool { reqids.holds(reqid) }
 
     /// The names an endpoint holds (for inspection and tests).
     public func peerTargetNames(_ fd: CInt) -> [IPAddress?: String] {

@@ -257,6 +257,35 @@ final class ReqidAllocatorTests: XCTestCase {
         XCTAssertEqual(allocator.heldBlocks.count, 1)
     }
 
+    func testReqidsComeBackOnlyAfterTheCursorWentRoundTheBlock() throws {
+        let allocator = try ReqidAllocator(directory: directory + "/ids", range: 200...207, blockSize: 8)
+        // Churn of one socket at a time: each new socket gets the next reqid, never the one just given back.
+        var seen: [UInt32] = []
+        for _ in 0..<10 {
+            let reqid = try allocator.allocate()
+            XCTAssertTrue(allocator.holds(reqid))
+            XCTAssertEqual(allocator.heldCount, 1)
+            allocator.release(reqid)
+            XCTAssertFalse(allocator.holds(reqid))
+            seen.append(reqid)
+        }
+        XCTAssertEqual(seen, [200, 201, 202, 203, 204, 205, 206, 207, 200, 201])
+        // The block full, two given back out of order: handed out in cyclic order from after the last one.
+        let all = try (0..<8).map { _ in try allocator.allocate() }
+        XCTAssertEqual(all.sorted(), Array(200...207))
+        XCTAssertThrowsError(try allocator.allocate(), "the range is exhausted")
+        allocator.release(206)
+        allocator.release(203)
+        XCTAssertEqual(try allocator.allocate(), 203)
+        XCTAssertEqual(try allocator.allocate(), 206)
+        XCTAssertEqual(allocator.heldCount, 8)
+        allocator.release(999)
+        allocator.release(203)
+        allocator.release(203)
+        XCTAssertEqual(allocator.heldCount, 7, "only reqids it holds are given back, each once")
+        XCTAssertEqual(allocator.heldReqids, Set(200...207).subtracting([203]))
+    }
+
     func testBlocksOfDeadOrRecycledProcessesAreReclaimedLiveOnesAreNot() throws {
         let folder = directory + "/ids"
         let allocator = try ReqidAllocator(directory: folder, range: 50...57, blockSize: 4)
@@ -339,7 +368,13 @@ final class SocketInspectorTests: XCTestCase {
         _ = listening.withSockaddr { Glibc.connect(connectedUDP, $0, $1) }
         let raw = make(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_ICMP))
         let unix = make(AF_UNIX, stream)
-        for fd in [unboundTCP, unboundUDP6, nonBlocking, boundUDP, listener, connected, connectedUDP, raw, unix] {
+        // Raw sockets of protocol TCP or UDP: their protocol number alone would read as a TCP or UDP socket.
+        let rawTCP = make(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_TCP))
+        let rawUDP6 = make(AF_INET6, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_UDP))
+        for fd in [
+            unboundTCP, unboundUDP6, nonBlocking, boundUDP, listener, connected, connectedUDP, raw, unix, rawTCP,
+            rawUDP6,
+        ] {
             XCTAssertEqual(
                 try SocketInspector.factsExpectingUnbound(of: fd), try SocketInspector.facts(of: fd), "fd \(fd)")
         }

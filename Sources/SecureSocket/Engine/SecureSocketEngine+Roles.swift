@@ -103,7 +103,7 @@ extension SecureSocketEngine {
         let hooks = AcquireHooks(engine: self)
         // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
         // first (terminated by config name, whatever rekeys renamed its id to).
-        let staleRegistrations = stale ? keyings.take(cookie: endpoint.cookie, where: { !$0.childNames.isEmpty }) : []
+        let staleRegistrations = stale ? keyings.take(cookie: endpoint.cookie, where: \.isNegotiation) : []
         Thread.detachNewThread {
             defer { hooks.done(key) }
             for registration in staleRegistrations { keying.release(registration) }

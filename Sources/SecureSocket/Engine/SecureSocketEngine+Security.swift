@@ -32,7 +32,7 @@ extension SecureSocketEngine {
                 .invalidArgument,
                 "security must be set before bind (the socket is bound to port \(facts.local?.port ?? 0))")
         }
-        guard table.endpoint(cookie: facts.cookie) == nil else {
+        guard !table.contains(cookie: facts.cookie) else {
             throw SecureSocketError(.invalidArgument, "security was already set on this socket (only once per socket)")
         }
         try settings.validate()
@@ -99,7 +99,9 @@ extension SecureSocketEngine {
     public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
         // A secured socket is a TCP or UDP socket of ours already: its cookie finds it, and only whether it is
         // connected is asked. Anything else is inspected in full for the precise error.
-        guard let cookie = SocketInspector.cookie(of: fd), let endpoint = table.endpoint(cookie: cookie) else {
+        guard let cookie = SocketInspector.cookie(of: fd),
+            let (kind, peerNameIsRaw) = table.read(cookie: cookie, { ($0.kind, $0.peerNameIsRaw) })
+        else {
             let facts = try inspect(fd)
             try requireInetStreamOrDatagram(facts)
             if facts.isConnected {
@@ -115,20 +117,20 @@ extension SecureSocketEngine {
             throw SecureSocketError(.invalidArgument, "the peer target name must be 1...255 bytes")
         }
         let key = name.peerAddress.flatMap { $0.address.isAny ? nil : $0.address }
-        if endpoint.kind == .datagram {
+        if kind == .datagram {
             guard let address = name.peerAddress, !(address.address.isAny && address.port == 0) else {
                 throw SecureSocketError(.invalidArgument, "a datagram socket needs the peer's address for each name")
             }
         }
         // A name is one identity, matched literally: what the keying daemon would read as a pattern (`*`,
         // `%any`) would let any authenticated peer pass as this one.
-        let identity = SocketPeerTargetName(name: trimmed).identity(raw: endpoint.peerNameIsRaw)
+        let identity = SocketPeerTargetName(name: trimmed).identity(raw: peerNameIsRaw)
         guard PeerIdentityText.isLiteral(identity) else {
             throw SecureSocketError(
                 .invalidArgument,
                 "peer target name `\(trimmed)` is a pattern (`*` or `%`), not one identity")
         }
-        table.update(cookie: endpoint.cookie) { $0.setPeerTargetName(trimmed, for: key) }
+        table.update(cookie: cookie) { $0.setPeerTargetName(trimmed, for: key) }
     }
 
     /// Forgets the name set for `address`. Unknown addresses are not an error (nothing to forget).
