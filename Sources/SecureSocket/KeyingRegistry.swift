@@ -10,12 +10,52 @@ import XFRM
 final class KeyingRegistry: Sendable {
     struct Entry: Sendable {
         var request: KeyingRequest
-        var registrations: [KeyingRegistration] = []
+        var registrations = Registrations.none
         /// An accepted connection's own CHILD_SA (inbound SPI and peer), removed when it closes.
         var ownChild: (spi: UInt32, peer: IPAddress)?
         /// A connected TCP socket's flow, to find an accepted connection's own CHILD_SA and to cover the flow's
         /// `TIME_WAIT` after the socket is gone.
         var flow: KeyedFlow?
+    }
+
+    /// A socket's registrations: none or one for almost every socket (an initiator's one negotiation, a
+    /// listener's one offer), held without an array allocation.
+    enum Registrations: Sendable, Sequence {
+        case none
+        case one(KeyingRegistration)
+        case many([KeyingRegistration])
+
+        var all: [KeyingRegistration] {
+            switch self {
+            case .none: []
+            case .one(let only): [only]
+            case .many(let list): list
+            }
+        }
+
+        func makeIterator() -> IndexingIterator<[KeyingRegistration]> { all.makeIterator() }
+
+        mutating func append(_ registration: KeyingRegistration) {
+            switch self {
+            case .none: self = .one(registration)
+            case .one(let first): self = .many([first, registration])
+            case .many(var list):
+                self = .none
+                list.append(registration)
+                self = .many(list)
+            }
+        }
+
+        /// Removes and returns the registrations `matching` selects.
+        mutating func take(where matching: (KeyingRegistration) -> Bool) -> [KeyingRegistration] {
+            let (taken, kept) = (all.filter(matching), all.filter { !matching($0) })
+            switch kept.count {
+            case 0: self = .none
+            case 1: self = .one(kept[0])
+            default: self = .many(kept)
+            }
+            return taken
+        }
     }
 
     /// An entry by reference: changed in place under the lock, and the dictionary's free buckets cost a pointer
@@ -40,10 +80,7 @@ final class KeyingRegistry: Sendable {
     /// Removes and returns the registrations of `cookie` that `matching` selects.
     func take(cookie: UInt64, where matching: (KeyingRegistration) -> Bool) -> [KeyingRegistration] {
         entries.withLock { table in
-            guard let slot = table[cookie] else { return [] }
-            let taken = slot.entry.registrations.filter(matching)
-            slot.entry.registrations.removeAll(where: matching)
-            return taken
+            table[cookie]?.entry.registrations.take(where: matching) ?? []
         }
     }
 
