@@ -26,7 +26,7 @@ public final class ReqidAllocator: Sendable {
     /// One claimed block: a bitmap of its free reqids, handed out in cyclic order from after the last one handed
     /// out. Between two hand-outs of one reqid the cursor goes round the whole block, so every reqid free on the
     /// way goes first (whatever the kernel still holds under a reqid given back, a larval state lives 30 s, has
-    /// long gone when it names another socket). 32 bytes for 256 reqids, O(1) per call.
+    /// long gone when it names another socket). One bit per reqid, O(1) per call.
     struct Block {
         let size: UInt32
         private(set) var freeCount: UInt32

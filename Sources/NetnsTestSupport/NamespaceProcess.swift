@@ -12,14 +12,18 @@ public final class NamespaceProcess: @unchecked Sendable {
         log: String
     ) throws {
         self.log = log
-        FileManager.default.createFile(atPath: log, contents: nil)
-        process.executableURL = URL(fileURLWithPath: Command.locate("ip")!)
+        guard let ip = Command.locate("ip") else { throw CommandError.notFound("ip (apt install iproute2)") }
+        guard FileManager.default.createFile(atPath: log, contents: nil),
+            let output = FileHandle(forWritingAtPath: log)
+        else {
+            throw CommandError.failed(command: "create \(log)", status: errno, output: String(cString: strerror(errno)))
+        }
+        process.executableURL = URL(fileURLWithPath: ip)
         process.arguments =
             ["netns", "exec", namespace.name, "env"]
             + environment.sorted(by: { $0.key < $1.key }).map { "\($0.key)=\($0.value)" } + command
         // One open file description for both streams: two would each write at their own offset, and a log line
         // on stderr would be overwritten by the stdout written after it.
-        let output = FileHandle(forWritingAtPath: log)
         process.standardOutput = output
         process.standardError = output
         try process.run()

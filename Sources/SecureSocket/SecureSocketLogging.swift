@@ -74,7 +74,7 @@ public struct SyslogLogHandler: LogHandler {
         let fields = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let line = "\(label): \(event.message)" + (fields.isEmpty ? "" : " \(fields)")
         let priority = Self.priority(event.level) | LOG_AUTHPRIV
-        _ = withVaList([line]) { vsyslog(priority, "%s", $0) }
+        withVaList([line]) { vsyslog(priority, "%s", $0) }
     }
 
     static func priority(_ level: Logger.Level) -> Int32 {
