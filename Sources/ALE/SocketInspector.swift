@@ -59,25 +59,29 @@ public enum SocketInspector {
     }
 
     /// The facts of `fd` with fewer system calls when it is an unbound TCP or UDP socket (the common case before
-    /// `WSASetSocketSecurity`): cookie, protocol and local address. The protocol gives the type (an `AF_INET` or
-    /// `AF_INET6` socket of `IPPROTO_TCP` is always `SOCK_STREAM`, of `IPPROTO_UDP` always `SOCK_DGRAM`), and such
-    /// a socket is neither listening nor connected (`listen()` and `connect()` bind it to a port first), so
-    /// those are not asked; every other socket gets the full ``facts(of:)``. The result equals ``facts(of:)``'s.
+    /// `WSASetSocketSecurity`): cookie, type, protocol and local address. Such a socket is neither listening nor
+    /// connected (`listen()` and `connect()` bind it to a port first), so those are not asked; every other socket
+    /// gets the full ``facts(of:)``. The result equals ``facts(of:)``'s.
+    ///
+    /// The type is asked even though a TCP or UDP socket's protocol implies it: a raw socket of protocol TCP or
+    /// UDP disconnected with `connect(AF_UNSPEC)` reports port 0 too, and would otherwise pass for one.
     public static func factsExpectingUnbound(of fd: CInt) throws(Errno) -> SocketFacts {
         var cookie: UInt64 = 0
         var cookieLength = socklen_t(MemoryLayout<UInt64>.size)
         guard getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &cookieLength) == 0 else { throw Errno(rawValue: errno) }
         var proto: Int32 = 0
+        var type: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         guard getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &length) == 0 else { throw Errno(rawValue: errno) }
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0 else { throw Errno(rawValue: errno) }
         let kind: SocketFacts.Kind
-        switch proto {
-        case Int32(IPPROTO_TCP): kind = .stream
-        case Int32(IPPROTO_UDP): kind = .datagram
+        switch (type, proto) {
+        case (Int32(SOCK_STREAM.rawValue), Int32(IPPROTO_TCP)): kind = .stream
+        case (Int32(SOCK_DGRAM.rawValue), Int32(IPPROTO_UDP)): kind = .datagram
         default: return try facts(of: fd)
         }
         // Only an AF_INET or AF_INET6 local address is read (another family's protocol numbers mean other things),
-        // and only port 0: a raw socket of protocol TCP or UDP reports its protocol as its port (`inet_num`).
+        // and only port 0 (a bound, listening or connected socket gets the full facts).
         guard let local = address(fd, getsockname), local.port == 0 else { return try facts(of: fd) }
         return SocketFacts(
             cookie: cookie, family: local.address.family, rawFamily: local.address.family == .inet ? AF_INET : AF_INET6,

@@ -221,7 +221,7 @@ public final class CharonDaemon: Sendable {
     public func stop() {
         guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         vici.disconnect()
-        running.withLock { $0.process.terminate(grace: grace) }
+        running.withLock { running -> Void in running.process.terminate(grace: grace) }
         privateFolder.remove()
     }
 

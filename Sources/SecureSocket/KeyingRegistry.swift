@@ -73,8 +73,14 @@ final class KeyingRegistry: Sendable {
 
     func request(cookie: UInt64) -> KeyingRequest? { entries.withLock { $0[cookie]?.entry.request } }
 
-    func add(_ registration: KeyingRegistration, cookie: UInt64) {
-        entries.withLock { $0[cookie]?.entry.registrations.append(registration) }
+    /// Stores `registration` with the socket's entry; false when the socket has none any more (it was released
+    /// meanwhile): the caller then owns the registration and releases it, or charon keeps what it holds for good.
+    func add(_ registration: KeyingRegistration, cookie: UInt64) -> Bool {
+        entries.withLock { table in
+            guard table[cookie] != nil else { return false }
+            table[cookie]?.entry.registrations.append(registration)
+            return true
+        }
     }
 
     /// Removes and returns the registrations of `cookie` that `matching` selects.

@@ -371,9 +371,19 @@ final class SocketInspectorTests: XCTestCase {
         // Raw sockets of protocol TCP or UDP: their protocol number alone would read as a TCP or UDP socket.
         let rawTCP = make(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_TCP))
         let rawUDP6 = make(AF_INET6, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_UDP))
+        // Disconnected (connect with AF_UNSPEC), a raw socket's port reads 0, like an unbound TCP or UDP socket's.
+        var unspecified = sockaddr()
+        unspecified.sa_family = sa_family_t(AF_UNSPEC)
+        let disconnectedRawTCP = make(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_TCP))
+        let disconnectedRawUDP6 = make(AF_INET6, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_UDP))
+        for fd in [disconnectedRawTCP, disconnectedRawUDP6] {
+            XCTAssertEqual(Glibc.connect(fd, &unspecified, socklen_t(MemoryLayout<sockaddr>.size)), 0)
+            XCTAssertEqual(try SocketInspector.facts(of: fd).local?.port, 0, "the case this checks: port 0")
+        }
+        let udpLite = make(AF_INET, datagram, Int32(IPPROTO_UDPLITE))
         for fd in [
             unboundTCP, unboundUDP6, nonBlocking, boundUDP, listener, connected, connectedUDP, raw, unix, rawTCP,
-            rawUDP6,
+            rawUDP6, disconnectedRawTCP, disconnectedRawUDP6, udpLite,
         ] {
             XCTAssertEqual(
                 try SocketInspector.factsExpectingUnbound(of: fd), try SocketInspector.facts(of: fd), "fd \(fd)")

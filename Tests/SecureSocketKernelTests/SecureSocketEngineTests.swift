@@ -92,6 +92,35 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertThrowsError(try engine.setSecurity(raw)) {
             XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "SOCK_RAW")
         }
+        // A raw socket of protocol TCP, disconnected (its port then reads 0 as an unbound TCP socket's does), and
+        // stream or datagram sockets of other protocols than TCP and UDP: all refused.
+        let rawTCP: CInt = try pair.a.namespace.perform {
+            let fd = socket(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_TCP))
+            var unspecified = sockaddr()
+            unspecified.sa_family = sa_family_t(AF_UNSPEC)
+            _ = Glibc.connect(fd, &unspecified, socklen_t(MemoryLayout<sockaddr>.size))
+            return fd
+        }
+        defer { close(rawTCP) }
+        XCTAssertThrowsError(try engine.setSecurity(rawTCP)) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "disconnected SOCK_RAW of TCP")
+        }
+        let others: [(String, Int32, Int32)] = [
+            ("UDP-Lite", Int32(SOCK_DGRAM.rawValue), Int32(IPPROTO_UDPLITE)),
+            ("SCTP", Int32(SOCK_STREAM.rawValue), Int32(IPPROTO_SCTP)),
+            ("MPTCP", Int32(SOCK_STREAM.rawValue), 262),
+        ]
+        for (name, type, proto) in others {
+            let fd: CInt = try pair.a.namespace.perform { socket(AF_INET, type, proto) }
+            guard fd >= 0 else {
+                print("note: \(name) sockets are not available in this kernel (errno \(errno)); not checked")
+                continue
+            }
+            defer { close(fd) }
+            XCTAssertThrowsError(try engine.setSecurity(fd)) {
+                XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, name)
+            }
+        }
         XCTAssertEqual(try socketPolicies(), [], "no policy left by a refused call")
     }
 

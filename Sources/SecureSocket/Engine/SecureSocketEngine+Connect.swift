@@ -59,7 +59,10 @@ extension SecureSocketEngine {
                     localPort: local.port, remote: peer.address, remotePort: peer.port)
                 let negotiated = try keying.negotiate(request, flow: flow, timeout: timeout)
                 logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
-                keyings.add(negotiated.registration, cookie: facts.cookie)
+                guard keyings.add(negotiated.registration, cookie: facts.cookie) else {
+                    keying.release(negotiated.registration)
+                    throw SecureSocketError(.notSocket, "descriptor \(fd) was released while its SAs were negotiated")
+                }
                 apply(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
             } catch let error as SecureSocketError {
                 throw error

@@ -49,7 +49,7 @@ extension SecureSocketEngine {
         guard claimed else { return }
         do {
             let registration = try keying.listen(request, localPort: port)
-            keyings.add(registration, cookie: endpoint.cookie)
+            if !keyings.add(registration, cookie: endpoint.cookie) { keying.release(registration) } // closed meanwhile
         } catch {
             apply(.failed(Self.failure(error, expected: nil, timeout: .zero)), cookie: endpoint.cookie)
         }
@@ -129,11 +129,12 @@ extension SecureSocketEngine {
                     endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
                     how: "kernel ACQUIRE")
             }
-            guard let endpoint = engine.table.endpoint(cookie: cookie) else {
+            guard let endpoint = engine.table.endpoint(cookie: cookie),
+                engine.keyings.add(negotiated.registration, cookie: cookie)
+            else {
                 engine.keying?.release(negotiated.registration) // closed meanwhile
                 return
             }
-            engine.keyings.add(negotiated.registration, cookie: cookie)
             if endpoint.kind == .stream {
                 engine.keyings.setFlow(cookie: cookie, flow: flow)
                 if let reqid = endpoint.reqid { engine.coverFlow(flow, reqid: reqid, for: nil) }

@@ -36,7 +36,12 @@ extension SecureSocketEngine {
                 .invalidArgument, "only AF_INET and AF_INET6 sockets (this one is family \(facts.rawFamily))")
         }
         switch facts.kind {
-        case .stream, .datagram: return
+        case .stream where facts.protocolNumber == Int32(IPPROTO_TCP): return
+        case .datagram where facts.protocolNumber == Int32(IPPROTO_UDP): return
+        case .stream, .datagram:
+            // SCTP, MPTCP, UDP-Lite: the per-socket policy would not cover their other paths or is untested.
+            throw SecureSocketError(
+                .invalidArgument, "only TCP and UDP sockets (this one is protocol \(facts.protocolNumber))")
         case .other(let type):
             throw SecureSocketError(.invalidArgument, "only SOCK_STREAM and SOCK_DGRAM sockets (type \(type))")
         }
