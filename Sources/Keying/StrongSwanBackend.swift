@@ -453,18 +453,30 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 // without a stated reason therefore waits for our child's own event first, and is then tried again
                 // a few times within the same budget; refusals that name a reason are final.
                 let reasonless = classified.code == .rejected && !notReady
+                // When the log shows another CHILD_SA of the IKE SA closing, ours is still queued on it (charon
+                // runs one exchange at a time per IKE SA, and a process that exits may have queued hundreds of
+                // DELETEs before it): its event is awaited for the whole budget, not 2 s.
+                let othersClosed = Self.anotherChildClosed(classified.detail)
                 if reasonless,
                     let known = children.waitForChild(
                         named: childName,
-                        upTo: min(deadline - ContinuousClock.now, .seconds(2)))
+                        upTo: othersClosed
+                            ? deadline - ContinuousClock.now : min(deadline - ContinuousClock.now, .seconds(2)))
                 {
                     return known
                 }
                 let transient = reasonless && transientRetries < 3
                 if transient { transientRetries += 1 }
-                guard notReady || transient, ContinuousClock.now - started + pause < Self.notReadyRetryBudget,
-                    deadline - ContinuousClock.now > pause
-                else { throw classified }
+                // A peer not ready yet is retried within its own budget; a transient failure within the deadline.
+                let withinBudget = transient || ContinuousClock.now - started + pause < Self.notReadyRetryBudget
+                guard notReady || transient, withinBudget, deadline - ContinuousClock.now > pause
+                else {
+                    if ContinuousClock.now >= deadline {
+                        throw KeyingError(
+                            .timedOut, "no CHILD SA for \(conn) before the deadline: \(classified.detail)")
+                    }
+                    throw classified
+                }
                 _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
                 sleepFor(pause)
                 pause = pause * 2
@@ -487,6 +499,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             if attempt < 19 { sleepFor(.milliseconds(25)) }
         }
         throw KeyingError(.rejected, "charon reported success but CHILD SA \(childName) is not installed")
+    }
+
+    /// Whether an `initiate` failure's log shows another CHILD_SA of the same IKE SA closing: charon 5.9's
+    /// `initiate` then reports failure while our CHILD_SA is still being made.
+    static func anotherChildClosed(_ log: String) -> Bool {
+        log.contains("CHILD_SA closed") || log.contains("received DELETE for")
     }
 
     /// How long a first `initiate` may take before the IKE SA it rides on is taken for stale.

@@ -191,7 +191,7 @@ struct NewConnection: ParsableCommand {
         let started = nowNanos()
         let clients = try (0..<processes).map { index in
             try NamespaceProcess(
-                in: pair.a, environment: ["WSS_KEYING_CONFIG": config],
+                in: pair.a, environment: ["WSS_KEYING_CONFIG": config, "WSS_LOG": "notice,stderr"],
                 (clientWrapper?.split(separator: " ").map(String.init) ?? []) + [
                     echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
                     "--target", "host/b.example", "--connections", "\(each)", "--linger", "2",
@@ -230,6 +230,11 @@ struct NewConnection: ParsableCommand {
                 let count = Int(line.dropFirst(7).split(separator: "/").first ?? "")
             {
                 echoed += count
+            } else {
+                // A client that stopped early says why in its last lines.
+                statuses += client.output.split(separator: "\n").suffix(4).map {
+                    "  client \(client.pid) failed: \($0)"
+                }
             }
         }
         // Each process releases its connections at exit: let it finish (a signal would leave them to be reclaimed).

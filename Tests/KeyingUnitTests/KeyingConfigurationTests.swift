@@ -176,4 +176,23 @@ final class StrongSwanClassificationTests: XCTestCase {
         XCTAssertEqual(
             StrongSwanBackend.classify(VICIError(.daemonUnavailable, command: "initiate")).code, .unavailable)
     }
+
+    /// charon 5.9's `initiate` fails when another CHILD_SA of its IKE SA closes (seen with four processes on one
+    /// charon, one of them exiting): a refusal with no reason, told apart by the log so ours is awaited.
+    func testAnotherChildClosingIsToldApart() {
+        let log =
+            "[NET] received packet: from 10.77.0.2[4500] to 10.77.0.1[4500] (80 bytes) | [ENC] parsed INFORMATIONAL"
+            + " response 3035 [ D ] | [IKE] received DELETE for ESP CHILD_SA with SPI c87289c3 | [IKE] CHILD_SA closed"
+            + " reqid=1"
+        let error = StrongSwanBackend.classify(
+            VICIError(.commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'c1-249' failed", detail: log)
+        )
+        XCTAssertEqual(error.code, .rejected)
+        XCTAssertTrue(StrongSwanBackend.anotherChildClosed(error.detail))
+        let refused = StrongSwanBackend.classify(
+            VICIError(
+                .commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'i1' failed",
+                detail: "[IKE] received TS_UNACCEPTABLE notify"))
+        XCTAssertFalse(StrongSwanBackend.anotherChildClosed(refused.detail))
+    }
 }
