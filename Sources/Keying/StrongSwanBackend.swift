@@ -511,15 +511,24 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     static let staleIKESABound: Duration = .seconds(4)
 
     /// Conns to a peer whose IKE SA went unanswered get a new generation: charon reuses an IKE SA only for an
-    /// equal conn, and the generation makes ours differ (in `rekey_time`, by that many seconds), so the next
+    /// equal conn, and the generation makes ours differ (in `rekey_time`, by that many seconds modulo 16), so the next
     /// negotiation makes a fresh IKE SA while the stale one keeps its CHILD_SAs, and the connections on them keep
     /// flowing over their kernel SAs until charon gives that IKE SA up. By peer address.
     private let generations = Mutex<[IPAddress: Int]>([:])
 
-    /// IKE SAs are rekeyed after 4 hours (charon's default), plus the peer's generation in seconds.
+    /// This backend's own IKE SAs: its conns differ from every other backend's (another process on the same
+    /// charon) in `rekey_time` by `16 × ikeSASalt` seconds, so charon gives each its own IKE SA to a peer. A shared
+    /// one makes tenants wait on each other: charon runs one exchange at a time per IKE SA, and a process that
+    /// exits with 250 connections queues 250 DELETEs there, ahead of every other process's CREATE_CHILD_SA (seen:
+    /// 10 s and more). Two backends with the same salt (1 in 256) merely share, as before.
+    private let ikeSASalt = Int.random(in: 0..<256)
+
+    /// IKE SAs are rekeyed after 4 hours (charon's default), plus this backend's salt and the peer's generation
+    /// (at most 4 h + 4,095 s).
     private func connOptions(for peer: IPAddress) -> VICIMessage {
         var options = Self.connOptions
-        options["rekey_time"] = .string("\(14_400 + generations.withLock { $0[peer] ?? 0 })s")
+        let generation = generations.withLock { $0[peer] ?? 0 } % 16
+        options["rekey_time"] = .string("\(14_400 + ikeSASalt * 16 + generation)s")
         return options
     }
 
