@@ -124,17 +124,15 @@ extension SecureSocketEngine {
         func done(_ key: String) { engine?.acquires.remove(key) }
         func succeeded(_ negotiated: Negotiated, flow: KeyedFlow, cookie: UInt64) {
             guard let engine else { return }
-            if let endpoint = engine.table.endpoint(cookie: cookie) {
-                engine.logSecured(
-                    endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
-                    how: "kernel ACQUIRE")
-            }
             guard let endpoint = engine.table.endpoint(cookie: cookie),
                 engine.keyings.add(negotiated.registration, cookie: cookie)
             else {
                 engine.keying?.release(negotiated.registration) // closed meanwhile
                 return
             }
+            engine.logSecured(
+                endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
+                how: "kernel ACQUIRE")
             if endpoint.kind == .stream {
                 engine.keyings.setFlow(cookie: cookie, flow: flow)
                 if let reqid = endpoint.reqid { engine.coverFlow(flow, reqid: reqid, for: nil) }
