@@ -57,6 +57,9 @@ public indirect enum EndpointState: Hashable, Sendable, CustomStringConvertible 
     case secured(ProtectionInfo)
     case failed(EndpointFailure)
     case insecure(after: EndpointFailure)
+    /// The library refused the socket for good (peers contest its flow; a setting would let another socket
+    /// share its port): it is never reported secured again, whatever SAs appear.
+    case refused(String)
     /// No descriptor names the socket any more; its resources go at `until` unless a
     /// descriptor naming it turns up (a `dup`). `previous` is the state it had, and keeps following events.
     case closing(until: ContinuousClock.Instant, previous: EndpointState)
@@ -69,6 +72,7 @@ public indirect enum EndpointState: Hashable, Sendable, CustomStringConvertible 
         case .secured(let info): "secured (peer \(info.peerIdentity ?? "?"))"
         case .failed(let failure): "failed: \(failure)"
         case .insecure(let failure): "insecure after \(failure)"
+        case .refused(let reason): "refused: \(reason)"
         case .closing(_, let previous): "closing (was \(previous))"
         case .closed: "closed"
         }
@@ -91,6 +95,8 @@ public enum EndpointEvent: Hashable, Sendable {
     case failed(EndpointFailure)
     /// `ALLOW_INSECURE`: after a failure the endpoint now sends in clear.
     case fellBackToClear
+    /// The library refuses the socket for good (see ``EndpointState/refused(_:)``).
+    case refused(String)
     /// The sweep found no descriptor naming the socket at `at`: closed without a release.
     /// With `grace` zero the endpoint closes at once; otherwise it is `closing` until `at + grace`.
     case socketGone(at: ContinuousClock.Instant, grace: Duration)
@@ -139,6 +145,11 @@ public struct EndpointStateMachine: Hashable, Sendable {
             return [.publish]
         case (_, .socketFound), (_, .tick):
             return []
+        case (.refused, _):
+            return [] // final until the socket closes
+        case (_, .refused(let reason)):
+            state = .refused(reason)
+            return [.publish]
         case (.requested, .negotiationStarted), (.failed, .negotiationStarted):
             state = .negotiating
             return []

@@ -67,6 +67,9 @@ public struct Endpoint: Sendable {
     public var summary: String
     /// The local port last seen for the socket (kept so that a closed listener's accepted sockets can be found).
     public var lastLocalPort: UInt16?
+    /// The local address the socket was last seen bound to (a closed listener's accepted sockets must share it,
+    /// unless it was the wildcard).
+    public var lastLocalAddress: IPAddress?
     /// Whether the socket was last seen listening.
     public var wasListening = false
     /// The peer of a connected (or accepted) socket; events about SAs with other hosts do not touch it.
@@ -75,6 +78,9 @@ public struct Endpoint: Sendable {
     public var peerNameIsRaw = false
     /// What the socket turned out to be (see ``EndpointRole``).
     public var role: EndpointRole = .undetermined
+    /// The SA pair the socket's policies are pinned to (their templates carry these SPIs), once known: a
+    /// connected or accepted TCP socket, or a connected UDP socket. Nil while the templates name the reqid only.
+    public var pinned: PinnedSAs?
     /// When it was registered, to watch young undetermined sockets closely.
     public var registeredAt: ContinuousClock.Instant = .now
 
@@ -101,6 +107,32 @@ public struct Endpoint: Sendable {
 }
 
 /// The endpoint table: O(1) by cookie and by reqid, safe from any thread.
+/// The SA pair a socket is pinned to, and the IKE SA that negotiated it (nil when the keying cannot say, as with
+/// static keys).
+public struct PinnedSAs: Hashable, Sendable, CustomStringConvertible {
+    public var inboundSPI: UInt32
+    public var outboundSPI: UInt32
+    public var ikeSAID: UInt64?
+    /// A rekey's new outbound SA, not in the kernel yet: the outbound template moves to it once it is (a
+    /// template naming a missing SA would make the kernel create a larval state with that SPI, which blocks
+    /// the keying daemon's own `XFRM_MSG_NEWSA` for it).
+    public var pendingOutboundSPI: UInt32?
+    /// The same for the inbound direction (charon reports a rekey once its new inbound SA is installed, so this
+    /// is rarely needed).
+    public var pendingInboundSPI: UInt32?
+
+    public init(inboundSPI: UInt32, outboundSPI: UInt32, ikeSAID: UInt64?) {
+        self.inboundSPI = inboundSPI
+        self.outboundSPI = outboundSPI
+        self.ikeSAID = ikeSAID
+    }
+
+    public var description: String {
+        "in 0x\(String(inboundSPI, radix: 16)) out 0x\(String(outboundSPI, radix: 16))"
+            + (ikeSAID.map { " ike \($0)" } ?? "")
+    }
+}
+
 public final class EndpointTable: Sendable {
     /// An endpoint in the table, by reference: changed in place under the table's lock (no copy out and back),
     /// and the dictionary's free buckets cost a pointer each instead of a whole endpoint.
@@ -112,6 +144,8 @@ public final class EndpointTable: Sendable {
     private struct Storage {
         var byCookie: [UInt64: Slot] = [:]
         var byReqid: [UInt32: ReqidUsers] = [:]
+        /// Pinned endpoints by the inbound SPI they are pinned to (a rekey names the old one).
+        var byPinnedSPI: [UInt32: UInt64] = [:]
     }
 
     /// The endpoints of one reqid: an initiator's own reqid has one, held without an allocation; a listener's is
@@ -172,7 +206,13 @@ public final class EndpointTable: Sendable {
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .adding(endpoint.cookie, to: s.byReqid.removeValue(forKey: reqid))
             }
+            if let spi = endpoint.pinned?.inboundSPI { s.byPinnedSPI[spi] = endpoint.cookie }
         }
+    }
+
+    /// The endpoint pinned to the inbound SA `spi`.
+    public func endpoint(pinnedInboundSPI spi: UInt32) -> Endpoint? {
+        storage.withLock { s in s.byPinnedSPI[spi].flatMap { s.byCookie[$0]?.endpoint } }
     }
 
     public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie]?.endpoint } }
@@ -203,8 +243,14 @@ public final class EndpointTable: Sendable {
         storage.withLock { s in
             guard let slot = s.byCookie[cookie] else { return nil }
             let oldReqid = slot.endpoint.reqid
+            let oldPin = slot.endpoint.pinned?.inboundSPI
             let result = body(&slot.endpoint)
             let newReqid = slot.endpoint.reqid
+            let newPin = slot.endpoint.pinned?.inboundSPI
+            if oldPin != newPin {
+                if let oldPin, s.byPinnedSPI[oldPin] == cookie { s.byPinnedSPI[oldPin] = nil }
+                if let newPin { s.byPinnedSPI[newPin] = cookie }
+            }
             if oldReqid != newReqid {
                 if let oldReqid {
                     s.byReqid[oldReqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: oldReqid))
@@ -227,6 +273,7 @@ public final class EndpointTable: Sendable {
     public func remove(cookie: UInt64) -> Endpoint? {
         storage.withLock { s in
             guard let endpoint = s.byCookie.removeValue(forKey: cookie)?.endpoint else { return nil }
+            if let spi = endpoint.pinned?.inboundSPI, s.byPinnedSPI[spi] == cookie { s.byPinnedSPI[spi] = nil }
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: reqid))
             }

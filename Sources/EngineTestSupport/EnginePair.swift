@@ -28,6 +28,10 @@ public final class EnginePair: @unchecked Sendable {
         public var usersOfB: [String: String] = [:]
         /// Run the charons here, as a system's supervisor would; the backends only connect to their sockets.
         public var systemCharons = false
+        /// How those charons are started (an operator's: strongSwan's defaults, `flowSelectorsOnTransportSAs` off).
+        public var systemCharonOptions = CharonDaemon.Options()
+        /// More certificate names the authority signs (for third parties: an attacker with a valid certificate).
+        public var extraCertificateNames: [String] = []
         /// Each engine's negotiation timeout, seconds.
         public var negotiationTimeout: Duration = .seconds(10)
         /// The PSK (`.psk`).
@@ -69,7 +73,8 @@ public final class EnginePair: @unchecked Sendable {
             case .psk, .ecdsa:
                 let credentials: (String) throws -> StrongSwanBackend.Credentials
                 if case .ecdsa = keying {
-                    let authority = try TestCertificates(names: ["a.example", options.identityOfB])
+                    let authority = try TestCertificates(
+                        names: ["a.example", options.identityOfB] + options.extraCertificateNames)
                     made.certificates = authority
                     credentials = { name in
                         StrongSwanBackend.Credentials(
@@ -89,7 +94,7 @@ public final class EnginePair: @unchecked Sendable {
                 let identities = ["a.example", options.identityOfB]
                 for (index, namespace) in [pair.a.namespace, pair.b.namespace].enumerated() {
                     if options.systemCharons {
-                        let charon = try CharonDaemon(namespace: namespace)
+                        let charon = try CharonDaemon(namespace: namespace, options: options.systemCharonOptions)
                         made.charons.append(charon)
                         made.backends.append(
                             try StrongSwanBackend(

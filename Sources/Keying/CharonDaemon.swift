@@ -43,6 +43,10 @@ public final class CharonDaemon: Sendable {
         /// own port space, so the defaults never clash between private charons.
         public var ikePort: UInt16?
         public var natTraversalPort: UInt16?
+        /// `charon.plugins.kernel-netlink.set_proto_port_transport_sa`: transport SAs carry the negotiated
+        /// protocol and ports as their kernel selector (the library's own charons). strongSwan's default is `no`
+        /// (address-only selectors), which an operator's charon may keep: the tests run such charons too.
+        public var flowSelectorsOnTransportSAs = true
         /// `charon.threads`: worker threads (16 by default).
         public var workerThreads: Int?
         /// Extra lines placed inside `charon { … }` (e.g. `rsa_pss = yes`, `retransmit_tries = 2`).
@@ -300,7 +304,7 @@ public final class CharonDaemon: Sendable {
                 # Transport-mode SAs get the negotiated protocol and ports as their kernel selector, so each
                 # connection's SAs serve that connection only (the per-flow binding; default: address only).
                 kernel-netlink {
-                  set_proto_port_transport_sa = yes
+                  set_proto_port_transport_sa = \(options.flowSelectorsOnTransportSAs ? "yes" : "no")
                 }
               }
 

@@ -39,28 +39,129 @@ final class ChildRegistry: Sendable {
         var claimed: [UInt32: Int] = [:]
         /// How many children are kept per reqid.
         var keptPerReqid: [UInt32: Int] = [:]
+        /// Listeners' reqids (with how many registrations use each), and those whose bound connections outlive
+        /// their listener: peers' children on them are policed.
+        var responderReqids: [UInt32: Int] = [:]
+        var keptResponderReqids: Set<UInt32> = []
+        /// Peers' children on those reqids and the connections bound to them.
+        var responders = ResponderChildren()
     }
 
     private let tables = Mutex(Tables())
     /// Wakes ``waitForChild(named:upTo:)`` when a child is recorded.
     private let recorded = ChangeSignal()
 
-    func record(_ event: VICIEvent) {
-        let up = event.isUp ?? (event.name == "child-rekey")
+    /// What a recorded event means for the sockets above: a child refused (the backend terminates it), a child
+    /// rekeyed (a socket pinned to the old one moves), a peer's child on a listener's reqid (its connection may be
+    /// accepted soon).
+    enum Outcome: Sendable {
+        case refused(ResponderChildren.Refusal)
+        case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection)
+        case peerChild(PeerChild)
+    }
+
+    @discardableResult
+    func record(_ event: VICIEvent) -> [Outcome] {
+        if event.name == "child-rekey" { return recordRekey(event) }
+        let up = event.isUp ?? false
+        var outcomes: [Outcome] = []
         for ike in event.ikeSAs {
             for child in ike.children {
                 guard let spi = child.spiIn else { continue }
-                if up && (child.isInstalled || event.name == "child-rekey") {
+                if up && child.isInstalled {
                     guard let reqid = child.reqid, isOurs(reqid) else { continue }
+                    let protection = StrongSwanBackend.protection(ike: ike, child: child)
+                    if isResponder(reqid), let peerChild = Self.peerChild(ike: ike, child: child, reqid: reqid) {
+                        let refused = tables.withLock { $0.responders.add(peerChild) }
+                        outcomes += refused.map(Outcome.refused)
+                        // A refused child is not kept: nothing may be attributed to it.
+                        if refused.contains(where: { $0.child.inboundSPI == spi }) { continue }
+                        outcomes.append(.peerChild(peerChild))
+                    }
                     insert(
-                        StrongSwanBackend.protection(ike: ike, child: child), reqid: reqid, name: child.name,
+                        protection, reqid: reqid, name: child.name,
                         flow: Self.flow(local: child.localTS, remote: child.remoteTS))
                 } else if !up {
                     remove(inboundSPI: spi)
                 }
             }
         }
+        // Rivals refused together: neither stays attributable.
+        for case .refused(let refusal) in outcomes { remove(inboundSPI: refusal.child.inboundSPI) }
+        return outcomes
     }
+
+    /// `child-rekey`: each child section holds `old` and `new` (strongSwan's vici README); a flat child section
+    /// (as `child-updown` has) counts as the new one with no known predecessor.
+    private func recordRekey(_ event: VICIEvent) -> [Outcome] {
+        var outcomes: [Outcome] = []
+        for ike in event.ikeSAs {
+            for entry in ike.children {
+                let old = entry.raw.section("old").map { ChildSAInfo(key: entry.name, section: $0) }
+                let new = entry.raw.section("new").map { ChildSAInfo(key: entry.name, section: $0) } ?? entry
+                guard let spi = new.spiIn, new.spiOut != nil else { continue }
+                let oldSPI = old?.spiIn
+                let kept = oldSPI.map { old in tables.withLock { $0.byInboundSPI[old] != nil } } ?? false
+                guard let reqid = new.reqid ?? old?.reqid, isOurs(reqid) || kept else { continue }
+                let protection = StrongSwanBackend.protection(ike: ike, child: new)
+                if let oldSPI, isResponder(reqid), let peerChild = Self.peerChild(ike: ike, child: new, reqid: reqid) {
+                    tables.withLock { $0.responders.rekey(old: oldSPI, new: peerChild) }
+                }
+                if let oldSPI { remove(inboundSPI: oldSPI) }
+                insert(
+                    protection, reqid: reqid, name: new.name, flow: Self.flow(local: new.localTS, remote: new.remoteTS))
+                if let oldSPI, spi != oldSPI {
+                    outcomes.append(.rekeyed(oldInboundSPI: oldSPI, replacement: protection))
+                }
+            }
+        }
+        return outcomes
+    }
+
+    private static func peerChild(ike: IKESAInfo, child: ChildSAInfo, reqid: UInt32) -> PeerChild? {
+        guard let spiIn = child.spiIn, let spiOut = child.spiOut else { return nil }
+        return PeerChild(
+            inboundSPI: spiIn, outboundSPI: spiOut, childID: child.uniqueID, ikeSAID: ike.uniqueID.map(UInt64.init),
+            peer: PeerName(identity: ike.remoteID, user: ike.remoteEAPID), reqid: reqid,
+            coverage: ChildCoverage(local: child.localTS, remote: child.remoteTS))
+    }
+
+    /// `reqid` is a listener's (peers make children on it): its children are policed.
+    func claimResponder(reqid: UInt32) {
+        tables.withLock { t in
+            t.claimed[reqid, default: 0] += 1
+            t.responderReqids[reqid, default: 0] += 1
+        }
+    }
+
+    func unclaimResponder(reqid: UInt32) {
+        tables.withLock { t in
+            if let count = t.claimed[reqid] { t.claimed[reqid] = count > 1 ? count - 1 : nil }
+            if let count = t.responderReqids[reqid] { t.responderReqids[reqid] = count > 1 ? count - 1 : nil }
+        }
+    }
+
+    /// Whether peers' children on `reqid` are policed: a listener's, or one whose children are still bound.
+    func isResponder(_ reqid: UInt32) -> Bool {
+        tables.withLock { $0.responderReqids[reqid] != nil || $0.keptResponderReqids.contains(reqid) }
+    }
+
+    /// The child an accepted connection of a listener with `reqid` is bound to (see ``ResponderChildren``).
+    func decide(_ flow: KeyedFlow, reqid: UInt32) -> ResponderChildren.Decision {
+        tables.withLock { $0.responders.decide(flow, reqid: reqid) }
+    }
+
+    func bind(_ flow: KeyedFlow, to child: PeerChild) {
+        tables.withLock { t in
+            t.responders.bind(flow, to: child)
+            t.keptResponderReqids.insert(child.reqid)
+        }
+    }
+
+    func unbind(_ flow: KeyedFlow) { tables.withLock { $0.responders.unbind(flow) } }
+
+    /// The peer child by inbound SPI (a listener's).
+    func peerChild(inboundSPI: UInt32) -> PeerChild? { tables.withLock { $0.responders.child(inboundSPI: inboundSPI) } }
 
     /// The backend's registrations use `reqid` (one more of them): its children are kept from now on.
     func claim(reqid: UInt32) { tables.withLock { $0.claimed[reqid, default: 0] += 1 } }
@@ -101,6 +202,7 @@ final class ChildRegistry: Sendable {
 
     func remove(inboundSPI: UInt32) {
         tables.withLock { t in
+            t.responders.remove(inboundSPI: inboundSPI)
             guard let gone = t.byInboundSPI.removeValue(forKey: inboundSPI) else { return }
             if let reqid = gone.reqid { Self.forget(reqid: reqid, in: &t) }
             if let name = t.byName.first(where: { $0.value.inboundSPI == inboundSPI })?.key { t.byName[name] = nil }
@@ -130,37 +232,10 @@ final class ChildRegistry: Sendable {
         }
     }
 
-    /// A flow from a child's first local and remote traffic selectors (`10.0.0.1/32[tcp/5001]`), when both name
-    /// one host and one port of one protocol.
+    /// The flow a child's traffic selectors name, when they are exactly one flow (one host, protocol and port on
+    /// each side).
     static func flow(local: [String], remote: [String]) -> KeyedFlow? {
-        guard let mine = local.first.flatMap(Self.endpoint), let theirs = remote.first.flatMap(Self.endpoint),
-            mine.proto == theirs.proto
-        else { return nil }
-        return KeyedFlow(
-            transportProtocol: mine.proto, local: mine.address, localPort: mine.port,
-            remote: theirs.address, remotePort: theirs.port)
-    }
-
-    private static func endpoint(_ text: String) -> (address: IPAddress, proto: XFRMUpperProtocol, port: UInt16)? {
-        guard let open = text.firstIndex(of: "["), text.hasSuffix("]"),
-            let slash = text[..<open].firstIndex(of: "/")
-        else { return nil }
-        let address = String(text[..<slash])
-        guard let length = UInt8(text[text.index(after: slash)..<open]), let parsed = IPAddress(address),
-            length == parsed.family.addressBits
-        else { return nil }
-        let inside = text[text.index(after: open)..<text.index(before: text.endIndex)].split(separator: "/")
-        guard inside.count == 2 else { return nil }
-        let proto: XFRMUpperProtocol
-        switch inside[0] {
-        case "tcp": proto = .tcp
-        case "udp": proto = .udp
-        default: return nil
-        }
-        // charon prints a port with a service name by its name (`[tcp/http]`).
-        if let port = UInt16(inside[1]) { return (parsed, proto, port) }
-        guard let service = getservbyname(String(inside[1]), String(inside[0])) else { return nil }
-        return (parsed, proto, UInt16(bigEndian: UInt16(truncatingIfNeeded: service.pointee.s_port)))
+        ChildCoverage(local: local, remote: remote).exactFlow
     }
 
     func protection(inboundSPI: UInt32) -> KeyedProtection? {

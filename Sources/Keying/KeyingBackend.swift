@@ -47,6 +47,37 @@ public protocol KeyingBackend: AnyObject, Sendable {
 
     /// Stops what the backend started (a private keying daemon).
     func shutdown()
+
+    /// Calls `handler` for each ``KeyingEvent`` from now on (on the backend's own thread or task: keep it short).
+    func observe(_ handler: @escaping @Sendable (KeyingEvent) -> Void)
+
+    /// Binds a connection a listener with `reqid` accepted to the CHILD_SA that is its own, by what the keying
+    /// daemon negotiated (see the SecureSocket documentation, "Binding"): from now on only that peer's children
+    /// may carry the flow, and others that cover it are refused.
+    func bindAccepted(_ flow: KeyedFlow, reqid: UInt32) -> AcceptedBinding
+
+    /// The accepted connection is gone: its flow is nobody's any more.
+    func unbindAccepted(_ flow: KeyedFlow)
+}
+
+/// What the keying tells the sockets above, as it happens.
+public enum KeyingEvent: Sendable {
+    /// A CHILD_SA was replaced by a new one of the same IKE SA (a rekey): a socket pinned to `oldInboundSPI`
+    /// moves to the replacement's SAs.
+    case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection)
+    /// A peer made a CHILD_SA on a listener's reqid; `flow` when it names exactly one (its connection may be
+    /// accepted soon).
+    case peerChild(reqid: UInt32, flow: KeyedFlow?)
+}
+
+/// The CHILD_SA an accepted connection is bound to.
+public enum AcceptedBinding: Hashable, Sendable {
+    /// Its own SA pair (SPIs) and the peer that negotiated it.
+    case pair(KeyedProtection)
+    /// The keying knows no child for the flow (static keys, or an event not seen): the kernel decides alone.
+    case unknown
+    /// Children of several peers cover the flow: it is bound to none of them.
+    case contested([String])
 }
 
 /// One transport flow: the unit SAs are negotiated for. `local` may be the wildcard address when the socket

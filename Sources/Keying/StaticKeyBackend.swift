@@ -181,6 +181,14 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
 
     public func shutdown() {}
 
+    /// Static keys have no rekeys and no peers making children.
+    public func observe(_ handler: @escaping @Sendable (KeyingEvent) -> Void) {}
+
+    /// Static keys know no IKE SA: the kernel's flow-exact pair decides alone.
+    public func bindAccepted(_ flow: KeyedFlow, reqid: UInt32) -> AcceptedBinding { .unknown }
+
+    public func unbindAccepted(_ flow: KeyedFlow) {}
+
     /// Static keys live in the kernel only: the engine deletes a dead process's SAs itself.
     public func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>]) {}
 

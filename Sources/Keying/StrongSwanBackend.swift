@@ -2,6 +2,7 @@ import Glibc
 import IPAddressing
 import Logging
 import Synchronization
+import SystemSupport
 import VICI
 import XFRM
 
@@ -78,7 +79,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private let prefix: String
     private static let instances = Atomic<Int>(0)
     private let negotiations = Atomic<Int>(0)
-    private let responderChildren = Mutex<[UInt32: ChildConfig]>([:])
+    /// Each listener's child (by reqid) in the responder conn of its family.
+    private let responderChildren = Mutex<[UInt32: (family: IPAddressFamily, child: ChildConfig)]>([:])
     /// What charon told us about the CHILD_SAs it installed, by inbound SPI (fed by `child-updown` and
     /// `child-rekey`), so a query never walks `list-sas`.
     private let children = ChildRegistry()
@@ -117,10 +119,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
         try loadCredentials()
         do {
-            try loadResponder([])
+            for family in [IPAddressFamily.inet, .inet6] { try loadResponder(family) }
         } catch {
             shutdown()
-            throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
+            throw KeyingError(.unavailable, "load-conn \(prefix)-responder", underlying: error)
         }
         // The first subscription before init returns, so no event of a first negotiation is missed.
         superviseEvents(first: try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"]))
@@ -137,7 +139,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// it needs (see ``resync()``), retrying with a bounded back-off, and follows the new charon's events.
     private func superviseEvents(first: VICIEventStream?) {
         let path = vici.path
-        let registry = children
         events.withLock { $0 = first }
         let task = Task.detached { [weak self] in
             var pause: Duration = .milliseconds(100)
@@ -149,7 +150,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     self?.events.withLock { $0 = stream }
                     pause = .milliseconds(100)
                     do {
-                        for try await event in stream { registry.record(event) }
+                        for try await event in stream { self?.handle(event) }
                     } catch {}
                 }
                 guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled,
@@ -173,6 +174,64 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         eventTask.withLock { $0 = task }
     }
 
+    /// One of charon's child events: recorded, then acted on (a refused child terminated, the sockets above told).
+    private func handle(_ event: VICIEvent) {
+        if event.name == "child-rekey" { logger.trace("charon event", metadata: ["event": "\(event)"]) }
+        for outcome in children.record(event) {
+            switch outcome {
+            case .refused(let refusal):
+                refuse(refusal)
+            case .rekeyed(let old, let replacement):
+                notify(.rekeyed(oldInboundSPI: old, replacement: authenticated(replacement)))
+            case .peerChild(let child):
+                notify(.peerChild(reqid: child.reqid, flow: child.coverage.exactFlow))
+            }
+        }
+    }
+
+    /// Terminates a child a peer made on a listener's reqid that the binding does not allow, and says why.
+    private func refuse(_ refusal: ResponderChildren.Refusal) {
+        let child = refusal.child
+        logger.warning(
+            "CHILD_SA refused on a listener's reqid",
+            metadata: [
+                "peer-identity": "\(child.peer)", "reqid": "\(child.reqid)",
+                "traffic-selectors": "\(child.coverage)", "spi-in": "\(String(child.inboundSPI, radix: 16))",
+                "ike-sa": "\(child.ikeSAID.map(String.init) ?? "?")", "reason": "\(refusal.reason)",
+            ])
+        let vici = self.vici
+        guard let id = child.childID else { return }
+        // Off the event stream's task: a terminate waits for charon's answer.
+        try? Threads.detach { _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2)) }
+    }
+
+    private let observers = Mutex<[@Sendable (KeyingEvent) -> Void]>([])
+
+    public func observe(_ handler: @escaping @Sendable (KeyingEvent) -> Void) {
+        observers.withLock { $0.append(handler) }
+    }
+
+    private func notify(_ event: KeyingEvent) {
+        for handler in observers.withLock({ $0 }) { handler(event) }
+    }
+
+    public func bindAccepted(_ flow: KeyedFlow, reqid: UInt32) -> AcceptedBinding {
+        switch children.decide(flow, reqid: reqid) {
+        case .child(let child):
+            children.bind(flow, to: child)
+            guard let protection = childProtection(inboundSPI: child.inboundSPI, peer: flow.remote) else {
+                return .unknown
+            }
+            return .pair(identified(authenticated(protection)))
+        case .unknown:
+            return .unknown
+        case .contested(let peers):
+            return .contested(peers.map(\.description))
+        }
+    }
+
+    public func unbindAccepted(_ flow: KeyedFlow) { children.unbind(flow) }
+
     /// Makes charon ready again after it went away: a private charon is started again; then this
     /// configuration's credentials, the responder conn and the listeners' children are loaded into it. The
     /// kernel's SAs of established connections were never charon's to keep: they go on protecting their flows
@@ -189,9 +248,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             throw KeyingError(.unavailable, "charon does not answer", underlying: error)
         }
         try loadCredentials()
-        let all = responderChildren.withLock { table in table.keys.sorted().compactMap { table[$0] } }
-        do { try loadResponder(all) } catch {
-            throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
+        do {
+            for family in [IPAddressFamily.inet, .inet6] { try loadResponder(family) }
+        } catch {
+            throw KeyingError(.unavailable, "load-conn \(prefix)-responder", underlying: error)
         }
         resyncCount.add(1, ordering: .relaxed)
     }
@@ -224,7 +284,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         stopped.store(true, ordering: .releasing)
         eventTask.withLock { $0?.cancel() }
         events.withLock { $0?.stop() }
-        try? vici.unloadConn(name: responderName)
+        for family in [IPAddressFamily.inet, .inet6] { try? vici.unloadConn(name: responderName(family)) }
         daemon?.stop()
     }
 
@@ -263,7 +323,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     // MARK: - Authentication rounds
 
-    private var responderName: String { "\(prefix)-responder" }
+    /// One responder conn per address family: a listener's child is in its socket's family's conn, which only
+    /// peers of that family reach (`remote_addrs`), so an `AF_INET6` listener's reqid never gets IPv4 SAs (which
+    /// another user's IPv4 socket on the same port would receive, decrypted).
+    private func responderName(_ family: IPAddressFamily) -> String {
+        "\(prefix)-responder\(family == .inet6 ? "6" : "4")"
+    }
 
     /// The names of one negotiation's entries in charon: its conn, its CHILD config, its user's secret.
     private func connName(reqid: UInt32, number: Int) -> String { "\(prefix)-c\(reqid)-\(number)" }
@@ -310,14 +375,17 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// The responder conn stays loaded for the backend's life, with no child while nothing listens: a peer
     /// that arrives just before a listener is seen gets an IKE SA and `TS_UNACCEPTABLE` for its child (which
     /// our initiators retry) instead of an authentication failure.
-    private func loadResponder(_ children: [ChildConfig]) throws(VICIError) {
+    private func loadResponder(_ family: IPAddressFamily) throws(VICIError) {
+        let children = responderChildren.withLock { table in
+            table.keys.sorted().compactMap { table[$0] }.filter { $0.family == family }.map(\.child)
+        }
         // With EAP users configured, the peer must also authenticate a user (RFC 4739 second round).
         var remote = [remoteAuth(identity: nil)]
         if !credentials.eapUsers.isEmpty { remote.append(AuthConfig(method: .eapMD5, eapID: "%any")) }
         try vici.loadConn(
             IKEConnConfig(
-                name: responderName, remoteAddresses: ["%any"], localAuth: [localAuth()],
-                remoteAuth: remote, children: children, extra: Self.connOptions))
+                name: responderName(family), remoteAddresses: [family == .inet6 ? "::/0" : "0.0.0.0/0"],
+                localAuth: [localAuth()], remoteAuth: remote, children: children, extra: Self.connOptions))
     }
 
     public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
@@ -327,17 +395,15 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             startAction: .none, espProposals: Self.espProposals,
             localTS: [.dynamic(protocol: proto, port: localPort)],
             remoteTS: [.dynamic(protocol: proto, port: nil)])
-        let all = responderChildren.withLock { table -> [ChildConfig] in
-            table[request.reqid] = child
-            return table.keys.sorted().compactMap { table[$0] }
-        }
-        children.claim(reqid: request.reqid)
+        let family: IPAddressFamily = request.family == .inet6 ? .inet6 : .inet
+        responderChildren.withLock { $0[request.reqid] = (family, child) }
+        children.claimResponder(reqid: request.reqid)
         do {
-            try loadResponder(all)
+            try loadResponder(family)
         } catch {
             responderChildren.withLock { _ = $0.removeValue(forKey: request.reqid) }
-            children.unclaim(reqid: request.reqid)
-            throw KeyingError(.unavailable, "load-conn \(responderName)", underlying: error)
+            children.unclaimResponder(reqid: request.reqid)
+            throw KeyingError(.unavailable, "load-conn \(responderName(family))", underlying: error)
         }
         return KeyingRegistration(reqid: request.reqid, entry: .responder)
     }
@@ -642,7 +708,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     public func release(_ registration: KeyingRegistration) {
         let reqid = registration.reqid
-        defer { children.unclaim(reqid: reqid) }
+        defer {
+            if case .responder = registration.entry {
+                children.unclaimResponder(reqid: reqid)
+            } else {
+                children.unclaim(reqid: reqid)
+            }
+        }
         switch registration.entry {
         case .negotiation(let number, let userSecret):
             // By config name: a rekeyed CHILD_SA has a new unique id but the same config name.
@@ -651,12 +723,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             try? vici.unloadConn(name: connName(reqid: reqid, number: number))
             if userSecret { try? vici.unloadShared(id: userSecretID(reqid: reqid, number: number)) }
         case .responder:
-            let all = responderChildren.withLock { table -> [ChildConfig]? in
-                guard table.removeValue(forKey: reqid) != nil else { return nil }
-                return table.keys.sorted().compactMap { table[$0] }
-            }
+            let family = responderChildren.withLock { $0.removeValue(forKey: reqid)?.family }
             // Connections the listener accepted keep their CHILD_SAs until they close (releaseChild).
-            if let all { try? loadResponder(all) }
+            if let family { try? loadResponder(family) }
         case .installed:
             break
         }

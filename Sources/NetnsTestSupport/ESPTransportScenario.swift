@@ -252,4 +252,16 @@ public final class PacketCapture: @unchecked Sendable {
             espPackets: packetLines(esp), plainTCPPackets: packetLines(tcp), markerFound: found,
             summary: all)
     }
+
+    /// ESP packets by SPI and direction (`source > destination` as tcpdump prints them), from tcpdump's decoder.
+    public func espPacketsBySPI() throws -> [UInt32: Int] {
+        let output = try Command.run(["tcpdump", "-r", file, "-n", "esp"]).output
+        var counts: [UInt32: Int] = [:]
+        for line in output.split(separator: "\n") {
+            guard let start = line.range(of: "ESP(spi=0x") else { continue }
+            let digits = line[start.upperBound...].prefix { $0.isHexDigit }
+            if let spi = UInt32(digits, radix: 16) { counts[spi, default: 0] += 1 }
+        }
+        return counts
+    }
 }

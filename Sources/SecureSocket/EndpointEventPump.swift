@@ -114,11 +114,16 @@ final class EndpointEventPump: Sendable {
         case .statesFlushed:
             resynchronise()
         case .stateAdded(let state):
+            guard !state.isLarval else { return }
+            // A rekey's new SA a pinned connection waits for.
+            engine.stateAdded(spi: state.id.spi)
             // A listener's CHILD SA for one accepted connection: its flow is covered from now on (TIME_WAIT).
-            guard state.id.spi != 0, let (flow, reqid) = acceptedFlow(of: state) else { return }
+            guard let (flow, reqid) = acceptedFlow(of: state) else { return }
             engine.acceptedFlowSA(flow, reqid: reqid, spi: state.id.spi, installed: true)
         case .stateDeleted(let state), .expire(let state, hard: true):
-            if state.id.spi != 0, state.selector.upperProtocol == .tcp {
+            // A larval state (a pinned template's SPI asked for again) going away changes nothing.
+            guard !state.isLarval else { return }
+            if state.selector.upperProtocol == .tcp {
                 // Either orientation may be the tracked one (the listener itself may be gone by now).
                 let s = state.selector
                 for flow in [
@@ -132,7 +137,7 @@ final class EndpointEventPump: Sendable {
                     engine.acceptedFlowSA(flow, reqid: state.reqid, spi: state.id.spi, installed: false)
                 }
             }
-            guard state.id.spi != 0, table.users(of: state.reqid) > 0 else { return }
+            guard table.users(of: state.reqid) > 0 else { return }
             // Only the endpoints whose own flow that SA covered (a listener's reqid is shared by all its peers).
             for endpoint in table.endpoints(reqid: state.reqid) where covers(state, endpoint) {
                 engine.apply(.childDown, cookie: endpoint.cookie)
@@ -190,7 +195,7 @@ final class EndpointEventPump: Sendable {
     /// covers any more learns that its CHILD SA went down (its next packet raises an ACQUIRE, which is answered).
     func resynchronise() {
         guard let states = try? XFRMClient(namespace: namespace).states() else { return }
-        let byReqid = Dictionary(grouping: states.filter { $0.id.spi != 0 }, by: \.reqid)
+        let byReqid = Dictionary(grouping: states.filter { !$0.isLarval }, by: \.reqid)
         var lost = 0
         for endpoint in table.all {
             guard case .secured = endpoint.state.settled, let reqid = endpoint.reqid, let flow = connectedFlow(endpoint)

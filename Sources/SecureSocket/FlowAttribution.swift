@@ -15,6 +15,8 @@ struct FlowAttribution {
     /// The pair can be named as this flow's own: exact, or the only pair covering the flow.
     /// When false the flow is protected (the kernel found SAs with the reqid) but by whose, it cannot say.
     var attributable: Bool
+    /// How many flow-exact SA pairs cover the flow (1 when it has exactly its own).
+    var exactCount = 1
 
     /// - Parameters:
     ///   - exactOnly: only flow-exact SAs count (a socket that may run in clear must not borrow another
@@ -41,7 +43,7 @@ struct FlowAttribution {
         -> FlowAttribution?
     {
         let local = flow.local.isAny ? nil : flow.local
-        let usable = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && state.id.spi != 0 }
+        let usable = { (state: XFRMState) in state.reqid == reqid && state.mode == .transport && !state.isLarval }
         // A socket bound to the wildcard address (an unconnected UDP server) has no local address of its own:
         // each SA's own local address stands in for it.
         let outbound = try xfrm.states(source: local, destination: flow.remote, proto: .esp).filter { state in
@@ -57,7 +59,11 @@ struct FlowAttribution {
         let exactOut = outbound.filter { $0.selector.isFlowExact }
         let exactIn = inbound.filter { $0.selector.isFlowExact }
         if let out = exactOut.last, let into = exactIn.last {
-            return FlowAttribution(outbound: out, inbound: into, exact: true, attributable: true)
+            // Several flow-exact pairs (another peer's child for the same flow): protected, but by whose, the
+            // kernel cannot say.
+            let count = max(exactOut.count, exactIn.count)
+            return FlowAttribution(
+                outbound: out, inbound: into, exact: true, attributable: count == 1, exactCount: count)
         }
         guard !exactOnly, let out = outbound.last, let into = inbound.last else { return nil }
         // Address-only SAs: attributable only when they are the only pair covering the flow. With several (a

@@ -92,6 +92,8 @@ final class KeyingRegistry: Sendable {
 
     func setFlow(cookie: UInt64, flow: KeyedFlow) { entries.withLock { $0[cookie]?.entry.flow = flow } }
 
+    func flow(cookie: UInt64) -> KeyedFlow? { entries.withLock { $0[cookie]?.entry.flow } }
+
     func setOwnChild(cookie: UInt64, spi: UInt32, peer: IPAddress) {
         entries.withLock { $0[cookie]?.entry.ownChild = (spi, peer) }
     }

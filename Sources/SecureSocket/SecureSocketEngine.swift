@@ -84,6 +84,14 @@ public final class SecureSocketEngine: Sendable {
     /// flow is covered while it has any, and for ``closedFlowCover`` after the last is gone (a rekey adds before it
     /// deletes).
     let acceptedFlows = Mutex<[KeyedFlow: (reqid: UInt32, spis: Set<UInt32>)]>([:])
+    /// Sockets whose pinned SAs a rekey replaced, by the new SA's SPI, until the kernel has it (see
+    /// ``movePendingPins(cookie:)``).
+    let pendingPins = Mutex<[UInt32: UInt64]>([:])
+    /// Connections peers made children for, awaited among this process's sockets until a deadline (see
+    /// ``adoptAwaitedConnections()``).
+    let pendingAccepts = Mutex<[(reqid: UInt32, flow: KeyedFlow?, deadline: Deadline)]>([])
+    /// When the descriptors are next looked through for awaited connections, and the interval after that.
+    let acceptScan = Mutex<(next: ContinuousClock.Instant, interval: Duration)>((.now, .milliseconds(10)))
     /// Sweeps so far: every tenth also reclaims what dead processes left.
     let sweeps = Atomic<Int>(0)
 
@@ -129,6 +137,13 @@ public final class SecureSocketEngine: Sendable {
                 throw SecureSocketError(.systemCallFailure, "XFRM event monitor", errno: error.errno, underlying: error)
             }
         }
+        let hooks = EngineHooks(engine: self)
+        configuration.keying?.observe { event in
+            switch event {
+            case .rekeyed(let old, let replacement): hooks.engine?.rekeyed(oldInboundSPI: old, replacement: replacement)
+            case .peerChild(let reqid, let flow): hooks.engine?.peerChild(reqid: reqid, flow: flow)
+            }
+        }
         reclaimDeadProcesses()
     }
 
@@ -148,13 +163,16 @@ public final class SecureSocketEngine: Sendable {
         func settleRoles() -> Bool {
             guard let engine else { return false }
             defer { engine.publishIfDirty() }
-            return engine.settleRoles()
+            for cookie in engine.pendingPinCookies { engine.movePendingPins(cookie: cookie) }
+            let awaiting = engine.adoptAwaitedConnections()
+            return engine.settleRoles() || awaiting
         }
         func acquire(reqid: UInt32, flow: KeyedFlow) { engine?.answerAcquire(reqid: reqid, flow: flow) }
         func apply(_ event: EndpointEvent, cookie: UInt64) { engine?.apply(event, cookie: cookie) }
         func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
             engine?.acceptedFlowSA(flow, reqid: reqid, spi: spi, installed: installed)
         }
+        func stateAdded(spi: UInt32) { engine?.stateAdded(spi: spi) }
     }
 
     // MARK: - The process-wide engine the C ABI uses

@@ -7,9 +7,12 @@ import XFRM
 /// reach around that policy afterwards.
 ///
 /// - No port sharing: `SO_REUSEPORT` is cleared (it would let another socket of the same user bind the port and
-///   take a share of its connections). `SO_REUSEADDR` is the application's: on Linux it only lets a new listener
-///   bind beside the old one's `TIME_WAIT` connections (never beside a live listener, unlike Windows), which a
-///   restarted server needs.
+///   take a share of its connections). On a TCP socket `SO_REUSEADDR` is the application's: on Linux it only lets
+///   a new listener bind beside the old one's `TIME_WAIT` connections (never beside a live listener, unlike
+///   Windows), which a restarted server needs. On a UDP socket it is cleared and must stay off
+///   (``reusesAddress(_:)``, checked again when the socket's role settles and at each query): two UDP sockets
+///   with `SO_REUSEADDR` may bind the same address and port whoever owns them, and the one bound last receives
+///   the unicast datagrams, which the kernel has already decrypted.
 /// - IPv6 sockets are IPv6-only: `IPV6_V6ONLY` is set, **and** a locked classic BPF socket filter drops every
 ///   received packet whose network header is not IPv6.
 ///
@@ -103,18 +106,28 @@ public enum SocketHardening {
     ]
 
     /// Hardens `fd` (of `family`) as described above. Before bind; safe to repeat on the same socket.
-    public static func apply(to fd: CInt, family: IPAddressFamily) throws(SecureSocketError) {
+    public static func apply(to fd: CInt, family: IPAddressFamily, datagram: Bool = false) throws(SecureSocketError) {
         var zero: CInt = 0
         var one: CInt = 1
         let size = socklen_t(MemoryLayout<CInt>.size)
         guard setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &zero, size) == 0 else {
             throw SecureSocketError(.systemCallFailure, "clearing SO_REUSEPORT", errno: Errno(rawValue: errno))
         }
+        if datagram, setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, size) != 0 {
+            throw SecureSocketError(.systemCallFailure, "clearing SO_REUSEADDR", errno: Errno(rawValue: errno))
+        }
         guard family == .inet6 else { return }
         guard setsockopt(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) == 0 else {
             throw SecureSocketError(.systemCallFailure, "setting IPV6_V6ONLY", errno: Errno(rawValue: errno))
         }
         try attachIPv6OnlyFilter(fd)
+    }
+
+    /// Whether `SO_REUSEADDR` is set on the socket (a secured UDP socket must not have it).
+    public static func reusesAddress(_ fd: CInt) -> Bool {
+        var value: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &value, &length) == 0 && value != 0
     }
 
     /// Attaches ``ipv6Only`` (in front of a classic filter already there) and locks the socket's filter.

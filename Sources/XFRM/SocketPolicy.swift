@@ -75,6 +75,39 @@ public enum SocketPolicy {
         }
     }
 
+    /// Binds the socket to one SA pair: its outbound policy's template carries `outboundSPI`, its inbound
+    /// policy's `inboundSPI`, both with `template`'s reqid, mode and level. Output then uses only that SA (even
+    /// when a newer one with the same reqid covers the flow) and input accepts only packets it decrypted
+    /// (`xfrm_state_find` and `xfrm_state_ok` compare a non-zero template SPI). Replaces the socket's policies
+    /// (a connected or accepted socket's too, at once); never leaves the socket without one.
+    ///
+    /// Pin only to SAs the kernel already holds: a pinned outbound SPI that is missing makes the kernel create
+    /// a larval state with that SPI, which then blocks the keying daemon's `XFRM_MSG_NEWSA` for it (`EEXIST`).
+    public static func pin(
+        _ template: XFRMTemplate, inboundSPI: UInt32, outboundSPI: UInt32, on fd: FileDescriptor,
+        family: IPAddressFamily
+    ) throws(XFRMError) {
+        precondition(inboundSPI != 0 && outboundSPI != 0, "a pinned template names an SA")
+        for (direction, spi) in [(XFRMDirection.outbound, outboundSPI), (.inbound, inboundSPI)] {
+            var pinned = template
+            pinned.spi = spi
+            try set(
+                XFRMPolicy(selector: .any(family), direction: direction, templates: [pinned]), on: fd,
+                family: family)
+        }
+    }
+
+    /// Re-pins one direction only (a rekey makes the new inbound SA before the new outbound one).
+    public static func pin(
+        _ template: XFRMTemplate, spi: UInt32, direction: XFRMDirection, on fd: FileDescriptor,
+        family: IPAddressFamily
+    ) throws(XFRMError) {
+        precondition(spi != 0, "a pinned template names an SA")
+        var pinned = template
+        pinned.spi = spi
+        try set(XFRMPolicy(selector: .any(family), direction: direction, templates: [pinned]), on: fd, family: family)
+    }
+
     /// Lets the socket's traffic bypass every global policy (an `allow` policy without templates in both
     /// directions), as IKE daemons do on their own sockets.
     public static func setBypass(on fd: FileDescriptor) throws(XFRMError) {

@@ -42,6 +42,10 @@ public struct XFRMState: Hashable, Sendable, CustomStringConvertible {
     public var lifetime: XFRMLifetime
     /// The algorithms (an AEAD alone, or encryption plus authentication, or compression).
     public var algorithms: [XFRMAlgorithm]
+
+    /// Whether this is a larval state (`XFRM_STATE_ACQ`) the kernel made while a key manager is asked for an SA:
+    /// it has no algorithms. Its SPI is 0, or the SPI a template pinned (see ``SocketPolicy/pin(_:inboundSPI:outboundSPI:on:family:)``).
+    public var isLarval: Bool { id.spi == 0 || algorithms.isEmpty }
     public var mark: XFRMMark?
     public var encapsulation: XFRMEncapsulation?
     /// The ACQUIRE sequence number this SA answers (`xfrm_usersa_info.seq`); 0 otherwise.

@@ -130,7 +130,7 @@ struct NewConnection: ParsableCommand {
                 ours.append(try oneOfOurs(ends, pair))
                 base.append(try oneBaseline(backendA.vici, pair))
             }
-            let left = try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count
+            let left = try XFRMClient(namespace: pair.a.namespace).states().filter { !$0.isLarval }.count
             print(
                 row(
                     "N = \(count)",
@@ -273,7 +273,7 @@ struct NewConnection: ParsableCommand {
     private func churnWithoutConnecting(_ ends: Ends, _ pair: NamespacePair) throws {
         func leftovers() throws -> (sas: Int, conns: Int, children: Int) {
             (
-                try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
+                try XFRMClient(namespace: pair.a.namespace).states().filter { !$0.isLarval }.count,
                 try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count,
                 try (ends.backendA?.vici.listSAs() ?? []).reduce(0) { $0 + $1.children.count }
             )
@@ -368,7 +368,7 @@ struct NewConnection: ParsableCommand {
         var left = (sas: -1, conns: -1)
         repeat {
             left = (
-                try XFRMClient(namespace: pair.a.namespace).states().filter { $0.id.spi != 0 }.count,
+                try XFRMClient(namespace: pair.a.namespace).states().filter { !$0.isLarval }.count,
                 try (ends.backendA?.vici.getConns() ?? []).filter { $0.contains("-c") }.count
             )
             if left == (0, 0) { break }

@@ -53,7 +53,7 @@ struct WSSInspect: ParsableCommand {
             processes: snapshots.map { snapshot in
                 var sas: [String: [Report.SA]] = [:]
                 for reqid in Set(snapshot.endpoints.compactMap(\.reqid)) {
-                    sas["\(reqid)"] = states.filter { $0.reqid == reqid && $0.id.spi != 0 }.map { state in
+                    sas["\(reqid)"] = states.filter { $0.reqid == reqid && !$0.isLarval }.map { state in
                         Report.SA(
                             text: state.description, source: "\(state.source)", destination: "\(state.id.destination)",
                             spi: "0x" + String(state.id.spi, radix: 16), reqid: state.reqid,

@@ -418,7 +418,8 @@ extension CharonFlowTests {
                 XCTAssertEqual(try engine.query(socket.fd.rawValue).flags, [.secured, .encrypted])
             }
             let conns = try daemon.vici.getConns()
-            XCTAssertEqual(conns.filter { $0.contains("-responder") }.count, 2, "one responder conn each: \(conns)")
+            XCTAssertEqual(
+                conns.filter { $0.contains("-responder") }.count, 4, "one responder conn per family each: \(conns)")
             for responder in try daemon.vici.listConns().filter({ $0.name.contains("-responder") }) {
                 XCTAssertEqual(responder.children, [], "sockets that connect are offered to no responder: \(responder)")
             }

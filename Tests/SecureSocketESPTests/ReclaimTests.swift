@@ -46,7 +46,7 @@ final class ReclaimTests: XCTestCase {
             let xfrmA = try XFRMClient(namespace: pair.a.namespace)
             let connsBefore = try charonA.vici.getConns().filter { $0.hasPrefix("wss\(pid)x") }
             let claimsBefore = try FileManager.default.contentsOfDirectory(atPath: folder)
-            let sasBefore = try xfrmA.states().filter { $0.id.spi != 0 }
+            let sasBefore = try xfrmA.states().filter { !$0.isLarval }
             XCTAssertGreaterThanOrEqual(connsBefore.count, 20, "the client's per-flow conns: \(connsBefore.count)")
             XCTAssertGreaterThanOrEqual(sasBefore.count, 40)
             XCTAssertEqual(
@@ -76,7 +76,7 @@ final class ReclaimTests: XCTestCase {
                 left = (
                     try charonA.vici.getConns().filter { $0.hasPrefix("wss\(pid)x") },
                     try FileManager.default.contentsOfDirectory(atPath: folder),
-                    try xfrmA.states().filter { $0.id.spi != 0 }
+                    try xfrmA.states().filter { !$0.isLarval }
                 )
                 if left.conns.isEmpty && left.claims.isEmpty && left.sas.isEmpty { break }
                 usleep(100_000)

@@ -20,6 +20,8 @@ extension CharonFlowTests {
         private var receivedBytes = 0
         private var stopping = false
         private var receiverDone = false
+        private var lastArrival: ContinuousClock.Instant?
+        private var longestGap: Duration = .zero
         static let chunk = Array("STREAM-MARK-".utf8) + [UInt8](repeating: 0x2e, count: 244)
 
         var sent: Int { lock.withLock { sentBytes } }
@@ -52,8 +54,21 @@ extension CharonFlowTests {
                         Glibc.recv(accepted.fd.rawValue, $0.baseAddress, $0.count, 0)
                     }
                     guard n > 0 else { return }
-                    lock.withLock { receivedBytes += n }
+                    let now = ContinuousClock.now
+                    lock.withLock {
+                        receivedBytes += n
+                        if let lastArrival { longestGap = max(longestGap, now - lastArrival) }
+                        lastArrival = now
+                    }
                 }
+            }
+        }
+
+        /// The longest pause between two arrivals since the last call (the sender writes a chunk every 20 ms).
+        func takeLongestGap() -> Duration {
+            lock.withLock {
+                defer { longestGap = .zero }
+                return longestGap
             }
         }
 
@@ -99,7 +114,8 @@ extension CharonFlowTests {
             let reqid = try XCTUnwrap(ends.a.endpoint(cookie: cookie)?.reqid)
             let xfrmA = try XFRMClient(namespace: ends.pair.a.namespace)
             func spis() throws -> Set<UInt32> {
-                Set(try xfrmA.states().filter { $0.reqid == reqid && $0.id.spi != 0 }.map(\.id.spi))
+                // Larval states are not SAs: a pinned template whose SA went away asks for that SPI again (30 s).
+                Set(try xfrmA.states().filter { $0.reqid == reqid && !$0.isLarval }.map(\.id.spi))
             }
             func secured() -> Bool { (try? ends.a.query(client.fd.rawValue).flags.contains(.secured)) ?? false }
 
@@ -146,7 +162,7 @@ extension CharonFlowTests {
             // charon; the connection gets new SAs the same way.
             var outbound = try XCTUnwrap(
                 try xfrmA.states().first {
-                    $0.reqid == reqid && $0.id.spi != 0 && $0.id.destination == ends.pair.addressB4
+                    $0.reqid == reqid && !$0.isLarval && $0.id.destination == ends.pair.addressB4
                 })
             outbound.lifetime.hardAddExpiresSeconds = 1
             outbound.lifetime.softAddExpiresSeconds = 0

@@ -239,6 +239,53 @@ final class FlowBindingTests: XCTestCase {
             print("FlowBinding 3: reqid \(Self.listenerReqid) restored: retransmission delivered \(late.count) bytes")
         }
     }
+
+    // MARK: 4. SPI-pinned socket policies
+
+    /// What the server half's binding rests on. Host-only selectors and the listener's one reqid on B (the
+    /// operator's charon, or a wide SA of an attacker at the client's address): unpinned, X's replies leave
+    /// through Y's newer SA (test 1's contrast). Once X's accepted socket is re-set with templates carrying
+    /// X's own SPIs, its output uses X's SA although Y's is newer and covers the flow, and its input accepts
+    /// only X's inbound SA: pinned to another SPI, X's segments are decrypted and dropped
+    /// (`XfrmInTmplMismatch`); pinned back, TCP's retransmission is delivered.
+    func testASocketPinnedToItsSPIsUsesOnlyThatSAPair() throws {
+        try inESPKernel(self) {
+            let lab = try FlowLab(listenerReqid: Self.listenerReqid)
+            defer { lab.tearDown() }
+            let x = try lab.openFlow("X", reqid: 611, selectors: .hostOnly)
+            usleep(1_100_000) // the newest SA by `curlft.add_time` (whole seconds) wins an unpinned lookup
+            let y = try lab.openFlow("Y", reqid: 612, selectors: .hostOnly)
+            try lab.echo(y, Array("Y works".utf8))
+            let template = XFRMTemplate(reqid: Self.listenerReqid)
+            try SocketPolicy.pin(
+                template, inboundSPI: x.aToB.id.spi, outboundSPI: x.bToA.id.spi, on: x.server.fd, family: .inet)
+
+            let before = try lab.counters([x, y])
+            try lab.echo(x, Array("X pinned to its own SAs".utf8))
+            usleep(300_000)
+            let rise = try lab.counters([x, y]).increase(since: before)
+            print("FlowBinding 4: echo on pinned X, SA packet increase: \(rise)")
+            XCTAssertGreaterThan(rise["X", .outB], 0, "B sends X's reply through X's own SA")
+            XCTAssertEqual(rise["Y", .outB], 0, "not through Y's newer SA that covers the flow")
+
+            // Input: pinned to Y's inbound SPI, X's segments (under X's SA) are refused after decryption.
+            try SocketPolicy.pin(template, spi: y.aToB.id.spi, direction: .inbound, on: x.server.fd, family: .inet)
+            let statsBefore = try lab.statistics()
+            let payload = Array("X under its own SA, socket pinned elsewhere".utf8)
+            try x.client.send(payload)
+            let early = FlowLab.arrival(on: x.server, within: Self.silence)
+            let increaseB = try lab.statistics().b.increase(since: statsBefore.b)
+            print(
+                "FlowBinding 4: inbound pinned to Y's SPI: X's socket got \(early?.count ?? 0) bytes; "
+                    + "xfrm_stat increase B: \(increaseB.counterIncreaseDescription)")
+            XCTAssertNil(early, "nothing reaches a socket pinned to another SA")
+            XCTAssertGreaterThan(increaseB["XfrmInTmplMismatch"] ?? 0, 0, "dropped as XfrmInTmplMismatch")
+
+            try SocketPolicy.pin(template, spi: x.aToB.id.spi, direction: .inbound, on: x.server.fd, family: .inet)
+            let late = try x.server.receiveExactly(payload.count, timeout: 8)
+            XCTAssertEqual(late, payload, "pinned back to its own SA, the retransmission arrives")
+        }
+    }
 }
 
 struct LabError: Error, CustomStringConvertible {

@@ -64,6 +64,12 @@ extension SecureSocketEngine {
                     throw SecureSocketError(.notSocket, "descriptor \(fd) was released while its SAs were negotiated")
                 }
                 apply(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
+                // The socket is bound to exactly this pair before its first packet.
+                if let spiIn = negotiated.protection.inboundSPI, let spiOut = negotiated.protection.outboundSPI {
+                    pin(
+                        cookie: facts.cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut,
+                        ikeSAID: negotiated.protection.ikeSAID, how: "WSAConnect")
+                }
             } catch let error as SecureSocketError {
                 throw error
             } catch let error as KeyingError {

@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
@@ -40,6 +41,7 @@ extension SecureSocketEngine {
                 if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
                     table.update(cookie: endpoint.cookie) {
                         $0.lastLocalPort = facts.local?.port
+                        $0.lastLocalAddress = facts.local?.address
                         $0.wasListening = facts.isListening
                     }
                 }
@@ -117,13 +119,22 @@ extension SecureSocketEngine {
         for entry in entries.prefix(65_536) {
             guard let fd = CInt(entry), let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream,
                 facts.isConnected, facts.local?.port == port, facts.family == listener.family,
+                Self.sameListenerAddress(listener.lastLocalAddress, facts.local?.address),
                 table.endpoint(cookie: facts.cookie) == nil
             else { continue }
             adopt(fd, facts: facts, listener: listener, port: port)
         }
     }
 
-    /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`.
+    /// Whether a connection whose local address is `accepted` can be a child of a listener bound to `listener`:
+    /// the same address, or a listener on the wildcard address (an unknown one never adopts).
+    static func sameListenerAddress(_ listener: IPAddress?, _ accepted: IPAddress?) -> Bool {
+        guard let listener, let accepted else { return false }
+        return listener.isAny || listener == accepted
+    }
+
+    /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`; then binds it to
+    /// its own CHILD_SA and pins its socket (``bindAccepted(cookie:flow:)``).
     func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
         var child = Endpoint(
             cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
@@ -139,11 +150,12 @@ extension SecureSocketEngine {
         if let request = keyings.request(cookie: listener.cookie) {
             keyings.register(cookie: facts.cookie, request: request)
             if let local = facts.local, let peer = facts.peer {
-                keyings.setFlow(
-                    cookie: facts.cookie,
-                    flow: KeyedFlow(
-                        transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
-                        remotePort: peer.port))
+                let flow = KeyedFlow(
+                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
+                    remotePort: peer.port)
+                keyings.setFlow(cookie: facts.cookie, flow: flow)
+                pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
+                bindAccepted(cookie: facts.cookie, flow: flow)
             }
         }
     }

@@ -47,7 +47,15 @@ extension SecureSocketEngine {
             : (template?.securityProtocol == .ipsec ? .ipsec : .ipsec)
         var info = SocketSecurityQueryInfo(securityProtocol: securityProtocol, flags: [])
         guard let endpoint = endpoint(for: fd, facts: facts) else { return info }
+        if facts.kind == .datagram, endpoint.reqid != nil, refuseSharedPort(endpoint) {
+            info.negotiationError = 13800
+            return info
+        }
         if case .failed(let failure) = endpoint.state.settled { info.negotiationError = Self.win32Error(failure) }
+        if case .refused = endpoint.state.settled {
+            info.negotiationError = 13800
+            return info // refused by the library: never secured
+        }
         if case .insecure(let failure) = endpoint.state.settled {
             info.negotiationError = Self.win32Error(failure)
             return info // opened in clear: stays clear for its whole life
@@ -57,12 +65,29 @@ extension SecureSocketEngine {
             transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
             localPort: local.port, remote: peer.address, remotePort: peer.port)
         var found: FlowAttribution?
-        // The SA pair charon reported for this very flow, checked in the kernel by SPI (O(1)); else a dump of
-        // the SAs between the two hosts.
-        if let hint = keying?.protection(flow: flow), let spiIn = hint.inboundSPI, let spiOut = hint.outboundSPI {
+        if let pinned = endpoint.pinned {
+            // A pinned socket's traffic can go under its pinned pair only (a rekey's new SA once it is in): that
+            // pair or nothing. No dump could name another SA that carries it.
+            for (spiIn, spiOut) in [
+                (pinned.inboundSPI, pinned.outboundSPI),
+                (pinned.pendingInboundSPI ?? pinned.inboundSPI, pinned.pendingOutboundSPI ?? pinned.outboundSPI),
+            ] {
+                guard found == nil,
+                    let pair = kernelPair(flow, reqid: reqid, inboundSPI: spiIn, outboundSPI: spiOut)
+                else { continue }
+                found = FlowAttribution(
+                    outbound: pair.outbound, inbound: pair.inbound,
+                    exact: pair.outbound.selector.isFlowExact && pair.inbound.selector.isFlowExact,
+                    attributable: true)
+            }
+        } else if let hint = keying?.protection(flow: flow), let spiIn = hint.inboundSPI,
+            let spiOut = hint.outboundSPI
+        {
+            // The SA pair charon reported for this very flow, checked in the kernel by SPI (O(1)); else a dump of
+            // the SAs between the two hosts.
             found = FlowAttribution.known(in: xfrm, flow: flow, reqid: reqid, inboundSPI: spiIn, outboundSPI: spiOut)
         }
-        if found == nil {
+        if found == nil, endpoint.pinned == nil {
             do {
                 // Only this flow's own SAs count; a socket that may run in clear must not borrow another
                 // connection's SAs between the same hosts as proof.
@@ -147,7 +172,8 @@ extension SecureSocketEngine {
         for candidate in table.all where candidate.kind == .stream && candidate.family == facts.family {
             guard SocketInspector.cookie(of: candidate.descriptor) == candidate.cookie,
                 let listener = try? SocketInspector.facts(of: candidate.descriptor),
-                listener.isListening, listener.local?.port == port
+                listener.isListening, listener.local?.port == port,
+                Self.sameListenerAddress(listener.local?.address, facts.local?.address)
             else { continue }
             adopt(fd, facts: facts, listener: candidate, port: port)
             return table.endpoint(cookie: facts.cookie)

@@ -60,13 +60,17 @@ extension SecureSocketEngine {
         logger.debug(
             "socket released",
             metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
+        pendingPins.withLock { pending in pending = pending.filter { $0.value != cookie } }
         if let entry = keyings.remove(cookie: cookie) {
             if endpoint.kind == .stream, coverClosedFlow, let reqid = endpoint.reqid, let flow = entry.flow {
                 // (An initiator's cover was installed when it connected; an accepted connection's now.)
-                coverFlow(flow, reqid: reqid, for: Self.closedFlowCover)
+                coverFlow(flow, reqid: reqid, for: Self.closedFlowCover, pinned: endpoint.pinned)
             }
             for registration in entry.registrations { keying?.release(registration) }
-            if let own = entry.ownChild ?? ownChild(of: endpoint, flow: entry.flow) {
+            if endpoint.role == .accepted, let flow = entry.flow { keying?.unbindAccepted(flow) }
+            if endpoint.role == .accepted, let pinned = endpoint.pinned, let peer = endpoint.peer {
+                keying?.releaseChild(inboundSPI: pinned.inboundSPI, peer: peer)
+            } else if let own = entry.ownChild ?? ownChild(of: endpoint, flow: entry.flow) {
                 keying?.releaseChild(inboundSPI: own.spi, peer: own.peer)
             }
         }
@@ -74,7 +78,7 @@ extension SecureSocketEngine {
         reqids.release(reqid)
     }
 
-    /// Notes a connected socket's flow and covers it (see ``coverFlow(_:reqid:for:)``), so that its
+    /// Notes a connected socket's flow and covers it (see ``coverFlow(_:reqid:for:pinned:)``), so that its
     /// `TIME_WAIT` is covered even after the socket is gone.
     func recordFlow(_ fd: CInt, cookie: UInt64) {
         guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let local = facts.local,
@@ -84,7 +88,7 @@ extension SecureSocketEngine {
             transportProtocol: .tcp, local: local.address, localPort: local.port,
             remote: peer.address, remotePort: peer.port)
         keyings.setFlow(cookie: cookie, flow: flow)
-        if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil) }
+        if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil, pinned: endpoint.pinned) }
     }
 
     /// Takes every tracked accepted flow (at shutdown).
@@ -95,7 +99,7 @@ extension SecureSocketEngine {
         }
     }
 
-    /// A listener's connection got (`installed`) or lost an SA: the server's side of ``coverFlow(_:reqid:for:)``,
+    /// A listener's connection got (`installed`) or lost an SA: the server's side of ``coverFlow(_:reqid:for:pinned:)``,
     /// from the moment its SAs exist, whether or not the application ever hands the accepted socket to the
     /// library (a server that closes first is the side in `TIME_WAIT`).
     func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
@@ -127,15 +131,26 @@ extension SecureSocketEngine {
     /// they are gone they cannot leave at all. The socket's own packets still use its own policy (a per-socket
     /// policy is looked up first). Installed when the connection is secured; at release they are replaced by
     /// ones the kernel removes itself once `TIME_WAIT` has ended (hard add-expiry, `seconds`).
-    func coverFlow(_ flow: KeyedFlow, reqid: UInt32, for seconds: UInt64?) {
+    ///
+    /// A pinned connection's cover names its SA pair by SPI too (`pinned`), so even the kernel's own replies
+    /// leave under that pair only; a later change of lifetime alone keeps the SPIs.
+    func coverFlow(_ flow: KeyedFlow, reqid: UInt32, for seconds: UInt64?, pinned: PinnedSAs? = nil) {
         var lifetime = XFRMLifetime.infinite
         if let seconds { lifetime.hardAddExpiresSeconds = seconds }
-        let templates = [XFRMTemplate(proto: .esp, mode: .transport, reqid: reqid, level: .required)]
         for outbound in [true, false] {
-            let policy = XFRMPolicy(
-                selector: flow.selector(outbound: outbound), direction: outbound ? .outbound : .inbound,
-                lifetime: lifetime, templates: templates)
-            do { try xfrm.addPolicy(policy) } catch { try? xfrm.updatePolicy(policy) }
+            var template = XFRMTemplate(proto: .esp, mode: .transport, reqid: reqid, level: .required)
+            if let pinned { template.spi = outbound ? pinned.outboundSPI : pinned.inboundSPI }
+            let selector = flow.selector(outbound: outbound)
+            let direction: XFRMDirection = outbound ? .outbound : .inbound
+            var policy = XFRMPolicy(selector: selector, direction: direction, lifetime: lifetime, templates: [template])
+            do { try xfrm.addPolicy(policy) } catch {
+                if pinned == nil, let existing = try? xfrm.getPolicy(.selector(selector, direction, mark: nil)),
+                    existing.templates.count == 1, existing.templates.first?.reqid == reqid
+                {
+                    policy.templates = existing.templates
+                }
+                try? xfrm.updatePolicy(policy)
+            }
         }
     }
 

@@ -24,17 +24,42 @@ extension SecureSocketEngine {
             guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
                 let facts = try? SocketInspector.facts(of: endpoint.descriptor)
             else { continue }
+            if case .refused = endpoint.state.settled { continue }
+            if facts.kind == .datagram, refuseSharedPort(endpoint) { continue }
             if facts.isConnected {
                 table.update(cookie: endpoint.cookie) { $0.role = .initiator }
             } else if let port = facts.local?.port, port != 0,
                 facts.isListening || (facts.kind == .datagram)
             {
+                table.update(cookie: endpoint.cookie) {
+                    $0.lastLocalAddress = facts.local?.address
+                    $0.lastLocalPort = port
+                    $0.wasListening = facts.isListening
+                }
                 becomeResponder(endpoint, port: port)
             } else if endpoint.registeredAt.duration(to: now) < .seconds(5) {
                 young = true
             }
         }
         return young
+    }
+
+    /// A secured UDP socket on which the application set `SO_REUSEADDR` after `WSASetSocketSecurity`: another
+    /// socket, of any user, could bind the same port and receive its decrypted datagrams. It is cleared again
+    /// (no later bind can share the port), and the socket fails closed: nothing is negotiated for it, its query
+    /// reports the failure. Returns whether the socket was refused.
+    func refuseSharedPort(_ endpoint: Endpoint) -> Bool {
+        guard SocketHardening.reusesAddress(endpoint.descriptor) else { return false }
+        var zero: CInt = 0
+        _ = setsockopt(endpoint.descriptor, SOL_SOCKET, SO_REUSEADDR, &zero, socklen_t(MemoryLayout<CInt>.size))
+        logger.error(
+            "secured UDP socket refused: SO_REUSEADDR was set on it (another socket could share its port)",
+            metadata: ["fd": "\(endpoint.descriptor)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
+        apply(.refused("SO_REUSEADDR set on a secured UDP socket: its port could be shared"), cookie: endpoint.cookie)
+        for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {
+            keying?.release(registration)
+        }
+        return true
     }
 
     func becomeResponder(_ endpoint: Endpoint, port: UInt16) {
@@ -66,6 +91,7 @@ extension SecureSocketEngine {
             }),
             var request = keyings.request(cookie: endpoint.cookie)
         else { return }
+        if case .refused = endpoint.state.settled { return }
         guard (try? becomeInitiator(endpoint)) != nil else { return }
         var flow = flow
         var stale = false
@@ -135,7 +161,17 @@ extension SecureSocketEngine {
                 how: "kernel ACQUIRE")
             if endpoint.kind == .stream {
                 engine.keyings.setFlow(cookie: cookie, flow: flow)
-                if let reqid = endpoint.reqid { engine.coverFlow(flow, reqid: reqid, for: nil) }
+                // A connection's own pair, pinned before the application's retry sends (an unconnected UDP
+                // socket sends to many peers and keeps its reqid-only templates).
+                if let spiIn = negotiated.protection.inboundSPI, let spiOut = negotiated.protection.outboundSPI {
+                    engine.pin(
+                        cookie: cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut,
+                        ikeSAID: negotiated.protection.ikeSAID, how: "kernel ACQUIRE")
+                }
+                if let reqid = endpoint.reqid {
+                    engine.coverFlow(
+                        flow, reqid: reqid, for: nil, pinned: engine.table.endpoint(cookie: cookie)?.pinned)
+                }
             }
             engine.apply(.childUp(SecureSocketEngine.info(negotiated.protection)), cookie: cookie)
         }

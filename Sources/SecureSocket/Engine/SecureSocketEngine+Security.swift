@@ -42,7 +42,7 @@ extension SecureSocketEngine {
                 "no keying backend (configure \(KeyingConfiguration.defaultPath)): a per-socket policy could never be satisfied"
             )
         }
-        try SocketHardening.apply(to: fd, family: facts.family)
+        try SocketHardening.apply(to: fd, family: facts.family, datagram: facts.kind == .datagram)
 
         var reqid: UInt32?
         if settings.installsPolicy {

@@ -1,0 +1,259 @@
+import ALE
+import Foundation
+import Glibc
+import IPAddressing
+import Keying
+import Logging
+import Synchronization
+import SystemPackage
+import SystemSupport
+import XFRM
+
+// Pinning: a connection's per-socket policies name its own SA pair by SPI, so the kernel carries and accepts its
+// traffic under that pair only (see the Binding documentation).
+extension SecureSocketEngine {
+    // MARK: - Pinning
+
+    /// The template a secured socket's policies carry: ESP transport, its reqid, its level.
+    func template(for endpoint: Endpoint) -> XFRMTemplate? {
+        guard let reqid = endpoint.reqid else { return nil }
+        return XFRMTemplate(
+            proto: .esp, mode: .transport, reqid: reqid, level: endpoint.machine.allowInsecure ? .use : .required)
+    }
+
+    /// The SA pair with these SPIs in the kernel, checked: both exist, carry `reqid`, are transport mode and
+    /// their selectors cover the flow (a flow-exact selector or an address-only one). A flow whose local address
+    /// is the wildcard (an unbound socket about to connect) takes the inbound SA's own destination.
+    func kernelPair(_ flow: KeyedFlow, reqid: UInt32, inboundSPI: UInt32, outboundSPI: UInt32)
+        -> (inbound: XFRMState, outbound: XFRMState)?
+    {
+        var flow = flow
+        let into: XFRMState?
+        if flow.local.isAny {
+            into = (try? xfrm.states(source: flow.remote, destination: nil, proto: .esp))?.first {
+                $0.id.spi == inboundSPI
+            }
+            if let into { flow.local = into.id.destination }
+        } else {
+            into = try? xfrm.getState(XFRMStateID(destination: flow.local, spi: inboundSPI, proto: .esp))
+        }
+        guard let into,
+            let out = try? xfrm.getState(XFRMStateID(destination: flow.remote, spi: outboundSPI, proto: .esp))
+        else { return nil }
+        for (state, outbound) in [(out, true), (into, false)] {
+            guard state.reqid == reqid, state.mode == .transport, flow.isCovered(by: state.selector, outbound: outbound)
+            else { return nil }
+        }
+        return (into, out)
+    }
+
+    /// Pins the socket to the SA pair `inboundSPI` / `outboundSPI` (checked in the kernel first; see
+    /// ``kernelPair(_:reqid:inboundSPI:outboundSPI:)``). A TCP flow's cover (``coverFlow(_:reqid:for:pinned:)``)
+    /// is pinned too. Returns whether the socket is pinned now.
+    @discardableResult
+    func pin(
+        cookie: UInt64, flow: KeyedFlow, inboundSPI: UInt32, outboundSPI: UInt32, ikeSAID: UInt64?, how: String
+    ) -> Bool {
+        guard inboundSPI != 0, outboundSPI != 0, let endpoint = table.endpoint(cookie: cookie),
+            let reqid = endpoint.reqid, let template = template(for: endpoint)
+        else { return false }
+        let metadata: Logger.Metadata = [
+            "fd": "\(endpoint.descriptor)", "reqid": "\(reqid)", "flow": "\(flow)",
+            "spi-in": "\(String(inboundSPI, radix: 16))", "spi-out": "\(String(outboundSPI, radix: 16))",
+            "ike-sa": "\(ikeSAID.map(String.init) ?? "?")", "via": "\(how)",
+        ]
+        guard kernelPair(flow, reqid: reqid, inboundSPI: inboundSPI, outboundSPI: outboundSPI) != nil else {
+            logger.notice("connection not pinned: its SA pair is not in the kernel", metadata: metadata)
+            return false
+        }
+        do {
+            try SocketPolicy.pin(
+                template, inboundSPI: inboundSPI, outboundSPI: outboundSPI,
+                on: FileDescriptor(rawValue: endpoint.descriptor), family: endpoint.family)
+        } catch {
+            logger.warning(
+                "connection not pinned: setsockopt failed", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+            return false
+        }
+        let pinned = PinnedSAs(inboundSPI: inboundSPI, outboundSPI: outboundSPI, ikeSAID: ikeSAID)
+        table.update(cookie: cookie) { $0.pinned = pinned }
+        if endpoint.kind == .stream, !flow.local.isAny { coverFlow(flow, reqid: reqid, for: nil, pinned: pinned) }
+        logger.debug("connection pinned to its SA pair", metadata: metadata)
+        return true
+    }
+
+    /// A rekey replaced the CHILD_SA a socket is pinned to: each direction moves to the new SA as soon as it is
+    /// in the kernel (now, or when the kernel reports it: ``stateAdded(spi:)``).
+    func rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection) {
+        guard let newIn = replacement.inboundSPI, let newOut = replacement.outboundSPI,
+            let endpoint = table.endpoint(pinnedInboundSPI: oldInboundSPI), var pinned = endpoint.pinned
+        else { return }
+        pinned.ikeSAID = replacement.ikeSAID ?? pinned.ikeSAID
+        pinned.pendingInboundSPI = newIn == pinned.inboundSPI ? nil : newIn
+        pinned.pendingOutboundSPI = newOut == pinned.outboundSPI ? nil : newOut
+        let settled = table.update(cookie: endpoint.cookie) { e -> PinnedSAs? in
+            guard e.pinned?.inboundSPI == oldInboundSPI else { return nil }
+            e.pinned = pinned
+            return pinned
+        }
+        guard settled != nil else { return }
+        pendingPins.withLock { pending in
+            pending[newIn] = endpoint.cookie
+            pending[newOut] = endpoint.cookie
+        }
+        movePendingPins(cookie: endpoint.cookie)
+    }
+
+    /// The kernel reported a new SA: a socket waiting for it (a rekey's new SA) moves to it.
+    func stateAdded(spi: UInt32) {
+        guard let cookie = pendingPins.withLock({ $0[spi] }) else { return }
+        movePendingPins(cookie: cookie)
+    }
+
+    /// Moves each direction of a socket whose rekey is pending to its new SA if the kernel has it. The event pump
+    /// also calls it every tick while anything is pending (an event missed in an overrun).
+    func movePendingPins(cookie: UInt64) {
+        guard let endpoint = table.endpoint(cookie: cookie), var pinned = endpoint.pinned,
+            let template = template(for: endpoint), let reqid = endpoint.reqid
+        else {
+            pendingPins.withLock { pending in pending = pending.filter { $0.value != cookie } }
+            return
+        }
+        guard let flow = connectedFlow(endpoint) else { return }
+        let fd = FileDescriptor(rawValue: endpoint.descriptor)
+        var moved: [UInt32] = []
+        if let spi = pinned.pendingInboundSPI,
+            let state = try? xfrm.getState(XFRMStateID(destination: flow.local, spi: spi, proto: .esp)),
+            state.reqid == reqid, flow.isCovered(by: state.selector, outbound: false),
+            (try? SocketPolicy.pin(template, spi: spi, direction: .inbound, on: fd, family: endpoint.family)) != nil
+        {
+            pinned.inboundSPI = spi
+            pinned.pendingInboundSPI = nil
+            moved.append(spi)
+        }
+        if let spi = pinned.pendingOutboundSPI,
+            let state = try? xfrm.getState(XFRMStateID(destination: flow.remote, spi: spi, proto: .esp)),
+            state.reqid == reqid, flow.isCovered(by: state.selector, outbound: true),
+            (try? SocketPolicy.pin(template, spi: spi, direction: .outbound, on: fd, family: endpoint.family)) != nil
+        {
+            pinned.outboundSPI = spi
+            pinned.pendingOutboundSPI = nil
+            moved.append(spi)
+        }
+        guard !moved.isEmpty else { return }
+        table.update(cookie: cookie) { $0.pinned = pinned }
+        pendingPins.withLock { pending in for spi in moved { pending[spi] = nil } }
+        if endpoint.kind == .stream { coverFlow(flow, reqid: reqid, for: nil, pinned: pinned) }
+        logger.debug(
+            "pinned connection moved to its rekeyed SAs",
+            metadata: [
+                "fd": "\(endpoint.descriptor)", "flow": "\(flow)", "pinned": "\(pinned)",
+                "still-pending": "\(pinned.pendingInboundSPI != nil || pinned.pendingOutboundSPI != nil)",
+            ])
+    }
+
+    /// Sockets whose rekey is pending, for the event pump's tick.
+    var pendingPinCookies: Set<UInt64> { pendingPins.withLock { Set($0.values) } }
+
+    /// A connected socket's flow (nil when it is closed or not connected).
+    func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
+        guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+            let facts = try? SocketInspector.facts(of: endpoint.descriptor),
+            let local = facts.local, let peer = facts.peer
+        else { return nil }
+        return KeyedFlow(
+            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+            localPort: local.port, remote: peer.address, remotePort: peer.port)
+    }
+
+    // MARK: - Accepted connections
+
+    /// Binds an accepted connection to its own CHILD_SA and pins its socket to it: the keying names the child
+    /// (``KeyingBackend/bindAccepted(_:reqid:)``); without keying knowledge (static keys) the kernel's one
+    /// flow-exact pair is taken. A flow contested between peers is refused: the connection is shut down and never
+    /// reported secured.
+    func bindAccepted(cookie: UInt64, flow: KeyedFlow) {
+        guard let keying, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
+        let binding = keying.bindAccepted(flow, reqid: reqid)
+        logger.trace("accepted connection's binding", metadata: ["flow": "\(flow)", "binding": "\(binding)"])
+        switch binding {
+        case .pair(let protection):
+            guard let spiIn = protection.inboundSPI, let spiOut = protection.outboundSPI else { return }
+            if pin(
+                cookie: cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut, ikeSAID: protection.ikeSAID,
+                how: "accepted")
+            {
+                keyings.setOwnChild(cookie: cookie, spi: spiIn, peer: flow.remote)
+            }
+        case .unknown:
+            guard
+                let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true),
+                found.exactCount == 1
+            else {
+                logger.debug(
+                    "accepted connection not pinned: neither the keying nor the kernel names its one SA pair",
+                    metadata: ["fd": "\(endpoint.descriptor)", "flow": "\(flow)"])
+                return
+            }
+            pin(
+                cookie: cookie, flow: flow, inboundSPI: found.inbound.id.spi, outboundSPI: found.outbound.id.spi,
+                ikeSAID: nil, how: "accepted (kernel)")
+        case .contested(let peers):
+            logger.warning(
+                "accepted connection refused: peers contest its flow",
+                metadata: ["fd": "\(endpoint.descriptor)", "flow": "\(flow)", "peers": "\(peers)"])
+            apply(.refused("several peers made CHILD_SAs for \(flow): \(peers)"), cookie: cookie)
+            _ = Glibc.shutdown(endpoint.descriptor, CInt(SHUT_RDWR))
+        }
+    }
+
+    /// A peer made a CHILD_SA on a listener's reqid: an accepted connection of that flow that lost its SAs (a
+    /// flush, an expiry, the peer's restart) moves to it when it is the same peer's (the keying refused it
+    /// otherwise); a connection not accepted yet is looked for among this process's sockets for a while.
+    func peerChild(reqid: UInt32, flow: KeyedFlow?) {
+        if let flow {
+            for endpoint in table.endpoints(reqid: reqid) where endpoint.role == .accepted {
+                guard keyings.flow(cookie: endpoint.cookie) == flow else { continue }
+                bindAccepted(cookie: endpoint.cookie, flow: flow)
+                return
+            }
+        }
+        pendingAccepts.withLock { $0.append((reqid, flow, Deadline(after: Self.acceptWatch))) }
+        acceptScan.withLock { $0 = (ContinuousClock.now, .milliseconds(10)) }
+    }
+
+    /// How long a peer's new child makes the engine look for the connection it carries among this process's
+    /// sockets (the application may accept late; the query and release find it anyway).
+    static let acceptWatch: Duration = .seconds(10)
+
+    /// Looks for accepted connections of children peers made (see ``peerChild(reqid:flow:)``) among this
+    /// process's descriptors, and binds and pins the ones found. O(descriptors), only while some are awaited, at
+    /// 10 ms after a new child and then twice as long each time (at most a second). Returns whether any are
+    /// still awaited.
+    func adoptAwaitedConnections() -> Bool {
+        let awaited = pendingAccepts.withLock { list -> [(UInt32, KeyedFlow?)] in
+            list.removeAll { $0.deadline.hasPassed }
+            return list.map { ($0.reqid, $0.flow) }
+        }
+        guard !awaited.isEmpty else { return false }
+        let now = ContinuousClock.now
+        let due = acceptScan.withLock { schedule -> Bool in
+            guard now >= schedule.next else { return false }
+            schedule.interval = min(schedule.interval * 2, .seconds(1))
+            schedule.next = now + schedule.interval
+            return true
+        }
+        guard due else { return true }
+        for (cookie, fd) in SocketInspector.descriptorsByCookie() where !table.contains(cookie: cookie) {
+            guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, facts.isConnected,
+                let local = facts.local, let peer = facts.peer
+            else { continue }
+            let flow = KeyedFlow(
+                transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
+                remotePort: peer.port)
+            guard awaited.contains(where: { $0.1 == nil || $0.1 == flow }) else { continue }
+            _ = endpoint(for: fd, facts: facts)
+        }
+        return pendingAccepts.withLock { !$0.isEmpty }
+    }
+}

@@ -1,0 +1,257 @@
+import ALE
+import EngineTestSupport
+import Foundation
+import IPAddressing
+import Keying
+import NetnsTestSupport
+import SecureSocket
+import TierTesting
+import VICI
+import XCTest
+import XFRM
+
+/// Tier 3: the server half of the binding. Each accepted connection is pinned, in the kernel, to the SA pair of
+/// the IKE SA that made its flow; a second IKE daemon at the client's address, holding a valid certificate for
+/// another name, gets nothing of it, wide or exact, TCP or UDP.
+final class ServerBindingTests: XCTestCase {
+    typealias Ends = EnginePair
+
+    /// Mallory: a stock charon at alice's address (namespace A, IKE ports 1500/1501 beside alice's own charon),
+    /// trusted by the server's CA as `c.example`.
+    final class Mallory {
+        let daemon: CharonDaemon
+        let ends: Ends
+        let certificate: [UInt8]
+        private var conns: [String] = []
+
+        init(_ ends: Ends) throws {
+            self.ends = ends
+            var options = CharonDaemon.Options()
+            options.ikePort = 1500
+            options.natTraversalPort = 1501
+            daemon = try CharonDaemon(namespace: ends.pair.a.namespace, options: options)
+            let certificates = try XCTUnwrap(ends.certificates)
+            certificate = try certificates.certificate("c.example")
+            try daemon.vici.loadCert(try certificates.authority(), flag: .ca)
+            try daemon.vici.loadCert(certificate)
+            _ = try daemon.vici.loadKey(try certificates.key("c.example"))
+        }
+
+        /// Negotiates a CHILD_SA with the server for `local` (Mallory's side, alice's address) and `remote` (the
+        /// server's side); returns charon's view of it right after (nil when it was not established).
+        @discardableResult
+        func negotiate(local: TrafficSelector, remote: TrafficSelector) throws -> ChildSAInfo? {
+            let name = "mallory-\(conns.count)"
+            conns.append(name)
+            try daemon.vici.loadConn(
+                IKEConnConfig(
+                    name: name, localAddresses: ["\(ends.pair.addressA4)"], remoteAddresses: ["\(ends.pair.addressB4)"],
+                    localAuth: [.pubkey(id: "c.example", certificates: [certificate])],
+                    remoteAuth: [.pubkey(id: "%any")],
+                    children: [
+                        ChildConfig(
+                            name: "\(name)-grab", mode: .transport, policies: false,
+                            espProposals: StrongSwanBackend.espProposals, localTS: [local], remoteTS: [remote])
+                    ]))
+            _ = try? daemon.vici.initiate(child: "\(name)-grab", ike: name, timeout: .seconds(5))
+            return try daemon.vici.listSAs(ike: name).flatMap(\.children).first
+        }
+
+        func stop() { daemon.stop() }
+    }
+
+    func capture(_ ends: Ends) throws -> PacketCapture {
+        try PacketCapture(
+            namespace: ends.pair.b, interface: ends.pair.interfaceB,
+            file: FileManager.default.temporaryDirectory.appendingPathComponent("sb-\(UUID().uuidString).pcap").path)
+    }
+
+    static func makeEnds() throws -> Ends {
+        let pair = try NamespacePair(prefix: "sb")
+        var options = EnginePair.Options()
+        options.extraCertificateNames = ["c.example"]
+        options.removesPairOnClose = true
+        do {
+            return try EnginePair(pair: pair, keying: .ecdsa, options: options)
+        } catch {
+            pair.remove()
+            throw error
+        }
+    }
+
+    /// SAs of the listener's reqid in the server's kernel (larval states are not SAs).
+    static func listenerSAs(_ ends: Ends, reqid: UInt32) throws -> [XFRMState] {
+        try XFRMClient(namespace: ends.pair.b.namespace).states().filter { $0.reqid == reqid && !$0.isLarval }
+    }
+
+    /// alice (a.example) is connected to a secured listener and held as `a.example`. Mallory then negotiates
+    /// (a) a wide CHILD_SA (alice's address, every TCP port) and (b) one with exactly alice's 5-tuple, on the
+    /// listener's reqid. Each is refused by the server at once; meanwhile and after, the server's data for alice
+    /// never leaves under Mallory's SPIs (capture), alice receives every byte, the server receives only alice's,
+    /// and the query on alice's accepted socket keeps naming `a.example` with alice's own SPIs.
+    func testASecondIKEDaemonAtTheClientsAddressGetsNothingOfAnAcceptedConnection() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Self.makeEnds()
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let port = listener.localPort
+            let (client, accepted) = try ends.namedConnection(
+                to: IPEndpoint(address: ends.pair.addressB4, port: port), through: listener)
+            let before = try ends.b.query(accepted.fd.rawValue)
+            XCTAssertEqual(before.peerMachineIdentity, "a.example")
+            let endpoint = try XCTUnwrap(ends.b.endpoint(accepted.fd.rawValue))
+            let pinned = try XCTUnwrap(endpoint.pinned, "the accepted connection is pinned to its SA pair")
+            XCTAssertEqual(pinned.inboundSPI, before.inboundSA?.spi)
+            let reqid = try XCTUnwrap(endpoint.reqid)
+            let alicePort = client.localPort
+
+            let mallory = try Mallory(ends)
+            defer { mallory.stop() }
+            var malloryInbound: Set<UInt32> = [] // her inbound SPIs: what the server would send her under
+            var exchanged = 0
+            func exchange(_ label: String) throws {
+                for round in 0..<5 {
+                    let down = Array("server to alice \(label) \(round) \(UUID().uuidString)".utf8)
+                    try accepted.send(down)
+                    XCTAssertEqual(try client.receiveExactly(down.count, timeout: 5), down, "\(label): alice receives")
+                    let up = Array("alice to server \(label) \(round)".utf8)
+                    try client.send(up)
+                    XCTAssertEqual(try accepted.receiveExactly(up.count, timeout: 5), up, "\(label): server receives")
+                    exchanged += 1
+                }
+                let view = try ends.b.query(accepted.fd.rawValue)
+                XCTAssertEqual(view.peerMachineIdentity, "a.example", "\(label): the query names alice")
+                XCTAssertEqual(ends.b.endpoint(accepted.fd.rawValue)?.pinned?.inboundSPI, pinned.inboundSPI, label)
+            }
+            try exchange("before")
+            for (label, local) in [
+                ("(a) wide", TrafficSelector.dynamic(protocol: "tcp")),
+                ("(b) exact", TrafficSelector.dynamic(protocol: "tcp", port: alicePort)),
+            ] {
+                let child = try mallory.negotiate(local: local, remote: .dynamic(protocol: "tcp", port: port))
+                if let spi = child?.spiIn { malloryInbound.insert(spi) }
+                print(
+                    "ServerBinding \(label): Mallory's child \(child.map { "\($0.localTS) === \($0.remoteTS) in \(String($0.spiIn ?? 0, radix: 16))" } ?? "not established")"
+                )
+                try exchange(label)
+                // Refused by the server: gone from its kernel within a bounded time.
+                let deadline = Date().addingTimeInterval(5)
+                var left: [XFRMState] = []
+                repeat {
+                    left = try Self.listenerSAs(ends, reqid: reqid).filter {
+                        $0.id.spi != pinned.inboundSPI && $0.id.spi != pinned.outboundSPI
+                    }
+                    if left.isEmpty { break }
+                    usleep(50_000)
+                } while Date() < deadline
+                XCTAssertEqual(
+                    left.map(\.description), [], "\(label): Mallory's SAs on the listener's reqid are deleted")
+                try exchange("\(label), after")
+            }
+            capture.stop()
+            let bySPI = try capture.espPacketsBySPI()
+            let underMallory = malloryInbound.reduce(0) { $0 + (bySPI[$1] ?? 0) }
+            print(
+                "ServerBinding: ESP packets by SPI \(bySPI.map { "\(String($0.key, radix: 16)): \($0.value)" }); Mallory's inbound SPIs \(malloryInbound.map { String($0, radix: 16) })"
+            )
+            XCTAssertFalse(malloryInbound.isEmpty, "Mallory's children were established (the attack ran)")
+            XCTAssertEqual(underMallory, 0, "no packet left the server under Mallory's SAs")
+            XCTAssertGreaterThan(bySPI[pinned.outboundSPI] ?? 0, exchanged, "alice's data left under alice's own SA")
+            XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0, "nothing in clear")
+            for socket in [client, accepted, listener] {
+                ends.a.release(socket.fd.rawValue)
+                ends.b.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+        }
+    }
+
+    /// A pinned connection under continuous traffic in both directions while each end's charon rekeys its
+    /// CHILD_SA in turn: both sockets move to the new SA pair, every byte arrives, nothing leaves in clear; the
+    /// longest pause in each direction around each rekey is printed (the senders write a chunk every 20 ms).
+    func testRekeysOfAPinnedConnectionUnderTrafficBothWays() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Self.makeEnds()
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let (client, accepted) = try ends.namedConnection(
+                to: IPEndpoint(address: ends.pair.addressB4, port: listener.localPort), through: listener)
+            _ = try ends.b.query(accepted.fd.rawValue)
+            func pins() -> (a: PinnedSAs?, b: PinnedSAs?) {
+                (ends.a.endpoint(client.fd.rawValue)?.pinned, ends.b.endpoint(accepted.fd.rawValue)?.pinned)
+            }
+            XCTAssertNotNil(pins().a, "the client is pinned")
+            XCTAssertNotNil(pins().b, "the accepted connection is pinned")
+            let up = CharonFlowTests.Stream(from: client, to: accepted)
+            let down = CharonFlowTests.Stream(from: accepted, to: client)
+            XCTAssertTrue(up.progresses(within: 5), "client to server flows")
+            XCTAssertTrue(down.progresses(within: 5), "server to client flows")
+            var figures: [String] = []
+            for (label, backend, clientSide) in [
+                ("the client's charon rekeys", ends.backendA, true),
+                ("the server's charon rekeys", ends.backendB, false),
+            ] {
+                usleep(500_000)
+                _ = (up.takeLongestGap(), down.takeLongestGap())
+                let before = pins()
+                let own = try XCTUnwrap(clientSide ? before.a : before.b)
+                let child = try XCTUnwrap(
+                    try backend.vici.listSAs().flatMap(\.children).first { $0.spiIn == own.inboundSPI }?.uniqueID,
+                    "\(label): the pinned CHILD_SA in charon")
+                let started = ContinuousClock.now
+                try backend.vici.rekey(childID: child)
+                var moved: Duration?
+                let deadline = Date().addingTimeInterval(10)
+                while Date() < deadline {
+                    let now = pins()
+                    if let a = now.a, let b = now.b, let oldA = before.a, let oldB = before.b,
+                        a.inboundSPI != oldA.inboundSPI, a.outboundSPI != oldA.outboundSPI,
+                        b.inboundSPI != oldB.inboundSPI, b.outboundSPI != oldB.outboundSPI,
+                        a.pendingInboundSPI == nil, a.pendingOutboundSPI == nil, b.pendingInboundSPI == nil,
+                        b.pendingOutboundSPI == nil
+                    {
+                        moved = ContinuousClock.now - started
+                        break
+                    }
+                    usleep(5_000)
+                }
+                XCTAssertNotNil(moved, "\(label): both sockets moved to the new SA pair: \(before) -> \(pins())")
+                XCTAssertTrue(up.progresses(within: 5), "\(label): client to server goes on")
+                XCTAssertTrue(down.progresses(within: 5), "\(label): server to client goes on")
+                usleep(1_000_000)
+                let gaps = (up: up.takeLongestGap(), down: down.takeLongestGap())
+                figures.append(
+                    "\(label): both pins moved after \(moved.map { "\($0)" } ?? "never"); longest pause client to "
+                        + "server \(gaps.up), server to client \(gaps.down)")
+            }
+            let (sentUp, receivedUp) = up.finish()
+            let (sentDown, receivedDown) = down.finish()
+            print("ServerBinding rekeys: " + figures.joined(separator: "; "))
+            print(
+                "ServerBinding rekeys: client to server \(receivedUp)/\(sentUp) B, server to client \(receivedDown)/\(sentDown) B"
+            )
+            XCTAssertGreaterThan(sentUp, 20 * CharonFlowTests.Stream.chunk.count)
+            XCTAssertEqual(receivedUp, sentUp, "every byte client to server arrived")
+            XCTAssertEqual(receivedDown, sentDown, "every byte server to client arrived")
+            capture.stop()
+            let analysis = try capture.analyse(markers: [])
+            XCTAssertGreaterThan(analysis.espPackets, 0)
+            XCTAssertEqual(analysis.plainTCPPackets, 0, "nothing in clear: \(analysis.summary.prefix(2_000))")
+            for socket in [client, accepted, listener] {
+                ends.a.release(socket.fd.rawValue)
+                ends.b.release(socket.fd.rawValue)
+                socket.closeAbortively()
+            }
+        }
+    }
+}
