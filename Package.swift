@@ -211,7 +211,8 @@ let package = Package(
             name: "ALEUnitTests",
             dependencies: ["IPAddressing", "ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(
-            name: "KeyingKernelTests", dependencies: ["Keying", "VICI", "XFRM", "NetnsTestSupport", "TierTesting"]),
+            name: "KeyingKernelTests",
+            dependencies: ["ConfigurationFile", "Keying", "VICI", "XFRM", "NetnsTestSupport", "TierTesting"]),
         .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
         .testTarget(name: "ConfigurationFileUnitTests", dependencies: ["ConfigurationFile"]),
         .testTarget(

@@ -13,12 +13,16 @@ public struct ConfigurationIssue: Error, Hashable, Sendable, CustomStringConvert
 }
 
 /// A configuration file the library refused: every problem found, each with its line, and, where the format
-/// names them, the rule that was broken (`Reason`; `Never` for formats without such rules).
+/// names them, the rule that was broken (`Reason`; `Never` for formats without such rules). A file refused as a
+/// whole before its lines were read (its owner, its mode, not a regular file: ``ProtectedFile``) has ``file`` set
+/// and one issue at line 0 that says it.
 public struct ConfigurationError<Reason: Hashable & Sendable>: Error, Hashable, Sendable, CustomStringConvertible {
     /// The problems, in line order; never empty.
     public var issues: [ConfigurationIssue]
-    /// The rule the first problem broke, when the format names it; nil for a syntax error.
+    /// The rule the first problem broke, when the format names it; nil for a syntax error and a refused file.
     public var reason: Reason?
+    /// Why the file itself was refused before any line was read; nil for a problem in its lines.
+    public var file: ProtectedFileError?
 
     public init(issues: [ConfigurationIssue], reason: Reason? = nil) {
         precondition(!issues.isEmpty, "a configuration error has at least one issue")
@@ -31,6 +35,12 @@ public struct ConfigurationError<Reason: Hashable & Sendable>: Error, Hashable, 
     }
 
     public init(_ issue: ConfigurationIssue) { self.init(issues: [issue]) }
+
+    /// The file refused as a whole: one issue at line 0, `path: rule` (``ProtectedFileError/description``).
+    public init(file: ProtectedFileError) {
+        self.init(issues: [ConfigurationIssue(line: 0, message: file.description)])
+        self.file = file
+    }
 
     /// The first problem's line (0: the whole file).
     public var line: Int { issues[0].line }

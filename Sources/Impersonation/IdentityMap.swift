@@ -1,3 +1,4 @@
+import ConfigurationFile
 import Glibc
 import Synchronization
 import SystemPackage
@@ -77,7 +78,9 @@ import SystemPackage
 /// the wrong people).
 ///
 /// The file must be a regular file of at most 1 MiB, owned by root or by the process's effective user, and not
-/// writable by group or others (whoever can write it chooses who becomes whom), unless `strictPermissions` is off.
+/// writable by group or others (whoever can write it chooses who becomes whom), unless `strictPermissions` is off:
+/// the checks of every file the library trusts (`ProtectedFile` in the ConfigurationFile module), run on the
+/// opened descriptor. A symbolic link is followed and the file it leads to is what is checked.
 ///
 /// Accounts are looked up (``resolve(_:)``) each time, never cached, so user-database changes apply at once.
 public final class IdentityMap: Sendable {
@@ -172,57 +175,24 @@ public final class IdentityMap: Sendable {
         return try IdentityRuleSet.parse(text, source: path, accounts: accounts)
     }
 
+    /// What the map file must be (`ProtectedFile`): whoever can write it chooses who becomes whom.
+    static func protection(strictPermissions: Bool) -> FileProtection {
+        FileProtection(
+            writerDecides: "chooses who becomes whom", maximumBytes: IdentityRuleSet.maximumFileBytes,
+            checksOwnerAndMode: strictPermissions)
+    }
+
     static func readMapFile(_ path: String, strictPermissions: Bool) throws(ImpersonationError) -> String {
         let operation = "load \(path)"
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
-        guard fd >= 0 else {
+        let bytes: [UInt8]
+        do {
+            bytes = try ProtectedFile.read(path, protection(strictPermissions: strictPermissions))
+        } catch {
             throw ImpersonationError(
-                .unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "open")
+                .unreadableMap, operation: operation, errno: error.errno.map { Errno(rawValue: $0) },
+                detail: error.step ?? error.detail)
         }
-        defer { close(fd) }
-        var info = stat()
-        guard fstat(fd, &info) == 0 else {
-            throw ImpersonationError(
-                .unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "fstat")
-        }
-        guard info.st_mode & S_IFMT == S_IFREG else {
-            throw ImpersonationError(.unreadableMap, operation: operation, detail: "not a regular file")
-        }
-        if strictPermissions {
-            if info.st_mode & (S_IWGRP | S_IWOTH) != 0 {
-                throw ImpersonationError(
-                    .unreadableMap, operation: operation,
-                    detail: "writable by group or others (mode \(String(info.st_mode & 0o7777, radix: 8))): "
-                        + "whoever can write it chooses who becomes whom")
-            }
-            if info.st_uid != 0 && info.st_uid != geteuid() {
-                throw ImpersonationError(
-                    .unreadableMap, operation: operation,
-                    detail: "owned by uid \(info.st_uid), not by root or this process's user")
-            }
-        }
-        let limit = IdentityRuleSet.maximumFileBytes
-        var bytes = [UInt8](repeating: 0, count: limit + 1)
-        var total = 0
-        // Bounded: each successful read adds at least one byte up to limit + 1; EINTR retries are capped.
-        var interrupted = 0
-        while total <= limit {
-            let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, limit + 1 - total) }
-            if count < 0 {
-                if errno == EINTR && interrupted < 100 {
-                    interrupted += 1
-                    continue
-                }
-                throw ImpersonationError(
-                    .unreadableMap, operation: operation, errno: Errno(rawValue: errno), detail: "read")
-            }
-            if count == 0 { break }
-            total += count
-        }
-        guard total <= limit else {
-            throw ImpersonationError(.unreadableMap, operation: operation, detail: "larger than \(limit) bytes")
-        }
-        guard let text = String(validating: bytes[..<total], as: UTF8.self) else {
+        guard let text = String(validating: bytes, as: UTF8.self) else {
             throw ImpersonationError(.unreadableMap, operation: operation, detail: "not UTF-8 text")
         }
         return text

@@ -30,6 +30,17 @@ import XFRM
 /// negotiation-timeout 10
 /// ```
 ///
+/// ## Who may write the files
+///
+/// Whoever can write this file, or a certificate, key or authority file it names, chooses the keys, whose
+/// certificates are believed and who may claim which identity. So each is read only if it is a regular file owned
+/// by root or by the process's effective user and not writable by its group or by others, and a `private-key`
+/// file must not be readable by them either (`chmod 600`); otherwise loading fails with an error that names the
+/// file and the rule it breaks (`writable by group or others (mode 666): …`). The checks run on the opened
+/// descriptor and the bytes are read through it. A symbolic link is followed, and the file it leads to is what is
+/// checked (as for the identity map); the folders on the way are not checked, so keep them writable by root only.
+/// ``load(path:)`` checks this file, ``credentials()`` the files it names.
+///
 /// ## Group key and per-peer keys
 ///
 /// `psk` is a group key: it is loaded for every identity (charon's owners `%any`), so every host that holds it can
@@ -211,7 +222,12 @@ public struct KeyingConfiguration: Hashable, Sendable {
             }
     }
 
-    /// The credentials this configuration names, files read now.
+    /// The credentials this configuration names, files read now, each checked as every file the library trusts is
+    /// (`ProtectedFile`, ConfigurationFile module): a regular file owned by root or the process's effective user,
+    /// not writable by group or others, and for the private key not readable by them either.
+    ///
+    /// - Throws: ``KeyingError/Code/unavailable`` naming the setting, with the `ProtectedFileError` (the file and
+    ///   the rule it breaks) as its underlying error.
     public func credentials() throws(KeyingError) -> StrongSwanBackend.Credentials {
         if let psk {
             return StrongSwanBackend.Credentials(identity: identity, method: .psk(psk), eapUsers: eapUsers)
@@ -219,18 +235,56 @@ public struct KeyingConfiguration: Hashable, Sendable {
         if !peerKeys.isEmpty {
             return StrongSwanBackend.Credentials(identity: identity, method: .peerKeys(peerKeys), eapUsers: eapUsers)
         }
-        func read(_ path: String) throws(KeyingError) -> [UInt8] {
-            guard let data = FileManager.default.contents(atPath: path) else {
-                throw KeyingError(.unavailable, "cannot read \(path)")
+        func read(_ path: String, _ setting: String, _ protection: FileProtection) throws(KeyingError) -> [UInt8] {
+            do {
+                return try ProtectedFile.read(path, protection)
+            } catch {
+                throw KeyingError(.unavailable, "keying file's \(setting)", underlying: error)
             }
-            return [UInt8](data)
         }
         return StrongSwanBackend.Credentials(
             identity: identity,
             method: .certificate(
-                certificate: try read(certificatePath!), privateKey: try read(privateKeyPath!),
-                authorities: try authorityPaths.map { (path) throws(KeyingError) in try read(path) }),
+                certificate: try read(certificatePath!, "certificate", Self.certificateProtection),
+                privateKey: try read(privateKeyPath!, "private-key", Self.privateKeyProtection),
+                authorities: try authorityPaths.map { (path) throws(KeyingError) in
+                    try read(path, "authority", Self.authorityProtection)
+                }),
             eapUsers: eapUsers)
+    }
+
+    // MARK: The files
+
+    /// The keying file: whoever can write it chooses the keys, whose certificates are believed and which identity
+    /// this host claims.
+    public static let fileProtection = FileProtection(
+        writerDecides: "chooses the keys, whose certificates are believed and which identity this host claims")
+    /// A `certificate` file.
+    public static let certificateProtection = FileProtection(
+        writerDecides: "chooses the certificate this host presents")
+    /// A `private-key` file: a secret.
+    public static let privateKeyProtection = FileProtection(
+        writerDecides: "chooses this host's key", readerCan: "can authenticate as this host")
+    /// An `authority` file.
+    public static let authorityProtection = FileProtection(
+        writerDecides: "chooses whose certificates are believed, and so who may claim which identity")
+
+    /// Reads and parses the keying file at `path` (the one ``defaultPath`` names unless told otherwise), checked
+    /// first as every file the library trusts is (`ProtectedFile`, ConfigurationFile module): a regular file,
+    /// owned by root or the process's effective user, not writable by group or others. The certificate, key and
+    /// authority files it names are read, checked the same way (and a private key must not be readable by group or
+    /// others either), by ``credentials()``.
+    ///
+    /// - Throws: ``ParseError``: with its `file` set (and line 0) when the file itself was refused or could not be
+    ///   read (`file?.isMissing` when it does not exist), else the first problem of its lines.
+    public static func load(path: String = defaultPath) throws(ParseError) -> KeyingConfiguration {
+        let bytes: [UInt8]
+        do {
+            bytes = try ProtectedFile.read(path, fileProtection)
+        } catch {
+            throw ParseError(file: error)
+        }
+        return try parse(String(decoding: bytes, as: UTF8.self))
     }
 
     /// The backend this configuration asks for, in `namespace`.

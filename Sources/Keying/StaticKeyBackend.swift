@@ -8,7 +8,9 @@ import XFRM
 /// Manual keying: SA pairs read from a file and installed through `XFRMClient` (XFRM), no IKE. For deterministic
 /// tests and for hosts without an IKE daemon.
 ///
-/// File format, one peer per line, `#` starts a comment (keys in hex, as `ip xfrm state add` takes them):
+/// File format (``load(path:)`` reads it from a file that must be owned by root or the process's user and be
+/// neither writable nor readable by group or others), one peer per line, `#` starts a comment (keys in hex, as
+/// `ip xfrm state add` takes them):
 ///
 /// ```
 /// # peer      local      spi-out spi-in algorithm          key-out      key-in       icv-bits [identity NAME]
@@ -74,6 +76,29 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     public init(peers: [Peer], namespace: NetworkNamespace = .current) throws(XFRMError) {
         self.peers = peers
         self.client = try XFRMClient(namespace: namespace)
+    }
+
+    /// What the static keys file must be: whoever can write it chooses the keys and the peers' identities, and
+    /// whoever can read it can decrypt and forge the traffic they protect, so it is a secret (`ProtectedFile`,
+    /// ConfigurationFile module).
+    public static let fileProtection = FileProtection(
+        writerDecides: "chooses the keys and the identities of the peers",
+        readerCan: "can decrypt and forge the traffic these keys protect")
+
+    /// Reads the file at `path` (the format above), checked first as every file the library trusts is: a regular
+    /// file owned by root or the process's effective user, not writable, and as it holds keys not readable, by
+    /// group or others. A symbolic link is followed and the file it leads to is what is checked.
+    ///
+    /// - Throws: ``ParseError``: with its `file` set (and line 0) when the file itself was refused or could not be
+    ///   read, else the first problem of its lines.
+    public static func load(path: String) throws(ParseError) -> [Peer] {
+        let bytes: [UInt8]
+        do {
+            bytes = try ProtectedFile.read(path, fileProtection)
+        } catch {
+            throw ParseError(file: error)
+        }
+        return try parse(String(decoding: bytes, as: UTF8.self))
     }
 
     /// Reads the file format above.

@@ -57,7 +57,8 @@ public final class NamespaceProcess: @unchecked Sendable {
 
 extension TestCertificates {
     /// Writes a keying file (the library's `keying.conf` format) for `name`'s certificate, and returns its path.
-    /// `charon` is `private`, `auto` or a VICI socket path; `extra` lines are appended (e.g. `eap-user …`).
+    /// `charon` is `private`, `auto` or a VICI socket path; `extra` lines are appended (e.g. `eap-user …`). Mode 600
+    /// (the library refuses a keying file that group or others can write; `extra` may hold secrets).
     public func writeKeyingFile(for name: String, charon: String, extra: [String] = []) throws -> String {
         let path = "\(folder)/\(name).conf"
         try
@@ -68,6 +69,7 @@ extension TestCertificates {
                 "authority \(folder)/ca.crt",
                 "charon \(charon)",
             ] + extra).joined(separator: "\n").appending("\n").write(toFile: path, atomically: true, encoding: .utf8)
+        guard chmod(path, 0o600) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         return path
     }
 }

@@ -23,6 +23,7 @@ extension TestCertificates {
         let quote = { (text: String) in "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'" }
         var script = """
             set -e
+            umask 022
             cd \(quote(folder))
             pki --gen --type \(keyType) --outform pem > ca.key 2>/dev/null
             pki --self --in ca.key --type \(keyType) --dn 'CN=WSS Test CA' --ca --outform pem > ca.crt 2>/dev/null
@@ -37,6 +38,8 @@ extension TestCertificates {
 
                 """
         }
+        // The library reads a private key only if group and others cannot read it (ProtectedFile).
+        script += "chmod 600 *.key\n"
         do {
             try Command.run(["sh", "-c", script], timeout: 120)
         } catch {

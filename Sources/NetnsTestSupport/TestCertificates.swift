@@ -13,6 +13,7 @@ public struct TestCertificates: Sendable {
         // pki writes to stdout and complains about absent plugins on stderr: keep them apart.
         var script = """
             set -e
+            umask 022
             cd '\(folder)'
             pki --gen --type \(keyType) --outform pem > ca.key 2>/dev/null
             pki --self --in ca.key --type \(keyType) --dn 'CN=WSS Test CA' --ca --outform pem > ca.crt 2>/dev/null
@@ -26,6 +27,8 @@ public struct TestCertificates: Sendable {
 
                 """
         }
+        // The library reads a private key only if group and others cannot read it (ProtectedFile).
+        script += "chmod 600 *.key\n"
         do {
             try Command.run(["sh", "-c", script], timeout: 120)
         } catch {

@@ -7,18 +7,24 @@ import Logging
 /// VICI socket answers, otherwise a private charon for this namespace that ends with the process.
 ///
 /// Without that file there is no backend, and securing a socket fails closed with `WSAENETUNREACH` (a
-/// per-socket policy that no one can satisfy would only make every send fail).
+/// per-socket policy that no one can satisfy would only make every send fail). A file that exists but is refused
+/// (its lines, or its owner or mode: see `KeyingConfiguration`) is `WSAEINVAL`, and a certificate, key or
+/// authority file it names that is refused or missing is `WSAENETUNREACH`, each with the reason.
 public enum DefaultKeying {
     public static func make(logger: Logger = Logger(label: "wss.keying"))
         throws(SecureSocketError) -> (configuration: KeyingConfiguration, backend: any KeyingBackend)?
     {
         let path = KeyingConfiguration.defaultPath
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let configuration: KeyingConfiguration
         do {
-            let configuration = try KeyingConfiguration.parse(String(decoding: data, as: UTF8.self))
+            configuration = try KeyingConfiguration.load(path: path)
+        } catch {
+            if error.file?.isMissing == true { return nil }
+            // A refused file's error names it already.
+            throw SecureSocketError(.invalidArgument, error.file == nil ? path : "keying file", underlying: error)
+        }
+        do {
             return (configuration, try configuration.makeBackend(logger: logger))
-        } catch let error as KeyingConfiguration.ParseError {
-            throw SecureSocketError(.invalidArgument, path, underlying: error)
         } catch {
             throw SecureSocketError(.networkUnreachable, path, underlying: error)
         }

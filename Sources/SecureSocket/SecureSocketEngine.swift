@@ -190,12 +190,20 @@ public final class SecureSocketEngine: Sendable {
         try sharedEngine.withLock { (engine) throws(SecureSocketError) -> SecureSocketEngine in
             if let engine { return engine }
             let keyingLogger = SecureSocketLogging.logger(label: "wss.keying")
-            let keying = try DefaultKeying.make(logger: keyingLogger)
+            // The C callers see only the code: say why in the log (a refused file names itself and its rule).
+            let keying: (configuration: KeyingConfiguration, backend: any KeyingBackend)?
+            do throws(SecureSocketError) {
+                keying = try DefaultKeying.make(logger: keyingLogger)
+            } catch {
+                keyingLogger.error("no engine: the keying configuration is refused", metadata: ["reason": "\(error)"])
+                throw error
+            }
             var map: IdentityMap?
             if FileManager.default.fileExists(atPath: IdentityMapLocation.defaultPath) {
                 do {
                     map = try IdentityMap(path: IdentityMapLocation.defaultPath)
                 } catch {
+                    keyingLogger.error("no engine: the identity map is refused", metadata: ["reason": "\(error)"])
                     throw SecureSocketError(.invalidArgument, IdentityMapLocation.defaultPath, underlying: error)
                 }
             }

@@ -187,6 +187,7 @@ struct NewConnection: ParsableCommand {
         let config = "\(folder)/a.conf"
         try "identity a.example\npsk \"\(secret)\"\ncharon \(charonSocket)\n".write(
             toFile: config, atomically: true, encoding: .utf8)
+        chmod(config, 0o600) // the library refuses a keying file that group or others can write
         let each = max(1, held / processes)
         let started = nowNanos()
         let clients = try (0..<processes).map { index in

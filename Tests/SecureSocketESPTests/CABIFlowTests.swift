@@ -39,6 +39,8 @@ final class CABIFlowTests: XCTestCase {
                 charon private
                 negotiation-timeout 10
                 """.write(toFile: "\(folder)/\(name).conf", atomically: true, encoding: .utf8)
+                // The library refuses a keying file that group or others can write; this one holds a key.
+                XCTAssertEqual(chmod("\(folder)/\(name).conf", 0o600), 0)
             }
 
             let pair = try NamespacePair(prefix: "cabi")
