@@ -123,7 +123,8 @@ let package = Package(
         .target(
             name: "Impersonation",
             dependencies: [
-                "ConfigurationFile", "CThreadCredentials", .product(name: "SystemPackage", package: "swift-system"),
+                "ConfigurationFile", "CThreadCredentials", "SystemSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         .executableTarget(
@@ -215,7 +216,8 @@ let package = Package(
         .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
         .testTarget(name: "ConfigurationFileUnitTests", dependencies: ["ConfigurationFile"]),
         .testTarget(
-            name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
+            name: "ImpersonationKernelTests",
+            dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting", "SystemSupport", "CThreadCredentials"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(
             name: "XFRMESPTests", dependencies: ["IPAddressing", "XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
@@ -230,7 +232,9 @@ let package = Package(
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),
-        .testTarget(name: "SystemSupportUnitTests", dependencies: ["SystemSupport"]),
+        .testTarget(
+            name: "SystemSupportUnitTests",
+            dependencies: ["SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
     ],
     swiftLanguageModes: [.v6]
 )
