@@ -1,3 +1,4 @@
+import DirectoryNames
 import Foundation
 import XCTest
 import XFRM
@@ -158,7 +159,7 @@ final class StrongSwanCredentialTests: XCTestCase {
             XCTAssertEqual(
                 protection.remoteCertificate,
                 CertificateIdentity(
-                    subject: "C=CH, O=Example, CN=a.example",
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"),
                     subjectAltNames: ["a.example", "alias.example"]))
         }
         let requests = commands(server, "list-certs")
