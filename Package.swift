@@ -50,6 +50,9 @@ let package = Package(
         .target(name: "SystemSupport", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // The line syntax and the line-numbered errors of the library's files (keying file, static keys, identity map).
         .target(name: "ConfigurationFile"),
+        // X.501 distinguished names as structure (RDN sequences): how a certificate's subject travels from the keying
+        // layer to the identity map, and what a `subject` rule is parsed into. No dependencies.
+        .target(name: "DirectoryNames"),
         // IP addresses and socket endpoints (address + port, sockaddr conversions): the vocabulary every layer shares.
         .target(name: "IPAddressing"),
         // VICI: strongSwan's control protocol (codec, messages, packets, client, event stream, errors, conn shapes),
@@ -67,6 +70,7 @@ let package = Package(
             name: "Keying",
             dependencies: [
                 "ConfigurationFile",
+                "DirectoryNames",
                 "IPAddressing",
                 "VICI",
                 "XFRM",
@@ -123,7 +127,8 @@ let package = Package(
         .target(
             name: "Impersonation",
             dependencies: [
-                "ConfigurationFile", "CThreadCredentials", .product(name: "SystemPackage", package: "swift-system"),
+                "ConfigurationFile", "CThreadCredentials", "DirectoryNames", "SystemSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         .executableTarget(
@@ -182,7 +187,7 @@ let package = Package(
         .testTarget(
             name: "KeyingUnitTests",
             dependencies: [
-                "Keying", "VICI", "XFRM", .product(name: "X509", package: "swift-certificates"),
+                "Keying", "VICI", "XFRM", "DirectoryNames", .product(name: "X509", package: "swift-certificates"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ]),
         .testTarget(
@@ -205,7 +210,7 @@ let package = Package(
             dependencies: [
                 "IPAddressing",
                 "SecureSocket", "WinsockSecureSocket", "Impersonation", "ALE", "Keying", "VICI", "XFRM",
-                "NetnsTestSupport", "TierTesting", "EngineTestSupport",
+                "NetnsTestSupport", "TierTesting", "EngineTestSupport", "DirectoryNames",
             ]),
         .testTarget(
             name: "ALEUnitTests",
@@ -213,10 +218,11 @@ let package = Package(
         .testTarget(
             name: "KeyingKernelTests",
             dependencies: ["ConfigurationFile", "Keying", "VICI", "XFRM", "NetnsTestSupport", "TierTesting"]),
-        .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation"]),
+        .testTarget(name: "ImpersonationUnitTests", dependencies: ["Impersonation", "DirectoryNames"]),
         .testTarget(name: "ConfigurationFileUnitTests", dependencies: ["ConfigurationFile"]),
         .testTarget(
-            name: "ImpersonationKernelTests", dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting"]),
+            name: "ImpersonationKernelTests",
+            dependencies: ["Impersonation", "NetnsTestSupport", "TierTesting", "SystemSupport", "CThreadCredentials"]),
         // Tier 3: real ESP under the user-mode-linux kernel.
         .testTarget(
             name: "XFRMESPTests", dependencies: ["IPAddressing", "XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
@@ -225,13 +231,16 @@ let package = Package(
         .target(
             name: "FuzzTargets",
             dependencies: [
-                "ConfigurationFile", "Keying", "VICI", "XFRM", "WinsockSecureSocket", "Impersonation", "CLibFuzzer",
+                "ConfigurationFile", "DirectoryNames", "Keying", "VICI", "XFRM", "WinsockSecureSocket", "Impersonation",
+                "CLibFuzzer",
             ],
             path: "Fuzzing/FuzzTargets"),
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),
-        .testTarget(name: "SystemSupportUnitTests", dependencies: ["SystemSupport"]),
+        .testTarget(
+            name: "SystemSupportUnitTests",
+            dependencies: ["SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -17,18 +17,23 @@ extension FuzzTarget {
             let peer: PeerIdentity
             switch (rule.kind, rule.pattern) {
             case (.user, .exact(let name)): peer = PeerIdentity(user: name)
-            case (.subject, .exact(let dn)): peer = PeerIdentity(certificateSubject: dn)
+            case (.subject, .distinguishedName(let name)): peer = PeerIdentity(certificateSubject: name)
+            case (.san, .distinguishedName(let name)): peer = PeerIdentity(directoryNames: [name])
             case (.san, .exact(let name)): peer = PeerIdentity(subjectAltNames: [name])
             case (.id, .exact(let name)): peer = PeerIdentity(ikeIdentity: name, authentication: .certificate)
             case (.san, .wildcard(let suffix)): peer = PeerIdentity(subjectAltNames: ["fuzz." + suffix])
             case (.id, .wildcard(let suffix)): peer = PeerIdentity(ikeIdentity: "fuzz." + suffix)
-            case (.user, .wildcard), (.subject, .wildcard): return .violated("\(rule): a wildcard of kind \(rule.kind)")
+            case (.user, .wildcard), (.subject, .wildcard), (.subject, .exact):
+                return .violated("\(rule): a \(rule.pattern) pattern of kind \(rule.kind)")
+            case (.user, .distinguishedName), (.id, .distinguishedName):
+                return .violated("\(rule): a distinguished name of kind \(rule.kind)")
             }
             let matched: IdentityRule
             do { matched = try map.match(peer) } catch {
                 return .violated("\(rule) does not map its own identity (\(peer)): \(error)")
             }
-            if case .exact = rule.pattern, matched != rule {
+            if case .wildcard = rule.pattern {
+            } else if matched != rule {
                 return .violated("\(rule) is its identity's exact rule, but \(matched) mapped \(peer)")
             }
         }

@@ -33,9 +33,22 @@ import SystemPackage
 ///
 /// Kinds:
 /// - `user NAME`: the user of the second authentication round, compared exactly (case-sensitively). No wildcards.
-/// - `subject "DN"`: the certificate's subject. RDNs are compared in the order written (write the DN as strongSwan
-///   logs it); spaces around `,` `+` `=` do not matter, attribute types and values compare case-insensitively.
-/// - `san NAME` / `san *.DOMAIN`: any one of the certificate's subjectAltNames, ASCII case-insensitively.
+/// - `subject "DN"`: the certificate's subject, compared as a structure, never as text: the rule's DN is parsed
+///   once (RFC 4514: RDNs separated by `,`, the attributes of a multi-valued RDN by `+`; `\,` `\+` `\"` `\\` and
+///   hex pairs such as `\2C` escape; a value may be written in double quotes, `CN="admin, O=Example"`), and
+///   matches a subject with the same RDNs in the same order, each with the same attributes: types equal (strongSwan's
+///   short names, ASCII case-insensitively, or dotted OIDs; an unknown name is an error), values equal ASCII
+///   case-insensitively, the attributes of one RDN in any order. Spaces around `,` `+` `=` do not matter. A value
+///   that contains separators never matches separate RDNs: the one-attribute subject `CN="admin, O=Example"` does
+///   not match `subject "CN=admin, O=Example"`. strongSwan logs subjects without escaping and joins the attributes
+///   of a multi-valued RDN with `, ` as if they were RDNs: write such names with `\,` (or quotes) and `+`. Values
+///   that are not ASCII are written as they are (UTF-8) or as hex pairs, not with the `?` strongSwan prints.
+///   Inside a quoted identity the file itself reads `\"` and `\\`, so an RDN escape of those two is doubled there
+///   (`\\\\` for a backslash in a value); `\,` `\+` and hex pairs are written as they are.
+/// - `san NAME` / `san *.DOMAIN`: any one of the certificate's text subjectAltNames (DNS names, email addresses,
+///   IP addresses, URIs, registered ids), ASCII case-insensitively. A `san` identity that is a distinguished name
+///   (it starts with a known attribute type and `=`, as no DNS name, address or URI does) matches the certificate's
+///   directoryName subjectAltNames instead, compared as `subject` rules are, and never a text subjectAltName.
 /// - `id NAME` / `id *.DOMAIN`: the IKE identity, ASCII case-insensitively (as strongSwan compares FQDN and email
 ///   identities).
 /// - `accept-group-key` (after the account, `id` rules only): see "Group keys" below.

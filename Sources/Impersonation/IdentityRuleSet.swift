@@ -1,4 +1,5 @@
 import ConfigurationFile
+import DirectoryNames
 
 /// One rule of an identity map: `<kind> <identity> -> <account>`.
 public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
@@ -8,7 +9,8 @@ public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
         case id
         /// The certificate's subject DN (``PeerIdentity/certificateSubject``).
         case subject
-        /// One of the certificate's subjectAltNames (``PeerIdentity/subjectAltNames``).
+        /// One of the certificate's subjectAltNames (``PeerIdentity/subjectAltNames``, or
+        /// ``PeerIdentity/directoryNames`` for a rule whose identity is a distinguished name).
         case san
         /// The user of the second authentication round (``PeerIdentity/user``).
         case user
@@ -16,15 +18,20 @@ public struct IdentityRule: Hashable, Sendable, CustomStringConvertible {
 
     /// What the rule matches.
     public enum Pattern: Hashable, Sendable, CustomStringConvertible {
-        /// The identity itself (case-insensitively for `id` and `san`, per RDN for `subject`, exactly for `user`).
+        /// The identity itself (case-insensitively for `id` and `san`, exactly for `user`).
         case exact(String)
         /// `*.suffix`: exactly one DNS label, then `.suffix` (`id` and `san` only). Stored lowercased, no leading dot.
         case wildcard(suffix: String)
+        /// A distinguished name, parsed once from the rule's text (every `subject` rule; a `san` rule whose text
+        /// is a DN, for directoryName subjectAltNames). Compared RDN by RDN, attribute by attribute: the types
+        /// equal, the values ASCII case-insensitively, the attributes of a multi-valued RDN in any order.
+        case distinguishedName(RDNSequence)
 
         public var description: String {
             switch self {
             case .exact(let text): text
             case .wildcard(let suffix): "*.\(suffix)"
+            case .distinguishedName(let name): "\"\(name)\""
             }
         }
     }
@@ -71,7 +78,9 @@ public struct IdentityRuleSet: Sendable {
     public let warnings: [ImpersonationError.Issue]
 
     private let users: [String: IdentityRule]
-    private let subjects: [String: IdentityRule]
+    /// By the name's ``RDNSequence/normalized`` form.
+    private let subjects: [RDNSequence: IdentityRule]
+    private let directoryNameSANs: [RDNSequence: IdentityRule]
     private let exactSANs: [String: IdentityRule]
     private let exactIDs: [String: IdentityRule]
     private let wildcardSANs: [String: IdentityRule]
@@ -86,9 +95,16 @@ public struct IdentityRuleSet: Sendable {
         self.rules = rules
         self.warnings = warnings
         var tables: [String: [String: IdentityRule]] = [:]
+        var names: [IdentityRule.Kind: [RDNSequence: IdentityRule]] = [:]
         for rule in rules {
             let table: String
             switch (rule.kind, rule.pattern) {
+            case (_, .distinguishedName(let name)):
+                // Duplicates were rejected by the parser; keep the first anyway.
+                if names[rule.kind, default: [:]][name.normalized] == nil {
+                    names[rule.kind, default: [:]][name.normalized] = rule
+                }
+                continue
             case (.user, _): table = "user"
             case (.subject, _): table = "subject"
             case (.san, .exact): table = "san"
@@ -96,11 +112,11 @@ public struct IdentityRuleSet: Sendable {
             case (.san, .wildcard): table = "san*"
             case (.id, .wildcard): table = "id*"
             }
-            // Duplicates were rejected by the parser; keep the first anyway.
             if tables[table, default: [:]][Self.key(rule)] == nil { tables[table, default: [:]][Self.key(rule)] = rule }
         }
         users = tables["user"] ?? [:]
-        subjects = tables["subject"] ?? [:]
+        subjects = names[.subject] ?? [:]
+        directoryNameSANs = names[.san] ?? [:]
         exactSANs = tables["san"] ?? [:]
         exactIDs = tables["id"] ?? [:]
         wildcardSANs = tables["san*"] ?? [:]
@@ -129,11 +145,14 @@ public struct IdentityRuleSet: Sendable {
         let sans = peer.subjectAltNames.filter { !$0.isEmpty }
         let id = peer.ikeIdentity.flatMap { $0.isEmpty ? nil : $0 }
         let tiers: [(String, () -> [IdentityRule])] = [
+            ("subject", { peer.certificateSubject.flatMap { subjects[$0.normalized] }.map { [$0] } ?? [] }),
             (
-                "subject",
-                { peer.certificateSubject.flatMap(Self.normalizedDN).flatMap { subjects[$0] }.map { [$0] } ?? [] }
+                "san",
+                {
+                    sans.compactMap { exactSANs[Self.foldCase($0)] }
+                        + peer.directoryNames.compactMap { directoryNameSANs[$0.normalized] }
+                }
             ),
-            ("san", { sans.compactMap { exactSANs[Self.foldCase($0)] } }),
             ("id", { id.flatMap { exactIDs[Self.foldCase($0)] }.map { [$0] } ?? [] }),
             ("san *.", { sans.compactMap { Self.wildcardKey($0).flatMap { wildcardSANs[$0] } } }),
             ("id *.", { id.flatMap(Self.wildcardKey).flatMap { wildcardIDs[$0] }.map { [$0] } ?? [] }),
@@ -298,6 +317,9 @@ public struct IdentityRuleSet: Sendable {
         guard !identity.text.isEmpty else { return .failure("empty identity") }
         guard identity.text.utf8.count <= 1024 else { return .failure("identity longer than 1024 bytes") }
 
+        // A `san` identity that is a distinguished name (known attribute types before `=`, as no DNS name, address
+        // or URI is) names a directoryName subjectAltName.
+        let directoryName = kind == .san ? try? RDNSequence(parsing: identity.text) : nil
         let pattern: IdentityRule.Pattern
         switch kind {
         case .user:
@@ -308,11 +330,15 @@ public struct IdentityRuleSet: Sendable {
             }
             pattern = .exact(identity.text)
         case .subject:
-            guard normalizedDN(identity.text) != nil else {
+            do {
+                pattern = .distinguishedName(try RDNSequence(parsing: identity.text))
+            } catch {
                 return .failure(
-                    "\"\(identity.text)\" is not a distinguished name (expected `TYPE=value, TYPE=value`; quote it)")
+                    "\"\(identity.text)\" is not a distinguished name: \(error.message) "
+                        + "(expected `TYPE=value, TYPE=value`, RFC 4514 escapes, quoted)")
             }
-            pattern = .exact(identity.text)
+        case .san where directoryName != nil:
+            pattern = .distinguishedName(directoryName!)
         case .id, .san:
             if identity.text == "*" {
                 return .failure("`*` alone would be a default account, and there is none; use `*.domain`")
@@ -360,10 +386,12 @@ public struct IdentityRuleSet: Sendable {
 
     // MARK: Normalization
 
+    /// What makes two rules of one kind duplicates. A DN's key is its normalized form's RFC 4514 text, which is
+    /// escaped, so distinct names never share a key (and it is marked apart from any text identity).
     private static func key(_ rule: IdentityRule) -> String {
         switch (rule.kind, rule.pattern) {
+        case (_, .distinguishedName(let name)): "dn:" + name.normalized.description
         case (.user, .exact(let text)): text
-        case (.subject, .exact(let text)): normalizedDN(text) ?? text
         case (_, .exact(let text)): foldCase(text)
         case (_, .wildcard(let suffix)): suffix
         }
@@ -397,64 +425,5 @@ public struct IdentityRuleSet: Sendable {
         let first = name[..<dot]
         guard validDomain(String(first) + ".x") != nil else { return nil }
         return validDomain(String(name[name.index(after: dot)...]))
-    }
-
-    /// A DN in a canonical form for comparison: RDNs in the order written, spaces around `,` `+` `=` dropped,
-    /// attribute types uppercased, values ASCII-lowercased (X.520 caseIgnoreMatch). nil when it is not `T=v, …`.
-    static func normalizedDN(_ text: String) -> String? {
-        var rdns: [String] = []
-        for rdn in splitUnescaped(text, at: ",") {
-            var avas: [String] = []
-            for ava in splitUnescaped(rdn, at: "+") {
-                guard let equals = ava.firstIndex(of: "=") else { return nil }
-                let type = ava[..<equals].trimmingSpaces()
-                let value = ava[ava.index(after: equals)...].trimmingSpaces()
-                guard !type.isEmpty, !type.contains(" ") else { return nil }
-                avas.append(type.uppercasedASCII() + "=" + foldCase(value))
-            }
-            guard !avas.isEmpty else { return nil }
-            rdns.append(avas.joined(separator: "+"))
-        }
-        return rdns.isEmpty ? nil : rdns.joined(separator: ",")
-    }
-
-    private static func splitUnescaped(_ text: String, at separator: Character) -> [String] {
-        var parts: [String] = []
-        var current = ""
-        var escaped = false
-        for character in text {
-            if escaped {
-                current.append(character)
-                escaped = false
-            } else if character == "\\" {
-                current.append(character)
-                escaped = true
-            } else if character == separator {
-                parts.append(current)
-                current = ""
-            } else {
-                current.append(character)
-            }
-        }
-        parts.append(current)
-        return parts
-    }
-}
-
-extension StringProtocol {
-    /// Drops leading spaces and trailing spaces that are not escaped (`\ `).
-    fileprivate func trimmingSpaces() -> String {
-        var characters = Array(self.drop { $0 == " " || $0 == "\t" })
-        while let last = characters.last, last == " " || last == "\t" {
-            if characters.count >= 2, characters[characters.count - 2] == "\\" { break }
-            characters.removeLast()
-        }
-        return String(characters)
-    }
-}
-
-extension String {
-    fileprivate func uppercasedASCII() -> String {
-        String(decoding: utf8.map { $0 >= 0x61 && $0 <= 0x7a ? $0 - 0x20 : $0 }, as: UTF8.self)
     }
 }

@@ -65,6 +65,15 @@ public struct LocalAccount: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The account a thread that inherited an impersonation acts as: its effective uid and gid and its groups,
+    /// named as the user database names the uid (`uid N` when it has no entry).
+    static func inherited(from credentials: ThreadCredentialSnapshot) -> LocalAccount {
+        let uid = credentials.uids.effective
+        return LocalAccount(
+            name: SystemAccountDatabase.name(ofUID: uid) ?? "uid \(uid)", uid: uid, gid: credentials.gids.effective,
+            groups: credentials.groups)
+    }
+
     public var description: String {
         "\(name) (uid \(uid), gid \(gid), groups \(groups.map(String.init).joined(separator: ",")))"
     }
@@ -93,6 +102,29 @@ public struct SystemAccountDatabase: AccountDatabase {
         guard let (uid, gid) = try Self.passwdEntry(name, operation: operation) else { return nil }
         let groups = try Self.groupList(name, gid: gid, operation: operation)
         return LocalAccount(name: name, uid: uid, gid: gid, groups: groups)
+    }
+
+    /// The name of `uid` in the user database (`getpwuid_r`), nil when it has none or the lookup fails.
+    static func name(ofUID uid: uid_t) -> String? {
+        var size = 1024
+        // Bounded: the buffer doubles from 1 KiB up to 1 MiB.
+        while size <= maximumPasswdBuffer {
+            var buffer = [CChar](repeating: 0, count: size)
+            // The entry's strings point into the buffer: the name is copied out while it is valid.
+            let (rc, name) = buffer.withUnsafeMutableBufferPointer { storage -> (Int32, String?) in
+                var entry = passwd()
+                var result: UnsafeMutablePointer<passwd>? = nil
+                let rc = getpwuid_r(uid, &entry, storage.baseAddress!, storage.count, &result)
+                guard rc == 0, result != nil, let name = entry.pw_name else { return (rc, nil) }
+                return (rc, String(cString: name))
+            }
+            if rc == ERANGE {
+                size *= 2
+                continue
+            }
+            return name
+        }
+        return nil
     }
 
     private static func passwdEntry(_ name: String, operation: String) throws(ImpersonationError) -> (uid_t, gid_t)? {

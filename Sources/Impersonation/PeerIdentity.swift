@@ -1,3 +1,5 @@
+import DirectoryNames
+
 /// What IPsec authenticated about a peer: the input of ``IdentityMap/resolve(_:)``.
 ///
 /// Fill in what the keying daemon reports for the IKE SA (charon's `remote-id`, the peer certificate's subject and
@@ -20,10 +22,14 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
 
     /// The peer's IKE identity as authenticated: an FQDN, an email address, an IP address, a DN, a key id.
     public var ikeIdentity: String?
-    /// The subject DN of the peer's certificate, as strongSwan prints it (`C=CH, O=Example, CN=b.example`).
-    public var certificateSubject: String?
-    /// The subjectAltNames of the peer's certificate as text (DNS names, email addresses, IP addresses, URIs).
+    /// The subject DN of the peer's certificate, as its structure (RDN by RDN, attribute by attribute), as the
+    /// certificate holds it: never text, which a value holding `, O=…` could make look like more RDNs.
+    public var certificateSubject: RDNSequence?
+    /// The subjectAltNames of the peer's certificate that are text (DNS names, email addresses, IP addresses,
+    /// URIs, registered ids).
     public var subjectAltNames: [String]
+    /// The subjectAltNames of the peer's certificate that are directory names (directoryName), as structures.
+    public var directoryNames: [RDNSequence]
     /// The user identity from the second authentication round (EAP or XAuth), nil when there was none.
     public var user: String?
     /// How the machine round authenticated; nil when the caller does not say (treated as proven, as before this
@@ -31,12 +37,13 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
     public var authentication: Authentication?
 
     public init(
-        ikeIdentity: String? = nil, certificateSubject: String? = nil, subjectAltNames: [String] = [],
-        user: String? = nil, authentication: Authentication? = nil
+        ikeIdentity: String? = nil, certificateSubject: RDNSequence? = nil, subjectAltNames: [String] = [],
+        directoryNames: [RDNSequence] = [], user: String? = nil, authentication: Authentication? = nil
     ) {
         self.ikeIdentity = ikeIdentity
         self.certificateSubject = certificateSubject
         self.subjectAltNames = subjectAltNames
+        self.directoryNames = directoryNames
         self.user = user
         self.authentication = authentication
     }
@@ -54,6 +61,7 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
         if let ikeIdentity { parts.append("id \(ikeIdentity)") }
         if let certificateSubject { parts.append("subject \"\(certificateSubject)\"") }
         for san in subjectAltNames { parts.append("san \(san)") }
+        for name in directoryNames { parts.append("san dirName \"\(name)\"") }
         if parts.isEmpty { parts.append("(no identity)") }
         if let authentication { parts.append("by \(authentication.rawValue)") }
         return parts.joined(separator: ", ")

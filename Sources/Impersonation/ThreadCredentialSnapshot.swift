@@ -70,6 +70,12 @@ public struct ThreadCredentialSnapshot: Hashable, Sendable, CustomStringConverti
             + "securebits \(securebits)"
     }
 
+    /// Whether both have the same uids, gids (real, effective, saved and filesystem) and supplementary groups:
+    /// the identity a thread acts as, whatever its capabilities.
+    public func hasSameIdentity(as other: ThreadCredentialSnapshot) -> Bool {
+        uids == other.uids && gids == other.gids && groups == other.groups
+    }
+
     // Capability numbers from <linux/capability.h>.
     static let capSetgid: UInt64 = 1 << 6
     static let capSetuid: UInt64 = 1 << 7

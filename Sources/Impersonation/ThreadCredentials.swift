@@ -2,6 +2,7 @@ import CThreadCredentials
 import Glibc
 import Synchronization
 import SystemPackage
+import SystemSupport
 
 /// Per-thread impersonation: the calling thread takes on a local account's uid, gid and groups, and gets its own
 /// credentials back afterwards, while every other thread of the process keeps its own. The Linux counterpart of
@@ -44,6 +45,32 @@ import SystemPackage
 /// parent-death signal, which the kernel clears on every credential change. Reverting a thread that is not
 /// impersonating succeeds and changes nothing.
 ///
+/// Whether a thread impersonates is decided by its credentials as the kernel reports them, not by a flag: a thread
+/// that impersonated is impersonating while its credentials are not the ones it started from; any other thread is
+/// impersonating while its uids, gids or groups are not the process's (``processCredentials``).
+///
+/// ## Threads created while impersonating
+///
+/// The kernel gives a new thread a copy of its creator's credentials. A thread created while the calling thread
+/// impersonates (a thread pool that grows lazily, a resolver, a runtime's worker, a `Thread` or `pthread_create`
+/// of your own) therefore runs as the ACCOUNT from its first instruction: its uids, gids and groups, with the saved
+/// uid 0 and the permitted capability set that let an impersonating thread revert. On such a thread:
+/// - ``isImpersonating`` is true and ``impersonatedAccount`` names the account (from the uid, gid and groups);
+/// - ``revert()`` returns it to the process's credentials: the uid and gid triples, the filesystem ids, the groups
+///   and all four capability sets as the process had them, checked against the kernel as any revert is;
+/// - ``impersonate(_:)`` goes through the process's credentials to the new account, as on any impersonating thread.
+///
+/// The process's credentials are recorded once, at the first impersonation in the process, from the thread about
+/// to impersonate, before it changes anything: until then no thread has taken an account, so that thread's
+/// credentials are every thread's. (A process that changes its credentials later, say with glibc's `setgroups`,
+/// changes every thread's and makes them all look foreign: see the caveats.)
+///
+/// The library's own threads (SecureSocket's and Keying's readers, a network-namespace hop; `Threads` in
+/// SystemSupport) never start as a peer: one started while its creator impersonates reverts to the process's
+/// credentials before its work begins, and if that fails the work does not run and the starting call fails.
+/// Threads that the library does not create are not touched: create them before impersonating, revert them, or
+/// keep work off them while impersonating.
+///
 /// ## Impersonating while impersonating
 ///
 /// Switches to the new account (through the original credentials: revert, then impersonate). There is no stack:
@@ -69,7 +96,10 @@ import SystemPackage
 /// ## Caveats
 ///
 /// - Any call of a glibc credential wrapper (`setuid`, `setgid`, `setgroups`, `initgroups`, …) anywhere in the
-///   process overrides every thread's credentials, impersonating ones included.
+///   process overrides every thread's credentials, impersonating ones included. After the first impersonation it
+///   also leaves every thread's ids differing from the recorded process credentials, so every thread then counts
+///   as impersonating and a ``revert()`` would put the recorded credentials back: change the process's
+///   credentials before the first impersonation, not after.
 /// - While a thread impersonates an account, processes running as that account may send signals to that thread
 ///   (`tgkill`: the thread's real uid is the account's), and a fatal signal ends the whole process.
 /// - The kernel marks the process non-dumpable at the first credential change (process-wide, it stays so: no
@@ -108,8 +138,9 @@ public enum ThreadCredentials {
         return account
     }
 
-    /// Ends the calling thread's impersonation, restoring exactly the credentials it had before. Succeeds and
-    /// changes nothing when the thread is not impersonating.
+    /// Ends the calling thread's impersonation, restoring exactly the credentials it had before (on a thread that
+    /// inherited its impersonation: the process's credentials). Succeeds and changes nothing when the thread is not
+    /// impersonating (as the kernel's credentials say; see ``isImpersonating``).
     ///
     /// - Throws: ``ImpersonationError/Code/restoreFailed``: the thread's identity is not known; stop using it.
     ///   The thread still counts as impersonating, so a later ``revert()`` tries again.
@@ -119,7 +150,10 @@ public enum ThreadCredentials {
             "credentials belong to the thread and a task may change threads at every await; use withImpersonation(of:_:)"
     )
     public static func revert() throws(ImpersonationError) {
-        guard let record = ThreadRecord.current else { return }
+        guard let record = impersonation(current()) else { return }
+        // A thread that inherited its impersonation has no record yet: keep one, so that if this revert fails the
+        // thread still counts as impersonating whatever its credentials then look like, and revert() tries again.
+        if ThreadRecord.current !== record { ThreadRecord.current = record }
         try restore(record.original, operation: "revert")
         ThreadRecord.current = nil
         if record.parentDeathSignal != 0 { _ = ctc_set_pdeathsig(record.parentDeathSignal) }
@@ -134,7 +168,7 @@ public enum ThreadCredentials {
     /// - Throws: what ``impersonate(_:)`` throws (then `body` does not run), what `body` throws, or
     ///   ``ImpersonationError/Code/restoreFailed`` if the thread cannot be put back (that wins over `body`'s error).
     public static func withImpersonation<T>(of account: LocalAccount, _ body: () throws -> T) throws -> T {
-        let outer = ThreadRecord.current?.account
+        let outer = impersonation(current())?.account
         try switchTo(account, operation: "impersonate \(account.name)", onFailure: .previousState)
         let result: Result<T, any Error>
         do {
@@ -177,14 +211,22 @@ public enum ThreadCredentials {
         }
     }
 
-    /// Whether the calling thread is impersonating.
-    public static var isImpersonating: Bool { ThreadRecord.current != nil }
+    /// Whether the calling thread is impersonating, as its credentials read from the kernel say (see "Threads
+    /// created while impersonating"): true on a thread that inherited an impersonation, false on one whose
+    /// credentials were put back by any means.
+    public static var isImpersonating: Bool { impersonation(current()) != nil }
 
-    /// The account the calling thread impersonates, nil when it does not.
-    public static var impersonatedAccount: LocalAccount? { ThreadRecord.current?.account }
+    /// The account the calling thread impersonates, nil when it does not. For a thread that inherited its
+    /// impersonation: the uid, gid and groups the kernel reports, named as the user database names the uid.
+    public static var impersonatedAccount: LocalAccount? { impersonation(current())?.account }
 
-    /// What ``revert()`` will restore on the calling thread, nil when it is not impersonating.
-    public static var originalCredentials: ThreadCredentialSnapshot? { ThreadRecord.current?.original }
+    /// What ``revert()`` will restore on the calling thread, nil when it is not impersonating: the credentials the
+    /// thread had before it impersonated, or the process's credentials on a thread that inherited an impersonation.
+    public static var originalCredentials: ThreadCredentialSnapshot? { impersonation(current())?.original }
+
+    /// The process's credentials: the calling thread's credentials as they were when the process first
+    /// impersonated (nil until then). See "Threads created while impersonating".
+    public static var processCredentials: ThreadCredentialSnapshot? { ProcessCredentials.recorded }
 
     /// The calling thread's kernel thread id (for `/proc/<pid>/task/<tid>`).
     public static var currentThreadID: pid_t { ctc_gettid() }
@@ -206,13 +248,34 @@ public enum ThreadCredentials {
             restoreAmbient
     }
 
+    /// What the calling thread, whose credentials are `now` (read from the kernel), would be reverted to, or nil
+    /// when it is not impersonating:
+    /// - a thread that impersonated (it has a record): while its credentials are not the ones it started from;
+    ///   a thread whose credentials were put back by other means loses its record here;
+    /// - any other thread: while its ids or groups are not the process's. It inherited an impersonation (or took
+    ///   a foreign identity some other way); it reverts to the process's credentials. Capabilities alone do not
+    ///   count: a thread that lowered its own effective set is not impersonating.
+    static func impersonation(_ now: ThreadCredentialSnapshot) -> ThreadRecord? {
+        if let record = ThreadRecord.current {
+            if now != record.original { return record }
+            ThreadRecord.current = nil
+            return nil
+        }
+        guard let process = ProcessCredentials.recorded, !now.hasSameIdentity(as: process) else { return nil }
+        return ThreadRecord(original: process, inheritedCredentials: now)
+    }
+
     private static func switchTo(_ account: LocalAccount, operation: String, onFailure: FailurePolicy)
         throws(ImpersonationError)
     {
         try account.checkUnprivileged(operation: operation)
-        guard let record = ThreadRecord.current else {
-            let original = try ThreadCredentialSnapshot.read(operation: operation)
+        let now = try ThreadCredentialSnapshot.read(operation: operation)
+        guard let record = impersonation(now) else {
+            let original = now
             try checkPreconditions(original, operation: operation)
+            // The first impersonation in the process: no thread has taken an account yet, so these are the
+            // credentials every thread has (that glibc's wrappers keep equal on all threads).
+            ProcessCredentials.record(original)
             let deathSignal = ctc_pdeathsig()
             do {
                 try apply(account, from: original, operation: operation)
@@ -233,6 +296,7 @@ public enum ThreadCredentials {
         // Already impersonating: only the original credentials can switch (the impersonating thread has no
         // effective capabilities), so go back to them first.
         let previous = record.account
+        if ThreadRecord.current !== record { ThreadRecord.current = record } // inherited: see revert()
         try restore(record.original, operation: operation)
         ThreadRecord.current = nil
         do {
@@ -441,16 +505,36 @@ public enum ThreadCredentials {
     }
 }
 
-/// What ``ThreadCredentials/revert()`` needs, kept per thread in pthread-specific data.
+/// What ``ThreadCredentials/revert()`` needs, kept per thread in pthread-specific data (which a new thread does
+/// not inherit: a thread that inherited an impersonation gets a record made from its kernel credentials).
 final class ThreadRecord {
     let original: ThreadCredentialSnapshot
-    let account: LocalAccount
     let parentDeathSignal: Int32
+    private let known: LocalAccount?
+    private let inherited: ThreadCredentialSnapshot?
 
     init(original: ThreadCredentialSnapshot, account: LocalAccount, parentDeathSignal: Int32) {
         self.original = original
-        self.account = account
+        self.known = account
+        self.inherited = nil
         self.parentDeathSignal = parentDeathSignal
+    }
+
+    /// A thread that runs with `inheritedCredentials` without having impersonated: it reverts to `original` (the
+    /// process's credentials).
+    init(original: ThreadCredentialSnapshot, inheritedCredentials: ThreadCredentialSnapshot) {
+        self.original = original
+        self.known = nil
+        self.inherited = inheritedCredentials
+        self.parentDeathSignal = 0
+    }
+
+    /// The account impersonated; for an inherited impersonation, made from the credentials (looked up only when
+    /// asked for: the user database is not read to decide whether a thread impersonates).
+    var account: LocalAccount {
+        if let known { return known }
+        guard let inherited else { preconditionFailure("a thread record without an account") }
+        return LocalAccount.inherited(from: inherited)
     }
 
     /// The calling thread's record. Released by the key's destructor if the thread exits while impersonating.
@@ -476,6 +560,42 @@ private let threadRecordKey: pthread_key_t = {
     precondition(rc == 0, "pthread_key_create: \(Errno(rawValue: rc))")
     return key
 }()
+
+/// The process's credentials (``ThreadCredentials/processCredentials``), recorded once, at the first impersonation
+/// in the process, from the thread about to impersonate, before it changes anything. Until then no thread has
+/// taken an account, so every thread has these credentials (a thread created while impersonating copies its
+/// creator's, and glibc's credential wrappers keep all threads equal). Recording also registers the start guard
+/// that keeps the library's own threads (``Threads``, SystemSupport) from starting as a peer; before the first
+/// impersonation there is nothing to guard against.
+enum ProcessCredentials {
+    private static let state = Mutex<ThreadCredentialSnapshot?>(nil)
+
+    static var recorded: ThreadCredentialSnapshot? { state.withLock { $0 } }
+
+    /// Records `credentials` unless the process's credentials are already recorded.
+    static func record(_ credentials: ThreadCredentialSnapshot) {
+        let first = state.withLock { recorded -> Bool in
+            guard recorded == nil else { return false }
+            recorded = credentials
+            return true
+        }
+        if first { Threads.addStartGuard(InheritedImpersonationGuard()) }
+    }
+}
+
+/// A thread the library starts while its creator impersonates reverts to the process's credentials before its
+/// body runs (and does not run it if that fails; the creating call throws the errno).
+struct InheritedImpersonationGuard: ThreadStartGuard {
+    func newThreadNeedsReset() -> Bool { ThreadCredentials.isImpersonating }
+
+    func resetNewThread() throws(Errno) {
+        do {
+            try ThreadCredentials.revert()
+        } catch {
+            throw error.errno ?? .notPermitted
+        }
+    }
+}
 
 /// Test hook: makes a step fail on one thread with an errno instead of calling the kernel, or, with errno 0,
 /// pretend to succeed without calling it (a sandbox that fakes success). Faults are consumed in order, one per

@@ -677,8 +677,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             return protection
         }
         var protection = protection
+        // charon prints a DN identity without escaping (`dntoa`) and parses list-certs' `subject` again from that
+        // text, so it would not list a certificate whose values hold `, X=` although the peer may have used it,
+        // and would list another that prints the same. For a DN identity every certificate is listed: all that
+        // print the remote-id count, and structurally different ones make the lookup ambiguous (none believed).
+        let subject: String? = remote.contains("=") ? nil : remote
         let lookup = try? peerCertificates.lookup(ikeSAID: ike, remoteIdentity: remote) { () throws(VICIError) in
-            try vici.listCerts(type: .x509, flag: CertificateFlag.none, subject: remote).map(\.data)
+            try vici.listCerts(type: .x509, flag: CertificateFlag.none, subject: subject).map(\.data)
         }
         if case .identified(let identity)? = lookup { protection.remoteCertificate = identity }
         return protection

@@ -5,6 +5,7 @@ import Glibc
 import NetnsTestSupport
 import Synchronization
 import SystemPackage
+import SystemSupport
 import TierTesting
 import XCTest
 
@@ -404,6 +405,158 @@ final class ThreadCredentialsKernelTests: XCTestCase {
             try ThreadCredentials.revert()
             if ThreadCredentials.current() != before { problems.append("double fault: revert did not repair") }
             return problems
+        }
+        XCTAssertEqual(problems, [])
+    }
+
+    /// The kernel's credential fields of one thread (`/proc/self/task/<tid>/status`), independent of the library.
+    static let credentialFields = ["Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapAmb"]
+
+    static func kernelCredentials(thread: pid_t) -> [String: [String]] {
+        procStatus(thread: thread).filter { credentialFields.contains($0.key) }
+    }
+
+    /// A thread created (by anyone) while its creator impersonates runs as the account; revert() on it returns
+    /// it to the process's credentials, as the kernel reports them; the creator's own revert still works. A thread
+    /// the library starts (`Threads`) while its creator impersonates starts with the process's credentials.
+    func testThreadCreatedWhileImpersonatingInheritsTheAccountAndRevertsToTheProcess() throws {
+        struct Inherited: Sendable {
+            var atStart: [String: [String]] = [:]
+            var impersonatingAtStart = false
+            var account: LocalAccount?
+            var afterRevert: [String: [String]] = [:]
+            var impersonatingAfterRevert = true
+            var secretAfterRevert: Int32 = -1
+            var createdAfterRevert: (uid: uid_t, gid: gid_t)?
+        }
+        struct Report: Sendable {
+            var creatorDuring: [String: [String]] = [:]
+            var inherited = Inherited()
+            var creatorAfterChild: [String: [String]] = [:]
+            var joined: [String: [String]] = [:]
+            var joinedImpersonating = true
+            var joinedSecret: Int32 = -1
+            var detached: [String: [String]] = [:]
+            var creatorAfterLibraryThreads: [String: [String]] = [:]
+            var creatorAfterRevert: [String: [String]] = [:]
+            var creatorImpersonatingAfterRevert = true
+        }
+        let (nobody, folder, secret) = (self.nobody, self.folder, self.secret)
+        // This thread never impersonates: its credentials are the process's.
+        let process = Self.kernelCredentials(thread: ThreadCredentials.currentThreadID)
+        XCTAssertEqual(process["Uid"], ["0", "0", "0", "0"])
+        let asNobody = ["Uid": ["65534", "65534", "0", "65534"], "Gid": ["65534", "65534", "65534", "65534"]]
+
+        let report = try onNewThread { () throws -> Report in
+            var report = Report()
+            let creator = ThreadCredentials.currentThreadID
+            try ThreadCredentials.impersonate(nobody)
+            report.creatorDuring = Self.kernelCredentials(thread: creator)
+
+            // A thread the library knows nothing of (Foundation's Thread: pthread_create from this thread).
+            report.inherited = try onNewThread { () throws -> Inherited in
+                var inherited = Inherited()
+                let me = ThreadCredentials.currentThreadID
+                inherited.atStart = Self.kernelCredentials(thread: me)
+                inherited.impersonatingAtStart = ThreadCredentials.isImpersonating
+                inherited.account = ThreadCredentials.impersonatedAccount
+                try ThreadCredentials.revert()
+                inherited.afterRevert = Self.kernelCredentials(thread: me)
+                inherited.impersonatingAfterRevert = ThreadCredentials.isImpersonating
+                inherited.secretAfterRevert = openErrno(secret)
+                inherited.createdAfterRevert = try? createFile(folder + "/by-inherited-thread").get()
+                return inherited
+            }
+            report.creatorAfterChild = Self.kernelCredentials(thread: creator)
+
+            // Threads the library starts.
+            var joined: [String: [String]] = [:]
+            var joinedImpersonating = true
+            var joinedSecret: Int32 = -1
+            try Threads.runAndJoin {
+                joined = Self.kernelCredentials(thread: ThreadCredentials.currentThreadID)
+                joinedImpersonating = ThreadCredentials.isImpersonating
+                joinedSecret = openErrno(secret)
+            }
+            (report.joined, report.joinedImpersonating, report.joinedSecret) = (
+                joined, joinedImpersonating, joinedSecret
+            )
+            let detached = Mutex<[String: [String]]?>(nil)
+            let signal = ChangeSignal()
+            try Threads.detach {
+                let seen = Self.kernelCredentials(thread: ThreadCredentials.currentThreadID)
+                detached.withLock { $0 = seen }
+                signal.notify()
+            }
+            report.detached = signal.wait(until: Deadline(after: .seconds(30))) { detached.withLock { $0 } } ?? [:]
+            report.creatorAfterLibraryThreads = Self.kernelCredentials(thread: creator)
+
+            try ThreadCredentials.revert()
+            report.creatorAfterRevert = Self.kernelCredentials(thread: creator)
+            report.creatorImpersonatingAfterRevert = ThreadCredentials.isImpersonating
+            return report
+        }
+
+        XCTAssertEqual(report.creatorDuring["Uid"], asNobody["Uid"])
+        // The inherited thread starts as the account: ids, groups, no capabilities in use, the permitted set kept.
+        let inherited = report.inherited
+        XCTAssertEqual(inherited.atStart, report.creatorDuring, "a new thread copies its creator's credentials")
+        XCTAssertEqual(inherited.atStart["Uid"], asNobody["Uid"])
+        XCTAssertEqual(inherited.atStart["Gid"], asNobody["Gid"])
+        XCTAssertEqual(inherited.atStart["Groups"], nobody.groups.map(String.init))
+        XCTAssertEqual(inherited.atStart["CapEff"], ["0000000000000000"])
+        XCTAssertEqual(inherited.atStart["CapPrm"], process["CapPrm"])
+        XCTAssertTrue(inherited.impersonatingAtStart, "the kernel's credentials say it impersonates")
+        XCTAssertEqual(inherited.account?.uid, nobody.uid)
+        XCTAssertEqual(inherited.account?.gid, nobody.gid)
+        XCTAssertEqual(inherited.account?.groups, nobody.groups)
+        // Its revert returns it to the process's credentials, every field as the kernel reports it.
+        XCTAssertEqual(inherited.afterRevert, process, "real/effective/saved/fs ids, groups, capability sets")
+        XCTAssertFalse(inherited.impersonatingAfterRevert)
+        XCTAssertEqual(inherited.secretAfterRevert, 0, "the root-only file opens again")
+        XCTAssertEqual(inherited.createdAfterRevert?.uid, 0)
+        XCTAssertEqual(inherited.createdAfterRevert?.gid, 0)
+        // The child's revert changed nothing on the creator, whose own revert still works.
+        XCTAssertEqual(report.creatorAfterChild, report.creatorDuring)
+        // Library threads start with the process's credentials, and leave the creator's alone.
+        XCTAssertEqual(report.joined, process, "Threads.runAndJoin while impersonating")
+        XCTAssertFalse(report.joinedImpersonating)
+        XCTAssertEqual(report.joinedSecret, 0)
+        XCTAssertEqual(report.detached, process, "Threads.detach while impersonating")
+        XCTAssertEqual(report.creatorAfterLibraryThreads, report.creatorDuring)
+        XCTAssertEqual(report.creatorAfterRevert, process)
+        XCTAssertFalse(report.creatorImpersonatingAfterRevert)
+        XCTAssertEqual(Self.kernelCredentials(thread: ThreadCredentials.currentThreadID), process)
+        XCTAssertEqual(ThreadCredentials.processCredentials, ThreadCredentials.current())
+    }
+
+    /// An inherited impersonation counts as one: impersonating another account from it goes through the process's
+    /// credentials, and one revert returns to them; a nested scope returns to the inherited account.
+    func testInheritedImpersonationSwitchesAndScopesLikeAnyOther() throws {
+        let (nobody, daemon) = (self.nobody, self.daemon)
+        let process = Self.kernelCredentials(thread: ThreadCredentials.currentThreadID)
+        let problems = try onNewThread { () throws -> [String] in
+            try ThreadCredentials.withImpersonation(of: nobody) { () throws -> [String] in
+                try onNewThread { () throws -> [String] in
+                    var problems: [String] = []
+                    let me = ThreadCredentials.currentThreadID
+                    let inherited = Self.kernelCredentials(thread: me)
+                    try ThreadCredentials.withImpersonation(of: daemon) {
+                        if ThreadCredentials.current().uids.effective != daemon.uid { problems.append("scope") }
+                    }
+                    if Self.kernelCredentials(thread: me) != inherited { problems.append("scope did not return") }
+                    try ThreadCredentials.impersonate(daemon)
+                    let asDaemon = Self.kernelCredentials(thread: me)
+                    if asDaemon["Uid"] != ["1", "1", "0", "1"] { problems.append("as daemon: \(asDaemon)") }
+                    if ThreadCredentials.originalCredentials != ThreadCredentials.processCredentials {
+                        problems.append("original is not the process's")
+                    }
+                    try ThreadCredentials.revert()
+                    if Self.kernelCredentials(thread: me) != process { problems.append("revert: not the process's") }
+                    if ThreadCredentials.isImpersonating { problems.append("still impersonating") }
+                    return problems
+                }
+            }
         }
         XCTAssertEqual(problems, [])
     }

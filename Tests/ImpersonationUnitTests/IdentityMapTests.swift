@@ -1,7 +1,17 @@
+import DirectoryNames
 import Glibc
 import Impersonation
 import Synchronization
 import XCTest
+
+/// A distinguished name from RFC 4514 text (test input only: peers' subjects are never text in the library).
+func dn(_ text: String) -> RDNSequence {
+    do {
+        return try RDNSequence(parsing: text)
+    } catch {
+        preconditionFailure("\(text): \(error)")
+    }
+}
 
 /// An account database the test controls (the host's /etc/passwd is never touched).
 final class FakeAccounts: AccountDatabase {
@@ -99,7 +109,7 @@ final class IdentityMapParsingTests: XCTestCase {
         XCTAssertEqual(
             set.rules[2],
             IdentityRule(
-                kind: .subject, pattern: .exact("C=CH, O=Example, CN=b.example"),
+                kind: .subject, pattern: .distinguishedName(dn("C=CH, O=Example, CN=b.example")),
                 account: "svc-subject", line: 3))
         XCTAssertEqual(
             set.rules[3], IdentityRule(kind: .san, pattern: .exact("backup.example"), account: "svc-san", line: 4))
@@ -122,7 +132,11 @@ final class IdentityMapParsingTests: XCTestCase {
         XCTAssertEqual(set.rules.map(\.line), [5, 6, 7])
         guard set.rules.count == 3 else { return }
         XCTAssertEqual(set.rules[0].account, "svc-b")
-        XCTAssertEqual(set.rules[1].pattern, .exact("CN=x\"#1\\, O=Example"))
+        XCTAssertEqual(
+            set.rules[1].pattern,
+            .distinguishedName(
+                RDNSequence([.init([.init(type: .init(oid: [2, 5, 4, 3]), text: "x\"#1, O=Example")])])),
+            "one RDN: the escaped comma is part of the value")
         XCTAssertEqual(set.rules[2].pattern, .exact("weird.example"))
         XCTAssertEqual(try IdentityRuleSet.parse("", accounts: accounts).rules, [])
         XCTAssertEqual(try IdentityRuleSet.parse("# only\n# comments\n", accounts: accounts).rules, [])
@@ -308,11 +322,11 @@ final class IdentityMatchingTests: XCTestCase {
             subject "CN=b.example, O=Example" -> svc-subject
             """)
         let full = PeerIdentity(
-            ikeIdentity: "b.example", certificateSubject: "CN=b.example,O=Example",
+            ikeIdentity: "b.example", certificateSubject: dn("CN=b.example,O=Example"),
             subjectAltNames: ["b.example"])
         XCTAssertEqual(account(set, full), "svc-subject", "subject beats everything")
         var peer = full
-        peer.certificateSubject = "CN=other, O=Example"
+        peer.certificateSubject = dn("CN=other, O=Example")
         XCTAssertEqual(account(set, peer), "svc-b", "exact san beats exact id")
         peer.subjectAltNames = ["c.example"]
         XCTAssertEqual(account(set, peer), "svc-id", "exact id beats wildcards")
@@ -351,14 +365,15 @@ final class IdentityMatchingTests: XCTestCase {
             """)
         XCTAssertEqual(account(set, PeerIdentity(ikeIdentity: "b.EXAMPLE")), "svc-b")
         XCTAssertEqual(
-            account(set, PeerIdentity(certificateSubject: "c=ch,o=example corp,cn=HOST.example")), "svc-subject")
+            account(set, PeerIdentity(certificateSubject: dn("c=ch,o=example corp,cn=HOST.example"))), "svc-subject")
         XCTAssertEqual(
-            account(set, PeerIdentity(certificateSubject: "C=CH,  O = Example Corp , CN=host.example")), "svc-subject")
+            account(set, PeerIdentity(certificateSubject: dn("C=CH,  O = Example Corp , CN=host.example"))),
+            "svc-subject")
         XCTAssertEqual(
-            account(set, PeerIdentity(certificateSubject: "CN=host.example, O=Example Corp, C=CH")),
+            account(set, PeerIdentity(certificateSubject: dn("CN=host.example, O=Example Corp, C=CH"))),
             "error: unmappedIdentity", "RDN order matters")
         XCTAssertEqual(
-            account(set, PeerIdentity(certificateSubject: "C=CH, O=Example Corp, CN=host.example, OU=x")),
+            account(set, PeerIdentity(certificateSubject: dn("C=CH, O=Example Corp, CN=host.example, OU=x"))),
             "error: unmappedIdentity")
         XCTAssertEqual(account(set, PeerIdentity(subjectAltNames: ["mail@example.ORG"])), "svc-san")
     }

@@ -1,3 +1,4 @@
+import DirectoryNames
 import Foundation
 import SwiftASN1
 import X509
@@ -101,18 +102,56 @@ final class CertificateIdentityTests: XCTestCase {
             .registeredID([1, 3, 6, 1, 4, 1, 99]),
         ]
         let identity = try CertificateIdentity(try pki.host(subject, names: names))
-        XCTAssertEqual(identity.subject, "C=CH, O=Example, OU=Ops, CN=a.example, E=ops@example.org")
+        XCTAssertEqual(
+            identity.subject, try RDNSequence(parsing: "C=CH, O=Example, OU=Ops, CN=a.example, E=ops@example.org"))
+        XCTAssertEqual(identity.subject.strongSwanText, "C=CH, O=Example, OU=Ops, CN=a.example, E=ops@example.org")
         XCTAssertEqual(
             identity.subjectAltNames,
-            [
-                "a.example", "ops@example.org", "10.77.0.1", "fd77::1",
-                "https://a.example/", "C=CH, O=Example, CN=a.example",
-                "1.3.6.1.4.1.99",
-            ])
+            ["a.example", "ops@example.org", "10.77.0.1", "fd77::1", "https://a.example/", "1.3.6.1.4.1.99"])
+        XCTAssertEqual(identity.directoryNames, [try RDNSequence(parsing: "C=CH, O=Example, CN=a.example")])
         XCTAssertTrue(identity.names("A.Example"), "FQDN identities compare case-insensitively")
         XCTAssertTrue(identity.names("fd77::1"))
         XCTAssertTrue(identity.names("C=CH, O=Example, OU=Ops, CN=a.example, E=ops@example.org"))
+        XCTAssertTrue(identity.names("C=CH, O=Example, CN=a.example"), "the directoryName, as charon prints it")
         XCTAssertFalse(identity.names("b.example"))
+    }
+
+    /// The subject travels as the certificate's structure: RDN by RDN, attribute by attribute (type OID and value),
+    /// a multi-valued RDN kept whole. A value holding `, O=Example` stays one value of one RDN, although strongSwan
+    /// prints it exactly as it prints two RDNs.
+    func testTheSubjectIsTheCertificatesStructureNotItsText() throws {
+        let crafted = DistinguishedName([
+            RelativeDistinguishedName([
+                RelativeDistinguishedName.Attribute(type: .RDNAttributeType.commonName, utf8String: "admin, O=Example")
+            ])
+        ])
+        let genuine = try DistinguishedName {
+            CommonName("admin")
+            OrganizationName("Example")
+        }
+        let multiValued = DistinguishedName([
+            RelativeDistinguishedName([
+                RelativeDistinguishedName.Attribute(type: .RDNAttributeType.commonName, utf8String: "admin"),
+                RelativeDistinguishedName.Attribute(type: .RDNAttributeType.organizationName, utf8String: "Example"),
+            ])
+        ])
+        let craftedIdentity = try CertificateIdentity(try pki.host(crafted, names: []))
+        let genuineIdentity = try CertificateIdentity(try pki.host(genuine, names: []))
+        let multiValuedIdentity = try CertificateIdentity(try pki.host(multiValued, names: []))
+        XCTAssertEqual(craftedIdentity.subject.rdns.count, 1)
+        XCTAssertEqual(craftedIdentity.subject.rdns[0].attributes.count, 1)
+        XCTAssertEqual(craftedIdentity.subject.rdns[0].attributes[0].type.oid, [2, 5, 4, 3])
+        XCTAssertEqual(craftedIdentity.subject.rdns[0].attributes[0].value, Array("admin, O=Example".utf8))
+        XCTAssertEqual(craftedIdentity.subject.description, "CN=admin\\, O=Example", "escaped as RFC 4514 says")
+        XCTAssertEqual(genuineIdentity.subject.rdns.map(\.attributes.count), [1, 1])
+        XCTAssertEqual(multiValuedIdentity.subject.rdns.map(\.attributes.count), [2])
+        // strongSwan prints all three alike; their structures differ.
+        for identity in [craftedIdentity, genuineIdentity, multiValuedIdentity] {
+            XCTAssertEqual(identity.subject.strongSwanText, "CN=admin, O=Example")
+        }
+        XCTAssertFalse(craftedIdentity.subject.matches(genuineIdentity.subject))
+        XCTAssertFalse(multiValuedIdentity.subject.matches(genuineIdentity.subject))
+        XCTAssertTrue(genuineIdentity.subject.matches(try RDNSequence(parsing: "cn=ADMIN, o=example")))
     }
 
     /// Unknown attribute types print dotted; bytes outside printable ASCII print as `?` (strongSwan's
@@ -124,7 +163,9 @@ final class CertificateIdentityTests: XCTestCase {
             ])
         ])
         let identity = try CertificateIdentity(try pki.host(subject, names: []))
-        XCTAssertEqual(identity.subject, "1.2.3.4=Z??rich")
+        XCTAssertEqual(identity.subject.strongSwanText, "1.2.3.4=Z??rich")
+        XCTAssertEqual(identity.subject.description, "1.2.3.4=Zürich")
+        XCTAssertEqual(identity.subject.rdns.first?.attributes.first?.value, Array("Zürich".utf8))
         XCTAssertEqual(identity.subjectAltNames, [])
     }
 }
@@ -153,13 +194,13 @@ final class PeerCertificateSelectorTests: XCTestCase {
             selector.select(candidates, remoteIdentity: "a.example"),
             .identified(
                 CertificateIdentity(
-                    subject: "C=CH, O=Example, CN=a.example",
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"),
                     subjectAltNames: ["a.example", "alias.example"])))
         XCTAssertEqual(
             selector.select(candidates, remoteIdentity: "C=CH, O=Example, CN=a.example"),
             .identified(
                 CertificateIdentity(
-                    subject: "C=CH, O=Example, CN=a.example",
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"),
                     subjectAltNames: ["a.example", "alias.example"])),
             "a DN remote-id matches the subject")
         XCTAssertEqual(
@@ -182,7 +223,10 @@ final class PeerCertificateSelectorTests: XCTestCase {
         XCTAssertEqual(identities.count, 2)
         XCTAssertEqual(
             selector.select(try [first, renewal, first].map(TestPKI.der), remoteIdentity: "a.example"),
-            .identified(CertificateIdentity(subject: "C=CH, O=Example, CN=a.example", subjectAltNames: ["a.example"])))
+            .identified(
+                CertificateIdentity(
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"), subjectAltNames: ["a.example"]))
+        )
     }
 
     /// Authorities in PEM or DER; one that cannot be parsed is kept aside with its position and cause.

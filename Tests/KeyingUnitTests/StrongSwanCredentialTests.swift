@@ -1,4 +1,6 @@
+import DirectoryNames
 import Foundation
+import X509
 import XCTest
 import XFRM
 
@@ -29,8 +31,11 @@ final class StrongSwanCredentialTests: XCTestCase {
     ]
 
     /// A charon that accepts every command, lists one IKE SA and answers `list-certs` with `certificates`.
-    func charon(certificates: [[UInt8]] = [], eapUser: String? = nil) throws -> FakeVICIServer {
+    func charon(certificates: [[UInt8]] = [], eapUser: String? = nil, remoteID: String? = nil) throws
+        -> FakeVICIServer
+    {
         var sa = Self.ikeSA
+        if let remoteID { sa.withSection("wss-responder") { $0["remote-id"] = .string(remoteID) } }
         if let eapUser {
             sa.withSection("wss-responder") { $0["remote-eap-id"] = .string(eapUser) }
         }
@@ -158,7 +163,7 @@ final class StrongSwanCredentialTests: XCTestCase {
             XCTAssertEqual(
                 protection.remoteCertificate,
                 CertificateIdentity(
-                    subject: "C=CH, O=Example, CN=a.example",
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"),
                     subjectAltNames: ["a.example", "alias.example"]))
         }
         let requests = commands(server, "list-certs")
@@ -167,5 +172,48 @@ final class StrongSwanCredentialTests: XCTestCase {
         XCTAssertEqual(requests.first?.string("flag"), "NONE")
         XCTAssertEqual(requests.first?.string("subject"), "a.example")
         guard case .identified? = backend.peerCertificateLookup(ikeSAID: 7) else { return XCTFail("not cached") }
+    }
+
+    /// A DN remote-id is printed without escaping, so a certificate whose one CN holds `admin, O=Example` prints
+    /// as the two-RDN `CN=admin, O=Example`: every certificate is listed (no `subject` filter, which charon would
+    /// parse from that text), and the two make the lookup ambiguous instead of the genuine one being believed.
+    func testADNRemoteIdentityListsEveryCertificateSoThatLookalikesAreAmbiguous() throws {
+        let pki = TestPKI()
+        let authority = try TestPKI.pem(try pki.authority())
+        let genuine = try TestPKI.der(
+            try pki.host(
+                try DistinguishedName {
+                    CommonName("admin")
+                    OrganizationName("Example")
+                }, names: []))
+        let crafted = try TestPKI.der(
+            try pki.host(
+                DistinguishedName([
+                    RelativeDistinguishedName([
+                        RelativeDistinguishedName.Attribute(
+                            type: .RDNAttributeType.commonName, utf8String: "admin, O=Example")
+                    ])
+                ]), names: []))
+        for (certificates, expected) in [
+            ([genuine, crafted], nil), ([crafted], try RDNSequence(parsing: "CN=admin\\, O=Example")),
+        ] {
+            let server = try charon(certificates: certificates, remoteID: "CN=admin, O=Example")
+            self.server = server
+            let backend = try StrongSwanBackend(
+                vici: try VICIClient(path: server.path, timeout: .seconds(2)),
+                credentials: .init(
+                    identity: "b.example",
+                    method: .certificate(
+                        certificate: try TestPKI.der(try pki.host(TestPKI.subjectA, names: [])),
+                        privateKey: Array(TestKeys.host.utf8), authorities: [authority])))
+            defer { backend.shutdown() }
+            let protection = try XCTUnwrap(backend.protection(inboundSPI: 0xabcd, peer: "10.77.0.1"))
+            XCTAssertEqual(protection.remoteCertificate?.subject, expected)
+            let requests = commands(server, "list-certs")
+            XCTAssertEqual(requests.count, 1)
+            XCTAssertNil(requests.first?.string("subject"), "no subject filter for a DN identity")
+            server.stop()
+            self.server = nil
+        }
     }
 }

@@ -1,4 +1,5 @@
 import ALE
+import DirectoryNames
 import Foundation
 import IPAddressing
 import Impersonation
@@ -290,7 +291,7 @@ final class IdentityTests: XCTestCase {
         XCTAssertEqual(
             view.peer,
             PeerIdentity(
-                ikeIdentity: "a.example", certificateSubject: "C=CH, O=Example, CN=a.example",
+                ikeIdentity: "a.example", certificateSubject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"),
                 subjectAltNames: ["a.example", "alias.example"], authentication: .certificate))
         let ike = try XCTUnwrap(view.ikeSAID == 0 ? nil : view.ikeSAID)
         guard case .identified? = b.peerCertificateLookup(ikeSAID: ike) else {
@@ -306,7 +307,7 @@ final class IdentityTests: XCTestCase {
         XCTAssertEqual(
             try server.query(acceptedC.fd.rawValue).peer,
             PeerIdentity(
-                ikeIdentity: "c.example", certificateSubject: "CN=c.example",
+                ikeIdentity: "c.example", certificateSubject: try RDNSequence(parsing: "CN=c.example"),
                 subjectAltNames: ["c.example"], authentication: .certificate))
         try assertRefused(server, acceptedC, "c's certificate names nothing the map knows")
         XCTAssertEqual(server.tokens.openCount, 0)

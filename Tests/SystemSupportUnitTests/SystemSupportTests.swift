@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import SystemPackage
 import SystemSupport
 import XCTest
 
@@ -83,5 +84,68 @@ final class ThreadsAndSignalTests: XCTestCase {
         }
         let done = signal.wait(until: Deadline(after: .seconds(10))) { count.withLock { $0 == 800 ? true : nil } }
         XCTAssertEqual(done, true)
+    }
+}
+
+/// A start guard that asks for a reset only on threads created by one chosen thread (guards are never removed, so
+/// it must not touch the other tests' threads), and fails the reset when told to.
+private final class ChosenCreatorGuard: ThreadStartGuard, @unchecked Sendable {
+    struct State {
+        var creator: pthread_t?
+        var failure: Errno?
+        var resets = 0
+    }
+    let state = Mutex(State())
+
+    func newThreadNeedsReset() -> Bool {
+        state.withLock { $0.creator.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+    }
+
+    func resetNewThread() throws(Errno) {
+        let failure = state.withLock { state -> Errno? in
+            state.resets += 1
+            return state.failure
+        }
+        if let failure { throw failure }
+    }
+}
+
+final class ThreadStartGuardTests: XCTestCase {
+    private static let startGuard: ChosenCreatorGuard = {
+        let startGuard = ChosenCreatorGuard()
+        Threads.addStartGuard(startGuard)
+        return startGuard
+    }()
+
+    func testANewThreadIsResetBeforeItsBodyAndAFailedResetKeepsTheBodyFromRunning() throws {
+        let startGuard = Self.startGuard
+        let me = pthread_self()
+        startGuard.state.withLock { $0 = .init(creator: me, failure: nil, resets: 0) }
+        defer { startGuard.state.withLock { $0.creator = nil } }
+
+        var ran = false
+        try Threads.runAndJoin { ran = true }
+        XCTAssertTrue(ran)
+        XCTAssertEqual(startGuard.state.withLock { $0.resets }, 1, "reset once, before the body")
+
+        startGuard.state.withLock { $0.failure = .permissionDenied }
+        ran = false
+        XCTAssertThrowsError(try Threads.runAndJoin { ran = true }) { error in
+            XCTAssertEqual(error as? Errno, .permissionDenied)
+        }
+        XCTAssertFalse(ran, "the body does not run after a failed reset")
+        let detachedRan = Mutex(false)
+        XCTAssertThrowsError(try Threads.detach { detachedRan.withLock { $0 = true } }) { error in
+            XCTAssertEqual(error as? Errno, .permissionDenied)
+        }
+        usleep(50_000)
+        XCTAssertFalse(detachedRan.withLock { $0 })
+        XCTAssertEqual(startGuard.state.withLock { $0.resets }, 3)
+
+        // A thread created by another thread is not the guard's business.
+        startGuard.state.withLock { $0.creator = nil }
+        try Threads.runAndJoin { ran = true }
+        XCTAssertTrue(ran)
+        XCTAssertEqual(startGuard.state.withLock { $0.resets }, 3)
     }
 }
