@@ -56,8 +56,9 @@ final class ChildRegistry: Sendable {
     /// accepted soon).
     enum Outcome: Sendable {
         case refused(ResponderChildren.Refusal)
-        case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection)
-        case peerChild(PeerChild)
+        case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection, reqid: UInt32, flow: KeyedFlow?)
+        case peerChild(PeerChild, KeyedProtection)
+        case peerChildGone(PeerChild)
     }
 
     @discardableResult
@@ -76,18 +77,22 @@ final class ChildRegistry: Sendable {
                         outcomes += refused.map(Outcome.refused)
                         // A refused child is not kept: nothing may be attributed to it.
                         if refused.contains(where: { $0.child.inboundSPI == spi }) { continue }
-                        outcomes.append(.peerChild(peerChild))
+                        outcomes.append(.peerChild(peerChild, protection))
                     }
                     insert(
                         protection, reqid: reqid, name: child.name,
                         flow: Self.flow(local: child.localTS, remote: child.remoteTS))
                 } else if !up {
+                    if let gone = peerChild(inboundSPI: spi) { outcomes.append(.peerChildGone(gone)) }
                     remove(inboundSPI: spi)
                 }
             }
         }
         // Rivals refused together: neither stays attributable.
-        for case .refused(let refusal) in outcomes { remove(inboundSPI: refusal.child.inboundSPI) }
+        for case .refused(let refusal) in outcomes {
+            remove(inboundSPI: refusal.child.inboundSPI)
+            outcomes.append(.peerChildGone(refusal.child))
+        }
         return outcomes
     }
 
@@ -111,7 +116,10 @@ final class ChildRegistry: Sendable {
                 insert(
                     protection, reqid: reqid, name: new.name, flow: Self.flow(local: new.localTS, remote: new.remoteTS))
                 if let oldSPI, spi != oldSPI {
-                    outcomes.append(.rekeyed(oldInboundSPI: oldSPI, replacement: protection))
+                    outcomes.append(
+                        .rekeyed(
+                            oldInboundSPI: oldSPI, replacement: protection, reqid: reqid,
+                            flow: Self.flow(local: new.localTS, remote: new.remoteTS)))
                 }
             }
         }
@@ -159,6 +167,9 @@ final class ChildRegistry: Sendable {
     }
 
     func unbind(_ flow: KeyedFlow) { tables.withLock { $0.responders.unbind(flow) } }
+
+    /// Every peer child on `reqid`.
+    func peerChildren(reqid: UInt32) -> [PeerChild] { tables.withLock { $0.responders.children(reqid: reqid) } }
 
     /// The peer child by inbound SPI (a listener's).
     func peerChild(inboundSPI: UInt32) -> PeerChild? { tables.withLock { $0.responders.child(inboundSPI: inboundSPI) } }

@@ -58,16 +58,21 @@ public protocol KeyingBackend: AnyObject, Sendable {
 
     /// The accepted connection is gone: its flow is nobody's any more.
     func unbindAccepted(_ flow: KeyedFlow)
+
+    /// Terminates every CHILD_SA peers made on `reqid` (a UDP socket that answered peers starts initiating).
+    func dropPeerChildren(reqid: UInt32)
 }
 
 /// What the keying tells the sockets above, as it happens.
 public enum KeyingEvent: Sendable {
     /// A CHILD_SA was replaced by a new one of the same IKE SA (a rekey): a socket pinned to `oldInboundSPI`
     /// moves to the replacement's SAs.
-    case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection)
+    case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection, reqid: UInt32, flow: KeyedFlow?)
     /// A peer made a CHILD_SA on a listener's reqid; `flow` when it names exactly one (its connection may be
-    /// accepted soon).
-    case peerChild(reqid: UInt32, flow: KeyedFlow?)
+    /// accepted soon); `protection` has its SPIs and the peer's identity.
+    case peerChild(reqid: UInt32, flow: KeyedFlow?, protection: KeyedProtection)
+    /// A peer's CHILD_SA on a listener's reqid went away (deleted, expired, refused).
+    case peerChildGone(reqid: UInt32, flow: KeyedFlow?)
 }
 
 /// The CHILD_SA an accepted connection is bound to.

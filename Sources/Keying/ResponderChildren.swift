@@ -94,6 +94,8 @@ struct ResponderChildren: Sendable {
 
     func child(inboundSPI: UInt32) -> PeerChild? { children[inboundSPI]?.child }
 
+    func children(reqid: UInt32) -> [PeerChild] { children.values.map(\.child).filter { $0.reqid == reqid } }
+
     /// Records a child a peer made on a listener's reqid; returns the children to refuse (terminate), the new one
     /// or older ones, each with why. A refused child is not kept.
     mutating func add(_ child: PeerChild) -> [Refusal] {

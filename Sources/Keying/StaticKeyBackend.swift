@@ -214,6 +214,8 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
 
     public func unbindAccepted(_ flow: KeyedFlow) {}
 
+    public func dropPeerChildren(reqid: UInt32) {}
+
     /// Static keys live in the kernel only: the engine deletes a dead process's SAs itself.
     public func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>]) {}
 

@@ -181,10 +181,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             switch outcome {
             case .refused(let refusal):
                 refuse(refusal)
-            case .rekeyed(let old, let replacement):
-                notify(.rekeyed(oldInboundSPI: old, replacement: authenticated(replacement)))
-            case .peerChild(let child):
-                notify(.peerChild(reqid: child.reqid, flow: child.coverage.exactFlow))
+            case .rekeyed(let old, let replacement, let reqid, let flow):
+                notify(.rekeyed(oldInboundSPI: old, replacement: authenticated(replacement), reqid: reqid, flow: flow))
+            case .peerChild(let child, let protection):
+                notify(.peerChild(reqid: child.reqid, flow: child.coverage.exactFlow, protection: protection))
+            case .peerChildGone(let child):
+                notify(.peerChildGone(reqid: child.reqid, flow: child.coverage.exactFlow))
             }
         }
     }
@@ -231,6 +233,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     public func unbindAccepted(_ flow: KeyedFlow) { children.unbind(flow) }
+
+    public func dropPeerChildren(reqid: UInt32) {
+        for child in children.peerChildren(reqid: reqid) {
+            children.remove(inboundSPI: child.inboundSPI)
+            if let id = child.childID { _ = try? vici.terminate(childID: id, force: true, timeout: .seconds(2)) }
+        }
+    }
 
     /// Makes charon ready again after it went away: a private charon is started again; then this
     /// configuration's credentials, the responder conn and the listeners' children are loaded into it. The

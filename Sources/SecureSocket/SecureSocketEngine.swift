@@ -90,6 +90,9 @@ public final class SecureSocketEngine: Sendable {
     /// Connections peers made children for, awaited among this process's sockets until a deadline (see
     /// ``adoptAwaitedConnections()``).
     let pendingAccepts = Mutex<[(reqid: UInt32, flow: KeyedFlow?, deadline: Deadline)]>([])
+    /// The SPD policies that cover a listener's (or UDP responder's) port, by its reqid (see
+    /// ``deferToSPD(_:local:)``).
+    let portCovers = Mutex<[UInt32: [XFRMPolicy]]>([:])
     /// When the descriptors are next looked through for awaited connections, and the interval after that.
     let acceptScan = Mutex<(next: ContinuousClock.Instant, interval: Duration)>((.now, .milliseconds(10)))
     /// Sweeps so far: every tenth also reclaims what dead processes left.
@@ -140,8 +143,11 @@ public final class SecureSocketEngine: Sendable {
         let hooks = EngineHooks(engine: self)
         configuration.keying?.observe { event in
             switch event {
-            case .rekeyed(let old, let replacement): hooks.engine?.rekeyed(oldInboundSPI: old, replacement: replacement)
-            case .peerChild(let reqid, let flow): hooks.engine?.peerChild(reqid: reqid, flow: flow)
+            case .rekeyed(let old, let replacement, let reqid, let flow):
+                hooks.engine?.rekeyed(oldInboundSPI: old, replacement: replacement, reqid: reqid, flow: flow)
+            case .peerChild(let reqid, let flow, let protection):
+                hooks.engine?.peerChild(reqid: reqid, flow: flow, protection: protection)
+            case .peerChildGone(let reqid, let flow): hooks.engine?.peerChildGone(reqid: reqid, flow: flow)
             }
         }
         reclaimDeadProcesses()

@@ -97,6 +97,20 @@ public enum SocketPolicy {
         }
     }
 
+    /// Leaves every flow of the socket to the SPD: both per-socket policies get `template` with a selector that
+    /// matches no flow (``XFRMSelector/noFlow(_:)``), so the kernel, finding no socket policy for a flow, looks
+    /// the flow up in the SPD. A socket that must not leave clear text then needs SPD policies covering all its
+    /// flows (a listener: one per accepted flow, pinned, and one for its port). Accepted sockets inherit it.
+    public static func deferToSPD(_ template: XFRMTemplate, on fd: FileDescriptor, family: IPAddressFamily)
+        throws(XFRMError)
+    {
+        for direction in [XFRMDirection.outbound, .inbound] {
+            try set(
+                XFRMPolicy(selector: .noFlow(family), direction: direction, templates: [template]), on: fd,
+                family: family)
+        }
+    }
+
     /// Re-pins one direction only (a rekey makes the new inbound SA before the new outbound one).
     public static func pin(
         _ template: XFRMTemplate, spi: UInt32, direction: XFRMDirection, on fd: FileDescriptor,

@@ -33,6 +33,30 @@ public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
             destination: .any(family), destinationPrefixLength: 0)
     }
 
+    /// Every flow from (outbound) or to (inbound) one local port of one protocol, the local address given or any.
+    public static func port(
+        _ local: IPAddress, _ port: UInt16, protocol upper: XFRMUpperProtocol, outbound: Bool
+    ) -> XFRMSelector {
+        let family = local.family
+        let length: UInt8 = local.isAny ? 0 : family.addressBits
+        return outbound
+            ? XFRMSelector(
+                family: family, source: local, sourcePrefixLength: length, destination: .any(family),
+                destinationPrefixLength: 0, sourcePort: port, sourcePortMask: 0xffff, upperProtocol: upper)
+            : XFRMSelector(
+                family: family, source: .any(family), sourcePrefixLength: 0, destination: local,
+                destinationPrefixLength: length, destinationPort: port, destinationPortMask: 0xffff,
+                upperProtocol: upper)
+    }
+
+    /// A selector no IP flow matches (protocol 255, reserved): a socket policy with it leaves every flow of the
+    /// socket to the SPD.
+    public static func noFlow(_ family: IPAddressFamily) -> XFRMSelector {
+        XFRMSelector(
+            family: family, source: .any(family), sourcePrefixLength: 0, destination: .any(family),
+            destinationPrefixLength: 0, upperProtocol: XFRMUpperProtocol(rawValue: 255))
+    }
+
     /// A host-to-host selector (full-length prefixes), optionally narrowed to a protocol and ports.
     public static func host(
         _ source: IPAddress, _ destination: IPAddress,

@@ -136,7 +136,7 @@ final class ResponderChildrenTests: XCTestCase {
                     "wss1x0-responder": .section(
                         ike(children: ["l40-1": .section(childSection(spiIn: "c0000100", id: "1"))])),
                 ]))
-        guard case .peerChild(let child)? = up.first else { return XCTFail("a peer's child: \(up)") }
+        guard case .peerChild(let child, _)? = up.first else { return XCTFail("a peer's child: \(up)") }
         XCTAssertEqual(child.coverage.exactFlow, flow)
         let outcomes = registry.record(
             VICIEvent(
@@ -150,7 +150,7 @@ final class ResponderChildrenTests: XCTestCase {
                             ])
                         ]))
                 ]))
-        guard case .rekeyed(let old, let replacement)? = outcomes.first else { return XCTFail("\(outcomes)") }
+        guard case .rekeyed(let old, let replacement, _, _)? = outcomes.first else { return XCTFail("\(outcomes)") }
         XCTAssertEqual(old, 0xc000_0100)
         XCTAssertEqual(replacement.inboundSPI, 0xc000_0110)
         XCTAssertEqual(replacement.remoteIdentity, "a.example")

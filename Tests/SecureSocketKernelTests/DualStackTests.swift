@@ -195,7 +195,9 @@ final class DualStackTests: XCTestCase {
             XCTAssertEqual(try SocketHardening.attachedFilter(on: fd), SocketHardening.ipv6Only, "\(kind): unchanged")
             XCTAssertEqual(intOption(fd, CInt(IPPROTO_IPV6), IPV6_V6ONLY), 1)
             XCTAssertEqual(
-                intOption(fd, SOL_SOCKET, SO_REUSEADDR), 1, "TestSocket set it; the application's choice stays")
+                intOption(fd, SOL_SOCKET, SO_REUSEADDR), kind == .tcp ? 1 : 0,
+                "TestSocket set it: the application's choice on TCP, cleared on UDP (another user could share the port)"
+            )
             XCTAssertEqual(intOption(fd, SOL_SOCKET, SO_REUSEPORT), 0, "no port sharing")
 
             // Securing the same socket again (after a release) keeps the one filter.
@@ -360,14 +362,17 @@ final class DualStackTests: XCTestCase {
         XCTAssertEqual(rc == 0 ? nil : Errno(rawValue: errno), .notSupported, "IP_XFRM_POLICY on an AF_INET6 socket")
 
         // An AF_INET selector in IPV6_XFRM_POLICY covers the v4-mapped flow, but replaces the direction's IPv6
-        // policy (one per direction), so IPv6 then goes out in clear: a trade, not a fix.
+        // policy (one per direction), so IPv6 then goes out in clear: a trade, not a fix. (Shown on a socket of
+        // its own: the secured one answers peers by now, and a responder's policy is in the SPD for its port.)
+        let traded = try TestSocket.make(in: pair.a.namespace, family: .inet6, kind: .udp)
+        clearV6Only(traded)
         let receiver6 = try TestSocket.make(in: pair.b.namespace, family: .inet6, kind: .udp)
         try receiver6.bind(pair.addressB6, port: 0)
-        try SocketPolicy.set(policy, on: socket.fd)
+        try SocketPolicy.set(policy, on: traded.fd)
         XCTAssertEqual(
-            socket.sendTo(marker, mapped, port: receiver.localPort), .resourceTemporarilyUnavailable,
+            traded.sendTo(marker, mapped, port: receiver.localPort), .resourceTemporarilyUnavailable,
             "v4-mapped now needs an SA")
-        XCTAssertNil(socket.sendTo(marker, pair.addressB6, port: receiver6.localPort))
+        XCTAssertNil(traded.sendTo(marker, pair.addressB6, port: receiver6.localPort))
         XCTAssertEqual(try receiver6.receive(timeout: 2), marker, "IPv6 is no longer covered")
     }
 }

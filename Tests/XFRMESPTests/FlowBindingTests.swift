@@ -286,6 +286,78 @@ final class FlowBindingTests: XCTestCase {
             XCTAssertEqual(late, payload, "pinned back to its own SA, the retransmission arrives")
         }
     }
+
+    // MARK: 5. A listener's policy in the SPD, per flow
+
+    /// Before its accepted socket exists, a connection's handshake is answered through the listener's policy, which
+    /// names the reqid only: with address-only SAs (one reqid, one peer host) the kernel picks the newest SA, or
+    /// after the SAD's hash table grew any of those added in the same second, so the SYN-ACK may leave under another
+    /// connection's SA and the client drops it. Here the listener's per-socket policies have a selector that
+    /// matches no flow (protocol 255), so the kernel falls through to the SPD: a flow-exact policy per connection
+    /// whose templates name that connection's SPIs (priority 0), and a catch-all for the listener's port with the
+    /// reqid (priority 100), so nothing of the port ever leaves without ESP. Z's SAs are added before W's (newer,
+    /// same reqid, host-only): Z's handshake and data go under Z's own SAs, and the accepted socket (which
+    /// inherits the listener's policies) uses the SPD too. A flow without its own policy still leaves under ESP,
+    /// through the catch-all.
+    func testAListenersPolicyInTheSPDAnswersEachHandshakeUnderItsOwnSAs() throws {
+        try inESPKernel(self) {
+            let lab = try FlowLab(listenerReqid: Self.listenerReqid)
+            defer { lab.tearDown() }
+            let template = XFRMTemplate(reqid: Self.listenerReqid)
+            let nothing = XFRMSelector(
+                family: .inet, source: .any(.inet), sourcePrefixLength: 0, destination: .any(.inet),
+                destinationPrefixLength: 0, upperProtocol: XFRMUpperProtocol(rawValue: 255))
+            for direction in [XFRMDirection.outbound, .inbound] {
+                try SocketPolicy.set(
+                    XFRMPolicy(selector: nothing, direction: direction, templates: [template]), on: lab.listener.fd)
+            }
+            let portOut = XFRMSelector(
+                family: .inet, source: lab.addressB, sourcePrefixLength: 32, destination: .any(.inet),
+                destinationPrefixLength: 0, sourcePort: lab.port, sourcePortMask: 0xffff, upperProtocol: .tcp)
+            let portIn = XFRMSelector(
+                family: .inet, source: .any(.inet), sourcePrefixLength: 0, destination: lab.addressB,
+                destinationPrefixLength: 32, destinationPort: lab.port, destinationPortMask: 0xffff, upperProtocol: .tcp
+            )
+            try lab.xfrmB.addPolicy(
+                XFRMPolicy(selector: portOut, direction: .outbound, priority: 100, templates: [template]))
+            try lab.xfrmB.addPolicy(
+                XFRMPolicy(selector: portIn, direction: .inbound, priority: 100, templates: [template]))
+
+            let z = try lab.prepareFlow("Z", reqid: 621, selectors: .hostOnly)
+            usleep(1_100_000) // W's SAs strictly newer
+            let w = try lab.prepareFlow("W", reqid: 622, selectors: .hostOnly)
+            for (outbound, spi) in [(true, z.bToA.id.spi), (false, z.aToB.id.spi)] {
+                var pinned = template
+                pinned.spi = spi
+                let flow =
+                    outbound
+                    ? XFRMSelector.host(
+                        lab.addressB, lab.addressA, protocol: .tcp, sourcePort: lab.port,
+                        destinationPort: z.client.localPort)
+                    : XFRMSelector.host(
+                        lab.addressA, lab.addressB, protocol: .tcp, sourcePort: z.client.localPort,
+                        destinationPort: lab.port)
+                try lab.xfrmB.addPolicy(
+                    XFRMPolicy(selector: flow, direction: outbound ? .outbound : .inbound, templates: [pinned]))
+            }
+            let before = try lab.xfrmB.getState(w.bToA.id).counters.packets
+            let flowZ = try lab.connect(z)
+            try lab.echo(flowZ, Array("Z through its own SAs".utf8))
+            usleep(300_000)
+            let zOut = try lab.xfrmB.getState(z.bToA.id).counters.packets
+            let wOut = try lab.xfrmB.getState(w.bToA.id).counters.packets - before
+            print(
+                "FlowBinding 5: Z's handshake and echo: B sent \(zOut) packets under Z's SA, \(wOut) under W's newer one"
+            )
+            XCTAssertGreaterThan(zOut, 1, "the SYN-ACK and the echo left under Z's SA")
+            XCTAssertEqual(wOut, 0, "nothing of Z left under W's newer SA")
+
+            // W has no flow policy: its handshake goes through the catch-all, under ESP (W's SA is the newest).
+            let flowW = try lab.connect(w)
+            try lab.echo(flowW, Array("W through the catch-all".utf8))
+            XCTAssertGreaterThan(try lab.xfrmB.getState(w.bToA.id).counters.packets, before, "W under ESP")
+        }
+    }
 }
 
 struct LabError: Error, CustomStringConvertible {
@@ -407,6 +479,19 @@ final class FlowLab {
     /// A client socket on A with its own reqid in both templates, bound first so its port is known; the SA
     /// pair in both namespaces; connect; accept (checked against the client port).
     func openFlow(_ name: String, reqid: UInt32, selectors: Selectors) throws -> Flow {
+        try connect(try prepareFlow(name, reqid: reqid, selectors: selectors))
+    }
+
+    /// A flow's client socket (bound, its port known) and its SA pair in both namespaces, not connected yet.
+    struct Prepared {
+        var name: String
+        var client: TestSocket
+        var reqid: UInt32
+        var aToB: XFRMState
+        var bToA: XFRMState
+    }
+
+    func prepareFlow(_ name: String, reqid: UInt32, selectors: Selectors) throws -> Prepared {
         let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         sockets.append(client)
         try SocketPolicy.require([XFRMTemplate(reqid: reqid)], on: client.fd)
@@ -435,18 +520,23 @@ final class FlowLab {
         try xfrmA.addState(bToA)
         try xfrmB.addState(onB(aToB))
         try xfrmB.addState(onB(bToA))
+        return Prepared(name: name, client: client, reqid: reqid, aToB: aToB, bToA: bToA)
+    }
 
-        try client.connect(addressB, port: port, retryFor: 5)
-        let server = try listener.accept(timeout: 5)
+    /// Connects a prepared flow (retrying while the kernel answers EAGAIN) and accepts it.
+    func connect(_ prepared: Prepared, within seconds: Double = 5) throws -> Flow {
+        let client = prepared.client
+        try client.connect(addressB, port: port, retryFor: seconds)
+        let server = try listener.accept(timeout: seconds)
         sockets.append(server)
         server.setTimeouts(5)
         let peer = Self.peerPort(server)
-        guard peer == clientPort else {
-            throw LabError(description: "accepted the connection from port \(peer), expected \(clientPort)")
+        guard peer == client.localPort else {
+            throw LabError(description: "accepted the connection from port \(peer), expected \(client.localPort)")
         }
         return Flow(
-            name: name, client: client, server: server, clientPort: clientPort, reqidA: reqid,
-            reqidB: listenerReqid, aToB: aToB, bToA: bToA)
+            name: prepared.name, client: client, server: server, clientPort: client.localPort,
+            reqidA: prepared.reqid, reqidB: listenerReqid, aToB: prepared.aToB, bToA: prepared.bToA)
     }
 
     /// Client sends, server echoes, client checks; every wait bounded.

@@ -132,6 +132,9 @@ extension SecureSocketEngine {
             for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {
                 keying?.release(registration)
             }
+            // What peers made while it answered goes: no SA of theirs may carry the flows it now chooses.
+            if let reqid = endpoint.reqid { keying?.dropPeerChildren(reqid: reqid) }
+            returnPolicyToSocket(endpoint)
         }
         table.update(cookie: endpoint.cookie) { $0.role = .initiator }
     }

@@ -84,10 +84,16 @@ extension SecureSocketEngine {
 
     /// A rekey replaced the CHILD_SA a socket is pinned to: each direction moves to the new SA as soon as it is
     /// in the kernel (now, or when the kernel reports it: ``stateAdded(spi:)``).
-    func rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection) {
-        guard let newIn = replacement.inboundSPI, let newOut = replacement.outboundSPI,
-            let endpoint = table.endpoint(pinnedInboundSPI: oldInboundSPI), var pinned = endpoint.pinned
-        else { return }
+    func rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection, reqid: UInt32, flow: KeyedFlow?) {
+        guard let newIn = replacement.inboundSPI, let newOut = replacement.outboundSPI else { return }
+        guard let endpoint = table.endpoint(pinnedInboundSPI: oldInboundSPI), var pinned = endpoint.pinned else {
+            // A listener's flow whose connection nobody holds yet: its SPD policies name the reqid only until the
+            // connection is bound (pinned policies would block once the old SAs go).
+            if let flow, portCovers.withLock({ $0[reqid] != nil }) {
+                coverFlow(flow, reqid: reqid, for: nil, unpin: true)
+            }
+            return
+        }
         pinned.ikeSAID = replacement.ikeSAID ?? pinned.ikeSAID
         pinned.pendingInboundSPI = newIn == pinned.inboundSPI ? nil : newIn
         pinned.pendingOutboundSPI = newOut == pinned.outboundSPI ? nil : newOut

@@ -75,6 +75,7 @@ extension SecureSocketEngine {
             }
         }
         guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
+        endPortCover(reqid: reqid)
         reqids.release(reqid)
     }
 
@@ -134,7 +135,9 @@ extension SecureSocketEngine {
     ///
     /// A pinned connection's cover names its SA pair by SPI too (`pinned`), so even the kernel's own replies
     /// leave under that pair only; a later change of lifetime alone keeps the SPIs.
-    func coverFlow(_ flow: KeyedFlow, reqid: UInt32, for seconds: UInt64?, pinned: PinnedSAs? = nil) {
+    func coverFlow(
+        _ flow: KeyedFlow, reqid: UInt32, for seconds: UInt64?, pinned: PinnedSAs? = nil, unpin: Bool = false
+    ) {
         var lifetime = XFRMLifetime.infinite
         if let seconds { lifetime.hardAddExpiresSeconds = seconds }
         for outbound in [true, false] {
@@ -144,7 +147,7 @@ extension SecureSocketEngine {
             let direction: XFRMDirection = outbound ? .outbound : .inbound
             var policy = XFRMPolicy(selector: selector, direction: direction, lifetime: lifetime, templates: [template])
             do { try xfrm.addPolicy(policy) } catch {
-                if pinned == nil, let existing = try? xfrm.getPolicy(.selector(selector, direction, mark: nil)),
+                if pinned == nil, !unpin, let existing = try? xfrm.getPolicy(.selector(selector, direction, mark: nil)),
                     existing.templates.count == 1, existing.templates.first?.reqid == reqid
                 {
                     policy.templates = existing.templates

@@ -1,6 +1,7 @@
 import ALE
 import Foundation
 import Glibc
+import IPAddressing
 import Impersonation
 import Keying
 import Logging
@@ -28,15 +29,15 @@ extension SecureSocketEngine {
             if facts.kind == .datagram, refuseSharedPort(endpoint) { continue }
             if facts.isConnected {
                 table.update(cookie: endpoint.cookie) { $0.role = .initiator }
-            } else if let port = facts.local?.port, port != 0,
+            } else if let local = facts.local, local.port != 0,
                 facts.isListening || (facts.kind == .datagram)
             {
                 table.update(cookie: endpoint.cookie) {
-                    $0.lastLocalAddress = facts.local?.address
-                    $0.lastLocalPort = port
+                    $0.lastLocalAddress = local.address
+                    $0.lastLocalPort = local.port
                     $0.wasListening = facts.isListening
                 }
-                becomeResponder(endpoint, port: port)
+                becomeResponder(endpoint, local: local)
             } else if endpoint.registeredAt.duration(to: now) < .seconds(5) {
                 young = true
             }
@@ -62,7 +63,8 @@ extension SecureSocketEngine {
         return true
     }
 
-    func becomeResponder(_ endpoint: Endpoint, port: UInt16) {
+    func becomeResponder(_ endpoint: Endpoint, local: IPEndpoint) {
+        let port = local.port
         guard let keying, let request = keyings.request(cookie: endpoint.cookie) else { return }
         // Claimed first, so a concurrent connect sees the role and the listen is not loaded twice.
         let claimed =
@@ -72,6 +74,14 @@ extension SecureSocketEngine {
                 return true
             } ?? false
         guard claimed else { return }
+        do {
+            // Its policy in the SPD before any peer can make a CHILD_SA for it.
+            try deferToSPD(endpoint, local: local)
+        } catch {
+            logger.warning(
+                "responder keeps its own per-socket policies (moving them to the SPD failed)",
+                metadata: ["fd": "\(endpoint.descriptor)", "error": "\(error)"])
+        }
         do {
             let registration = try keying.listen(request, localPort: port)
             if !keyings.add(registration, cookie: endpoint.cookie) { keying.release(registration) } // closed meanwhile
