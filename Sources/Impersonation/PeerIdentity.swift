@@ -35,6 +35,13 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
     /// How the machine round authenticated; nil when the caller does not say (treated as proven, as before this
     /// field existed: only ``Authentication/groupKey`` is restricted).
     public var authentication: Authentication?
+    /// The peer authenticated with a certificate, but which one is not known for sure (charon's cache holds
+    /// certificates for its identity that disagree, or none any more): its subject and subjectAltNames are
+    /// unknown, never guessed, and only ``ikeIdentity`` can match a rule.
+    public var certificateUnknown: Bool {
+        authentication == .certificate && certificateSubject == nil && subjectAltNames.isEmpty
+            && directoryNames.isEmpty
+    }
 
     public init(
         ikeIdentity: String? = nil, certificateSubject: RDNSequence? = nil, subjectAltNames: [String] = [],
@@ -64,6 +71,7 @@ public struct PeerIdentity: Hashable, Sendable, CustomStringConvertible {
         for name in directoryNames { parts.append("san dirName \"\(name)\"") }
         if parts.isEmpty { parts.append("(no identity)") }
         if let authentication { parts.append("by \(authentication.rawValue)") }
+        if certificateUnknown { parts.append("certificate not known for sure: its identity alone") }
         return parts.joined(separator: ", ")
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import VICI
 import X509
 
@@ -20,8 +21,11 @@ public enum PeerCertificateLookup: Hashable, Sendable {
 /// and is shared with every other user of that charon. The conns pin the peer's trust to this configuration's
 /// authorities (`cacerts`) and the remote identity to the peer target name, so the `remote-id` of an established
 /// IKE SA is the subject or a subjectAltName of a certificate that chains to one of them. A candidate therefore
-/// counts only if its issuer is one of our authorities, that authority's key verifies its signature, and its
-/// subject or a subjectAltName is the `remote-id`.
+/// counts only if its issuer is one of our authorities, that authority's key verifies its signature, its
+/// subject or a subjectAltName is the `remote-id`, and it was valid when the IKE SA was authenticated (an
+/// expired certificate of the same identity, still in the cache, cannot decide). A revoked but unexpired
+/// certificate in the cache cannot be told apart here (charon checked revocation when it authenticated): when it
+/// names other subjectAltNames than the one used, the lookup is ambiguous and nothing is believed.
 struct PeerCertificateSelector: Sendable {
     /// An authority this selector cannot use (it could not be parsed), by its position in the configuration.
     struct UnusableAuthority: Error, Sendable {
@@ -46,12 +50,16 @@ struct PeerCertificateSelector: Sendable {
         self.unusable = unusable
     }
 
-    /// The identity among `candidates` (DER or PEM certificates) that authenticated `remoteIdentity`.
-    func select(_ candidates: [[UInt8]], remoteIdentity: String) -> PeerCertificateLookup {
+    /// The identity among `candidates` (DER or PEM certificates) that authenticated `remoteIdentity` at
+    /// `authenticatedAt` (the IKE SA's establishment).
+    func select(_ candidates: [[UInt8]], remoteIdentity: String, authenticatedAt: Date = Date())
+        -> PeerCertificateLookup
+    {
         var seen = Set<Certificate>()
         var identities: [CertificateIdentity] = []
         for bytes in candidates {
             guard let certificate = try? Self.parse(bytes), seen.insert(certificate).inserted,
+                certificate.notValidBefore <= authenticatedAt, authenticatedAt <= certificate.notValidAfter,
                 isIssuedByAnAuthority(certificate),
                 let identity = try? CertificateIdentity(certificate), identity.names(remoteIdentity)
             else { continue }

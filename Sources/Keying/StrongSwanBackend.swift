@@ -691,10 +691,20 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         // and would list another that prints the same. For a DN identity every certificate is listed: all that
         // print the remote-id count, and structurally different ones make the lookup ambiguous (none believed).
         let subject: String? = remote.contains("=") ? nil : remote
+        let first = peerCertificates.known(ikeSAID: ike) == nil
         let lookup = try? peerCertificates.lookup(ikeSAID: ike, remoteIdentity: remote) { () throws(VICIError) in
             try vici.listCerts(type: .x509, flag: CertificateFlag.none, subject: subject).map(\.data)
         }
-        if case .identified(let identity)? = lookup { protection.remoteCertificate = identity }
+        if case .identified(let identity)? = lookup {
+            protection.remoteCertificate = identity
+        } else if first {
+            logger.notice(
+                "peer certificate not known for sure: only its IKE identity decides (subject and subjectAltName rules do not apply)",
+                metadata: [
+                    "peer-identity": "\(remote)", "ike-sa": "\(ike)",
+                    "lookup": "\(lookup.map { "\($0)" } ?? "list-certs failed")",
+                ])
+        }
         return protection
     }
 

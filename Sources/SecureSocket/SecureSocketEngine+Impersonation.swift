@@ -20,6 +20,7 @@ extension SecureSocketEngine {
     public func impersonatePeer(_ fd: CInt, peerAddress: IPEndpoint? = nil) throws(SecureSocketError)
         -> LocalAccount
     {
+        try requireOwner()
         let peer: PeerIdentity
         let map: IdentityMap
         do {

@@ -247,6 +247,17 @@ public final class SecureSocketEngine: Sendable {
     /// keying, the claims and the private charon are the parent's, never the child's to tear down.
     let owner = getpid()
 
+    /// Every call of the API starts here: a process forked from the one that made the engine shares its netlink
+    /// and VICI sockets and whatever state its locks were in at the fork, and has no event pump; it must make an
+    /// engine of its own. (`WSANOTINITIALISED` through the C ABI.)
+    func requireOwner() throws(SecureSocketError) {
+        guard getpid() == owner else {
+            throw SecureSocketError(
+                .notInitialised,
+                "this engine belongs to process \(owner); a process forked from it needs an engine of its own")
+        }
+    }
+
     /// Releases every endpoint and stops the keying backend's private daemon, if it has one. Does nothing in a
     /// process forked from the one that made the engine.
     public func shutdown() {

@@ -44,6 +44,9 @@ public struct SecureSocketError: Error, Hashable, CustomStringConvertible, Senda
         public static let connectionRefused = Code(rawValue: 10061)
         /// `WSAEHOSTUNREACH` 10065.
         public static let hostUnreachable = Code(rawValue: 10065)
+        /// `WSANOTINITIALISED` 10093: this process has no engine of its own (it was forked from the one that
+        /// made it).
+        public static let notInitialised = Code(rawValue: 10093)
         /// `WSASYSCALLFAILURE` 10107.
         public static let systemCallFailure = Code(rawValue: 10107)
 
@@ -53,7 +56,7 @@ public struct SecureSocketError: Error, Hashable, CustomStringConvertible, Senda
                 10038: "WSAENOTSOCK", 10040: "WSAEMSGSIZE", 10045: "WSAEOPNOTSUPP", 10047: "WSAEAFNOSUPPORT",
                 10048: "WSAEADDRINUSE", 10051: "WSAENETUNREACH", 10053: "WSAECONNABORTED", 10054: "WSAECONNRESET",
                 10056: "WSAEISCONN", 10057: "WSAENOTCONN", 10060: "WSAETIMEDOUT", 10061: "WSAECONNREFUSED",
-                10065: "WSAEHOSTUNREACH", 10107: "WSASYSCALLFAILURE",
+                10065: "WSAEHOSTUNREACH", 10093: "WSANOTINITIALISED", 10107: "WSASYSCALLFAILURE",
             ]
             return names[rawValue] ?? "WSA error \(rawValue)"
         }

@@ -53,11 +53,11 @@ struct TestPKI {
 
     func host(
         _ subject: DistinguishedName, names: [GeneralName], signedBy key: Certificate.PrivateKey? = nil,
-        issuer: DistinguishedName? = nil
+        issuer: DistinguishedName? = nil, validUntil: Date = Date().addingTimeInterval(86_400)
     ) throws -> Certificate {
         try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: hostKey.publicKey,
-            notValidBefore: Date().addingTimeInterval(-3600), notValidAfter: Date().addingTimeInterval(86_400),
+            notValidBefore: validUntil.addingTimeInterval(-90_000), notValidAfter: validUntil,
             issuer: issuer ?? authorityName, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
             extensions: try Certificate.Extensions { SubjectAlternativeNames(names) },
             issuerPrivateKey: key ?? authorityKey)
@@ -227,6 +227,33 @@ final class PeerCertificateSelectorTests: XCTestCase {
                 CertificateIdentity(
                     subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"), subjectAltNames: ["a.example"]))
         )
+    }
+
+    /// An expired certificate of the same identity, still in charon's cache, naming other subjectAltNames, does not
+    /// make the lookup ambiguous and never decides: only a certificate valid when the IKE SA was authenticated
+    /// counts.
+    func testAnExpiredCertificateOfTheSameIdentityNeverDecides() throws {
+        let current = try pki.host(TestPKI.subjectA, names: [.dnsName("a.example")])
+        let expired = try pki.host(
+            TestPKI.subjectA, names: [.dnsName("a.example"), .dnsName("admin.example")],
+            validUntil: Date().addingTimeInterval(-60))
+        let selector = try selector()
+        XCTAssertEqual(
+            selector.select(try [expired, current].map(TestPKI.der), remoteIdentity: "a.example"),
+            .identified(
+                CertificateIdentity(
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"), subjectAltNames: ["a.example"]))
+        )
+        XCTAssertEqual(selector.select([try TestPKI.der(expired)], remoteIdentity: "a.example"), .notFound)
+        XCTAssertEqual(
+            selector.select(
+                [try TestPKI.der(expired)], remoteIdentity: "a.example",
+                authenticatedAt: Date().addingTimeInterval(-3600)),
+            .identified(
+                CertificateIdentity(
+                    subject: try RDNSequence(parsing: "C=CH, O=Example, CN=a.example"),
+                    subjectAltNames: ["a.example", "admin.example"])),
+            "valid when the IKE SA was authenticated")
     }
 
     /// Authorities in PEM or DER; one that cannot be parsed is kept aside with its position and cause.

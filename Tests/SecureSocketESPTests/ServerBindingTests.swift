@@ -38,9 +38,10 @@ final class ServerBindingTests: XCTestCase {
         }
 
         /// Negotiates a CHILD_SA with the server for `local` (Mallory's side, alice's address) and `remote` (the
-        /// server's side); returns charon's view of it right after (nil when it was not established).
+        /// server's side); returns its SPIs as charon logged them when it was established (the server may have
+        /// deleted it again before `initiate` answers), nil when it was not.
         @discardableResult
-        func negotiate(local: TrafficSelector, remote: TrafficSelector) throws -> ChildSAInfo? {
+        func negotiate(local: TrafficSelector, remote: TrafficSelector) throws -> (inbound: UInt32, outbound: UInt32)? {
             let name = "mallory-\(conns.count)"
             conns.append(name)
             try daemon.vici.loadConn(
@@ -53,8 +54,22 @@ final class ServerBindingTests: XCTestCase {
                             name: "\(name)-grab", mode: .transport, policies: false,
                             espProposals: StrongSwanBackend.espProposals, localTS: [local], remoteTS: [remote])
                     ]))
-            _ = try? daemon.vici.initiate(child: "\(name)-grab", ike: name, timeout: .seconds(5))
-            return try daemon.vici.listSAs(ike: name).flatMap(\.children).first
+            var logs: [ControlLog] = []
+            do {
+                logs = try daemon.vici.initiate(child: "\(name)-grab", ike: name, timeout: .seconds(5))
+            } catch {
+                logs = []
+            }
+            // "CHILD_SA mallory-0-grab{1} established with SPIs c20a05f3_i ccfd4c99_o and TS …"
+            for log in logs {
+                guard let range = log.message.range(of: "established with SPIs ") else { continue }
+                let words = log.message[range.upperBound...].split(separator: " ")
+                guard words.count >= 2, let spiIn = UInt32(words[0].prefix(8), radix: 16),
+                    let spiOut = UInt32(words[1].prefix(8), radix: 16)
+                else { continue }
+                return (spiIn, spiOut)
+            }
+            return nil
         }
 
         func stop() { daemon.stop() }
@@ -134,10 +149,9 @@ final class ServerBindingTests: XCTestCase {
                 ("(b) exact", TrafficSelector.dynamic(protocol: "tcp", port: alicePort)),
             ] {
                 let child = try mallory.negotiate(local: local, remote: .dynamic(protocol: "tcp", port: port))
-                if let spi = child?.spiIn { malloryInbound.insert(spi) }
-                print(
-                    "ServerBinding \(label): Mallory's child \(child.map { "\($0.localTS) === \($0.remoteTS) in \(String($0.spiIn ?? 0, radix: 16))" } ?? "not established")"
-                )
+                if let spi = child?.inbound { malloryInbound.insert(spi) }
+                let spis = child.map { "in \(String($0.inbound, radix: 16)) out \(String($0.outbound, radix: 16))" }
+                print("ServerBinding \(label): Mallory's child \(spis ?? "not established")")
                 try exchange(label)
                 // Refused by the server: gone from its kernel within a bounded time.
                 let deadline = Date().addingTimeInterval(5)
@@ -251,6 +265,110 @@ final class ServerBindingTests: XCTestCase {
                 ends.a.release(socket.fd.rawValue)
                 ends.b.release(socket.fd.rawValue)
                 socket.closeAbortively()
+            }
+        }
+    }
+
+    /// A UDP responder (one socket, many peers): alice's flow is bound to alice by her first CHILD_SA; Mallory's
+    /// children for it, exact or wide, are refused; the server's replies to alice leave under alice's SA only, and
+    /// the query for alice's address names alice.
+    func testAUDPResponderKeepsEachPeersFlowToThatPeer() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Self.makeEnds()
+            defer { ends.close() }
+            let capture = try capture(ends)
+            defer {
+                capture.stop()
+                try? FileManager.default.removeItem(atPath: capture.file)
+            }
+            let server = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .udp)
+            try ends.b.setSecurity(server.fd.rawValue)
+            try server.bind(ends.pair.addressB4, port: 0)
+            let port = server.localPort
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .udp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: port)
+            try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(peerAddress: peer, name: "b.example"))
+            try ends.a.connect(client.fd.rawValue, to: peer)
+            let alice = IPEndpoint(address: ends.pair.addressA4, port: client.localPort)
+            func exchange(_ label: String) throws {
+                let up = Array("alice \(label) \(UUID().uuidString)".utf8)
+                try client.send(up)
+                XCTAssertEqual(try server.receive(timeout: 5), up, "\(label): the server receives alice's datagram")
+                let down = Array("to alice \(label)".utf8)
+                XCTAssertNil(server.sendTo(down, alice.address, port: alice.port), label)
+                XCTAssertEqual(try client.receive(timeout: 5), down, "\(label): alice receives the reply")
+                let view = try ends.b.query(server.fd.rawValue, SocketSecurityQueryTemplate(peerAddress: alice))
+                XCTAssertEqual(view.peerMachineIdentity, "a.example", "\(label): the query names alice")
+            }
+            try exchange("before")
+            let reqid = try XCTUnwrap(ends.b.endpoint(server.fd.rawValue)?.reqid)
+            let own = Set(try Self.listenerSAs(ends, reqid: reqid).map(\.id.spi))
+            let mallory = try Mallory(ends)
+            defer { mallory.stop() }
+            var malloryInbound: Set<UInt32> = []
+            for (label, local) in [
+                ("(a) exact", TrafficSelector.dynamic(protocol: "udp", port: alice.port)),
+                ("(b) wide", TrafficSelector.dynamic(protocol: "udp")),
+            ] {
+                let child = try mallory.negotiate(local: local, remote: .dynamic(protocol: "udp", port: port))
+                if let spi = child?.inbound { malloryInbound.insert(spi) }
+                let deadline = Date().addingTimeInterval(5)
+                var left: [XFRMState] = []
+                repeat {
+                    left = try Self.listenerSAs(ends, reqid: reqid).filter { !own.contains($0.id.spi) }
+                    if left.isEmpty { break }
+                    usleep(50_000)
+                } while Date() < deadline
+                XCTAssertEqual(
+                    left.map(\.description), [], "\(label): Mallory's SAs on the responder's reqid are deleted")
+                try exchange(label)
+            }
+            capture.stop()
+            let bySPI = try capture.espPacketsBySPI()
+            XCTAssertFalse(malloryInbound.isEmpty, "Mallory's children were established (the attack ran)")
+            XCTAssertEqual(malloryInbound.reduce(0) { $0 + (bySPI[$1] ?? 0) }, 0, "nothing left under Mallory's SAs")
+            for socket in [client, server] {
+                ends.a.release(socket.fd.rawValue)
+                ends.b.release(socket.fd.rawValue)
+                socket.close()
+            }
+        }
+    }
+
+    /// An IPv6 responder is `IPV6_V6ONLY`, so another socket may bind the same port on IPv4: a peer negotiating
+    /// IPv4 SAs for that port gets none (the responder's child is in its family's conn only), and the IPv4
+    /// socket receives nothing the kernel decrypted.
+    func testAnIPv6ResponderGetsNoIPv4SAs() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Self.makeEnds()
+            defer { ends.close() }
+            let server = try TestSocket.make(in: ends.pair.b.namespace, family: .inet6, kind: .udp)
+            try ends.b.setSecurity(server.fd.rawValue)
+            try server.bind(.any(.inet6), port: 0)
+            let port = server.localPort
+            let beside = try TestSocket.make(in: ends.pair.b.namespace, family: .inet, kind: .udp)
+            try beside.bind(.any(.inet), port: port)
+            usleep(100_000) // the responder settles
+            let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .udp)
+            try ends.a.setSecurity(client.fd.rawValue)
+            let peer = IPEndpoint(address: ends.pair.addressB4, port: port)
+            XCTAssertThrowsError(try ends.a.connect(client.fd.rawValue, to: peer, timeout: .seconds(4)))
+            _ = client.sendTo(Array("to the IPv4 socket".utf8), ends.pair.addressB4, port: port)
+            XCTAssertThrowsError(try beside.receive(timeout: 1), "the IPv4 socket beside it receives nothing")
+            let reqid = try XCTUnwrap(ends.b.endpoint(server.fd.rawValue)?.reqid)
+            XCTAssertEqual(try Self.listenerSAs(ends, reqid: reqid).filter { $0.id.destination.family == .inet }, [])
+            // IPv6 peers still reach it.
+            let client6 = try TestSocket.make(in: ends.pair.a.namespace, family: .inet6, kind: .udp)
+            try ends.a.setSecurity(client6.fd.rawValue)
+            try ends.a.connect(client6.fd.rawValue, to: IPEndpoint(address: ends.pair.addressB6, port: port))
+            let marker = Array("over IPv6".utf8)
+            try client6.send(marker)
+            XCTAssertEqual(try server.receive(timeout: 5), marker)
+            for socket in [client, client6, server, beside] {
+                ends.a.release(socket.fd.rawValue)
+                ends.b.release(socket.fd.rawValue)
+                socket.close()
             }
         }
     }

@@ -325,16 +325,25 @@ extension SecureSocketEngineTests {
         try engine.setSecurity(socket.fd.rawValue)
         let reqid = try XCTUnwrap(engine.endpoints.first?.reqid)
         let claims = try FileManager.default.contentsOfDirectory(atPath: reqidFolder)
+        let fresh = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         let child = fork()
         if child == 0 {
+            // The child's calls get a clear error instead of using the parent's sockets and locks.
+            var code: Int32 = 0
+            do {
+                try engine.setSecurity(fresh.fd.rawValue)
+            } catch {
+                code = error.code == .notInitialised ? 0 : 2
+            }
+            if code == 0, (try? engine.query(socket.fd.rawValue)) != nil { code = 3 }
             engine.shutdown()
             SecureSocketEngine.shutdownShared()
-            _exit(0)
+            _exit(code)
         }
         XCTAssertGreaterThan(child, 0)
         var status: CInt = 0
         XCTAssertEqual(waitpid(child, &status, 0), child)
-        XCTAssertEqual(status, 0)
+        XCTAssertEqual(status, 0, "the forked child's calls failed with WSANOTINITIALISED (exit status \(status >> 8))")
         XCTAssertEqual(engine.endpointCount, 1, "the parent's endpoint is still there")
         XCTAssertTrue(engine.holdsReqid(reqid))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: reqidFolder), claims, "its claims too")

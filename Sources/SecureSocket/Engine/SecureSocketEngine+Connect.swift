@@ -27,6 +27,7 @@ extension SecureSocketEngine {
         _ fd: CInt, to peer: IPEndpoint, timeout: Duration?,
         cancelled: CancelFlag?
     ) throws(SecureSocketError) {
+        try requireOwner()
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         guard !facts.isConnected || facts.kind == .datagram else {

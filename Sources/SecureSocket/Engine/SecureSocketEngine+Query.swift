@@ -18,6 +18,7 @@ extension SecureSocketEngine {
     public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)
         -> SocketSecurityQueryInfo
     {
+        try requireOwner()
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         let peer: IPEndpoint

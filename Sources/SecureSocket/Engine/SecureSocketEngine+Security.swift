@@ -24,6 +24,7 @@ extension SecureSocketEngine {
 
     /// Requires IPsec on `fd`. Before bind/connect, once per socket.
     public func setSecurity(_ fd: CInt, _ settings: SocketSecuritySettings = .default) throws(SecureSocketError) {
+        try requireOwner()
         let facts = try inspect(fd, expectingUnbound: true)
         try requireInetStreamOrDatagram(facts)
         guard !facts.isConnected else { throw SecureSocketError(.isConnected, "the socket is already connected") }
@@ -97,6 +98,7 @@ extension SecureSocketEngine {
 
     /// Sets the identity the peer at `name.peerAddress` (or any peer, for a zero address on TCP) must prove.
     public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
+        try requireOwner()
         // A secured socket is a TCP or UDP socket of ours already: its cookie finds it, and only whether it is
         // connected is asked. Anything else is inspected in full for the precise error.
         guard let cookie = SocketInspector.cookie(of: fd),
@@ -135,6 +137,7 @@ extension SecureSocketEngine {
 
     /// Forgets the name set for `address`. Unknown addresses are not an error (nothing to forget).
     public func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError) {
+        try requireOwner()
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
         table.update(cookie: facts.cookie) {
