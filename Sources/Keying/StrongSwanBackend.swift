@@ -501,6 +501,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         var pause: Duration = .milliseconds(50)
         var staleChecked = false
         var transientRetries = 0
+        var duplicatesTerminated = 0
         while true {
             let left = deadline - ContinuousClock.now
             guard left > .zero else { throw KeyingError(.timedOut, "no CHILD SA for \(conn) before the deadline") }
@@ -518,6 +519,17 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     staleChecked = true
                     _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
                     onStaleIKESA()
+                    continue
+                }
+                // charon still counts an older CHILD_SA of this very flow and reqid as installed (its SA just expired
+                // or was flushed in the kernel, and charon has not handled that yet) and refuses a duplicate: that
+                // one is the socket's own (same reqid), so it goes, and the negotiation runs again.
+                if let duplicate = Self.existingDuplicate(classified.detail), duplicatesTerminated < 3,
+                    deadline - ContinuousClock.now > pause
+                {
+                    duplicatesTerminated += 1
+                    _ = try? vici.terminate(childID: duplicate, force: true, timeout: .seconds(2))
+                    sleepFor(pause)
                     continue
                 }
                 let notReady =
@@ -578,6 +590,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     /// Whether an `initiate` failure's log shows another CHILD_SA of the same IKE SA closing: charon 5.9's
     /// `initiate` then reports failure while our CHILD_SA is still being made.
+    /// The unique id charon names in "not establishing CHILD_SA … due to existing duplicate {5} with SPIs …".
+    static func existingDuplicate(_ log: String) -> Int? {
+        guard let range = log.range(of: "due to existing duplicate {") else { return nil }
+        return Int(log[range.upperBound...].prefix { $0.isNumber })
+    }
+
     static func anotherChildClosed(_ log: String) -> Bool {
         log.contains("CHILD_SA closed") || log.contains("received DELETE for")
     }

@@ -7,11 +7,17 @@ extension TestCertificates {
         public var name: String
         public var subject: String
         public var subjectAltNames: [String]
+        /// A subject in OpenSSL's `-subj` form (`/CN=admin, O=Example`: one RDN whose value holds a comma), which
+        /// `pki --dn` cannot write: the certificate is then issued by `openssl` (DNS subjectAltNames only).
+        public var opensslSubject: String?
 
-        public init(_ name: String, subject: String? = nil, subjectAltNames: [String]? = nil) {
+        public init(
+            _ name: String, subject: String? = nil, subjectAltNames: [String]? = nil, opensslSubject: String? = nil
+        ) {
             self.name = name
             self.subject = subject ?? "CN=\(name)"
             self.subjectAltNames = subjectAltNames ?? [name]
+            self.opensslSubject = opensslSubject
         }
     }
 
@@ -30,6 +36,19 @@ extension TestCertificates {
 
             """
         for host in hosts {
+            if let subject = host.opensslSubject {
+                let sans = host.subjectAltNames.map { "DNS:\($0)" }.joined(separator: ",")
+                script += """
+                    pki --gen --type \(keyType) --outform pem > \(quote(host.name + ".key")) 2>/dev/null
+                    openssl req -new -key \(quote(host.name + ".key")) -subj \(quote(subject)) \\
+                      -out \(quote(host.name + ".csr")) 2>/dev/null
+                    printf '%s\\n' \(quote("subjectAltName=" + sans)) > \(quote(host.name + ".ext"))
+                    openssl x509 -req -in \(quote(host.name + ".csr")) -CA ca.crt -CAkey ca.key -CAcreateserial \\
+                      -days 30 -extfile \(quote(host.name + ".ext")) -out \(quote(host.name + ".crt")) 2>/dev/null
+
+                    """
+                continue
+            }
             let sans = host.subjectAltNames.map { "--san \(quote($0))" }.joined(separator: " ")
             script += """
                 pki --gen --type \(keyType) --outform pem > \(quote(host.name + ".key")) 2>/dev/null

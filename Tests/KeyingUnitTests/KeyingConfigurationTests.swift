@@ -195,4 +195,16 @@ final class StrongSwanClassificationTests: XCTestCase {
                 detail: "[IKE] received TS_UNACCEPTABLE notify"))
         XCTAssertFalse(StrongSwanBackend.anotherChildClosed(refused.detail))
     }
+
+    /// charon refuses a CHILD_SA that duplicates one it still counts as installed (seen after the socket's
+    /// outbound SA reached its hard lifetime): the duplicate's unique id is read from its log line.
+    func testAnExistingDuplicateIsNamed() {
+        let log =
+            "[IKE] not establishing CHILD_SA c1125964544-2{9} due to existing duplicate {5} with SPIs cc11ece8_i"
+            + " c35638db_o and TS 10.77.0.1/32[tcp/43451] === 10.77.0.2/32[tcp/34661]"
+        let error = StrongSwanBackend.classify(
+            VICIError(.commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'c1-2' failed", detail: log))
+        XCTAssertEqual(StrongSwanBackend.existingDuplicate(error.detail), 5)
+        XCTAssertNil(StrongSwanBackend.existingDuplicate("[IKE] received TS_UNACCEPTABLE notify"))
+    }
 }

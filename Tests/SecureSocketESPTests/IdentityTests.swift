@@ -320,4 +320,41 @@ final class IdentityTests: XCTestCase {
     func testSubjectRulesMapCertificatePeers() throws {
         try inESPKernel(self) { try certificatePeers(rules: "subject \"C=CH, O=Example, CN=a.example\" -> daemon\n") }
     }
+
+    /// A certificate whose subject is the single RDN `CN="admin, O=Example"` (made with OpenSSL: one attribute whose
+    /// value holds `, O=`) does not match the rule `subject "CN=admin, O=Example"` (two RDNs), which a genuine
+    /// two-RDN certificate does: the subject is compared as a structure, never as display text.
+    func testACraftedOneRDNSubjectDoesNotMatchATwoRDNRule() throws {
+        try inESPKernel(self) {
+            let fixture = try CharonFlowTests.ImpersonationFixture(rules: "subject \"CN=admin, O=Example\" -> daemon\n")
+            defer { fixture.remove() }
+            let certificates = try TestCertificates(hosts: [
+                .init("a.example", subject: "CN=admin, O=Example"), .init("b.example"),
+                .init("c.example", opensslSubject: "/CN=admin, O=Example"),
+            ])
+            let hosts = try Hosts(certificates: certificates)
+            defer { hosts.close() }
+            let net = hosts.net
+            let b = try hosts.backend(try hosts.certificate("b.example"), in: net.b)
+            let a = try hosts.backend(try hosts.certificate("a.example"), in: net.a)
+            let c = try hosts.backend(try hosts.certificate("c.example"), in: net.c)
+            let server = try hosts.engine(b, in: net.b, map: fixture.map)
+            let listener = try server.securedListener(in: net.b, family: .inet, address: .any(.inet))
+            defer { listener.closeAbortively() }
+            let fromA = try hosts.connect(
+                try hosts.engine(a, in: net.a), from: net.a, to: net.addressBA, port: listener.localPort)
+            let acceptedA = try listener.accept(timeout: 5)
+            let fromC = try hosts.connect(
+                try hosts.engine(c, in: net.c), from: net.c, to: net.addressBC, port: listener.localPort)
+            let acceptedC = try listener.accept(timeout: 5)
+            defer { for socket in [fromA, acceptedA, fromC, acceptedC] { socket.closeAbortively() } }
+
+            let crafted = try server.query(acceptedC.fd.rawValue).peer
+            XCTAssertEqual(crafted?.certificateSubject?.rdns.count, 1, "one RDN: \(String(describing: crafted))")
+            try assertRefused(server, acceptedC, "a one-RDN subject whose value holds `, O=` is not the two-RDN rule")
+            let (account, _) = try impersonated(server, acceptedA, fixture)
+            XCTAssertEqual(account, "daemon", "the genuine two-RDN subject matches")
+            XCTAssertEqual(server.tokens.openCount, 0)
+        }
+    }
 }
