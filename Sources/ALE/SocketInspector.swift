@@ -58,6 +58,17 @@ public enum SocketInspector {
             local: address(fd, getsockname), peer: address(fd, getpeername), isListening: listening)
     }
 
+    /// The facts of a socket whose cookie, family and kind are already known (a secured socket the endpoint table
+    /// holds: only TCP and UDP sockets are secured): its addresses are asked, nothing else (two system calls).
+    public static func facts(
+        of fd: CInt, cookie: UInt64, family: IPAddressFamily, kind: SocketFacts.Kind
+    ) -> SocketFacts {
+        SocketFacts(
+            cookie: cookie, family: family, rawFamily: family == .inet6 ? AF_INET6 : AF_INET, kind: kind,
+            protocolNumber: kind == .stream ? Int32(IPPROTO_TCP) : Int32(IPPROTO_UDP), local: address(fd, getsockname),
+            peer: address(fd, getpeername), isListening: false)
+    }
+
     /// The facts of `fd` with fewer system calls when it is an unbound TCP or UDP socket (the common case before
     /// `WSASetSocketSecurity`): cookie, type, protocol and local address. Such a socket is neither listening nor
     /// connected (`listen()` and `connect()` bind it to a port first), so those are not asked; every other socket

@@ -247,11 +247,22 @@ public final class SecureSocketEngine: Sendable {
     /// keying, the claims and the private charon are the parent's, never the child's to tear down.
     let owner = getpid()
 
+    /// How many times a process forked with this library loaded, as a child sees it (a `pthread_atfork` child
+    /// handler counts; no system call per API call), and the count when this engine was made.
+    static let forks = Atomic<Int>(0)
+    private static let forkHandler: Void = {
+        pthread_atfork(nil, nil) { SecureSocketEngine.forks.add(1, ordering: .relaxed) }
+    }()
+    let forkGeneration: Int = {
+        SecureSocketEngine.forkHandler
+        return SecureSocketEngine.forks.load(ordering: .relaxed)
+    }()
+
     /// Every call of the API starts here: a process forked from the one that made the engine shares its netlink
     /// and VICI sockets and whatever state its locks were in at the fork, and has no event pump; it must make an
     /// engine of its own. (`WSANOTINITIALISED` through the C ABI.)
     func requireOwner() throws(SecureSocketError) {
-        guard getpid() == owner else {
+        guard Self.forks.load(ordering: .relaxed) == forkGeneration else {
             throw SecureSocketError(
                 .notInitialised,
                 "this engine belongs to process \(owner); a process forked from it needs an engine of its own")

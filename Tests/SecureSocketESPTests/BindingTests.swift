@@ -131,8 +131,9 @@ final class BindingTests: XCTestCase {
             for client in clients { _ = try ends.a.query(client.fd.rawValue) }
             let perQuery = (ContinuousClock.now - queryStarted) / count
             print("query at \(count) held connections: \(perQuery) each (client side)")
-            // Under a millisecond on a quiet host (the bench measures it); two loaded kernels at once may double it.
-            XCTAssertLessThan(perQuery, .milliseconds(5), "the query does not grow with the held connections")
+            // Under a millisecond in user-mode-linux when this test runs alone (0.93 ms at 200 on an operator's
+            // charon); two kernels at once on two cores may double it.
+            XCTAssertLessThan(perQuery, .milliseconds(2), "the query does not grow with the held connections")
             let statsAfter = try XFRMStatistics.read(in: ends.pair.a.namespace)
             XCTAssertEqual(
                 statsAfter["XfrmInTmplMismatch"], statsBefore["XfrmInTmplMismatch"], "no reply dropped by a policy")

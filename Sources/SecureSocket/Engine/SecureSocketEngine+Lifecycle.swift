@@ -38,7 +38,10 @@ extension SecureSocketEngine {
                 }
             }
             if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
-                if let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
+                // Only a socket that is or may become a listener needs its address noted (its accepted sockets are
+                // adopted by it when it closes): one system call per connection and sweep, not eight.
+                let mayListen = endpoint.role == .undetermined || endpoint.role.isResponder
+                if mayListen, let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
                     table.update(cookie: endpoint.cookie) {
                         $0.lastLocalPort = facts.local?.port
                         $0.lastLocalAddress = facts.local?.address

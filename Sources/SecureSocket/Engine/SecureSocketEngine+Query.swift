@@ -19,16 +19,25 @@ extension SecureSocketEngine {
         -> SocketSecurityQueryInfo
     {
         try requireOwner()
-        let facts = try inspect(fd)
+        // A secured socket's cookie finds its family and kind in the table: only its addresses are asked (the
+        // query is what a server calls for every connection).
+        let facts: SocketFacts
+        if let cookie = SocketInspector.cookie(of: fd),
+            let known = table.read(cookie: cookie, { ($0.family, $0.kind) })
+        {
+            facts = SocketInspector.facts(of: fd, cookie: cookie, family: known.0, kind: known.1)
+        } else {
+            facts = try inspect(fd)
+        }
         try requireInetStreamOrDatagram(facts)
         let peer: IPEndpoint
         if facts.kind == .stream {
-            var soError: CInt = 0
-            var length = socklen_t(MemoryLayout<CInt>.size)
-            if getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length) == 0, soError == ECONNRESET {
-                throw SecureSocketError(.connectionReset, "the connection was reset by the peer")
-            }
             guard let connected = facts.peer else {
+                var soError: CInt = 0
+                var length = socklen_t(MemoryLayout<CInt>.size)
+                if getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length) == 0, soError == ECONNRESET {
+                    throw SecureSocketError(.connectionReset, "the connection was reset by the peer")
+                }
                 throw SecureSocketError(.notConnected, "query needs a connected (or accepted) TCP socket")
             }
             peer = connected
