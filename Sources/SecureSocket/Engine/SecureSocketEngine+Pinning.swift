@@ -76,7 +76,10 @@ extension SecureSocketEngine {
             return false
         }
         let pinned = PinnedSAs(inboundSPI: inboundSPI, outboundSPI: outboundSPI, ikeSAID: ikeSAID)
-        table.update(cookie: cookie) { $0.pinned = pinned }
+        table.update(cookie: cookie) {
+            $0.pinned = pinned
+            $0.lastLocalPort = flow.localPort
+        }
         if endpoint.kind == .stream, !flow.local.isAny { coverFlow(flow, reqid: reqid, for: nil, pinned: pinned) }
         logger.debug("connection pinned to its SA pair", metadata: metadata)
         return true

@@ -89,6 +89,7 @@ extension SecureSocketEngine {
             transportProtocol: .tcp, local: local.address, localPort: local.port,
             remote: peer.address, remotePort: peer.port)
         keyings.setFlow(cookie: cookie, flow: flow)
+        table.update(cookie: cookie) { $0.lastLocalPort = local.port }
         if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil, pinned: endpoint.pinned) }
     }
 
