@@ -19,12 +19,14 @@ import XFRM
 ///   an equal conn (same addresses, identities and authentication), so a new connection to a known peer costs
 ///   one CREATE_CHILD_SA. After `initiate` the child's IKE SA identity is checked again. The socket's reqid is
 ///   in no other conn: no peer can put SAs on it by initiating towards us.
-/// - **Responder** (a listening socket): one conn per backend, `remote_addrs = %any`, holding one child per
-///   listener (its reqid, `local_ts = dynamic[proto/port]`), so each listener is reachable and a peer's
-///   narrowed selectors make SAs for one connection.
-/// - With a private charon, `set_proto_port_transport_sa = yes` makes the SA selectors the negotiated flow.
-///   A system charon without it installs address-only selectors; the query then cannot tell two connections to
-///   one host apart and says so (no identity for an ambiguous flow).
+/// - **Responder** (a listening socket): one conn per backend and address family (`remote_addrs = 0.0.0.0/0` or
+///   `::/0`), holding one child per listener of that family (its reqid, `local_ts = dynamic[proto/port]`), so
+///   each listener is reachable and a peer's narrowed selectors make SAs for one connection. The children peers
+///   make there are followed and policed (`ResponderChildren`): another peer's child covering a bound
+///   connection, a wide one overlapping another peer's, and rival ones for one flow are terminated.
+/// - With a private charon, `set_proto_port_transport_sa = yes` makes the SA selectors the negotiated flow. A
+///   system charon without it installs address-only selectors; the sockets above are pinned to their SA pair by
+///   SPI, so that does not matter to them (see the SecureSocket documentation, "Binding").
 /// - Release terminates the registration's own CHILD_SAs by unique id and unloads its conn; IKE SAs stay for
 ///   other connections (charon closes idle ones by its own rules).
 /// - Only encrypting ESP proposals are offered (AES-GCM, AES-CBC+SHA-2), so `GUARANTEE_ENCRYPTION` holds by
