@@ -17,6 +17,8 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
         public var peerTargetNames: [String: String]
         public var settings: String
         public var localPort: UInt16?
+        /// The SA pair the socket's policies are pinned to (`in 0x… out 0x…`), nil when they name the reqid only.
+        public var pinned: String?
     }
 
     public var pid: Int32
@@ -146,6 +148,6 @@ extension EndpointSnapshot.Entry {
             peerUserIdentity: user,
             peerTargetNames: Dictionary(
                 uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
-            settings: endpoint.summary, localPort: endpoint.lastLocalPort)
+            settings: endpoint.summary, localPort: endpoint.lastLocalPort, pinned: endpoint.pinned?.description)
     }
 }

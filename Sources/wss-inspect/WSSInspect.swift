@@ -77,6 +77,7 @@ struct WSSInspect: ParsableCommand {
                 if let port = endpoint.localPort { line += " port \(port)" }
                 line += endpoint.reqid.map { " reqid \($0)" } ?? " no policy"
                 line += " state \(endpoint.state)"
+                if let pinned = endpoint.pinned { line += " pinned \(pinned)" }
                 if let identity = endpoint.peerIdentity { line += " peer \(identity)" }
                 if let user = endpoint.peerUserIdentity { line += " user \(user)" }
                 for (address, name) in endpoint.peerTargetNames.sorted(by: { $0.key < $1.key }) {

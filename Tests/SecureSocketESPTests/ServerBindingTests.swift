@@ -149,11 +149,10 @@ final class ServerBindingTests: XCTestCase {
                 ("(b) exact", TrafficSelector.dynamic(protocol: "tcp", port: alicePort)),
             ] {
                 let child = try mallory.negotiate(local: local, remote: .dynamic(protocol: "tcp", port: port))
+                let established = Date() // `initiate` answers once Mallory's side has installed its SAs
                 if let spi = child?.inbound { malloryInbound.insert(spi) }
-                let spis = child.map { "in \(String($0.inbound, radix: 16)) out \(String($0.outbound, radix: 16))" }
-                print("ServerBinding \(label): Mallory's child \(spis ?? "not established")")
-                try exchange(label)
-                // Refused by the server: gone from its kernel within a bounded time.
+                // Refused by the server: gone from its kernel within a bounded time (how long the refused child
+                // existed there is the window its SAs could have been used in; a pinned connection never uses them).
                 let deadline = Date().addingTimeInterval(5)
                 var left: [XFRMState] = []
                 repeat {
@@ -161,8 +160,13 @@ final class ServerBindingTests: XCTestCase {
                         $0.id.spi != pinned.inboundSPI && $0.id.spi != pinned.outboundSPI
                     }
                     if left.isEmpty { break }
-                    usleep(50_000)
+                    usleep(5_000)
                 } while Date() < deadline
+                let spis = child.map { "in \(String($0.inbound, radix: 16)) out \(String($0.outbound, radix: 16))" }
+                print(
+                    "ServerBinding \(label): Mallory's child \(spis ?? "not established"); gone from the server's kernel "
+                        + "\(Int(Date().timeIntervalSince(established) * 1000)) ms after her initiate answered")
+                try exchange(label)
                 XCTAssertEqual(
                     left.map(\.description), [], "\(label): Mallory's SAs on the listener's reqid are deleted")
                 try exchange("\(label), after")
