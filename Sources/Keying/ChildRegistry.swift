@@ -59,6 +59,7 @@ final class ChildRegistry: Sendable {
         case rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection, reqid: UInt32, flow: KeyedFlow?)
         case peerChild(PeerChild, KeyedProtection)
         case peerChildGone(PeerChild)
+        case ownChild(reqid: UInt32, flow: KeyedFlow?, protection: KeyedProtection)
     }
 
     @discardableResult
@@ -78,6 +79,13 @@ final class ChildRegistry: Sendable {
                         // A refused child is not kept: nothing may be attributed to it.
                         if refused.contains(where: { $0.child.inboundSPI == spi }) { continue }
                         outcomes.append(.peerChild(peerChild, protection))
+                    } else if !isResponder(reqid) {
+                        // An initiator's reqid is in no conn a peer can use: a new child on it is charon's own for that
+                        // socket (its first, or one charon made again after a reauthentication or a restart).
+                        outcomes.append(
+                            .ownChild(
+                                reqid: reqid, flow: Self.flow(local: child.localTS, remote: child.remoteTS),
+                                protection: protection))
                     }
                     insert(
                         protection, reqid: reqid, name: child.name,

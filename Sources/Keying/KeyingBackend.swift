@@ -73,6 +73,9 @@ public enum KeyingEvent: Sendable {
     case peerChild(reqid: UInt32, flow: KeyedFlow?, protection: KeyedProtection)
     /// A peer's CHILD_SA on a listener's reqid went away (deleted, expired, refused).
     case peerChildGone(reqid: UInt32, flow: KeyedFlow?)
+    /// A CHILD_SA on an initiator's reqid came up (charon's own for that socket: its first, or one made again after
+    /// a reauthentication): a socket pinned to an older pair of that flow moves to it.
+    case ownChild(reqid: UInt32, flow: KeyedFlow?, protection: KeyedProtection)
 }
 
 /// The CHILD_SA an accepted connection is bound to.

@@ -189,6 +189,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 notify(.peerChild(reqid: child.reqid, flow: child.coverage.exactFlow, protection: protection))
             case .peerChildGone(let child):
                 notify(.peerChildGone(reqid: child.reqid, flow: child.coverage.exactFlow))
+            case .ownChild(let reqid, let flow, let protection):
+                notify(.ownChild(reqid: reqid, flow: flow, protection: authenticated(protection)))
             }
         }
     }

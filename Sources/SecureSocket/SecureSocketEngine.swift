@@ -148,6 +148,8 @@ public final class SecureSocketEngine: Sendable {
             case .peerChild(let reqid, let flow, let protection):
                 hooks.engine?.peerChild(reqid: reqid, flow: flow, protection: protection)
             case .peerChildGone(let reqid, let flow): hooks.engine?.peerChildGone(reqid: reqid, flow: flow)
+            case .ownChild(let reqid, let flow, let protection):
+                hooks.engine?.ownChild(reqid: reqid, flow: flow, protection: protection)
             }
         }
         reclaimDeadProcesses()

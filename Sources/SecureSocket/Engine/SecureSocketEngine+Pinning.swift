@@ -161,6 +161,20 @@ extension SecureSocketEngine {
             ])
     }
 
+    /// A new CHILD_SA on an initiator's reqid: a connected socket pinned to another pair for the same flow (charon
+    /// made the flow's CHILD_SA again, after a reauthentication say, without a `child-rekey`) moves to it once the
+    /// kernel holds it. A socket not pinned yet (its own negotiation's child) is pinned by that negotiation.
+    func ownChild(reqid: UInt32, flow: KeyedFlow?, protection: KeyedProtection) {
+        guard let spiIn = protection.inboundSPI, let spiOut = protection.outboundSPI,
+            let endpoint = table.endpoints(reqid: reqid).first(where: { $0.role == .initiator }),
+            let pinned = endpoint.pinned, pinned.inboundSPI != spiIn,
+            let connected = connectedFlow(endpoint), flow == nil || flow == connected
+        else { return }
+        pin(
+            cookie: endpoint.cookie, flow: connected, inboundSPI: spiIn, outboundSPI: spiOut,
+            ikeSAID: protection.ikeSAID, how: "charon made the flow's CHILD_SA again")
+    }
+
     /// Sockets whose rekey is pending, for the event pump's tick.
     var pendingPinCookies: Set<UInt64> { pendingPins.withLock { Set($0.values) } }
 
