@@ -161,8 +161,8 @@ struct NewConnection: ParsableCommand {
                 + " beyond the base's = ours' growth over the baseline's, measured interleaved in the same minutes;"
                 + " ours SAs = SAs left in A's kernel after the run (the baseline's IKE SA only: 0 CHILD SAs expected)")
         print(
-            "  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count) (bench-base and the responder conn expected)"
-        )
+            "  conns loaded in charon A after the runs: \(try backendA.vici.getConns().count)"
+                + " (bench-base and the two responder conns, one per address family, expected)")
         if held > 0, !noInProcessHold {
             try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid)
         }
