@@ -220,6 +220,9 @@ public struct KeyedProtection: Hashable, Sendable {
     public var integrityAlgorithm: String?
     public var inboundSPI: UInt32?
     public var outboundSPI: UInt32?
+    /// This host's address on the SA pair (the inbound SA's destination), when the keying daemon says: a flow
+    /// whose socket is bound to the wildcard address finds its inbound SA by it (one lookup instead of a dump).
+    public var localAddress: IPAddress?
     /// How the peer proved ``remoteIdentity`` (and ``remoteUserIdentity``); nil when the backend cannot say.
     public var authentication: PeerAuthentication?
     /// The subject and subjectAltNames of the certificate that proved ``remoteIdentity``; nil when the peer
@@ -230,8 +233,10 @@ public struct KeyedProtection: Hashable, Sendable {
         ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, localIdentity: String? = nil,
         remoteIdentity: String? = nil, remoteUserIdentity: String? = nil, encryptionAlgorithm: String? = nil,
         integrityAlgorithm: String? = nil, inboundSPI: UInt32? = nil, outboundSPI: UInt32? = nil,
-        authentication: PeerAuthentication? = nil, remoteCertificate: CertificateIdentity? = nil
+        authentication: PeerAuthentication? = nil, remoteCertificate: CertificateIdentity? = nil,
+        localAddress: IPAddress? = nil
     ) {
+        self.localAddress = localAddress
         self.ikeSAID = ikeSAID
         self.childSAID = childSAID
         self.localIdentity = localIdentity

@@ -645,7 +645,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             ikeSAID: ike.uniqueID.map(UInt64.init), childSAID: child.uniqueID.map(UInt64.init),
             localIdentity: ike.localID, remoteIdentity: ike.remoteID, remoteUserIdentity: ike.remoteEAPID,
             encryptionAlgorithm: child.encryptionAlgorithm, integrityAlgorithm: child.integrityAlgorithm,
-            inboundSPI: child.spiIn, outboundSPI: child.spiOut)
+            inboundSPI: child.spiIn, outboundSPI: child.spiOut, localAddress: ike.localHost.flatMap(IPAddress.init))
     }
 
     /// Maps charon's words to a keying error.

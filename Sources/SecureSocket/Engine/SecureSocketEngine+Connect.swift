@@ -67,8 +67,15 @@ extension SecureSocketEngine {
                 apply(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
                 // The socket is bound to exactly this pair before its first packet.
                 if let spiIn = negotiated.protection.inboundSPI, let spiOut = negotiated.protection.outboundSPI {
+                    // A socket bound to the wildcard address: the SA pair's own local address (no dump needed).
+                    var pinned = flow
+                    if pinned.local.isAny, let local = negotiated.protection.localAddress,
+                        local.family == pinned.remote.family
+                    {
+                        pinned.local = local
+                    }
                     pin(
-                        cookie: facts.cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut,
+                        cookie: facts.cookie, flow: pinned, inboundSPI: spiIn, outboundSPI: spiOut,
                         ikeSAID: negotiated.protection.ikeSAID, how: "WSAConnect")
                 }
             } catch let error as SecureSocketError {
