@@ -180,15 +180,7 @@ final class EndpointEventPump: Sendable {
         return nil
     }
 
-    private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
-        guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-            let facts = try? SocketInspector.facts(of: endpoint.descriptor),
-            let local = facts.local, let peer = facts.peer
-        else { return nil }
-        return KeyedFlow(
-            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-            localPort: local.port, remote: peer.address, remotePort: peer.port)
-    }
+    private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? { KeyedFlow.connected(endpoint) }
 
     /// After events may have been lost (the monitor ended and was started again) or the SAD was flushed: one
     /// dump of the kernel's SAs, and every secured connected endpoint whose outbound flow no SA with its reqid
@@ -211,5 +203,18 @@ final class EndpointEventPump: Sendable {
         logger.info(
             "resynchronised from the kernel's SAD",
             metadata: ["sas": "\(states.count)", "connections-without-sas": "\(lost)"])
+    }
+}
+
+extension KeyedFlow {
+    /// The flow of an endpoint's socket while it is open and connected (its cookie still names it); nil otherwise.
+    static func connected(_ endpoint: Endpoint) -> KeyedFlow? {
+        guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
+            let facts = try? SocketInspector.facts(of: endpoint.descriptor),
+            let local = facts.local, let peer = facts.peer
+        else { return nil }
+        return KeyedFlow(
+            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
+            localPort: local.port, remote: peer.address, remotePort: peer.port)
     }
 }

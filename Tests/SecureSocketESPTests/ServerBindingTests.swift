@@ -99,6 +99,18 @@ final class ServerBindingTests: XCTestCase {
         try XFRMClient(namespace: ends.pair.b.namespace).states().filter { $0.reqid == reqid && !$0.isLarval }
     }
 
+    /// The SAs of `reqid` other than `own` still in the server's kernel after they had up to 5 s to go (every 5 ms).
+    static func foreignSAsLeft(_ ends: Ends, reqid: UInt32, own: Set<UInt32>) throws -> [XFRMState] {
+        let deadline = Date().addingTimeInterval(5)
+        var left: [XFRMState] = []
+        repeat {
+            left = try listenerSAs(ends, reqid: reqid).filter { !own.contains($0.id.spi) }
+            if left.isEmpty { break }
+            usleep(5_000)
+        } while Date() < deadline
+        return left
+    }
+
     /// alice (a.example) is connected to a secured listener and held as `a.example`. Mallory then negotiates
     /// (a) a wide CHILD_SA (alice's address, every TCP port) and (b) one with exactly alice's 5-tuple, on the
     /// listener's reqid. Each is refused by the server at once; meanwhile and after, the server's data for alice
@@ -153,15 +165,8 @@ final class ServerBindingTests: XCTestCase {
                 if let spi = child?.inbound { malloryInbound.insert(spi) }
                 // Refused by the server: gone from its kernel within a bounded time (how long the refused child
                 // existed there is the window its SAs could have been used in; a pinned connection never uses them).
-                let deadline = Date().addingTimeInterval(5)
-                var left: [XFRMState] = []
-                repeat {
-                    left = try Self.listenerSAs(ends, reqid: reqid).filter {
-                        $0.id.spi != pinned.inboundSPI && $0.id.spi != pinned.outboundSPI
-                    }
-                    if left.isEmpty { break }
-                    usleep(5_000)
-                } while Date() < deadline
+                let left = try Self.foreignSAsLeft(
+                    ends, reqid: reqid, own: [pinned.inboundSPI, pinned.outboundSPI])
                 let spis = child.map { "in \(String($0.inbound, radix: 16)) out \(String($0.outbound, radix: 16))" }
                 print(
                     "ServerBinding \(label): Mallory's child \(spis ?? "not established"); gone from the server's kernel "
@@ -317,13 +322,7 @@ final class ServerBindingTests: XCTestCase {
             ] {
                 let child = try mallory.negotiate(local: local, remote: .dynamic(protocol: "udp", port: port))
                 if let spi = child?.inbound { malloryInbound.insert(spi) }
-                let deadline = Date().addingTimeInterval(5)
-                var left: [XFRMState] = []
-                repeat {
-                    left = try Self.listenerSAs(ends, reqid: reqid).filter { !own.contains($0.id.spi) }
-                    if left.isEmpty { break }
-                    usleep(50_000)
-                } while Date() < deadline
+                let left = try Self.foreignSAsLeft(ends, reqid: reqid, own: own)
                 XCTAssertEqual(
                     left.map(\.description), [], "\(label): Mallory's SAs on the responder's reqid are deleted")
                 try exchange(label)

@@ -131,22 +131,18 @@ extension SecureSocketEngine {
         guard let flow = connectedFlow(endpoint) else { return }
         let fd = FileDescriptor(rawValue: endpoint.descriptor)
         var moved: [UInt32] = []
-        if let spi = pinned.pendingInboundSPI,
-            let state = try? xfrm.getState(XFRMStateID(destination: flow.local, spi: spi, proto: .esp)),
-            state.reqid == reqid, flow.isCovered(by: state.selector, outbound: false),
-            (try? SocketPolicy.pin(template, spi: spi, direction: .inbound, on: fd, family: endpoint.family)) != nil
-        {
-            pinned.inboundSPI = spi
-            pinned.pendingInboundSPI = nil
-            moved.append(spi)
-        }
-        if let spi = pinned.pendingOutboundSPI,
-            let state = try? xfrm.getState(XFRMStateID(destination: flow.remote, spi: spi, proto: .esp)),
-            state.reqid == reqid, flow.isCovered(by: state.selector, outbound: true),
-            (try? SocketPolicy.pin(template, spi: spi, direction: .outbound, on: fd, family: endpoint.family)) != nil
-        {
-            pinned.outboundSPI = spi
-            pinned.pendingOutboundSPI = nil
+        for outbound in [false, true] {
+            let pending = outbound ? \PinnedSAs.pendingOutboundSPI : \PinnedSAs.pendingInboundSPI
+            guard let spi = pinned[keyPath: pending],
+                let state = try? xfrm.getState(
+                    XFRMStateID(destination: outbound ? flow.remote : flow.local, spi: spi, proto: .esp)),
+                state.reqid == reqid, flow.isCovered(by: state.selector, outbound: outbound),
+                (try? SocketPolicy.pin(
+                    template, spi: spi, direction: outbound ? .outbound : .inbound, on: fd, family: endpoint.family))
+                    != nil
+            else { continue }
+            pinned[keyPath: outbound ? \PinnedSAs.outboundSPI : \PinnedSAs.inboundSPI] = spi
+            pinned[keyPath: pending] = nil
             moved.append(spi)
         }
         guard !moved.isEmpty else { return }
@@ -179,15 +175,7 @@ extension SecureSocketEngine {
     var pendingPinCookies: Set<UInt64> { pendingPins.withLock { Set($0.values) } }
 
     /// A connected socket's flow (nil when it is closed or not connected).
-    func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
-        guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-            let facts = try? SocketInspector.facts(of: endpoint.descriptor),
-            let local = facts.local, let peer = facts.peer
-        else { return nil }
-        return KeyedFlow(
-            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-            localPort: local.port, remote: peer.address, remotePort: peer.port)
-    }
+    func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? { KeyedFlow.connected(endpoint) }
 
     // MARK: - Accepted connections
 
