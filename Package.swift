@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "wss-inspect", targets: ["wss-inspect"]),
         .executable(name: "secure-echo", targets: ["secure-echo"]),
         .executable(name: "wss-demo", targets: ["wss-demo"]),
+        .executable(name: "wss-keyd", targets: ["wss-keyd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -96,6 +97,31 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The control protocol between the library and the namespace's keying daemon: messages, their bounded
+        // codec, and the SOCK_SEQPACKET channel that carries them with one socket each (SCM_RIGHTS).
+        .target(
+            name: "DaemonControl",
+            dependencies: [
+                "DirectoryNames", "IPAddressing", "Impersonation", "SecureSocket", "XFRM",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // The keying daemon of a network namespace: the engine serving applications' sockets over the control
+        // protocol, so that applications need no CAP_NET_ADMIN.
+        .target(
+            name: "KeyingDaemon",
+            dependencies: [
+                "DaemonControl", "IPAddressing", "SecureSocket", "SocketDiagnostics", "ALE", "SystemSupport", "XFRM",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // The library's side of the control protocol: the secure-socket calls carried out by the keying daemon.
+        .target(
+            name: "DaemonClient",
+            dependencies: [
+                "DaemonControl", "IPAddressing", "Impersonation", "SecureSocket", "SystemSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
         .target(
             name: "CSecureSocketABI", path: "CModules/CSecureSocketABI",
@@ -103,7 +129,7 @@ let package = Package(
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
-            dependencies: ["IPAddressing", "SecureSocket", "CSecureSocketABI"]
+            dependencies: ["IPAddressing", "SecureSocket", "DaemonClient", "DaemonControl", "CSecureSocketABI"]
         ),
         // Test harness: namespaces, veth pairs, tier probes, the UML runner. Not a product.
         .target(
@@ -164,6 +190,13 @@ let package = Package(
                 "NetnsTestSupport", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "wss-keyd",
+            dependencies: [
+                "DaemonControl", "Keying", "KeyingDaemon", "SecureSocket", "SystemSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "wss-inspect",
             dependencies: [
@@ -232,12 +265,15 @@ let package = Package(
             name: "FuzzTargets",
             dependencies: [
                 "ConfigurationFile", "DirectoryNames", "Keying", "VICI", "XFRM", "WinsockSecureSocket", "Impersonation",
-                "CLibFuzzer",
+                "DaemonControl", "CLibFuzzer",
             ],
             path: "Fuzzing/FuzzTargets"),
         // C: the declaration of libFuzzer's driver (libclang_rt.fuzzer, linked by -sanitize=fuzzer).
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),
+        .testTarget(
+            name: "DaemonControlUnitTests",
+            dependencies: ["DaemonControl", "SecureSocket", "IPAddressing", "Impersonation", "DirectoryNames", "XFRM"]),
         .testTarget(
             name: "SystemSupportUnitTests",
             dependencies: ["SystemSupport", .product(name: "SystemPackage", package: "swift-system")]),
@@ -247,7 +283,7 @@ let package = Package(
 
 // One executable per fuzz target, `fuzz-NAME` (Fuzzing/Targets/fuzz-NAME): libFuzzer's entry point, and a replay
 // `main` when built without `-sanitize=fuzzer` (so a plain `swift build` builds them like any other executable).
-let fuzzTargets = ["vici", "netlink", "windows-structs", "keying-file", "identity-map", "static-keys"]
+let fuzzTargets = ["vici", "netlink", "windows-structs", "keying-file", "identity-map", "static-keys", "control"]
 package.targets += fuzzTargets.map {
     .executableTarget(name: "fuzz-\($0)", dependencies: ["FuzzTargets"], path: "Fuzzing/Targets/fuzz-\($0)")
 }

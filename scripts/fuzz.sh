@@ -12,7 +12,7 @@
 #   --long        30 minutes per target (the long run); add --release for a faster (slower to build) binary.
 #   --seconds N   N seconds per target.
 #   --only LIST   only these targets (comma-separated names: vici, netlink, windows-structs, keying-file,
-#                 identity-map, static-keys).
+#                 identity-map, static-keys, control).
 #   --scratch P   the build's scratch path (default .build-fuzz): its own, never the normal .build.
 #   --fresh       forget the corpus grown by earlier runs (SCRATCH/fuzz-corpus).
 # Each target reads the committed seeds (Fuzzing/Corpus/NAME) and crash inputs (Fuzzing/Crashes/NAME) and
@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
 
-all_targets=(vici netlink windows-structs keying-file identity-map static-keys)
+all_targets=(vici netlink windows-structs keying-file identity-map static-keys control)
 mode=ci budget=180 seconds="" configuration=debug scratch=.build-fuzz fresh=0 targets=("${all_targets[@]}")
 while (($# > 0)); do
   case $1 in

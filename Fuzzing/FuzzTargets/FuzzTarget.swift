@@ -34,7 +34,9 @@ public struct FuzzTarget: Sendable {
     }
 
     /// Every target, in the order `scripts/fuzz.sh` runs them.
-    public static let all: [FuzzTarget] = [.vici, .netlink, .windowsStructs, .keyingFile, .identityMap, .staticKeys]
+    public static let all: [FuzzTarget] = [
+        .vici, .netlink, .windowsStructs, .keyingFile, .identityMap, .staticKeys, .control,
+    ]
 
     /// Checks one input held in an array (the replay's form; libFuzzer's goes through ``fuzzOne(_:_:)``).
     public func check(_ bytes: [UInt8]) -> Outcome {

@@ -33,6 +33,9 @@ public struct Endpoint: Sendable {
     public var cookie: UInt64
     /// The descriptor it was registered through (informational: fds are reused, cookies are not).
     public var descriptor: Int32
+    /// The keying daemon's client that holds the socket (`descriptor` is then that client's number, not this
+    /// process's); nil when this process holds it.
+    public var client: UInt64?
     public var family: IPAddressFamily
     public var kind: SocketFacts.Kind
     /// The reqid in the socket's policy templates; nil when no per-socket policy was set.

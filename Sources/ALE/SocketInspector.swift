@@ -27,6 +27,20 @@ public struct SocketFacts: Hashable, Sendable {
     /// Whether `listen()` was called (`SO_ACCEPTCONN`).
     public var isListening: Bool
 
+    public init(
+        cookie: UInt64, family: IPAddressFamily, rawFamily: Int32, kind: Kind, protocolNumber: Int32,
+        local: IPEndpoint?, peer: IPEndpoint?, isListening: Bool
+    ) {
+        self.cookie = cookie
+        self.family = family
+        self.rawFamily = rawFamily
+        self.kind = kind
+        self.protocolNumber = protocolNumber
+        self.local = local
+        self.peer = peer
+        self.isListening = isListening
+    }
+
     public var isBound: Bool { (local?.port ?? 0) != 0 }
     public var isConnected: Bool { peer != nil }
 }

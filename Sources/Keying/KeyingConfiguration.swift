@@ -71,6 +71,9 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public var charon: Charon
     public var negotiationTimeout: Duration
     public var eapUsers: [String: String] = [:]
+    /// Local users (names or numeric uids) besides root whose applications the keying daemon secures sockets for
+    /// (`client-user`); the daemon refuses everyone else.
+    public var clientUsers: [String] = []
     /// Per-peer pre-shared keys (`peer-psk`), by peer identity. Never together with ``psk``.
     public var peerKeys: [String: String] = [:]
 
@@ -108,6 +111,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
         var timeout: Duration = .seconds(10)
         var eapUsers: [String: String] = [:]
         var peerKeys: [String: String] = [:]
+        var clientUsers: [String] = []
         var pskLine = 0
         var firstPeerKeyLine = 0
         for result in ConfigurationReader.lines(text) {
@@ -163,6 +167,11 @@ public struct KeyingConfiguration: Hashable, Sendable {
                     throw ParseError(line: number, message: "eap-user NAME SECRET", reason: .syntax)
                 }
                 eapUsers[line.tokens[1].text] = secret
+            case "client-user":
+                guard line.tokens.count == 2, !value.isEmpty else {
+                    throw ParseError(line: number, message: "client-user NAME-OR-UID (one per line)", reason: .syntax)
+                }
+                clientUsers.append(value)
             case "negotiation-timeout":
                 guard let seconds = Double(value), seconds > 0, seconds <= 300 else {
                     throw ParseError(
@@ -211,6 +220,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
             negotiationTimeout: timeout)
         configuration.eapUsers = eapUsers
         configuration.peerKeys = peerKeys
+        configuration.clientUsers = clientUsers
         return configuration
     }
 

@@ -180,7 +180,7 @@ final class EndpointEventPump: Sendable {
         return nil
     }
 
-    private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? { KeyedFlow.connected(endpoint) }
+    private func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? { engine.connectedFlow(endpoint) }
 
     /// After events may have been lost (the monitor ended and was started again) or the SAD was flushed: one
     /// dump of the kernel's SAs, and every secured connected endpoint whose outbound flow no SA with its reqid
@@ -207,11 +207,9 @@ final class EndpointEventPump: Sendable {
 }
 
 extension KeyedFlow {
-    /// The flow of an endpoint's socket while it is open and connected (its cookie still names it); nil otherwise.
-    static func connected(_ endpoint: Endpoint) -> KeyedFlow? {
-        guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-            let facts = try? SocketInspector.facts(of: endpoint.descriptor),
-            let local = facts.local, let peer = facts.peer
+    /// The flow of a connected socket; nil when it is not connected.
+    static func connected(fd: CInt) -> KeyedFlow? {
+        guard let facts = try? SocketInspector.facts(of: fd), let local = facts.local, let peer = facts.peer
         else { return nil }
         return KeyedFlow(
             transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,

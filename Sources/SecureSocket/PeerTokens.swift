@@ -52,6 +52,18 @@ public final class PeerTokenTable: Sendable {
     }
 
     /// The token behind a handle, or nil if it is not open.
+    /// Opens the tokens a query asked for (a non-zero access mask) on a secured connection: the peer machine's and
+    /// the peer user's, their handles written into `info`.
+    public func openTokens(for info: inout SocketSecurityQueryInfo, accessMask mask: UInt32) {
+        guard mask != 0, info.flags.contains(.secured) else { return }
+        if let machine = info.peerMachineIdentity {
+            info.peerMachineToken = open(.machine, identity: machine, accessMask: mask, peer: info.peer).handle
+        }
+        if let user = info.peerUserIdentity {
+            info.peerApplicationToken = open(.user, identity: user, accessMask: mask, peer: info.peer).handle
+        }
+    }
+
     public func token(_ handle: UInt64) -> PeerToken? { state.withLock { $0.tokens[handle] } }
 
     /// A second handle to the same identity (closed separately).

@@ -58,8 +58,10 @@ extension SecureSocketEngine {
     }
 }
 
-final class CancelFlag: Sendable {
+/// Set when the task a blocking call runs for is cancelled; the call looks at it between its waits.
+package final class CancelFlag: Sendable {
     private let flag = Atomic<Bool>(false)
-    func set() { flag.store(true, ordering: .releasing) }
-    var isSet: Bool { flag.load(ordering: .acquiring) }
+    package init() {}
+    package func set() { flag.store(true, ordering: .releasing) }
+    package var isSet: Bool { flag.load(ordering: .acquiring) }
 }

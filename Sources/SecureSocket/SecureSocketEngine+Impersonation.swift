@@ -12,7 +12,32 @@ import SystemPackage
 /// These are synchronous and per thread. Swift tasks can move between threads at every `await`, so never let
 /// an `await` come between ``impersonatePeer(_:peerAddress:)`` and ``revertImpersonation()``; prefer
 /// ``withPeerImpersonation(_:peerAddress:_:)``, whose body is synchronous.
-extension SecureSocketEngine {
+/// The secure-socket calls on a process's sockets, whoever carries them out: the engine in this process (it
+/// then needs `CAP_NET_ADMIN`), or the namespace's keying daemon through its client. Impersonation and peer
+/// tokens are the calling process's own in both cases (built here on ``query(_:_:)``).
+public protocol SocketSecurityProvider: AnyObject, Sendable {
+    func setSecurity(_ fd: CInt, _ settings: SocketSecuritySettings) throws(SecureSocketError)
+    func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError)
+    func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError)
+    func connect(_ fd: CInt, to peer: IPEndpoint, timeout: Duration?) throws(SecureSocketError)
+    func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate?) throws(SecureSocketError)
+        -> SocketSecurityQueryInfo
+    /// The application is done with the socket (`closesocket`).
+    func release(_ fd: CInt)
+    /// The peer token handles this process opened.
+    var tokens: PeerTokenTable { get }
+    /// The identity map impersonation uses (nil: impersonation is refused).
+    var identityMap: IdentityMap? { get }
+    var logger: Logger { get }
+    /// Fails when this process may not use the provider (a process forked from the one that made it).
+    func requireOwner() throws(SecureSocketError)
+}
+
+extension SecureSocketEngine: SocketSecurityProvider {
+    public var identityMap: IdentityMap? { configuration.identityMap }
+}
+
+extension SocketSecurityProvider {
     /// Makes the calling thread run as the peer's mapped account. Blocking sockets only (as on Windows).
     /// Returns the account.
     @discardableResult
@@ -40,14 +65,14 @@ extension SecureSocketEngine {
         } catch {
             logger.notice(
                 "impersonation refused", metadata: ["fd": "\(fd)", "peer-identity": "\(peer)", "reason": "\(error)"])
-            throw Self.winsockError(error)
+            throw SecureSocketEngine.winsockError(error)
         }
     }
 
     /// Ends the calling thread's impersonation; a thread that is not impersonating is left as it is (success).
     @available(*, noasync, message: "a task may resume on another thread; use withPeerImpersonation")
     public func revertImpersonation() throws(SecureSocketError) {
-        try Self.revertThreadImpersonation(logger: logger)
+        try SecureSocketEngine.revertThreadImpersonation(logger: logger)
     }
 
     /// ``revertImpersonation()`` without an engine: no engine is needed to give a thread its own credentials back
@@ -74,7 +99,7 @@ extension SecureSocketEngine {
         do {
             return try ThreadCredentials.withImpersonation(of: peer, in: map, body)
         } catch let error as ImpersonationError {
-            throw Self.winsockError(error)
+            throw SecureSocketEngine.winsockError(error)
         }
     }
 
@@ -83,7 +108,7 @@ extension SecureSocketEngine {
         guard let token = tokens.token(handle) else {
             throw SecureSocketError(.invalidArgument, "token \(handle) is not open")
         }
-        guard let map = configuration.identityMap else {
+        guard let map = identityMap else {
             throw SecureSocketError(.accessDenied, "no identity map configured")
         }
         // The identity the query authenticated (with how, and the certificate's names); a machine token is the machine.
@@ -97,15 +122,15 @@ extension SecureSocketEngine {
         do {
             return try map.resolve(peer)
         } catch {
-            throw Self.winsockError(error)
+            throw SecureSocketEngine.winsockError(error)
         }
     }
 
     private func peerIdentity(_ fd: CInt, peerAddress: IPEndpoint?) throws(SecureSocketError)
         -> (PeerIdentity, IdentityMap)
     {
-        let facts = try inspect(fd)
-        try requireInetStreamOrDatagram(facts)
+        let facts = try SecureSocketEngine.inspect(fd)
+        try SecureSocketEngine.requireInetStreamOrDatagram(facts)
         guard !SocketInspector.isNonBlocking(fd) else {
             throw SecureSocketError(.invalidArgument, "impersonation is for blocking sockets only")
         }
@@ -118,12 +143,15 @@ extension SecureSocketEngine {
         guard info.flags.contains(.secured), let peer = info.peer, peer.ikeIdentity != nil || peer.user != nil else {
             throw SecureSocketError(.accessDenied, "the peer is not authenticated by IPsec: nobody to impersonate")
         }
-        guard let map = configuration.identityMap else {
+        guard let map = identityMap else {
             throw SecureSocketError(.accessDenied, "no identity map configured (\(IdentityMapLocation.defaultPath))")
         }
         return (peer, map)
     }
 
+}
+
+extension SecureSocketEngine {
     static func winsockError(_ error: ImpersonationError) -> SecureSocketError {
         switch error.code {
         case .unmappedIdentity, .ambiguousIdentity, .groupKeyNotAccepted, .privilegedAccount, .unknownAccount,

@@ -42,6 +42,9 @@ public final class SecureSocketEngine: Sendable {
         /// Where the engine logs its decisions (see ``SecureSocketLogging``); the application's logging system by
         /// default, `WSS_LOG` for the process-wide engine of the Windows functions.
         public var logger = Logger(label: "wss.secure-socket")
+        /// Set by the keying daemon, which secures its clients' sockets without holding them (see
+        /// ``ClientSockets``); nil for an engine that secures its own process's sockets.
+        public var clientSockets: (any ClientSockets)?
 
         public init(
             negotiationTimeout: Duration = .seconds(10), keying: (any KeyingBackend)?, reqidDirectory: String? = nil,
@@ -59,7 +62,7 @@ public final class SecureSocketEngine: Sendable {
     }
 
     public let configuration: Configuration
-    var logger: Logger { configuration.logger }
+    public var logger: Logger { configuration.logger }
     let table = EndpointTable()
     /// Peer token handles the queries handed out.
     public let tokens = PeerTokenTable()
@@ -67,6 +70,8 @@ public final class SecureSocketEngine: Sendable {
     let xfrm: XFRMClient
     /// What each secured socket holds in the keying backend.
     let keyings = KeyingRegistry()
+    /// The descriptors clients' requests lend while they run.
+    let lent = LentDescriptors()
     let pump = Mutex<EndpointEventPump?>(nil)
     /// The hash of the last snapshot's endpoints, to write only on change.
     let published = Mutex<Int?>(nil)
@@ -176,6 +181,7 @@ public final class SecureSocketEngine: Sendable {
             return engine.settleRoles() || awaiting
         }
         func acquire(reqid: UInt32, flow: KeyedFlow) { engine?.answerAcquire(reqid: reqid, flow: flow) }
+        func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? { engine?.connectedFlow(endpoint) }
         func apply(_ event: EndpointEvent, cookie: UInt64) { engine?.apply(event, cookie: cookie) }
         func acceptedFlowSA(_ flow: KeyedFlow, reqid: UInt32, spi: UInt32, installed: Bool) {
             engine?.acceptedFlowSA(flow, reqid: reqid, spi: spi, installed: installed)
@@ -263,7 +269,7 @@ public final class SecureSocketEngine: Sendable {
     /// Every call of the API starts here: a process forked from the one that made the engine shares its netlink
     /// and VICI sockets and whatever state its locks were in at the fork, and has no event pump; it must make an
     /// engine of its own. (`WSANOTINITIALISED` through the C ABI.)
-    func requireOwner() throws(SecureSocketError) {
+    public func requireOwner() throws(SecureSocketError) {
         guard Self.forks.load(ordering: .relaxed) == forkGeneration else {
             throw SecureSocketError(
                 .notInitialised,
@@ -294,7 +300,7 @@ public final class SecureSocketEngine: Sendable {
     /// are released.
     func drainSendQueues(within bound: Duration) {
         let deadline = Deadline(after: bound)
-        var pending = table.all.filter { $0.kind == .stream }.map(\.descriptor)
+        var pending = table.all.filter { $0.kind == .stream && $0.client == nil }.map(\.descriptor)
         while !pending.isEmpty, !deadline.hasPassed {
             pending = pending.filter { fd in
                 var queued: CInt = 0

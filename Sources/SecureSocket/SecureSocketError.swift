@@ -28,6 +28,8 @@ public struct SecureSocketError: Error, Hashable, CustomStringConvertible, Senda
         public static let addressFamilyNotSupported = Code(rawValue: 10047)
         /// `WSAEADDRINUSE` 10048.
         public static let addressInUse = Code(rawValue: 10048)
+        /// `WSAENETDOWN` 10050: no keying daemon answers in this network namespace (or it went away).
+        public static let networkDown = Code(rawValue: 10050)
         /// `WSAENETUNREACH` 10051.
         public static let networkUnreachable = Code(rawValue: 10051)
         /// `WSAECONNABORTED` 10053.
@@ -54,7 +56,7 @@ public struct SecureSocketError: Error, Hashable, CustomStringConvertible, Senda
             let names: [Int32: String] = [
                 10004: "WSAEINTR", 10013: "WSAEACCES", 10014: "WSAEFAULT", 10022: "WSAEINVAL", 10035: "WSAEWOULDBLOCK",
                 10038: "WSAENOTSOCK", 10040: "WSAEMSGSIZE", 10045: "WSAEOPNOTSUPP", 10047: "WSAEAFNOSUPPORT",
-                10048: "WSAEADDRINUSE", 10051: "WSAENETUNREACH", 10053: "WSAECONNABORTED", 10054: "WSAECONNRESET",
+                10048: "WSAEADDRINUSE", 10050: "WSAENETDOWN", 10051: "WSAENETUNREACH", 10053: "WSAECONNABORTED", 10054: "WSAECONNRESET",
                 10056: "WSAEISCONN", 10057: "WSAENOTCONN", 10060: "WSAETIMEDOUT", 10061: "WSAECONNREFUSED",
                 10065: "WSAEHOSTUNREACH", 10093: "WSANOTINITIALISED", 10107: "WSASYSCALLFAILURE",
             ]

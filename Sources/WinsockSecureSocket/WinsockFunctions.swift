@@ -8,9 +8,10 @@ import SystemPackage
 // SOCKET_ERROR (-1) with the reason in WSAGetLastError(). Overlapped and completion-routine arguments are
 // accepted and ignored: every call here completes synchronously, as Windows does for non-overlapped sockets.
 
-private func engine() throws(SecureSocketError) -> SecureSocketEngine {
-    if let engine = SecureSocketEngine.shared { return engine }
-    return try SecureSocketEngine.makeDefaultShared()
+private func engine() throws(SecureSocketError) -> any SocketSecurityProvider {
+    let provider = try ProcessSecurityProvider.get()
+    try provider.requireOwner()
+    return provider
 }
 
 /// Requires IPsec on `socket` (before bind/connect, once). NULL settings apply the defaults.
@@ -107,7 +108,7 @@ public func WSAConnect(
         }
         guard nameLength >= 0 else { throw SecureSocketError(.fault, "negative address length") }
         let peer = try WindowsStructs.address(name, length: UInt32(nameLength))
-        try engine().connect(socket, to: peer)
+        try engine().connect(socket, to: peer, timeout: nil)
     }
 }
 
@@ -186,7 +187,7 @@ public func WSARevertImpersonation() -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
         // No engine is needed to give a thread its own credentials back (a thread impersonates only through the
         // process engine, whose log records the revert).
-        try SecureSocketEngine.revertThreadImpersonation(logger: SecureSocketEngine.shared?.configuration.logger)
+        try SecureSocketEngine.revertThreadImpersonation(logger: SecureSocketEngine.shared?.logger)
     }
 }
 

@@ -27,6 +27,19 @@ extension SecureSocketEngine {
         _ fd: CInt, to peer: IPEndpoint, timeout: Duration?,
         cancelled: CancelFlag?
     ) throws(SecureSocketError) {
+        let handshake = try prepareConnect(fd, to: peer, timeout: timeout, cancelled: cancelled)
+        defer { if let cookie = SocketInspector.cookie(of: fd) { recordFlow(fd, cookie: cookie) } }
+        try Self.plainConnect(fd, peer, deadline: handshake, cancelled: cancelled)
+    }
+
+    /// `WSAConnect` up to the `connect()` itself: the flow's SAs negotiated (at most `timeout`) and the socket
+    /// pinned to them, or the fall back to clear text its settings allow. Returns the deadline for the TCP
+    /// handshake that follows: what is left of `timeout`, or at least `timeout` again (at most 10 s) when the
+    /// negotiation used it up. A socket that is not secured gets the whole `timeout` for its handshake. (The
+    /// keying daemon runs this for a client, which then connects itself.)
+    package func prepareConnect(
+        _ fd: CInt, to peer: IPEndpoint, timeout: Duration? = nil, cancelled: CancelFlag? = nil
+    ) throws(SecureSocketError) -> Deadline {
         try requireOwner()
         let facts = try inspect(fd)
         try requireInetStreamOrDatagram(facts)
@@ -35,7 +48,7 @@ extension SecureSocketEngine {
         }
         let timeout = timeout ?? configuration.negotiationTimeout
         guard let endpoint = table.endpoint(cookie: facts.cookie), let reqid = endpoint.reqid else {
-            return try plainConnect(fd, peer, deadline: Deadline(after: timeout), cancelled: cancelled)
+            return Deadline(after: timeout)
         }
         if facts.family == .inet6 && peer.isV4Mapped {
             // The kernel skips an AF_INET6 socket policy for v4-mapped flows: that would be clear text.
@@ -65,18 +78,22 @@ extension SecureSocketEngine {
                     throw SecureSocketError(.notSocket, "descriptor \(fd) was released while its SAs were negotiated")
                 }
                 apply(.childUp(Self.info(negotiated.protection)), cookie: facts.cookie)
+                // A socket bound to the wildcard address: the SA pair's own local address (no dump needed).
+                var pinned = flow
+                if pinned.local.isAny, let local = negotiated.protection.localAddress,
+                    local.family == pinned.remote.family
+                {
+                    pinned.local = local
+                }
                 // The socket is bound to exactly this pair before its first packet.
                 if let spiIn = negotiated.protection.inboundSPI, let spiOut = negotiated.protection.outboundSPI {
-                    // A socket bound to the wildcard address: the SA pair's own local address (no dump needed).
-                    var pinned = flow
-                    if pinned.local.isAny, let local = negotiated.protection.localAddress,
-                        local.family == pinned.remote.family
-                    {
-                        pinned.local = local
-                    }
                     pin(
                         cookie: facts.cookie, flow: pinned, inboundSPI: spiIn, outboundSPI: spiOut,
                         ikeSAID: negotiated.protection.ikeSAID, how: "WSAConnect")
+                }
+                if endpoint.client != nil, facts.kind == .stream {
+                    // The daemon will not see the socket connected: its flow is recorded now.
+                    recordFlow(pinned, cookie: facts.cookie)
                 }
             } catch let error as SecureSocketError {
                 throw error
@@ -100,12 +117,9 @@ extension SecureSocketEngine {
         }
         snapshotDirty.store(true, ordering: .releasing)
         if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
-        defer { recordFlow(fd, cookie: facts.cookie) }
         // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
         // have used the whole first one).
-        try plainConnect(
-            fd, peer, deadline: max(deadline, Deadline(after: min(timeout, .seconds(10)))),
-            cancelled: cancelled)
+        return max(deadline, Deadline(after: min(timeout, .seconds(10))))
     }
 
     /// The socket's local address and port, binding an unbound socket to the wildcard address and an
@@ -150,9 +164,9 @@ extension SecureSocketEngine {
     /// `connect()` bounded by `deadline`, the TCP handshake included: a blocking socket is switched to
     /// non-blocking for the call and waited on with `poll` (a blocking `connect()` to a silent peer would wait for
     /// TCP's SYN retries, about two minutes), then switched back.
-    func plainConnect(
+    package static func plainConnect(
         _ fd: CInt, _ peer: IPEndpoint, deadline: Deadline,
-        cancelled: CancelFlag?
+        cancelled: CancelFlag? = nil
     ) throws(SecureSocketError) {
         let flags = fcntl(fd, F_GETFL)
         let nonBlocking = flags >= 0 && flags & O_NONBLOCK != 0
@@ -188,7 +202,7 @@ extension SecureSocketEngine {
 
     /// Waits for a non-blocking `connect()` to complete, at most until `deadline` (polling in slices so that
     /// cancellation is seen), and reports its outcome from `SO_ERROR`.
-    func awaitHandshake(
+    static func awaitHandshake(
         _ fd: CInt, _ peer: IPEndpoint, deadline: Deadline,
         cancelled: CancelFlag?
     ) throws(SecureSocketError) {

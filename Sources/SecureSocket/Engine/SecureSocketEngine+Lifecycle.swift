@@ -28,7 +28,9 @@ extension SecureSocketEngine {
         let now = ContinuousClock.now
         if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
         var descriptors: [UInt64: CInt]?
-        for var endpoint in table.all {
+        let all = table.all
+        sweepClientEndpoints(all.filter { $0.client != nil }, now: now)
+        for var endpoint in all where endpoint.client == nil {
             if SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
                 if descriptors == nil { descriptors = SocketInspector.descriptorsByCookie() }
                 if let moved = descriptors?[endpoint.cookie] {
@@ -62,6 +64,7 @@ extension SecureSocketEngine {
             }
             if table.endpoint(cookie: endpoint.cookie) == nil { released += 1 }
         }
+        released += all.filter { $0.client != nil && table.endpoint(cookie: $0.cookie) == nil }.count
         // An idle engine keeps no reqid claim in the namespace.
         if table.count == 0 { reqids.releaseIfUnused() }
         return released
@@ -148,6 +151,7 @@ extension SecureSocketEngine {
         child.lastLocalPort = port
         child.peer = facts.peer?.address
         child.role = .accepted
+        child.client = listener.client
         child.registeredAt = ContinuousClock.now
         guard (try? table.insert(child)) != nil else { return }
         if let request = keyings.request(cookie: listener.cookie) {

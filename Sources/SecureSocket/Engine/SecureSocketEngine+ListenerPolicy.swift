@@ -36,8 +36,15 @@ extension SecureSocketEngine {
             do { try xfrm.addPolicy(policy) } catch { try xfrm.updatePolicy(policy) }
         }
         portCovers.withLock { $0[reqid] = policies }
-        try SocketPolicy.deferToSPD(
-            template, on: FileDescriptor(rawValue: endpoint.descriptor), family: endpoint.family)
+        let failure = withSocket(endpoint) { fd -> XFRMError? in
+            do throws(XFRMError) {
+                try SocketPolicy.deferToSPD(template, on: FileDescriptor(rawValue: fd), family: endpoint.family)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure, let failure { throw failure }
     }
 
     /// The reqid's port is no longer answered: its catch-all policies end by themselves after `TIME_WAIT` (a
@@ -56,8 +63,9 @@ extension SecureSocketEngine {
         guard let reqid = endpoint.reqid, portCovers.withLock({ $0[reqid] != nil }),
             let template = template(for: endpoint)
         else { return }
-        try? SocketPolicy.require(
-            [template], on: FileDescriptor(rawValue: endpoint.descriptor), family: endpoint.family)
+        _ = withSocket(endpoint) {
+            try? SocketPolicy.require([template], on: FileDescriptor(rawValue: $0), family: endpoint.family)
+        }
         endPortCover(reqid: reqid)
     }
 

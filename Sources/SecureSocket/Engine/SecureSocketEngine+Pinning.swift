@@ -66,13 +66,20 @@ extension SecureSocketEngine {
             logger.notice("connection not pinned: its SA pair is not in the kernel", metadata: metadata)
             return false
         }
-        do {
-            try SocketPolicy.pin(
-                template, inboundSPI: inboundSPI, outboundSPI: outboundSPI,
-                on: FileDescriptor(rawValue: endpoint.descriptor), family: endpoint.family)
-        } catch {
+        let outcome = withSocket(endpoint) { fd -> XFRMError? in
+            do throws(XFRMError) {
+                try SocketPolicy.pin(
+                    template, inboundSPI: inboundSPI, outboundSPI: outboundSPI,
+                    on: FileDescriptor(rawValue: fd), family: endpoint.family)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        guard let outcome, outcome == nil else {
+            let reason = outcome.map { "\($0!)" } ?? "no descriptor reaches the socket"
             logger.warning(
-                "connection not pinned: setsockopt failed", metadata: metadata.merging(["error": "\(error)"]) { $1 })
+                "connection not pinned: setsockopt failed", metadata: metadata.merging(["error": "\(reason)"]) { $1 })
             return false
         }
         let pinned = PinnedSAs(inboundSPI: inboundSPI, outboundSPI: outboundSPI, ikeSAID: ikeSAID)
@@ -129,21 +136,23 @@ extension SecureSocketEngine {
             return
         }
         guard let flow = connectedFlow(endpoint) else { return }
-        let fd = FileDescriptor(rawValue: endpoint.descriptor)
         var moved: [UInt32] = []
-        for outbound in [false, true] {
-            let pending = outbound ? \PinnedSAs.pendingOutboundSPI : \PinnedSAs.pendingInboundSPI
-            guard let spi = pinned[keyPath: pending],
-                let state = try? xfrm.getState(
-                    XFRMStateID(destination: outbound ? flow.remote : flow.local, spi: spi, proto: .esp)),
-                state.reqid == reqid, flow.isCovered(by: state.selector, outbound: outbound),
-                (try? SocketPolicy.pin(
-                    template, spi: spi, direction: outbound ? .outbound : .inbound, on: fd, family: endpoint.family))
-                    != nil
-            else { continue }
-            pinned[keyPath: outbound ? \PinnedSAs.outboundSPI : \PinnedSAs.inboundSPI] = spi
-            pinned[keyPath: pending] = nil
-            moved.append(spi)
+        _ = withSocket(endpoint) { raw in
+            let fd = FileDescriptor(rawValue: raw)
+            for outbound in [false, true] {
+                let pending = outbound ? \PinnedSAs.pendingOutboundSPI : \PinnedSAs.pendingInboundSPI
+                guard let spi = pinned[keyPath: pending],
+                    let state = try? xfrm.getState(
+                        XFRMStateID(destination: outbound ? flow.remote : flow.local, spi: spi, proto: .esp)),
+                    state.reqid == reqid, flow.isCovered(by: state.selector, outbound: outbound),
+                    (try? SocketPolicy.pin(
+                        template, spi: spi, direction: outbound ? .outbound : .inbound, on: fd,
+                        family: endpoint.family)) != nil
+                else { continue }
+                pinned[keyPath: outbound ? \PinnedSAs.outboundSPI : \PinnedSAs.inboundSPI] = spi
+                pinned[keyPath: pending] = nil
+                moved.append(spi)
+            }
         }
         guard !moved.isEmpty else { return }
         table.update(cookie: cookie) { $0.pinned = pinned }
@@ -175,7 +184,6 @@ extension SecureSocketEngine {
     var pendingPinCookies: Set<UInt64> { pendingPins.withLock { Set($0.values) } }
 
     /// A connected socket's flow (nil when it is closed or not connected).
-    func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? { KeyedFlow.connected(endpoint) }
 
     // MARK: - Accepted connections
 
@@ -214,7 +222,7 @@ extension SecureSocketEngine {
                 "accepted connection refused: peers contest its flow",
                 metadata: ["fd": "\(endpoint.descriptor)", "flow": "\(flow)", "peers": "\(peers)"])
             apply(.refused("several peers made CHILD_SAs for \(flow): \(peers)"), cookie: cookie)
-            _ = Glibc.shutdown(endpoint.descriptor, CInt(SHUT_RDWR))
+            _ = withSocket(endpoint) { Glibc.shutdown($0, CInt(SHUT_RDWR)) }
         }
     }
 

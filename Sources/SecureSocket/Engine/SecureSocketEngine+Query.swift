@@ -162,15 +162,7 @@ extension SecureSocketEngine {
                 ])
         }
         snapshotDirty.store(true, ordering: .releasing)
-        if let mask = template?.peerTokenAccessMask, mask != 0, info.flags.contains(.secured) {
-            if let machine = info.peerMachineIdentity {
-                info.peerMachineToken =
-                    tokens.open(.machine, identity: machine, accessMask: mask, peer: info.peer).handle
-            }
-            if let user = info.peerUserIdentity {
-                info.peerApplicationToken = tokens.open(.user, identity: user, accessMask: mask, peer: info.peer).handle
-            }
-        }
+        tokens.openTokens(for: &info, accessMask: template?.peerTokenAccessMask ?? 0)
         return info
     }
 
@@ -179,11 +171,20 @@ extension SecureSocketEngine {
     func endpoint(for fd: CInt, facts: SocketFacts) -> Endpoint? {
         if let endpoint = table.endpoint(cookie: facts.cookie) { return endpoint }
         guard facts.kind == .stream, facts.isConnected, let port = facts.local?.port else { return nil }
-        for candidate in table.all where candidate.kind == .stream && candidate.family == facts.family {
-            guard SocketInspector.cookie(of: candidate.descriptor) == candidate.cookie,
-                let listener = try? SocketInspector.facts(of: candidate.descriptor),
-                listener.isListening, listener.local?.port == port,
-                Self.sameListenerAddress(listener.local?.address, facts.local?.address)
+        let client = Self.servingClient
+        for candidate in table.all
+        where candidate.kind == .stream && candidate.family == facts.family && candidate.client == client {
+            // A client's listener as the sweep last saw it (its role says it listens); this process's, asked now.
+            let listening: (port: UInt16?, address: IPAddress?)? =
+                client == nil
+                ? withSocket(candidate) { fd in
+                    (try? SocketInspector.facts(of: fd)).flatMap {
+                        $0.isListening ? ($0.local?.port, $0.local?.address) : nil
+                    }
+                } ?? nil
+                : (candidate.role == .responder(port: port) ? (port, candidate.lastLocalAddress) : nil)
+            guard let listening, listening.port == port,
+                Self.sameListenerAddress(listening.address, facts.local?.address)
             else { continue }
             adopt(fd, facts: facts, listener: candidate, port: port)
             return table.endpoint(cookie: facts.cookie)

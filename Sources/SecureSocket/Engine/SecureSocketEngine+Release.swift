@@ -83,13 +83,19 @@ extension SecureSocketEngine {
     /// `TIME_WAIT` is covered even after the socket is gone.
     func recordFlow(_ fd: CInt, cookie: UInt64) {
         guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let local = facts.local,
-            let peer = facts.peer, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid
+            let peer = facts.peer
         else { return }
-        let flow = KeyedFlow(
-            transportProtocol: .tcp, local: local.address, localPort: local.port,
-            remote: peer.address, remotePort: peer.port)
+        recordFlow(
+            KeyedFlow(
+                transportProtocol: .tcp, local: local.address, localPort: local.port,
+                remote: peer.address, remotePort: peer.port), cookie: cookie)
+    }
+
+    /// Records a connected TCP socket's flow and covers it (see ``coverFlow(_:reqid:for:pinned:)``).
+    func recordFlow(_ flow: KeyedFlow, cookie: UInt64) {
+        guard let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
         keyings.setFlow(cookie: cookie, flow: flow)
-        table.update(cookie: cookie) { $0.lastLocalPort = local.port }
+        table.update(cookie: cookie) { $0.lastLocalPort = flow.localPort }
         if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil, pinned: endpoint.pinned) }
     }
 

@@ -21,10 +21,18 @@ extension SecureSocketEngine {
     func settleRoles() -> Bool {
         var young = false
         let now = ContinuousClock.now
-        for endpoint in table.all where endpoint.role == .undetermined && endpoint.reqid != nil {
-            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-                let facts = try? SocketInspector.facts(of: endpoint.descriptor)
-            else { continue }
+        let undetermined = table.all.filter { $0.role == .undetermined && $0.reqid != nil }
+        // Clients' sockets are seen through the kernel's socket diagnostics, all in one dump.
+        let clientFacts = clientFacts(undetermined.filter { $0.client != nil })
+        for endpoint in undetermined {
+            let seen =
+                endpoint.client == nil
+                ? withSocket(endpoint) { try? SocketInspector.facts(of: $0) } ?? nil
+                : clientFacts[endpoint.cookie]
+            guard let facts = seen else {
+                if endpoint.client != nil, endpoint.registeredAt.duration(to: now) < .seconds(5) { young = true }
+                continue
+            }
             if case .refused = endpoint.state.settled { continue }
             if facts.kind == .datagram, refuseSharedPort(endpoint) { continue }
             if facts.isConnected {
@@ -50,9 +58,14 @@ extension SecureSocketEngine {
     /// (no later bind can share the port), and the socket fails closed: nothing is negotiated for it, its query
     /// reports the failure. Returns whether the socket was refused.
     func refuseSharedPort(_ endpoint: Endpoint) -> Bool {
-        guard SocketHardening.reusesAddress(endpoint.descriptor) else { return false }
-        var zero: CInt = 0
-        _ = setsockopt(endpoint.descriptor, SOL_SOCKET, SO_REUSEADDR, &zero, socklen_t(MemoryLayout<CInt>.size))
+        let shared =
+            withSocket(endpoint) { fd -> Bool in
+                guard SocketHardening.reusesAddress(fd) else { return false }
+                var zero: CInt = 0
+                _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &zero, socklen_t(MemoryLayout<CInt>.size))
+                return true
+            } ?? false
+        guard shared else { return false }
         logger.error(
             "secured UDP socket refused: SO_REUSEADDR was set on it (another socket could share its port)",
             metadata: ["fd": "\(endpoint.descriptor)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
@@ -106,9 +119,14 @@ extension SecureSocketEngine {
         var flow = flow
         var stale = false
         if endpoint.kind == .stream {
-            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie,
-                let facts = try? SocketInspector.facts(of: endpoint.descriptor)
-            else { return }
+            // (A client's socket is borrowed for the check and, unconnected, for the bind.)
+            let checked = withSocket(endpoint) { fd -> (facts: SocketFacts, bound: IPEndpoint?)? in
+                guard let facts = try? SocketInspector.facts(of: fd) else { return nil }
+                guard facts.peer == nil else { return (facts, nil) }
+                return (facts, try? boundLocal(fd, facts: facts, preferring: flow.localPort))
+            }
+            guard let checked = checked ?? nil else { return }
+            let facts = checked.facts
             if let peer = facts.peer {
                 // A live connection whose SAs went away (flushed, expired, deleted): the kernel asks again for
                 // exactly its flow, and the connection gets new SAs (its segments wait, TCP retransmits).
@@ -121,9 +139,7 @@ extension SecureSocketEngine {
                 // A TCP connect() that failed with EAGAIN gave its ephemeral port back, and the retry takes
                 // another: the flow's SAs would never match. Bind the socket to the port of the ACQUIRE (as connect
                 // would have) so the application's retries use the flow negotiated now.
-                guard let local = try? boundLocal(endpoint.descriptor, facts: facts, preferring: flow.localPort) else {
-                    return
-                }
+                guard let local = checked.bound else { return }
                 flow.localPort = local.port
             }
         }

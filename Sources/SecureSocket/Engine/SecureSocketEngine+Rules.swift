@@ -23,6 +23,15 @@ extension SecureSocketEngine {
     // MARK: - Helpers
 
     func inspect(_ fd: CInt, expectingUnbound: Bool = false) throws(SecureSocketError) -> SocketFacts {
+        try Self.inspect(fd, expectingUnbound: expectingUnbound)
+    }
+
+    func requireInetStreamOrDatagram(_ facts: SocketFacts) throws(SecureSocketError) {
+        try Self.requireInetStreamOrDatagram(facts)
+    }
+
+    /// The socket's facts, or `WSAENOTSOCK`.
+    package static func inspect(_ fd: CInt, expectingUnbound: Bool = false) throws(SecureSocketError) -> SocketFacts {
         do {
             return try expectingUnbound ? SocketInspector.factsExpectingUnbound(of: fd) : SocketInspector.facts(of: fd)
         } catch {
@@ -30,7 +39,8 @@ extension SecureSocketEngine {
         }
     }
 
-    func requireInetStreamOrDatagram(_ facts: SocketFacts) throws(SecureSocketError) {
+    /// TCP or UDP over IPv4 or IPv6, else `WSAEINVAL`.
+    package static func requireInetStreamOrDatagram(_ facts: SocketFacts) throws(SecureSocketError) {
         guard facts.family == .inet || facts.family == .inet6 else {
             throw SecureSocketError(
                 .invalidArgument, "only AF_INET and AF_INET6 sockets (this one is family \(facts.rawFamily))")

@@ -68,6 +68,7 @@ extension SecureSocketEngine {
             reqid: reqid, allowInsecure: settings.flags.contains(.allowInsecure),
             summary: Self.summary(settings))
         endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
+        endpoint.client = Self.servingClient
         endpoint.registeredAt = ContinuousClock.now
         do {
             try table.insert(endpoint)

@@ -1,0 +1,225 @@
+import DaemonControl
+import Glibc
+import IPAddressing
+import Impersonation
+import Logging
+import SecureSocket
+import Synchronization
+import SystemPackage
+import SystemSupport
+
+/// The secure-socket calls carried out by the namespace's keying daemon (`wss-keyd`): each call passes its
+/// socket to the daemon (`SCM_RIGHTS`), which puts the policies on it and negotiates its SAs, so this process
+/// needs no `CAP_NET_ADMIN`. Impersonation and peer tokens stay in this process (its identity map, its
+/// credentials). One control connection per process; a reader thread takes the daemon's answers and lends a
+/// socket back when the daemon asks (a rekey moves the socket's pins).
+public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
+    public let tokens = PeerTokenTable()
+    public let identityMap: IdentityMap?
+    public let logger: Logger
+    let channel: ControlChannel
+    /// The daemon's process, as the kernel named it when the connection was made.
+    public let daemon: PeerCredentials
+    private let replies = Mutex<(next: UInt32, answers: [UInt32: ControlMessage], closed: Bool)>((1, [:], false))
+    private let replySignal = ChangeSignal()
+    /// The descriptor number each socket was passed with, by cookie (checked again before it is lent back).
+    private let held = Mutex<[UInt64: CInt]>([:])
+    private let forkGeneration = KeyingDaemonClient.forks.load(ordering: .relaxed)
+
+    /// How long a request other than a connect waits for its answer.
+    static let requestTimeout: Duration = .seconds(15)
+
+    /// Connects to the daemon at `name` in this network namespace. When nobody answers there, `start` (if given)
+    /// starts one, and the connection is tried again for up to `startTimeout`. The daemon must run as root or as
+    /// this process's user (an abstract address carries no file mode: anyone could have bound it first).
+    public init(
+        name: String = ControlChannel.defaultName, identityMap: IdentityMap?, logger: Logger,
+        start: (() throws(SecureSocketError) -> Void)? = nil, startTimeout: Duration = .seconds(10)
+    ) throws(SecureSocketError) {
+        self.identityMap = identityMap
+        self.logger = logger
+        let channel: ControlChannel
+        do {
+            channel = try ControlChannel.connect(name: name)
+        } catch {
+            guard let start, error.errno == .connectionRefused else {
+                throw SecureSocketError(
+                    .networkDown, "no keying daemon answers in this network namespace (@\(name))", errno: error.errno,
+                    underlying: error)
+            }
+            try start()
+            let deadline = Deadline(after: startTimeout)
+            var connected: ControlChannel?
+            while connected == nil {
+                connected = try? ControlChannel.connect(name: name)
+                if connected == nil {
+                    guard !deadline.hasPassed else {
+                        throw SecureSocketError(
+                            .networkDown, "the keying daemon started for this namespace does not answer (@\(name))")
+                    }
+                    usleep(20_000)
+                }
+            }
+            channel = connected!
+        }
+        guard let daemon = channel.peerCredentials else {
+            throw SecureSocketError(.systemCallFailure, "SO_PEERCRED on the keying daemon's connection")
+        }
+        guard daemon.uid == 0 || daemon.uid == geteuid() else {
+            throw SecureSocketError(
+                .accessDenied,
+                "@\(name) is held by uid \(daemon.uid) (pid \(daemon.pid)), not by root: no socket is passed to it")
+        }
+        self.channel = channel
+        self.daemon = daemon
+        do {
+            try Threads.detach { [self] in self.read() }
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "the keying daemon client's reader thread", errno: error)
+        }
+        let welcome = try call(
+            .hello(minimumVersion: ControlMessage.versions.lowerBound, maximumVersion: ControlMessage.versions.upperBound),
+            socket: nil, timeout: .seconds(5))
+        guard case .welcome = welcome else {
+            throw SecureSocketError(.systemCallFailure, "the keying daemon answered the hello with \(welcome)")
+        }
+    }
+
+    deinit { channel.shutdown() }
+
+    // MARK: - The calls
+
+    public func setSecurity(_ fd: CInt, _ settings: SocketSecuritySettings) throws(SecureSocketError) {
+        let answer = try call(.setSecurity(settings), socket: fd)
+        guard case .secured(let cookie) = answer else { throw unexpected(answer) }
+        held.withLock { $0[cookie] = fd }
+    }
+
+    public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
+        try expectDone(call(.setPeerTargetName(name), socket: fd))
+    }
+
+    public func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError) {
+        try expectDone(call(.deletePeerTargetName(address), socket: fd))
+    }
+
+    /// The daemon negotiates the flow's SAs and pins the socket to them; this process then connects, bounded by
+    /// what the daemon says is left of the timeout.
+    public func connect(_ fd: CInt, to peer: IPEndpoint, timeout: Duration? = nil) throws(SecureSocketError) {
+        let milliseconds = timeout.map { duration -> UInt32 in
+            let (seconds, attoseconds) = duration.components
+            return UInt32(clamping: max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+        }
+        // The daemon's own negotiation timeout when none is given (0), plus the handshake, plus a margin.
+        let bound = (timeout ?? .seconds(300)) * 2 + .seconds(5)
+        let answer = try call(
+            .prepareConnect(peer: peer, timeoutMilliseconds: milliseconds ?? 0), socket: fd, timeout: bound)
+        guard case .connectReady(let handshake) = answer else { throw unexpected(answer) }
+        try SecureSocketEngine.plainConnect(fd, peer, deadline: Deadline(after: .milliseconds(Int64(handshake))))
+    }
+
+    public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)
+        -> SocketSecurityQueryInfo
+    {
+        let answer = try call(.query(template), socket: fd)
+        guard case .queryInfo(var info) = answer else { throw unexpected(answer) }
+        tokens.openTokens(for: &info, accessMask: template?.peerTokenAccessMask ?? 0)
+        return info
+    }
+
+    public func release(_ fd: CInt) {
+        _ = try? call(.release, socket: fd)
+    }
+
+    /// A process forked from this one shares its control connection: it must make a client of its own.
+    public func requireOwner() throws(SecureSocketError) {
+        _ = Self.forkHandler
+        guard Self.forks.load(ordering: .relaxed) == forkGeneration else {
+            throw SecureSocketError(
+                .notInitialised, "this keying daemon client belongs to the process that forked this one")
+        }
+    }
+
+    static let forks = Atomic<Int>(0)
+    private static let forkHandler: Void = { pthread_atfork(nil, nil) { KeyingDaemonClient.forks.add(1, ordering: .relaxed) } }()
+
+    // MARK: - The connection
+
+    /// Sends a request and waits for its answer; a failure answer is thrown as the error it names.
+    func call(_ message: ControlMessage, socket: CInt?, timeout: Duration = requestTimeout) throws(SecureSocketError)
+        -> ControlMessage
+    {
+        if case .hello = message {} else { try requireOwner() }
+        let id = replies.withLock { state -> UInt32 in
+            let id = state.next
+            state.next = state.next >= 0x7fff_ffff ? 1 : state.next + 1
+            return id
+        }
+        do {
+            try channel.send(ControlFrame(id: id, message), socket: socket)
+        } catch {
+            throw SecureSocketError(
+                .networkDown, "the keying daemon's connection failed: \(error)", errno: error.errno, underlying: error)
+        }
+        let answer = replySignal.wait(until: Deadline(after: timeout)) { () -> ControlMessage?? in
+            replies.withLock { state in
+                if let answer = state.answers.removeValue(forKey: id) { return .some(answer) }
+                return state.closed ? .some(nil) : nil
+            }
+        }
+        guard let answer else {
+            replies.withLock { _ = $0.answers.removeValue(forKey: id) }
+            throw SecureSocketError(.timedOut, "the keying daemon did not answer in time")
+        }
+        guard let answer else { throw SecureSocketError(.networkDown, "the keying daemon closed the connection") }
+        if case .failure(let code, let errno, let detail) = answer {
+            throw SecureSocketError(
+                SecureSocketError.Code(rawValue: code), detail, errno: errno == 0 ? nil : Errno(rawValue: errno))
+        }
+        return answer
+    }
+
+    private func expectDone(_ answer: ControlMessage) throws(SecureSocketError) {
+        guard case .done = answer else { throw unexpected(answer) }
+    }
+
+    private func unexpected(_ answer: ControlMessage) -> SecureSocketError {
+        SecureSocketError(.systemCallFailure, "unexpected answer from the keying daemon: \(answer)")
+    }
+
+    /// The reader thread: answers go to their callers, the daemon's requests to lend a socket are answered here.
+    private func read() {
+        while true {
+            let frame: ControlFrame
+            let socket: CInt?
+            do {
+                (frame, socket) = try channel.receive()
+            } catch {
+                if case .malformed = error {
+                    logger.error("the keying daemon sent a malformed message", metadata: ["error": "\(error)"])
+                }
+                break
+            }
+            if let socket { Glibc.close(socket) } // the daemon never passes a descriptor
+            if case .lend(let cookie) = frame.message {
+                lend(cookie: cookie, id: frame.id)
+                continue
+            }
+            replies.withLock { $0.answers[frame.id] = frame.message }
+            replySignal.notify()
+        }
+        replies.withLock { $0.closed = true }
+        replySignal.notify()
+    }
+
+    /// Lends the socket `cookie` back to the daemon, if this process still holds it under the number it was
+    /// passed with.
+    private func lend(cookie: UInt64, id: UInt32) {
+        let fd = held.withLock { $0[cookie] }
+        var current: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        let holds = fd.map { getsockopt($0, SOL_SOCKET, SO_COOKIE, &current, &length) == 0 && current == cookie } ?? false
+        if !holds { held.withLock { _ = $0.removeValue(forKey: cookie) } }
+        try? channel.send(ControlFrame(id: id, .lent(cookie: cookie, held: holds)), socket: holds ? fd : nil)
+    }
+}

@@ -1,0 +1,111 @@
+import ALE
+import Glibc
+import Keying
+import Synchronization
+
+/// What the engine needs from whoever holds the sockets it secures for other processes (the keying daemon, for
+/// its clients): the engine holds no descriptor of such a socket; it learns from the kernel whether the socket
+/// is still there, and borrows a descriptor from the client for the few acts that need one (moving a socket's
+/// pins after a rekey, refusing a shared port).
+public protocol ClientSockets: AnyObject, Sendable {
+    /// The facts of each of these clients' sockets that is still there, by cookie: in the kernel's socket
+    /// tables (a TCP socket every process closed while it still delivers data counts: its SAs stay until it is
+    /// gone), or, for one the kernel does not list (unbound, or bound and idle), still held by its client. nil
+    /// when the kernel could not be asked (nothing is released on that account).
+    func presentSockets(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts]?
+    /// A descriptor of the socket `cookie`, borrowed from `client` (the caller closes it); nil when the client no
+    /// longer holds one or does not answer in time.
+    func borrow(cookie: UInt64, from client: UInt64) -> CInt?
+}
+
+/// The descriptors requests lend the engine while they run, by socket cookie (a client's socket is reachable
+/// through them without asking the client again).
+final class LentDescriptors: Sendable {
+    private let lent = Mutex<[UInt64: CInt]>([:])
+    func lend(_ fd: CInt, cookie: UInt64) { lent.withLock { $0[cookie] = fd } }
+    func end(cookie: UInt64, fd: CInt) { lent.withLock { if $0[cookie] == fd { $0[cookie] = nil } } }
+    func descriptor(cookie: UInt64) -> CInt? { lent.withLock { $0[cookie] } }
+}
+
+extension SecureSocketEngine {
+    /// Runs `body` with a descriptor of `endpoint`'s socket: this process's own (checked to still name it), the
+    /// one a request lends right now, or one borrowed from the client that holds the socket (closed afterwards).
+    /// nil when none reaches the socket any more.
+    func withSocket<T>(_ endpoint: Endpoint, _ body: (CInt) -> T) -> T? {
+        guard let client = endpoint.client else {
+            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie else { return nil }
+            return body(endpoint.descriptor)
+        }
+        if let fd = lent.descriptor(cookie: endpoint.cookie) { return body(fd) }
+        guard let sockets = configuration.clientSockets,
+            let fd = sockets.borrow(cookie: endpoint.cookie, from: client)
+        else { return nil }
+        defer { Glibc.close(fd) }
+        guard SocketInspector.cookie(of: fd) == endpoint.cookie else { return nil }
+        return body(fd)
+    }
+
+    /// Runs one request of `client` on the socket `fd` it lent (its own descriptor, valid for the request):
+    /// the endpoint it registers is the client's, reached through `fd` while the request runs.
+    public func serving<T>(
+        client: UInt64, socket fd: CInt, _ body: () throws(SecureSocketError) -> T
+    ) throws(SecureSocketError) -> T {
+        guard let cookie = SocketInspector.cookie(of: fd) else {
+            throw SecureSocketError(.notSocket, "the descriptor lent is not a socket")
+        }
+        if let owner = table.read(cookie: cookie, { $0.client }), owner != client {
+            // Another client registered it (the socket was passed on with SCM_RIGHTS): the one now acting holds it.
+            table.update(cookie: cookie) { $0.client = client }
+        }
+        lent.lend(fd, cookie: cookie)
+        defer { lent.end(cookie: cookie, fd: fd) }
+        do {
+            return try Self.$servingClient.withValue(client) { try body() }
+        } catch let error as SecureSocketError {
+            throw error
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "\(error)")
+        }
+    }
+
+    /// The client a request runs for (nil: this process's own call).
+    @TaskLocal static var servingClient: UInt64?
+
+    /// The flow of a connected endpoint: asked of its socket, or for a client's socket, the flow recorded when it
+    /// connected or was accepted.
+    func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
+        if endpoint.client != nil, lent.descriptor(cookie: endpoint.cookie) == nil {
+            return keyings.flow(cookie: endpoint.cookie)
+        }
+        return withSocket(endpoint) { KeyedFlow.connected(fd: $0) } ?? nil
+    }
+
+    /// The sweep's view of clients' sockets: present ones are noted (address, listening), gone ones start
+    /// closing. O(client endpoints), one kernel dump.
+    func sweepClientEndpoints(_ endpoints: [Endpoint], now: ContinuousClock.Instant) {
+        guard !endpoints.isEmpty, let sockets = configuration.clientSockets,
+            let present = sockets.presentSockets(endpoints)
+        else { return }
+        for endpoint in endpoints {
+            if let facts = present[endpoint.cookie] {
+                table.update(cookie: endpoint.cookie) {
+                    $0.lastLocalPort = facts.local?.port
+                    $0.lastLocalAddress = facts.local?.address
+                    $0.wasListening = facts.isListening
+                }
+                continue
+            }
+            if case .closing = endpoint.state {
+                apply(.tick(now: now), cookie: endpoint.cookie)
+            } else {
+                apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
+            }
+        }
+    }
+
+    /// The facts of a client's undetermined sockets, from the kernel (one dump), for ``settleRoles()``.
+    func clientFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts] {
+        guard !endpoints.isEmpty, let sockets = configuration.clientSockets else { return [:] }
+        return sockets.presentSockets(endpoints) ?? [:]
+    }
+}
