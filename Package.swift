@@ -197,6 +197,11 @@ let package = Package(
         .testTarget(
             name: "SocketDiagnosticsUnitTests", dependencies: ["IPAddressing", "SocketDiagnostics", "CNetlink"]),
         .testTarget(
+            name: "SocketDiagnosticsKernelTests",
+            dependencies: [
+                "IPAddressing", "SocketDiagnostics", "XFRM", "NetnsTestSupport", "TierTesting", "SystemSupport",
+            ]),
+        .testTarget(
             name: "KeyingUnitTests",
             dependencies: [
                 "Keying", "VICI", "XFRM", "DirectoryNames", .product(name: "X509", package: "swift-certificates"),
