@@ -200,6 +200,7 @@ let package = Package(
             name: "SocketDiagnosticsKernelTests",
             dependencies: [
                 "IPAddressing", "SocketDiagnostics", "XFRM", "NetnsTestSupport", "TierTesting", "SystemSupport",
+                "CThreadCredentials",
             ]),
         .testTarget(
             name: "KeyingUnitTests",
