@@ -7,6 +7,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "XFRM", targets: ["XFRM"]),
+        .library(name: "SocketDiagnostics", targets: ["SocketDiagnostics"]),
         .library(name: "Keying", targets: ["Keying"]),
         .library(name: "SecureSocket", targets: ["SecureSocket"]),
         // C callers link libWinsockSecureSocket.so.
@@ -44,6 +45,15 @@ let package = Package(
                 "IPAddressing",
                 "CNetlink",
                 "SystemSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // The kernel's socket diagnostics (NETLINK_SOCK_DIAG, inet_diag): TCP and UDP sockets by cookie, dumps,
+        // destroy events. XFRM only for NetworkNamespace (how a socket is opened inside a namespace).
+        .target(
+            name: "SocketDiagnostics",
+            dependencies: [
+                "CNetlink", "IPAddressing", "XFRM", "SystemSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
@@ -217,6 +227,14 @@ let package = Package(
         .testTarget(
             name: "XFRMKernelTests",
             dependencies: ["IPAddressing", "XFRM", "NetnsTestSupport", "TierTesting", "CNetlink"]),
+        .testTarget(
+            name: "SocketDiagnosticsUnitTests", dependencies: ["IPAddressing", "SocketDiagnostics", "CNetlink"]),
+        .testTarget(
+            name: "SocketDiagnosticsKernelTests",
+            dependencies: [
+                "IPAddressing", "SocketDiagnostics", "XFRM", "NetnsTestSupport", "TierTesting", "SystemSupport",
+                "CThreadCredentials",
+            ]),
         .testTarget(
             name: "KeyingUnitTests",
             dependencies: [

@@ -1,6 +1,7 @@
-// CNetlink: the only C the XFRM layer sees.
+// CNetlink: the only C the XFRM and SocketDiagnostics layers see.
 //
 // Exposes the kernel's XFRM and netlink UAPI (<linux/xfrm.h>, <linux/ipsec.h>, <linux/netlink.h>),
+// its socket diagnostics UAPI (<linux/sock_diag.h>, <linux/inet_diag.h>: NETLINK_SOCK_DIAG, inet_diag),
 // libmnl (socket lifecycle, sender checks) and libnl-xfrm-3 (used by the kernel-tier tests as an
 // independent decoder of SA/SP dumps). Function-like macros, which Swift cannot import, get
 // `cnl_` static inline equivalents here.
@@ -19,6 +20,8 @@
 #include <linux/xfrm.h>
 #include <linux/ipsec.h>
 #include <linux/in.h>
+#include <linux/sock_diag.h>
+#include <linux/inet_diag.h>
 #include <libmnl/libmnl.h>
 #include <netlink/netlink.h>
 #include <netlink/cache.h>
@@ -43,6 +46,8 @@ static inline unsigned int cnl_group_bit(unsigned int group) { return group ? (1
 /// IP_XFRM_POLICY / IPV6_XFRM_POLICY option names (from <linux/in.h> / <linux/in6.h>).
 static inline int cnl_ip_xfrm_policy(void) { return IP_XFRM_POLICY; }
 static inline int cnl_ipv6_xfrm_policy(void) { return IPV6_XFRM_POLICY; }
+/// `INET_DIAG_NOCOOKIE` is `(~0U)`, an expression Swift does not import.
+static inline unsigned int cnl_inet_diag_nocookie(void) { return INET_DIAG_NOCOOKIE; }
 /// setns(2) for a network namespace.
 static inline int cnl_setns_net(int fd) { return (int)syscall(SYS_setns, fd, CLONE_NEWNET); }
 
