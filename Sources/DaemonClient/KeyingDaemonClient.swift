@@ -78,7 +78,8 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
             throw SecureSocketError(.systemCallFailure, "the keying daemon client's reader thread", errno: error)
         }
         let welcome = try call(
-            .hello(minimumVersion: ControlMessage.versions.lowerBound, maximumVersion: ControlMessage.versions.upperBound),
+            .hello(
+                minimumVersion: ControlMessage.versions.lowerBound, maximumVersion: ControlMessage.versions.upperBound),
             socket: nil, timeout: .seconds(5))
         guard case .welcome = welcome else {
             throw SecureSocketError(.systemCallFailure, "the keying daemon answered the hello with \(welcome)")
@@ -141,7 +142,9 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     }
 
     static let forks = Atomic<Int>(0)
-    private static let forkHandler: Void = { pthread_atfork(nil, nil) { KeyingDaemonClient.forks.add(1, ordering: .relaxed) } }()
+    private static let forkHandler: Void = {
+        pthread_atfork(nil, nil) { KeyingDaemonClient.forks.add(1, ordering: .relaxed) }
+    }()
 
     // MARK: - The connection
 
@@ -218,7 +221,8 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
         let fd = held.withLock { $0[cookie] }
         var current: UInt64 = 0
         var length = socklen_t(MemoryLayout<UInt64>.size)
-        let holds = fd.map { getsockopt($0, SOL_SOCKET, SO_COOKIE, &current, &length) == 0 && current == cookie } ?? false
+        let holds =
+            fd.map { getsockopt($0, SOL_SOCKET, SO_COOKIE, &current, &length) == 0 && current == cookie } ?? false
         if !holds { held.withLock { _ = $0.removeValue(forKey: cookie) } }
         try? channel.send(ControlFrame(id: id, .lent(cookie: cookie, held: holds)), socket: holds ? fd : nil)
     }

@@ -159,7 +159,9 @@ extension ControlReader {
         let user = try optional { r throws(ControlProtocolError) in try r.string() }
         let authentication = try optional { r throws(ControlProtocolError) -> PeerIdentity.Authentication in
             let raw = try r.string()
-            guard let value = PeerIdentity.Authentication(rawValue: raw) else { throw .invalid("authentication \(raw)") }
+            guard let value = PeerIdentity.Authentication(rawValue: raw) else {
+                throw .invalid("authentication \(raw)")
+            }
             return value
         }
         return PeerIdentity(

@@ -91,7 +91,8 @@ final class ClientSession: Sendable {
             ControlFrame(
                 id: frame.id,
                 .failure(
-                    code: SecureSocketError.Code.wouldBlock.rawValue, errno: Errno.resourceTemporarilyUnavailable.rawValue,
+                    code: SecureSocketError.Code.wouldBlock.rawValue,
+                    errno: Errno.resourceTemporarilyUnavailable.rawValue,
                     detail: "the keying daemon is busy")))
     }
 

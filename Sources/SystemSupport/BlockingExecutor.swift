@@ -1,5 +1,5 @@
-import SystemPackage
 import Synchronization
+import SystemPackage
 
 /// A fixed set of threads that run blocking work (system calls, VICI round trips) in arrival order, so that
 /// blocking never happens on Swift's cooperative pool and the number of threads stays bounded however many

@@ -17,7 +17,8 @@ struct WSSKeyd: ParsableCommand {
         commandName: "wss-keyd",
         abstract: "The keying daemon of this network namespace for the Winsock secure-socket library.")
 
-    @Option(help: "The abstract socket address to listen on (default: $WSS_KEYD_ADDRESS or winsock-secure-socket/keyd).")
+    @Option(
+        help: "The abstract socket address to listen on (default: $WSS_KEYD_ADDRESS or winsock-secure-socket/keyd).")
     var address: String?
 
     @Option(help: "Exit once no client and no secured socket has been left for this many seconds.")
@@ -64,10 +65,12 @@ struct WSSKeyd: ParsableCommand {
         configuration.logger = logger
         configuration.clientSockets = sockets
         let engine = try SecureSocketEngine(configuration)
-        let daemon = try KeyingDaemon(engine: engine, listener: listener, admission: admission, logger: logger, threads: threads)
+        let daemon = try KeyingDaemon(
+            engine: engine, listener: listener, admission: admission, logger: logger, threads: threads)
         sockets.attach(daemon)
         logger.notice(
-            "keying daemon ready", metadata: ["address": "@\(name)", "pid": "\(getpid())", "keying": "\(keying.backend.name)"])
+            "keying daemon ready",
+            metadata: ["address": "@\(name)", "pid": "\(getpid())", "keying": "\(keying.backend.name)"])
 
         let finish: @Sendable (String) -> Never = { reason in
             logger.notice("keying daemon stopping", metadata: ["reason": "\(reason)"])

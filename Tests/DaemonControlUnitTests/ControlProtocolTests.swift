@@ -18,7 +18,9 @@ final class ControlProtocolTests: XCTestCase {
         info.peer = PeerIdentity(
             ikeIdentity: "b.example",
             certificateSubject: RDNSequence([
-                RDNSequence.RDN([RDNSequence.Attribute(type: RDNSequence.AttributeType(oid: [2, 5, 4, 3]), text: "admin, O=Example")])
+                RDNSequence.RDN([
+                    RDNSequence.Attribute(type: RDNSequence.AttributeType(oid: [2, 5, 4, 3]), text: "admin, O=Example")
+                ])
             ]), subjectAltNames: ["b.example"], user: "alice", authentication: .certificate)
         info.ikeSAID = 7
         info.childSAID = 9
@@ -34,7 +36,9 @@ final class ControlProtocolTests: XCTestCase {
                     ipsec: IPsecSettings(
                         flags: [.peerNameIsRawFormat], mainModePolicyKey: UUID(), userName: "alice", domainName: "EX",
                         password: "secret"))),
-            .setPeerTargetName(SocketPeerTargetName(peerAddress: IPEndpoint(address: ("10.0.0.2" as IPAddress), port: 0), name: "host/b.example")),
+            .setPeerTargetName(
+                SocketPeerTargetName(
+                    peerAddress: IPEndpoint(address: ("10.0.0.2" as IPAddress), port: 0), name: "host/b.example")),
             .deletePeerTargetName(IPEndpoint(address: ("fd00::2" as IPAddress), port: 9)),
             .prepareConnect(peer: IPEndpoint(address: ("10.0.0.2" as IPAddress), port: 27015), timeoutMilliseconds: 0),
             .query(nil),
@@ -71,7 +75,9 @@ final class ControlProtocolTests: XCTestCase {
         var unknownKind = bytes
         unknownKind[5] = 200
         XCTAssertThrowsError(try ControlFrame(decoding: unknownKind))
-        XCTAssertThrowsError(try ControlFrame(decoding: [UInt8](repeating: 0, count: ControlMessage.maximumFrameBytes + 1))) {
+        XCTAssertThrowsError(
+            try ControlFrame(decoding: [UInt8](repeating: 0, count: ControlMessage.maximumFrameBytes + 1))
+        ) {
             XCTAssertEqual($0 as? ControlProtocolError, .oversized(ControlMessage.maximumFrameBytes + 1))
         }
         // A name with a NUL would read shorter in C.

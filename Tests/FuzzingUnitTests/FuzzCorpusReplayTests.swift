@@ -42,12 +42,13 @@ final class FuzzCorpusReplayTests: XCTestCase {
     func testKeyingFileSeedsAndCrashes() { replay(.keyingFile) }
     func testIdentityMapSeedsAndCrashes() { replay(.identityMap) }
     func testStaticKeysSeedsAndCrashes() { replay(.staticKeys) }
+    func testControlSeedsAndCrashes() { replay(.control) }
 
     /// The targets here are the ones the package builds executables for and `scripts/fuzz.sh` runs.
     func testEveryTargetIsReplayed() throws {
         XCTAssertEqual(
             FuzzTarget.all.map(\.name).sorted(),
-            ["identity-map", "keying-file", "netlink", "static-keys", "vici", "windows-structs"])
+            ["control", "identity-map", "keying-file", "netlink", "static-keys", "vici", "windows-structs"])
         for target in FuzzTarget.all {
             var isDirectory: ObjCBool = false
             let corpus = Self.fuzzing.appendingPathComponent("Corpus/\(target.name)").path

@@ -47,13 +47,16 @@ final class UnprivilegedDaemonTests: XCTestCase {
 
             let pair = try NamespacePair(prefix: "unpriv")
             defer { pair.remove() }
-            let capture = try PacketCapture(namespace: pair.b, interface: pair.interfaceB, file: "\(folder)/veth-b.pcap")
+            let capture = try PacketCapture(
+                namespace: pair.b, interface: pair.interfaceB, file: "\(folder)/veth-b.pcap")
             defer { capture.stop() }
 
             // Without a daemon, an unprivileged process cannot secure a socket, and says why.
             let alone = try pair.a.exec(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "\(folder)/secure_tcp_client",
-                 "\(pair.addressB4)", "27015", "host/b.example"], timeout: 30, check: false)
+                [
+                    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "\(folder)/secure_tcp_client",
+                    "\(pair.addressB4)", "27015", "host/b.example",
+                ], timeout: 30, check: false)
             XCTAssertNotEqual(alone.status, 0)
             XCTAssertTrue(alone.output.contains("10050"), "WSAENETDOWN without a daemon: \(alone.output)")
 
@@ -86,8 +89,10 @@ final class UnprivilegedDaemonTests: XCTestCase {
 
             // A user the keying file does not admit is refused by the daemon.
             let stranger = try pair.a.exec(
-                ["setpriv", "--reuid=65533", "--regid=65534", "--clear-groups", "\(folder)/secure_tcp_client",
-                 "\(pair.addressB4)", "27015", "host/b.example"], timeout: 30, check: false)
+                [
+                    "setpriv", "--reuid=65533", "--regid=65534", "--clear-groups", "\(folder)/secure_tcp_client",
+                    "\(pair.addressB4)", "27015", "host/b.example",
+                ], timeout: 30, check: false)
             XCTAssertNotEqual(stranger.status, 0)
             XCTAssertTrue(stranger.output.contains("10013"), "WSAEACCES for a user not admitted: \(stranger.output)")
 
@@ -109,8 +114,10 @@ final class UnprivilegedDaemonTests: XCTestCase {
             XCTAssertTrue(serverText().contains("listening"), "server: \(serverText())")
 
             let client = try pair.a.exec(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "\(folder)/secure_tcp_client",
-                 "\(pair.addressB4)", "27015", "host/b.example"], timeout: 60, check: false)
+                [
+                    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "\(folder)/secure_tcp_client",
+                    "\(pair.addressB4)", "27015", "host/b.example",
+                ], timeout: 60, check: false)
             print("client (exit \(client.status)):\n\(client.output)")
             XCTAssertEqual(client.status, 0)
             XCTAssertTrue(client.output.contains("received: 91011121314"))

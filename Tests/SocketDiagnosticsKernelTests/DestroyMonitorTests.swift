@@ -258,10 +258,10 @@ final class DestroyMonitorTests: XCTestCase {
     /// The kernel lets any process join the destroy groups: a thread with uid 65534 and no capabilities joins and
     /// hears root's sockets go.
     func testJoiningNeedsNoPrivilege() throws {
-        let events = EventCollector()
-        let joined: Result<SocketDestroyMonitor, SocketDiagnosticsError> = try ns.namespace.perform {
-            // This dedicated thread is already inside the namespace and ends after this body: dropping its
-            // credentials touches no other thread.
+        // A raw NETLINK_SOCK_DIAG socket joined to the four destroy groups by a thread that dropped to uid 65534
+        // with no capabilities (the monitor itself is not made there: a thread started by a thread whose
+        // credentials differ from the process's is refused by the impersonation start guard other tests install).
+        let joined: Int32 = try ns.namespace.perform {
             guard ctc_setresuid(65534, 65534, 65534) == 0 else { fatalError("setresuid") }
             var effective: UInt64 = 1
             var permitted: UInt64 = 1
@@ -269,17 +269,30 @@ final class DestroyMonitorTests: XCTestCase {
             guard ctc_capget(&effective, &permitted, &inheritable) == 0, effective == 0 else {
                 fatalError("capabilities still effective: \(effective)")
             }
-            return Result { () throws(SocketDiagnosticsError) in
-                try SocketDestroyMonitor(namespace: .current) { events.append($0) }
+            let fd = Glibc.socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4)
+            guard fd >= 0 else { return -1 }
+            // struct sockaddr_nl: family, pad, pid 0 (the kernel assigns one), groups: the four destroy groups
+            // (SKNLGRP_INET_TCP_DESTROY ... SKNLGRP_INET6_UDP_DESTROY: bits 0-3).
+            var address = [UInt8](repeating: 0, count: 12)
+            address[0] = UInt8(AF_NETLINK)
+            address[8] = 0x0F
+            let bound = address.withUnsafeBytes {
+                Glibc.bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), 12)
             }
+            guard bound == 0 else {
+                Glibc.close(fd)
+                return -2
+            }
+            return fd
         }
-        let monitor = try joined.get()
-        defer { monitor.stop() }
+        XCTAssertGreaterThanOrEqual(joined, 0, "an unprivileged thread joins the destroy groups")
+        guard joined >= 0 else { return }
+        defer { Glibc.close(joined) }
         let socket = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
         try socket.bind("127.0.0.1", port: 0)
-        let cookie = socket.cookie
         socket.close()
-        XCTAssertNotNil(events.destroyed(cookie), "an unprivileged member hears a root socket's destruction")
+        var pfd = pollfd(fd: joined, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 1000), 1, "an unprivileged member hears a root socket's destruction")
     }
 
     func openDescriptors() throws -> Set<String> {
