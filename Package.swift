@@ -128,7 +128,7 @@ let package = Package(
         .target(
             name: "DaemonClient",
             dependencies: [
-                "DaemonControl", "IPAddressing", "Impersonation", "SecureSocket", "SystemSupport",
+                "DaemonControl", "IPAddressing", "Impersonation", "Keying", "SecureSocket", "SystemSupport", "VICI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

@@ -34,7 +34,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     /// this process's user (an abstract address carries no file mode: anyone could have bound it first).
     public init(
         name: String = ControlChannel.defaultName, identityMap: IdentityMap?, logger: Logger,
-        start: (() throws(SecureSocketError) -> Void)? = nil, startTimeout: Duration = .seconds(10)
+        start: EmbeddedDaemon? = nil, startTimeout: Duration = .seconds(10)
     ) throws(SecureSocketError) {
         self.identityMap = identityMap
         self.logger = logger
@@ -47,18 +47,22 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
                     .networkDown, "no keying daemon answers in this network namespace (@\(name))", errno: error.errno,
                     underlying: error)
             }
-            try start()
+            let started = try start.start()
             let deadline = Deadline(after: startTimeout)
             var connected: ControlChannel?
+            var exited: Deadline?
             while connected == nil {
                 connected = try? ControlChannel.connect(name: name)
-                if connected == nil {
-                    guard !deadline.hasPassed else {
-                        throw SecureSocketError(
-                            .networkDown, "the keying daemon started for this namespace does not answer (@\(name))")
-                    }
-                    usleep(20_000)
+                guard connected == nil else { break }
+                // A daemon that exited (another one took the address first, or it could not start) leaves a
+                // second for the other to answer.
+                if exited == nil, !started.isRunning { exited = Deadline(after: .seconds(1)) }
+                guard !deadline.hasPassed, !(exited?.hasPassed ?? false) else {
+                    throw SecureSocketError(
+                        .networkDown,
+                        "the keying daemon started for this namespace does not answer (@\(name)); its log says why")
                 }
+                usleep(20_000)
             }
             channel = connected!
         }

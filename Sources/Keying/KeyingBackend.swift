@@ -34,8 +34,9 @@ public protocol KeyingBackend: AnyObject, Sendable {
     func protection(flow: KeyedFlow) -> KeyedProtection?
 
     /// Undoes ``listen(_:localPort:)`` or a negotiation: its own CHILD_SAs and configs go, never an IKE SA
-    /// that other connections use.
-    func release(_ registration: KeyingRegistration)
+    /// that other connections use. With `waiting` false the backend does not wait for the peer to confirm a
+    /// CHILD_SA's deletion (a socket that is gone: nothing negotiates its flow again on this registration).
+    func release(_ registration: KeyingRegistration, waiting: Bool)
 
     /// Removes the CHILD_SA whose inbound SA has `inboundSPI` (an accepted connection's own SAs, once it is
     /// closed); other CHILD_SAs with the same peer stay.
@@ -290,4 +291,9 @@ public struct KeyingError: Error, Hashable, CustomStringConvertible, Sendable {
         hasher.combine(code)
         hasher.combine(detail)
     }
+}
+
+extension KeyingBackend {
+    /// ``release(_:waiting:)``, waiting for the peer (the registration's flow may be negotiated again at once).
+    public func release(_ registration: KeyingRegistration) { release(registration, waiting: true) }
 }

@@ -196,7 +196,7 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
     /// Manual keying's SA pairs have address-only selectors: no flow of its own to name.
     public func protection(flow: KeyedFlow) -> KeyedProtection? { nil }
 
-    public func release(_ registration: KeyingRegistration) {
+    public func release(_ registration: KeyingRegistration, waiting: Bool) {
         let ids = installed.withLock { $0.removeValue(forKey: registration.reqid) } ?? []
         for id in ids { try? client.deleteState(id) }
     }

@@ -297,7 +297,21 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         stopped.store(true, ordering: .releasing)
         eventTask.withLock { $0?.cancel() }
         events.withLock { $0?.stop() }
-        for family in [IPAddressFamily.inet, .inet6] { try? vici.unloadConn(name: responderName(family)) }
+        for family in [IPAddressFamily.inet, .inet6] {
+            let name = responderName(family)
+            // charon may still be busy with the deletions just asked for: a refused or late unload is tried again.
+            for attempt in 1...3 {
+                do throws(VICIError) {
+                    try vici.unloadConn(name: name)
+                    break
+                } catch {
+                    logger.notice(
+                        "unloading the responder conn failed",
+                        metadata: ["conn": "\(name)", "attempt": "\(attempt)", "error": "\(error)"])
+                    sleepFor(.milliseconds(200))
+                }
+            }
+        }
         daemon?.stop()
     }
 
@@ -752,7 +766,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     // MARK: - Release
 
-    public func release(_ registration: KeyingRegistration) {
+    public func release(_ registration: KeyingRegistration, waiting: Bool) {
         let reqid = registration.reqid
         defer {
             if case .responder = registration.entry {
@@ -763,9 +777,12 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
         switch registration.entry {
         case .negotiation(let number, let userSecret):
-            // By config name: a rekeyed CHILD_SA has a new unique id but the same config name.
+            // By config name: a rekeyed CHILD_SA has a new unique id but the same config name. For a socket that is
+            // gone, charon completes the DELETE exchange on its own: a daemon releasing the many connections of a
+            // client that exited is not held one round trip per connection.
             _ = try? vici.terminate(
-                child: Self.childName(reqid: reqid, number: number), force: true, timeout: .seconds(2))
+                child: Self.childName(reqid: reqid, number: number), force: true, timeout: .seconds(2),
+                waiting: waiting)
             try? vici.unloadConn(name: connName(reqid: reqid, number: number))
             if userSecret { try? vici.unloadShared(id: userSecretID(reqid: reqid, number: number)) }
         case .responder:

@@ -27,8 +27,11 @@ public final class DaemonSockets: ClientSockets {
         for transport in [InetTransport.tcp, .udp] {
             for family in [IPAddressFamily.inet, .inet6] where endpoints.contains(where: { $0.family == family }) {
                 // A table the kernel cannot list (a diagnostics module missing) leaves its sockets to their clients.
-                guard let records = try? diagnostics.sockets(transport, family: family) else { continue }
-                for record in records where wanted.contains(record.cookie) {
+                guard let records = try? diagnostics.sockets(transport, family: family, states: Self.socketStates)
+                else { continue }
+                // An orphan in FIN_WAIT2 delivered everything and had its FIN acknowledged: it is gone.
+                for record in records
+                where wanted.contains(record.cookie) && !(record.isOrphan && record.state == .finWait2) {
                     listed[record.cookie] = Self.facts(record)
                 }
             }
@@ -42,6 +45,10 @@ public final class DaemonSockets: ClientSockets {
         }
         return listed
     }
+
+    /// The states of a socket proper: not TIME_WAIT (the connection's socket is gone, a small record keeps its
+    /// cookie; its flow's cover outlives it), nor a connection request not yet accepted.
+    static let socketStates = TCPState.all.subtracting([.timeWait, .synReceived, .newSynReceived])
 
     public func borrow(cookie: UInt64, from client: UInt64) -> CInt? {
         daemon.withLock { $0.daemon }?.session(client)?.borrow(cookie: cookie)

@@ -20,6 +20,8 @@ public final class KeyingDaemon: Sendable {
     let admission: ClientAdmission
     let logger: Logger
     let executor: BlockingExecutor
+    /// Why the keying file was refused, if it was: every socket a client asks to secure gets this error.
+    let keyingRefusal: SecureSocketError?
     private let sessions = Mutex<(next: UInt64, open: [UInt64: ClientSession])>((1, [:]))
     private let stopped = Atomic<Bool>(false)
     /// The most clients at once (each holds a reader thread).
@@ -28,8 +30,9 @@ public final class KeyingDaemon: Sendable {
     /// A daemon serving `engine` (made with ``ClientSockets`` from ``DaemonSockets``) on `listener`.
     public init(
         engine: SecureSocketEngine, listener: ControlChannel, admission: ClientAdmission, logger: Logger,
-        threads: Int = 8
+        threads: Int = 8, keyingRefusal: SecureSocketError? = nil
     ) throws(Errno) {
+        self.keyingRefusal = keyingRefusal
         self.engine = engine
         self.listener = listener
         self.admission = admission
@@ -103,6 +106,7 @@ public final class KeyingDaemon: Sendable {
             return try engine.serving(client: session.id, socket: socket) { () throws(SecureSocketError) in
                 switch message {
                 case .setSecurity(let settings):
+                    if let keyingRefusal { throw keyingRefusal }
                     try engine.setSecurity(socket, settings)
                     return .secured(cookie: engine.endpoint(socket)?.cookie ?? 0)
                 case .setPeerTargetName(let name):

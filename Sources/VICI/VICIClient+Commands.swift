@@ -267,9 +267,12 @@ extension VICIClient {
     /// unique id (`ike`, `ike-id`, `child`, `child-id`; at least one). `force` deletes without waiting for the
     /// peer's answer.
     @discardableResult
+    ///
+    /// With `waiting: false` charon answers at once (`timeout` -1) and completes the deletion on its own; `timeout`
+    /// then bounds only the wait for that answer.
     public func terminate(
         ike: String? = nil, ikeID: Int? = nil, child: String? = nil, childID: Int? = nil,
-        force: Bool = false, timeout: Duration = .seconds(10),
+        force: Bool = false, timeout: Duration = .seconds(10), waiting: Bool = true,
         onLog: ((ControlLog) -> Void)? = nil
     ) throws(VICIError) -> [ControlLog] {
         var m: VICIMessage = [:]
@@ -279,7 +282,7 @@ extension VICIClient {
         if let childID { m["child-id"] = .number(childID) }
         guard !m.isEmpty else { throw .invalid("terminate", "no SA named: give ike, ikeID, child or childID") }
         if force { m["force"] = .bool(true) }
-        m["timeout"] = .number(Self.milliseconds(timeout))
+        m["timeout"] = .number(waiting ? Self.milliseconds(timeout) : -1)
         return try controlLogged("terminate", m, timeout: timeout, onLog: onLog)
     }
 

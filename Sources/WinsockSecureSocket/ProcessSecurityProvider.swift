@@ -10,8 +10,8 @@ import Synchronization
 /// - an engine Swift code installed (``SecureSocketEngine/setShared(_:)``);
 /// - else the namespace's keying daemon (`wss-keyd`) when one answers: this process then needs no privilege,
 ///   and never becomes a second owner of the namespace;
-/// - else, for a process with `CAP_NET_ADMIN`, an engine in this process (it acts as the namespace's daemon
-///   for itself, as before the daemon existed);
+/// - else, for a process with `CAP_NET_ADMIN`, a daemon it starts (``EmbeddedDaemon``), or, when no `wss-keyd` is
+///   installed, an engine in this process (it acts as the namespace's daemon for itself);
 /// - else `WSAENETDOWN`, saying that a keying daemon is needed.
 enum ProcessSecurityProvider {
     private static let daemonClient = Mutex<KeyingDaemonClient?>(nil)
@@ -22,14 +22,18 @@ enum ProcessSecurityProvider {
             if let client, (try? client.requireOwner()) != nil { return client }
             let logger = SecureSocketLogging.logger(label: "wss.secure-socket")
             let map = try identityMap(logger: logger)
+            // A process that may secure sockets itself starts the namespace's daemon instead, when it has one.
+            let privileged = Self.hasNetworkAdministration
+            let daemonPath = privileged ? EmbeddedDaemon.executable : nil
+            let start = daemonPath.map { EmbeddedDaemon(path: $0, logger: logger) }
             do throws(SecureSocketError) {
-                let made = try KeyingDaemonClient(identityMap: map, logger: logger)
+                let made = try KeyingDaemonClient(identityMap: map, logger: logger, start: start)
                 logger.debug("using the namespace's keying daemon", metadata: ["daemon": "\(made.daemon)"])
                 client = made
                 return made
             } catch {
-                guard error.code == .networkDown else { throw error }
-                guard Self.hasNetworkAdministration else {
+                guard error.code == .networkDown, daemonPath == nil else { throw error }
+                guard privileged else {
                     logger.error("no keying daemon in this network namespace", metadata: ["reason": "\(error)"])
                     throw SecureSocketError(
                         .networkDown,
@@ -37,6 +41,7 @@ enum ProcessSecurityProvider {
                             + "secure sockets itself: run wss-keyd (as root) in the namespace",
                         underlying: error)
                 }
+                logger.notice("no wss-keyd to start: this process secures its own sockets")
                 return try SecureSocketEngine.makeDefaultShared()
             }
         }

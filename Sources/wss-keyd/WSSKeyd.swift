@@ -37,14 +37,7 @@ struct WSSKeyd: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
 
         let logger = SecureSocketLogging.logger(label: "wss.keyd")
-        guard let keying = try DefaultKeying.make(logger: SecureSocketLogging.logger(label: "wss.keying")) else {
-            logger.error("no keying file: nothing to serve", metadata: ["path": "\(KeyingConfiguration.defaultPath)"])
-            throw ExitCode(78)
-        }
-        let admission = ClientAdmission(clientUsers: keying.configuration.clientUsers)
-        for name in admission.unknownNames {
-            logger.warning("client-user names no account: ignored", metadata: ["user": "\(name)"])
-        }
+        // The address first: a second daemon started at the same moment exits before it touches charon.
         let name = address ?? ControlChannel.defaultName
         let listener: ControlChannel
         if let inherited = SystemdSocket.listening() {
@@ -59,23 +52,45 @@ struct WSSKeyd: ParsableCommand {
                 throw ExitCode(error.errno == .addressInUse ? 75 : 71)
             }
         }
+        // Without a keying file, or with one that is refused, the daemon still answers: securing a socket then
+        // fails as it would in the application's own process (WSAENETUNREACH, or the refusal and its reason).
+        var keying: (configuration: KeyingConfiguration, backend: any KeyingBackend)?
+        var refusal: SecureSocketError?
+        do {
+            keying = try DefaultKeying.make(logger: SecureSocketLogging.logger(label: "wss.keying"))
+            if keying == nil {
+                logger.notice(
+                    "no keying file: sockets cannot be secured",
+                    metadata: ["path": "\(KeyingConfiguration.defaultPath)"])
+            }
+        } catch {
+            logger.error("the keying file is refused", metadata: ["reason": "\(error)"])
+            refusal = error
+        }
+        let admission = ClientAdmission(clientUsers: keying?.configuration.clientUsers ?? [])
+        for name in admission.unknownNames {
+            logger.warning("client-user names no account: ignored", metadata: ["user": "\(name)"])
+        }
         let sockets = try DaemonSockets()
         var configuration = SecureSocketEngine.Configuration(
-            negotiationTimeout: keying.configuration.negotiationTimeout, keying: keying.backend, identityMap: nil)
+            negotiationTimeout: keying?.configuration.negotiationTimeout ?? .seconds(10), keying: keying?.backend,
+            identityMap: nil)
         configuration.logger = logger
         configuration.clientSockets = sockets
         let engine = try SecureSocketEngine(configuration)
         let daemon = try KeyingDaemon(
-            engine: engine, listener: listener, admission: admission, logger: logger, threads: threads)
+            engine: engine, listener: listener, admission: admission, logger: logger, threads: threads,
+            keyingRefusal: refusal)
         sockets.attach(daemon)
         logger.notice(
             "keying daemon ready",
-            metadata: ["address": "@\(name)", "pid": "\(getpid())", "keying": "\(keying.backend.name)"])
+            metadata: ["address": "@\(name)", "pid": "\(getpid())", "keying": "\(keying?.backend.name ?? "none")"])
 
         let finish: @Sendable (String) -> Never = { reason in
             logger.notice("keying daemon stopping", metadata: ["reason": "\(reason)"])
             daemon.stop()
             engine.shutdown()
+            logger.notice("keying daemon stopped: its sockets released, its conns unloaded")
             Glibc.exit(0)
         }
         try Threads.detach {
@@ -104,6 +119,9 @@ struct WSSKeyd: ParsableCommand {
             }
         }
         daemon.run()
+        // Stopped: the thread that stopped the daemon releases everything and ends the process (returning here
+        // would end it at once, with charon's conns half unloaded).
+        while true { sleep(60) }
     }
 }
 

@@ -22,9 +22,9 @@ extension CharonDaemonTests {
         namespaces.append(namespace)
         let configuration = try certificates.writeKeyingFile(for: "b.example", charon: "private")
 
-        // A service with a private charon, killed without a chance to stop it.
+        // A service with a private charon of its own (no keying daemon), killed without a chance to stop it.
         let server = try NamespaceProcess(
-            in: namespace, environment: ["WSS_KEYING_CONFIG": configuration, "TMPDIR": parent],
+            in: namespace, environment: ["WSS_KEYING_CONFIG": configuration, "TMPDIR": parent, "WSS_KEYD": "none"],
             [echo, "serve-many", "--bind", "127.0.0.1", "--port", "27016", "--seconds", "60"],
             log: "\(certificates.folder)/server.log")
         XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)

@@ -9,7 +9,8 @@ import XCTest
 import XFRM
 
 /// Tier 3: what a process that dies without cleaning up (`kill -9`) leaves in a shared charon, the kernel and
-/// the namespace's claim folder is reclaimed by the next engine that starts in that namespace.
+/// the namespace's claim folder is reclaimed by the next engine that starts in that namespace. The processes
+/// secure their own sockets (`WSS_KEYD=none`: no keying daemon), as a process does where no `wss-keyd` is installed.
 final class ReclaimTests: XCTestCase {
     func testAKilledClientsClaimsConnsAndSAsAreReclaimedByTheNextProcess() throws {
         try inESPKernel(self, timeout: 300) {
@@ -28,14 +29,14 @@ final class ReclaimTests: XCTestCase {
             let aConf = try certificates.writeKeyingFile(for: "a.example", charon: charonA.socketPath)
             let bConf = try certificates.writeKeyingFile(for: "b.example", charon: "private")
             let server = try NamespaceProcess(
-                in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf],
+                in: pair.b, environment: ["WSS_KEYING_CONFIG": bConf, "WSS_KEYD": "none"],
                 [
                     echo, "serve-many", "--bind", "\(pair.addressB4)", "--port", "27015",
                     "--seconds", "120",
                 ], log: "\(c)/server.log")
             XCTAssertTrue(server.wait(for: "listening", timeout: 20), server.output)
             let client = try NamespaceProcess(
-                in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf],
+                in: pair.a, environment: ["WSS_KEYING_CONFIG": aConf, "WSS_KEYD": "none"],
                 [
                     echo, "hold", "--server", "\(pair.addressB4)", "--target", "host/b.example",
                     "--connections", "20", "--linger", "120",

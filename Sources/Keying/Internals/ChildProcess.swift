@@ -15,7 +15,7 @@ import VICI
 /// The thread first waits with `waitid(WEXITED | WNOWAIT)`, records the exit under the lock, and only then
 /// reaps. ``signal(_:)`` sends under the same lock and only while no exit is recorded, so it can never hit a
 /// recycled pid.
-final class ChildProcess: Sendable {
+package final class ChildProcess: Sendable {
     struct State {
         var pid: pid_t = 0
         var spawnError: Errno?
@@ -30,7 +30,7 @@ final class ChildProcess: Sendable {
 
     /// Spawns `arguments[0]` (an absolute path) with `arguments` as argv and exactly `environment`.
     /// stdin is `/dev/null`; stdout and stderr append to `outputPath`. Descriptors above 2 are closed.
-    init(
+    package init(
         arguments: [String], environment: [String: String], outputPath: String,
         command: String
     ) throws(VICIError) {
@@ -58,12 +58,12 @@ final class ChildProcess: Sendable {
         }
     }
 
-    var pid: pid_t { state.withLock { $0.pid } }
+    package var pid: pid_t { state.withLock { $0.pid } }
 
     /// nil while running; the exit once it ended (the child is reaped right after).
     var exit: (status: CInt, signalled: Bool)? { state.withLock { $0.exit } }
 
-    var isRunning: Bool { exit == nil }
+    package var isRunning: Bool { exit == nil }
 
     /// Sends `signal` if the process has not exited. Returns false if it had.
     @discardableResult
@@ -75,7 +75,7 @@ final class ChildProcess: Sendable {
     }
 
     /// Waits up to `timeout` for the exit (woken when it is recorded); true if it happened.
-    func waitForExit(timeout: Duration) -> Bool {
+    package func waitForExit(timeout: Duration) -> Bool {
         changed.wait(until: Deadline(after: timeout)) { isRunning ? nil : true } ?? false
     }
 
@@ -95,7 +95,7 @@ final class ChildProcess: Sendable {
     }
 
     /// A readable account of the exit, e.g. "exited with status 1", "killed by signal 9".
-    var exitDescription: String {
+    package var exitDescription: String {
         guard let exit else { return "still running" }
         return exit.signalled ? "killed by signal \(exit.status)" : "exited with status \(exit.status)"
     }

@@ -66,7 +66,7 @@ extension SecureSocketEngine {
                 // (An initiator's cover was installed when it connected; an accepted connection's now.)
                 coverFlow(flow, reqid: reqid, for: Self.closedFlowCover, pinned: endpoint.pinned)
             }
-            for registration in entry.registrations { keying?.release(registration) }
+            for registration in entry.registrations { keying?.release(registration, waiting: false) }
             if endpoint.role == .accepted, let flow = entry.flow { keying?.unbindAccepted(flow) }
             if endpoint.role == .accepted, let pinned = endpoint.pinned, let peer = endpoint.peer {
                 keying?.releaseChild(inboundSPI: pinned.inboundSPI, peer: peer)
