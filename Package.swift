@@ -135,7 +135,7 @@ let package = Package(
         // The Windows structs with their layouts pinned by _Static_assert (C callers' header beside them).
         .target(
             name: "CSecureSocketABI", path: "CModules/CSecureSocketABI",
-            exclude: ["winsock_secure_socket.h", "examples"]),
+            exclude: ["winsock_secure_socket.h", "examples", "test-programs"]),
         // The Windows names and the C ABI.
         .target(
             name: "WinsockSecureSocket",
