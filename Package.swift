@@ -210,7 +210,8 @@ let package = Package(
         .executableTarget(
             name: "wss-inspect",
             dependencies: [
-                "SecureSocket", "ALE", "XFRM", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "SecureSocket", "ALE", "XFRM", "DaemonClient", "DaemonControl", "SystemSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(

@@ -21,6 +21,21 @@ def endpoint(address, port):
     return struct.pack("<H", len(address)) + bytes(address) + struct.pack("<H", port)
 
 
+def sa_report():
+    return (string("src 10.0.0.1 dst 10.0.0.2 proto esp spi 0xc0000001") + string("10.0.0.1") + string("10.0.0.2")
+            + struct.pack("<II", 0xc0000001, 7) + struct.pack("<H", 1) + string("rfc4106(gcm(aes))")
+            + struct.pack("<QQ", 1234, 5))
+
+
+def inspected_endpoint():
+    owner = b"\x01" + struct.pack("<iII", 41, 65534, 65534)
+    return (owner + struct.pack("<Qi", 1, 5) + string("inet") + string("tcp") + b"\x01" + struct.pack("<I", 7)
+            + string("accepted") + string("secured (peer b.example)") + b"\x01" + string("b.example") + b"\x00"
+            + struct.pack("<H", 1) + string("*") + string("host/b.example") + string("ipsec default")
+            + b"\x01" + struct.pack("<H", 27015) + b"\x01" + string("in 0xc0000001 out 0xc0000002")
+            + struct.pack("<H", 1) + sa_report())
+
+
 seeds = {
     "hello": frame(1, 1, bytes([1, 1])),
     "set-security-default": frame(2, 2, struct.pack("<II", 0, 0) + b"\x00"),
@@ -44,6 +59,11 @@ seeds = {
                         + struct.pack("<QQI", 7, 9, 0) + b"\x00" + b"\x00" + b"\x01" + string("rfc4106(gcm(aes))")),
     "failure": frame(69, 3, struct.pack("<ii", 10013, 13) + string("uid 65533 may not use the keying daemon")),
     "lend": frame(70, 0x80000002, struct.pack("<Q", 77)),
+    "inspect": frame(9, 10),
+    "follow": frame(10, 11),
+    "inspection": frame(71, 10, struct.pack("<i", 12) + string("strongswan") + struct.pack("<I", 2)
+                        + struct.pack("<H", 1) + inspected_endpoint() + b"\x01"),
+    "inspection-event": frame(72, 11, string("sa-added") + inspected_endpoint() + b"\x01" + sa_report()),
 }
 os.makedirs(sys.argv[1], exist_ok=True)
 for name, data in seeds.items():

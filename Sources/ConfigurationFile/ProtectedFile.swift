@@ -124,6 +124,15 @@ public enum ProtectedFile {
     ///
     /// - Throws: ``ProtectedFileError``, naming the file and the rule it breaks.
     public static func read(_ path: String, _ protection: FileProtection) throws(ProtectedFileError) -> [UInt8] {
+        try read(path, protection, secretIf: { _ in nil })
+    }
+
+    /// ``read(_:_:)`` for a file that is a secret only when what it holds says so (a keying file with a
+    /// pre-shared key): `secret` looks at the bytes and gives what a reader of them can do, or nil; then the file
+    /// must not be readable by group or others either (checked on the descriptor the bytes came through).
+    public static func read(
+        _ path: String, _ protection: FileProtection, secretIf secret: ([UInt8]) -> String?
+    ) throws(ProtectedFileError) -> [UInt8] {
         func failure(_ step: String, _ code: Int32) -> ProtectedFileError {
             ProtectedFileError(
                 path: path, rule: .unreadable, errno: code, step: step,
@@ -163,7 +172,18 @@ public enum ProtectedFile {
         guard total <= limit else {
             throw ProtectedFileError(path: path, rule: .tooLarge(limit: limit), detail: "larger than \(limit) bytes")
         }
-        return Array(bytes[..<total])
+        let content = Array(bytes[..<total])
+        if protection.readerCan == nil, let readerCan = secret(content) {
+            var asSecret = protection
+            asSecret.readerCan = readerCan
+            if let refused = verdict(
+                path: path, mode: UInt32(info.st_mode), owner: UInt32(info.st_uid), effectiveUser: UInt32(geteuid()),
+                asSecret)
+            {
+                throw refused
+            }
+        }
+        return content
     }
 
     private static func typeName(_ type: UInt32) -> String {

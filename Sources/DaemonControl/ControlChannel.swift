@@ -3,7 +3,7 @@ import SystemPackage
 
 /// The kernel's word for who is at the other end of a control connection (`SO_PEERCRED`, taken when the
 /// connection was made): what the daemon checks a client against, and what a client checks the daemon against.
-public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
+public struct PeerCredentials: Codable, Hashable, Sendable, CustomStringConvertible {
     public var pid: Int32
     public var uid: UInt32
     public var gid: UInt32

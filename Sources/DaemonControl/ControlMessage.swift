@@ -28,6 +28,12 @@ public enum ControlMessage: Hashable, Sendable {
     case release
     /// The answer to ``lend(cookie:)``: the socket is attached when `held`.
     case lent(cookie: UInt64, held: Bool)
+    /// The endpoints the client may see (all of them for root, else those its user's processes registered) and
+    /// their SAs: answered by one or more ``inspection(_:)`` pages.
+    case inspect
+    /// Streams ``inspectionEvent(_:)`` for the endpoints the client may see, from now until it closes the
+    /// connection: answered ``done`` first.
+    case follow
 
     // Daemon to client.
     /// The answer to ``hello(minimumVersion:maximumVersion:)``: the version both speak.
@@ -46,6 +52,10 @@ public enum ControlMessage: Hashable, Sendable {
     /// The daemon needs a descriptor of the socket with this cookie for a moment (a rekey moves its pins): the
     /// client answers ``lent(cookie:held:)``.
     case lend(cookie: UInt64)
+    /// A page of the answer to ``inspect``.
+    case inspection(InspectionPage)
+    /// An event ``follow`` streams.
+    case inspectionEvent(InspectionEvent)
 
     /// The protocol versions this build speaks.
     public static let versions: ClosedRange<UInt8> = 1...1
@@ -66,9 +76,10 @@ public enum ControlMessage: Hashable, Sendable {
     public var isFromClient: Bool {
         switch self {
         case .hello, .setSecurity, .setPeerTargetName, .deletePeerTargetName, .prepareConnect, .query, .release,
-            .lent:
+            .lent, .inspect, .follow:
             true
-        case .welcome, .done, .secured, .connectReady, .queryInfo, .failure, .lend: false
+        case .welcome, .done, .secured, .connectReady, .queryInfo, .failure, .lend, .inspection, .inspectionEvent:
+            false
         }
     }
 
@@ -82,6 +93,8 @@ public enum ControlMessage: Hashable, Sendable {
         case .query: 6
         case .release: 7
         case .lent: 8
+        case .inspect: 9
+        case .follow: 10
         case .welcome: 64
         case .done: 65
         case .secured: 66
@@ -89,6 +102,8 @@ public enum ControlMessage: Hashable, Sendable {
         case .queryInfo: 68
         case .failure: 69
         case .lend: 70
+        case .inspection: 71
+        case .inspectionEvent: 72
         }
     }
 }
@@ -144,7 +159,7 @@ extension ControlMessage {
             writer.endpoint(peer)
             writer.u32(timeout)
         case .query(let template): writer.optional(template) { $0.queryTemplate($1) }
-        case .release, .done: break
+        case .release, .done, .inspect, .follow: break
         case .lent(let cookie, let held):
             writer.u64(cookie)
             writer.bool(held)
@@ -159,6 +174,8 @@ extension ControlMessage {
             writer.i32(errno)
             writer.string(detail)
         case .lend(let cookie): writer.u64(cookie)
+        case .inspection(let page): writer.inspectionPage(page)
+        case .inspectionEvent(let event): writer.inspectionEvent(event)
         }
     }
 
@@ -178,6 +195,8 @@ extension ControlMessage {
         case 6: return .query(try reader.optional { reader throws(ControlProtocolError) in try reader.queryTemplate() })
         case 7: return .release
         case 8: return .lent(cookie: try reader.u64(), held: try reader.bool())
+        case 9: return .inspect
+        case 10: return .follow
         case 64: return .welcome(version: try reader.u8(), daemonPID: try reader.i32())
         case 65: return .done
         case 66: return .secured(cookie: try reader.u64())
@@ -185,6 +204,8 @@ extension ControlMessage {
         case 68: return .queryInfo(try reader.queryInfo())
         case 69: return .failure(code: try reader.i32(), errno: try reader.i32(), detail: try reader.string())
         case 70: return .lend(cookie: try reader.u64())
+        case 71: return .inspection(try reader.inspectionPage())
+        case 72: return .inspectionEvent(try reader.inspectionEvent())
         default: throw .unsupported("message kind \(kind)")
         }
     }

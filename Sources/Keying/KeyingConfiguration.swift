@@ -35,7 +35,8 @@ import XFRM
 /// Whoever can write this file, or a certificate, key or authority file it names, chooses the keys, whose
 /// certificates are believed and who may claim which identity. So each is read only if it is a regular file owned
 /// by root or by the process's effective user and not writable by its group or by others, and a `private-key`
-/// file must not be readable by them either (`chmod 600`); otherwise loading fails with an error that names the
+/// file, and this file when it holds a `psk`, `peer-psk` or `eap-user` secret, must not be readable by them
+/// either (`chmod 600`); otherwise loading fails with an error that names the
 /// file and the rule it breaks (`writable by group or others (mode 666): …`). The checks run on the opened
 /// descriptor and the bytes are read through it. A symbolic link is followed, and the file it leads to is what is
 /// checked (as for the identity map); the folders on the way are not checked, so keep them writable by root only.
@@ -281,7 +282,8 @@ public struct KeyingConfiguration: Hashable, Sendable {
 
     /// Reads and parses the keying file at `path` (the one ``defaultPath`` names unless told otherwise), checked
     /// first as every file the library trusts is (`ProtectedFile`, ConfigurationFile module): a regular file,
-    /// owned by root or the process's effective user, not writable by group or others. The certificate, key and
+    /// owned by root or the process's effective user, not writable by group or others, and when it holds a secret
+    /// (`psk`, `peer-psk`, `eap-user`) not readable by group or others either. The certificate, key and
     /// authority files it names are read, checked the same way (and a private key must not be readable by group or
     /// others either), by ``credentials()``.
     ///
@@ -290,11 +292,23 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public static func load(path: String = defaultPath) throws(ParseError) -> KeyingConfiguration {
         let bytes: [UInt8]
         do {
-            bytes = try ProtectedFile.read(path, fileProtection)
+            // A file holding secrets (psk, peer-psk, eap-user) is a secret itself.
+            bytes = try ProtectedFile.read(path, fileProtection) { content in
+                holdsSecrets(String(decoding: content, as: UTF8.self))
+                    ? "knows the pre-shared keys or EAP secrets it holds" : nil
+            }
         } catch {
             throw ParseError(file: error)
         }
         return try parse(String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// Whether any line of `text` sets a secret (`psk`, `peer-psk`, `eap-user`), whether or not the rest parses.
+    static func holdsSecrets(_ text: String) -> Bool {
+        text.split(whereSeparator: \.isNewline).contains { line in
+            let keyword = line.drop { $0 == " " || $0 == "\t" }.prefix { $0 != " " && $0 != "\t" }
+            return ["psk", "peer-psk", "eap-user"].contains(keyword)
+        }
     }
 
     /// The backend this configuration asks for, in `namespace`.

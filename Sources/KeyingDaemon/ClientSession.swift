@@ -14,6 +14,8 @@ final class ClientSession: Sendable {
     let id: UInt64
     let channel: ControlChannel
     let credentials: PeerCredentials
+    /// Set when the connection has ended (a follower stops).
+    let closed = Atomic<Bool>(false)
     private let lends = Mutex<(next: UInt32, answers: [UInt32: LendAnswer])>((0x8000_0000, [:]))
     private let lendSignal = ChangeSignal()
     /// How long the daemon waits for a client to lend a socket back.
@@ -62,6 +64,8 @@ final class ClientSession: Sendable {
                 let (frame, socket) = try channel.receive()
                 switch frame.message {
                 case .lent: answerLend(frame.id, socket)
+                case .inspect: daemon.inspector.answer(frame.id, session: self, daemon: daemon)
+                case .follow: daemon.inspector.follow(frame.id, session: self, daemon: daemon)
                 case .hello:
                     throw ControlChannelError.malformed(.invalid("a second hello"))
                 case let message where !message.isFromClient:
@@ -87,13 +91,17 @@ final class ClientSession: Sendable {
         }
         guard !accepted else { return }
         if let socket { Glibc.close(socket) }
+        fail(frame.id, busy: "the keying daemon is busy")
+    }
+
+    /// Answers request `id` with a busy failure (`WSAEWOULDBLOCK`, `EAGAIN`).
+    func fail(_ id: UInt32, busy detail: String) {
         try? channel.send(
             ControlFrame(
-                id: frame.id,
+                id: id,
                 .failure(
                     code: SecureSocketError.Code.wouldBlock.rawValue,
-                    errno: Errno.resourceTemporarilyUnavailable.rawValue,
-                    detail: "the keying daemon is busy")))
+                    errno: Errno.resourceTemporarilyUnavailable.rawValue, detail: detail)))
     }
 
     private func answerLend(_ id: UInt32, _ socket: CInt?) {

@@ -6,7 +6,7 @@ import SocketDiagnostics
 import Synchronization
 import XFRM
 
-/// The daemon's clients' sockets as the engine sees them (``ClientSockets``): present while the kernel's
+/// The daemon's clients' sockets as the engine sees them (`ClientSockets`): present while the kernel's
 /// socket tables list them (NETLINK_SOCK_DIAG, one dump per transport and family), or, for the ones no table
 /// lists (unbound, or bound and idle: kernels before 6.10 list no such TCP socket), while their client still
 /// holds them; borrowed from their client when the engine must act on one.

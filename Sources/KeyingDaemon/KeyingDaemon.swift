@@ -10,9 +10,9 @@ import SystemSupport
 /// The keying daemon of one network namespace (`wss-keyd`): the one process there that holds `CAP_NET_ADMIN`
 /// for the library, owns the namespace's secure-socket state (the engine: reqids, the XFRM event listener, the
 /// charon tenant, the listeners' policing) and secures sockets for the applications that ask over its control
-/// socket (``ControlChannel``), each passing the socket itself. Applications need no privilege of their own.
+/// socket (`ControlChannel`), each passing the socket itself. Applications need no privilege of their own.
 ///
-/// Threads: one accepts clients, one reads each client's connection, and a fixed set (``executor``) runs the
+/// Threads: one accepts clients, one reads each client's connection, and a fixed set (`executor`) runs the
 /// requests, which block on the kernel and on charon.
 public final class KeyingDaemon: Sendable {
     let engine: SecureSocketEngine
@@ -23,11 +23,14 @@ public final class KeyingDaemon: Sendable {
     /// Why the keying file was refused, if it was: every socket a client asks to secure gets this error.
     let keyingRefusal: SecureSocketError?
     private let sessions = Mutex<(next: UInt64, open: [UInt64: ClientSession])>((1, [:]))
+    /// Who each client was, by session, for as long as an endpoint it registered remains (inspection names it).
+    private let owners = Mutex<[UInt64: PeerCredentials]>([:])
+    let inspector = DaemonInspection()
     private let stopped = Atomic<Bool>(false)
     /// The most clients at once (each holds a reader thread).
     public static let maximumClients = 1024
 
-    /// A daemon serving `engine` (made with ``ClientSockets`` from ``DaemonSockets``) on `listener`.
+    /// A daemon serving `engine` (made with `ClientSockets` from ``DaemonSockets``) on `listener`.
     public init(
         engine: SecureSocketEngine, listener: ControlChannel, admission: ClientAdmission, logger: Logger,
         threads: Int = 8, keyingRefusal: SecureSocketError? = nil
@@ -63,6 +66,7 @@ public final class KeyingDaemon: Sendable {
                 state.open[session.id] = session
                 return session
             }
+            if let session { owners.withLock { $0[session.id] = credentials } }
             guard let session else {
                 logger.warning("client refused: too many clients", metadata: ["client": "\(credentials)"])
                 continue
@@ -89,8 +93,27 @@ public final class KeyingDaemon: Sendable {
 
     /// A client went away: what it held is the engine's to release as its sockets close (the kernel says when).
     private func ended(_ session: ClientSession) {
+        session.closed.store(true, ordering: .releasing)
         sessions.withLock { _ = $0.open.removeValue(forKey: session.id) }
         logger.debug("client disconnected", metadata: ["client": "\(session.credentials)", "session": "\(session.id)"])
+    }
+
+    /// The endpoints `viewer` may see, with their SAs and owners: every endpoint for root, else those its own
+    /// user's clients registered. Owners neither connected nor holding an endpoint are forgotten here.
+    func inspectedEndpoints(for viewer: PeerCredentials) -> [InspectedEndpoint] {
+        let endpoints = engine.endpoints
+        let open = sessions.withLock { Set($0.open.keys) }
+        let known = owners.withLock { owners in
+            let referenced = Set(endpoints.compactMap(\.client))
+            owners = owners.filter { open.contains($0.key) || referenced.contains($0.key) }
+            return owners
+        }
+        let visible = endpoints.filter { endpoint in
+            viewer.uid == 0 || endpoint.client.flatMap { known[$0] }?.uid == viewer.uid
+        }
+        return zip(visible, engine.report(visible)).map { endpoint, report in
+            InspectedEndpoint(owner: endpoint.client.flatMap { known[$0] }, report: report)
+        }
     }
 
     /// The client with this id, if still connected.

@@ -34,6 +34,12 @@ public struct CPrograms: Sendable {
     /// The path of a program built here.
     public func program(_ name: String) -> String { "\(folder)/\(name)" }
 
+    /// Copies the build's tool `name` (`wss-inspect`, say) here, where every user may run it; returns its path.
+    public func copyTool(_ name: String) throws -> String {
+        try FileManager.default.copyItem(atPath: "\(binaries)/\(name)", toPath: "\(folder)/\(name)")
+        return "\(folder)/\(name)"
+    }
+
     /// Writes a keying file (mode 0600) named `name`.conf with `lines`; returns its path.
     public func writeKeyingFile(_ name: String, _ lines: [String]) throws -> String {
         let path = "\(folder)/\(name).conf"

@@ -13,11 +13,13 @@ public final class NamespaceProcess: @unchecked Sendable {
     ) throws {
         self.log = log
         guard let ip = Command.locate("ip") else { throw CommandError.notFound("ip (apt install iproute2)") }
-        guard FileManager.default.createFile(atPath: log, contents: nil),
-            let output = FileHandle(forWritingAtPath: log)
-        else {
+        // O_APPEND: a process the child starts may open the same file again (a keying daemon logging to
+        // /dev/stderr), and its lines must not be overwritten by the child's own at its offset.
+        let descriptor = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else {
             throw CommandError.failed(command: "create \(log)", status: errno, output: String(cString: strerror(errno)))
         }
+        let output = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
         process.executableURL = URL(fileURLWithPath: ip)
         process.arguments =
             ["netns", "exec", namespace.name, "env"]

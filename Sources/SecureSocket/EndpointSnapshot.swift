@@ -5,21 +5,7 @@ import XFRM
 /// What one process's engine publishes about its endpoints, for inspection tools: a JSON file per process in
 /// the namespace's folder (next to the reqid claims), rewritten when something changes.
 public struct EndpointSnapshot: Codable, Hashable, Sendable {
-    public struct Entry: Codable, Hashable, Sendable {
-        public var cookie: UInt64
-        public var descriptor: Int32
-        public var family: String
-        public var kind: String
-        public var reqid: UInt32?
-        public var state: String
-        public var peerIdentity: String?
-        public var peerUserIdentity: String?
-        public var peerTargetNames: [String: String]
-        public var settings: String
-        public var localPort: UInt16?
-        /// The SA pair the socket's policies are pinned to (`in 0x… out 0x…`), nil when they name the reqid only.
-        public var pinned: String?
-    }
+    public typealias Entry = EndpointReport
 
     public var pid: Int32
     public var executable: String
@@ -126,28 +112,4 @@ public struct EndpointSnapshot: Codable, Hashable, Sendable {
 
     /// Bytes gathered before each `write(2)`.
     static let writeChunk = 16 * 1024
-}
-
-extension EndpointSnapshot.Entry {
-    init(_ endpoint: Endpoint) {
-        var identity: String?
-        var user: String?
-        if case .secured(let info) = endpoint.state.settled {
-            identity = info.peerIdentity
-            user = info.peerUserIdentity
-        }
-        let kind: String =
-            switch endpoint.kind {
-            case .stream: "tcp"
-            case .datagram: "udp"
-            case .other(let type): "type \(type)"
-            }
-        self.init(
-            cookie: endpoint.cookie, descriptor: endpoint.descriptor, family: endpoint.family.description,
-            kind: kind, reqid: endpoint.reqid, state: endpoint.state.description, peerIdentity: identity,
-            peerUserIdentity: user,
-            peerTargetNames: Dictionary(
-                uniqueKeysWithValues: endpoint.peerTargetNames.map { ($0.key.map { "\($0)" } ?? "*", $0.value) }),
-            settings: endpoint.summary, localPort: endpoint.lastLocalPort, pinned: endpoint.pinned?.description)
-    }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import IPAddressing
 import Synchronization
+import SystemSupport
 
 /// Async variants for Swift concurrency. The blocking work (negotiation with the keying daemon, the bounded
 /// connect loop) runs on a thread of its own, never on the cooperative pool; cancelling the task abandons the
@@ -17,19 +18,17 @@ extension SecureSocketEngine {
         let cancelled = CancelFlag()
         let result: Result<Void, SecureSocketError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                Thread.detachNewThread {
+                Self.detachBlocking(continuation) {
                     do throws(SecureSocketError) {
                         try self.connect(fd, to: peer, timeout: timeout, cancelled: cancelled)
-                        continuation.resume(
-                            returning: cancelled.isSet
-                                ? .failure(SecureSocketError(.interrupted, "the connecting task was cancelled"))
-                                : .success(()))
+                        return cancelled.isSet
+                            ? .failure(SecureSocketError(.interrupted, "the connecting task was cancelled"))
+                            : .success(())
                     } catch {
-                        continuation.resume(
-                            returning: .failure(
-                                cancelled.isSet
-                                    ? SecureSocketError(
-                                        .interrupted, "the connecting task was cancelled (\(error.detail))") : error))
+                        return .failure(
+                            cancelled.isSet
+                                ? SecureSocketError(
+                                    .interrupted, "the connecting task was cancelled (\(error.detail))") : error)
                     }
                 }
             }
@@ -46,15 +45,30 @@ extension SecureSocketEngine {
         -> SocketSecurityQueryInfo
     {
         let result: Result<SocketSecurityQueryInfo, SecureSocketError> = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
+            Self.detachBlocking(continuation) {
                 do throws(SecureSocketError) {
-                    continuation.resume(returning: .success(try self.query(fd, template)))
+                    return .success(try self.query(fd, template))
                 } catch {
-                    continuation.resume(returning: .failure(error))
+                    return .failure(error)
                 }
             }
         }
         return try result.get()
+    }
+
+    /// Runs `body` on a thread of its own (through `Threads`, so a thread started while the caller impersonates
+    /// a peer starts as the process) and resumes `continuation` with its result, or with the error that kept the
+    /// thread from starting.
+    private static func detachBlocking<T: Sendable>(
+        _ continuation: CheckedContinuation<Result<T, SecureSocketError>, Never>,
+        _ body: @escaping @Sendable () -> Result<T, SecureSocketError>
+    ) {
+        do {
+            try Threads.detach { continuation.resume(returning: body()) }
+        } catch {
+            continuation.resume(
+                returning: .failure(SecureSocketError(.systemCallFailure, "no thread for the call", errno: error)))
+        }
     }
 }
 

@@ -83,6 +83,8 @@ public final class SecureSocketEngine: Sendable {
     public let snapshotFile: String
     /// Something an inspector would show changed: the event pump publishes within its next tick.
     let snapshotDirty = Atomic<Bool>(false)
+    /// Wakes whoever follows the endpoints live (the keying daemon's inspectors).
+    let changeSignal = ChangeSignal()
     /// ACQUIREs being answered, by reqid and flow (at most a few at once).
     let acquires = InFlightSet(limit: 8)
     /// The SAs (by SPI) of each connection a listener accepted, as the kernel reported them, and the reqid; the

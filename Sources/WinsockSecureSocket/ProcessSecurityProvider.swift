@@ -47,6 +47,11 @@ enum ProcessSecurityProvider {
         }
     }
 
+    /// The logger of whatever carries out this process's calls, if one was chosen (no provider is made for it).
+    static var currentLogger: Logger? {
+        SecureSocketEngine.shared?.logger ?? daemonClient.withLock { $0?.logger }
+    }
+
     /// The identity map impersonation uses, when its file exists (refused files are an error, with the reason).
     static func identityMap(logger: Logger) throws(SecureSocketError) -> IdentityMap? {
         guard FileManager.default.fileExists(atPath: IdentityMapLocation.defaultPath) else { return nil }

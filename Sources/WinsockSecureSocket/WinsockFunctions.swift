@@ -185,9 +185,9 @@ public func WSAImpersonateSocketPeer(_ socket: Int32, _ address: UnsafeRawPointe
 @available(*, noasync, message: "a task may resume on another thread with the peer's credentials")
 public func WSARevertImpersonation() -> Int32 {
     WinsockLastError.call { () throws(SecureSocketError) in
-        // No engine is needed to give a thread its own credentials back (a thread impersonates only through the
-        // process engine, whose log records the revert).
-        try SecureSocketEngine.revertThreadImpersonation(logger: SecureSocketEngine.shared?.logger)
+        // No provider is needed to give a thread its own credentials back (a thread impersonates only through
+        // this process's provider, whose log records the revert).
+        try SecureSocketEngine.revertThreadImpersonation(logger: ProcessSecurityProvider.currentLogger)
     }
 }
 

@@ -147,10 +147,19 @@ struct WSSDemo: ParsableCommand {
         claim(
             "no cleartext on the wire: \(analysis.espPackets) ESP packets, \(analysis.plainTCPPackets) plain TCP packets, payloads absent",
             analysis.espPackets > 0 && analysis.plainTCPPackets == 0 && !analysis.markerFound)
-        let charons = (try? Command.run(["pgrep", "-f", "/usr/lib/ipsec/charon"], check: false).output) ?? ""
+        // The keying daemons the programs started end once their clients are gone and their SAs released (after
+        // the close grace period), and their private charons with them: looked for, bounded.
+        let ended = Date()
+        func left() -> String {
+            ["/usr/lib/ipsec/charon", "wss-keyd --exit-when-idle"].map { pattern in
+                (try? Command.run(["pgrep", "-f", pattern], check: false).output) ?? ""
+            }.joined().trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        while Date().timeIntervalSince(ended) < 20, !left().isEmpty { usleep(100_000) }
         claim(
-            "the private charons ended with their processes",
-            charons.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
+            "the keying daemons and their private charons ended after the programs (within "
+                + "\(String(format: "%.1f", Date().timeIntervalSince(ended))) s)",
+            left().isEmpty)
 
         print("\n==== what this run proved ====")
         for (text, holds) in claims { print("[\(holds ? "ok" : "FAILED")] \(text)") }

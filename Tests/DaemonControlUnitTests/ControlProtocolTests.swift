@@ -46,7 +46,96 @@ final class ControlProtocolTests: XCTestCase {
             .release, .lent(cookie: 42, held: false), .lent(cookie: 43, held: true),
             .welcome(version: 1, daemonPID: 99), .done, .secured(cookie: 5), .connectReady(handshakeMilliseconds: 9000),
             .queryInfo(info), .failure(code: 10013, errno: 13, detail: "uid 65533 may not"), .lend(cookie: 77),
+            .inspect, .follow,
+            .inspection(
+                InspectionPage(
+                    daemonPID: 12, keying: "strongswan", clients: 2, endpoints: [sampleEndpoint(cookie: 1)],
+                    isLast: true)),
+            .inspection(InspectionPage(daemonPID: 12, keying: "none", clients: 0, endpoints: [], isLast: false)),
+            .inspectionEvent(
+                InspectionEvent(kind: .saAdded, endpoint: sampleEndpoint(cookie: 2), sa: sampleSA(spi: 0xc000_0003))),
+            .inspectionEvent(InspectionEvent(kind: .removed, endpoint: sampleEndpoint(cookie: 3, owner: nil))),
         ]
+    }
+
+    static func sampleSA(spi: UInt32) -> SAReport {
+        SAReport(
+            text: "src 10.0.0.1 dst 10.0.0.2 proto esp spi 0x\(String(spi, radix: 16)) reqid 7 mode transport",
+            source: "10.0.0.1", destination: "10.0.0.2", spi: spi, reqid: 7, algorithms: ["rfc4106(gcm(aes))"],
+            bytes: 1234, packets: 5)
+    }
+
+    static func sampleEndpoint(
+        cookie: UInt64, owner: PeerCredentials? = PeerCredentials(pid: 41, uid: 65534, gid: 65534),
+        sas: [SAReport] = [sampleSA(spi: 0xc000_0001)]
+    ) -> InspectedEndpoint {
+        InspectedEndpoint(
+            owner: owner,
+            report: EndpointReport(
+                cookie: cookie, descriptor: 5, family: "inet", kind: "tcp", reqid: 7, role: "accepted",
+                state: "secured (peer b.example)", peerIdentity: "b.example", peerUserIdentity: nil,
+                peerTargetNames: ["*": "host/b.example", "10.0.0.2": "b.example"], settings: "ipsec default",
+                localPort: 27015, pinned: "in 0xc0000001 out 0xc0000002", sas: sas))
+    }
+
+    /// The fuzzer's hand-made seeds (Fuzzing/SeedTools/control.py) are each a valid frame: the seed tool and
+    /// the protocol agree, so fuzzing starts from every message kind.
+    func testTheHandMadeFuzzSeedsAreValidFrames() throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Fuzzing/Corpus/control")
+        let seeds = try FileManager.default.contentsOfDirectory(atPath: corpus.path).filter { $0.hasPrefix("hand-") }
+        var kinds: Set<String> = []
+        for seed in seeds {
+            let bytes = try [UInt8](Data(contentsOf: corpus.appendingPathComponent(seed)))
+            let frame = try ControlFrame(decoding: bytes)
+            XCTAssertEqual(frame.encoded(), bytes, seed)
+            kinds.insert("\(frame.message)".prefix { $0 != "(" }.description)
+        }
+        XCTAssertEqual(kinds.count, 19, "every message kind has a seed: \(kinds.sorted())")
+    }
+
+    /// A table larger than one datagram comes in pages, each within the frame limit and the array limit, the
+    /// last marked; nothing is lost or repeated.
+    func testLargeInspectionsArePagedWithinTheFrameLimit() throws {
+        let endpoints = (1...300).map { cookie in
+            Self.sampleEndpoint(cookie: UInt64(cookie), sas: (0..<4).map { Self.sampleSA(spi: UInt32($0)) })
+        }
+        let pages = InspectionPage.pages(daemonPID: 1, keying: "strongswan", clients: 3, endpoints: endpoints)
+        XCTAssertGreaterThan(pages.count, 1)
+        XCTAssertEqual(pages.map(\.isLast), Array(repeating: false, count: pages.count - 1) + [true])
+        XCTAssertEqual(pages.flatMap(\.endpoints), endpoints)
+        for page in pages {
+            let bytes = ControlFrame(id: 1, .inspection(page)).encoded()
+            XCTAssertLessThanOrEqual(bytes.count, ControlMessage.maximumFrameBytes)
+            XCTAssertEqual(try ControlFrame(decoding: bytes).message, .inspection(page))
+        }
+        // An empty table is one last page.
+        let empty = InspectionPage.pages(daemonPID: 1, keying: "none", clients: 0, endpoints: [])
+        XCTAssertEqual(empty.map(\.isLast), [true])
+        XCTAssertEqual(empty.first?.endpoints, [])
+    }
+
+    /// The follow stream's events: additions with their SAs, changes that are not only counters, SAs by SPI,
+    /// removals.
+    func testFollowEventsDescribeTheDifferenceBetweenTwoTables() {
+        let kept = Self.sampleEndpoint(cookie: 1)
+        var counted = kept
+        counted.report.sas[0].bytes += 1_000 // counters alone are no change
+        var rekeyed = kept
+        rekeyed.report.sas = [Self.sampleSA(spi: 0xc000_0009)]
+        rekeyed.report.pinned = "in 0xc0000009 out 0xc000000a"
+        let gone = Self.sampleEndpoint(cookie: 2)
+        let new = Self.sampleEndpoint(cookie: 3)
+        XCTAssertEqual(InspectionEvent.changes(from: [1: kept], to: [1: counted]), [])
+        let events = InspectionEvent.changes(from: [1: kept, 2: gone], to: [1: rekeyed, 3: new])
+        XCTAssertEqual(
+            events.map {
+                "\($0.kind.rawValue) \($0.endpoint.report.cookie) \($0.sa.map { String($0.spi, radix: 16) } ?? "-")"
+            },
+            [
+                "changed 1 -", "sa-added 1 c0000009", "sa-removed 1 c0000001", "added 3 -", "sa-added 3 c0000001",
+                "removed 2 -",
+            ])
     }
 
     func testEveryMessageRoundTripsAndEncodesCanonically() throws {

@@ -121,6 +121,29 @@ final class TrustedFileTests: XCTestCase {
         XCTAssertEqual(refusal { _ = try KeyingConfiguration.load(path: folder) }?.rule, .notRegularFile)
     }
 
+    /// A keying file is a secret once it holds one (psk, peer-psk, eap-user): readable by group or others, it is
+    /// refused; the same file without secrets (certificates) may be world-readable.
+    func testAKeyingFileHoldingSecretsMustNotBeReadableByOthers() throws {
+        for secret in [
+            "psk \"group key\"", "peer-psk b.example \"a-b key\"",
+            "certificate \(folder)/a.crt\nprivate-key \(folder)/a.key\neap-user alice \"alice's secret\"",
+        ] {
+            let keying = try write(
+                "secret.conf", "identity a.example\n\(secret)\ncharon private\n", mode: 0o644)
+            let refused = try XCTUnwrap(refusal { _ = try KeyingConfiguration.load(path: keying) }, secret)
+            XCTAssertEqual(refused.rule, .readableByGroupOrOthers(mode: 0o644), secret)
+            XCTAssertTrue(refused.description.contains("chmod 600"), refused.description)
+            chmod(keying, 0o640)
+            XCTAssertEqual(
+                refusal { _ = try KeyingConfiguration.load(path: keying) }?.rule,
+                .readableByGroupOrOthers(mode: 0o640), secret)
+            chmod(keying, 0o600)
+            XCTAssertNoThrow(try KeyingConfiguration.load(path: keying), secret)
+        }
+        let (certificates, _) = try writeAcceptableSet()
+        XCTAssertNoThrow(try KeyingConfiguration.load(path: certificates), "no secret in it: 644 is fine")
+    }
+
     func testAGroupWritableStaticKeysFileIsRefused() throws {
         let (_, staticKeys) = try writeAcceptableSet()
         chmod(staticKeys, 0o660)

@@ -13,7 +13,10 @@ final class ExitDrainTests: XCTestCase {
         try inESPKernel(self, timeout: 300) {
             let root = try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)"))
             let programs = try CPrograms(
-                ["CModules/CSecureSocketABI/test-programs/drain_client.c", "CModules/CSecureSocketABI/test-programs/slow_server.c"], packageRoot: root)
+                [
+                    "CModules/CSecureSocketABI/test-programs/drain_client.c",
+                    "CModules/CSecureSocketABI/test-programs/slow_server.c",
+                ], packageRoot: root)
             defer { programs.remove() }
             let secret = UUID().uuidString
             let keying = try ["a", "b"].map { name in

@@ -36,7 +36,7 @@ final class ExitTests: XCTestCase {
             let payload = (0..<65_536).map { UInt8(truncatingIfNeeded: $0 &* 7) }
             try client.send(payload)
             var queued: CInt = 0
-            ioctl(client.fd.rawValue, 0x5411, &queued)
+            XCTAssertEqual(ioctl(client.fd.rawValue, 0x5411, &queued), 0, "SIOCOUTQ")
             XCTAssertGreaterThan(queued, 16_384, "most of it still waits in the sender's queue")
 
             // A slow reader: 4 KiB every 50 ms.

@@ -8,7 +8,8 @@ import XFRM
 /// (`wss-keyd`, run as root in each namespace). The C sample client and server run as uid 65534 (nobody, no
 /// capabilities), each in its namespace: the server's listener and accepted connection, the client's WSAConnect,
 /// both queries, ESP on the wire and no clear text. A user the keying file does not admit is refused, and without
-/// a daemon an unprivileged process gets WSAENETDOWN.
+/// a daemon an unprivileged process gets WSAENETDOWN. `wss-inspect` asks the daemon, which shows each user only
+/// what its own processes hold (root everything), and `follow` streams the connection's life.
 final class UnprivilegedDaemonTests: XCTestCase {
     func testUnprivilegedCSampleClientAndServerThroughTheKeyingDaemon() throws {
         try inESPKernel(self, timeout: 300) {
@@ -20,14 +21,16 @@ final class UnprivilegedDaemonTests: XCTestCase {
                 ], packageRoot: root)
             defer { programs.remove() }
             let secret = UUID().uuidString
+            // b admits a second user, 65533, who must see none of nobody's sockets.
             let keying = try ["a", "b"].map { name in
                 try programs.writeKeyingFile(
                     name,
                     [
                         "identity \(name).example", "psk \"\(secret)\"", "charon private", "negotiation-timeout 10",
                         "client-user 65534",
-                    ])
+                    ] + (name == "b" ? ["client-user 65533"] : []))
             }
+            let inspect = try programs.copyTool("wss-inspect")
             let pair = try NamespacePair(prefix: "unpriv")
             defer { pair.remove() }
             let capture = try PacketCapture(
@@ -67,6 +70,33 @@ final class UnprivilegedDaemonTests: XCTestCase {
             defer { server.terminate() }
             XCTAssertTrue(server.wait(for: "listening", timeout: 20), "server: \(server.output)")
 
+            // wss-inspect asks the daemon: root sees nobody's listener and who holds it; nobody sees its own;
+            // another admitted user sees none of it.
+            func inspected(_ command: [String]) throws -> String {
+                // The listener shows once the daemon has seen it listen (bounded).
+                var output = ""
+                for _ in 0..<30 {
+                    output = try pair.b.exec(command, timeout: 30, check: false).output
+                    if output.contains("responder on port 27015") { break }
+                    usleep(200_000)
+                }
+                return output
+            }
+            let byRoot = try inspected([inspect, "--json"])
+            XCTAssertTrue(byRoot.contains("\"keying\" : \"strongswan\""), byRoot)
+            XCTAssertTrue(byRoot.contains("\"uid\" : 65534") && byRoot.contains("responder on port 27015"), byRoot)
+            let byNobody = try inspected(CPrograms.asNobody([inspect]))
+            XCTAssertTrue(byNobody.contains("responder on port 27015") && byNobody.contains("uid 65534"), byNobody)
+            let byOther = try pair.b.exec(CPrograms.asNobody([inspect], uid: 65533), timeout: 30, check: false).output
+            XCTAssertTrue(byOther.contains("0 endpoints you may see"), byOther)
+            XCTAssertFalse(byOther.contains("cookie"), byOther)
+            let stray = try pair.a.exec(CPrograms.asNobody([inspect], uid: 65533), timeout: 30, check: false).output
+            XCTAssertTrue(stray.contains("may not use the keying daemon"), "a user not admitted: \(stray)")
+            let follow = try NamespaceProcess(
+                in: pair.b, [inspect, "follow", "--json", "--seconds", "60"], log: "\(programs.folder)/follow.log")
+            defer { follow.terminate() }
+            XCTAssertTrue(follow.wait(for: "\"event\":\"present\"", timeout: 20), "follow: \(follow.output)")
+
             let connected = try pair.a.exec(client, timeout: 60, check: false)
             print("client (exit \(connected.status)):\n\(connected.output)")
             XCTAssertEqual(connected.status, 0)
@@ -79,6 +109,13 @@ final class UnprivilegedDaemonTests: XCTestCase {
             XCTAssertTrue(server.output.contains("received: 12345678"))
             XCTAssertTrue(server.output.contains("flags 0x3 SECURED ENCRYPTED"))
             XCTAssertTrue(server.output.contains("peer machine: a.example"), "the token names the authenticated client")
+
+            // The follower saw the accepted connection come, get its SAs and go.
+            for event in ["added", "sa-added", "removed"] {
+                XCTAssertTrue(follow.wait(for: "\"event\":\"\(event)\"", timeout: 20), "\(event): \(follow.output)")
+            }
+            follow.terminate()
+            print("wss-inspect follow:\n\(follow.output.suffix(3000))")
 
             capture.stop()
             let analysis = try capture.analyse(markers: [Array("12345678".utf8), Array("91011121314".utf8)])

@@ -336,6 +336,8 @@ extension SecureSocketEngineTests {
                 code = error.code == .notInitialised ? 0 : 2
             }
             if code == 0, (try? engine.query(socket.fd.rawValue)) != nil { code = 3 }
+            // Release in the child leaves the parent's endpoint, reqid and policies (checked below).
+            engine.release(socket.fd.rawValue)
             engine.shutdown()
             SecureSocketEngine.shutdownShared()
             _exit(code)

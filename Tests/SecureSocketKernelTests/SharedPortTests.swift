@@ -73,6 +73,22 @@ extension SecureSocketEngineTests {
             early.fd.rawValue, SocketSecurityQueryTemplate(peerAddress: IPEndpoint(address: "10.9.9.9", port: 9)))
         XCTAssertNotEqual(earlyView.negotiationError, 0)
         XCTAssertFalse(SocketHardening.reusesAddress(early.fd.rawValue))
+
+        // Set before WSAConnect: the connect is refused (WSAEACCES), the option cleared, nothing negotiated.
+        let connecting = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .udp)
+        try engine.setSecurity(connecting.fd.rawValue)
+        setsockopt(connecting.fd.rawValue, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
+        XCTAssertThrowsError(
+            try engine.connect(connecting.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: 9))
+        ) { error in
+            XCTAssertEqual((error as? SecureSocketError)?.code, .accessDenied, "\(error)")
+        }
+        XCTAssertFalse(SocketHardening.reusesAddress(connecting.fd.rawValue), "cleared by the refused connect")
+        guard case .refused = engine.endpoint(connecting.fd.rawValue)?.state else {
+            return XCTFail("refused: \(String(describing: engine.endpoint(connecting.fd.rawValue)?.state))")
+        }
+        engine.release(connecting.fd.rawValue)
+        connecting.close()
         for socket in [early, late] {
             engine.release(socket.fd.rawValue)
             socket.close()

@@ -115,7 +115,7 @@ extension SecureSocketEngine {
                 throw SecureSocketError(.systemCallFailure, "connect", underlying: error)
             }
         }
-        snapshotDirty.store(true, ordering: .releasing)
+        endpointsChanged()
         if cancelled?.isSet == true { throw SecureSocketError(.interrupted, "the connecting task was cancelled") }
         // The handshake has a bound of its own (a fallback to clear text comes after a negotiation that may
         // have used the whole first one).
@@ -148,7 +148,13 @@ extension SecureSocketEngine {
 
     /// Marks the endpoint as one that initiates. A UDP socket that was answering peers on its port stops: its
     /// reqid must be in no responder config once it sends to peers of its own choosing.
+    /// A UDP socket whose port could be shared (`SO_REUSEADDR` set after `WSASetSocketSecurity`) is refused
+    /// here too, whatever its role was (`WSAEACCES`).
     func becomeInitiator(_ endpoint: Endpoint) throws(SecureSocketError) {
+        if endpoint.kind == .datagram, refuseSharedPort(endpoint) {
+            throw SecureSocketError(
+                .accessDenied, "SO_REUSEADDR is set on this secured UDP socket: another socket could share its port")
+        }
         guard endpoint.role != .initiator else { return }
         if case .responder = endpoint.role {
             for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {

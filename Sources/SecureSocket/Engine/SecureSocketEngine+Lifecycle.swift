@@ -23,7 +23,7 @@ extension SecureSocketEngine {
     @discardableResult
     public func sweep() -> Int {
         // What the sweep changed is published with the pump's next tick (at most once a second).
-        defer { snapshotDirty.store(true, ordering: .releasing) }
+        defer { endpointsChanged() }
         var released = 0
         let now = ContinuousClock.now
         if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
@@ -70,6 +70,13 @@ extension SecureSocketEngine {
         return released
     }
 
+    /// Something an inspector shows changed: the snapshot is published within the pump's next tick, and live
+    /// followers (``endpointChanges``) wake.
+    func endpointsChanged() {
+        snapshotDirty.store(true, ordering: .releasing)
+        changeSignal.notify()
+    }
+
     /// Publishes the snapshot if something changed since the last time and the last publication is at least
     /// ``publishInterval`` old (the event pump calls it each tick).
     func publishIfDirty() {
@@ -107,8 +114,10 @@ extension SecureSocketEngine {
         }
     }
 
-    /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort.
+    /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort. A
+    /// keying daemon's engine (one serving clients' sockets) writes none: inspectors ask the daemon.
     public func publish() {
+        guard configuration.clientSockets == nil else { return }
         // One publication at a time (the pump's tick, a release, shutdown may each publish).
         published.withLock { last in
             if let hash = EndpointSnapshot.write(

@@ -83,6 +83,13 @@ extension SecureSocketEngine {
             return false
         }
         let pinned = PinnedSAs(inboundSPI: inboundSPI, outboundSPI: outboundSPI, ikeSAID: ikeSAID)
+        // A flow's IKE SA never changes silently: a pin that moves to another IKE SA (the peer's after a restart,
+        // a reauthentication) is said at notice level, with both.
+        if let before = endpoint.pinned?.ikeSAID, let after = ikeSAID, before != after {
+            logger.notice(
+                "connection moved to another IKE SA of its peer",
+                metadata: metadata.merging(["previous-ike-sa": "\(before)"]) { $1 })
+        }
         table.update(cookie: cookie) {
             $0.pinned = pinned
             $0.lastLocalPort = flow.localPort

@@ -161,7 +161,7 @@ extension SecureSocketEngine {
                     "spi-out": "\(String(out.id.spi, radix: 16))", "ike-sa": "\(info.ikeSAID)", "via": "query",
                 ])
         }
-        snapshotDirty.store(true, ordering: .releasing)
+        endpointsChanged()
         tokens.openTokens(for: &info, accessMask: template?.peerTokenAccessMask ?? 0)
         return info
     }

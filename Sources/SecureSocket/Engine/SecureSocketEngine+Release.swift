@@ -15,7 +15,13 @@ extension SecureSocketEngine {
 
     /// Forgets `fd`'s endpoint and frees what it held (reqid, keying configs) once no other endpoint (an
     /// accepted child of a listener) uses them. Call before `close()`; ``sweep()`` catches sockets closed without it.
+    /// In a process forked from the engine's, it does nothing: the keying is the parent's (its SAs and conns go
+    /// when the parent's socket does).
     public func release(_ fd: CInt) {
+        guard (try? requireOwner()) != nil else {
+            logger.debug("release in a forked child ignored", metadata: ["fd": "\(fd)", "engine-owner": "\(owner)"])
+            return
+        }
         guard let facts = try? SocketInspector.facts(of: fd) else { return }
         // An accepted connection the application never queried is registered now, so its own SAs go too.
         _ = endpoint(for: fd, facts: facts)
@@ -45,7 +51,7 @@ extension SecureSocketEngine {
         for action in table.handle(event, cookie: cookie) {
             switch action {
             case .publish:
-                snapshotDirty.store(true, ordering: .releasing)
+                endpointsChanged()
             case .releaseResources(let coverClosedFlow):
                 releaseResources(cookie: cookie, coverClosedFlow: coverClosedFlow)
             }

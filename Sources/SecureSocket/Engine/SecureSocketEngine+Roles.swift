@@ -7,6 +7,7 @@ import Keying
 import Logging
 import Synchronization
 import SystemPackage
+import SystemSupport
 import XFRM
 
 // Roles: a socket becomes a responder when seen listening, and the ACQUIREs of secured sockets are answered.
@@ -72,6 +73,12 @@ extension SecureSocketEngine {
         apply(.refused("SO_REUSEADDR set on a secured UDP socket: its port could be shared"), cookie: endpoint.cookie)
         for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {
             keying?.release(registration)
+        }
+        // What peers negotiated while it answered goes too, and its port's SPD policies: nothing may still be
+        // accepted for a port another socket could share.
+        if case .responder = endpoint.role, let reqid = endpoint.reqid {
+            keying?.dropPeerChildren(reqid: reqid)
+            returnPolicyToSocket(endpoint)
         }
         return true
     }
@@ -156,18 +163,25 @@ extension SecureSocketEngine {
         // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
         // first (terminated by config name, whatever rekeys renamed its id to).
         let staleRegistrations = stale ? keyings.take(cookie: endpoint.cookie, where: \.isNegotiation) : []
-        Thread.detachNewThread {
-            defer { hooks.done(key) }
-            for registration in staleRegistrations { keying.release(registration) }
-            do throws(KeyingError) {
-                let negotiated = try keying.negotiate(
-                    finalRequest, flow: finalFlow, timeout: timeout)
-                hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
-            } catch {
-                hooks.failed(
-                    Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
-                    cookie: endpoint.cookie)
+        do {
+            // Through Threads: a negotiation thread never starts as a peer some thread impersonates.
+            try Threads.detach {
+                defer { hooks.done(key) }
+                for registration in staleRegistrations { keying.release(registration) }
+                do throws(KeyingError) {
+                    let negotiated = try keying.negotiate(
+                        finalRequest, flow: finalFlow, timeout: timeout)
+                    hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
+                } catch {
+                    hooks.failed(
+                        Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
+                        cookie: endpoint.cookie)
+                }
             }
+        } catch {
+            hooks.done(key)
+            hooks.failed(
+                .keyingUnavailable("no thread to negotiate on (\(error))"), cookie: endpoint.cookie)
         }
     }
 

@@ -76,6 +76,7 @@ extension SecureSocketEngine {
             if let reqid { reqids.release(reqid) }
             throw SecureSocketError(.invalidArgument, "security was already set on this socket")
         }
+        endpointsChanged()
         logger.debug(
             "socket secured (per-socket policy installed)",
             metadata: [
