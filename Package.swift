@@ -151,7 +151,9 @@ let package = Package(
         // The two-engine fixture the tier-3 tests and the benchmarks share.
         .target(
             name: "EngineTestSupport",
-            dependencies: ["IPAddressing", "SecureSocket", "Keying", "VICI", "XFRM", "NetnsTestSupport"]),
+            dependencies: [
+                "IPAddressing", "Impersonation", "SecureSocket", "Keying", "VICI", "XFRM", "NetnsTestSupport",
+            ]),
         // XCTest glue for the tiers: loud skips locally, failures under CI=true, re-running tier 3 in UML.
         .target(
             name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),

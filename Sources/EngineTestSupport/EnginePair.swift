@@ -1,5 +1,6 @@
 import Foundation
 import IPAddressing
+import Impersonation
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -38,6 +39,8 @@ public final class EnginePair: @unchecked Sendable {
         public var secret = EnginePair.randomSecret()
         /// ``EnginePair/close()`` removes the pair's namespaces too (a fixture that made its own pair).
         public var removesPairOnClose = false
+        /// The identity map B's engine impersonates peers through (strongSwan keying).
+        public var identityMapOfB: IdentityMap?
         public init() {}
     }
 
@@ -116,7 +119,8 @@ public final class EnginePair: @unchecked Sendable {
                     try SecureSocketEngine(
                         .init(
                             negotiationTimeout: options.negotiationTimeout, keying: backends.b,
-                            reqidDirectory: folders[1], namespace: pair.b.namespace))
+                            reqidDirectory: folders[1], namespace: pair.b.namespace,
+                            identityMap: options.identityMapOfB))
                 )
             }
             (a, b) = engines

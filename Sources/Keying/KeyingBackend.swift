@@ -1,3 +1,4 @@
+import Foundation
 import IPAddressing
 import VICI
 import XFRM
@@ -229,6 +230,9 @@ public struct KeyedProtection: Hashable, Sendable {
     /// The subject and subjectAltNames of the certificate that proved ``remoteIdentity``; nil when the peer
     /// did not authenticate with a certificate or when which certificate it used is not known for sure.
     public var remoteCertificate: CertificateIdentity?
+    /// When the IKE SA that carries it was established (when its peer authenticated), as the keying daemon
+    /// reported it (to the second); nil when unknown. The certificate that decides is one valid then.
+    public var authenticatedAt: Date?
 
     public init(
         ikeSAID: UInt64? = nil, childSAID: UInt64? = nil, localIdentity: String? = nil,

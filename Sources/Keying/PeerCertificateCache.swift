@@ -1,3 +1,4 @@
+import Foundation
 import Synchronization
 import VICI
 
@@ -23,14 +24,16 @@ final class PeerCertificateCache: Sendable {
         self.selector = selector
     }
 
-    /// The lookup for IKE SA `ikeSAID` whose `remote-id` is `remoteIdentity`; `candidates` fetches charon's
-    /// certificates for that identity when the IKE SA is not known yet (its error is passed on, nothing cached).
+    /// The lookup for IKE SA `ikeSAID` whose `remote-id` is `remoteIdentity`, authenticated at `authenticatedAt`
+    /// (the certificate must have been valid then); `candidates` fetches charon's certificates for that identity
+    /// when the IKE SA is not known yet (its error is passed on, nothing cached).
     func lookup<Failure: Error>(
-        ikeSAID: UInt64, remoteIdentity: String,
+        ikeSAID: UInt64, remoteIdentity: String, authenticatedAt: Date,
         candidates: () throws(Failure) -> [[UInt8]]
     ) throws(Failure) -> PeerCertificateLookup {
         if let known = state.withLock({ $0.lookups[ikeSAID] }) { return known }
-        let found = selector.select(try candidates(), remoteIdentity: remoteIdentity)
+        let found = selector.select(
+            try candidates(), remoteIdentity: remoteIdentity, authenticatedAt: authenticatedAt)
         if case .notFound = found { return found }
         state.withLock { state in
             guard state.lookups.updateValue(found, forKey: ikeSAID) == nil else { return }

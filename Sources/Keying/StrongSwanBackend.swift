@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import IPAddressing
 import Logging
@@ -655,11 +656,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     static func protection(ike: IKESAInfo, child: ChildSAInfo) -> KeyedProtection {
-        KeyedProtection(
+        var protection = KeyedProtection(
             ikeSAID: ike.uniqueID.map(UInt64.init), childSAID: child.uniqueID.map(UInt64.init),
             localIdentity: ike.localID, remoteIdentity: ike.remoteID, remoteUserIdentity: ike.remoteEAPID,
             encryptionAlgorithm: child.encryptionAlgorithm, integrityAlgorithm: child.integrityAlgorithm,
             inboundSPI: child.spiIn, outboundSPI: child.spiOut, localAddress: ike.localHost.flatMap(IPAddress.init))
+        protection.authenticatedAt = ike.establishedSeconds.map { Date().addingTimeInterval(-Double($0)) }
+        return protection
     }
 
     /// Maps charon's words to a keying error.
@@ -728,7 +731,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         // print the remote-id count, and structurally different ones make the lookup ambiguous (none believed).
         let subject: String? = remote.contains("=") ? nil : remote
         let first = peerCertificates.known(ikeSAID: ike) == nil
-        let lookup = try? peerCertificates.lookup(ikeSAID: ike, remoteIdentity: remote) { () throws(VICIError) in
+        // The certificate must have been valid when the IKE SA was authenticated (now, if charon did not say).
+        let lookup = try? peerCertificates.lookup(
+            ikeSAID: ike, remoteIdentity: remote, authenticatedAt: protection.authenticatedAt ?? Date()
+        ) { () throws(VICIError) in
             try vici.listCerts(type: .x509, flag: CertificateFlag.none, subject: subject).map(\.data)
         }
         if case .identified(let identity)? = lookup {

@@ -1,6 +1,7 @@
 import DirectoryNames
 import Foundation
 import SwiftASN1
+import VICI
 import X509
 import XCTest
 
@@ -275,15 +276,19 @@ final class PeerCertificateSelectorTests: XCTestCase {
         let der = try TestPKI.der(try pki.host(TestPKI.subjectA, names: [.dnsName("a.example")]))
         struct Unreachable: Error {}
         XCTAssertThrowsError(
-            try cache.lookup(ikeSAID: 7, remoteIdentity: "a.example") { () throws(Unreachable) in
+            try cache.lookup(ikeSAID: 7, remoteIdentity: "a.example", authenticatedAt: Date()) {
+                () throws(Unreachable) in
                 throw Unreachable()
             })
         XCTAssertNil(cache.known(ikeSAID: 7))
-        XCTAssertEqual(cache.lookup(ikeSAID: 7, remoteIdentity: "a.example") { () -> [[UInt8]] in [] }, .notFound)
+        XCTAssertEqual(
+            cache.lookup(ikeSAID: 7, remoteIdentity: "a.example", authenticatedAt: Date()) { () -> [[UInt8]] in [] },
+            .notFound)
         XCTAssertNil(cache.known(ikeSAID: 7), "nothing found is asked again next time")
         var fetches = 0
         for _ in 0..<3 {
-            let lookup = cache.lookup(ikeSAID: 7, remoteIdentity: "a.example") { () -> [[UInt8]] in
+            let lookup = cache.lookup(ikeSAID: 7, remoteIdentity: "a.example", authenticatedAt: Date()) {
+                () -> [[UInt8]] in
                 fetches += 1
                 return [der]
             }
@@ -291,5 +296,26 @@ final class PeerCertificateSelectorTests: XCTestCase {
         }
         XCTAssertEqual(fetches, 1)
         XCTAssertEqual(cache.count, 1)
+    }
+
+    /// The cache judges validity at the IKE SA's authentication, not at the query: a certificate that expired
+    /// since decides for an IKE SA authenticated while it was valid, and not for one authenticated after.
+    func testTheCertificateMustHaveBeenValidWhenTheIKESAWasAuthenticated() throws {
+        let cache = PeerCertificateCache(selector: try selector())
+        let expired = try TestPKI.der(
+            try pki.host(TestPKI.subjectA, names: [.dnsName("a.example")], validUntil: Date().addingTimeInterval(-60)))
+        let before = cache.lookup(
+            ikeSAID: 8, remoteIdentity: "a.example", authenticatedAt: Date().addingTimeInterval(-3600)
+        ) { () -> [[UInt8]] in [expired] }
+        guard case .identified = before else { return XCTFail("authenticated while valid: \(before)") }
+        XCTAssertEqual(
+            cache.lookup(ikeSAID: 9, remoteIdentity: "a.example", authenticatedAt: Date()) { () -> [[UInt8]] in
+                [expired]
+            }, .notFound, "authenticated after it expired")
+        // charon's `established` (seconds ago) becomes the protection's authentication time.
+        let ike = IKESAInfo(name: "c", section: ["established": "3600"])
+        let protection = StrongSwanBackend.protection(ike: ike, child: ChildSAInfo(key: "c-1", section: [:]))
+        let age = Date().timeIntervalSince(try XCTUnwrap(protection.authenticatedAt))
+        XCTAssertEqual(age, 3600, accuracy: 5)
     }
 }

@@ -2,6 +2,7 @@ import ALE
 import EngineTestSupport
 import Foundation
 import IPAddressing
+import Impersonation
 import Keying
 import NetnsTestSupport
 import SecureSocket
@@ -81,11 +82,12 @@ final class ServerBindingTests: XCTestCase {
             file: FileManager.default.temporaryDirectory.appendingPathComponent("sb-\(UUID().uuidString).pcap").path)
     }
 
-    static func makeEnds() throws -> Ends {
+    static func makeEnds(identityMap: IdentityMap? = nil) throws -> Ends {
         let pair = try NamespacePair(prefix: "sb")
         var options = EnginePair.Options()
         options.extraCertificateNames = ["c.example"]
         options.removesPairOnClose = true
+        options.identityMapOfB = identityMap
         do {
             return try EnginePair(pair: pair, keying: .ecdsa, options: options)
         } catch {
@@ -115,10 +117,15 @@ final class ServerBindingTests: XCTestCase {
     /// (a) a wide CHILD_SA (alice's address, every TCP port) and (b) one with exactly alice's 5-tuple, on the
     /// listener's reqid. Each is refused by the server at once; meanwhile and after, the server's data for alice
     /// never leaves under Mallory's SPIs (capture), alice receives every byte, the server receives only alice's,
-    /// and the query on alice's accepted socket keeps naming `a.example` with alice's own SPIs.
+    /// the query on alice's accepted socket keeps naming `a.example` with alice's own SPIs, impersonation runs
+    /// as alice's account (`daemon`), never Mallory's (`nobody`), and the kernel's counters of alice's own SA
+    /// pair carried every packet of the connection.
     func testASecondIKEDaemonAtTheClientsAddressGetsNothingOfAnAcceptedConnection() throws {
         try inESPKernel(self, timeout: 300) {
-            let ends = try Self.makeEnds()
+            let fixture = try CharonFlowTests.ImpersonationFixture(
+                rules: "id a.example -> daemon\nid c.example -> nobody\n")
+            defer { fixture.remove() }
+            let ends = try Self.makeEnds(identityMap: fixture.map)
             defer { ends.close() }
             let capture = try capture(ends)
             defer {
@@ -154,6 +161,11 @@ final class ServerBindingTests: XCTestCase {
                 let view = try ends.b.query(accepted.fd.rawValue)
                 XCTAssertEqual(view.peerMachineIdentity, "a.example", "\(label): the query names alice")
                 XCTAssertEqual(ends.b.endpoint(accepted.fd.rawValue)?.pinned?.inboundSPI, pinned.inboundSPI, label)
+                let account = try ends.b.withPeerImpersonation(accepted.fd.rawValue) { account -> String in
+                    XCTAssertEqual(geteuid(), 1, "\(label): the thread runs as daemon (uid 1)")
+                    return account.name
+                }
+                XCTAssertEqual(account, "daemon", "\(label): impersonation runs as alice's account, never Mallory's")
             }
             try exchange("before")
             for (label, local) in [
@@ -186,6 +198,19 @@ final class ServerBindingTests: XCTestCase {
             XCTAssertEqual(underMallory, 0, "no packet left the server under Mallory's SAs")
             XCTAssertGreaterThan(bySPI[pinned.outboundSPI] ?? 0, exchanged, "alice's data left under alice's own SA")
             XCTAssertEqual(try capture.analyse(markers: []).plainTCPPackets, 0, "nothing in clear")
+            // The server kernel's own counters: alice's SA pair carried the connection both ways, and no SA of
+            // the listener's reqid other than hers is left to have carried anything.
+            let counters = try Self.listenerSAs(ends, reqid: reqid)
+            let inbound = counters.first { $0.id.spi == pinned.inboundSPI }?.counters.packets ?? 0
+            let outbound = counters.first { $0.id.spi == pinned.outboundSPI }?.counters.packets ?? 0
+            print(
+                "ServerBinding: alice's SA pair counted \(inbound) packets in, \(outbound) out; exchanges \(exchanged)")
+            XCTAssertGreaterThanOrEqual(
+                inbound, UInt64(exchanged), "every segment of alice's reached the server under her SA")
+            XCTAssertGreaterThanOrEqual(outbound, UInt64(exchanged), "every segment to alice left under her SA")
+            XCTAssertEqual(
+                counters.filter { ![pinned.inboundSPI, pinned.outboundSPI].contains($0.id.spi) }.map(\.description), [],
+                "no other SA on the listener's reqid")
             for socket in [client, accepted, listener] {
                 ends.a.release(socket.fd.rawValue)
                 ends.b.release(socket.fd.rawValue)
