@@ -88,7 +88,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// `child-rekey`), so a query never walks `list-sas`.
     private let children = ChildRegistry()
     private let events = Mutex<VICIEventStream?>(nil)
-    private let eventTask = Mutex<Task<Void, Never>?>(nil)
+    /// Wakes the event supervisor's back-off when the backend stops.
+    private let eventsWake = ChangeSignal()
+    /// Counts subscriptions to charon's events: the one whose number is current is followed.
+    private let eventGeneration = Atomic<Int>(0)
     private let stopped = Atomic<Bool>(false)
     /// How often charon was found gone and the backend's state loaded into it again.
     public var resyncs: Int { resyncCount.load(ordering: .relaxed) }
@@ -128,53 +131,75 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             throw KeyingError(.unavailable, "load-conn \(prefix)-responder", underlying: error)
         }
         // The first subscription before init returns, so no event of a first negotiation is missed.
-        superviseEvents(first: try? VICIEventStream(path: vici.path, events: ["child-updown", "child-rekey"]))
+        superviseEvents()
     }
 
     deinit {
         stopped.store(true, ordering: .releasing)
         events.withLock { $0?.stop() }
-        eventTask.withLock { $0?.cancel() }
+        eventsWake.notify()
     }
 
-    /// Follows charon's `child-updown` / `child-rekey` events for the registry. When the stream ends, charon
-    /// has gone (killed, crashed, restarted by its supervisor): the backend then brings it back into the state
-    /// it needs (see ``resync()``), retrying with a bounded back-off, and follows the new charon's events.
-    private func superviseEvents(first: VICIEventStream?) {
-        let path = vici.path
-        events.withLock { $0 = first }
-        let task = Task.detached { [weak self] in
-            var pause: Duration = .milliseconds(100)
-            var next = first
-            while !Task.isCancelled {
-                let opened = next ?? (try? VICIEventStream(path: path, events: ["child-updown", "child-rekey"]))
-                next = nil
-                if let stream = opened {
-                    self?.events.withLock { $0 = stream }
-                    pause = .milliseconds(100)
-                    do {
-                        for try await event in stream { self?.handle(event) }
-                    } catch {}
-                }
-                guard let self, !self.stopped.load(ordering: .acquiring), !Task.isCancelled,
-                    self.daemon?.wasStopped != true
-                else { return }
-                self.logger.warning(
-                    "charon's event stream ended: bringing charon back",
-                    metadata: ["vici": "\(path)", "private": "\(self.daemon != nil)", "retry-in": "\(pause)"])
-                try? await Task.sleep(for: pause)
-                pause = min(pause * 2, .seconds(5))
-                do throws(KeyingError) {
-                    try self.resync()
-                    self.logger.notice(
-                        "charon is back: credentials, responder conn and listeners reloaded",
-                        metadata: ["charon-pid": "\(self.daemon?.pid ?? self.vici.daemonProcessID ?? 0)"])
+    /// Follows charon's `child-updown` / `child-rekey` events for the registry, on the event stream's own thread.
+    /// When the stream ends, charon has gone (killed, crashed, restarted by its supervisor): the backend then
+    /// brings it back into the state it needs (see ``resync()``), retrying with a bounded back-off, and follows
+    /// the new charon's events. The first subscription is made before `init` returns, so no event of a first
+    /// negotiation is missed.
+    private func superviseEvents() {
+        do throws(VICIError) {
+            try followEvents()
+        } catch {
+            // charon is not there yet: the supervisor brings it back, on a thread of its own.
+            try? Threads.detach { [weak self] in self?.eventsEnded(error) }
+        }
+    }
+
+    /// Subscribes to charon's child events, handled by this backend on the stream's thread.
+    /// Only the end of the current subscription starts the supervisor (a stale one stopped on purpose does not).
+    private func followEvents() throws(VICIError) {
+        let generation = eventGeneration.add(1, ordering: .acquiringAndReleasing).newValue
+        let stream = try VICIEventStream(
+            path: vici.path, events: ["child-updown", "child-rekey"],
+            handle: { [weak self] event in self?.handle(event) },
+            ended: { [weak self] error in
+                guard let self, eventGeneration.load(ordering: .acquiring) == generation else { return }
+                eventsEnded(error)
+            })
+        events.withLock { $0 = stream }
+    }
+
+    /// The event stream ended (on its finishing thread): unless the backend stopped, subscribe again and resync
+    /// charon, with a back-off from 100 ms to 5 s between attempts.
+    private func eventsEnded(_ error: VICIError?) {
+        var pause: Duration = .milliseconds(100)
+        // Bounded by the backend's life: each turn waits `pause` unless the backend stops.
+        while !stopped.load(ordering: .acquiring), daemon?.wasStopped != true {
+            logger.warning(
+                "charon's event stream ended: bringing charon back",
+                metadata: [
+                    "vici": "\(vici.path)", "private": "\(daemon != nil)", "retry-in": "\(pause)",
+                    "error": "\(error.map { "\($0)" } ?? "none")",
+                ])
+            _ = eventsWake.wait(until: Deadline(after: pause)) { stopped.load(ordering: .acquiring) ? () : nil }
+            pause = min(pause * 2, .seconds(5))
+            guard !stopped.load(ordering: .acquiring), daemon?.wasStopped != true else { return }
+            do throws(KeyingError) {
+                // The resync brings a private charon back (it starts it), then the new charon's events are
+                // followed.
+                try resync()
+                do throws(VICIError) {
+                    try followEvents()
                 } catch {
-                    self.logger.error("charon is not back yet", metadata: ["reason": "\(error)"])
+                    throw Self.classify(error)
                 }
+                logger.notice(
+                    "charon is back: credentials, responder conn and listeners reloaded",
+                    metadata: ["charon-pid": "\(daemon?.pid ?? vici.daemonProcessID ?? 0)"])
+                return
+            } catch {
+                logger.error("charon is not back yet", metadata: ["reason": "\(error)"])
             }
         }
-        eventTask.withLock { $0 = task }
     }
 
     /// One of charon's child events: recorded, then acted on (a refused child terminated, the sockets above told).
@@ -296,8 +321,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     public func shutdown() {
         stopped.store(true, ordering: .releasing)
-        eventTask.withLock { $0?.cancel() }
         events.withLock { $0?.stop() }
+        eventsWake.notify()
         for family in [IPAddressFamily.inet, .inet6] {
             let name = responderName(family)
             // charon may still be busy with the deletions just asked for: a refused or late unload is tried again.

@@ -3,6 +3,7 @@ import Foundation
 import Keying
 import Logging
 import Synchronization
+import SystemSupport
 import XFRM
 
 /// Feeds the ALE endpoint table from what the kernel reports, answers the kernel's ACQUIREs for secured
@@ -14,16 +15,26 @@ import XFRM
 /// | XFRM monitor | SA deleted, or hard `EXPIRE`, with an endpoint's reqid | `childDown` for the endpoints whose flow the SA's selector covers |
 /// | role watch | a secured socket seen listening / connected | responder (its reqid offered for its port) / initiator |
 /// | sweep (1 s) | a socket closed without release | released after the close grace period |
+///
+/// Each source has a thread of its own: the monitor's reader handles its events, and two timer threads run the
+/// sweep and the role watch.
 final class EndpointEventPump: Sendable {
     private let table: EndpointTable
     private let namespace: NetworkNamespace
     private let logger: Logger
     private let engine: SecureSocketEngine.EngineHooks
-    private let monitor: Mutex<XFRMMonitor?>
-    private let tasks: Mutex<[Task<Void, Never>]> = Mutex([])
+    private let monitor = Mutex<XFRMMonitor?>(nil)
+    private let stopped = Atomic<Bool>(false)
+    /// Wakes the timer threads when the pump stops.
+    private let wake = ChangeSignal()
+    private let sweepInterval: Duration
     /// How often the XFRM monitor was started again after it ended (overrun, error).
     let monitorRestarts = Atomic<Int>(0)
 
+    /// Starts the pump: the XFRM monitor's reader thread handles the kernel's events, one thread sweeps every
+    /// `sweepInterval` and one settles young sockets' roles. Threads of their own (started through `Threads`,
+    /// so never as a peer some thread impersonates), never Swift's cooperative pool: their work blocks on the
+    /// kernel and on charon.
     init(
         table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
         sweepInterval: Duration = .seconds(1), logger: Logger = Logger(label: "wss.secure-socket")
@@ -32,64 +43,82 @@ final class EndpointEventPump: Sendable {
         self.namespace = namespace
         self.logger = logger
         self.engine = engine
-        let first = try XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
-        monitor = Mutex(first)
-        // The monitor ends when the kernel drops events (the socket overran: ENOBUFS) or on an error; it is
-        // started again with a bounded back-off. Queries read the kernel meanwhile, and a lost ACQUIRE comes
-        // back once its larval state expires.
-        let xfrmTask = Task { [weak self] in
-            var current: XFRMMonitor? = first
-            var pause: Duration = .milliseconds(50)
-            while !Task.isCancelled {
-                if let current {
-                    do {
-                        for try await event in current { self?.handle(event) }
-                    } catch {}
-                }
-                guard !Task.isCancelled, let self else { return }
-                self.logger.warning(
-                    "the XFRM event monitor ended (overrun or error): starting it again",
-                    metadata: ["retry-in": "\(pause)", "restarts": "\(self.monitorRestarts.load(ordering: .relaxed))"])
-                try? await Task.sleep(for: pause)
-                pause = min(pause * 2, .seconds(5))
-                current = try? XFRMMonitor(namespace: namespace, groups: [.acquire, .expire, .states])
-                guard let started = current else { continue }
-                let stopped = self.monitor.withLock { slot -> Bool in
-                    guard slot != nil else { return true } // stop() ran meanwhile
-                    slot = started
-                    return false
-                }
-                if stopped {
-                    started.stop()
-                    return
-                }
-                self.monitorRestarts.add(1, ordering: .relaxed)
-                pause = .milliseconds(50)
-                // Events were lost while no monitor listened (an overrun is exactly that): read the SAD once.
-                self.resynchronise()
+        self.sweepInterval = sweepInterval
+        let first = try makeMonitor()
+        monitor.withLock { $0 = first }
+        do {
+            // Sockets closed without release(): their endpoints, reqids and keying are freed within a second.
+            try Threads.detach { [weak self] in
+                Self.every({ self }, { _ in sweepInterval }) { $0.engine.sweep() }
             }
-        }
-        // Sockets closed without release(): their endpoints, reqids and keying are freed within a second.
-        let sweeper = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: sweepInterval)
-                if Task.isCancelled { break }
-                engine.sweep()
+            // Young secured sockets are looked at every 10 ms until they listen or connect (a peer's IKE may
+            // arrive right after listen()), older ones every 250 ms.
+            try Threads.detach { [weak self] in
+                Self.every({ self }, { young in young ? .milliseconds(10) : .milliseconds(250) }) {
+                    $0.engine.settleRoles()
+                }
             }
+        } catch {
+            stop()
+            throw XFRMError(.systemCall, operation: "event pump thread", errno: error)
         }
-        // Young secured sockets are looked at every 10 ms until they listen or connect (a peer's IKE may
-        // arrive right after listen()), older ones every 250 ms.
-        let roles = Task {
-            while !Task.isCancelled {
-                let young = engine.settleRoles()
-                try? await Task.sleep(for: young ? .milliseconds(10) : .milliseconds(250))
+    }
+
+    /// Runs `work` until the pump stops or is gone, pausing after each run for what `pause` makes of its result
+    /// (the pump is held only during a turn, so a pump nobody else holds ends its threads).
+    private static func every<T>(
+        _ pump: () -> EndpointEventPump?, _ pause: (T) -> Duration, _ work: (EndpointEventPump) -> T
+    ) {
+        // Bounded by the pump's life: each turn ends at its deadline or when the pump stops.
+        while let pump = pump(), !pump.stopped.load(ordering: .acquiring) {
+            let deadline = Deadline(after: pause(work(pump)))
+            _ = pump.wake.wait(until: deadline) { pump.stopped.load(ordering: .acquiring) ? () : nil }
+        }
+    }
+
+    /// A monitor whose events this pump handles on the monitor's thread, and whose end starts the next one.
+    private func makeMonitor() throws(XFRMError) -> XFRMMonitor {
+        try XFRMMonitor(
+            namespace: namespace, groups: [.acquire, .expire, .states],
+            handle: { [weak self] event in self?.handle(event) },
+            ended: { [weak self] error in self?.monitorEnded(error) })
+    }
+
+    /// The monitor ended (the kernel dropped events: the socket overran with `ENOBUFS`; an error; or an
+    /// interruption): on its finishing thread, a new one is started with a bounded back-off. Queries read the
+    /// kernel meanwhile, and a lost ACQUIRE comes back once its larval state expires.
+    private func monitorEnded(_ error: XFRMError?) {
+        var pause: Duration = .milliseconds(50)
+        // Bounded by the pump's life: each turn waits `pause` (at most 5 s) unless the pump stops.
+        while !stopped.load(ordering: .acquiring) {
+            logger.warning(
+                "the XFRM event monitor ended (overrun or error): starting it again",
+                metadata: [
+                    "retry-in": "\(pause)", "restarts": "\(monitorRestarts.load(ordering: .relaxed))",
+                    "error": "\(error.map { "\($0)" } ?? "none")",
+                ])
+            _ = wake.wait(until: Deadline(after: pause)) { stopped.load(ordering: .acquiring) ? () : nil }
+            pause = min(pause * 2, .seconds(5))
+            guard !stopped.load(ordering: .acquiring), let started = try? makeMonitor() else { continue }
+            let stoppedMeanwhile = monitor.withLock { slot -> Bool in
+                guard !stopped.load(ordering: .acquiring) else { return true }
+                slot = started
+                return false
             }
+            if stoppedMeanwhile {
+                started.stop()
+                return
+            }
+            monitorRestarts.add(1, ordering: .relaxed)
+            // Events were lost while no monitor listened (an overrun is exactly that): read the SAD once.
+            resynchronise()
+            return
         }
-        tasks.withLock { $0 = [xfrmTask, sweeper, roles] }
     }
 
     func stop() {
-        tasks.withLock { for task in $0 { task.cancel() } }
+        stopped.store(true, ordering: .releasing)
+        wake.notify()
         monitor.withLock {
             $0?.stop()
             $0 = nil

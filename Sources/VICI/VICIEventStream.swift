@@ -41,25 +41,54 @@ public final class VICIEventStream: AsyncSequence, Sendable {
     public let path: String
     /// The events registered.
     public let events: [String]
-    private let stream: AsyncThrowingStream<VICIEvent, any Error>
+    private let stream: AsyncThrowingStream<VICIEvent, any Error>?
     private let stopFlag: EventStopFlag
 
     /// Connects to `path`, registers every event in `events` (``VICIError/Code/unknownEvent`` if charon knows
-    /// one not) and starts reading.
+    /// one not) and starts reading; the events are this sequence's elements.
     public init(path: String, events: [String], timeout: Duration = .seconds(10)) throws(VICIError) {
         self.path = path
         self.events = events
-        let deadline = Deadline(after: timeout)
-        let link = try VICIConnection(path: path, deadline: deadline, command: "event stream")
-        for event in events {
-            try VICIClient.register(event, on: link, deadline: deadline, command: "register \(event)")
-        }
         let (stream, continuation) = AsyncThrowingStream<VICIEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
         self.stream = stream
         let stopFlag = EventStopFlag()
         self.stopFlag = stopFlag
         continuation.onTermination = { _ in stopFlag.stop() }
-        let context = EventReaderContext(link: link, continuation: continuation, stop: stopFlag)
+        try Self.start(
+            path: path, events: events, timeout: timeout, stop: stopFlag,
+            sink: EventSink(
+                deliver: { continuation.yield($0) },
+                end: { error in
+                    if let error { continuation.finish(throwing: error) } else { continuation.finish() }
+                }))
+    }
+
+    /// Connects and registers as above, then calls `handle` with each event on the stream's own thread (no Swift
+    /// concurrency involved), and `ended` once: with the error that ended it (charon gone, a malformed packet) or
+    /// nil after ``stop()``. The sequence of a stream made this way is empty.
+    public init(
+        path: String, events: [String], timeout: Duration = .seconds(10),
+        handle: @escaping @Sendable (VICIEvent) -> Void, ended: @escaping @Sendable (VICIError?) -> Void
+    ) throws(VICIError) {
+        self.path = path
+        self.events = events
+        self.stream = nil
+        let stopFlag = EventStopFlag()
+        self.stopFlag = stopFlag
+        try Self.start(
+            path: path, events: events, timeout: timeout, stop: stopFlag,
+            sink: EventSink(deliver: handle, end: ended))
+    }
+
+    private static func start(
+        path: String, events: [String], timeout: Duration, stop: EventStopFlag, sink: EventSink
+    ) throws(VICIError) {
+        let deadline = Deadline(after: timeout)
+        let link = try VICIConnection(path: path, deadline: deadline, command: "event stream")
+        for event in events {
+            try VICIClient.register(event, on: link, deadline: deadline, command: "register \(event)")
+        }
+        let context = EventReaderContext(link: link, sink: sink, stop: stop)
         do {
             try Threads.detach { context.run() }
         } catch {
@@ -67,14 +96,21 @@ public final class VICIEventStream: AsyncSequence, Sendable {
         }
     }
 
-    /// Stops reading; the sequence finishes within one poll (100 ms) and the socket is closed.
+    /// Stops reading; the sequence finishes (or `ended` is called) within one poll (100 ms) and the socket is
+    /// closed.
     public func stop() { stopFlag.stop() }
 
     deinit { stopFlag.stop() }
 
     public func makeAsyncIterator() -> AsyncThrowingStream<VICIEvent, any Error>.Iterator {
-        stream.makeAsyncIterator()
+        (stream ?? AsyncThrowingStream { $0.finish() }).makeAsyncIterator()
     }
+}
+
+/// Where the reader thread puts what it reads.
+private struct EventSink: Sendable {
+    let deliver: @Sendable (VICIEvent) -> Void
+    let end: @Sendable (VICIError?) -> Void
 }
 
 final class EventStopFlag: Sendable {
@@ -86,15 +122,12 @@ final class EventStopFlag: Sendable {
 /// Owns the connection on the reader thread (handed to it, used there only); closes it when the loop ends.
 private final class EventReaderContext: @unchecked Sendable {
     let link: VICIConnection
-    let continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation
+    let sink: EventSink
     let stop: EventStopFlag
 
-    init(
-        link: VICIConnection, continuation: AsyncThrowingStream<VICIEvent, any Error>.Continuation,
-        stop: EventStopFlag
-    ) {
+    init(link: VICIConnection, sink: EventSink, stop: EventStopFlag) {
         self.link = link
-        self.continuation = continuation
+        self.sink = sink
         self.stop = stop
     }
 
@@ -107,16 +140,16 @@ private final class EventReaderContext: @unchecked Sendable {
                 }
                 switch packet {
                 case .event(let name, let message):
-                    continuation.yield(VICIEvent(name: name, message: message))
+                    sink.deliver(VICIEvent(name: name, message: message))
                 case .eventConfirm:
                     continue
                 default:
                     throw .malformed("event stream", "unexpected packet type \(packet.typeByte) on an event connection")
                 }
             }
-            continuation.finish()
+            sink.end(nil)
         } catch {
-            continuation.finish(throwing: error)
+            sink.end(error)
         }
     }
 }

@@ -41,21 +41,47 @@ public final class XFRMMonitor: AsyncSequence, Sendable {
     }
 
     public let namespace: NetworkNamespace
-    private let stream: AsyncThrowingStream<XFRMEvent, any Error>
+    private let stream: AsyncThrowingStream<XFRMEvent, any Error>?
 
-    /// Opens the event socket in `namespace` and starts reading.
+    /// Opens the event socket in `namespace` and starts reading; the events are this sequence's elements.
     public init(namespace: NetworkNamespace = .current, groups: Groups = .all) throws(XFRMError) {
         self.namespace = namespace
-        let socket = try NetlinkSocket(
-            namespace: namespace, groups: groups.numbers, receiveTimeout: .milliseconds(100),
-            receiveBufferBytes: 4 << 20, operation: "monitor")
         let (stream, continuation) = AsyncThrowingStream<XFRMEvent, any Error>.makeStream(bufferingPolicy: .unbounded)
         self.stream = stream
-        let reader = EventReader(socket: socket, continuation: continuation)
         let stopFlag = StopFlag()
         continuation.onTermination = { _ in stopFlag.stop() }
         self.stopFlag = stopFlag
-        let context = ReaderContext(reader: reader, stop: stopFlag)
+        try Self.startReader(
+            namespace: namespace, groups: groups, stop: stopFlag,
+            sink: EventSink(
+                deliver: { continuation.yield($0) },
+                end: { error in
+                    if let error { continuation.finish(throwing: error) } else { continuation.finish() }
+                }))
+    }
+
+    /// Opens the event socket in `namespace` and calls `handle` with each event on the monitor's own thread (no
+    /// Swift concurrency involved), then `ended` once, with the error that ended the reading (an overrun:
+    /// `ENOBUFS`) or nil after ``stop()``. The sequence of a monitor made this way is empty.
+    public init(
+        namespace: NetworkNamespace = .current, groups: Groups = .all,
+        handle: @escaping @Sendable (XFRMEvent) -> Void, ended: @escaping @Sendable (XFRMError?) -> Void
+    ) throws(XFRMError) {
+        self.namespace = namespace
+        self.stream = nil
+        let stopFlag = StopFlag()
+        self.stopFlag = stopFlag
+        try Self.startReader(
+            namespace: namespace, groups: groups, stop: stopFlag, sink: EventSink(deliver: handle, end: ended))
+    }
+
+    private static func startReader(
+        namespace: NetworkNamespace, groups: Groups, stop: StopFlag, sink: EventSink
+    ) throws(XFRMError) {
+        let socket = try NetlinkSocket(
+            namespace: namespace, groups: groups.numbers, receiveTimeout: .milliseconds(100),
+            receiveBufferBytes: 4 << 20, operation: "monitor")
+        let context = ReaderContext(reader: EventReader(socket: socket, sink: sink), stop: stop)
         do {
             try Threads.detach { context.reader.run(until: context.stop) }
         } catch {
@@ -65,14 +91,20 @@ public final class XFRMMonitor: AsyncSequence, Sendable {
 
     private let stopFlag: StopFlag
 
-    /// Stops reading; the sequence finishes within the receive timeout (100 ms).
+    /// Stops reading; the sequence finishes (or `ended` is called) within the receive timeout (100 ms).
     public func stop() { stopFlag.stop() }
 
     deinit { stopFlag.stop() }
 
     public func makeAsyncIterator() -> AsyncThrowingStream<XFRMEvent, any Error>.Iterator {
-        stream.makeAsyncIterator()
+        (stream ?? AsyncThrowingStream { $0.finish() }).makeAsyncIterator()
     }
+}
+
+/// Where the reader thread puts what it reads.
+private struct EventSink: Sendable {
+    let deliver: @Sendable (XFRMEvent) -> Void
+    let end: @Sendable (XFRMError?) -> Void
 }
 
 final class StopFlag: Sendable {
@@ -94,11 +126,11 @@ private final class ReaderContext: @unchecked Sendable {
 /// Owns the socket on the reader thread; closes it when the loop ends.
 private final class EventReader {
     let socket: NetlinkSocket
-    let continuation: AsyncThrowingStream<XFRMEvent, any Error>.Continuation
+    let sink: EventSink
 
-    init(socket: NetlinkSocket, continuation: AsyncThrowingStream<XFRMEvent, any Error>.Continuation) {
+    init(socket: NetlinkSocket, sink: EventSink) {
         self.socket = socket
-        self.continuation = continuation
+        self.sink = sink
     }
 
     /// Each receive waits at most 100 ms, so the loop notices `stop` within that bound.
@@ -111,12 +143,12 @@ private final class EventReader {
                     // `nlmsg_pid` is not: the kernel copies the requester's port id into the multicast copy
                     // of its request (charon's NEWSA carries charon's), so it says nothing about the sender.
                     if message.type == _NLMSG_NOOP || message.type == _NLMSG_DONE { continue }
-                    continuation.yield(try XFRMEvent.decode(message))
+                    sink.deliver(try XFRMEvent.decode(message))
                 }
             }
-            continuation.finish()
+            sink.end(nil)
         } catch {
-            continuation.finish(throwing: error)
+            sink.end(error)
         }
     }
 }

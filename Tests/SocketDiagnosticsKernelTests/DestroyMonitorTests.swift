@@ -198,10 +198,16 @@ final class DestroyMonitorTests: XCTestCase {
         let delivered = events.all.filter { if case .destroyed = $0 { true } else { false } }.count
         XCTAssertLessThan(delivered, count + 1, "some events were lost")
 
-        let after = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
-        let afterCookie = after.cookie
-        after.close()
-        XCTAssertNotNil(events.destroyed(afterCookie, within: .seconds(2)), "the monitor goes on after an overrun")
+        // Goes on: a socket closed later is reported. (The backlog of the burst may still fill the tiny buffer on a
+        // busy host and drop the next event too, so a few are tried, each given a second.)
+        var seen = false
+        for _ in 0..<10 where !seen {
+            let after = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
+            let afterCookie = after.cookie
+            after.close()
+            seen = events.destroyed(afterCookie, within: .seconds(1)) != nil
+        }
+        XCTAssertTrue(seen, "the monitor goes on after an overrun")
     }
 
     func testStopIsQuickAndLeavesNoThreadOrDescriptor() throws {
