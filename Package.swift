@@ -293,6 +293,12 @@ let package = Package(
         .systemLibrary(name: "CLibFuzzer", path: "CModules/CLibFuzzer"),
         .testTarget(name: "FuzzingUnitTests", dependencies: ["FuzzTargets"]),
         .testTarget(
+            name: "KeyingDaemonKernelTests",
+            dependencies: [
+                "ALE", "KeyingDaemon", "DaemonClient", "DaemonControl", "SecureSocket", "Keying", "NetnsTestSupport",
+                "TierTesting", "XFRM", "SystemSupport", .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
             name: "DaemonControlUnitTests",
             dependencies: ["DaemonControl", "SecureSocket", "IPAddressing", "Impersonation", "DirectoryNames", "XFRM"]),
         .testTarget(

@@ -85,6 +85,8 @@ public final class SecureSocketEngine: Sendable {
     let snapshotDirty = Atomic<Bool>(false)
     /// Wakes whoever follows the endpoints live (the keying daemon's inspectors).
     let changeSignal = ChangeSignal()
+    /// When the sweep last looked at every client socket.
+    let lastPresenceCheck = Mutex<ContinuousClock.Instant?>(nil)
     /// ACQUIREs being answered, by reqid and flow (at most a few at once).
     let acquires = InFlightSet(limit: 8)
     /// The SAs (by SPI) of each connection a listener accepted, as the kernel reported them, and the reqid; the

@@ -89,6 +89,7 @@ struct WSSKeyd: ParsableCommand {
         let finish: @Sendable (String) -> Never = { reason in
             logger.notice("keying daemon stopping", metadata: ["reason": "\(reason)"])
             daemon.stop()
+            sockets.stop()
             engine.shutdown()
             logger.notice("keying daemon stopped: its sockets released, its conns unloaded")
             Glibc.exit(0)

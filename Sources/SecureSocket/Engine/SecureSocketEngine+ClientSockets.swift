@@ -16,6 +16,19 @@ public protocol ClientSockets: AnyObject, Sendable {
     /// A descriptor of the socket `cookie`, borrowed from `client` (the caller closes it); nil when the client no
     /// longer holds one or does not answer in time.
     func borrow(cookie: UInt64, from client: UInt64) -> CInt?
+    /// Whether every destroyed socket has been reported through ``SecureSocketEngine/clientSocketDestroyed(cookie:)``
+    /// since the last ``presentSockets(_:)`` (the kernel's destroy notifications, none lost): the sweep then skips
+    /// its look at every socket, and does it only every ``SecureSocketEngine/presenceCheckInterval``.
+    var reportsEveryDestruction: Bool { get }
+    /// The facts of those of these sockets that now listen (TCP) or are bound (UDP), for the role watch, which
+    /// asks every 10 ms while a socket is young: what it costs should grow with the sockets asked about and the
+    /// namespace's listeners, not with every connection.
+    func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts]
+}
+
+extension ClientSockets {
+    public var reportsEveryDestruction: Bool { false }
+    public func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts] { presentSockets(endpoints) ?? [:] }
 }
 
 /// The descriptors requests lend the engine while they run, by socket cookie (a client's socket is reachable
@@ -82,10 +95,31 @@ extension SecureSocketEngine {
 
     /// The sweep's view of clients' sockets: present ones are noted (address, listening), gone ones start
     /// closing. O(client endpoints), one kernel dump.
+    /// A client's socket was destroyed (the kernel said so): its endpoint starts its close grace period now,
+    /// instead of at the next sweep's look.
+    public func clientSocketDestroyed(cookie: UInt64) {
+        guard let endpoint = table.endpoint(cookie: cookie), endpoint.client != nil else { return }
+        if case .closing = endpoint.state { return }
+        apply(.socketGone(at: .now, grace: closeGrace), cookie: cookie)
+    }
+
+    /// How often the sweep looks at every client socket when destruction is reported (a safety net: a socket
+    /// the kernel never reported, a client that still holds an unlisted one).
+    public static let presenceCheckInterval: Duration = .seconds(30)
+
     func sweepClientEndpoints(_ endpoints: [Endpoint], now: ContinuousClock.Instant) {
-        guard !endpoints.isEmpty, let sockets = configuration.clientSockets,
-            let present = sockets.presentSockets(endpoints)
-        else { return }
+        guard !endpoints.isEmpty, let sockets = configuration.clientSockets else { return }
+        if sockets.reportsEveryDestruction,
+            lastPresenceCheck.withLock({ $0.map { $0.duration(to: now) < Self.presenceCheckInterval } ?? false })
+        {
+            // Destruction is reported as it happens: only the grace periods under way need a tick. O(closing).
+            for endpoint in endpoints {
+                if case .closing = endpoint.state { apply(.tick(now: now), cookie: endpoint.cookie) }
+            }
+            return
+        }
+        lastPresenceCheck.withLock { $0 = now }
+        guard let present = sockets.presentSockets(endpoints) else { return }
         for endpoint in endpoints {
             if let facts = present[endpoint.cookie] {
                 table.update(cookie: endpoint.cookie) {
@@ -106,6 +140,6 @@ extension SecureSocketEngine {
     /// The facts of a client's undetermined sockets, from the kernel (one dump), for ``settleRoles()``.
     func clientFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts] {
         guard !endpoints.isEmpty, let sockets = configuration.clientSockets else { return [:] }
-        return sockets.presentSockets(endpoints) ?? [:]
+        return sockets.roleFacts(endpoints)
     }
 }

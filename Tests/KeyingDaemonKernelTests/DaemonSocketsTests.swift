@@ -1,0 +1,87 @@
+import ALE
+import DaemonClient
+import DaemonControl
+import Foundation
+import Glibc
+import Keying
+import KeyingDaemon
+import Logging
+import NetnsTestSupport
+import SecureSocket
+import SystemSupport
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 2: the keying daemon learns that a client's socket is gone from the kernel's socket-destroy
+/// notifications, not by looking at every socket each second. A daemon (its engine with no keying peers) and a
+/// client in this test process, in a namespace of the test's own: a socket the client closes starts its close
+/// grace period at once and is released right after it; while sockets stay open, the daemon does not list the
+/// namespace's sockets again.
+final class DaemonSocketsTests: XCTestCase {
+    func testAClosedSocketIsReleasedAtOnceAndOpenOnesAreNotPolled() throws {
+        try requireTier(.hostKernel)
+        let ns = try TestNamespace(prefix: "kdsock")
+        defer { ns.remove() }
+        let reqids = FileManager.default.temporaryDirectory.appendingPathComponent("kd-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: reqids) }
+        let name = "wss-test-keyd-\(UUID().uuidString.prefix(8))"
+        let logger = Logger(label: "test.keyd")
+        let sockets = try DaemonSockets(namespace: ns.namespace)
+        var configuration = SecureSocketEngine.Configuration(
+            negotiationTimeout: .seconds(1), keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
+            reqidDirectory: reqids, namespace: ns.namespace, closeGrace: .milliseconds(200))
+        configuration.clientSockets = sockets
+        let engine = try SecureSocketEngine(configuration)
+        defer { engine.shutdown() }
+        let listener = try ns.namespace.perform { try ControlChannel.listen(name: name) }
+        let daemon = try KeyingDaemon(
+            engine: engine, listener: listener, admission: ClientAdmission(clientUsers: []), logger: logger)
+        sockets.attach(daemon)
+        defer {
+            daemon.stop()
+            sockets.stop()
+        }
+        try Threads.detach { daemon.run() }
+        XCTAssertTrue(sockets.reportsEveryDestruction || sockets.fullLooks == 0, "the destroy monitor is joined")
+        let client = try ns.namespace.perform { try KeyingDaemonClient(name: name, identityMap: nil, logger: logger) }
+
+        let kept = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
+        try client.setSecurity(kept.fd.rawValue, .default)
+        let closed = try TestSocket.make(in: ns.namespace, family: .inet, kind: .udp)
+        try client.setSecurity(closed.fd.rawValue, .default)
+        try closed.bind(.any(.inet), port: 0)
+        XCTAssertEqual(engine.endpointCount, 2)
+        // The first sweep looks at every socket once; from then on the notifications are trusted.
+        let settled = Date().addingTimeInterval(3)
+        while Date() < settled, !sockets.reportsEveryDestruction { usleep(10_000) }
+        XCTAssertTrue(sockets.reportsEveryDestruction)
+        let looksBefore = sockets.fullLooks
+
+        let cookie = try XCTUnwrap(SocketInspector.cookie(of: closed.fd.rawValue))
+        let closedAt = ContinuousClock.now
+        closed.close()
+        var released: Duration?
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            if engine.endpoint(cookie: cookie) == nil {
+                released = ContinuousClock.now - closedAt
+                break
+            }
+            usleep(5_000)
+        }
+        print(
+            "DaemonSockets: a closed socket released \(released.map { "\($0)" } ?? "never") after close (grace 200 ms)")
+        let bound = try XCTUnwrap(released, "released")
+        XCTAssertLessThan(bound, .seconds(3), "released within the grace period and a sweep tick or two")
+        // Three more seconds with a socket open: no look at every socket (the sweep ticks only closing ones).
+        usleep(3_000_000)
+        XCTAssertEqual(sockets.fullLooks, looksBefore, "no per-second look at the namespace's sockets")
+        print(
+            "DaemonSockets: \(sockets.fullLooks) looks at every socket, \(sockets.roleLooks) role-watch looks "
+                + "(listeners and UDP sockets only) in about 4 s with one undetermined TCP socket")
+        XCTAssertNotNil(engine.endpoint(kept.fd.rawValue), "the open socket stays")
+        client.release(kept.fd.rawValue)
+        kept.close()
+    }
+}
