@@ -236,7 +236,8 @@ final class BindingTests: XCTestCase {
             // The processes are gone: nothing of theirs is left in the shared charon or in the kernel. The keying
             // daemon they shared releases their 200 connections once the kernel has closed their sockets (a CHILD_SA
             // deletion each, one after another: about 60 ms each in user-mode-linux), then exits, its conns unloaded.
-            let settled = Date().addingTimeInterval(40)
+            let exited = Date()
+            let settled = exited.addingTimeInterval(40)
             var conns: [String] = []
             var childSAs: [XFRMState] = []
             let xfrmA = try XFRMClient(namespace: pair.a.namespace)
@@ -250,6 +251,9 @@ final class BindingTests: XCTestCase {
                 // The keying daemon the clients started logs to the first client's output.
                 for client in clients { print("client log, after:\n\(client.output.suffix(4000))") }
             }
+            print(
+                "four processes (operator charons \(operatorCharons)): their 200 connections released \(String(format: "%.1f", Date().timeIntervalSince(exited))) s after the last one exited"
+            )
             XCTAssertEqual(conns, [], "the client processes' conns are gone from the shared charon")
             XCTAssertEqual(childSAs.count, 0, "no SA left in the client's kernel: \(childSAs.prefix(3))")
             capture.stop()
