@@ -16,10 +16,12 @@ public protocol KeyingBackend: AnyObject, Sendable {
     /// A short name for logs and inspection (`strongswan`, `static`).
     var name: String { get }
 
-    /// Makes the backend answer as a responder for flows of `request.transportProtocol` to `localPort`, with
-    /// SAs under `request.reqid` (a listening TCP socket or a bound, unconnected UDP socket). Never called for
-    /// a socket that initiates. Returns what must be released later.
-    func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration
+    /// Makes the backend answer as a responder for flows of `request.transportProtocol` to `localPort` on
+    /// `localAddress` (nil or the wildcard address: any of this host's), with SAs under `request.reqid` (a
+    /// listening TCP socket or a bound, unconnected UDP socket). Never called for a socket that initiates.
+    /// Returns what must be released later.
+    func listen(_ request: KeyingRequest, localPort: UInt16, localAddress: IPAddress?) throws(KeyingError)
+        -> KeyingRegistration
 
     /// Negotiates (or installs) SAs for exactly `flow` under `request.reqid`, with a peer that proved
     /// `request.requiredPeerIdentity` when one is set, and waits until they are in the kernel (bounded by

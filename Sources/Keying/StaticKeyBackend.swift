@@ -164,7 +164,9 @@ public final class StaticKeyBackend: KeyingBackend, Sendable {
         return bytes
     }
 
-    public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
+    public func listen(_ request: KeyingRequest, localPort: UInt16, localAddress: IPAddress?) throws(KeyingError)
+        -> KeyingRegistration
+    {
         for peer in peers where peer.peer.family == request.family {
             try install(peer, reqid: request.reqid)
         }

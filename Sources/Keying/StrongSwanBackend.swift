@@ -21,7 +21,8 @@ import XFRM
 ///   one CREATE_CHILD_SA. After `initiate` the child's IKE SA identity is checked again. The socket's reqid is
 ///   in no other conn: no peer can put SAs on it by initiating towards us.
 /// - **Responder** (a listening socket): one conn per backend and address family (`remote_addrs = 0.0.0.0/0` or
-///   `::/0`), holding one child per listener of that family (its reqid, `local_ts = dynamic[proto/port]`), so
+///   `::/0`), holding one child per listener of that family (its reqid, `local_ts = ADDRESS/32[proto/port]`, `/128` for IPv6,
+///   or `dynamic[proto/port]` for a wildcard listener), so
 ///   each listener is reachable and a peer's narrowed selectors make SAs for one connection. The children peers
 ///   make there are followed and policed (`ResponderChildren`): another peer's child covering a bound
 ///   connection, a wide one overlapping another peer's, and rival ones for one flow are terminated.
@@ -441,12 +442,22 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 localAuth: [localAuth()], remoteAuth: remote, children: children, extra: Self.connOptions))
     }
 
-    public func listen(_ request: KeyingRequest, localPort: UInt16) throws(KeyingError) -> KeyingRegistration {
+    /// A listener bound to one address offers only that address (`local_ts = ADDRESS/32[proto/port]`): a peer
+    /// cannot put SAs on its reqid for the same port on another of this host's addresses.
+    public func listen(_ request: KeyingRequest, localPort: UInt16, localAddress: IPAddress?) throws(KeyingError)
+        -> KeyingRegistration
+    {
         let proto = Self.protocolName(request.transportProtocol)
+        let local: TrafficSelector =
+            if let localAddress, !localAddress.isAny {
+                .subnet("\(localAddress)/\(localAddress.family == .inet6 ? 128 : 32)", protocol: proto, port: localPort)
+            } else {
+                .dynamic(protocol: proto, port: localPort)
+            }
         let child = ChildConfig(
             name: "l\(request.reqid)", mode: .transport, policies: false, reqid: request.reqid,
             startAction: .none, espProposals: Self.espProposals,
-            localTS: [.dynamic(protocol: proto, port: localPort)],
+            localTS: [local],
             remoteTS: [.dynamic(protocol: proto, port: nil)])
         let family: IPAddressFamily = request.family == .inet6 ? .inet6 : .inet
         responderChildren.withLock { $0[request.reqid] = (family, child) }

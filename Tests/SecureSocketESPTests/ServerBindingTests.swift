@@ -42,12 +42,15 @@ final class ServerBindingTests: XCTestCase {
         /// server's side); returns its SPIs as charon logged them when it was established (the server may have
         /// deleted it again before `initiate` answers), nil when it was not.
         @discardableResult
-        func negotiate(local: TrafficSelector, remote: TrafficSelector) throws -> (inbound: UInt32, outbound: UInt32)? {
+        func negotiate(
+            local: TrafficSelector, remote: TrafficSelector, server: IPAddress? = nil
+        ) throws -> (inbound: UInt32, outbound: UInt32)? {
             let name = "mallory-\(conns.count)"
             conns.append(name)
             try daemon.vici.loadConn(
                 IKEConnConfig(
-                    name: name, localAddresses: ["\(ends.pair.addressA4)"], remoteAddresses: ["\(ends.pair.addressB4)"],
+                    name: name, localAddresses: ["\(ends.pair.addressA4)"],
+                    remoteAddresses: ["\(server ?? ends.pair.addressB4)"],
                     localAuth: [.pubkey(id: "c.example", certificates: [certificate])],
                     remoteAuth: [.pubkey(id: "%any")],
                     children: [
@@ -300,6 +303,43 @@ final class ServerBindingTests: XCTestCase {
                 ends.b.release(socket.fd.rawValue)
                 socket.closeAbortively()
             }
+        }
+    }
+
+    /// A listener bound to one of the server's addresses is offered for that address only: a peer asking for a
+    /// CHILD_SA to the same port on another address of the server (10.77.0.3, its IKE SA with that address) gets
+    /// none on the listener's reqid (`TS_UNACCEPTABLE`), while one for the listener's own address is made.
+    func testAListenerBoundToOneAddressIsOfferedForThatAddressOnly() throws {
+        try inESPKernel(self, timeout: 300) {
+            let ends = try Self.makeEnds()
+            defer { ends.close() }
+            let other: IPAddress = "10.77.0.3"
+            _ = try ends.pair.b.exec(["ip", "addr", "add", "\(other)/24", "dev", ends.pair.interfaceB])
+            let listener = try ends.b.securedListener(in: ends.pair.b, family: .inet, address: ends.pair.addressB4)
+            let port = listener.localPort
+            // The listener is offered once the engine has seen it listen (bounded).
+            let offered = Date().addingTimeInterval(5)
+            while Date() < offered, ends.b.endpoint(listener.fd.rawValue)?.role != .responder(port: port) {
+                usleep(10_000)
+            }
+            let reqid = try XCTUnwrap(ends.b.endpoint(listener.fd.rawValue)?.reqid)
+            let mallory = try Mallory(ends)
+            defer { mallory.stop() }
+            // Her IKE SA is with the other address, so `dynamic` there would be that address.
+            let elsewhere = try mallory.negotiate(
+                local: .dynamic(protocol: "tcp"), remote: .dynamic(protocol: "tcp", port: port), server: other)
+            XCTAssertNil(elsewhere, "no CHILD_SA for the listener's port on another address")
+            let sas = try Self.listenerSAs(ends, reqid: reqid)
+            XCTAssertFalse(
+                sas.contains { $0.selector.source == other || $0.selector.destination == other },
+                "nothing on the listener's reqid for \(other): \(sas.map(\.description))")
+            // The listener's own address is offered (the attacker's child there is then refused by policing or
+            // kept as a wide child of a flow nobody holds: either way it was offered).
+            let own = try mallory.negotiate(
+                local: .dynamic(protocol: "tcp"),
+                remote: .subnet("\(ends.pair.addressB4)/32", protocol: "tcp", port: port))
+            XCTAssertNotNil(own, "the listener's own address and port are offered")
+            listener.closeAbortively()
         }
     }
 

@@ -103,7 +103,7 @@ extension SecureSocketEngine {
                 metadata: ["fd": "\(endpoint.descriptor)", "error": "\(error)"])
         }
         do {
-            let registration = try keying.listen(request, localPort: port)
+            let registration = try keying.listen(request, localPort: port, localAddress: local.address)
             if !keyings.add(registration, cookie: endpoint.cookie) { keying.release(registration) } // closed meanwhile
         } catch {
             apply(.failed(Self.failure(error, expected: nil, timeout: .zero)), cookie: endpoint.cookie)
