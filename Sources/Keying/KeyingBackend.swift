@@ -36,7 +36,7 @@ public protocol KeyingBackend: AnyObject, Sendable {
     /// nil when it knows none (the caller then reads the kernel). A hint: the caller checks it in the kernel.
     func protection(flow: KeyedFlow) -> KeyedProtection?
 
-    /// Undoes ``listen(_:localPort:)`` or a negotiation: its own CHILD_SAs and configs go, never an IKE SA
+    /// Undoes ``listen(_:localPort:localAddress:)`` or a negotiation: its own CHILD_SAs and configs go, never an IKE SA
     /// that other connections use. With `waiting` false the backend does not wait for the peer to confirm a
     /// CHILD_SA's deletion (a socket that is gone: nothing negotiates its flow again on this registration).
     func release(_ registration: KeyingRegistration, waiting: Bool)

@@ -17,7 +17,7 @@ import XFRM
 /// 10.77.0.2   10.77.0.1  0x1000  0x2000 rfc4106(gcm(aes))  0x0102…(40)  0x1112…(40)  128      identity b.example
 /// ```
 ///
-/// ``listen(_:localPort:)`` installs every peer's SA pair with the listener's reqid (transport mode,
+/// ``listen(_:localPort:localAddress:)`` installs every peer's SA pair with the listener's reqid (transport mode,
 /// host-to-host), so a server socket is reachable at once; ``negotiate(_:flow:timeout:)`` installs the peer's
 /// pair if needed and checks the configured identity against the required peer name. Manual keying has one
 /// SA pair per peer with address-only selectors: the endpoint that installed last owns it (its reqid), so it
