@@ -11,8 +11,8 @@ import XFRM
 /// lists (unbound, or bound and idle: kernels before 6.10 list no such TCP socket), while their client still
 /// holds them; borrowed from their client when the engine must act on one.
 ///
-/// Destruction is reported as it happens: the kernel's socket-destroy notifications (``SocketDestroyMonitor``)
-/// start a socket's close grace period at once (``SecureSocketEngine/clientSocketDestroyed(cookie:)``), and the
+/// Destruction is reported as it happens: the kernel's socket-destroy notifications (`SocketDestroyMonitor`)
+/// start a socket's close grace period at once (`SecureSocketEngine.clientSocketDestroyed(cookie:)`), and the
 /// engine's sweep then looks at every socket only every half minute, or at its next turn after the kernel
 /// dropped notifications.
 public final class DaemonSockets: ClientSockets {
