@@ -130,10 +130,27 @@ final class BindingTests: XCTestCase {
             let queryStarted = ContinuousClock.now
             for client in clients { _ = try ends.a.query(client.fd.rawValue) }
             let perQuery = (ContinuousClock.now - queryStarted) / count
-            print("query at \(count) held connections: \(perQuery) each (client side)")
-            // Under a millisecond in user-mode-linux when this test runs alone (0.93 ms at 200 on an operator's
-            // charon); two kernels at once on two cores may double it.
-            XCTAssertLessThan(perQuery, .milliseconds(2), "the query does not grow with the held connections")
+            // Baseline in the same run: the kernel lookups a pinned query needs at least (its two SAs by SPI).
+            var pins: [PinnedSAs] = []
+            for client in clients {
+                if let pinned = ends.a.endpoint(client.fd.rawValue)?.pinned { pins.append(pinned) }
+            }
+            let baselineStarted = ContinuousClock.now
+            for (client, pinned) in zip(clients, pins) {
+                let flow = try XCTUnwrap(SocketInspector.facts(of: client.fd.rawValue).local)
+                _ = try? xfrmA.getState(
+                    XFRMStateID(
+                        destination: flow.address.isAny ? ends.pair.addressA4 : flow.address, spi: pinned.inboundSPI))
+                _ = try? xfrmA.getState(XFRMStateID(destination: ends.pair.addressB4, spi: pinned.outboundSPI))
+            }
+            let perBaseline = (ContinuousClock.now - baselineStarted) / max(1, pins.count)
+            let ratio = perQuery / perBaseline
+            print(
+                "query at \(count) held connections: \(perQuery) each (client side); two GETSA: \(perBaseline); "
+                    + "ratio \(String(format: "%.2f", ratio))")
+            // 0.93 ms at 200 on an operator's charon when the test runs alone in user-mode-linux; an absolute bound
+            // flakes with two kernels on two busy cores, the ratio to the kernel's own lookups does not.
+            XCTAssertLessThan(ratio, 5, "the query is a few kernel lookups, whatever the held connections")
             let statsAfter = try XFRMStatistics.read(in: ends.pair.a.namespace)
             XCTAssertEqual(
                 statsAfter["XfrmInTmplMismatch"], statsBefore["XfrmInTmplMismatch"], "no reply dropped by a policy")
