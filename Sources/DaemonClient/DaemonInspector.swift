@@ -31,13 +31,7 @@ public struct DaemonInspector: Sendable {
                 .networkDown, "no keying daemon answers in this network namespace (@\(name))", errno: error.errno,
                 underlying: error)
         }
-        guard let daemon = channel.peerCredentials else {
-            throw SecureSocketError(.systemCallFailure, "SO_PEERCRED on the keying daemon's connection")
-        }
-        guard daemon.uid == 0 || daemon.uid == geteuid() else {
-            throw SecureSocketError(
-                .accessDenied, "@\(name) is held by uid \(daemon.uid) (pid \(daemon.pid)), not by root: not believed")
-        }
+        let daemon = try KeyingDaemonClient.believedDaemon(channel, name: name)
         self.channel = channel
         self.daemon = daemon
         let welcome = try exchange(

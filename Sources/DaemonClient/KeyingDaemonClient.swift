@@ -66,14 +66,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
             }
             channel = connected!
         }
-        guard let daemon = channel.peerCredentials else {
-            throw SecureSocketError(.systemCallFailure, "SO_PEERCRED on the keying daemon's connection")
-        }
-        guard daemon.uid == 0 || daemon.uid == geteuid() else {
-            throw SecureSocketError(
-                .accessDenied,
-                "@\(name) is held by uid \(daemon.uid) (pid \(daemon.pid)), not by root: no socket is passed to it")
-        }
+        let daemon = try Self.believedDaemon(channel, name: name)
         self.channel = channel
         self.daemon = daemon
         do {
@@ -91,6 +84,22 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     }
 
     deinit { channel.shutdown() }
+
+    /// Who holds `channel`'s other end, if it may be believed: root or this process's own user (an abstract
+    /// address carries no file mode, so anyone could have bound it first). Else `WSAEACCES`, and nothing is
+    /// passed to it.
+    static func believedDaemon(_ channel: ControlChannel, name: String) throws(SecureSocketError) -> PeerCredentials {
+        guard let daemon = channel.peerCredentials else {
+            throw SecureSocketError(.systemCallFailure, "SO_PEERCRED on the keying daemon's connection")
+        }
+        guard daemon.uid == 0 || daemon.uid == geteuid() else {
+            throw SecureSocketError(
+                .accessDenied,
+                "@\(name) is held by uid \(daemon.uid) (pid \(daemon.pid)), not by root: not believed, nothing passed to it"
+            )
+        }
+        return daemon
+    }
 
     // MARK: - The calls
 

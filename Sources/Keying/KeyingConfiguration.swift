@@ -304,9 +304,10 @@ public struct KeyingConfiguration: Hashable, Sendable {
     }
 
     /// Whether any line of `text` sets a secret (`psk`, `peer-psk`, `eap-user`), whether or not the rest parses.
+    /// Read with the file's own line reader (comments, quoting), so it sees the keywords ``parse(_:)`` sees.
     static func holdsSecrets(_ text: String) -> Bool {
-        text.split(whereSeparator: \.isNewline).contains { line in
-            let keyword = line.drop { $0 == " " || $0 == "\t" }.prefix { $0 != " " && $0 != "\t" }
+        ConfigurationReader.lines(text).contains { result in
+            guard case .success(let line) = result, let keyword = line.tokens.first?.text else { return false }
             return ["psk", "peer-psk", "eap-user"].contains(keyword)
         }
     }

@@ -172,9 +172,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// The event stream ended (on its finishing thread): unless the backend stopped, subscribe again and resync
     /// charon, with a back-off from 100 ms to 5 s between attempts.
     private func eventsEnded(_ error: VICIError?) {
-        var pause: Duration = .milliseconds(100)
-        // Bounded by the backend's life: each turn waits `pause` unless the backend stops.
+        var backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
+        // Bounded by the backend's life: each turn waits its pause unless the backend stops.
         while !stopped.load(ordering: .acquiring), daemon?.wasStopped != true {
+            let pause = backoff.next()
             logger.warning(
                 "charon's event stream ended: bringing charon back",
                 metadata: [
@@ -182,7 +183,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     "error": "\(error.map { "\($0)" } ?? "none")",
                 ])
             _ = eventsWake.wait(until: Deadline(after: pause)) { stopped.load(ordering: .acquiring) ? () : nil }
-            pause = min(pause * 2, .seconds(5))
             guard !stopped.load(ordering: .acquiring), daemon?.wasStopped != true else { return }
             do throws(KeyingError) {
                 // The resync brings a private charon back (it starts it), then the new charon's events are

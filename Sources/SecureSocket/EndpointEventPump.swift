@@ -88,9 +88,10 @@ final class EndpointEventPump: Sendable {
     /// interruption): on its finishing thread, a new one is started with a bounded back-off. Queries read the
     /// kernel meanwhile, and a lost ACQUIRE comes back once its larval state expires.
     private func monitorEnded(_ error: XFRMError?) {
-        var pause: Duration = .milliseconds(50)
-        // Bounded by the pump's life: each turn waits `pause` (at most 5 s) unless the pump stops.
+        var backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5))
+        // Bounded by the pump's life: each turn waits its pause (at most 5 s) unless the pump stops.
         while !stopped.load(ordering: .acquiring) {
+            let pause = backoff.next()
             logger.warning(
                 "the XFRM event monitor ended (overrun or error): starting it again",
                 metadata: [
@@ -98,7 +99,6 @@ final class EndpointEventPump: Sendable {
                     "error": "\(error.map { "\($0)" } ?? "none")",
                 ])
             _ = wake.wait(until: Deadline(after: pause)) { stopped.load(ordering: .acquiring) ? () : nil }
-            pause = min(pause * 2, .seconds(5))
             guard !stopped.load(ordering: .acquiring), let started = try? makeMonitor() else { continue }
             let stoppedMeanwhile = monitor.withLock { slot -> Bool in
                 guard !stopped.load(ordering: .acquiring) else { return true }

@@ -47,17 +47,7 @@ final class CABIFlowTests: XCTestCase {
                     "env", "WSS_KEYING_CONFIG=\(keying[0])", programs.program("secure_tcp_client"),
                     "\(pair.addressB4)", "27015", "host/b.example",
                 ], timeout: 60, check: false)
-            print("client (exit \(client.status)):\n\(client.output)")
-            XCTAssertEqual(client.status, 0)
-            XCTAssertTrue(client.output.contains("received: 91011121314"))
-            XCTAssertTrue(client.output.contains("query: size 24 flags 0x3 SECURED ENCRYPTED"))
-
-            XCTAssertTrue(server.waitForExit(timeout: 20), "the server ends after its one connection")
-            print("server:\n\(server.output)")
-            if !server.isRunning { XCTAssertEqual(server.terminationStatus, 0) }
-            XCTAssertTrue(server.output.contains("received: 12345678"))
-            XCTAssertTrue(server.output.contains("flags 0x3 SECURED ENCRYPTED"))
-            XCTAssertTrue(server.output.contains("peer machine: a.example"), "the token names the authenticated client")
+            SampleOutput.assertSecuredExchange(client: client, server: server)
 
             capture.stop()
             let analysis = try capture.analyse(markers: [Array("12345678".utf8), Array("91011121314".utf8)])

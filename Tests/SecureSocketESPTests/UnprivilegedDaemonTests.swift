@@ -98,17 +98,7 @@ final class UnprivilegedDaemonTests: XCTestCase {
             XCTAssertTrue(follow.wait(for: "\"event\":\"present\"", timeout: 20), "follow: \(follow.output)")
 
             let connected = try pair.a.exec(client, timeout: 60, check: false)
-            print("client (exit \(connected.status)):\n\(connected.output)")
-            XCTAssertEqual(connected.status, 0)
-            XCTAssertTrue(connected.output.contains("received: 91011121314"))
-            XCTAssertTrue(connected.output.contains("query: size 24 flags 0x3 SECURED ENCRYPTED"))
-
-            XCTAssertTrue(server.waitForExit(timeout: 20), "the server ends after its one connection")
-            print("server:\n\(server.output)")
-            if !server.isRunning { XCTAssertEqual(server.terminationStatus, 0) }
-            XCTAssertTrue(server.output.contains("received: 12345678"))
-            XCTAssertTrue(server.output.contains("flags 0x3 SECURED ENCRYPTED"))
-            XCTAssertTrue(server.output.contains("peer machine: a.example"), "the token names the authenticated client")
+            SampleOutput.assertSecuredExchange(client: connected, server: server)
 
             // The follower saw the accepted connection come, get its SAs and go.
             for event in ["added", "sa-added", "removed"] {
