@@ -103,7 +103,8 @@ let package = Package(
             name: "SecureSocket",
             dependencies: [
                 "IPAddressing",
-                "XFRM", "ALE", "Keying", "Impersonation", .product(name: "SystemPackage", package: "swift-system"),
+                "XFRM", "ALE", "Keying", "Impersonation", "SocketDiagnostics",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

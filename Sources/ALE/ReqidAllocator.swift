@@ -112,29 +112,43 @@ public final class ReqidAllocator: Sendable {
         return "/run/winsock-secure-socket/netns-\(inode)/reqids"
     }
 
-    /// A block whose owner process is gone, reclaimed from the namespace: what that process may have left in
-    /// the keying daemon and the kernel under these reqids is for the caller to remove.
+    /// A block whose owner process is gone: what that process may have left in the keying daemon and the kernel
+    /// under these reqids is for the caller to remove (or to keep, while live sockets still use it).
     public struct DeadClaim: Hashable, Sendable {
         public var pid: Int32
         public var reqids: ClosedRange<UInt32>
+        /// Who held the claim, as its file said (the claim is only removed while it still says so).
+        let owner: ProcessIdentity
     }
 
-    /// Removes the claims of processes that are gone (killed, crashed) and returns them. O(claim files).
-    public func reclaimDeadBlocks() -> [DeadClaim] {
-        var reclaimed: [DeadClaim] = []
+    /// The claims of processes that are gone (killed, crashed), left in place: nobody else claims their blocks
+    /// until ``forget(_:)`` removes them. O(claim files).
+    public func deadBlocks() -> [DeadClaim] {
+        var dead: [DeadClaim] = []
         for name in Directory.names(in: directory) {
             guard name.hasPrefix("block-"), let first = UInt32(name.dropFirst(6)), range.contains(first) else {
                 continue
             }
-            let file = path(first)
-            guard let owner = ProcessIdentity(file: file), owner.pid != getpid(), !owner.isRunning else { continue }
-            // Only the owner identity read above is removed (a live process that reclaimed it meanwhile wrote
-            // its own identity: checked again right before unlinking).
-            guard ProcessIdentity(file: file) == owner, unlink(file) == 0 else { continue }
+            guard let owner = ProcessIdentity(file: path(first)), owner.pid != getpid(), !owner.isRunning else {
+                continue
+            }
             let last = UInt32(min(UInt64(first) + UInt64(blockSize) - 1, UInt64(range.upperBound)))
-            reclaimed.append(DeadClaim(pid: owner.pid, reqids: first...last))
+            dead.append(DeadClaim(pid: owner.pid, reqids: first...last, owner: owner))
         }
-        return reclaimed
+        return dead
+    }
+
+    /// Removes a dead claim, so its block can be claimed again; false when its file no longer names that dead
+    /// owner (a live process that reclaimed it meanwhile wrote its own identity: checked right before unlinking).
+    @discardableResult
+    public func forget(_ claim: DeadClaim) -> Bool {
+        let file = path(claim.reqids.lowerBound)
+        return ProcessIdentity(file: file) == claim.owner && unlink(file) == 0
+    }
+
+    /// Removes the claims of processes that are gone (killed, crashed) and returns them. O(claim files).
+    public func reclaimDeadBlocks() -> [DeadClaim] {
+        deadBlocks().filter { forget($0) }
     }
 
     /// Gives every block back if no reqid is held (an idle process keeps no claim in the namespace).

@@ -85,6 +85,11 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
 
     deinit { channel.shutdown() }
 
+    /// Whether the daemon's connection is still open. Once it closed (the daemon died or was stopped), every call
+    /// fails: a process makes a new client, which finds (or starts) the namespace's next daemon. Sockets secured
+    /// through this one keep the policies and SAs the kernel holds for them.
+    public var isConnected: Bool { !replies.withLock { $0.closed } }
+
     /// Who holds `channel`'s other end, if it may be believed: root or this process's own user (an abstract
     /// address carries no file mode, so anyone could have bound it first). Else `WSAEACCES`, and nothing is
     /// passed to it.

@@ -106,6 +106,8 @@ public final class SecureSocketEngine: Sendable {
     let acceptScan = Mutex<(next: ContinuousClock.Instant, interval: Duration)>((.now, .milliseconds(10)))
     /// Sweeps so far: every tenth also reclaims what dead processes left.
     let sweeps = Atomic<Int>(0)
+    /// Dead processes whose leftovers are kept while live sockets use their SAs (logged once each).
+    let keptDeadOwners = Mutex<Set<Int32>>([])
 
     public var keying: (any KeyingBackend)? { configuration.keying }
 

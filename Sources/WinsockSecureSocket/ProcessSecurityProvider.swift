@@ -13,13 +13,20 @@ import Synchronization
 /// - else, for a process with `CAP_NET_ADMIN`, a daemon it starts (``EmbeddedDaemon``), or, when no `wss-keyd` is
 ///   installed, an engine in this process (it acts as the namespace's daemon for itself);
 /// - else `WSAENETDOWN`, saying that a keying daemon is needed.
+///
+/// A daemon that goes away is replaced at the next call: the process connects to the next one (or starts it).
 enum ProcessSecurityProvider {
     private static let daemonClient = Mutex<KeyingDaemonClient?>(nil)
 
     static func get() throws(SecureSocketError) -> any SocketSecurityProvider {
         if let engine = SecureSocketEngine.shared { return engine }
         return try daemonClient.withLock { (client) throws(SecureSocketError) -> any SocketSecurityProvider in
-            if let client, (try? client.requireOwner()) != nil { return client }
+            if let client, (try? client.requireOwner()) != nil {
+                if client.isConnected { return client }
+                // The daemon went away (killed, restarted): its successor is found or started below. The sockets
+                // secured through it keep flowing over their kernel SAs; the next daemon keeps those while they live.
+                client.logger.warning("the keying daemon's connection closed: connecting to its successor")
+            }
             let logger = SecureSocketLogging.logger(label: "wss.secure-socket")
             let map = try identityMap(logger: logger)
             // A process that may secure sockets itself starts the namespace's daemon instead, when it has one.

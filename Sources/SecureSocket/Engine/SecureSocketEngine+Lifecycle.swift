@@ -9,7 +9,7 @@ import Synchronization
 import SystemPackage
 import XFRM
 
-// The endpoints' life cycle: the sweep, accepted sockets adopted, dead processes reclaimed, snapshots published.
+// The endpoints' life cycle: the sweep, accepted sockets adopted, snapshots published.
 extension SecureSocketEngine {
     /// Releases endpoints whose socket is gone, and notes the local port of the live ones. O(endpoints); the
     /// event pump runs it every second. A socket is gone when no descriptor of this process names its cookie:
@@ -86,32 +86,6 @@ extension SecureSocketEngine {
         else { return }
         lastPublished.withLock { $0 = now }
         publish()
-    }
-
-    /// What processes that are gone (killed, crashed) left in this namespace: their reqid claims, their configs,
-    /// secrets and CHILD_SAs in a shared charon, their SAs in the kernel, their endpoint snapshots. Run when the
-    /// engine starts and every tenth sweep. O(claim files) when nobody died.
-    func reclaimDeadProcesses() {
-        let dead = reqids.reclaimDeadBlocks()
-        guard !dead.isEmpty else { return }
-        for (pid, claims) in Dictionary(grouping: dead, by: \.pid) {
-            let ranges = claims.map(\.reqids)
-            logger.notice("reclaiming what a dead process left", metadata: ["pid": "\(pid)", "reqids": "\(ranges)"])
-            keying?.reclaim(deadProcess: pid, reqids: ranges)
-            let orphans = ((try? xfrm.states()) ?? []).filter { state in ranges.contains { $0.contains(state.reqid) } }
-            try? xfrm.deleteStates(orphans.map(\.id))
-            // Its flows' covers (global policies with its reqids, see coverFlow) end with it.
-            let covers = ((try? xfrm.policies()) ?? []).filter { policy in
-                !policy.direction.isSocketPolicy
-                    && policy.templates.contains { template in ranges.contains { $0.contains(template.reqid) } }
-            }
-            try? xfrm.deletePolicies(covers.map { .selector($0.selector, $0.direction, mark: $0.mark) })
-            let snapshots = EndpointSnapshot.folder(forReqidDirectory: reqids.directory)
-            for file in (try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? []
-            where file.hasPrefix("\(pid)-") {
-                unlink("\(snapshots)/\(file)")
-            }
-        }
     }
 
     /// Writes this process's endpoint snapshot if it changed (for `wss-inspect`). Atomic rename; best effort. A

@@ -1,0 +1,117 @@
+import Foundation
+import NetnsTestSupport
+import TierTesting
+import XCTest
+import XFRM
+
+/// Tier 3: a keying daemon killed (SIGKILL) under its client's established connection. The connection keeps
+/// flowing over its kernel SAs while no daemon runs and after the next one starts: the next daemon keeps what the
+/// dead one left while a live socket uses it (its reqid claim stays taken), and removes it once the socket is
+/// gone. The client (uid 65534, the C ABI) connects to the next daemon by itself at its next call, and a new
+/// connection is secured through it. Nothing leaves in clear, and nothing is left in the kernel at the end.
+final class DaemonRestartTests: XCTestCase {
+    func testAKilledDaemonsConnectionsKeepFlowingAndTheNextDaemonTakesOver() throws {
+        try inESPKernel(self, timeout: 300) {
+            let root = try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)"))
+            let programs = try CPrograms(
+                [
+                    "CModules/CSecureSocketABI/test-programs/restart_client.c",
+                    "CModules/CSecureSocketABI/test-programs/echo_server.c",
+                ], packageRoot: root)
+            defer { programs.remove() }
+            let secret = UUID().uuidString
+            let keying = try ["a", "b"].map { name in
+                try programs.writeKeyingFile(
+                    name, ["identity \(name).example", "psk \"\(secret)\"", "charon private", "client-user 65534"])
+            }
+            let pair = try NamespacePair(prefix: "restart")
+            defer { pair.remove() }
+            let capture = try PacketCapture(
+                namespace: pair.b, interface: pair.interfaceB, file: "\(programs.folder)/veth-b.pcap")
+            defer { capture.stop() }
+            let level = ProcessInfo.processInfo.environment["WSS_TEST_LOG"] ?? "info"
+            let first = try programs.startDaemon(in: pair.a, keying: keying[0], log: level)
+            defer { first.terminate() }
+            XCTAssertTrue(first.output.contains("keying daemon ready"), first.output)
+
+            let server = try NamespaceProcess(
+                in: pair.b,
+                environment: [
+                    "WSS_KEYING_CONFIG": keying[1], "WSS_LOG": "\(level),stderr",
+                    "WSS_KEYD": "\(programs.binaries)/wss-keyd",
+                ], [programs.program("echo_server"), "\(pair.addressB4)", "27017"], log: "\(programs.folder)/server.log"
+            )
+            defer { server.terminate() }
+            XCTAssertTrue(server.wait(for: "listening", timeout: 20), "server: \(server.output)")
+
+            let marker = "restart-\(UUID().uuidString)"
+            let go = "\(programs.folder)/go"
+            let client = try NamespaceProcess(
+                in: pair.a, environment: ["WSS_LOG": "\(level),stderr"],
+                CPrograms.asNobody([
+                    programs.program("restart_client"), "\(pair.addressB4)", "27017", "host/b.example", marker, go,
+                ]), log: "\(programs.folder)/client.log")
+            defer { client.terminate() }
+            XCTAssertTrue(client.wait(for: "first connection echoes", timeout: 30), "client: \(client.output)")
+
+            // The daemon dies; the connection rides on its kernel SAs with no daemon at all for a while.
+            let xfrm = try XFRMClient(namespace: pair.a.namespace)
+            let before = try xfrm.states().filter { !$0.isLarval }
+            XCTAssertEqual(before.count, 2, "one SA pair: \(before.map(\.id))")
+            kill(first.pid, SIGKILL)
+            XCTAssertTrue(first.waitForExit(timeout: 10))
+            let firstLog = first.output
+            usleep(1_500_000)
+            // The next daemon (systemd would start it; here the test does) keeps the dead one's SAs: the client's
+            // socket still uses them. A periodic reclaim pass (every tenth sweep) keeps them too.
+            let next = try programs.startDaemon(in: pair.a, keying: keying[0], log: level)
+            defer { next.terminate() }
+            XCTAssertTrue(next.output.contains("keying daemon ready"), next.output)
+            usleep(11_500_000)
+            let kept = Set(try xfrm.states().filter { !$0.isLarval }.map(\.id))
+            XCTAssertTrue(Set(before.map(\.id)).isSubset(of: kept), "the dead daemon's SAs are kept while used")
+            XCTAssertTrue(
+                next.output.contains("keeping what a dead process left while live sockets still use its SAs"),
+                next.output)
+            XCTAssertFalse(next.output.contains("reclaiming what a dead process left"), next.output)
+
+            // The client goes on: a new connection through the next daemon, and both connections echo.
+            XCTAssertTrue(FileManager.default.createFile(atPath: go, contents: nil))
+            XCTAssertTrue(client.waitForExit(timeout: 60), "client: \(client.output)")
+            print(
+                "client:\n\(client.output)\nfirst wss-keyd (killed):\n\(firstLog.suffix(1500))\n"
+                    + "next wss-keyd:\n\(next.output.suffix(3000))")
+            XCTAssertEqual(client.terminationStatus, 0, client.output)
+            XCTAssertTrue(client.output.contains("after the restart: 2 of 2 echo"), client.output)
+            XCTAssertTrue(client.output.contains("second 0x3"), "the new connection is secured and encrypted")
+            let rounds = client.output.firstMatch(of: /echoed (\d+) of (\d+) while/)
+            XCTAssertNotNil(rounds, client.output)
+            if let rounds { XCTAssertEqual(rounds.1, rounds.2, "no echo lost while the daemon was restarted") }
+
+            // The client has gone: the next daemon releases its own connection's SAs, and a reclaim pass the
+            // dead daemon's (at most ten sweeps later).
+            let bound = Date().addingTimeInterval(25)
+            var left = try xfrm.states().filter { !$0.isLarval }
+            while !left.isEmpty, Date() < bound {
+                usleep(250_000)
+                left = try xfrm.states().filter { !$0.isLarval }
+            }
+            XCTAssertEqual(left.map(\.id), [], "nothing is left in the kernel")
+            XCTAssertTrue(next.output.contains("reclaiming what a dead process left"), next.output)
+            // The first connection's flow is in TIME_WAIT on this side (the client closed first): its cover stays,
+            // now expiring as a released connection's does, so the kernel's bare ACKs cannot leave in clear.
+            let deadReqid = try XCTUnwrap(before.first?.reqid)
+            let covers = try xfrm.policies().filter { policy in
+                !policy.direction.isSocketPolicy && policy.templates.contains { $0.reqid == deadReqid }
+            }
+            XCTAssertEqual(covers.count, 2, "out and in: \(covers)")
+            XCTAssertEqual(covers.map(\.lifetime.hardAddExpiresSeconds), [120, 120])
+
+            capture.stop()
+            let analysis = try capture.analyse(markers: [Array(marker.utf8)])
+            XCTAssertGreaterThan(analysis.espPackets, 20)
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+        }
+    }
+}
