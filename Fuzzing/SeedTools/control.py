@@ -61,6 +61,8 @@ seeds = {
     "lend": frame(70, 0x80000002, struct.pack("<Q", 77)),
     "inspect": frame(9, 10),
     "follow": frame(10, 11),
+    "resecure": frame(11, 12, struct.pack("<II", 0, 1) + b"\x00" + struct.pack("<H", 1)
+                      + struct.pack("<I", 0) + b"\x00" + string("host/a.example")),
     "inspection": frame(71, 10, struct.pack("<i", 12) + string("strongswan") + struct.pack("<I", 2)
                         + struct.pack("<H", 1) + inspected_endpoint() + b"\x01"),
     "inspection-event": frame(72, 11, string("sa-added") + inspected_endpoint() + b"\x01" + sa_report()),

@@ -22,8 +22,12 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     public let daemon: PeerCredentials
     private let replies = Mutex<(next: UInt32, answers: [UInt32: ControlMessage], closed: Bool)>((1, [:], false))
     private let replySignal = ChangeSignal()
-    /// The descriptor number each socket was passed with, by cookie (checked again before it is lent back).
-    private let held = Mutex<[UInt64: CInt]>([:])
+    /// Each socket secured through this client, by cookie: the descriptor number it was passed with (checked
+    /// again before it is lent back), and what it was secured with (a responder is secured again with it after
+    /// the daemon goes away, ``resecureResponders(of:)``).
+    private let held = Mutex<[UInt64: HeldSocket]>([:])
+    /// Run once, when the daemon's connection closes.
+    private let closeHandler = Mutex<(@Sendable () -> Void)?>(nil)
     private let forkGeneration = KeyingDaemonClient.forks.load(ordering: .relaxed)
 
     /// How long a request other than a connect waits for its answer.
@@ -90,6 +94,81 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     /// through this one keep the policies and SAs the kernel holds for them.
     public var isConnected: Bool { !replies.withLock { $0.closed } }
 
+    /// Runs `action` once when the daemon's connection closes (at once if it already has).
+    public func whenClosed(_ action: @escaping @Sendable () -> Void) {
+        let now = replies.withLock { state -> Bool in
+            if state.closed { return true }
+            closeHandler.withLock { $0 = action }
+            return false
+        }
+        if now { action() }
+    }
+
+    /// A socket secured through this client, and what it was secured with.
+    public struct HeldSocket: Sendable {
+        public var fd: CInt
+        public var settings: SocketSecuritySettings
+        public var names: [SocketPeerTargetName]
+    }
+
+    /// The sockets secured through this client that still answer to their descriptor and are responders: a
+    /// listening TCP socket, a bound UDP socket that is not connected.
+    public var heldResponders: [HeldSocket] {
+        held.withLock { Array($0) }.compactMap { cookie, socket in
+            guard Self.cookie(of: socket.fd) == cookie, Self.isResponder(socket.fd) else { return nil }
+            return socket
+        }
+    }
+
+    /// Secures `old`'s responders again through this client's daemon (``ControlMessage/resecure(_:names:)``),
+    /// after `old`'s daemon went away; returns how many were. Each failure is logged and skipped.
+    @discardableResult
+    public func resecureResponders(of old: KeyingDaemonClient) -> Int {
+        var count = 0
+        for socket in old.heldResponders {
+            do throws(SecureSocketError) {
+                let answer = try call(.resecure(socket.settings, names: socket.names), socket: socket.fd)
+                guard case .secured(let cookie) = answer else { throw unexpected(answer) }
+                held.withLock { $0[cookie] = socket }
+                count += 1
+            } catch {
+                logger.error(
+                    "a responder could not be secured again after its keying daemon went away: peers cannot reach it",
+                    metadata: ["fd": "\(socket.fd)", "error": "\(error)"])
+            }
+        }
+        return count
+    }
+
+    static func cookie(of fd: CInt) -> UInt64? {
+        var cookie: UInt64 = 0
+        var length = socklen_t(MemoryLayout<UInt64>.size)
+        return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
+    }
+
+    /// A listening TCP socket, or a bound UDP socket with no peer.
+    static func isResponder(_ fd: CInt) -> Bool {
+        var value: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) == 0 else { return false }
+        if value == CInt(SOCK_STREAM.rawValue) {
+            length = socklen_t(MemoryLayout<CInt>.size)
+            return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0 && value != 0
+        }
+        var address = sockaddr_storage()
+        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) == 0 }
+        }
+        let local = withUnsafeBytes(of: address) { IPEndpoint(sockaddr: $0.baseAddress!, length: Int(size)) }
+        guard bound, let local, local.port != 0 else { return false }
+        size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let connected = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &size) == 0 }
+        }
+        return !connected
+    }
+
     /// Who holds `channel`'s other end, if it may be believed: root or this process's own user (an abstract
     /// address carries no file mode, so anyone could have bound it first). Else `WSAEACCES`, and nothing is
     /// passed to it.
@@ -111,15 +190,29 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     public func setSecurity(_ fd: CInt, _ settings: SocketSecuritySettings) throws(SecureSocketError) {
         let answer = try call(.setSecurity(settings), socket: fd)
         guard case .secured(let cookie) = answer else { throw unexpected(answer) }
-        held.withLock { $0[cookie] = fd }
+        held.withLock { $0[cookie] = HeldSocket(fd: fd, settings: settings, names: []) }
     }
 
     public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
         try expectDone(call(.setPeerTargetName(name), socket: fd))
+        guard let cookie = Self.cookie(of: fd) else { return }
+        held.withLock { held in
+            held[cookie]?.names.removeAll { Self.sameKey($0.peerAddress, name.peerAddress) }
+            held[cookie]?.names.append(name)
+        }
     }
 
     public func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError) {
         try expectDone(call(.deletePeerTargetName(address), socket: fd))
+        guard let cookie = Self.cookie(of: fd) else { return }
+        held.withLock { $0[cookie]?.names.removeAll { Self.sameKey($0.peerAddress, address) } }
+    }
+
+    /// Whether two names are for the same peer, as the engine keys them: by address, the zero address and none
+    /// being "the peer".
+    static func sameKey(_ a: IPEndpoint?, _ b: IPEndpoint?) -> Bool {
+        let key = { (endpoint: IPEndpoint?) in endpoint.flatMap { $0.address.isAny ? nil : $0.address } }
+        return key(a) == key(b)
     }
 
     /// The daemon negotiates the flow's SAs and pins the socket to them; this process then connects, bounded by
@@ -147,6 +240,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     }
 
     public func release(_ fd: CInt) {
+        if let cookie = Self.cookie(of: fd) { held.withLock { _ = $0.removeValue(forKey: cookie) } }
         _ = try? call(.release, socket: fd)
     }
 
@@ -231,12 +325,16 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
         }
         replies.withLock { $0.closed = true }
         replySignal.notify()
+        closeHandler.withLock { handler in
+            defer { handler = nil }
+            return handler
+        }?()
     }
 
     /// Lends the socket `cookie` back to the daemon, if this process still holds it under the number it was
     /// passed with.
     private func lend(cookie: UInt64, id: UInt32) {
-        let fd = held.withLock { $0[cookie] }
+        let fd = held.withLock { $0[cookie]?.fd }
         var current: UInt64 = 0
         var length = socklen_t(MemoryLayout<UInt64>.size)
         let holds =

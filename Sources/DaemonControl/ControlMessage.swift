@@ -34,6 +34,10 @@ public enum ControlMessage: Hashable, Sendable {
     /// Streams ``inspectionEvent(_:)`` for the endpoints the client may see, from now until it closes the
     /// connection: answered ``done`` first.
     case follow
+    /// The attached socket was secured through a daemon that has gone (killed, restarted) and now listens (TCP) or
+    /// is bound (UDP): secure it again with the same settings and peer target names, so the namespace's new
+    /// daemon offers it to peers again. Answered ``secured(cookie:)``.
+    case resecure(SocketSecuritySettings, names: [SocketPeerTargetName])
 
     // Daemon to client.
     /// The answer to ``hello(minimumVersion:maximumVersion:)``: the version both speak.
@@ -66,7 +70,7 @@ public enum ControlMessage: Hashable, Sendable {
     /// Whether the message carries a socket (`SCM_RIGHTS`).
     public var carriesSocket: Bool {
         switch self {
-        case .setSecurity, .setPeerTargetName, .deletePeerTargetName, .prepareConnect, .query, .release: true
+        case .setSecurity, .setPeerTargetName, .deletePeerTargetName, .prepareConnect, .query, .release, .resecure: true
         case .lent(_, let held): held
         default: false
         }
@@ -76,7 +80,7 @@ public enum ControlMessage: Hashable, Sendable {
     public var isFromClient: Bool {
         switch self {
         case .hello, .setSecurity, .setPeerTargetName, .deletePeerTargetName, .prepareConnect, .query, .release,
-            .lent, .inspect, .follow:
+            .lent, .inspect, .follow, .resecure:
             true
         case .welcome, .done, .secured, .connectReady, .queryInfo, .failure, .lend, .inspection, .inspectionEvent:
             false
@@ -95,6 +99,7 @@ public enum ControlMessage: Hashable, Sendable {
         case .lent: 8
         case .inspect: 9
         case .follow: 10
+        case .resecure: 11
         case .welcome: 64
         case .done: 65
         case .secured: 66
@@ -176,6 +181,9 @@ extension ControlMessage {
         case .lend(let cookie): writer.u64(cookie)
         case .inspection(let page): writer.inspectionPage(page)
         case .inspectionEvent(let event): writer.inspectionEvent(event)
+        case .resecure(let settings, let names):
+            writer.settings(settings)
+            writer.array(names) { $0.peerTargetName($1) }
         }
     }
 
@@ -197,6 +205,11 @@ extension ControlMessage {
         case 8: return .lent(cookie: try reader.u64(), held: try reader.bool())
         case 9: return .inspect
         case 10: return .follow
+        case 11:
+            let settings = try reader.settings()
+            return .resecure(
+                settings, names: try reader.array { reader throws(ControlProtocolError) in try reader.peerTargetName() }
+            )
         case 64: return .welcome(version: try reader.u8(), daemonPID: try reader.i32())
         case 65: return .done
         case 66: return .secured(cookie: try reader.u64())

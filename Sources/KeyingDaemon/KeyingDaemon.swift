@@ -132,6 +132,10 @@ public final class KeyingDaemon: Sendable {
                     if let keyingRefusal { throw keyingRefusal }
                     try engine.setSecurity(socket, settings)
                     return .secured(cookie: engine.endpoint(socket)?.cookie ?? 0)
+                case .resecure(let settings, let names):
+                    if let keyingRefusal { throw keyingRefusal }
+                    try engine.resecure(socket, settings, names: names)
+                    return .secured(cookie: engine.endpoint(socket)?.cookie ?? 0)
                 case .setPeerTargetName(let name):
                     try engine.setPeerTargetName(socket, name)
                     return .done

@@ -14,29 +14,29 @@ import Synchronization
 ///   installed, an engine in this process (it acts as the namespace's daemon for itself);
 /// - else `WSAENETDOWN`, saying that a keying daemon is needed.
 ///
-/// A daemon that goes away is replaced at the next call: the process connects to the next one (or starts it).
+/// A daemon that goes away is replaced (``KeyingDaemonConnection``): at the next call, or at once when the process
+/// holds responders secured through it, which are then secured again through the next daemon.
 enum ProcessSecurityProvider {
-    private static let daemonClient = Mutex<KeyingDaemonClient?>(nil)
+    private static let daemon = Mutex<KeyingDaemonConnection?>(nil)
 
     static func get() throws(SecureSocketError) -> any SocketSecurityProvider {
         if let engine = SecureSocketEngine.shared { return engine }
-        return try daemonClient.withLock { (client) throws(SecureSocketError) -> any SocketSecurityProvider in
-            if let client, (try? client.requireOwner()) != nil {
-                if client.isConnected { return client }
-                // The daemon went away (killed, restarted): its successor is found or started below. The sockets
-                // secured through it keep flowing over their kernel SAs; the next daemon keeps those while they live.
-                client.logger.warning("the keying daemon's connection closed: connecting to its successor")
-            }
+        return try daemon.withLock { (daemon) throws(SecureSocketError) -> any SocketSecurityProvider in
+            // Across the daemon's restarts (and in a forked child) the connection makes the next client.
+            if let daemon { return try daemon.client() }
             let logger = SecureSocketLogging.logger(label: "wss.secure-socket")
             let map = try identityMap(logger: logger)
             // A process that may secure sockets itself starts the namespace's daemon instead, when it has one.
             let privileged = Self.hasNetworkAdministration
             let daemonPath = privileged ? EmbeddedDaemon.executable : nil
             let start = daemonPath.map { EmbeddedDaemon(path: $0, logger: logger) }
+            let connection = KeyingDaemonConnection(logger: logger) { () throws(SecureSocketError) in
+                try KeyingDaemonClient(identityMap: map, logger: logger, start: start)
+            }
             do throws(SecureSocketError) {
-                let made = try KeyingDaemonClient(identityMap: map, logger: logger, start: start)
+                let made = try connection.client()
                 logger.debug("using the namespace's keying daemon", metadata: ["daemon": "\(made.daemon)"])
-                client = made
+                daemon = connection
                 return made
             } catch {
                 guard error.code == .networkDown, daemonPath == nil else { throw error }
@@ -56,7 +56,7 @@ enum ProcessSecurityProvider {
 
     /// The logger of whatever carries out this process's calls, if one was chosen (no provider is made for it).
     static var currentLogger: Logger? {
-        SecureSocketEngine.shared?.logger ?? daemonClient.withLock { $0?.logger }
+        SecureSocketEngine.shared?.logger ?? daemon.withLock { $0?.logger }
     }
 
     /// The identity map impersonation uses, when its file exists (refused files are an error, with the reason).

@@ -47,6 +47,13 @@ final class ControlProtocolTests: XCTestCase {
             .welcome(version: 1, daemonPID: 99), .done, .secured(cookie: 5), .connectReady(handshakeMilliseconds: 9000),
             .queryInfo(info), .failure(code: 10013, errno: 13, detail: "uid 65533 may not"), .lend(cookie: 77),
             .inspect, .follow,
+            .resecure(.default, names: []),
+            .resecure(
+                SocketSecuritySettings(flags: .guaranteeEncryption),
+                names: [
+                    SocketPeerTargetName(name: "host/a.example"),
+                    SocketPeerTargetName(peerAddress: IPEndpoint(address: "10.0.0.2", port: 53), name: "b.example"),
+                ]),
             .inspection(
                 InspectionPage(
                     daemonPID: 12, keying: "strongswan", clients: 2, endpoints: [sampleEndpoint(cookie: 1)],
@@ -91,7 +98,7 @@ final class ControlProtocolTests: XCTestCase {
             XCTAssertEqual(frame.encoded(), bytes, seed)
             kinds.insert("\(frame.message)".prefix { $0 != "(" }.description)
         }
-        XCTAssertEqual(kinds.count, 19, "every message kind has a seed: \(kinds.sorted())")
+        XCTAssertEqual(kinds.count, 20, "every message kind has a seed: \(kinds.sorted())")
     }
 
     /// A table larger than one datagram comes in pages, each within the frame limit and the array limit, the

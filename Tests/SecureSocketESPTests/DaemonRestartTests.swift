@@ -4,11 +4,13 @@ import TierTesting
 import XCTest
 import XFRM
 
-/// Tier 3: a keying daemon killed (SIGKILL) under its client's established connection. The connection keeps
-/// flowing over its kernel SAs while no daemon runs and after the next one starts: the next daemon keeps what the
-/// dead one left while a live socket uses it (its reqid claim stays taken), and removes it once the socket is
-/// gone. The client (uid 65534, the C ABI) connects to the next daemon by itself at its next call, and a new
-/// connection is secured through it. Nothing leaves in clear, and nothing is left in the kernel at the end.
+/// Tier 3: both keying daemons killed (SIGKILL) under an established connection: the client's (started by root,
+/// as systemd would) and the server's (started by the server's library). The connection keeps flowing over its
+/// kernel SAs while no daemon runs and after the next ones start: each next daemon keeps what the dead one left
+/// while a live socket uses it (its reqid claim stays taken), and removes it once the socket is gone. The server's
+/// library starts its next daemon by itself and secures its listener again there, without a call of the server's;
+/// the client (uid 65534, the C ABI) connects to its next daemon at its next call. A new connection is then
+/// secured end to end. Nothing leaves in clear, and nothing is left in either kernel at the end.
 final class DaemonRestartTests: XCTestCase {
     func testAKilledDaemonsConnectionsKeepFlowingAndTheNextDaemonTakesOver() throws {
         try inESPKernel(self, timeout: 300) {
@@ -58,7 +60,14 @@ final class DaemonRestartTests: XCTestCase {
             let xfrm = try XFRMClient(namespace: pair.a.namespace)
             let before = try xfrm.states().filter { !$0.isLarval }
             XCTAssertEqual(before.count, 2, "one SA pair: \(before.map(\.id))")
+            // The server's daemon too: the one its library started (the embedded start), a child of the server.
+            let serverDaemon = try XCTUnwrap(
+                Int32(
+                    try Command.run(["pgrep", "-P", "\(server.pid)", "-x", "wss-keyd"], timeout: 5).output
+                        .trimmingCharacters(in: .whitespacesAndNewlines)),
+                "the server's embedded daemon")
             kill(first.pid, SIGKILL)
+            kill(serverDaemon, SIGKILL)
             XCTAssertTrue(first.waitForExit(timeout: 10))
             let firstLog = first.output
             usleep(1_500_000)
@@ -75,12 +84,19 @@ final class DaemonRestartTests: XCTestCase {
                 next.output)
             XCTAssertFalse(next.output.contains("reclaiming what a dead process left"), next.output)
 
-            // The client goes on: a new connection through the next daemon, and both connections echo.
+            // The server's library started its next daemon by itself and secured its listener again there,
+            // without a call of the server's.
+            XCTAssertTrue(
+                server.wait(for: "responders secured again through the next keying daemon", timeout: 10),
+                server.output)
+            XCTAssertTrue(server.output.contains("secured=1"), server.output)
+
+            // The client goes on: a new connection through the next daemons, and both connections echo.
             XCTAssertTrue(FileManager.default.createFile(atPath: go, contents: nil))
             XCTAssertTrue(client.waitForExit(timeout: 60), "client: \(client.output)")
             print(
                 "client:\n\(client.output)\nfirst wss-keyd (killed):\n\(firstLog.suffix(1500))\n"
-                    + "next wss-keyd:\n\(next.output.suffix(3000))")
+                    + "next wss-keyd:\n\(next.output.suffix(3000))\nserver:\n\(server.output.suffix(3000))")
             XCTAssertEqual(client.terminationStatus, 0, client.output)
             XCTAssertTrue(client.output.contains("after the restart: 2 of 2 echo"), client.output)
             XCTAssertTrue(client.output.contains("second 0x3"), "the new connection is secured and encrypted")
@@ -90,13 +106,13 @@ final class DaemonRestartTests: XCTestCase {
 
             // The client has gone: the next daemon releases its own connection's SAs, and a reclaim pass the
             // dead daemon's (at most ten sweeps later).
-            let bound = Date().addingTimeInterval(25)
-            var left = try xfrm.states().filter { !$0.isLarval }
-            while !left.isEmpty, Date() < bound {
-                usleep(250_000)
-                left = try xfrm.states().filter { !$0.isLarval }
+            let xfrmB = try XFRMClient(namespace: pair.b.namespace)
+            func left() throws -> [XFRMStateID] {
+                try (xfrm.states() + xfrmB.states()).filter { !$0.isLarval }.map(\.id)
             }
-            XCTAssertEqual(left.map(\.id), [], "nothing is left in the kernel")
+            let bound = Date().addingTimeInterval(25)
+            while try !left().isEmpty, Date() < bound { usleep(250_000) }
+            XCTAssertEqual(try left(), [], "nothing is left in either kernel")
             XCTAssertTrue(next.output.contains("reclaiming what a dead process left"), next.output)
             // The first connection's flow is in TIME_WAIT on this side (the client closed first): its cover stays,
             // now expiring as a released connection's does, so the kernel's bare ACKs cannot leave in clear.
