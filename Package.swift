@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-asn1", from: "1.1.0"),
         // Logging: each layer logs its decisions through a swift-log Logger the application configures.
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The keying daemon's services (accepting clients, the idle exit) under one ServiceGroup: signals, shutdown.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // C: the kernel's XFRM/netlink UAPI, libmnl and libnl-xfrm-3. No C anywhere else.
@@ -124,6 +126,7 @@ let package = Package(
                 "DaemonControl", "IPAddressing", "SecureSocket", "SocketDiagnostics", "ALE", "SystemSupport", "XFRM",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         // The library's side of the control protocol: the secure-socket calls carried out by the keying daemon.
         .target(
@@ -209,6 +212,7 @@ let package = Package(
                 "DaemonControl", "Keying", "KeyingDaemon", "SecureSocket", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]),
         .executableTarget(
             name: "wss-inspect",

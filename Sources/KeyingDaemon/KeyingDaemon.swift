@@ -27,6 +27,9 @@ public final class KeyingDaemon: Sendable {
     private let owners = Mutex<[UInt64: PeerCredentials]>([:])
     let inspector = DaemonInspection()
     private let stopped = Atomic<Bool>(false)
+    /// Wakes whoever waits for the daemon to become idle: clients come and go, endpoints change (the engine's
+    /// own signal, which every change of its table notifies).
+    var activity: ChangeSignal { engine.endpointChanges }
     /// The most clients at once (each holds a reader thread).
     public static let maximumClients = 1024
 
@@ -46,8 +49,14 @@ public final class KeyingDaemon: Sendable {
     /// How many clients are connected.
     public var clientCount: Int { sessions.withLock { $0.open.count } }
 
-    /// Accepts clients until ``stop()``.
-    public func run() {
+    /// Whether ``stop()`` was called.
+    public var isStopped: Bool { stopped.load(ordering: .acquiring) }
+
+    /// No client connected and no socket secured (every client's sockets are gone, their SAs released).
+    public var isIdle: Bool { clientCount == 0 && engine.endpointCount == 0 }
+
+    /// Accepts clients until ``stop()`` (on the calling thread; ``run()`` gives it a thread of its own).
+    public func acceptClients() {
         while !stopped.load(ordering: .acquiring) {
             let channel: ControlChannel
             do {
@@ -66,7 +75,10 @@ public final class KeyingDaemon: Sendable {
                 state.open[session.id] = session
                 return session
             }
-            if let session { owners.withLock { $0[session.id] = credentials } }
+            if let session {
+                owners.withLock { $0[session.id] = credentials }
+                activity.notify()
+            }
             guard let session else {
                 logger.warning("client refused: too many clients", metadata: ["client": "\(credentials)"])
                 continue
@@ -86,6 +98,7 @@ public final class KeyingDaemon: Sendable {
     /// Stops accepting clients and ends every client connection.
     public func stop() {
         stopped.store(true, ordering: .releasing)
+        activity.notify()
         listener.shutdown()
         for session in sessions.withLock({ Array($0.open.values) }) { session.channel.shutdown() }
         executor.stop()
@@ -95,6 +108,7 @@ public final class KeyingDaemon: Sendable {
     private func ended(_ session: ClientSession) {
         session.closed.store(true, ordering: .releasing)
         sessions.withLock { _ = $0.open.removeValue(forKey: session.id) }
+        activity.notify()
         logger.debug("client disconnected", metadata: ["client": "\(session.credentials)", "session": "\(session.id)"])
     }
 

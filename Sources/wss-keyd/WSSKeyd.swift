@@ -5,6 +5,7 @@ import Keying
 import KeyingDaemon
 import Logging
 import SecureSocket
+import ServiceLifecycle
 import SystemSupport
 
 /// `wss-keyd`: the keying daemon of the network namespace it runs in. Applications that link the library pass
@@ -12,7 +13,7 @@ import SystemSupport
 /// keying file (`$WSS_KEYING_CONFIG` or `/etc/winsock-secure-socket/keying.conf`), whose `client-user` lines say
 /// which local users besides root it serves.
 @main
-struct WSSKeyd: ParsableCommand {
+struct WSSKeyd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wss-keyd",
         abstract: "The keying daemon of this network namespace for the Winsock secure-socket library.")
@@ -27,13 +28,7 @@ struct WSSKeyd: ParsableCommand {
     @Option(help: "Threads that run clients' requests.")
     var threads: Int = 8
 
-    func run() throws {
-        // Termination signals are taken by one thread (sigwait), so every other thread starts with them blocked.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGTERM)
-        sigaddset(&signals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
+    func run() async throws {
         signal(SIGPIPE, SIG_IGN)
 
         let logger = SecureSocketLogging.logger(label: "wss.keyd")
@@ -86,43 +81,29 @@ struct WSSKeyd: ParsableCommand {
             "keying daemon ready",
             metadata: ["address": "@\(name)", "pid": "\(getpid())", "keying": "\(keying?.backend.name ?? "none")"])
 
-        let finish: @Sendable (String) -> Never = { reason in
-            logger.notice("keying daemon stopping", metadata: ["reason": "\(reason)"])
-            daemon.stop()
-            sockets.stop()
-            engine.shutdown()
-            logger.notice("keying daemon stopped: its sockets released, its conns unloaded")
-            Glibc.exit(0)
-        }
-        try Threads.detach {
-            var caught: Int32 = 0
-            var signals = sigset_t()
-            sigemptyset(&signals)
-            sigaddset(&signals, SIGTERM)
-            sigaddset(&signals, SIGINT)
-            sigwait(&signals, &caught)
-            finish("signal \(caught)")
-        }
+        // One group runs the daemon's services and takes SIGTERM and SIGINT: a graceful shutdown stops accepting
+        // clients (and the idle watch). Either service ending shuts the group down.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: daemon, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "clients")
+        ]
         if let exitWhenIdle {
-            let idleBound = Duration.milliseconds(Int64(max(0.1, exitWhenIdle) * 1000))
-            try Threads.detach {
-                var idleSince: ContinuousClock.Instant?
-                while true {
-                    usleep(200_000)
-                    guard daemon.clientCount == 0, engine.endpointCount == 0 else {
-                        idleSince = nil
-                        continue
-                    }
-                    let now = ContinuousClock.now
-                    if let since = idleSince, since.duration(to: now) >= idleBound { finish("idle") }
-                    if idleSince == nil { idleSince = now }
-                }
-            }
+            let bound = Duration.milliseconds(Int64(max(0.1, exitWhenIdle) * 1000))
+            services.append(
+                .init(
+                    service: IdleExit(daemon: daemon, bound: bound),
+                    successTerminationBehavior: .gracefullyShutdownGroup,
+                    serviceName: "idle exit"))
         }
-        daemon.run()
-        // Stopped: the thread that stopped the daemon releases everything and ends the process (returning here
-        // would end it at once, with charon's conns half unloaded).
-        while true { sleep(60) }
+        let group = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        // Stopped: every client connection has ended; the sockets' SAs and conns are released before the process
+        // ends (returning at once would leave charon's conns half unloaded).
+        logger.notice("keying daemon stopping", metadata: ["reason": "\(daemon.isIdle ? "idle" : "shut down")"])
+        daemon.stop()
+        sockets.stop()
+        engine.shutdown()
+        logger.notice("keying daemon stopped: its sockets released, its conns unloaded")
     }
 }
 

@@ -42,7 +42,7 @@ final class DaemonSocketsTests: XCTestCase {
             daemon.stop()
             sockets.stop()
         }
-        try Threads.detach { daemon.run() }
+        try Threads.detach { daemon.acceptClients() }
         XCTAssertTrue(sockets.reportsEveryDestruction || sockets.fullLooks == 0, "the destroy monitor is joined")
         let client = try ns.namespace.perform { try KeyingDaemonClient(name: name, identityMap: nil, logger: logger) }
 
