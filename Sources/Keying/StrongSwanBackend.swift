@@ -124,6 +124,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         } else {
             peerCertificates = nil
         }
+        // charon's words differ by series (CharonLog): read once it answers, and again after each restart.
+        if let version = try? vici.version() { logWords.withLock { $0 = CharonLog(version: version.version) } }
         try loadCredentials()
         do {
             for family in [IPAddressFamily.inet, .inet6] { try loadResponder(family) }
@@ -191,7 +193,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 do throws(VICIError) {
                     try followEvents()
                 } catch {
-                    throw Self.classify(error)
+                    throw charonLog.classify(error)
                 }
                 logger.notice(
                     "charon is back: credentials, responder conn and listeners reloaded",
@@ -284,7 +286,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             }
         }
         vici.disconnect()
-        do { _ = try vici.version() } catch {
+        do {
+            let version = try vici.version()
+            logWords.withLock { $0 = CharonLog(version: version.version) }
+        } catch {
             throw KeyingError(.unavailable, "charon does not answer", underlying: error)
         }
         try loadCredentials()
@@ -569,7 +574,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 try session.initiate(child: childName, ike: conn, timeout: attempt)
                 break
             } catch {
-                let classified = Self.classify(error)
+                let classified = charonLog.classify(error)
                 if classified.code == .timedOut, !staleChecked, deadline - ContinuousClock.now > .milliseconds(500) {
                     staleChecked = true
                     _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
@@ -579,7 +584,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 // charon still counts an older CHILD_SA of this very flow and reqid as installed (its SA just expired
                 // or was flushed in the kernel, and charon has not handled that yet) and refuses a duplicate: that
                 // one is the socket's own (same reqid), so it goes, and the negotiation runs again.
-                if let duplicate = Self.existingDuplicate(classified.detail), duplicatesTerminated < 3,
+                if let duplicate = charonLog.existingDuplicate(classified.detail), duplicatesTerminated < 3,
                     deadline - ContinuousClock.now > pause
                 {
                     duplicatesTerminated += 1
@@ -587,9 +592,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                     sleepFor(pause)
                     continue
                 }
-                let notReady =
-                    classified.detail.contains("TS_UNACCEPTABLE") || classified.detail.contains("no IKE config")
-                    || classified.detail.contains("NO_PROPOSAL_CHOSEN") && classified.detail.contains("IKE_SA_INIT")
+                let notReady = charonLog.peerNotReady(classified.detail)
                 // charon 5.9's `initiate` watches the IKE SA, not the child: another CHILD_SA of that IKE SA
                 // going down (a peer's DELETE) ends it with "failed" while ours is still being created. A failure
                 // without a stated reason therefore waits for our child's own event first, and is then tried again
@@ -598,7 +601,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 // When the log shows another CHILD_SA of the IKE SA closing, ours is still queued on it (charon
                 // runs one exchange at a time per IKE SA, and a process that exits may have queued hundreds of
                 // DELETEs before it): its event is awaited for the whole budget, not 2 s.
-                let othersClosed = Self.anotherChildClosed(classified.detail)
+                let othersClosed = charonLog.anotherChildClosed(classified.detail)
                 if reasonless,
                     let known = children.waitForChild(
                         named: childName,
@@ -643,18 +646,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         throw KeyingError(.rejected, "charon reported success but CHILD SA \(childName) is not installed")
     }
 
-    /// Whether an `initiate` failure's log shows another CHILD_SA of the same IKE SA closing: charon 5.9's
-    /// `initiate` then reports failure while our CHILD_SA is still being made.
-    /// The unique id charon names in "not establishing CHILD_SA … due to existing duplicate {5} with SPIs …".
-    static func existingDuplicate(_ log: String) -> Int? {
-        guard let range = log.range(of: "due to existing duplicate {") else { return nil }
-        return Int(log[range.upperBound...].prefix { $0.isNumber })
-    }
-
-    static func anotherChildClosed(_ log: String) -> Bool {
-        log.contains("CHILD_SA closed") || log.contains("received DELETE for")
-    }
-
     /// How long a first `initiate` may take before the IKE SA it rides on is taken for stale.
     static let staleIKESABound: Duration = .seconds(4)
 
@@ -663,6 +654,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// negotiation makes a fresh IKE SA while the stale one keeps its CHILD_SAs, and the connections on them keep
     /// flowing over their kernel SAs until charon gives that IKE SA up. By peer address.
     private let generations = Mutex<[IPAddress: Int]>([:])
+
+    /// How this charon says what only its log tells (chosen by its `version`).
+    private let logWords = Mutex<CharonLog>(.fallback)
+    public var charonLog: CharonLog { logWords.withLock { $0 } }
 
     /// This backend's own IKE SAs: its conns differ from every other backend's (another process on the same
     /// charon) in `rekey_time` by `16 × ikeSASalt` seconds, so charon gives each its own IKE SA to a peer. A shared
@@ -699,32 +694,6 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             inboundSPI: child.spiIn, outboundSPI: child.spiOut, localAddress: ike.localHost.flatMap(IPAddress.init))
         protection.authenticatedAt = ike.establishedSeconds.map { Date().addingTimeInterval(-Double($0)) }
         return protection
-    }
-
-    /// Maps charon's words to a keying error.
-    static func classify(_ error: VICIError) -> KeyingError {
-        let text = "\(error.errmsg ?? "") \(error.detail ?? "")"
-        if error.code == .daemonUnavailable || error.code == .io {
-            return KeyingError(.unavailable, error.command, underlying: error)
-        }
-        if error.code == .timedOut { return KeyingError(.timedOut, error.command, underlying: error) }
-        let authentication = [
-            "AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed",
-            "constraint check failed", "no trusted", "no shared key found",
-        ]
-        if authentication.contains(where: text.contains)
-            || (text.contains("authentication of") && text.contains("failed"))
-        {
-            return KeyingError(.authenticationFailed, text)
-        }
-        if text.contains("NO_PROPOSAL_CHOSEN") { return KeyingError(.noProposalChosen, text) }
-        if text.contains("TS_UNACCEPTABLE") { return KeyingError(.rejected, text) }
-        if text.contains("timeout") || text.contains("giving up after") || text.contains("retransmit")
-            || text.contains("not established after")
-        {
-            return KeyingError(.timedOut, text)
-        }
-        return KeyingError(.rejected, text)
     }
 
     // MARK: - What protects a flow

@@ -150,7 +150,7 @@ final class PeerKeyConfigurationTests: XCTestCase {
 
 final class StrongSwanClassificationTests: XCTestCase {
     func classify(_ errmsg: String, _ log: String) -> KeyingError.Code {
-        StrongSwanBackend.classify(VICIError(.commandFailed, command: "initiate", errmsg: errmsg, detail: log)).code
+        CharonLog.fallback.classify(VICIError(.commandFailed, command: "initiate", errmsg: errmsg, detail: log)).code
     }
 
     /// charon's words, as seen in real runs, mapped to what the socket layer reports.
@@ -174,7 +174,7 @@ final class StrongSwanClassificationTests: XCTestCase {
             classify("establishing CHILD_SA 'i1' failed", "[IKE] received TS_UNACCEPTABLE notify"), .rejected)
         XCTAssertEqual(classify("establishing CHILD_SA 'i1' failed", "[IKE] giving up after 5 retransmits"), .timedOut)
         XCTAssertEqual(
-            StrongSwanBackend.classify(VICIError(.daemonUnavailable, command: "initiate")).code, .unavailable)
+            CharonLog.fallback.classify(VICIError(.daemonUnavailable, command: "initiate")).code, .unavailable)
     }
 
     /// charon 5.9's `initiate` fails when another CHILD_SA of its IKE SA closes (seen with four processes on one
@@ -184,16 +184,16 @@ final class StrongSwanClassificationTests: XCTestCase {
             "[NET] received packet: from 10.77.0.2[4500] to 10.77.0.1[4500] (80 bytes) | [ENC] parsed INFORMATIONAL"
             + " response 3035 [ D ] | [IKE] received DELETE for ESP CHILD_SA with SPI c87289c3 | [IKE] CHILD_SA closed"
             + " reqid=1"
-        let error = StrongSwanBackend.classify(
+        let error = CharonLog.fallback.classify(
             VICIError(.commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'c1-249' failed", detail: log)
         )
         XCTAssertEqual(error.code, .rejected)
-        XCTAssertTrue(StrongSwanBackend.anotherChildClosed(error.detail))
-        let refused = StrongSwanBackend.classify(
+        XCTAssertTrue(CharonLog.fallback.anotherChildClosed(error.detail))
+        let refused = CharonLog.fallback.classify(
             VICIError(
                 .commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'i1' failed",
                 detail: "[IKE] received TS_UNACCEPTABLE notify"))
-        XCTAssertFalse(StrongSwanBackend.anotherChildClosed(refused.detail))
+        XCTAssertFalse(CharonLog.fallback.anotherChildClosed(refused.detail))
     }
 
     /// charon refuses a CHILD_SA that duplicates one it still counts as installed (seen after the socket's
@@ -202,9 +202,9 @@ final class StrongSwanClassificationTests: XCTestCase {
         let log =
             "[IKE] not establishing CHILD_SA c1125964544-2{9} due to existing duplicate {5} with SPIs cc11ece8_i"
             + " c35638db_o and TS 10.77.0.1/32[tcp/43451] === 10.77.0.2/32[tcp/34661]"
-        let error = StrongSwanBackend.classify(
+        let error = CharonLog.fallback.classify(
             VICIError(.commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'c1-2' failed", detail: log))
-        XCTAssertEqual(StrongSwanBackend.existingDuplicate(error.detail), 5)
-        XCTAssertNil(StrongSwanBackend.existingDuplicate("[IKE] received TS_UNACCEPTABLE notify"))
+        XCTAssertEqual(CharonLog.fallback.existingDuplicate(error.detail), 5)
+        XCTAssertNil(CharonLog.fallback.existingDuplicate("[IKE] received TS_UNACCEPTABLE notify"))
     }
 }

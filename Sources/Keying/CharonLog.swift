@@ -1,0 +1,88 @@
+import VICI
+
+/// What the strongSwan backend learns only from charon's words (an `initiate`'s error message and the
+/// `control-log` lines it streamed), in one table chosen by charon's `version`. Everything else the backend decides
+/// from VICI's structured answers and events; nothing outside this type reads charon's log text.
+///
+/// Each phrase is quoted from charon's source of the series it is listed for (5: Debian 12's 5.9.8; 6: strongSwan
+/// 6.0) and replayed from a transcript in `CharonLogTests`. Where the series differ, each has its own entry:
+///
+/// | quirk | 5.9 | 6.0 |
+/// |---|---|---|
+/// | another CHILD_SA of the IKE SA closed | `CHILD_SA closed` (`child_delete.c`, `process_i`/`build_r`), `received DELETE for` | `CHILD_SA NAME{ID} closed` (`child_delete.c`), `received DELETE for` |
+/// | charon keeps a duplicate of the CHILD_SA | `not establishing CHILD_SA … due to existing duplicate {ID}` (`child_create.c`) | the same |
+/// | authentication refused | `AUTHENTICATION_FAILED`, `AUTH_FAILED`, `EAP_FAILURE`, `authentication failed`, `authentication of … failed`, `constraint check failed`, `no trusted`, `no shared key found` | the same |
+/// | no proposal | `NO_PROPOSAL_CHOSEN` | the same |
+/// | traffic selectors refused, or no config yet | `TS_UNACCEPTABLE`, `no IKE config` | the same |
+/// | the peer does not answer | `timeout`, `giving up after`, `retransmit`, `not established after` (`vici_control.c`) | the same |
+public struct CharonLog: Hashable, Sendable {
+    /// A major version of charon whose words differ.
+    public enum Series: Hashable, Sendable {
+        case five
+        case six
+    }
+
+    public let series: Series
+
+    /// The table for charon `version` (as its VICI `version` answers, e.g. `5.9.8`, `6.0.1`): 6 and later read as
+    /// 6, anything else as 5.
+    public init(version: String) {
+        let major = Int(version.prefix { $0.isNumber }) ?? 5
+        series = major >= 6 ? .six : .five
+    }
+
+    public init(series: Series) { self.series = series }
+
+    /// Debian 12's charon, until `version` has answered.
+    public static let fallback = CharonLog(series: .five)
+
+    /// Whether the log shows another CHILD_SA of the same IKE SA closing (charon 5.9's `initiate` then reports
+    /// failure while ours is still being made).
+    public func anotherChildClosed(_ log: String) -> Bool {
+        if log.contains("received DELETE for") { return true }
+        switch series {
+        case .five: return log.contains("CHILD_SA closed")
+        case .six: return log.contains(/CHILD_SA \S+\{\d+\} closed/)
+        }
+    }
+
+    /// The unique id charon names in "not establishing CHILD_SA … due to existing duplicate {5} with SPIs …".
+    public func existingDuplicate(_ log: String) -> Int? {
+        guard let range = log.range(of: "due to existing duplicate {") else { return nil }
+        return Int(log[range.upperBound...].prefix { $0.isNumber })
+    }
+
+    /// Whether a refusal means the peer (or this charon) is not ready for the flow yet rather than refusing it for
+    /// good: traffic selectors refused, no IKE config, no proposal in `IKE_SA_INIT`.
+    public func peerNotReady(_ detail: String) -> Bool {
+        detail.contains("TS_UNACCEPTABLE") || detail.contains("no IKE config")
+            || detail.contains("NO_PROPOSAL_CHOSEN") && detail.contains("IKE_SA_INIT")
+    }
+
+    static let authenticationFailures = [
+        "AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed", "constraint check failed",
+        "no trusted", "no shared key found",
+    ]
+
+    /// Maps charon's words to a keying error.
+    public func classify(_ error: VICIError) -> KeyingError {
+        let text = "\(error.errmsg ?? "") \(error.detail ?? "")"
+        if error.code == .daemonUnavailable || error.code == .io {
+            return KeyingError(.unavailable, error.command, underlying: error)
+        }
+        if error.code == .timedOut { return KeyingError(.timedOut, error.command, underlying: error) }
+        if Self.authenticationFailures.contains(where: text.contains)
+            || (text.contains("authentication of") && text.contains("failed"))
+        {
+            return KeyingError(.authenticationFailed, text)
+        }
+        if text.contains("NO_PROPOSAL_CHOSEN") { return KeyingError(.noProposalChosen, text) }
+        if text.contains("TS_UNACCEPTABLE") { return KeyingError(.rejected, text) }
+        if text.contains("timeout") || text.contains("giving up after") || text.contains("retransmit")
+            || text.contains("not established after")
+        {
+            return KeyingError(.timedOut, text)
+        }
+        return KeyingError(.rejected, text)
+    }
+}
