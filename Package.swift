@@ -123,7 +123,8 @@ let package = Package(
         .target(
             name: "KeyingDaemon",
             dependencies: [
-                "DaemonControl", "IPAddressing", "SecureSocket", "SocketDiagnostics", "ALE", "SystemSupport", "XFRM",
+                "DaemonControl", "IPAddressing", "Keying", "SecureSocket", "SocketDiagnostics", "ALE", "SystemSupport",
+                "XFRM",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -120,7 +120,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
         }
     }
 
-    /// Secures `old`'s responders again through this client's daemon (``ControlMessage/resecure(_:names:)``),
+    /// Secures `old`'s responders again through this client's daemon (`ControlMessage.resecure`),
     /// after `old`'s daemon went away; returns how many were. Each failure is logged and skipped.
     @discardableResult
     public func resecureResponders(of old: KeyingDaemonClient) -> Int {

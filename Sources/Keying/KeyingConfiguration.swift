@@ -74,7 +74,9 @@ public struct KeyingConfiguration: Hashable, Sendable {
     public var eapUsers: [String: String] = [:]
     /// Local users (names or numeric uids) besides root whose applications the keying daemon secures sockets for
     /// (`client-user`); the daemon refuses everyone else.
-    public var clientUsers: [String] = []
+    public var clientUsers: [String] { clientRules.map(\.user) }
+    /// What each of those users may do (`client-user NAME [peers=…] [insecure=no]`, ``ClientUserRule``).
+    public var clientRules: [ClientUserRule] = []
     /// Per-peer pre-shared keys (`peer-psk`), by peer identity. Never together with ``psk``.
     public var peerKeys: [String: String] = [:]
 
@@ -112,7 +114,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
         var timeout: Duration = .seconds(10)
         var eapUsers: [String: String] = [:]
         var peerKeys: [String: String] = [:]
-        var clientUsers: [String] = []
+        var clientRules: [ClientUserRule] = []
         var pskLine = 0
         var firstPeerKeyLine = 0
         for result in ConfigurationReader.lines(text) {
@@ -169,10 +171,20 @@ public struct KeyingConfiguration: Hashable, Sendable {
                 }
                 eapUsers[line.tokens[1].text] = secret
             case "client-user":
-                guard line.tokens.count == 2, !value.isEmpty else {
-                    throw ParseError(line: number, message: "client-user NAME-OR-UID (one per line)", reason: .syntax)
+                guard line.tokens.count >= 2, !line.tokens[1].text.isEmpty else {
+                    throw ParseError(
+                        line: number, message: "client-user NAME-OR-UID [peers=ID,…] [insecure=no] (one per line)",
+                        reason: .syntax)
                 }
-                clientUsers.append(value)
+                switch ClientUserRule.options(line.tokens.dropFirst(2).map(\.text)) {
+                case .success(let options):
+                    clientRules.append(
+                        ClientUserRule(
+                            user: line.tokens[1].text, peers: options.peers, allowsInsecure: options.allowsInsecure,
+                            line: number))
+                case .failure(let failure):
+                    throw ParseError(line: number, message: failure.message, reason: .syntax)
+                }
             case "negotiation-timeout":
                 guard let seconds = Double(value), seconds > 0, seconds <= 300 else {
                     throw ParseError(
@@ -221,7 +233,7 @@ public struct KeyingConfiguration: Hashable, Sendable {
             negotiationTimeout: timeout)
         configuration.eapUsers = eapUsers
         configuration.peerKeys = peerKeys
-        configuration.clientUsers = clientUsers
+        configuration.clientRules = clientRules
         return configuration
     }
 

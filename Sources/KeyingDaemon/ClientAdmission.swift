@@ -1,34 +1,56 @@
 import DaemonControl
 import Glibc
+import Keying
 
-/// Which local users' applications the keying daemon secures sockets for: root, the daemon's own user, and the
-/// users the keying file names (`client-user`). Everyone else is refused at the first message, with the rule
-/// that would admit them; nobody is refused later for who they are.
+/// Which local users' applications the keying daemon secures sockets for, and what each may do: root and the
+/// daemon's own user without limits, and the users the keying file names (`client-user`, each with its
+/// `ClientUserRule`). Everyone else is refused at the first message, with the rule that would admit them;
+/// nobody is refused later for who they are, only for what their rule forbids.
 public struct ClientAdmission: Sendable {
-    /// The admitted uids besides root and the daemon's own.
-    public let uids: Set<UInt32>
+    /// The admitted users besides root and the daemon's own, by uid.
+    public let rules: [UInt32: ClientUserRule]
     /// Names that named no account when the rules were read (reported once, admit nobody).
     public let unknownNames: [String]
 
-    /// The rules from `client-user` values: user names (looked up now) or numeric uids.
-    public init(clientUsers: [String]) {
-        var uids: Set<UInt32> = []
+    /// The users of `rules` (names looked up now, or numeric uids). A user named twice keeps its first rule.
+    public init(rules: [ClientUserRule]) {
+        var byUID: [UInt32: ClientUserRule] = [:]
         var unknown: [String] = []
-        for user in clientUsers {
-            if let uid = UInt32(user) {
-                uids.insert(uid)
-            } else if let entry = getpwnam(user) {
-                uids.insert(entry.pointee.pw_uid)
+        for rule in rules {
+            let uid: UInt32?
+            if let number = UInt32(rule.user) {
+                uid = number
+            } else if let entry = getpwnam(rule.user) {
+                uid = entry.pointee.pw_uid
             } else {
-                unknown.append(user)
+                uid = nil
             }
+            guard let uid else {
+                unknown.append(rule.user)
+                continue
+            }
+            if byUID[uid] == nil { byUID[uid] = rule }
         }
-        self.uids = uids
+        self.rules = byUID
         self.unknownNames = unknown
     }
 
+    /// Users admitted without limits (`client-user NAME` lines with no options).
+    public init(clientUsers: [String]) {
+        self.init(rules: clientUsers.map { ClientUserRule(user: $0) })
+    }
+
+    /// The admitted uids besides root and the daemon's own.
+    public var uids: Set<UInt32> { Set(rules.keys) }
+
     /// Whether a client with these credentials may use the daemon.
     public func admits(_ credentials: PeerCredentials) -> Bool {
-        credentials.uid == 0 || credentials.uid == geteuid() || uids.contains(credentials.uid)
+        credentials.uid == 0 || credentials.uid == geteuid() || rules[credentials.uid] != nil
+    }
+
+    /// What limits a client with these credentials: nil for root and the daemon's own user (none).
+    public func rule(for credentials: PeerCredentials) -> ClientUserRule? {
+        guard credentials.uid != 0, credentials.uid != geteuid() else { return nil }
+        return rules[credentials.uid]
     }
 }

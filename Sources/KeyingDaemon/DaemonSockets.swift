@@ -1,6 +1,7 @@
 import ALE
 import Glibc
 import IPAddressing
+import Keying
 import SecureSocket
 import SocketDiagnostics
 import Synchronization
@@ -121,6 +122,10 @@ public final class DaemonSockets: ClientSockets {
     /// The states of a socket proper: not TIME_WAIT (the connection's socket is gone, a small record keeps its
     /// cookie; its flow's cover outlives it), nor a connection request not yet accepted.
     static let socketStates = TCPState.all.subtracting([.timeWait, .synReceived, .newSynReceived])
+
+    public func rule(for client: UInt64) -> ClientUserRule? {
+        daemon.withLock { $0.daemon }?.rule(for: client)
+    }
 
     public func borrow(cookie: UInt64, from client: UInt64) -> CInt? {
         daemon.withLock { $0.daemon }?.session(client)?.borrow(cookie: cookie)

@@ -1,6 +1,7 @@
 import DaemonControl
 import Glibc
 import IPAddressing
+import Keying
 import Logging
 import SecureSocket
 import Synchronization
@@ -130,6 +131,13 @@ public final class KeyingDaemon: Sendable {
         }
     }
 
+    /// What limits the client with this id (its user's keying-file rule), while it is connected or an endpoint it
+    /// registered remains; nil for root and the daemon's own user.
+    func rule(for client: UInt64) -> ClientUserRule? {
+        guard let credentials = owners.withLock({ $0[client] }) else { return nil }
+        return admission.rule(for: credentials)
+    }
+
     /// The client with this id, if still connected.
     func session(_ id: UInt64) -> ClientSession? { sessions.withLock { $0.open[id] } }
 
@@ -176,6 +184,11 @@ public final class KeyingDaemon: Sendable {
                 }
             }
         } catch {
+            if error.code == .accessDenied {
+                // What a user's rule forbade, for the administrator who wrote it.
+                logger.notice(
+                    "request refused", metadata: ["client": "\(session.credentials)", "reason": "\(error.detail)"])
+            }
             return .failure(code: error.code.rawValue, errno: error.errno?.rawValue ?? 0, detail: error.detail)
         }
     }

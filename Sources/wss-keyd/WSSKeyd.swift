@@ -62,7 +62,7 @@ struct WSSKeyd: AsyncParsableCommand {
             logger.error("the keying file is refused", metadata: ["reason": "\(error)"])
             refusal = error
         }
-        let admission = ClientAdmission(clientUsers: keying?.configuration.clientUsers ?? [])
+        let admission = ClientAdmission(rules: keying?.configuration.clientRules ?? [])
         for name in admission.unknownNames {
             logger.warning("client-user names no account: ignored", metadata: ["user": "\(name)"])
         }

@@ -24,11 +24,14 @@ public protocol ClientSockets: AnyObject, Sendable {
     /// asks every 10 ms while a socket is young: what it costs should grow with the sockets asked about and the
     /// namespace's listeners, not with every connection.
     func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts]
+    /// What limits `client` (its user's rule in the keying file: which peers, which settings); nil for none.
+    func rule(for client: UInt64) -> ClientUserRule?
 }
 
 extension ClientSockets {
     public var reportsEveryDestruction: Bool { false }
     public func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts] { presentSockets(endpoints) ?? [:] }
+    public func rule(for client: UInt64) -> ClientUserRule? { nil }
 }
 
 /// The descriptors requests lend the engine while they run, by socket cookie (a client's socket is reachable

@@ -56,6 +56,9 @@ extension SecureSocketEngine {
                 .addressFamilyNotSupported,
                 "a secured IPv6 socket cannot reach the IPv4-mapped peer \(peer): use an AF_INET socket")
         }
+        if let refusal = connectRefusal(endpoint, peer: peer.address) {
+            throw SecureSocketError(.accessDenied, refusal)
+        }
         let deadline = Deadline(after: timeout)
         try becomeInitiator(endpoint)
         table.update(cookie: facts.cookie) { $0.peer = peer.address }

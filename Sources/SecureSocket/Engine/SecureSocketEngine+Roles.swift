@@ -86,6 +86,12 @@ extension SecureSocketEngine {
     func becomeResponder(_ endpoint: Endpoint, local: IPEndpoint) {
         let port = local.port
         guard let keying, let request = keyings.request(cookie: endpoint.cookie) else { return }
+        if let refusal = responderRefusal(endpoint) {
+            // Never offered: no peer can negotiate for its port, so nothing reaches it (fails closed).
+            logger.error("responder refused", metadata: ["fd": "\(endpoint.descriptor)", "reason": "\(refusal)"])
+            apply(.refused(refusal), cookie: endpoint.cookie)
+            return
+        }
         // Claimed first, so a concurrent connect sees the role and the listen is not loaded twice.
         let claimed =
             table.update(cookie: endpoint.cookie) { e -> Bool in
@@ -152,6 +158,12 @@ extension SecureSocketEngine {
         }
         let key = "\(reqid)/\(flow)"
         guard acquires.admit(key) else { return } // the kernel raises a new ACQUIRE once the larval state expires
+        if let refusal = connectRefusal(endpoint, peer: flow.remote) {
+            defer { acquires.remove(key) }
+            logger.error("negotiation refused", metadata: ["fd": "\(endpoint.descriptor)", "reason": "\(refusal)"])
+            apply(.failed(.negotiationFailed(refusal)), cookie: endpoint.cookie)
+            return
+        }
         request.requiredPeerIdentity = endpoint.peerTargetName(for: flow.remote).map {
             SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
         }

@@ -40,7 +40,7 @@ extension SecureSocketEngine {
     /// daemon now gone had secured: the same settings and peer target names, a new reqid and per-socket policy
     /// (the old one named a reqid nobody owns any more), and the socket is offered to peers again. Connections it
     /// accepted before keep their own policies and ride on the SAs they have (kept while they live, see
-    /// ``reclaimDeadProcesses()``).
+    /// the reclaim of a dead owner's leftovers).
     public func resecure(
         _ fd: CInt, _ settings: SocketSecuritySettings, names: [SocketPeerTargetName]
     ) throws(SecureSocketError) {
@@ -75,6 +75,7 @@ extension SecureSocketEngine {
             throw SecureSocketError(.invalidArgument, "security was already set on this socket (only once per socket)")
         }
         try settings.validate()
+        try admitSettings(settings)
         if settings.installsPolicy && keying == nil {
             throw SecureSocketError(
                 .networkUnreachable,
@@ -172,6 +173,7 @@ extension SecureSocketEngine {
                 .invalidArgument,
                 "peer target name `\(trimmed)` is a pattern (`*` or `%`), not one identity")
         }
+        try admitPeerName(identity)
         table.update(cookie: cookie) { $0.setPeerTargetName(trimmed, for: key) }
     }
 
