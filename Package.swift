@@ -187,7 +187,7 @@ let package = Package(
             dependencies: [
                 "IPAddressing",
                 "SecureSocket", "WinsockSecureSocket", "Keying", "VICI", "ALE", "XFRM", "NetnsTestSupport",
-                "EngineTestSupport", .product(name: "SystemPackage", package: "swift-system"),
+                "EngineTestSupport", "DaemonClient", .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -7,12 +7,14 @@
 #    to the first echoed byte vs strongSwan with a global trap policy) and new-connection (a new connection over
 #    an established IKE SA, N = 10 / 100 / 1,000 in a row, vs one CREATE_CHILD_SA + connect; then 1,000 held
 #    at once from one process and from 4 processes: time, memory per connection, query at 10 and 1,000 vs two
-#    GETSA; 10,000 set-security + close cycles and what is left) under user-mode-linux. Ratios ours / baseline.
+#    GETSA; 10,000 set-security + close cycles and what is left) under user-mode-linux; daemon-path (set-security,
+#    a new connection and the query through the keying daemon vs an engine in the bench's own process, same charon
+#    and peer). Ratios ours / baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 scripts/install-deps.sh
-for product in xfrm-bench secure-socket-bench secure-echo; do
+for product in xfrm-bench secure-socket-bench secure-echo wss-keyd; do
   build -c release --product "$product"
 done
 bin=$(swift build -c release --show-bin-path)/xfrm-bench
@@ -31,6 +33,8 @@ trap 'rm -f "$log"' EXIT
   scripts/uml/run.sh --timeout 590 -- "$ssb" first-contact
   echo
   scripts/uml/run.sh --timeout 1700 --mem 1024M -- "$ssb" new-connection
+  echo
+  scripts/uml/run.sh --timeout 590 -- "$ssb" daemon-path
 } 2>&1 | tee "$log" | grep -v $'^summary\t'
 echo
 echo "=== issue 9's table: ours / baseline, measured in this run ==="

@@ -82,8 +82,15 @@ final class ClientSession: Sendable {
         }
     }
 
-    /// Runs a request on the executor and answers it; a full executor answers at once that the daemon is busy.
+    /// Runs a request and answers it: the quick ones (no charon round trip, no socket borrowed from a client) on
+    /// this reader thread, the others on the executor; a full executor answers at once that the daemon is busy.
     private func dispatch(_ frame: ControlFrame, socket: CInt?, daemon: KeyingDaemon) {
+        if frame.message.isQuick {
+            let answer = daemon.handle(frame.message, socket: socket, session: self)
+            if let socket { Glibc.close(socket) }
+            try? channel.send(ControlFrame(id: frame.id, answer))
+            return
+        }
         let accepted = daemon.executor.submit { [self] in
             let answer = daemon.handle(frame.message, socket: socket, session: self)
             if let socket { Glibc.close(socket) }
@@ -142,6 +149,17 @@ final class ClientSession: Sendable {
         let socket = received ?? nil
         answer.withLock { $0 = socket }
         return socket
+    }
+}
+
+extension ControlMessage {
+    /// A request the daemon answers from its own tables and the kernel, without charon and without borrowing
+    /// a socket: run on the client's reader thread (a hand-off to the executor would cost more than the request).
+    var isQuick: Bool {
+        switch self {
+        case .setSecurity, .setPeerTargetName, .deletePeerTargetName, .query: true
+        default: false
+        }
     }
 }
 
