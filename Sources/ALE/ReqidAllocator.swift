@@ -11,8 +11,8 @@ import XFRM
 /// Reqids are claimed from the namespace in blocks: a block is a file `<directory>/block-<first>` created with
 /// `O_CREAT | O_EXCL` (atomic across processes) holding the owner's pid and start time; within a block the
 /// process hands reqids out from memory, so a socket's reqid costs no system call. A block whose owner is gone
-/// (the pid no longer runs, or runs another program started later) is reclaimed by the next process that needs
-/// one. The range sits far above the reqids charon assigns itself (it counts up from 1).
+/// (the pid no longer runs, or runs another program started later) is freed by the engine's reclaim once nothing
+/// of it is in use (``deadBlocks()``, ``forget(_:)``), never taken over on the way. The range sits far above the reqids charon assigns itself (it counts up from 1).
 public final class ReqidAllocator: Sendable {
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
@@ -283,25 +283,20 @@ public final class ReqidAllocator: Sendable {
 
     private func path(_ first: UInt32) -> String { "\(directory)/block-\(first)" }
 
+    /// Claims the block at `first` if no file names an owner for it. A dead owner's block is not taken here: what
+    /// it left may still be in use (see ``deadBlocks()``), and only ``forget(_:)`` frees it.
     private func claim(_ first: UInt32) throws -> Bool {
         let file = path(first)
-        for _ in 0..<2 {
-            let fd = open(file, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
-            if fd >= 0 {
-                let text = "\(ProcessIdentity.current)\n"
-                _ = text.withCString { write(fd, $0, strlen($0)) }
-                close(fd)
-                return true
-            }
+        let fd = open(file, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
             guard errno == EEXIST else {
                 throw Failure(description: "cannot create \(file): \(Errno(rawValue: errno))")
             }
-            // Taken. Reclaim only if its owner process is gone.
-            guard let owner = ProcessIdentity(file: file), owner.pid != getpid(), !owner.isRunning else {
-                return false
-            }
-            unlink(file)
+            return false
         }
-        return false
+        let text = "\(ProcessIdentity.current)\n"
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+        close(fd)
+        return true
     }
 }

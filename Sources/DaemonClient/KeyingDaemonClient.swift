@@ -24,7 +24,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     private let replySignal = ChangeSignal()
     /// Each socket secured through this client, by cookie: the descriptor number it was passed with (checked
     /// again before it is lent back), and what it was secured with (a responder is secured again with it after
-    /// the daemon goes away, ``resecureResponders(of:)``).
+    /// the daemon goes away, ``takeOver(from:)``).
     private let held = Mutex<[UInt64: HeldSocket]>([:])
     /// Run once, when the daemon's connection closes.
     private let closeHandler = Mutex<(@Sendable () -> Void)?>(nil)
@@ -109,23 +109,29 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
         public var fd: CInt
         public var settings: SocketSecuritySettings
         public var names: [SocketPeerTargetName]
+        /// Where `WSAConnect` connected it through this client, if it did.
+        public var peer: IPEndpoint?
     }
 
-    /// The sockets secured through this client that still answer to their descriptor and are responders: a
-    /// listening TCP socket, a bound UDP socket that is not connected.
-    public var heldResponders: [HeldSocket] {
+    /// The sockets secured through this client that still answer to their descriptor and that the next daemon
+    /// takes over after this one went away: responders (a listening TCP socket, a bound UDP socket that is not
+    /// connected) and the connections `WSAConnect` made.
+    public var heldForNextDaemon: [HeldSocket] {
         held.withLock { Array($0) }.compactMap { cookie, socket in
-            guard Self.cookie(of: socket.fd) == cookie, Self.isResponder(socket.fd) else { return nil }
+            guard Self.cookie(of: socket.fd) == cookie,
+                Self.isResponder(socket.fd) || (socket.peer != nil && Self.isConnected(socket.fd))
+            else { return nil }
             return socket
         }
     }
 
-    /// Secures `old`'s responders again through this client's daemon (`ControlMessage.resecure`),
-    /// after `old`'s daemon went away; returns how many were. Each failure is logged and skipped.
+    /// Passes `old`'s sockets to this client's daemon after `old`'s daemon went away (`ControlMessage.resecure`):
+    /// responders are secured again, connections adopted. Returns how many were taken over; each failure is
+    /// logged and skipped.
     @discardableResult
-    public func resecureResponders(of old: KeyingDaemonClient) -> Int {
+    public func takeOver(from old: KeyingDaemonClient) -> Int {
         var count = 0
-        for socket in old.heldResponders {
+        for socket in old.heldForNextDaemon {
             do throws(SecureSocketError) {
                 let answer = try call(.resecure(socket.settings, names: socket.names), socket: socket.fd)
                 guard case .secured(let cookie) = answer else { throw unexpected(answer) }
@@ -133,8 +139,12 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
                 count += 1
             } catch {
                 logger.error(
-                    "a responder could not be secured again after its keying daemon went away: peers cannot reach it",
-                    metadata: ["fd": "\(socket.fd)", "error": "\(error)"])
+                    "a socket could not be taken over by the next keying daemon",
+                    metadata: [
+                        "fd": "\(socket.fd)", "error": "\(error)",
+                        "consequence":
+                            "\(socket.peer == nil ? "peers cannot reach it" : "its query answers not secured")",
+                    ])
             }
         }
         return count
@@ -144,6 +154,15 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
         var cookie: UInt64 = 0
         var length = socklen_t(MemoryLayout<UInt64>.size)
         return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
+    }
+
+    /// Whether the socket has a peer.
+    static func isConnected(_ fd: CInt) -> Bool {
+        var address = sockaddr_storage()
+        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        return withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &size) == 0 }
+        }
     }
 
     /// A listening TCP socket, or a bound UDP socket with no peer.
@@ -228,6 +247,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
             .prepareConnect(peer: peer, timeoutMilliseconds: milliseconds ?? 0), socket: fd, timeout: bound)
         guard case .connectReady(let handshake) = answer else { throw unexpected(answer) }
         try SecureSocketEngine.plainConnect(fd, peer, deadline: Deadline(after: .milliseconds(Int64(handshake))))
+        if let cookie = Self.cookie(of: fd) { held.withLock { $0[cookie]?.peer = peer } }
     }
 
     public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)

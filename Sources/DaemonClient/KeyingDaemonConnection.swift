@@ -6,10 +6,11 @@ import SystemSupport
 
 /// This process's link to the namespace's keying daemon, across the daemon's restarts. It hands out the current
 /// ``KeyingDaemonClient``, and makes a new one (finding, or starting, the next daemon) when the daemon went away
-/// or the process forked. When a daemon goes away while this process holds responders secured through it (a
-/// listening TCP socket, a bound UDP socket), it does not wait for the next call: it connects to the next daemon
-/// as soon as one answers and secures them again there, so peers reach the service again. Connections
-/// established before keep flowing over their kernel SAs either way (the next daemon keeps those while they live).
+/// or the process forked. When a daemon goes away while this process holds sockets secured through it, it does not
+/// wait for the next call: it connects to the next daemon as soon as one answers and passes them on. Responders (a
+/// listening TCP socket, a bound UDP socket) are secured again there, so peers reach the service again; connections
+/// `WSAConnect` made are adopted, so their query answers again. They keep flowing over their kernel SAs either way
+/// (the next daemon keeps those while they live).
 public final class KeyingDaemonConnection: Sendable {
     /// Makes a client: connects to the daemon, or starts one.
     public typealias Connect = @Sendable () throws(SecureSocketError) -> KeyingDaemonClient
@@ -48,18 +49,18 @@ public final class KeyingDaemonConnection: Sendable {
 
     private func watch(_ client: KeyingDaemonClient) {
         client.whenClosed { [weak self, weak client] in
-            guard let self, let client, !client.heldResponders.isEmpty else { return }
+            guard let self, let client, !client.heldForNextDaemon.isEmpty else { return }
             try? Threads.detach { self.reconnect(after: client) }
         }
     }
 
     private func resecure(_ previous: KeyingDaemonClient, through made: KeyingDaemonClient) {
-        let responders = previous.heldResponders.count
-        guard responders > 0 else { return }
-        let count = made.resecureResponders(of: previous)
+        let held = previous.heldForNextDaemon.count
+        guard held > 0 else { return }
+        let count = made.takeOver(from: previous)
         logger.notice(
-            "responders secured again through the next keying daemon",
-            metadata: ["secured": "\(count)", "responders": "\(responders)", "daemon": "\(made.daemon)"])
+            "sockets taken over by the next keying daemon",
+            metadata: ["taken": "\(count)", "held": "\(held)", "daemon": "\(made.daemon)"])
     }
 
     /// Tries to reach the next daemon until one answers (or a call made a client meanwhile, or the bound passed),

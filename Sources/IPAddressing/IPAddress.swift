@@ -106,20 +106,6 @@ public struct IPAddress: Hashable, Sendable, CustomStringConvertible {
     /// Whether every byte is zero.
     public var isAny: Bool { first == 0 && second == 0 }
 
-    /// Whether this address lies in `prefix/length` (same family, the first `length` bits equal; length 0 holds
-    /// every address of the family).
-    public func lies(in prefix: IPAddress, length: UInt8) -> Bool {
-        guard family == prefix.family else { return false }
-        let bits = Int(min(length, family.addressBits))
-        let mine = bytes
-        let theirs = prefix.bytes
-        for index in 0..<(bits / 8) where mine[index] != theirs[index] { return false }
-        let rest = bits % 8
-        guard rest > 0 else { return true }
-        let mask = UInt8(0xff) << UInt8(8 - rest)
-        return mine[bits / 8] & mask == theirs[bits / 8] & mask
-    }
-
     public var description: String {
         var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         let af: CInt = family == .inet6 ? AF_INET6 : AF_INET

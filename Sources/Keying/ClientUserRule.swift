@@ -28,13 +28,20 @@ public struct ClientUserRule: Hashable, Sendable {
         self.line = line
     }
 
-    /// Whether `identity` (the peer's IKE identity) is one this user's sockets may be secured with.
+    /// What a client the daemon cannot name gets: nothing (no peer, no responder, no `ALLOW_INSECURE`).
+    public static let unknownClient = ClientUserRule(user: "an unknown client", peers: [], allowsInsecure: false)
+
+    /// Whether `identity` (the peer's IKE identity) is one this user's sockets may be secured with. `*.SUFFIX`
+    /// matches host names only: an identity with `=`, `,`, `@` or `:` (a distinguished name, an e-mail address,
+    /// an address) must be listed literally.
     public func admitsPeer(_ identity: String) -> Bool {
         guard let peers else { return true }
         let candidate = identity.lowercased()
+        let isHostName = !candidate.contains { "=,@: ".contains($0) }
         return peers.contains { pattern in
             let pattern = pattern.lowercased()
             if pattern.hasPrefix("*.") {
+                guard isHostName else { return false }
                 let suffix = pattern.dropFirst(1)
                 return candidate.count > suffix.count && candidate.hasSuffix(suffix)
             }
@@ -46,7 +53,9 @@ public struct ClientUserRule: Hashable, Sendable {
     public var restrictsPeers: Bool { peers != nil }
 
     /// How the keying file names this rule in errors.
-    public var source: String { "the keying file's client-user rule for \(user) (line \(line))" }
+    public var source: String {
+        line == 0 ? "the keying daemon (\(user))" : "the keying file's client-user rule for \(user) (line \(line))"
+    }
 
     /// Parses the options after `client-user NAME`; nil with the reason for an option it does not know.
     static func options(_ words: [String]) -> Result<(peers: [String]?, allowsInsecure: Bool), ParseFailure> {

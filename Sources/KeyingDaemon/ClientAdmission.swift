@@ -12,9 +12,14 @@ public struct ClientAdmission: Sendable {
     /// Names that named no account when the rules were read (reported once, admit nobody).
     public let unknownNames: [String]
 
-    /// The users of `rules` (names looked up now, or numeric uids). A user named twice keeps its first rule.
+    /// Users named by more than one line (by name and by uid, say), with the lines: refused until one line remains
+    /// (which of two rules the administrator meant cannot be guessed).
+    public let duplicates: [(uid: UInt32, lines: [Int])]
+
+    /// The users of `rules` (names looked up now, or numeric uids). A user named twice is refused.
     public init(rules: [ClientUserRule]) {
         var byUID: [UInt32: ClientUserRule] = [:]
+        var named: [UInt32: [Int]] = [:]
         var unknown: [String] = []
         for rule in rules {
             let uid: UInt32?
@@ -29,10 +34,14 @@ public struct ClientAdmission: Sendable {
                 unknown.append(rule.user)
                 continue
             }
-            if byUID[uid] == nil { byUID[uid] = rule }
+            named[uid, default: []].append(rule.line)
+            byUID[uid] = rule
         }
+        let duplicates = named.filter { $0.value.count > 1 }.map { (uid: $0.key, lines: $0.value) }
+        for duplicate in duplicates { byUID[duplicate.uid] = nil }
         self.rules = byUID
         self.unknownNames = unknown
+        self.duplicates = duplicates.sorted { $0.uid < $1.uid }
     }
 
     /// Users admitted without limits (`client-user NAME` lines with no options).

@@ -55,7 +55,8 @@ public struct IdleExit: Service {
     static func waitUntilIdle(_ daemon: KeyingDaemon, for bound: Duration) {
         while !daemon.isStopped {
             // Busy: until idle (or stopped). Each wake re-checks two counters.
-            _ = daemon.activity.wait(until: Deadline(after: .seconds(3600))) {
+            // Bounded by `bound` too: a change signalled just before the table settled is seen at the next look.
+            _ = daemon.activity.wait(until: Deadline(after: bound)) {
                 daemon.isIdle || daemon.isStopped ? true : nil
             }
             guard !daemon.isStopped, daemon.isIdle else { continue }

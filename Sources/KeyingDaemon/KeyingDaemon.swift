@@ -116,8 +116,11 @@ public final class KeyingDaemon: Sendable {
     /// The endpoints `viewer` may see, with their SAs and owners: every endpoint for root, else those its own
     /// user's clients registered. Owners neither connected nor holding an endpoint are forgotten here.
     func inspectedEndpoints(for viewer: PeerCredentials) -> [InspectedEndpoint] {
-        let endpoints = engine.endpoints
+        // Open sessions first, then the endpoints: a client that registers an endpoint and closes in between is
+        // either still open or already referenced, so no owner of a registered endpoint is ever forgotten (its
+        // rule is looked up through it).
         let open = sessions.withLock { Set($0.open.keys) }
+        let endpoints = engine.endpoints
         let known = owners.withLock { owners in
             let referenced = Set(endpoints.compactMap(\.client))
             owners = owners.filter { open.contains($0.key) || referenced.contains($0.key) }
@@ -134,7 +137,8 @@ public final class KeyingDaemon: Sendable {
     /// What limits the client with this id (its user's keying-file rule), while it is connected or an endpoint it
     /// registered remains; nil for root and the daemon's own user.
     func rule(for client: UInt64) -> ClientUserRule? {
-        guard let credentials = owners.withLock({ $0[client] }) else { return nil }
+        // An owner never forgotten while its endpoints remain; were it missing, nothing is allowed.
+        guard let credentials = owners.withLock({ $0[client] }) else { return .unknownClient }
         return admission.rule(for: credentials)
     }
 

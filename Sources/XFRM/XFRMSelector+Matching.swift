@@ -21,6 +21,27 @@ extension XFRMSelector {
         return upperProtocol == .any || upperProtocol == upper
     }
 
+    /// Whether a transport SA (or policy) with this selector carries the packets of a socket bound to `local` and
+    /// connected to `remote` (nil: not connected, any peer), one way or the other. A wildcard end (an unbound
+    /// address, an unconnected peer's address and port) stands for whatever the selector names.
+    public func carries(local: IPEndpoint, remote: IPEndpoint?, upperProtocol upper: XFRMUpperProtocol) -> Bool {
+        guard local.address.family == family || local.address.isAny else { return false }
+        func covered(from source: IPEndpoint, to destination: IPEndpoint, peerIsSource: Bool) -> Bool {
+            var source = source
+            var destination = destination
+            if source.address.isAny { source.address = self.source }
+            if destination.address.isAny { destination.address = self.destination }
+            if remote == nil {
+                if peerIsSource { source.port = sourcePort } else { destination.port = destinationPort }
+            }
+            return covers(
+                source: source.address, sourcePort: source.port, destination: destination.address,
+                destinationPort: destination.port, protocol: upper)
+        }
+        let peer = remote ?? IPEndpoint(address: .any(family), port: 0)
+        return covered(from: local, to: peer, peerIsSource: false) || covered(from: peer, to: local, peerIsSource: true)
+    }
+
     /// Whether the selector names exactly one flow: full-length prefixes, a protocol and both ports exact.
     public var isFlowExact: Bool {
         sourcePrefixLength == family.addressBits && destinationPrefixLength == family.addressBits

@@ -92,35 +92,6 @@ public struct XFRMSelector: Hashable, Sendable, CustomStringConvertible {
         self.user = user
     }
 
-    /// Whether a packet from `source` to `destination` of `upper` matches, as the kernel's `xfrm_selector_match`
-    /// decides: both prefixes, the ports under their masks, the protocol unless the selector's is any.
-    public func matches(source: IPEndpoint, destination: IPEndpoint, upperProtocol upper: XFRMUpperProtocol) -> Bool {
-        source.address.lies(in: self.source, length: sourcePrefixLength)
-            && destination.address.lies(in: self.destination, length: destinationPrefixLength)
-            && (source.port ^ sourcePort) & sourcePortMask == 0
-            && (destination.port ^ destinationPort) & destinationPortMask == 0
-            && (upperProtocol == .any || upperProtocol == upper)
-    }
-
-    /// Whether a transport SA (or policy) with this selector carries the packets of a socket bound to `local` and
-    /// connected to `remote` (nil: not connected, any peer), one way or the other. A wildcard end (an unbound
-    /// address, an unconnected peer's address and port) stands for whatever the selector names.
-    public func carries(local: IPEndpoint, remote: IPEndpoint?, upperProtocol upper: XFRMUpperProtocol) -> Bool {
-        guard local.address.family == family || local.address.isAny else { return false }
-        func matches(from source: IPEndpoint, to destination: IPEndpoint, peerIsSource: Bool) -> Bool {
-            var source = source
-            var destination = destination
-            if source.address.isAny { source.address = self.source }
-            if destination.address.isAny { destination.address = self.destination }
-            if remote == nil {
-                if peerIsSource { source.port = sourcePort } else { destination.port = destinationPort }
-            }
-            return self.matches(source: source, destination: destination, upperProtocol: upper)
-        }
-        let peer = remote ?? IPEndpoint(address: .any(family), port: 0)
-        return matches(from: local, to: peer, peerIsSource: false) || matches(from: peer, to: local, peerIsSource: true)
-    }
-
     /// `src 10.0.0.1/32 dst 10.0.0.2/32 proto tcp dport 5001`, as `ip xfrm` prints it.
     public var description: String {
         var words = ["src \(source)/\(sourcePrefixLength)", "dst \(destination)/\(destinationPrefixLength)"]

@@ -66,6 +66,11 @@ struct WSSKeyd: AsyncParsableCommand {
         for name in admission.unknownNames {
             logger.warning("client-user names no account: ignored", metadata: ["user": "\(name)"])
         }
+        for duplicate in admission.duplicates {
+            logger.error(
+                "a user is named by several client-user lines: refused until one line remains",
+                metadata: ["uid": "\(duplicate.uid)", "lines": "\(duplicate.lines)"])
+        }
         let sockets = try DaemonSockets()
         var configuration = SecureSocketEngine.Configuration(
             negotiationTimeout: keying?.configuration.negotiationTimeout ?? .seconds(10), keying: keying?.backend,

@@ -286,7 +286,10 @@ final class ReqidAllocatorTests: XCTestCase {
         XCTAssertEqual(allocator.heldReqids, Set(200...207).subtracting([203]))
     }
 
-    func testBlocksOfDeadOrRecycledProcessesAreReclaimedLiveOnesAreNot() throws {
+    /// A dead owner's block is never taken over by allocating: what it left may still be in use (a killed keying
+    /// daemon's clients' connections). It is listed (`deadBlocks`) and freed only by `forget`, after which it is
+    /// handed out again. A live owner's block is never touched; a recycled pid's counts as dead.
+    func testBlocksOfDeadOrRecycledProcessesAreFreedOnlyByForget() throws {
         let folder = directory + "/ids"
         let allocator = try ReqidAllocator(directory: folder, range: 50...57, blockSize: 4)
         // Block 50 belongs to a process that no longer exists, block 54 to a live one (pid 1, its real start time).
@@ -294,12 +297,20 @@ final class ReqidAllocatorTests: XCTestCase {
         let start = try String(contentsOfFile: "/proc/1/stat", encoding: .utf8).split(separator: ")").last!
             .split(separator: " ")[19]
         try "1 \(start)\n".write(toFile: folder + "/block-54", atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try allocator.allocate(), "neither block is free: one dead owner's, one live owner's")
+        XCTAssertEqual(allocator.deadBlocks().map(\.reqids), [50...53])
+        XCTAssertEqual(allocator.deadBlocks().map(\.pid), [999_999_999])
+        XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/block-50"), "listed, left in place")
+        let dead = try XCTUnwrap(allocator.deadBlocks().first)
+        XCTAssertTrue(allocator.forget(dead))
+        XCTAssertFalse(allocator.forget(dead), "once")
         XCTAssertEqual(try (0..<4).map { _ in try allocator.allocate() }.sorted(), [50, 51, 52, 53])
         XCTAssertThrowsError(try allocator.allocate())
         XCTAssertTrue(
             FileManager.default.fileExists(atPath: folder + "/block-54"), "another owner's block is never touched")
-        // A pid now used by a process that started at another time is a recycled pid: its block is free.
+        // A pid now used by a process that started at another time is a recycled pid: its block is dead too.
         try "1 \(UInt64(start)! + 1)\n".write(toFile: folder + "/block-54", atomically: true, encoding: .utf8)
+        XCTAssertEqual(allocator.reclaimDeadBlocks().map(\.reqids), [54...57])
         XCTAssertEqual(try allocator.allocate(), 54)
         allocator.releaseAll()
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder), [])

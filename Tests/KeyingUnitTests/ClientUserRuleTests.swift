@@ -47,5 +47,13 @@ final class ClientUserRuleTests: XCTestCase {
         XCTAssertTrue(ClientUserRule(user: "u").admitsPeer("anyone"), "no peers= option: any peer")
         XCTAssertFalse(ClientUserRule(user: "u").restrictsPeers)
         XCTAssertTrue(rule.restrictsPeers)
+        // A suffix pattern names host names only: a distinguished name ending in it is not one.
+        XCTAssertFalse(rule.admitsPeer("O=Evil, CN=x.corp.example"))
+        XCTAssertFalse(rule.admitsPeer("mallory@x.corp.example"))
+        XCTAssertTrue(ClientUserRule(user: "u", peers: ["O=Good, CN=x.example"]).admitsPeer("o=good, cn=x.example"))
+        // A client the daemon cannot name may do nothing.
+        XCTAssertFalse(ClientUserRule.unknownClient.admitsPeer("b.example"))
+        XCTAssertTrue(ClientUserRule.unknownClient.restrictsPeers)
+        XCTAssertFalse(ClientUserRule.unknownClient.allowsInsecure)
     }
 }

@@ -2,31 +2,36 @@ import IPAddressing
 import XCTest
 import XFRM
 
-/// Tier 1: the kernel's selector match (`xfrm_selector_match`) and which sockets a transport SA's selector
-/// carries, as the reclaim of a dead owner's SAs asks it.
+/// Tier 1: which sockets a transport SA's selector carries (`carries`, on the kernel's `xfrm_selector_match`,
+/// `covers`), as the reclaim of a dead owner's SAs and the adoption of a connection after a restart ask it.
 final class SelectorMatchTests: XCTestCase {
     let a: IPAddress = "10.77.0.1"
     let b: IPAddress = "10.77.0.2"
 
     func ip(_ text: String) -> IPAddress { IPAddress(text)! }
 
-    func testPrefixes() {
-        XCTAssertTrue(ip("10.77.0.9").lies(in: "10.77.0.0", length: 24))
-        XCTAssertFalse(ip("10.77.1.9").lies(in: "10.77.0.0", length: 24))
-        XCTAssertTrue(ip("10.77.0.9").lies(in: "10.77.0.8", length: 29))
-        XCTAssertFalse(ip("10.77.0.17").lies(in: "10.77.0.8", length: 29))
-        XCTAssertTrue(ip("fd00::1").lies(in: "::", length: 0))
-        XCTAssertFalse(ip("fd00::1").lies(in: "0.0.0.0", length: 0), "another family")
-        XCTAssertTrue(ip("fd00::1").lies(in: "fd00::1", length: 128))
+    func testPrefixesOfEachFamily() {
+        XCTAssertTrue(ip("10.77.0.9").hasPrefix(of: "10.77.0.0", length: 24))
+        XCTAssertFalse(ip("10.77.1.9").hasPrefix(of: "10.77.0.0", length: 24))
+        XCTAssertTrue(ip("10.77.0.9").hasPrefix(of: "10.77.0.8", length: 29))
+        XCTAssertFalse(ip("10.77.0.17").hasPrefix(of: "10.77.0.8", length: 29))
+        XCTAssertTrue(ip("fd00::1").hasPrefix(of: "::", length: 0))
+        XCTAssertFalse(ip("fd00::1").hasPrefix(of: "0.0.0.0", length: 0), "another family")
+        XCTAssertTrue(ip("fd00::1").hasPrefix(of: "fd00::1", length: 128))
     }
 
     func testAFlowExactSelectorMatchesItsFlowOnly() {
         let selector = XFRMSelector.host(a, b, protocol: .tcp, sourcePort: 40000, destinationPort: 443)
         let client = IPEndpoint(address: a, port: 40000)
         let server = IPEndpoint(address: b, port: 443)
-        XCTAssertTrue(selector.matches(source: client, destination: server, upperProtocol: .tcp))
-        XCTAssertFalse(selector.matches(source: client, destination: server, upperProtocol: .udp))
-        XCTAssertFalse(selector.matches(source: server, destination: client, upperProtocol: .tcp), "one way")
+        func covers(_ from: IPEndpoint, _ to: IPEndpoint, _ upper: XFRMUpperProtocol) -> Bool {
+            selector.covers(
+                source: from.address, sourcePort: from.port, destination: to.address, destinationPort: to.port,
+                protocol: upper)
+        }
+        XCTAssertTrue(covers(client, server, .tcp))
+        XCTAssertFalse(covers(client, server, .udp))
+        XCTAssertFalse(covers(server, client, .tcp), "one way")
         XCTAssertTrue(selector.carries(local: client, remote: server, upperProtocol: .tcp))
         XCTAssertTrue(selector.carries(local: server, remote: client, upperProtocol: .tcp), "the other way")
         XCTAssertFalse(

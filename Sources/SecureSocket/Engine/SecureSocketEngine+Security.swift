@@ -36,39 +36,9 @@ extension SecureSocketEngine {
         try secure(fd, facts: facts, settings)
     }
 
-    /// Secures again a responder (a listening TCP socket, a bound UDP socket that is not connected) that a keying
-    /// daemon now gone had secured: the same settings and peer target names, a new reqid and per-socket policy
-    /// (the old one named a reqid nobody owns any more), and the socket is offered to peers again. Connections it
-    /// accepted before keep their own policies and ride on the SAs they have (kept while they live, see
-    /// the reclaim of a dead owner's leftovers).
-    public func resecure(
-        _ fd: CInt, _ settings: SocketSecuritySettings, names: [SocketPeerTargetName]
-    ) throws(SecureSocketError) {
-        try requireOwner()
-        let facts = try inspect(fd)
-        try requireInetStreamOrDatagram(facts)
-        let responder = facts.kind == .stream ? facts.isListening : facts.isBound && !facts.isConnected
-        guard responder else {
-            throw SecureSocketError(
-                .invalidArgument, "only a listening TCP socket or a bound, unconnected UDP socket is secured again")
-        }
-        try secure(fd, facts: facts, settings)
-        for name in names {
-            do throws(SecureSocketError) {
-                try setPeerTargetName(fd, name)
-            } catch {
-                release(fd)
-                throw error
-            }
-        }
-        logger.notice(
-            "responder secured again after its keying daemon went away",
-            metadata: ["fd": "\(fd)", "local": "\(facts.local.map(String.init(describing:)) ?? "?")"])
-    }
-
     /// The part of set-security after the socket's state was checked: hardening, reqid, per-socket policy,
     /// endpoint, keying registration.
-    private func secure(
+    func secure(
         _ fd: CInt, facts: SocketFacts, _ settings: SocketSecuritySettings
     ) throws(SecureSocketError) {
         guard !table.contains(cookie: facts.cookie) else {
