@@ -6,6 +6,7 @@ packages=(
   gcc libc6-dev                                         # the C sample programs of the C ABI
   pkg-config libnl-3-dev libnl-xfrm-3-dev libmnl-dev   # CModules/CNetlink
   iproute2 kmod tcpdump                                # namespaces, veth, captures
+  systemd                                              # tier 2: wss-keyd socket-activated (systemd-socket-activate)
   python3-minimal util-linux openssl                   # tier 2: another user binding a port (setpriv); tier 3: a crafted certificate
   user-mode-linux                                      # the ESP-capable kernel for tier 3
   strongswan-charon strongswan-swanctl strongswan-pki  # keying: charon driven over VICI, test certificates

@@ -35,7 +35,8 @@ struct WSSKeyd: AsyncParsableCommand {
         // The address first: a second daemon started at the same moment exits before it touches charon.
         let name = address ?? ControlChannel.defaultName
         let listener: ControlChannel
-        if let inherited = SystemdSocket.listening() {
+        let inherited = SystemdSocket.listening()
+        if let inherited {
             listener = ControlChannel.adopting(inherited)
         } else {
             do {
@@ -84,7 +85,10 @@ struct WSSKeyd: AsyncParsableCommand {
         sockets.attach(daemon)
         logger.notice(
             "keying daemon ready",
-            metadata: ["address": "@\(name)", "pid": "\(getpid())", "keying": "\(keying?.backend.name ?? "none")"])
+            metadata: [
+                "address": "\(inherited == nil ? "@\(name)" : "the socket systemd passed")", "pid": "\(getpid())",
+                "keying": "\(keying?.backend.name ?? "none")",
+            ])
 
         // One group runs the daemon's services and takes SIGTERM and SIGINT: a graceful shutdown stops accepting
         // clients (and the idle watch). Either service ending shuts the group down.
