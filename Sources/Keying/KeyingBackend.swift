@@ -41,6 +41,11 @@ public protocol KeyingBackend: AnyObject, Sendable {
     /// CHILD_SA's deletion (a socket that is gone: nothing negotiates its flow again on this registration).
     func release(_ registration: KeyingRegistration, waiting: Bool)
 
+    /// Releases registrations whose sockets are all gone, together (a sweep's harvest: a departed client's
+    /// connections): a backend may end an IKE SA that carries nothing but their CHILD_SAs in one exchange, instead
+    /// of one exchange per CHILD_SA. Any other is released as ``release(_:waiting:)`` without waiting.
+    func release(_ registrations: [KeyingRegistration])
+
     /// Removes the CHILD_SA whose inbound SA has `inboundSPI` (an accepted connection's own SAs, once it is
     /// closed); other CHILD_SAs with the same peer stay.
     func releaseChild(inboundSPI: UInt32, peer: IPAddress)
@@ -302,4 +307,8 @@ public struct KeyingError: Error, Hashable, CustomStringConvertible, Sendable {
 extension KeyingBackend {
     /// ``release(_:waiting:)``, waiting for the peer (the registration's flow may be negotiated again at once).
     public func release(_ registration: KeyingRegistration) { release(registration, waiting: true) }
+
+    public func release(_ registrations: [KeyingRegistration]) {
+        for registration in registrations { release(registration, waiting: false) }
+    }
 }

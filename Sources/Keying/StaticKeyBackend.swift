@@ -22,7 +22,7 @@ import XFRM
 /// pair if needed and checks the configured identity against the required peer name. Manual keying has one
 /// SA pair per peer with address-only selectors: the endpoint that installed last owns it (its reqid), so it
 /// serves one connection per pair of hosts at a time (tests and hosts without IKE; the per-flow binding needs
-/// charon); ``release(_:)`` deletes what it installed.
+/// charon); ``release(_:waiting:)`` deletes what it installed.
 public final class StaticKeyBackend: KeyingBackend, Sendable {
     public struct Peer: Hashable, Sendable {
         public var peer: IPAddress

@@ -655,6 +655,23 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// flowing over their kernel SAs until charon gives that IKE SA up. By peer address.
     private let generations = Mutex<[IPAddress: Int]>([:])
 
+    /// How many departing CHILD_SAs make ending their IKE SA worth it: fewer are deleted one by one (one exchange
+    /// each), so a client that closes a few connections keeps its IKE SA for the next one.
+    static let childrenWorthEndingIKESA = 8
+
+    /// CHILD configs whose release was asked, with when: charon may still have their DELETE queued on the IKE SA
+    /// (one exchange at a time), so an IKE SA left with only these and a batch can end at once. Entries older than
+    /// two minutes are forgotten.
+    private let releasing = Mutex<[String: ContinuousClock.Instant]>([:])
+
+    private func noteReleasing(_ child: String) {
+        let now = ContinuousClock.now
+        releasing.withLock { pending in
+            if pending.count >= 256 { pending = pending.filter { $0.value.duration(to: now) < .seconds(120) } }
+            pending[child] = now
+        }
+    }
+
     /// How this charon says what only its log tells (chosen by its `version`).
     private let logWords = Mutex<CharonLog>(.fallback)
     public var charonLog: CharonLog { logWords.withLock { $0 } }
@@ -788,6 +805,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
         switch registration.entry {
         case .negotiation(let number, let userSecret):
+            noteReleasing(Self.childName(reqid: reqid, number: number))
             // By config name: a rekeyed CHILD_SA has a new unique id but the same config name. For a socket that is
             // gone, charon completes the DELETE exchange on its own: a daemon releasing the many connections of a
             // client that exited is not held one round trip per connection.
@@ -803,6 +821,54 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         case .installed:
             break
         }
+    }
+
+    /// Releases registrations together: an IKE SA whose CHILD_SAs are all theirs or already being released, and
+    /// at least `childrenWorthEndingIKESA` (8) of them (charon's own list, asked once), is ended in one DELETE
+    /// exchange, and their conns and secrets unloaded; charon runs one exchange at a time per IKE SA, so
+    /// terminating each CHILD_SA costs one exchange apiece (a departed client's 200 connections: 12 s). The others
+    /// are released one by one.
+    public func release(_ registrations: [KeyingRegistration]) {
+        var byChild: [String: KeyingRegistration] = [:]
+        var others: [KeyingRegistration] = []
+        for registration in registrations {
+            if case .negotiation(let number, _) = registration.entry {
+                byChild[Self.childName(reqid: registration.reqid, number: number)] = registration
+            } else {
+                others.append(registration)
+            }
+        }
+        var ended: Set<String> = []
+        let earlier = releasing.withLock { $0 }
+        if !byChild.isEmpty, let sas = try? vici.listSAs(noblock: true) {
+            for ike in sas {
+                // Its children are these, or ones released earlier whose DELETE charon still has queued; and enough
+                // of them that their DELETEs one by one would cost more than the next connection's new IKE SA.
+                guard let id = ike.uniqueID, ike.children.count >= Self.childrenWorthEndingIKESA,
+                    ike.children.contains(where: { byChild[$0.name] != nil }),
+                    ike.children.allSatisfy({ byChild[$0.name] != nil || earlier[$0.name] != nil })
+                else { continue }
+                _ = try? vici.terminate(ikeID: id, force: true, timeout: .seconds(2), waiting: false)
+                let names = Set(ike.children.map(\.name))
+                for name in names {
+                    guard let registration = byChild[name],
+                        case .negotiation(let number, let userSecret) = registration.entry
+                    else { continue }
+                    try? vici.unloadConn(name: connName(reqid: registration.reqid, number: number))
+                    if userSecret {
+                        try? vici.unloadShared(id: userSecretID(reqid: registration.reqid, number: number))
+                    }
+                    children.unclaim(reqid: registration.reqid)
+                }
+                ended.formUnion(names)
+                releasing.withLock { pending in for name in names { pending[name] = nil } }
+                logger.notice(
+                    "released departed sockets' connections with the IKE SA that carried only them",
+                    metadata: ["ike-sa": "\(id)", "connections": "\(names.count)"])
+            }
+        }
+        for (name, registration) in byChild where !ended.contains(name) { release(registration, waiting: false) }
+        for registration in others { release(registration, waiting: false) }
     }
 
     public func reclaim(deadProcess pid: Int32, reqids: [ClosedRange<UInt32>]) {

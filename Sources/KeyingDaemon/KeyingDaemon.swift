@@ -53,8 +53,9 @@ public final class KeyingDaemon: Sendable {
     /// Whether ``stop()`` was called.
     public var isStopped: Bool { stopped.load(ordering: .acquiring) }
 
-    /// No client connected and no socket secured (every client's sockets are gone, their SAs released).
-    public var isIdle: Bool { clientCount == 0 && engine.endpointCount == 0 }
+    /// No client connected and no socket secured (every client's sockets are gone, their SAs released, none being
+    /// released).
+    public var isIdle: Bool { clientCount == 0 && engine.isIdle }
 
     /// Accepts clients until ``stop()`` (on the calling thread; ``run()`` gives it a thread of its own).
     public func acceptClients() {

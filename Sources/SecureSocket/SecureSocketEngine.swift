@@ -106,6 +106,8 @@ public final class SecureSocketEngine: Sendable {
     let acceptScan = Mutex<(next: ContinuousClock.Instant, interval: Duration)>((.now, .milliseconds(10)))
     /// Sweeps so far: every tenth also reclaims what dead processes left.
     let sweeps = Atomic<Int>(0)
+    /// Sweeps whose batched keying releases have not all been made yet (see ``batchingReleases(_:)``).
+    let releasesInFlight = Atomic<Int>(0)
     /// Dead processes whose leftovers are kept while live sockets use their SAs (logged once each).
     let keptDeadOwners = Mutex<Set<Int32>>([])
 
@@ -290,6 +292,10 @@ public final class SecureSocketEngine: Sendable {
         pump.withLock {
             $0?.stop()
             $0 = nil
+        }
+        // A sweep still releasing (a departed client's connections) finishes first, bounded.
+        _ = changeSignal.wait(until: Deadline(after: .seconds(15))) {
+            releasesInFlight.load(ordering: .acquiring) == 0 ? () : nil
         }
         unlink(snapshotFile)
         drainSendQueues(within: configuration.exitDrain)

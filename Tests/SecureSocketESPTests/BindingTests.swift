@@ -268,8 +268,12 @@ final class BindingTests: XCTestCase {
                 // The keying daemon the clients started logs to the first client's output.
                 for client in clients { print("client log, after:\n\(client.output.suffix(4000))") }
             }
+            let endedWithIKESA = clients.map {
+                $0.output.components(separatedBy: "released departed sockets' connections with the IKE SA").count - 1
+            }.reduce(0, +)
             print(
                 "four processes (operator charons \(operatorCharons)): their 200 connections released \(String(format: "%.1f", Date().timeIntervalSince(exited))) s after the last one exited"
+                    + " (IKE SAs ended with all their connections at once: \(endedWithIKESA))"
             )
             XCTAssertEqual(conns, [], "the client processes' conns are gone from the shared charon")
             XCTAssertEqual(childSAs.count, 0, "no SA left in the client's kernel: \(childSAs.prefix(3))")

@@ -139,4 +139,74 @@ final class DaemonRestartTests: XCTestCase {
             XCTAssertFalse(analysis.markerFound)
         }
     }
+    /// Tier 3, the faults suite through the daemon: the client daemon's private charon killed (SIGKILL) under an
+    /// established connection of an unprivileged C client. The connection keeps flowing over its kernel SAs, the
+    /// daemon starts charon again and loads its state back, and a new connection is secured through it; both answer
+    /// the query secured and encrypted. Nothing leaves in clear.
+    func testADaemonsCharonKilledUnderAConnectionIsStartedAgain() throws {
+        try inESPKernel(self, timeout: 300) {
+            let root = try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)"))
+            let programs = try CPrograms(
+                [
+                    "CModules/CSecureSocketABI/test-programs/restart_client.c",
+                    "CModules/CSecureSocketABI/test-programs/echo_server.c",
+                ], packageRoot: root)
+            defer { programs.remove() }
+            let secret = UUID().uuidString
+            let keying = try ["a", "b"].map { name in
+                try programs.writeKeyingFile(
+                    name, ["identity \(name).example", "psk \"\(secret)\"", "charon private", "client-user 65534"])
+            }
+            let pair = try NamespacePair(prefix: "kcharon")
+            defer { pair.remove() }
+            let capture = try PacketCapture(
+                namespace: pair.b, interface: pair.interfaceB, file: "\(programs.folder)/veth-b.pcap")
+            defer { capture.stop() }
+            let level = ProcessInfo.processInfo.environment["WSS_TEST_LOG"] ?? "info"
+            let daemons = try [pair.a, pair.b].enumerated().map { index, namespace in
+                try programs.startDaemon(in: namespace, keying: keying[index], log: level)
+            }
+            defer { for daemon in daemons { daemon.terminate() } }
+            let server = try NamespaceProcess(
+                in: pair.b, environment: ["WSS_LOG": "\(level),stderr"],
+                CPrograms.asNobody([programs.program("echo_server"), "\(pair.addressB4)", "27018"]),
+                log: "\(programs.folder)/server.log")
+            defer { server.terminate() }
+            XCTAssertTrue(server.wait(for: "listening", timeout: 20), "server: \(server.output)")
+            let marker = "kcharon-\(UUID().uuidString)"
+            let go = "\(programs.folder)/go"
+            let client = try NamespaceProcess(
+                in: pair.a, environment: ["WSS_LOG": "\(level),stderr"],
+                CPrograms.asNobody([
+                    programs.program("restart_client"), "\(pair.addressB4)", "27018", "host/b.example", marker, go,
+                ]), log: "\(programs.folder)/client.log")
+            defer { client.terminate() }
+            XCTAssertTrue(client.wait(for: "first connection echoes", timeout: 30), "client: \(client.output)")
+
+            let charon = try XCTUnwrap(
+                Int32(
+                    try Command.run(["pgrep", "-P", "\(daemons[0].pid)", "-x", "charon"], timeout: 5).output
+                        .trimmingCharacters(in: .whitespacesAndNewlines)),
+                "the client daemon's private charon")
+            kill(charon, SIGKILL)
+            XCTAssertTrue(
+                daemons[0].wait(for: "charon is back: credentials, responder conn and listeners reloaded", timeout: 20),
+                daemons[0].output)
+            usleep(1_000_000)
+            XCTAssertTrue(FileManager.default.createFile(atPath: go, contents: nil))
+            XCTAssertTrue(client.waitForExit(timeout: 60), "client: \(client.output)")
+            print("client:\n\(client.output)\nwss-keyd a:\n\(daemons[0].output.suffix(3000))")
+            XCTAssertEqual(client.terminationStatus, 0, client.output)
+            XCTAssertTrue(client.output.contains("after the restart: 2 of 2 echo"), client.output)
+            XCTAssertTrue(client.output.contains("query flags: first 0x3, second 0x3"), client.output)
+            let rounds = client.output.firstMatch(of: /echoed (\d+) of (\d+) while/)
+            XCTAssertNotNil(rounds, client.output)
+            if let rounds { XCTAssertEqual(rounds.1, rounds.2, "no echo lost while charon was started again") }
+            capture.stop()
+            let analysis = try capture.analyse(markers: [Array(marker.utf8)])
+            XCTAssertGreaterThan(analysis.espPackets, 10)
+            XCTAssertEqual(analysis.plainTCPPackets, 0, analysis.summary)
+            XCTAssertFalse(analysis.markerFound)
+        }
+    }
 }

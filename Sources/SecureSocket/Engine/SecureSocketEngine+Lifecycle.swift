@@ -22,6 +22,12 @@ extension SecureSocketEngine {
     /// so their SAs are not torn down under them.
     @discardableResult
     public func sweep() -> Int {
+        // The keying of the sockets it releases goes together at its end (a departed client's connections may end
+        // with their IKE SA in one exchange).
+        batchingReleases { sweepOnce() }
+    }
+
+    private func sweepOnce() -> Int {
         // What the sweep changed is published with the pump's next tick (at most once a second).
         defer { endpointsChanged() }
         var released = 0

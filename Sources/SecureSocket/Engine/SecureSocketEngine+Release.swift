@@ -72,7 +72,11 @@ extension SecureSocketEngine {
                 // (An initiator's cover was installed when it connected; an accepted connection's now.)
                 coverFlow(flow, reqid: reqid, for: Self.closedFlowCover, pinned: endpoint.pinned)
             }
-            for registration in entry.registrations { keying?.release(registration, waiting: false) }
+            if let batch = Self.releaseBatch {
+                batch.add(entry.registrations.all)
+            } else {
+                for registration in entry.registrations { keying?.release(registration, waiting: false) }
+            }
             if endpoint.role == .accepted, let flow = entry.flow { keying?.unbindAccepted(flow) }
             if endpoint.role == .accepted, let pinned = endpoint.pinned, let peer = endpoint.peer {
                 keying?.releaseChild(inboundSPI: pinned.inboundSPI, peer: peer)
@@ -82,8 +86,32 @@ extension SecureSocketEngine {
         }
         guard let reqid = endpoint.reqid, table.users(of: reqid) == 0 else { return }
         endPortCover(reqid: reqid)
-        reqids.release(reqid)
+        // Handed out again only once charon's configs for it are gone.
+        if let batch = Self.releaseBatch { batch.add(reqid: reqid) } else { reqids.release(reqid) }
     }
+
+    /// The keying registrations the sweep on this thread releases: handed to the backend together when it ends
+    /// (`KeyingBackend.release(_:)` with the whole batch), so a departed client's connections can end with their IKE SA.
+    @TaskLocal static var releaseBatch: ReleaseBatch?
+
+    /// Runs `body` (a sweep) collecting the keying releases it makes, then releases them together.
+    /// While it runs, the engine is not idle (``isIdle``): its keying releases are still to come.
+    func batchingReleases<T>(_ body: () -> T) -> T {
+        releasesInFlight.add(1, ordering: .acquiringAndReleasing)
+        defer {
+            releasesInFlight.subtract(1, ordering: .acquiringAndReleasing)
+            changeSignal.notify()
+        }
+        let batch = ReleaseBatch()
+        let result = Self.$releaseBatch.withValue(batch) { body() }
+        let (registrations, freed) = batch.take()
+        if !registrations.isEmpty { keying?.release(registrations) }
+        for reqid in freed { reqids.release(reqid) }
+        return result
+    }
+
+    /// No endpoint left and no release under way: nothing of the engine remains in charon or the kernel.
+    public var isIdle: Bool { table.count == 0 && releasesInFlight.load(ordering: .acquiring) == 0 }
 
     /// Notes a connected socket's flow and covers it (see ``coverFlow(_:reqid:for:pinned:)``), so that its
     /// `TIME_WAIT` is covered even after the socket is gone.
@@ -176,5 +204,18 @@ extension SecureSocketEngine {
             let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true)
         else { return nil }
         return (found.inbound.id.spi, flow.remote)
+    }
+}
+
+/// Registrations released during one sweep, to be released together at its end.
+final class ReleaseBatch: Sendable {
+    private let items = Mutex<(registrations: [KeyingRegistration], reqids: [UInt32])>(([], []))
+    func add(_ more: [KeyingRegistration]) { items.withLock { $0.registrations += more } }
+    func add(reqid: UInt32) { items.withLock { $0.reqids.append(reqid) } }
+    func take() -> (registrations: [KeyingRegistration], reqids: [UInt32]) {
+        items.withLock { taken in
+            defer { taken = ([], []) }
+            return taken
+        }
     }
 }
