@@ -13,27 +13,21 @@ import XFRM
 /// under the reqid of its SAs (its query answers secured and encrypted again). A new connection is then secured end
 /// to end. Nothing leaves in clear, and nothing is left in either kernel at the end.
 final class DaemonRestartTests: XCTestCase {
+    /// The restart client and the echo server, both ends' keying, a namespace pair and a capture.
+    static func testBed(prefix: String) throws -> DaemonTestBed {
+        try DaemonTestBed(
+            programs: [
+                "CModules/CSecureSocketABI/test-programs/restart_client.c",
+                "CModules/CSecureSocketABI/test-programs/echo_server.c",
+            ], packageRoot: try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)")), prefix: prefix)
+    }
+
     func testAKilledDaemonsConnectionsKeepFlowingAndTheNextDaemonTakesOver() throws {
         try inESPKernel(self, timeout: 300) {
-            let root = try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)"))
-            let programs = try CPrograms(
-                [
-                    "CModules/CSecureSocketABI/test-programs/restart_client.c",
-                    "CModules/CSecureSocketABI/test-programs/echo_server.c",
-                ], packageRoot: root)
-            defer { programs.remove() }
-            let secret = UUID().uuidString
-            let keying = try ["a", "b"].map { name in
-                try programs.writeKeyingFile(
-                    name, ["identity \(name).example", "psk \"\(secret)\"", "charon private", "client-user 65534"])
-            }
-            let pair = try NamespacePair(prefix: "restart")
-            defer { pair.remove() }
-            let capture = try PacketCapture(
-                namespace: pair.b, interface: pair.interfaceB, file: "\(programs.folder)/veth-b.pcap")
-            defer { capture.stop() }
-            let level = ProcessInfo.processInfo.environment["WSS_TEST_LOG"] ?? "info"
-            let first = try programs.startDaemon(in: pair.a, keying: keying[0], log: level)
+            let bed = try Self.testBed(prefix: "restart")
+            defer { bed.remove() }
+            let (programs, keying, pair, capture, level) = (bed.programs, bed.keying, bed.pair, bed.capture, bed.level)
+            let first = try bed.startDaemon(0)
             defer { first.terminate() }
             XCTAssertTrue(first.output.contains("keying daemon ready"), first.output)
 
@@ -145,27 +139,10 @@ final class DaemonRestartTests: XCTestCase {
     /// the query secured and encrypted. Nothing leaves in clear.
     func testADaemonsCharonKilledUnderAConnectionIsStartedAgain() throws {
         try inESPKernel(self, timeout: 300) {
-            let root = try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)"))
-            let programs = try CPrograms(
-                [
-                    "CModules/CSecureSocketABI/test-programs/restart_client.c",
-                    "CModules/CSecureSocketABI/test-programs/echo_server.c",
-                ], packageRoot: root)
-            defer { programs.remove() }
-            let secret = UUID().uuidString
-            let keying = try ["a", "b"].map { name in
-                try programs.writeKeyingFile(
-                    name, ["identity \(name).example", "psk \"\(secret)\"", "charon private", "client-user 65534"])
-            }
-            let pair = try NamespacePair(prefix: "kcharon")
-            defer { pair.remove() }
-            let capture = try PacketCapture(
-                namespace: pair.b, interface: pair.interfaceB, file: "\(programs.folder)/veth-b.pcap")
-            defer { capture.stop() }
-            let level = ProcessInfo.processInfo.environment["WSS_TEST_LOG"] ?? "info"
-            let daemons = try [pair.a, pair.b].enumerated().map { index, namespace in
-                try programs.startDaemon(in: namespace, keying: keying[index], log: level)
-            }
+            let bed = try Self.testBed(prefix: "kcharon")
+            defer { bed.remove() }
+            let (programs, pair, capture, level) = (bed.programs, bed.pair, bed.capture, bed.level)
+            let daemons = try [0, 1].map { try bed.startDaemon($0) }
             defer { for daemon in daemons { daemon.terminate() } }
             let server = try NamespaceProcess(
                 in: pair.b, environment: ["WSS_LOG": "\(level),stderr"],

@@ -11,25 +11,14 @@ import XFRM
 final class ExitDrainTests: XCTestCase {
     func testAnExitingClientsLastDataArrives() throws {
         try inESPKernel(self, timeout: 300) {
-            let root = try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)"))
-            let programs = try CPrograms(
-                [
+            let bed = try DaemonTestBed(
+                programs: [
                     "CModules/CSecureSocketABI/test-programs/drain_client.c",
                     "CModules/CSecureSocketABI/test-programs/slow_server.c",
-                ], packageRoot: root)
-            defer { programs.remove() }
-            let secret = UUID().uuidString
-            let keying = try ["a", "b"].map { name in
-                try programs.writeKeyingFile(
-                    name, ["identity \(name).example", "psk \"\(secret)\"", "charon private", "client-user 65534"])
-            }
-            let pair = try NamespacePair(prefix: "drain")
-            defer { pair.remove() }
-            let capture = try PacketCapture(
-                namespace: pair.b, interface: pair.interfaceB, file: "\(programs.folder)/veth-b.pcap")
-            defer { capture.stop() }
-            let level = ProcessInfo.processInfo.environment["WSS_TEST_LOG"] ?? "info"
-            let daemon = try programs.startDaemon(in: pair.a, keying: keying[0], log: level)
+                ], packageRoot: try XCTUnwrap(TierProbe.packageRoot(from: "\(#filePath)")), prefix: "drain")
+            defer { bed.remove() }
+            let (programs, keying, pair, capture, level) = (bed.programs, bed.keying, bed.pair, bed.capture, bed.level)
+            let daemon = try bed.startDaemon(0)
             defer { daemon.terminate() }
             XCTAssertTrue(daemon.output.contains("keying daemon ready"), daemon.output)
 
