@@ -133,7 +133,8 @@ let package = Package(
         .target(
             name: "DaemonClient",
             dependencies: [
-                "DaemonControl", "IPAddressing", "Impersonation", "Keying", "SecureSocket", "SystemSupport", "VICI",
+                "ALE", "DaemonControl", "IPAddressing", "Impersonation", "Keying", "SecureSocket", "SystemSupport",
+                "VICI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),

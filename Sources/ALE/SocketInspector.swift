@@ -43,6 +43,9 @@ public struct SocketFacts: Hashable, Sendable {
 
     public var isBound: Bool { (local?.port ?? 0) != 0 }
     public var isConnected: Bool { peer != nil }
+    /// A responder's socket: one that answers peers on its local port (a listening TCP socket, or a bound UDP
+    /// socket with no peer).
+    public var answersPeers: Bool { isBound && !isConnected && (isListening || kind == .datagram) }
 }
 
 public enum SocketInspector {

@@ -1,3 +1,4 @@
+import ALE
 import DaemonControl
 import Glibc
 import IPAddressing
@@ -118,8 +119,8 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     /// connected) and the connections `WSAConnect` made.
     public var heldForNextDaemon: [HeldSocket] {
         held.withLock { Array($0) }.compactMap { cookie, socket in
-            guard Self.cookie(of: socket.fd) == cookie,
-                Self.isResponder(socket.fd) || (socket.peer != nil && Self.isConnected(socket.fd))
+            guard let facts = try? SocketInspector.facts(of: socket.fd), facts.cookie == cookie,
+                facts.answersPeers || (socket.peer != nil && facts.isConnected)
             else { return nil }
             return socket
         }
@@ -150,44 +151,6 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
         return count
     }
 
-    static func cookie(of fd: CInt) -> UInt64? {
-        var cookie: UInt64 = 0
-        var length = socklen_t(MemoryLayout<UInt64>.size)
-        return getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &length) == 0 ? cookie : nil
-    }
-
-    /// Whether the socket has a peer.
-    static func isConnected(_ fd: CInt) -> Bool {
-        var address = sockaddr_storage()
-        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        return withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &size) == 0 }
-        }
-    }
-
-    /// A listening TCP socket, or a bound UDP socket with no peer.
-    static func isResponder(_ fd: CInt) -> Bool {
-        var value: CInt = 0
-        var length = socklen_t(MemoryLayout<CInt>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) == 0 else { return false }
-        if value == CInt(SOCK_STREAM.rawValue) {
-            length = socklen_t(MemoryLayout<CInt>.size)
-            return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) == 0 && value != 0
-        }
-        var address = sockaddr_storage()
-        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) == 0 }
-        }
-        let local = withUnsafeBytes(of: address) { IPEndpoint(sockaddr: $0.baseAddress!, length: Int(size)) }
-        guard bound, let local, local.port != 0 else { return false }
-        size = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let connected = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &size) == 0 }
-        }
-        return !connected
-    }
-
     /// Who holds `channel`'s other end, if it may be believed: root or this process's own user (an abstract
     /// address carries no file mode, so anyone could have bound it first). Else `WSAEACCES`, and nothing is
     /// passed to it.
@@ -214,7 +177,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
 
     public func setPeerTargetName(_ fd: CInt, _ name: SocketPeerTargetName) throws(SecureSocketError) {
         try expectDone(call(.setPeerTargetName(name), socket: fd))
-        guard let cookie = Self.cookie(of: fd) else { return }
+        guard let cookie = SocketInspector.cookie(of: fd) else { return }
         held.withLock { held in
             held[cookie]?.names.removeAll { Self.sameKey($0.peerAddress, name.peerAddress) }
             held[cookie]?.names.append(name)
@@ -223,7 +186,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
 
     public func deletePeerTargetName(_ fd: CInt, address: IPEndpoint) throws(SecureSocketError) {
         try expectDone(call(.deletePeerTargetName(address), socket: fd))
-        guard let cookie = Self.cookie(of: fd) else { return }
+        guard let cookie = SocketInspector.cookie(of: fd) else { return }
         held.withLock { $0[cookie]?.names.removeAll { Self.sameKey($0.peerAddress, address) } }
     }
 
@@ -247,7 +210,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
             .prepareConnect(peer: peer, timeoutMilliseconds: milliseconds ?? 0), socket: fd, timeout: bound)
         guard case .connectReady(let handshake) = answer else { throw unexpected(answer) }
         try SecureSocketEngine.plainConnect(fd, peer, deadline: Deadline(after: .milliseconds(Int64(handshake))))
-        if let cookie = Self.cookie(of: fd) { held.withLock { $0[cookie]?.peer = peer } }
+        if let cookie = SocketInspector.cookie(of: fd) { held.withLock { $0[cookie]?.peer = peer } }
     }
 
     public func query(_ fd: CInt, _ template: SocketSecurityQueryTemplate? = nil) throws(SecureSocketError)
@@ -260,7 +223,7 @@ public final class KeyingDaemonClient: SocketSecurityProvider, Sendable {
     }
 
     public func release(_ fd: CInt) {
-        if let cookie = Self.cookie(of: fd) { held.withLock { _ = $0.removeValue(forKey: cookie) } }
+        if let cookie = SocketInspector.cookie(of: fd) { held.withLock { _ = $0.removeValue(forKey: cookie) } }
         _ = try? call(.release, socket: fd)
     }
 

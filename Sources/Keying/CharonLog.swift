@@ -15,6 +15,7 @@ import VICI
 /// | no proposal | `NO_PROPOSAL_CHOSEN` | the same |
 /// | traffic selectors refused, or no config yet | `TS_UNACCEPTABLE`, `no IKE config` | the same |
 /// | the peer does not answer | `timeout`, `giving up after`, `retransmit`, `not established after` (`vici_control.c`) | the same |
+/// | a failed command's reason among its `control-log` lines | lines saying `failed`, a `received … notify`, a parsed `N(…)` that is no DELETE (`[ D ]`) | the same |
 public struct CharonLog: Hashable, Sendable {
     /// A major version of charon whose words differ.
     public enum Series: Hashable, Sendable {
@@ -64,9 +65,30 @@ public struct CharonLog: Hashable, Sendable {
         "no trusted", "no shared key found",
     ]
 
+    /// The lines of a failed command's `control-log` that give charon's reason: the IKE and failure lines, not
+    /// lines of other SAs logged meanwhile (a DELETE the peer sent).
+    public func reasons(_ lines: [ControlLog]) -> [ControlLog] {
+        lines.filter { line in
+            let text = line.description
+            return text.contains("failed") || text.contains("received") && text.contains("notify")
+                || text.contains("N(") && text.contains("parsed") && !text.contains("[ D ]")
+        }
+    }
+
+    /// What charon said about a failure: its `errmsg`, the error's detail, and the reason lines of its
+    /// `control-log` followed by its last lines (charon's reason is among the last lines of the exchange).
+    public func explanation(_ error: VICIError) -> String {
+        var text = "\(error.errmsg ?? "") \(error.detail ?? "")"
+        if !error.controlLog.isEmpty {
+            let shown = reasons(error.controlLog).suffix(6) + error.controlLog.suffix(4)
+            text += "; control-log: " + shown.map(\.description).joined(separator: " | ")
+        }
+        return text
+    }
+
     /// Maps charon's words to a keying error.
     public func classify(_ error: VICIError) -> KeyingError {
-        let text = "\(error.errmsg ?? "") \(error.detail ?? "")"
+        let text = explanation(error)
         if error.code == .daemonUnavailable || error.code == .io {
             return KeyingError(.unavailable, error.command, underlying: error)
         }

@@ -339,17 +339,7 @@ extension VICIClient {
             }
         } catch {
             var error = error
-            if !lines.isEmpty {
-                // charon's reason is among the last lines of this exchange; lines of other SAs that were
-                // logged meanwhile (a DELETE the peer sent) are not the reason: the IKE and failure lines first.
-                let reasons = lines.filter { line in
-                    let text = line.description
-                    return text.contains("failed") || text.contains("received") && text.contains("notify")
-                        || text.contains("N(") && text.contains("parsed") && !text.contains("[ D ]")
-                }
-                let tail = (reasons.suffix(6) + lines.suffix(4)).map(\.description).joined(separator: " | ")
-                error.detail = [error.detail, "control-log: \(tail)"].compactMap { $0 }.joined(separator: "; ")
-            }
+            error.controlLog = Array(lines.suffix(256))
             throw error
         }
         return lines

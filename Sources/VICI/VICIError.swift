@@ -49,6 +49,9 @@ public struct VICIError: Error, Hashable, CustomStringConvertible, Sendable {
     public var detail: String?
     /// The whole response for ``Code/commandFailed``, for keys beyond `errmsg`.
     public var response: VICIMessage?
+    /// The `control-log` lines a failed `initiate` or `terminate` streamed (the last 256). Which of them give
+    /// charon's reason is charon's wording, read by the keying layer; the description shows the last four.
+    public var controlLog: [ControlLog] = []
 
     public init(
         _ code: Code, command: String, errno: Errno? = nil, errmsg: String? = nil, detail: String? = nil,
@@ -70,6 +73,9 @@ public struct VICIError: Error, Hashable, CustomStringConvertible, Sendable {
         if let errno { text += ": \(errno) (errno \(errno.rawValue))" }
         if let errmsg { text += ": charon says \"\(errmsg)\"" }
         if let detail { text += ": \(detail)" }
+        if !controlLog.isEmpty {
+            text += ": control-log: " + controlLog.suffix(4).map(\.description).joined(separator: " | ")
+        }
         return text
     }
 

@@ -54,4 +54,28 @@ final class CharonLogTests: XCTestCase {
         XCTAssertFalse(log.peerNotReady("[IKE] received NO_PROPOSAL_CHOSEN notify"), "in CREATE_CHILD_SA: final")
         XCTAssertFalse(log.peerNotReady("[IKE] received AUTHENTICATION_FAILED notify error"))
     }
+
+    /// A failed `initiate`'s reason is read from its `control-log` here, not in the VICI layer: an authentication
+    /// failure early in a long log still classifies as one, and the peer's DELETE of another SA is no reason.
+    func testTheReasonIsPickedFromAFailedCommandsLog() {
+        func line(_ group: String, _ text: String) -> ControlLog {
+            ControlLog(["group": .string(group), "msg": .string(text)])
+        }
+        var error = VICIError(.commandFailed, command: "initiate", errmsg: "establishing CHILD_SA 'c' failed")
+        error.controlLog =
+            [
+                line("IKE", "initiating IKE_SA c1[3] to 10.77.0.2"),
+                line("ENC", "parsed IKE_AUTH response 1 [ N(AUTH_FAILED) ]"),
+                line("IKE", "received AUTHENTICATION_FAILED notify error"),
+            ]
+            + (0..<20).map { line("ENC", "parsed INFORMATIONAL request \($0) [ D ]") }
+        let log = CharonLog.fallback
+        XCTAssertEqual(
+            log.reasons(error.controlLog).map(\.message),
+            ["parsed IKE_AUTH response 1 [ N(AUTH_FAILED) ]", "received AUTHENTICATION_FAILED notify error"])
+        XCTAssertEqual(log.classify(error).code, .authenticationFailed)
+        XCTAssertTrue(log.explanation(error).contains("AUTHENTICATION_FAILED"))
+        XCTAssertFalse(
+            error.description.contains("AUTHENTICATION_FAILED"), "the VICI layer shows the last lines, unread")
+    }
 }

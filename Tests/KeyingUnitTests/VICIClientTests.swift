@@ -130,8 +130,10 @@ final class VICIClientTests: XCTestCase {
             let error = $0 as? VICIError
             XCTAssertEqual(error?.code, .commandFailed)
             XCTAssertEqual(error?.errmsg, "establishing CHILD_SA 'c' failed")
+            XCTAssertEqual(
+                error?.controlLog.map(\.description), ["[IKE] initiating IKE_SA", "[KNL] unable to add SAD entry"])
             XCTAssertTrue(
-                error?.detail?.contains("[KNL] unable to add SAD entry") ?? false, "\(String(describing: error))")
+                error?.description.contains("[KNL] unable to add SAD entry") ?? false, "\(String(describing: error))")
         }
         XCTAssertEqual(lines, ["initiating IKE_SA", "unable to add SAD entry"])
         let request = server.received.first { if case .commandRequest("initiate", _) = $0 { true } else { false } }

@@ -38,9 +38,7 @@ extension SecureSocketEngine {
             if facts.kind == .datagram, refuseSharedPort(endpoint) { continue }
             if facts.isConnected {
                 table.update(cookie: endpoint.cookie) { $0.role = .initiator }
-            } else if let local = facts.local, local.port != 0,
-                facts.isListening || (facts.kind == .datagram)
-            {
+            } else if let local = facts.local, facts.answersPeers {
                 table.update(cookie: endpoint.cookie) {
                     $0.lastLocalAddress = local.address
                     $0.lastLocalPort = local.port
