@@ -98,7 +98,8 @@ let package = Package(
         .target(
             name: "ALE",
             dependencies: [
-                "IPAddressing", "XFRM", "SystemSupport", .product(name: "SystemPackage", package: "swift-system"),
+                "IPAddressing", "Keying", "XFRM", "SystemSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // The idiomatic Swift API over XFRM, ALE and keying.
         .target(
@@ -275,7 +276,9 @@ let package = Package(
             ]),
         .testTarget(
             name: "ALEUnitTests",
-            dependencies: ["IPAddressing", "ALE", "XFRM", .product(name: "SystemPackage", package: "swift-system")]),
+            dependencies: [
+                "IPAddressing", "ALE", "Keying", "XFRM", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .testTarget(
             name: "KeyingKernelTests",
             dependencies: ["ConfigurationFile", "Keying", "VICI", "XFRM", "NetnsTestSupport", "TierTesting"]),

@@ -118,17 +118,42 @@ public enum EndpointAction: Hashable, Sendable {
     case releaseResources(coverClosedFlow: Bool)
 }
 
-/// The pure state machine of one endpoint: events in, actions out, no I/O.
+/// The pure state machine of one endpoint: events in, actions out, no I/O. It holds both dimensions of the
+/// socket's life: its protection (``state``) and what it turned out to be (``role``).
 public struct EndpointStateMachine: Hashable, Sendable {
     public private(set) var state: EndpointState = .requested
+    /// What the socket turned out to be: changed only through ``settle(as:)``.
+    public private(set) var role: EndpointRole
     /// Whether clear text is an allowed outcome (the `ALLOW_INSECURE` setting).
     public let allowInsecure: Bool
 
-    public init(allowInsecure: Bool) { self.allowInsecure = allowInsecure }
-
-    init(state: EndpointState, allowInsecure: Bool) {
-        self.state = state
+    /// A socket secured by the application (`undetermined` until it listens or connects), accepted from a
+    /// listener (`accepted`), or adopted with a connection it already has (`initiator`).
+    public init(allowInsecure: Bool, role: EndpointRole = .undetermined) {
         self.allowInsecure = allowInsecure
+        self.role = role
+    }
+
+    init(state: EndpointState, role: EndpointRole, allowInsecure: Bool) {
+        self.state = state
+        self.role = role
+        self.allowInsecure = allowInsecure
+    }
+
+    /// The socket turned out to be `newRole`. An undetermined socket becomes an initiator or a responder, and a
+    /// responder (a UDP socket answering on its port) that sends to peers of its own choosing an initiator.
+    /// Nothing else changes: an accepted connection stays one, an initiator never starts answering peers, a
+    /// responder keeps its port, a closed endpoint stays what it was. Returns whether the role changed (the
+    /// caller that changed it acts on it, once).
+    public mutating func settle(as newRole: EndpointRole) -> Bool {
+        if case .closed = state { return false }
+        switch (role, newRole) {
+        case (.undetermined, .initiator), (.undetermined, .responder), (.responder, .initiator):
+            role = newRole
+            return true
+        default:
+            return false
+        }
     }
 
     public mutating func handle(_ event: EndpointEvent) -> [EndpointAction] {
@@ -194,7 +219,7 @@ public struct EndpointStateMachine: Hashable, Sendable {
         case .socketGone:
             return []
         default:
-            var inner = EndpointStateMachine(state: previous, allowInsecure: allowInsecure)
+            var inner = EndpointStateMachine(state: previous, role: role, allowInsecure: allowInsecure)
             let actions = inner.handle(event)
             state = .closing(until: until, previous: inner.state)
             return actions

@@ -28,7 +28,8 @@ public enum EndpointRole: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// One socket the library secures, keyed by its kernel cookie.
+/// One socket the library secures, keyed by its kernel cookie: its one record (identity, settings, role and
+/// protection, keying registrations, flow, pinned SAs), changed in place under the table's lock.
 public struct Endpoint: Sendable {
     public var cookie: UInt64
     /// The descriptor it was registered through (informational: fds are reused, cookies are not).
@@ -65,7 +66,10 @@ public struct Endpoint: Sendable {
     public mutating func setPeerTargetName(_ name: String?, for peer: IPAddress?) {
         if let peer { peerTargetNamesByAddress[peer] = name } else { catchAllPeerTargetName = name }
     }
-    public var machine: EndpointStateMachine
+    /// The socket's protection and role: changed only through ``handle(_:)`` and ``settle(as:)``.
+    public private(set) var machine: EndpointStateMachine
+    /// What the socket holds in the keying backend; nil when it keys with nothing (no reqid, no keying).
+    public var keying: EndpointKeying?
     /// Settings in force, as a free-form summary for inspection tools.
     public var summary: String
     /// The local port last seen for the socket (kept so that a closed listener's accepted sockets can be found).
@@ -80,7 +84,7 @@ public struct Endpoint: Sendable {
     /// `PEER_NAME_IS_RAW_FORMAT`: peer target names are identities as given (no `service/` SPN prefix removed).
     public var peerNameIsRaw = false
     /// What the socket turned out to be (see ``EndpointRole``).
-    public var role: EndpointRole = .undetermined
+    public var role: EndpointRole { machine.role }
     /// The SA pair the socket's policies are pinned to (their templates carry these SPIs), once known: a
     /// connected or accepted TCP socket, or a connected UDP socket. Nil while the templates name the reqid only.
     public var pinned: PinnedSAs?
@@ -91,16 +95,23 @@ public struct Endpoint: Sendable {
 
     public init(
         cookie: UInt64, descriptor: Int32, family: IPAddressFamily, kind: SocketFacts.Kind, reqid: UInt32?,
-        allowInsecure: Bool, summary: String
+        allowInsecure: Bool, summary: String, role: EndpointRole = .undetermined, keying: EndpointKeying? = nil
     ) {
         self.cookie = cookie
         self.descriptor = descriptor
         self.family = family
         self.kind = kind
         self.reqid = reqid
-        self.machine = EndpointStateMachine(allowInsecure: allowInsecure)
+        self.machine = EndpointStateMachine(allowInsecure: allowInsecure, role: role)
         self.summary = summary
+        self.keying = keying
     }
+
+    /// Feeds an event to the endpoint's state machine; returns what the owner must do.
+    public mutating func handle(_ event: EndpointEvent) -> [EndpointAction] { machine.handle(event) }
+
+    /// The socket turned out to be `role` (see ``EndpointStateMachine/settle(as:)``); returns whether it changed.
+    public mutating func settle(as role: EndpointRole) -> Bool { machine.settle(as: role) }
 
     /// The name that applies to a peer: its own, else the catch-all one.
     public func peerTargetName(for peer: IPAddress?) -> String? {
@@ -109,7 +120,6 @@ public struct Endpoint: Sendable {
     }
 }
 
-/// The endpoint table: O(1) by cookie and by reqid, safe from any thread.
 /// The SA pair a socket is pinned to, and the IKE SA that negotiated it (nil when the keying cannot say, as with
 /// static keys).
 public struct PinnedSAs: Hashable, Sendable, CustomStringConvertible {
@@ -124,6 +134,9 @@ public struct PinnedSAs: Hashable, Sendable, CustomStringConvertible {
     /// is rarely needed).
     public var pendingInboundSPI: UInt32?
 
+    /// The SPIs of a rekey's SAs it waits for.
+    var pendingSPIs: [UInt32] { [pendingInboundSPI, pendingOutboundSPI].compactMap(\.self) }
+
     public init(inboundSPI: UInt32, outboundSPI: UInt32, ikeSAID: UInt64?) {
         self.inboundSPI = inboundSPI
         self.outboundSPI = outboundSPI
@@ -136,6 +149,7 @@ public struct PinnedSAs: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// The endpoint table: O(1) by cookie, by reqid and by pinned inbound SPI, safe from any thread.
 public final class EndpointTable: Sendable {
     /// An endpoint in the table, by reference: changed in place under the table's lock (no copy out and back),
     /// and the dictionary's free buckets cost a pointer each instead of a whole endpoint.
@@ -149,6 +163,22 @@ public final class EndpointTable: Sendable {
         var byReqid: [UInt32: ReqidUsers] = [:]
         /// Pinned endpoints by the inbound SPI they are pinned to (a rekey names the old one).
         var byPinnedSPI: [UInt32: UInt64] = [:]
+        /// Pinned endpoints by the SPIs of a rekey's SAs they wait for (``PinnedSAs/pendingInboundSPI``,
+        /// ``PinnedSAs/pendingOutboundSPI``): the kernel's report of a new SA finds its socket.
+        var byPendingSPI: [UInt32: UInt64] = [:]
+
+        /// Keeps the SPI indexes in step with an endpoint's pins (`old` before a change, `new` after).
+        mutating func reindexPins(cookie: UInt64, old: PinnedSAs?, new: PinnedSAs?) {
+            if old?.inboundSPI != new?.inboundSPI {
+                if let spi = old?.inboundSPI, byPinnedSPI[spi] == cookie { byPinnedSPI[spi] = nil }
+                if let spi = new?.inboundSPI { byPinnedSPI[spi] = cookie }
+            }
+            let oldPending = old?.pendingSPIs ?? []
+            let newPending = new?.pendingSPIs ?? []
+            guard oldPending != newPending else { return }
+            for spi in oldPending where byPendingSPI[spi] == cookie { byPendingSPI[spi] = nil }
+            for spi in newPending { byPendingSPI[spi] = cookie }
+        }
     }
 
     /// The endpoints of one reqid: an initiator's own reqid has one, held without an allocation; a listener's is
@@ -209,7 +239,7 @@ public final class EndpointTable: Sendable {
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .adding(endpoint.cookie, to: s.byReqid.removeValue(forKey: reqid))
             }
-            if let spi = endpoint.pinned?.inboundSPI { s.byPinnedSPI[spi] = endpoint.cookie }
+            s.reindexPins(cookie: endpoint.cookie, old: nil, new: endpoint.pinned)
         }
     }
 
@@ -217,6 +247,14 @@ public final class EndpointTable: Sendable {
     public func endpoint(pinnedInboundSPI spi: UInt32) -> Endpoint? {
         storage.withLock { s in s.byPinnedSPI[spi].flatMap { s.byCookie[$0]?.endpoint } }
     }
+
+    /// The endpoint waiting for the SA `spi` (a rekey's, not in the kernel yet when it was pinned).
+    public func endpoint(pendingSPI spi: UInt32) -> Endpoint? {
+        storage.withLock { s in s.byPendingSPI[spi].flatMap { s.byCookie[$0]?.endpoint } }
+    }
+
+    /// The endpoints waiting for a rekey's SA, by cookie.
+    public var cookiesWithPendingPins: Set<UInt64> { storage.withLock { Set($0.byPendingSPI.values) } }
 
     public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie]?.endpoint } }
 
@@ -246,13 +284,11 @@ public final class EndpointTable: Sendable {
         storage.withLock { s in
             guard let slot = s.byCookie[cookie] else { return nil }
             let oldReqid = slot.endpoint.reqid
-            let oldPin = slot.endpoint.pinned?.inboundSPI
+            let oldPins = slot.endpoint.pinned
             let result = body(&slot.endpoint)
             let newReqid = slot.endpoint.reqid
-            let newPin = slot.endpoint.pinned?.inboundSPI
-            if oldPin != newPin {
-                if let oldPin, s.byPinnedSPI[oldPin] == cookie { s.byPinnedSPI[oldPin] = nil }
-                if let newPin { s.byPinnedSPI[newPin] = cookie }
+            if oldPins != slot.endpoint.pinned {
+                s.reindexPins(cookie: cookie, old: oldPins, new: slot.endpoint.pinned)
             }
             if oldReqid != newReqid {
                 if let oldReqid {
@@ -268,7 +304,7 @@ public final class EndpointTable: Sendable {
 
     /// Feeds an event to an endpoint's state machine; returns the actions (empty for an unknown cookie).
     public func handle(_ event: EndpointEvent, cookie: UInt64) -> [EndpointAction] {
-        update(cookie: cookie) { $0.machine.handle(event) } ?? []
+        update(cookie: cookie) { $0.handle(event) } ?? []
     }
 
     /// Removes an endpoint; returns it.
@@ -276,7 +312,7 @@ public final class EndpointTable: Sendable {
     public func remove(cookie: UInt64) -> Endpoint? {
         storage.withLock { s in
             guard let endpoint = s.byCookie.removeValue(forKey: cookie)?.endpoint else { return nil }
-            if let spi = endpoint.pinned?.inboundSPI, s.byPinnedSPI[spi] == cookie { s.byPinnedSPI[spi] = nil }
+            s.reindexPins(cookie: cookie, old: endpoint.pinned, new: nil)
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: reqid))
             }

@@ -68,8 +68,6 @@ public final class SecureSocketEngine: Sendable {
     public let tokens = PeerTokenTable()
     let reqids: ReqidAllocator
     let xfrm: XFRMClient
-    /// What each secured socket holds in the keying backend.
-    let keyings = KeyingRegistry()
     /// The descriptors clients' requests lend while they run.
     let lent = LentDescriptors()
     let pump = Mutex<EndpointEventPump?>(nil)
@@ -93,9 +91,6 @@ public final class SecureSocketEngine: Sendable {
     /// flow is covered while it has any, and for ``closedFlowCover`` after the last is gone (a rekey adds before it
     /// deletes).
     let acceptedFlows = Mutex<[KeyedFlow: (reqid: UInt32, spis: Set<UInt32>)]>([:])
-    /// Sockets whose pinned SAs a rekey replaced, by the new SA's SPI, until the kernel has it (see
-    /// ``movePendingPins(cookie:)``).
-    let pendingPins = Mutex<[UInt32: UInt64]>([:])
     /// Connections peers made children for, awaited among this process's sockets until a deadline (see
     /// ``adoptAwaitedConnections()``).
     let pendingAccepts = Mutex<[(reqid: UInt32, flow: KeyedFlow?, deadline: Deadline)]>([])
@@ -184,7 +179,7 @@ public final class SecureSocketEngine: Sendable {
         func settleRoles() -> Bool {
             guard let engine else { return false }
             defer { engine.publishIfDirty() }
-            for cookie in engine.pendingPinCookies { engine.movePendingPins(cookie: cookie) }
+            for cookie in engine.table.cookiesWithPendingPins { engine.movePendingPins(cookie: cookie) }
             let awaiting = engine.adoptAwaitedConnections()
             return engine.settleRoles() || awaiting
         }

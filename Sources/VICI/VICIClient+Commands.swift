@@ -247,8 +247,8 @@ extension VICIClient {
     /// SA `ike` alone when `child` is nil (charon ≥ 5.9.6 accepts an IKE-only initiate).
     ///
     /// `timeout` is passed to charon, which answers `success = no` when it elapses; this side waits 5 s more.
-    /// On failure the error's detail holds the last `control-log` lines (charon's reason, e.g. "unable to
-    /// install IPsec SA (SAD) in kernel"). Returns every `control-log` line.
+    /// On failure the error's `controlLog` holds the last `control-log` lines (charon's reason among them, e.g.
+    /// "unable to install IPsec SA (SAD) in kernel"). Returns every `control-log` line.
     @discardableResult
     public func initiate(
         child: String?, ike: String? = nil, timeout: Duration = .seconds(10),

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Glibc
 import IPAddressing
+import Keying
 import SystemPackage
 import XCTest
 import XFRM
@@ -158,6 +159,81 @@ final class EndpointTableTests: XCTestCase {
         XCTAssertEqual(e.peerTargetNames, [nil: "all.example", "10.0.0.2": "b.example", "10.0.0.4": "c.example"])
         e.setPeerTargetName(nil, for: "10.0.0.2")
         XCTAssertEqual(e.peerTargetName(for: "10.0.0.2"), "all.example")
+    }
+
+    /// The role changes only as a socket's life allows: undetermined to initiator or responder, a UDP responder
+    /// to initiator; never back, never from accepted, never after close.
+    func testTheRoleChangesOnlyAsASocketsLifeAllows() {
+        var listener = endpoint(1, reqid: 1)
+        XCTAssertTrue(listener.settle(as: .responder(port: 443)))
+        XCTAssertFalse(listener.settle(as: .responder(port: 444)), "a responder keeps its port")
+        XCTAssertFalse(listener.settle(as: .undetermined))
+        XCTAssertEqual(listener.role, .responder(port: 443))
+        XCTAssertTrue(listener.settle(as: .initiator), "a UDP responder that sends to a peer of its choosing")
+        XCTAssertFalse(listener.settle(as: .responder(port: 443)), "an initiator never starts answering peers")
+        var accepted = Endpoint(
+            cookie: 2, descriptor: 4, family: .inet, kind: .stream, reqid: 1, allowInsecure: false,
+            summary: "accepted", role: .accepted)
+        XCTAssertFalse(accepted.settle(as: .initiator))
+        XCTAssertEqual(accepted.role, .accepted)
+        var closed = endpoint(3, reqid: 2)
+        XCTAssertEqual(closed.handle(.closed), [.publish, .releaseResources(coverClosedFlow: false)])
+        XCTAssertFalse(closed.settle(as: .initiator), "a closed endpoint stays what it was")
+        XCTAssertEqual(closed.role, .undetermined)
+    }
+
+    /// What a socket holds in the keying backend is part of its record: registrations added while it lives, none
+    /// once it is removed (the caller then releases what it negotiated), and none for a socket keying with nothing.
+    func testKeyingIsPartOfTheRecord() throws {
+        let table = EndpointTable()
+        var keyed = endpoint(1, reqid: 9)
+        keyed.keying = EndpointKeying(request: KeyingRequest(reqid: 9, family: .inet, transportProtocol: .tcp))
+        try table.insert(keyed)
+        try table.insert(endpoint(2, reqid: nil))
+        let negotiation = KeyingRegistration(reqid: 9, entry: .negotiation(number: 1, userSecret: false))
+        XCTAssertTrue(table.addRegistration(negotiation, cookie: 1))
+        XCTAssertTrue(table.addRegistration(KeyingRegistration(reqid: 9, entry: .responder), cookie: 1))
+        XCTAssertFalse(table.addRegistration(negotiation, cookie: 2), "keys with nothing")
+        XCTAssertEqual(table.keyingRequest(cookie: 1)?.reqid, 9)
+        XCTAssertNil(table.keyingRequest(cookie: 2))
+        let flow = KeyedFlow(
+            transportProtocol: .tcp, local: "10.0.0.1", localPort: 40000, remote: "10.0.0.2", remotePort: 443)
+        table.setFlow(flow, cookie: 1)
+        XCTAssertEqual(table.flow(cookie: 1), flow)
+        XCTAssertEqual(table.takeRegistrations(cookie: 1, where: \.isNegotiation), [negotiation])
+        let removed = table.remove(cookie: 1)
+        XCTAssertEqual(removed?.keying?.registrations.all, [KeyingRegistration(reqid: 9, entry: .responder)])
+        XCTAssertEqual(removed?.keying?.flow, flow)
+        XCTAssertFalse(table.addRegistration(negotiation, cookie: 1), "released meanwhile: the caller releases it")
+    }
+
+    /// A pinned socket is found by its inbound SPI, and while a rekey's SAs are not in the kernel yet, by theirs;
+    /// the indexes follow the record's pins through every change and go with it.
+    func testPinsAndARekeysPendingSAsFindTheirSocket() throws {
+        let table = EndpointTable()
+        try table.insert(endpoint(1, reqid: 5))
+        table.update(cookie: 1) { $0.pinned = PinnedSAs(inboundSPI: 0x100, outboundSPI: 0x200, ikeSAID: 1) }
+        XCTAssertEqual(table.endpoint(pinnedInboundSPI: 0x100)?.cookie, 1)
+        XCTAssertTrue(table.cookiesWithPendingPins.isEmpty)
+        table.update(cookie: 1) {
+            $0.pinned?.pendingInboundSPI = 0x101
+            $0.pinned?.pendingOutboundSPI = 0x201
+        }
+        XCTAssertEqual(table.endpoint(pendingSPI: 0x101)?.cookie, 1)
+        XCTAssertEqual(table.endpoint(pendingSPI: 0x201)?.cookie, 1)
+        XCTAssertEqual(table.cookiesWithPendingPins, [1])
+        table.update(cookie: 1) {
+            $0.pinned?.inboundSPI = 0x101
+            $0.pinned?.pendingInboundSPI = nil
+        }
+        XCTAssertNil(table.endpoint(pinnedInboundSPI: 0x100), "moved to the rekey's inbound SA")
+        XCTAssertEqual(table.endpoint(pinnedInboundSPI: 0x101)?.cookie, 1)
+        XCTAssertNil(table.endpoint(pendingSPI: 0x101))
+        XCTAssertEqual(table.endpoint(pendingSPI: 0x201)?.cookie, 1, "the outbound one still waits")
+        table.remove(cookie: 1)
+        XCTAssertNil(table.endpoint(pinnedInboundSPI: 0x101))
+        XCTAssertNil(table.endpoint(pendingSPI: 0x201))
+        XCTAssertTrue(table.cookiesWithPendingPins.isEmpty)
     }
 
     /// A reqid's users: one, then many (a listener and its accepted sockets), then one and none again.

@@ -286,8 +286,9 @@ final class CharonDaemonTests: XCTestCase {
             let error = $0 as? VICIError
             XCTAssertEqual(error?.code, .commandFailed, "\($0)")
             XCTAssertEqual(error?.errmsg, "establishing CHILD_SA 'sock' failed")
-            XCTAssertTrue(error?.detail?.contains("NO_PROPOSAL_CHOSEN") ?? false, "control-log tail: \($0)")
-            XCTAssertTrue(error?.detail?.contains("keeping IKE_SA") ?? false, "control-log tail: \($0)")
+            let log = error?.controlLog.map(\.description).joined(separator: " | ") ?? ""
+            XCTAssertTrue(log.contains("NO_PROPOSAL_CHOSEN"), "control-log: \($0)")
+            XCTAssertTrue(log.contains("keeping IKE_SA"), "control-log: \($0)")
         }
         print("MEASURE initiate of IKE SA + CHILD SA (child refused by B): \(Self.ms(begin.duration(to: .now)))")
         XCTAssertTrue(

@@ -36,7 +36,7 @@ extension SecureSocketEngine {
         guard let name = endpoint.peerTargetName(for: peer) else {
             return "\(rule.source) allows only named peers: set a peer target name for \(peer)"
         }
-        if keyings.request(cookie: endpoint.cookie)?.peerIdentityOptional == true {
+        if table.keyingRequest(cookie: endpoint.cookie)?.peerIdentityOptional == true {
             return
                 "\(rule.source) allows only verified peer names (not SOCKET_SETTINGS_IPSEC_OPTIONAL_PEER_NAME_VERIFICATION)"
         }

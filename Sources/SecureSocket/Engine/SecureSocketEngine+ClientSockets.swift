@@ -91,7 +91,7 @@ extension SecureSocketEngine {
     /// connected or was accepted.
     func connectedFlow(_ endpoint: Endpoint) -> KeyedFlow? {
         if endpoint.client != nil, lent.descriptor(cookie: endpoint.cookie) == nil {
-            return keyings.flow(cookie: endpoint.cookie)
+            return table.flow(cookie: endpoint.cookie)
         }
         return withSocket(endpoint) { KeyedFlow.connected(fd: $0) } ?? nil
     }

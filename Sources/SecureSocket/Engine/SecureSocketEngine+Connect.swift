@@ -63,7 +63,7 @@ extension SecureSocketEngine {
         try becomeInitiator(endpoint)
         table.update(cookie: facts.cookie) { $0.peer = peer.address }
         apply(.negotiationStarted, cookie: facts.cookie)
-        if let keying, var request = keyings.request(cookie: facts.cookie) {
+        if let keying, var request = table.keyingRequest(cookie: facts.cookie) {
             request.requiredPeerIdentity = endpoint.peerTargetName(for: peer.address).map {
                 SocketPeerTargetName(name: $0).identity(raw: endpoint.peerNameIsRaw)
             }
@@ -76,7 +76,7 @@ extension SecureSocketEngine {
                     localPort: local.port, remote: peer.address, remotePort: peer.port)
                 let negotiated = try keying.negotiate(request, flow: flow, timeout: timeout)
                 logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
-                guard keyings.add(negotiated.registration, cookie: facts.cookie) else {
+                guard table.addRegistration(negotiated.registration, cookie: facts.cookie) else {
                     keying.release(negotiated.registration)
                     throw SecureSocketError(.notSocket, "descriptor \(fd) was released while its SAs were negotiated")
                 }
@@ -160,14 +160,14 @@ extension SecureSocketEngine {
         }
         guard endpoint.role != .initiator else { return }
         if case .responder = endpoint.role {
-            for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {
+            for registration in table.takeRegistrations(cookie: endpoint.cookie) {
                 keying?.release(registration)
             }
             // What peers made while it answered goes: no SA of theirs may carry the flows it now chooses.
             if let reqid = endpoint.reqid { keying?.dropPeerChildren(reqid: reqid) }
             returnPolicyToSocket(endpoint)
         }
-        table.update(cookie: endpoint.cookie) { $0.role = .initiator }
+        _ = table.update(cookie: endpoint.cookie) { $0.settle(as: .initiator) }
     }
 
     /// `connect()` bounded by `deadline`, the TCP handshake included: a blocking socket is switched to

@@ -131,28 +131,32 @@ extension SecureSocketEngine {
     /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`; then binds it to
     /// its own CHILD_SA and pins its socket (``bindAccepted(cookie:flow:)``).
     func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
+        let flow = facts.local.flatMap { local in
+            facts.peer.map { peer in
+                KeyedFlow(
+                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
+                    remotePort: peer.port)
+            }
+        }
         var child = Endpoint(
             cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
-            summary: listener.summary + " (accepted)")
+            summary: listener.summary + " (accepted)", role: .accepted,
+            keying: listener.keying.map { listening in
+                var keying = EndpointKeying(request: listening.request)
+                keying.flow = flow
+                return keying
+            })
         child.peerTargetNames = listener.peerTargetNames
         child.peerNameIsRaw = listener.peerNameIsRaw
         child.lastLocalPort = port
         child.peer = facts.peer?.address
-        child.role = .accepted
         child.client = listener.client
         child.registeredAt = ContinuousClock.now
         guard (try? table.insert(child)) != nil else { return }
-        if let request = keyings.request(cookie: listener.cookie) {
-            keyings.register(cookie: facts.cookie, request: request)
-            if let local = facts.local, let peer = facts.peer {
-                let flow = KeyedFlow(
-                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
-                    remotePort: peer.port)
-                keyings.setFlow(cookie: facts.cookie, flow: flow)
-                pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
-                bindAccepted(cookie: facts.cookie, flow: flow)
-            }
+        if child.keying != nil, let flow {
+            pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
+            bindAccepted(cookie: facts.cookie, flow: flow)
         }
     }
 

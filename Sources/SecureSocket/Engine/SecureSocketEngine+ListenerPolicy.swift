@@ -87,7 +87,7 @@ extension SecureSocketEngine {
     /// library holds owns the flow (its release ends them; a new CHILD_SA of its peer re-pins them).
     func peerChildGone(reqid: UInt32, flow: KeyedFlow?) {
         guard let flow else { return }
-        let held = table.endpoints(reqid: reqid).contains { keyings.flow(cookie: $0.cookie) == flow }
+        let held = table.endpoints(reqid: reqid).contains { $0.keying?.flow == flow }
         if !held { coverFlow(flow, reqid: reqid, for: Self.closedFlowCover) }
     }
 }

@@ -120,26 +120,25 @@ extension SecureSocketEngine {
             return pinned
         }
         guard settled != nil else { return }
-        pendingPins.withLock { pending in
-            pending[newIn] = endpoint.cookie
-            pending[newOut] = endpoint.cookie
-        }
         movePendingPins(cookie: endpoint.cookie)
     }
 
     /// The kernel reported a new SA: a socket waiting for it (a rekey's new SA) moves to it.
     func stateAdded(spi: UInt32) {
-        guard let cookie = pendingPins.withLock({ $0[spi] }) else { return }
-        movePendingPins(cookie: cookie)
+        guard let endpoint = table.endpoint(pendingSPI: spi) else { return }
+        movePendingPins(cookie: endpoint.cookie)
     }
 
     /// Moves each direction of a socket whose rekey is pending to its new SA if the kernel has it. The event pump
     /// also calls it every tick while anything is pending (an event missed in an overrun).
     func movePendingPins(cookie: UInt64) {
-        guard let endpoint = table.endpoint(cookie: cookie), var pinned = endpoint.pinned,
-            let template = template(for: endpoint), let reqid = endpoint.reqid
-        else {
-            pendingPins.withLock { pending in pending = pending.filter { $0.value != cookie } }
+        guard let endpoint = table.endpoint(cookie: cookie), var pinned = endpoint.pinned else { return }
+        guard let template = template(for: endpoint), let reqid = endpoint.reqid else {
+            // Nothing to move it with: it waits no more.
+            table.update(cookie: cookie) {
+                $0.pinned?.pendingInboundSPI = nil
+                $0.pinned?.pendingOutboundSPI = nil
+            }
             return
         }
         guard let flow = connectedFlow(endpoint) else { return }
@@ -163,7 +162,6 @@ extension SecureSocketEngine {
         }
         guard !moved.isEmpty else { return }
         table.update(cookie: cookie) { $0.pinned = pinned }
-        pendingPins.withLock { pending in for spi in moved { pending[spi] = nil } }
         if endpoint.kind == .stream { coverFlow(flow, reqid: reqid, for: nil, pinned: pinned) }
         logger.debug(
             "pinned connection moved to its rekeyed SAs",
@@ -187,9 +185,6 @@ extension SecureSocketEngine {
             ikeSAID: protection.ikeSAID, how: "charon made the flow's CHILD_SA again")
     }
 
-    /// Sockets whose rekey is pending, for the event pump's tick.
-    var pendingPinCookies: Set<UInt64> { pendingPins.withLock { Set($0.values) } }
-
     /// A connected socket's flow (nil when it is closed or not connected).
 
     // MARK: - Accepted connections
@@ -209,7 +204,7 @@ extension SecureSocketEngine {
                 cookie: cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut, ikeSAID: protection.ikeSAID,
                 how: "accepted")
             {
-                keyings.setOwnChild(cookie: cookie, spi: spiIn, peer: flow.remote)
+                table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
             }
         case .unknown:
             guard
@@ -239,7 +234,7 @@ extension SecureSocketEngine {
     func peerChild(reqid: UInt32, flow: KeyedFlow?) {
         if let flow {
             for endpoint in table.endpoints(reqid: reqid) where endpoint.role == .accepted {
-                guard keyings.flow(cookie: endpoint.cookie) == flow else { continue }
+                guard endpoint.keying?.flow == flow else { continue }
                 bindAccepted(cookie: endpoint.cookie, flow: flow)
                 return
             }

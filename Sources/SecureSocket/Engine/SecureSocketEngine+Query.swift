@@ -127,7 +127,7 @@ extension SecureSocketEngine {
         // Who: the IKE SA that negotiated this very SA pair (by its inbound SPI), never "some SA to that host".
         guard found.attributable else { return info }
         if endpoint.role == .accepted {
-            keyings.setOwnChild(cookie: endpoint.cookie, spi: into.id.spi, peer: peer.address)
+            table.setOwnChild(spi: into.id.spi, peer: peer.address, cookie: endpoint.cookie)
         }
         if let protection = keying?.protection(inboundSPI: into.id.spi, peer: peer.address) {
             info.peerMachineIdentity = protection.remoteIdentity

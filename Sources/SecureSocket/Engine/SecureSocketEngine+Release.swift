@@ -66,8 +66,7 @@ extension SecureSocketEngine {
         logger.debug(
             "socket released",
             metadata: ["cookie": "\(cookie)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
-        pendingPins.withLock { pending in pending = pending.filter { $0.value != cookie } }
-        if let entry = keyings.remove(cookie: cookie) {
+        if let entry = endpoint.keying {
             if endpoint.kind == .stream, coverClosedFlow, let reqid = endpoint.reqid, let flow = entry.flow {
                 // (An initiator's cover was installed when it connected; an accepted connection's now.)
                 coverFlow(flow, reqid: reqid, for: Self.closedFlowCover, pinned: endpoint.pinned)
@@ -128,7 +127,7 @@ extension SecureSocketEngine {
     /// Records a connected TCP socket's flow and covers it (see ``coverFlow(_:reqid:for:pinned:)``).
     func recordFlow(_ flow: KeyedFlow, cookie: UInt64) {
         guard let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
-        keyings.setFlow(cookie: cookie, flow: flow)
+        table.setFlow(flow, cookie: cookie)
         table.update(cookie: cookie) { $0.lastLocalPort = flow.localPort }
         if case .secured = endpoint.state { coverFlow(flow, reqid: reqid, for: nil, pinned: endpoint.pinned) }
     }

@@ -80,10 +80,10 @@ extension SecureSocketEngine {
         }
         var endpoint = Endpoint(
             cookie: facts.cookie, descriptor: fd, family: facts.family, kind: facts.kind, reqid: reqid,
-            allowInsecure: settings.flags.contains(.allowInsecure), summary: Self.summary(settings) + " adopted")
+            allowInsecure: settings.flags.contains(.allowInsecure), summary: Self.summary(settings) + " adopted",
+            role: .initiator)
         endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
         endpoint.client = Self.servingClient
-        endpoint.role = .initiator
         endpoint.peer = peer.address
         for name in names {
             endpoint.setPeerTargetName(name.name, for: name.peerAddress.flatMap { $0.address.isAny ? nil : $0.address })

@@ -37,7 +37,7 @@ extension SecureSocketEngine {
             if case .refused = endpoint.state.settled { continue }
             if facts.kind == .datagram, refuseSharedPort(endpoint) { continue }
             if facts.isConnected {
-                table.update(cookie: endpoint.cookie) { $0.role = .initiator }
+                _ = table.update(cookie: endpoint.cookie) { $0.settle(as: .initiator) }
             } else if let local = facts.local, facts.answersPeers {
                 table.update(cookie: endpoint.cookie) {
                     $0.lastLocalAddress = local.address
@@ -69,7 +69,7 @@ extension SecureSocketEngine {
             "secured UDP socket refused: SO_REUSEADDR was set on it (another socket could share its port)",
             metadata: ["fd": "\(endpoint.descriptor)", "reqid": "\(endpoint.reqid.map(String.init) ?? "none")"])
         apply(.refused("SO_REUSEADDR set on a secured UDP socket: its port could be shared"), cookie: endpoint.cookie)
-        for registration in keyings.take(cookie: endpoint.cookie, where: { _ in true }) {
+        for registration in table.takeRegistrations(cookie: endpoint.cookie) {
             keying?.release(registration)
         }
         // What peers negotiated while it answered goes too, and its port's SPD policies: nothing may still be
@@ -83,7 +83,7 @@ extension SecureSocketEngine {
 
     func becomeResponder(_ endpoint: Endpoint, local: IPEndpoint) {
         let port = local.port
-        guard let keying, let request = keyings.request(cookie: endpoint.cookie) else { return }
+        guard let keying, let request = table.keyingRequest(cookie: endpoint.cookie) else { return }
         if let refusal = responderRefusal(endpoint) {
             // Never offered: no peer can negotiate for its port, so nothing reaches it (fails closed).
             logger.error("responder refused", metadata: ["fd": "\(endpoint.descriptor)", "reason": "\(refusal)"])
@@ -92,11 +92,8 @@ extension SecureSocketEngine {
         }
         // Claimed first, so a concurrent connect sees the role and the listen is not loaded twice.
         let claimed =
-            table.update(cookie: endpoint.cookie) { e -> Bool in
-                guard e.role == .undetermined else { return false }
-                e.role = .responder(port: port)
-                return true
-            } ?? false
+            table.update(cookie: endpoint.cookie) { $0.settle(as: .responder(port: port)) }
+            ?? false
         guard claimed else { return }
         do {
             // Its policy in the SPD before any peer can make a CHILD_SA for it.
@@ -108,7 +105,8 @@ extension SecureSocketEngine {
         }
         do {
             let registration = try keying.listen(request, localPort: port, localAddress: local.address)
-            if !keyings.add(registration, cookie: endpoint.cookie) { keying.release(registration) } // closed meanwhile
+            // Released meanwhile: the listen is ours to undo.
+            if !table.addRegistration(registration, cookie: endpoint.cookie) { keying.release(registration) }
         } catch {
             apply(.failed(Self.failure(error, expected: nil, timeout: .zero)), cookie: endpoint.cookie)
         }
@@ -123,7 +121,7 @@ extension SecureSocketEngine {
             let endpoint = table.endpoints(reqid: reqid).first(where: {
                 $0.role == .initiator || $0.role == .undetermined || ($0.kind == .datagram && $0.role.isResponder)
             }),
-            var request = keyings.request(cookie: endpoint.cookie)
+            var request = table.keyingRequest(cookie: endpoint.cookie)
         else { return }
         if case .refused = endpoint.state.settled { return }
         guard (try? becomeInitiator(endpoint)) != nil else { return }
@@ -172,7 +170,7 @@ extension SecureSocketEngine {
         let hooks = AcquireHooks(engine: self)
         // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
         // first (terminated by config name, whatever rekeys renamed its id to).
-        let staleRegistrations = stale ? keyings.take(cookie: endpoint.cookie, where: \.isNegotiation) : []
+        let staleRegistrations = stale ? table.takeRegistrations(cookie: endpoint.cookie, where: \.isNegotiation) : []
         do {
             // Through Threads: a negotiation thread never starts as a peer some thread impersonates.
             try Threads.detach {
@@ -201,7 +199,7 @@ extension SecureSocketEngine {
         func succeeded(_ negotiated: Negotiated, flow: KeyedFlow, cookie: UInt64) {
             guard let engine else { return }
             guard let endpoint = engine.table.endpoint(cookie: cookie),
-                engine.keyings.add(negotiated.registration, cookie: cookie)
+                engine.table.addRegistration(negotiated.registration, cookie: cookie)
             else {
                 engine.keying?.release(negotiated.registration) // closed meanwhile
                 return
@@ -210,7 +208,7 @@ extension SecureSocketEngine {
                 endpoint.descriptor, reqid: endpoint.reqid ?? 0, flow: flow, negotiated.protection,
                 how: "kernel ACQUIRE")
             if endpoint.kind == .stream {
-                engine.keyings.setFlow(cookie: cookie, flow: flow)
+                engine.table.setFlow(flow, cookie: cookie)
                 // A connection's own pair, pinned before the application's retry sends (an unconnected UDP
                 // socket sends to many peers and keeps its reqid-only templates).
                 if let spiIn = negotiated.protection.inboundSPI, let spiOut = negotiated.protection.outboundSPI {

@@ -79,6 +79,17 @@ extension SecureSocketEngine {
         endpoint.peerNameIsRaw = settings.ipsec?.flags.contains(.peerNameIsRawFormat) ?? false
         endpoint.client = Self.servingClient
         endpoint.registeredAt = ContinuousClock.now
+        if let reqid {
+            // Nothing is offered to peers yet: a socket becomes a responder (its reqid offered for flows to its
+            // port) only once it is seen listening, and an initiator negotiates per flow when it connects.
+            endpoint.keying = EndpointKeying(
+                request: KeyingRequest(
+                    reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
+                    requiredPeerIdentity: nil,
+                    peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
+                    requireEncryption: true, userName: Self.userIdentity(settings.ipsec),
+                    userPassword: settings.ipsec?.password))
+        }
         do {
             try table.insert(endpoint)
         } catch {
@@ -92,17 +103,6 @@ extension SecureSocketEngine {
                 "fd": "\(fd)", "cookie": "\(facts.cookie)", "reqid": "\(reqid.map(String.init) ?? "none")",
                 "settings": "\(endpoint.summary)",
             ])
-        guard let reqid else { return }
-        // Nothing is offered to peers yet: a socket becomes a responder (its reqid offered for flows to its
-        // port) only once it is seen listening, and an initiator negotiates per flow when it connects.
-        keyings.register(
-            cookie: facts.cookie,
-            request: KeyingRequest(
-                reqid: reqid, family: facts.family, transportProtocol: facts.kind == .stream ? .tcp : .udp,
-                requiredPeerIdentity: nil,
-                peerIdentityOptional: settings.ipsec?.flags.contains(.optionalPeerNameVerification) ?? false,
-                requireEncryption: true, userName: Self.userIdentity(settings.ipsec),
-                userPassword: settings.ipsec?.password))
     }
 
     // MARK: - Peer target names
