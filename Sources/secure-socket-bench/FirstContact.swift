@@ -38,6 +38,9 @@ struct FirstContact: ParsableCommand {
     }
 
     static let port: UInt16 = 5001
+    /// The baseline's listener: ours' released listener leaves its port covered for `TIME_WAIT` (120 s), so a
+    /// plain listener on that port would be refused its SAs.
+    static let baselinePort: UInt16 = 5002
 
     /// One measurement: connect returned, first byte echoed (seconds from the start of the connect call).
     struct Sample {
@@ -63,8 +66,16 @@ struct FirstContact: ParsableCommand {
         defer { Cleanup.run(pairToken) }
         let secret = randomSecret()
 
-        let ours = try measureOurs(pair, secret: secret)
-        let baseline = try measureBaseline(pair, secret: secret)
+        // Where the time goes: a capture on A's veth, cut by each repetition's wall-clock window.
+        let folder = try makeTemporaryFolder("ssfc-capture")
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        let capture = try PacketCapture(namespace: pair.a, interface: pair.interfaceA, file: "\(folder)/a.pcap")
+        var windows: [ExchangeTimeline.Window] = []
+        let ours = try measureOurs(pair, secret: secret, windows: &windows)
+        let baseline = try measureBaseline(pair, secret: secret, windows: &windows)
+        capture.stop()
+        let packets = try ExchangeTimeline.packets(capture.file, initiator: pair.addressA4)
+        let timeline = ExchangeTimeline.phases(packets, windows: windows)
 
         let oursEcho = median(ours.map(\.echoed))
         print(row("variant", ["connect ms", "echo ms", "min echo", "max echo", "ours/base"], labelWidth: 64))
@@ -92,6 +103,12 @@ struct FirstContact: ParsableCommand {
         summary(
             "first contact, against VICI initiate + connect()", ours: "\(format(oursEcho * 1000)) ms",
             baseline: "\(format(initiate * 1000)) ms (initiate)", ratio: format(oursEcho / initiate, 2), goal: "≤ 1.1")
+        print("  where the time goes (capture on A's veth; median ms of each phase, phases in ExchangeTimeline):")
+        for line in ExchangeTimeline.report(
+            timeline, order: ["ours"] + BaselineVariant.allCases.map(\.rawValue))
+        {
+            print(line)
+        }
         print(
             "  ours/base is ours' median echo time over the baseline's (below 1: ours reaches the first byte sooner);"
                 + " the \"ours\" row's own ratio is 1 by definition")
@@ -109,7 +126,9 @@ struct FirstContact: ParsableCommand {
 
     // MARK: - Ours
 
-    func measureOurs(_ pair: NamespacePair, secret: String) throws -> [Sample] {
+    func measureOurs(
+        _ pair: NamespacePair, secret: String, windows: inout [ExchangeTimeline.Window]
+    ) throws -> [Sample] {
         let ends = try Ends(pair: pair, keying: .strongswan, secret: secret)
         defer { ends.close() }
         guard let backendA = ends.backendA, let backendB = ends.backendB else { throw BenchError("no charon") }
@@ -136,6 +155,7 @@ struct FirstContact: ParsableCommand {
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
             let echo = EchoOnce(listener)
+            let wallStart = ExchangeTimeline.now()
             let start = nowNanos()
             let sample: Sample
             do {
@@ -145,6 +165,9 @@ struct FirstContact: ParsableCommand {
                 try client.send([0x2a])
                 guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("wrong echo") }
                 sample = Sample(connected: Double(connected - start) / 1e9, echoed: Double(nowNanos() - start) / 1e9)
+                if repetition > 0 {
+                    windows.append(.init(variant: "ours", start: wallStart, end: ExchangeTimeline.now()))
+                }
             } catch {
                 client.closeAbortively()
                 echo.finish()
@@ -199,7 +222,9 @@ struct FirstContact: ParsableCommand {
         var description: String { "\(rawValue) (xfrm_larval_drop=\(larvalDrop))" }
     }
 
-    func measureBaseline(_ pair: NamespacePair, secret: String) throws -> [BaselineVariant: [Sample]] {
+    func measureBaseline(
+        _ pair: NamespacePair, secret: String, windows: inout [ExchangeTimeline.Window]
+    ) throws -> [BaselineVariant: [Sample]] {
         // Fresh charons in the same namespaces (ours' have been stopped), each with one host-to-host
         // transport conn whose child is trapped with global policies.
         var daemons: [CharonDaemon] = []
@@ -235,7 +260,7 @@ struct FirstContact: ParsableCommand {
         let vicis = daemons.map(\.vici)
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         defer { listener.closeAbortively() }
-        try listener.bind(pair.addressB4, port: Self.port)
+        try listener.bind(pair.addressB4, port: Self.baselinePort)
         try listener.listen()
 
         // Rotate the variants round by round: one untimed warm-up of each first, then `repetitions` of each.
@@ -250,19 +275,23 @@ struct FirstContact: ParsableCommand {
             let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
             client.setTimeouts(8) // bounds the blocking connect() too
             let echo = EchoOnce(listener)
+            let wallStart = ExchangeTimeline.now()
             let start = nowNanos()
             let sample: Sample
             do {
                 if variant == .initiate {
                     try daemons[0].vici.initiate(child: "host", ike: "bench", timeout: .seconds(8))
                 }
-                if let error = client.connectOnce(pair.addressB4, port: Self.port) {
+                if let error = client.connectOnce(pair.addressB4, port: Self.baselinePort) {
                     throw BenchError("connect: \(error)")
                 }
                 let connected = nowNanos()
                 try client.send([0x2a])
                 guard try client.receiveExactly(1, timeout: 8) == [0x2a] else { throw BenchError("wrong echo") }
                 sample = Sample(connected: Double(connected - start) / 1e9, echoed: Double(nowNanos() - start) / 1e9)
+                if round >= variants.count {
+                    windows.append(.init(variant: variant.rawValue, start: wallStart, end: ExchangeTimeline.now()))
+                }
             } catch {
                 client.closeAbortively()
                 echo.finish()
