@@ -7,7 +7,8 @@
 #    to the first echoed byte vs strongSwan with a global trap policy) and new-connection (a new connection over
 #    an established IKE SA, N = 10 / 100 / 1,000 in a row, vs one CREATE_CHILD_SA + connect; then 1,000 held
 #    at once from one process and from 4 processes: time, memory per connection, query at 10 and 1,000 vs two
-#    GETSA; 10,000 set-security + close cycles and what is left) under user-mode-linux; daemon-path (set-security,
+#    GETSA; 10,000 set-security + close cycles and what is left; 400 held from 1 and from 8 client processes through
+#    one keying daemon, with its memory) under user-mode-linux; daemon-path (set-security,
 #    a new connection and the query through the keying daemon vs an engine in the bench's own process, same charon
 #    and peer). Ratios ours / baseline.
 set -euo pipefail
@@ -33,6 +34,10 @@ trap 'rm -f "$log"' EXIT
   scripts/uml/run.sh --timeout 590 -- "$ssb" first-contact
   echo
   scripts/uml/run.sh --timeout 1700 --mem 1024M -- "$ssb" new-connection
+  echo
+  # One keying daemon per namespace: 400 connections held from 1 client process and from 8.
+  scripts/uml/run.sh --timeout 900 --mem 1024M -- "$ssb" new-connection --counts 1 --held 400 --processes 1 8 \
+    --no-in-process-hold --churn 0
   echo
   scripts/uml/run.sh --timeout 590 -- "$ssb" daemon-path
 } 2>&1 | tee "$log" | grep -v $'^summary\t'

@@ -31,10 +31,11 @@ struct NewConnection: ParsableCommand {
     var held = 1000
 
     @Option(
+        parsing: .upToNextOption,
         help:
-            "Client processes (secure-echo hold, through the C ABI, sharing charon A) that then open `held` connections between them (0: skip)."
+            "Client processes (secure-echo hold, through the C ABI and the namespace's keying daemon) that then open `held` connections between them; one run per count given (0: skip)."
     )
-    var processes = 4
+    var processes: [Int] = [4]
 
     @Flag(help: "Skip the in-process hold (the held connections from client processes still run).")
     var noInProcessHold = false
@@ -48,7 +49,7 @@ struct NewConnection: ParsableCommand {
 
     func validate() throws {
         guard !counts.isEmpty, counts.allSatisfy({ (1...10_000).contains($0) }), (0...10_000).contains(held),
-            (0...16).contains(processes), (0...100_000).contains(churn)
+            processes.allSatisfy({ (0...16).contains($0) }), (0...100_000).contains(churn)
         else {
             throw ValidationError("counts and held in 1...10000, processes 0...16, churn 0...100000")
         }
@@ -166,15 +167,21 @@ struct NewConnection: ParsableCommand {
         if held > 0, !noInProcessHold {
             try holdMany(ends, pair, charonA: backendA.daemon?.pid, charonB: backendB.daemon?.pid)
         }
-        if held > 0, processes > 0, let socket = backendA.daemon?.socketPath {
-            try holdFromProcesses(pair, charonSocket: socket, secret: ends.secret)
+        if held > 0, let socket = backendA.daemon?.socketPath {
+            for count in processes where count > 0 {
+                try holdFromProcesses(count, pair, charonSocket: socket, secret: ends.secret)
+            }
         }
         if churn > 0 { try churnWithoutConnecting(ends, pair) }
     }
 
-    /// `processes` client processes (`secure-echo hold`, the C ABI, one charon shared by all of them) open
-    /// `held` connections between them at the same time, against ours' listener; each echoes on all of its own.
-    private func holdFromProcesses(_ pair: NamespacePair, charonSocket: String, secret: String) throws {
+    /// `processes` client processes (`secure-echo hold`, the C ABI) open `held` connections between them at the
+    /// same time, against ours' listener; each echoes on all of its own. They secure their sockets through the
+    /// namespace's keying daemon (the first one starts it, with charon A as its charon), which is sampled too: its
+    /// resident size once every client has its first connection and once all are held, and its threads.
+    private func holdFromProcesses(
+        _ processes: Int, _ pair: NamespacePair, charonSocket: String, secret: String
+    ) throws {
         let echo = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(
             "secure-echo"
         ).path
@@ -189,22 +196,48 @@ struct NewConnection: ParsableCommand {
             toFile: config, atomically: true, encoding: .utf8)
         chmod(config, 0o600) // the library refuses a keying file that group or others can write
         let each = max(1, held / processes)
+        let keydPath = URL(fileURLWithPath: echo).deletingLastPathComponent().appendingPathComponent("wss-keyd").path
+        // The namespace's keying daemon, started here (the clients find it and start none), so that its size is
+        // known before the first client.
+        let keyd = try NamespaceProcess(
+            in: pair.a, environment: ["WSS_KEYING_CONFIG": config, "WSS_LOG": "notice,stderr"], [keydPath],
+            log: "\(folder)/keyd.log")
+        defer {
+            keyd.terminate()
+            _ = keyd.waitForExit(timeout: 30)
+        }
+        guard keyd.wait(for: "keying daemon ready", timeout: 20) else {
+            throw BenchError("wss-keyd did not start: \(keyd.output)")
+        }
+        usleep(500_000)
+        let daemonIdle = Self.status(keyd.pid, "RssAnon")
+        let daemonIdleThreads = Self.status(keyd.pid, "Threads")
         let started = nowNanos()
+        // Line-buffered output (stdbuf), so each client's "echoed" is read while it still holds its connections
+        // (it lingers 20 s): the daemon is sampled then.
         let clients = try (0..<processes).map { index in
             try NamespaceProcess(
-                in: pair.a, environment: ["WSS_KEYING_CONFIG": config, "WSS_LOG": "notice,stderr"],
-                (clientWrapper?.split(separator: " ").map(String.init) ?? []) + [
+                in: pair.a,
+                environment: ["WSS_KEYING_CONFIG": config, "WSS_LOG": "notice,stderr", "WSS_KEYD": keydPath],
+                (clientWrapper?.split(separator: " ").map(String.init) ?? ["stdbuf", "-oL"]) + [
                     echo, "hold", "--server", "\(pair.addressB4)", "--port", "\(Self.oursPort)",
-                    "--target", "host/b.example", "--connections", "\(each)", "--linger", "2",
+                    "--target", "host/b.example", "--connections", "\(each)", "--linger", "20",
                 ],
                 log: "\(folder)/client-\(index).log")
         }
+        // And once each client has its first connection (what the daemon makes once, its threads' allocator arenas
+        // included, is paid by then).
+        for client in clients { client.wait(for: "after the first connection", timeout: 600) }
+        let daemonFirst = Self.status(keyd.pid, "RssAnon")
         var opened = 0.0
         var echoed = 0
         var perConnection: [Int] = []
         var marginal: [Int] = []
         var heap: [Int] = []
         var statuses: [String] = []
+        var daemonLine = ""
+        var daemonBytes: Int?
+        var daemonMarginal: Int?
         for client in clients {
             client.wait(for: "echoed", timeout: 1200)
             statuses += client.output.split(separator: "\n").filter {
@@ -237,6 +270,19 @@ struct NewConnection: ParsableCommand {
                     "  client \(client.pid) failed: \($0)"
                 }
             }
+            if client === clients.last {
+                // Every client has echoed and lingers: all connections are held.
+                let holding = clients.filter(\.isRunning).count
+                let all = Self.status(keyd.pid, "RssAnon")
+                daemonBytes = (all - daemonIdle) * 1024 / (each * processes)
+                daemonMarginal = (all - daemonFirst) * 1024 / max(1, each * processes - processes)
+                daemonLine =
+                    "keying daemon (pid \(keyd.pid)): \(daemonIdle) KiB anonymous resident and \(daemonIdleThreads)"
+                    + " threads before the first client, \(daemonFirst) KiB once each client had its first connection,"
+                    + " \(all) KiB and \(Self.status(keyd.pid, "Threads")) threads with all \(each * processes) held"
+                    + " (\(holding)/\(processes) clients still holding): \(daemonBytes ?? 0) bytes per held connection,"
+                    + " \(daemonMarginal ?? 0) past each client's first"
+            }
         }
         // Each process releases its connections at exit: let it finish (a signal would leave them to be reclaimed).
         for client in clients { client.waitForExit(timeout: 300) }
@@ -246,6 +292,18 @@ struct NewConnection: ParsableCommand {
                 + " each client process (the library through the C ABI): \(perConnection.map(String.init).joined(separator: ", "))"
                 + " (goal ≤ 2048)")
         for item in statuses { print(item) }
+        print("  \(daemonLine)")
+        if let daemonBytes {
+            summary(
+                "keying daemon memory per held connection (\(processes) client processes)", ours: "\(daemonBytes) B",
+                baseline: "2048 B (goal)", ratio: format(Double(daemonBytes) / 2048, 2), goal: "≤ 1")
+        }
+        if let daemonMarginal {
+            summary(
+                "keying daemon memory per held connection past each client's first (\(processes) client processes)",
+                ours: "\(daemonMarginal) B", baseline: "2048 B (goal)", ratio: format(Double(daemonMarginal) / 2048, 2),
+                goal: "≤ 1")
+        }
         summary(
             "\(each * processes) held from \(processes) processes (C ABI, one charon)",
             ours: "\(format(opened, 1)) s, \(echoed) echoed", baseline: "-", ratio: "-", goal: "all echo")
@@ -416,6 +474,14 @@ struct NewConnection: ParsableCommand {
                 })
         }
         return median(samples)
+    }
+
+    /// A number field of `/proc/PID/status` (KiB for sizes), 0 when unreadable.
+    static func status(_ pid: pid_t, _ field: String) -> Int {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") })
+        else { return 0 }
+        return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") ?? 0
     }
 
     private func residentKiB(_ pid: pid_t) -> Int {
