@@ -166,7 +166,8 @@ let package = Package(
             name: "TierTesting", dependencies: ["NetnsTestSupport", .product(name: "Logging", package: "swift-log")]),
         // C: static inline wrappers for the raw per-thread credential system calls (glibc's broadcast to all threads).
         .systemLibrary(name: "CThreadCredentials", path: "CModules/CThreadCredentials"),
-        // C: glibc's allocator statistics for the tools (mallinfo2 is in <malloc.h>, outside Swift's Glibc module).
+        // C: glibc's allocator statistics for the tools and its arena limit for the keying daemon (mallinfo2 and
+        // mallopt are in <malloc.h>, outside Swift's Glibc module).
         .systemLibrary(name: "CMallocInfo", path: "CModules/CMallocInfo"),
         // Per-thread impersonation of authenticated peers: the identity map and the credential switch.
         .target(
@@ -212,7 +213,7 @@ let package = Package(
         .executableTarget(
             name: "wss-keyd",
             dependencies: [
-                "DaemonControl", "Keying", "KeyingDaemon", "SecureSocket", "SystemSupport",
+                "CMallocInfo", "DaemonControl", "Keying", "KeyingDaemon", "SecureSocket", "SystemSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMallocInfo
 import DaemonControl
 import Glibc
 import Keying
@@ -30,6 +31,10 @@ struct WSSKeyd: AsyncParsableCommand {
 
     func run() async throws {
         signal(SIGPIPE, SIG_IGN)
+        // Two malloc arenas instead of one per thread that ever allocates (glibc's default, up to eight per core):
+        // the request threads spread each connection's allocations over their own arenas, which stay resident.
+        // Measured with 400 held connections (secure-socket-bench new-connection --processes 1 8).
+        _ = cmi_limit_arenas(2)
 
         let logger = SecureSocketLogging.logger(label: "wss.keyd")
         // The address first: a second daemon started at the same moment exits before it touches charon.
