@@ -111,7 +111,11 @@ public struct Endpoint: Sendable {
     public mutating func handle(_ event: EndpointEvent) -> [EndpointAction] { machine.handle(event) }
 
     /// The socket turned out to be `role` (see ``EndpointStateMachine/settle(as:)``); returns whether it changed.
-    public mutating func settle(as role: EndpointRole) -> Bool { machine.settle(as: role) }
+    /// Only a UDP responder becomes an initiator (a listening TCP socket never connects).
+    public mutating func settle(as role: EndpointRole) -> Bool {
+        if self.role.isResponder, role == .initiator, kind != .datagram { return false }
+        return machine.settle(as: role)
+    }
 
     /// The name that applies to a peer: its own, else the catch-all one.
     public func peerTargetName(for peer: IPAddress?) -> String? {
@@ -164,8 +168,9 @@ public final class EndpointTable: Sendable {
         /// Pinned endpoints by the inbound SPI they are pinned to (a rekey names the old one).
         var byPinnedSPI: [UInt32: UInt64] = [:]
         /// Pinned endpoints by the SPIs of a rekey's SAs they wait for (``PinnedSAs/pendingInboundSPI``,
-        /// ``PinnedSAs/pendingOutboundSPI``): the kernel's report of a new SA finds its socket.
-        var byPendingSPI: [UInt32: UInt64] = [:]
+        /// ``PinnedSAs/pendingOutboundSPI``): the kernel's report of a new SA finds its sockets. Several may wait
+        /// for one SPI: outbound SPIs are chosen by the peers, so two peers may pick the same.
+        var byPendingSPI: [UInt32: [UInt64]] = [:]
 
         /// Keeps the SPI indexes in step with an endpoint's pins (`old` before a change, `new` after).
         mutating func reindexPins(cookie: UInt64, old: PinnedSAs?, new: PinnedSAs?) {
@@ -176,8 +181,13 @@ public final class EndpointTable: Sendable {
             let oldPending = old?.pendingSPIs ?? []
             let newPending = new?.pendingSPIs ?? []
             guard oldPending != newPending else { return }
-            for spi in oldPending where byPendingSPI[spi] == cookie { byPendingSPI[spi] = nil }
-            for spi in newPending { byPendingSPI[spi] = cookie }
+            for spi in oldPending {
+                byPendingSPI[spi]?.removeAll { $0 == cookie }
+                if byPendingSPI[spi]?.isEmpty == true { byPendingSPI[spi] = nil }
+            }
+            for spi in newPending where byPendingSPI[spi]?.contains(cookie) != true {
+                byPendingSPI[spi, default: []].append(cookie)
+            }
         }
     }
 
@@ -248,13 +258,13 @@ public final class EndpointTable: Sendable {
         storage.withLock { s in s.byPinnedSPI[spi].flatMap { s.byCookie[$0]?.endpoint } }
     }
 
-    /// The endpoint waiting for the SA `spi` (a rekey's, not in the kernel yet when it was pinned).
-    public func endpoint(pendingSPI spi: UInt32) -> Endpoint? {
-        storage.withLock { s in s.byPendingSPI[spi].flatMap { s.byCookie[$0]?.endpoint } }
+    /// The endpoints waiting for an SA with SPI `spi` (a rekey's, not in the kernel yet when it was pinned).
+    public func endpoints(pendingSPI spi: UInt32) -> [Endpoint] {
+        storage.withLock { s in (s.byPendingSPI[spi] ?? []).compactMap { s.byCookie[$0]?.endpoint } }
     }
 
     /// The endpoints waiting for a rekey's SA, by cookie.
-    public var cookiesWithPendingPins: Set<UInt64> { storage.withLock { Set($0.byPendingSPI.values) } }
+    public var cookiesWithPendingPins: Set<UInt64> { storage.withLock { Set($0.byPendingSPI.values.joined()) } }
 
     public func endpoint(cookie: UInt64) -> Endpoint? { storage.withLock { $0.byCookie[cookie]?.endpoint } }
 

@@ -339,7 +339,7 @@ extension VICIClient {
             }
         } catch {
             var error = error
-            error.controlLog = Array(lines.suffix(256))
+            error.controlLog = lines
             throw error
         }
         return lines

@@ -49,7 +49,7 @@ public struct VICIError: Error, Hashable, CustomStringConvertible, Sendable {
     public var detail: String?
     /// The whole response for ``Code/commandFailed``, for keys beyond `errmsg`.
     public var response: VICIMessage?
-    /// The `control-log` lines a failed `initiate` or `terminate` streamed (the last 256). Which of them give
+    /// The `control-log` lines a failed `initiate` or `terminate` streamed (the first 10,000). Which of them give
     /// charon's reason is charon's wording, read by the keying layer; the description shows the last four.
     public var controlLog: [ControlLog] = []
 

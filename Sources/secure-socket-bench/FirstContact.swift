@@ -103,7 +103,9 @@ struct FirstContact: ParsableCommand {
         summary(
             "first contact, against VICI initiate + connect()", ours: "\(format(oursEcho * 1000)) ms",
             baseline: "\(format(initiate * 1000)) ms (initiate)", ratio: format(oursEcho / initiate, 2), goal: "≤ 1.1")
-        print("  where the time goes (capture on A's veth; median ms of each phase, phases in ExchangeTimeline):")
+        print(
+            "  where the time goes (capture on A's veth; median ms of each phase, phases in ExchangeTimeline; the"
+                + " medians of the phases need not add up to the median total):")
         for line in ExchangeTimeline.report(
             timeline, order: ["ours"] + BaselineVariant.allCases.map(\.rawValue))
         {

@@ -229,6 +229,9 @@ struct NewConnection: ParsableCommand {
         // included, is paid by then).
         for client in clients { client.wait(for: "after the first connection", timeout: 600) }
         let daemonFirst = Self.status(keyd.pid, "RssAnon")
+        // How many connections are up at that moment (the first clients go on opening while the last makes its
+        // first): A's SA pairs.
+        let connectionsAtFirst = try Self.saPairs(pair)
         var opened = 0.0
         var echoed = 0
         var perConnection: [Int] = []
@@ -275,13 +278,13 @@ struct NewConnection: ParsableCommand {
                 let holding = clients.filter(\.isRunning).count
                 let all = Self.status(keyd.pid, "RssAnon")
                 daemonBytes = (all - daemonIdle) * 1024 / (each * processes)
-                daemonMarginal = (all - daemonFirst) * 1024 / max(1, each * processes - processes)
+                daemonMarginal = (all - daemonFirst) * 1024 / max(1, try Self.saPairs(pair) - connectionsAtFirst)
                 daemonLine =
                     "keying daemon (pid \(keyd.pid)): \(daemonIdle) KiB anonymous resident and \(daemonIdleThreads)"
                     + " threads before the first client, \(daemonFirst) KiB once each client had its first connection,"
                     + " \(all) KiB and \(Self.status(keyd.pid, "Threads")) threads with all \(each * processes) held"
                     + " (\(holding)/\(processes) clients still holding): \(daemonBytes ?? 0) bytes per held connection,"
-                    + " \(daemonMarginal ?? 0) past each client's first"
+                    + " \(daemonMarginal ?? 0) past the \(connectionsAtFirst) up when each client had its first"
             }
         }
         // Each process releases its connections at exit: let it finish (a signal would leave them to be reclaimed).
@@ -300,7 +303,7 @@ struct NewConnection: ParsableCommand {
         }
         if let daemonMarginal {
             summary(
-                "keying daemon memory per held connection past each client's first (\(processes) client processes)",
+                "keying daemon memory per held connection past the first ones (\(processes) client processes)",
                 ours: "\(daemonMarginal) B", baseline: "2048 B (goal)", ratio: format(Double(daemonMarginal) / 2048, 2),
                 goal: "≤ 1")
         }
@@ -474,6 +477,11 @@ struct NewConnection: ParsableCommand {
                 })
         }
         return median(samples)
+    }
+
+    /// The SA pairs in A's kernel: one per connection held.
+    static func saPairs(_ pair: NamespacePair) throws -> Int {
+        try XFRMClient(namespace: pair.a.namespace).states().filter { !$0.isLarval }.count / 2
     }
 
     /// A number field of `/proc/PID/status` (KiB for sizes), 0 when unreadable.

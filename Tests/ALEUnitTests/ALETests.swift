@@ -168,9 +168,13 @@ final class EndpointTableTests: XCTestCase {
         XCTAssertTrue(listener.settle(as: .responder(port: 443)))
         XCTAssertFalse(listener.settle(as: .responder(port: 444)), "a responder keeps its port")
         XCTAssertFalse(listener.settle(as: .undetermined))
+        XCTAssertFalse(listener.settle(as: .initiator), "a TCP listener never connects")
         XCTAssertEqual(listener.role, .responder(port: 443))
-        XCTAssertTrue(listener.settle(as: .initiator), "a UDP responder that sends to a peer of its choosing")
-        XCTAssertFalse(listener.settle(as: .responder(port: 443)), "an initiator never starts answering peers")
+        var udp = Endpoint(
+            cookie: 4, descriptor: 5, family: .inet, kind: .datagram, reqid: 3, allowInsecure: false, summary: "udp")
+        XCTAssertTrue(udp.settle(as: .responder(port: 53)))
+        XCTAssertTrue(udp.settle(as: .initiator), "a UDP responder that sends to a peer of its choosing")
+        XCTAssertFalse(udp.settle(as: .responder(port: 53)), "an initiator never starts answering peers")
         var accepted = Endpoint(
             cookie: 2, descriptor: 4, family: .inet, kind: .stream, reqid: 1, allowInsecure: false,
             summary: "accepted", role: .accepted)
@@ -219,8 +223,17 @@ final class EndpointTableTests: XCTestCase {
             $0.pinned?.pendingInboundSPI = 0x101
             $0.pinned?.pendingOutboundSPI = 0x201
         }
-        XCTAssertEqual(table.endpoint(pendingSPI: 0x101)?.cookie, 1)
-        XCTAssertEqual(table.endpoint(pendingSPI: 0x201)?.cookie, 1)
+        XCTAssertEqual(table.endpoints(pendingSPI: 0x101).map(\.cookie), [1])
+        XCTAssertEqual(table.endpoints(pendingSPI: 0x201).map(\.cookie), [1])
+        // Another peer picked the same outbound SPI for its rekey: both sockets wait for it.
+        try table.insert(endpoint(2, reqid: 6))
+        table.update(cookie: 2) {
+            $0.pinned = PinnedSAs(inboundSPI: 0x300, outboundSPI: 0x400, ikeSAID: 2)
+            $0.pinned?.pendingOutboundSPI = 0x201
+        }
+        XCTAssertEqual(Set(table.endpoints(pendingSPI: 0x201).map(\.cookie)), [1, 2])
+        XCTAssertEqual(table.cookiesWithPendingPins, [1, 2])
+        table.remove(cookie: 2)
         XCTAssertEqual(table.cookiesWithPendingPins, [1])
         table.update(cookie: 1) {
             $0.pinned?.inboundSPI = 0x101
@@ -228,11 +241,11 @@ final class EndpointTableTests: XCTestCase {
         }
         XCTAssertNil(table.endpoint(pinnedInboundSPI: 0x100), "moved to the rekey's inbound SA")
         XCTAssertEqual(table.endpoint(pinnedInboundSPI: 0x101)?.cookie, 1)
-        XCTAssertNil(table.endpoint(pendingSPI: 0x101))
-        XCTAssertEqual(table.endpoint(pendingSPI: 0x201)?.cookie, 1, "the outbound one still waits")
+        XCTAssertTrue(table.endpoints(pendingSPI: 0x101).isEmpty)
+        XCTAssertEqual(table.endpoints(pendingSPI: 0x201).map(\.cookie), [1], "the outbound one still waits")
         table.remove(cookie: 1)
         XCTAssertNil(table.endpoint(pinnedInboundSPI: 0x101))
-        XCTAssertNil(table.endpoint(pendingSPI: 0x201))
+        XCTAssertTrue(table.endpoints(pendingSPI: 0x201).isEmpty)
         XCTAssertTrue(table.cookiesWithPendingPins.isEmpty)
     }
 

@@ -124,6 +124,34 @@ final class SecureSocketEngineTests: XCTestCase {
         XCTAssertEqual(try socketPolicies(), [], "no policy left by a refused call")
     }
 
+    /// `WSAConnect` on a secured listener is refused before anything changes (Windows: `WSAEINVAL`): the listener
+    /// keeps its role and its policy, so it goes on answering its peers.
+    func testAListeningSocketCannotConnect() throws {
+        let listener = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        defer { listener.close() }
+        try engine.setSecurity(listener.fd.rawValue)
+        try listener.bind(pair.addressA4, port: 0)
+        try listener.listen()
+        // The role watch sees it listening first (its policy may move to the SPD then).
+        let settled = Date().addingTimeInterval(5)
+        while !(engine.endpoint(listener.fd.rawValue)?.role.isResponder ?? false), Date() < settled {
+            usleep(10_000)
+        }
+        XCTAssertTrue(engine.endpoint(listener.fd.rawValue)?.role.isResponder ?? false, "seen listening")
+        let before = (try socketPolicies(), try client.policies().filter { !$0.direction.isSocketPolicy })
+        XCTAssertThrowsError(
+            try engine.connect(listener.fd.rawValue, to: IPEndpoint(address: pair.addressB4, port: 9))
+        ) {
+            XCTAssertEqual(($0 as? SecureSocketError)?.code, .invalidArgument, "\($0)")
+        }
+        XCTAssertTrue(engine.endpoint(listener.fd.rawValue)?.role.isResponder ?? false, "still answering peers")
+        XCTAssertNil(engine.endpoint(listener.fd.rawValue)?.peer, "no peer recorded")
+        XCTAssertEqual(try socketPolicies(), before.0, "its socket policy is untouched")
+        XCTAssertEqual(
+            try client.policies().filter { !$0.direction.isSocketPolicy }, before.1, "its port's SPD policies too")
+        engine.release(listener.fd.rawValue)
+    }
+
     func testSkipFilterAndAllowInsecureMapping() throws {
         let skip = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(

@@ -46,6 +46,8 @@ extension SecureSocketEngine {
         guard !facts.isConnected || facts.kind == .datagram else {
             throw SecureSocketError(.isConnected, "already connected")
         }
+        // (Before anything changes: a listener keeps answering its peers.)
+        guard !facts.isListening else { throw SecureSocketError(.invalidArgument, "a listening socket cannot connect") }
         let timeout = timeout ?? configuration.negotiationTimeout
         guard let endpoint = table.endpoint(cookie: facts.cookie), let reqid = endpoint.reqid else {
             return Deadline(after: timeout)
@@ -158,8 +160,14 @@ extension SecureSocketEngine {
             throw SecureSocketError(
                 .accessDenied, "SO_REUSEADDR is set on this secured UDP socket: another socket could share its port")
         }
-        guard endpoint.role != .initiator else { return }
-        if case .responder = endpoint.role {
+        // Settled under the table's lock, and cleaned up after what the record was then (not what this copy says):
+        // the role watch may have made it a responder meanwhile.
+        let previous =
+            table.update(cookie: endpoint.cookie) { record -> EndpointRole? in
+                let before = record.role
+                return record.settle(as: .initiator) ? before : nil
+            } ?? nil
+        if case .responder? = previous {
             for registration in table.takeRegistrations(cookie: endpoint.cookie) {
                 keying?.release(registration)
             }
@@ -167,7 +175,6 @@ extension SecureSocketEngine {
             if let reqid = endpoint.reqid { keying?.dropPeerChildren(reqid: reqid) }
             returnPolicyToSocket(endpoint)
         }
-        _ = table.update(cookie: endpoint.cookie) { $0.settle(as: .initiator) }
     }
 
     /// `connect()` bounded by `deadline`, the TCP handshake included: a blocking socket is switched to

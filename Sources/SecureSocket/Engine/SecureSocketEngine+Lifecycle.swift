@@ -129,7 +129,8 @@ extension SecureSocketEngine {
     }
 
     /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`; then binds it to
-    /// its own CHILD_SA and pins its socket (``bindAccepted(cookie:flow:)``).
+    /// its own CHILD_SA and pins its socket (``bindAccepted(cookie:flow:)``). Its keying is the listener's as the
+    /// table holds it now: a listener released meanwhile gives it none, so nothing is bound for it.
     func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
         let flow = facts.local.flatMap { local in
             facts.peer.map { peer in
@@ -142,7 +143,7 @@ extension SecureSocketEngine {
             cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
             summary: listener.summary + " (accepted)", role: .accepted,
-            keying: listener.keying.map { listening in
+            keying: (table.read(cookie: listener.cookie) { $0.keying } ?? nil).map { listening in
                 var keying = EndpointKeying(request: listening.request)
                 keying.flow = flow
                 return keying

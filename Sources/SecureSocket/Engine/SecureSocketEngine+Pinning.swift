@@ -123,10 +123,10 @@ extension SecureSocketEngine {
         movePendingPins(cookie: endpoint.cookie)
     }
 
-    /// The kernel reported a new SA: a socket waiting for it (a rekey's new SA) moves to it.
+    /// The kernel reported a new SA: a socket waiting for it (a rekey's new SA) moves to it (each waiting for that
+    /// SPI checks the SA's reqid and flow).
     func stateAdded(spi: UInt32) {
-        guard let endpoint = table.endpoint(pendingSPI: spi) else { return }
-        movePendingPins(cookie: endpoint.cookie)
+        for endpoint in table.endpoints(pendingSPI: spi) { movePendingPins(cookie: endpoint.cookie) }
     }
 
     /// Moves each direction of a socket whose rekey is pending to its new SA if the kernel has it. The event pump
