@@ -63,11 +63,13 @@ extension EndpointTable {
     public func keyingRequest(cookie: UInt64) -> KeyingRequest? { read(cookie: cookie) { $0.keying?.request } ?? nil }
 
     /// Stores `registration` with the socket's record; false when the socket has none any more (it was released
-    /// meanwhile) or keys with nothing: the caller then owns the registration and releases it, or charon keeps what
-    /// it holds for good.
-    public func addRegistration(_ registration: KeyingRegistration, cookie: UInt64) -> Bool {
+    /// meanwhile), keys with nothing, or no longer is what `still` asks (checked under the same lock): the caller
+    /// then owns the registration and releases it, or charon keeps what it holds for good.
+    public func addRegistration(
+        _ registration: KeyingRegistration, cookie: UInt64, still: (borrowing Endpoint) -> Bool = { _ in true }
+    ) -> Bool {
         update(cookie: cookie) { endpoint -> Bool in
-            guard endpoint.keying != nil else { return false }
+            guard endpoint.keying != nil, still(endpoint) else { return false }
             endpoint.keying?.registrations.append(registration)
             return true
         } ?? false

@@ -143,8 +143,8 @@ extension SecureSocketEngine {
             cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
             summary: listener.summary + " (accepted)", role: .accepted,
-            keying: (table.read(cookie: listener.cookie) { $0.keying } ?? nil).map { listening in
-                var keying = EndpointKeying(request: listening.request)
+            keying: table.keyingRequest(cookie: listener.cookie).map { request in
+                var keying = EndpointKeying(request: request)
                 keying.flow = flow
                 return keying
             })

@@ -106,12 +106,9 @@ extension SecureSocketEngine {
         do {
             let registration = try keying.listen(request, localPort: port, localAddress: local.address)
             // Released meanwhile, or connecting now (no longer answering peers): the listen is ours to undo.
-            let kept =
-                table.update(cookie: endpoint.cookie) { record -> Bool in
-                    guard record.role == .responder(port: port), record.keying != nil else { return false }
-                    record.keying?.registrations.append(registration)
-                    return true
-                } ?? false
+            let kept = table.addRegistration(registration, cookie: endpoint.cookie) {
+                $0.role == .responder(port: port)
+            }
             if !kept { keying.release(registration) }
         } catch {
             apply(.failed(Self.failure(error, expected: nil, timeout: .zero)), cookie: endpoint.cookie)
