@@ -71,8 +71,9 @@ struct FirstContact: ParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: folder) }
         let capture = try PacketCapture(namespace: pair.a, interface: pair.interfaceA, file: "\(folder)/a.pcap")
         var windows: [ExchangeTimeline.Window] = []
-        let ours = try measureOurs(pair, secret: secret, windows: &windows)
-        let baseline = try measureBaseline(pair, secret: secret, windows: &windows)
+        var cpu: [String: ProcessCPU] = [:]
+        let ours = try measureOurs(pair, secret: secret, windows: &windows, cpu: &cpu)
+        let baseline = try measureBaseline(pair, secret: secret, windows: &windows, cpu: &cpu)
         capture.stop()
         let packets = try ExchangeTimeline.packets(capture.file, initiator: pair.addressA4)
         let timeline = ExchangeTimeline.phases(packets, windows: windows)
@@ -111,6 +112,11 @@ struct FirstContact: ParsableCommand {
         {
             print(line)
         }
+        print("  CPU per repetition (mean ms on CPU from the connect call to the echo; /proc/PID/stat, 10-ms ticks):")
+        // Not the trap with larval_drop=1: its window is mostly TCP's one-second retransmission wait.
+        for variant in ["ours", BaselineVariant.trapQueue.rawValue, BaselineVariant.initiate.rawValue] {
+            if let line = cpu[variant]?.summary { print("    \(variant): \(line)") }
+        }
         print(
             "  ours/base is ours' median echo time over the baseline's (below 1: ours reaches the first byte sooner);"
                 + " the \"ours\" row's own ratio is 1 by definition")
@@ -129,12 +135,18 @@ struct FirstContact: ParsableCommand {
     // MARK: - Ours
 
     func measureOurs(
-        _ pair: NamespacePair, secret: String, windows: inout [ExchangeTimeline.Window]
+        _ pair: NamespacePair, secret: String, windows: inout [ExchangeTimeline.Window],
+        cpu: inout [String: ProcessCPU]
     ) throws -> [Sample] {
         let ends = try Ends(pair: pair, keying: .strongswan, secret: secret)
         defer { ends.close() }
         guard let backendA = ends.backendA, let backendB = ends.backendB else { throw BenchError("no charon") }
         let vicis = [backendA.vici, backendB.vici]
+        var processes = ProcessCPU([
+            ("charon A", backendA.daemon?.pid ?? 0), ("charon B", backendB.daemon?.pid ?? 0),
+            ("this process (both engines)", getpid()),
+        ])
+        defer { cpu["ours"] = processes }
 
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         defer {
@@ -157,6 +169,7 @@ struct FirstContact: ParsableCommand {
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
             let echo = EchoOnce(listener)
+            let cpuStart = processes.sample()
             let wallStart = ExchangeTimeline.now()
             let start = nowNanos()
             let sample: Sample
@@ -169,6 +182,7 @@ struct FirstContact: ParsableCommand {
                 sample = Sample(connected: Double(connected - start) / 1e9, echoed: Double(nowNanos() - start) / 1e9)
                 if repetition > 0 {
                     windows.append(.init(variant: "ours", start: wallStart, end: ExchangeTimeline.now()))
+                    processes.add(since: cpuStart)
                 }
             } catch {
                 client.closeAbortively()
@@ -225,7 +239,8 @@ struct FirstContact: ParsableCommand {
     }
 
     func measureBaseline(
-        _ pair: NamespacePair, secret: String, windows: inout [ExchangeTimeline.Window]
+        _ pair: NamespacePair, secret: String, windows: inout [ExchangeTimeline.Window],
+        cpu: inout [String: ProcessCPU]
     ) throws -> [BaselineVariant: [Sample]] {
         // Fresh charons in the same namespaces (ours' have been stopped), each with one host-to-host
         // transport conn whose child is trapped with global policies.
@@ -260,6 +275,13 @@ struct FirstContact: ParsableCommand {
             }
         }
         let vicis = daemons.map(\.vici)
+        var processes: [BaselineVariant: ProcessCPU] = [:]
+        for variant in BaselineVariant.allCases {
+            processes[variant] = ProcessCPU([
+                ("charon A", daemons[0].pid), ("charon B", daemons[1].pid), ("this process", getpid()),
+            ])
+        }
+        defer { for (variant, measured) in processes { cpu[variant.rawValue] = measured } }
         let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
         defer { listener.closeAbortively() }
         try listener.bind(pair.addressB4, port: Self.baselinePort)
@@ -277,6 +299,7 @@ struct FirstContact: ParsableCommand {
             let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
             client.setTimeouts(8) // bounds the blocking connect() too
             let echo = EchoOnce(listener)
+            let cpuStart = processes[variant]!.sample()
             let wallStart = ExchangeTimeline.now()
             let start = nowNanos()
             let sample: Sample
@@ -293,6 +316,7 @@ struct FirstContact: ParsableCommand {
                 sample = Sample(connected: Double(connected - start) / 1e9, echoed: Double(nowNanos() - start) / 1e9)
                 if round >= variants.count {
                     windows.append(.init(variant: variant.rawValue, start: wallStart, end: ExchangeTimeline.now()))
+                    processes[variant]!.add(since: cpuStart)
                 }
             } catch {
                 client.closeAbortively()
