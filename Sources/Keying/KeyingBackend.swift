@@ -117,6 +117,13 @@ public struct KeyedFlow: Hashable, Sendable, CustomStringConvertible {
         self.remotePort = remotePort
     }
 
+    /// The flow between two endpoints.
+    public init(_ transportProtocol: XFRMUpperProtocol, local: IPEndpoint, remote: IPEndpoint) {
+        self.init(
+            transportProtocol: transportProtocol, local: local.address, localPort: local.port, remote: remote.address,
+            remotePort: remote.port)
+    }
+
     public var family: IPAddressFamily { remote.family }
 
     /// The kernel selector of exactly this flow, outbound (local → remote) or inbound.

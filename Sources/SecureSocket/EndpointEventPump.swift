@@ -234,14 +234,3 @@ final class EndpointEventPump: Sendable {
             metadata: ["sas": "\(states.count)", "connections-without-sas": "\(lost)"])
     }
 }
-
-extension KeyedFlow {
-    /// The flow of a connected socket; nil when it is not connected.
-    static func connected(fd: CInt) -> KeyedFlow? {
-        guard let facts = try? SocketInspector.facts(of: fd), let local = facts.local, let peer = facts.peer
-        else { return nil }
-        return KeyedFlow(
-            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-            localPort: local.port, remote: peer.address, remotePort: peer.port)
-    }
-}

@@ -73,9 +73,7 @@ extension SecureSocketEngine {
                 // The flow's own SAs: the local port must be known first (an unbound socket is bound now, as
                 // connect() would, to an ephemeral port).
                 let local = try boundLocal(fd, facts: facts)
-                let flow = KeyedFlow(
-                    transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-                    localPort: local.port, remote: peer.address, remotePort: peer.port)
+                let flow = KeyedFlow(facts.kind == .stream ? .tcp : .udp, local: local, remote: peer)
                 let negotiated = try keying.negotiate(request, flow: flow, timeout: timeout)
                 logSecured(fd, reqid: reqid, flow: flow, negotiated.protection, how: "WSAConnect")
                 guard table.addRegistration(negotiated.registration, cookie: facts.cookie) else {

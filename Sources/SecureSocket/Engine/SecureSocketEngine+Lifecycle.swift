@@ -132,13 +132,7 @@ extension SecureSocketEngine {
     /// its own CHILD_SA and pins its socket (``bindAccepted(cookie:flow:)``). Its keying is the listener's as the
     /// table holds it now: a listener released meanwhile gives it none, so nothing is bound for it.
     func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
-        let flow = facts.local.flatMap { local in
-            facts.peer.map { peer in
-                KeyedFlow(
-                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
-                    remotePort: peer.port)
-            }
-        }
+        let flow = KeyedFlow(facts)
         var child = Endpoint(
             cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,

@@ -267,11 +267,8 @@ extension SecureSocketEngine {
         guard due else { return true }
         for (cookie, fd) in SocketInspector.descriptorsByCookie() where !table.contains(cookie: cookie) {
             guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, facts.isConnected,
-                let local = facts.local, let peer = facts.peer
+                let flow = KeyedFlow(facts)
             else { continue }
-            let flow = KeyedFlow(
-                transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
-                remotePort: peer.port)
             guard awaited.contains(where: { $0.1 == nil || $0.1 == flow }) else { continue }
             _ = endpoint(for: fd, facts: facts)
         }

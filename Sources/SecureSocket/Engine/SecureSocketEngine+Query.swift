@@ -71,9 +71,7 @@ extension SecureSocketEngine {
             return info // opened in clear: stays clear for its whole life
         }
         guard let reqid = endpoint.reqid, let local = facts.local else { return info }
-        let flow = KeyedFlow(
-            transportProtocol: facts.kind == .stream ? .tcp : .udp, local: local.address,
-            localPort: local.port, remote: peer.address, remotePort: peer.port)
+        let flow = KeyedFlow(facts.kind == .stream ? .tcp : .udp, local: local, remote: peer)
         var found: FlowAttribution?
         if let pinned = endpoint.pinned {
             // A pinned socket's traffic can go under its pinned pair only (a rekey's new SA once it is in): that

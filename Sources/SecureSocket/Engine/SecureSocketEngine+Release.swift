@@ -115,13 +115,9 @@ extension SecureSocketEngine {
     /// Notes a connected socket's flow and covers it (see ``coverFlow(_:reqid:for:pinned:)``), so that its
     /// `TIME_WAIT` is covered even after the socket is gone.
     func recordFlow(_ fd: CInt, cookie: UInt64) {
-        guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let local = facts.local,
-            let peer = facts.peer
+        guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, let flow = KeyedFlow(facts)
         else { return }
-        recordFlow(
-            KeyedFlow(
-                transportProtocol: .tcp, local: local.address, localPort: local.port,
-                remote: peer.address, remotePort: peer.port), cookie: cookie)
+        recordFlow(flow, cookie: cookie)
     }
 
     /// Records a connected TCP socket's flow and covers it (see ``coverFlow(_:reqid:for:pinned:)``).

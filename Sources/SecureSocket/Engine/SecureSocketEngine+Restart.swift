@@ -94,12 +94,7 @@ extension SecureSocketEngine {
             throw SecureSocketError(.invalidArgument, "security was already set on this socket")
         }
         apply(.childUp(ProtectionInfo()), cookie: facts.cookie)
-        if facts.kind == .stream {
-            recordFlow(
-                KeyedFlow(
-                    transportProtocol: .tcp, local: local.address, localPort: local.port, remote: peer.address,
-                    remotePort: peer.port), cookie: facts.cookie)
-        }
+        if facts.kind == .stream { recordFlow(KeyedFlow(.tcp, local: local, remote: peer), cookie: facts.cookie) }
         endpointsChanged()
         logger.notice(
             "connection adopted after its keying daemon went away: it rides on its SAs, its peer's identity unknown",
