@@ -1,7 +1,8 @@
 import VICI
 
-/// What the strongSwan backend learns only from charon's words (an `initiate`'s error message and the
-/// `control-log` lines it streamed), in one table chosen by charon's `version`. Everything else the backend decides
+/// What the strongSwan backend learns only from charon's words (an `initiate`'s error message, the `control-log`
+/// lines it streamed, and the `log` stream's lines while a negotiation started without waiting runs), in one table
+/// chosen by charon's `version`. Everything else the backend decides
 /// from VICI's structured answers and events; nothing outside this type reads charon's log text.
 ///
 /// Each phrase is quoted from charon's source of the series it is listed for (5: Debian 12's 5.9.8; 6: strongSwan
@@ -15,6 +16,8 @@ import VICI
 /// | no proposal | `NO_PROPOSAL_CHOSEN` | the same |
 /// | traffic selectors refused, or no config yet | `TS_UNACCEPTABLE`, `no IKE config` | the same |
 /// | the peer does not answer | `timeout`, `giving up after`, `retransmit`, `not established after` (`vici_control.c`) | the same |
+/// | a started CHILD_SA's IKE SA | `establishing CHILD_SA NAME{ID}` (`child_create.c`, `build_i`) | the same |
+/// | a negotiation that is failing (its `log` lines) | `failed`, `unacceptable`, `giving up`, `no CHILD_SA built`, `notify error`, `no acceptable`, `no matching`, `no alternative`, `but require`, `canceling`, `no trusted`, `no shared key`, `MAC mismatched`, `unable to`, `not establishing CHILD_SA` (`ike_auth.c`, `ike_init.c`, `child_create.c`, `task_manager_v2.c`, the authenticators) | the same |
 /// | a failed command's reason among its `control-log` lines | lines saying `failed`, a `received … notify`, a parsed `N(…)` that is no DELETE (`[ D ]`) | the same |
 public struct CharonLog: Hashable, Sendable {
     /// A major version of charon whose words differ.
@@ -59,6 +62,27 @@ public struct CharonLog: Hashable, Sendable {
         detail.contains("TS_UNACCEPTABLE") || detail.contains("no IKE config")
             || detail.contains("NO_PROPOSAL_CHOSEN") && detail.contains("IKE_SA_INIT")
     }
+
+    /// The CHILD config a `log` line starts (`establishing CHILD_SA NAME{ID}`, with or without a reqid after it):
+    /// the line's IKE SA is the one the child rides on.
+    public func startedChild(_ line: String) -> String? {
+        guard let range = line.range(of: "establishing CHILD_SA "), !line.hasPrefix("not ") else { return nil }
+        let name = line[range.upperBound...].prefix { $0 != "{" && $0 != " " }
+        return name.isEmpty ? nil : String(name)
+    }
+
+    /// Whether a `log` line of a negotiation's IKE SA says the negotiation is failing (a refusal, a peer that does
+    /// not answer, a child not built). A line read this way only hints: the backend then asks `initiate` itself,
+    /// whose answer is what is classified, so a hint wrongly taken costs time, never a wrong outcome.
+    public func failureHint(_ line: String) -> Bool {
+        Self.failureWords.contains { line.contains($0) }
+    }
+
+    static let failureWords = [
+        "failed", "unacceptable", "giving up", "no CHILD_SA built", "notify error", "no acceptable", "no matching",
+        "no alternative", "but require", "canceling", "no trusted", "no shared key", "MAC mismatched", "unable to",
+        "not establishing CHILD_SA",
+    ]
 
     static let authenticationFailures = [
         "AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed", "constraint check failed",

@@ -264,6 +264,11 @@ final class ChildRegistry: Sendable {
     /// The installed child named `name`, waiting for its event at most `bound` (woken when it is recorded, not
     /// polled); the name is forgotten once read.
     func waitForChild(named name: String, upTo bound: Duration) -> KeyedProtection? {
-        recorded.wait(until: Deadline(after: bound)) { tables.withLock { $0.byName.removeValue(forKey: name) } }
+        recorded.wait(until: Deadline(after: bound)) { takeChild(named: name) }
+    }
+
+    /// The installed child named `name` if its event has been recorded; the name is forgotten once read.
+    func takeChild(named name: String) -> KeyedProtection? {
+        tables.withLock { $0.byName.removeValue(forKey: name) }
     }
 }

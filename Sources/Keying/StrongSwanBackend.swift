@@ -88,6 +88,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// What charon told us about the CHILD_SAs it installed, by inbound SPI (fed by `child-updown` and
     /// `child-rekey`), so a query never walks `list-sas`.
     private let children = ChildRegistry()
+    /// Negotiations started without a waiting `initiate`, followed through charon's `log` stream.
+    private let watches = NegotiationWatches()
+    private let logLines: LogSubscription
     private let events = Mutex<VICIEventStream?>(nil)
     /// Wakes the event supervisor's back-off when the backend stops.
     private let eventsWake = ChangeSignal()
@@ -112,6 +115,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         self.vici = vici
         self.daemon = daemon
         self.credentials = credentials
+        logLines = LogSubscription(path: vici.path) { [watches] line in watches.record(line) }
         for folder in daemon?.reclaimedFolders ?? [] {
             logger.notice(
                 "removed the private charon folder of a process that died without stopping its charon",
@@ -207,6 +211,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     /// One of charon's child events: recorded, then acted on (a refused child terminated, the sockets above told).
     private func handle(_ event: VICIEvent) {
+        defer { watches.changed.notify() }
         if event.name == "child-rekey" { logger.trace("charon event", metadata: ["event": "\(event)"]) }
         for outcome in children.record(event) {
             switch outcome {
@@ -328,6 +333,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     public func shutdown() {
         stopped.store(true, ordering: .releasing)
         events.withLock { $0?.stop() }
+        logLines.stop()
         eventsWake.notify()
         for family in [IPAddressFamily.inet, .inet6] {
             let name = responderName(family)
@@ -551,8 +557,48 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         throw KeyingError(.unavailable, "charon went away during the negotiation")
     }
 
+    /// How a negotiation started without a waiting `initiate` went.
+    private enum StartedNegotiation {
+        /// Its CHILD_SA is up.
+        case up(KeyedProtection)
+        /// charon's log said it is failing, or charon would not start it: `initiate` is asked, and its answer says why.
+        case failing
+        /// Nothing came back within the first attempt's bound: the IKE SA it rides on may be stale.
+        case unanswered
+    }
+
+    /// Starts the negotiation and waits for its `child-updown` event, or for a line of charon's log that says it is
+    /// failing, at most `bound`. Its cost to charon is the exchange's: a waiting `initiate` makes charon format every
+    /// log message meanwhile (``VICIClient/startInitiate(child:ike:)``).
+    private func start(child childName: String, conn: String, bound: Duration) -> StartedNegotiation {
+        watches.begin(child: childName, conn: conn, words: charonLog)
+        defer { watches.end(child: childName) }
+        do {
+            try logLines.retain()
+        } catch {
+            return .failing
+        }
+        defer { logLines.release() }
+        do {
+            // A session of its own: charon starts the IKE SA before it answers, which waits while that SA is busy.
+            let session = try VICIClient(path: vici.path, timeout: bound + .seconds(5))
+            defer { session.disconnect() }
+            try session.startInitiate(child: childName, ike: conn)
+        } catch {
+            return .failing
+        }
+        let outcome = watches.changed.wait(until: Deadline(after: bound)) { () -> StartedNegotiation? in
+            if let child = children.takeChild(named: childName) { return .up(child) }
+            return watches.failure(child: childName).map { _ in .failing }
+        }
+        return outcome ?? .unanswered
+    }
+
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
     /// answers as a host whose listener is not ready yet; then the child as charon lists it.
+    ///
+    /// The first attempt is started without waiting (``start(child:conn:bound:)``); only one that fails or is not
+    /// answered is asked again with a waiting `initiate`, whose answer and log decide what happens next.
     private func initiate(
         child childName: String, conn: String, peer: IPAddress, deadline: ContinuousClock.Instant,
         onStaleIKESA: () -> Void
@@ -560,6 +606,19 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let started = ContinuousClock.now
         var pause: Duration = .milliseconds(50)
         var staleChecked = false
+        switch start(child: childName, conn: conn, bound: min(deadline - started, Self.staleIKESABound)) {
+        case .up(let child):
+            return child
+        case .failing:
+            _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
+        case .unanswered:
+            // As a waiting first attempt that timed out: the IKE SA it rides on is dropped and a fresh one made.
+            _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
+            if deadline - ContinuousClock.now > .milliseconds(500) {
+                staleChecked = true
+                onStaleIKESA()
+            }
+        }
         var transientRetries = 0
         var duplicatesTerminated = 0
         while true {
