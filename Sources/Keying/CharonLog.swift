@@ -17,7 +17,7 @@ import VICI
 /// | traffic selectors refused, or no config yet | `TS_UNACCEPTABLE`, `no IKE config` | the same |
 /// | the peer does not answer | `timeout`, `giving up after`, `retransmit`, `not established after` (`vici_control.c`) | the same |
 /// | a started CHILD_SA's IKE SA | `establishing CHILD_SA NAME{ID}` (`child_create.c`, `build_i`) | the same |
-/// | a negotiation that is failing (its `log` lines) | `failed`, `unacceptable`, `giving up`, `no CHILD_SA built`, `notify error`, `no acceptable`, `no matching`, `no alternative`, `but require`, `canceling`, `no trusted`, `no shared key`, `MAC mismatched`, `unable to`, `not establishing CHILD_SA` (`ike_auth.c`, `ike_init.c`, `child_create.c`, `task_manager_v2.c`, the authenticators) | the same |
+/// | a negotiation that failed for good (its `log` lines, quoted parts left out) | `received … notify error`, `received … notify, no CHILD_SA built`, `received IDr …, but require …`, `received proposals unacceptable`, `traffic selectors … unacceptable`, `selected peer config … unacceptable`, `tried … MAC mismatched`, `not establishing CHILD_SA NAME{`, and lines beginning `failed to establish CHILD_SA`, `giving up after`, `constraint check failed`, `no alternative config found`, `no matching peer config found`, `no trusted`, `no shared key found`, `closing IKE_SA due CHILD_SA setup failure`, `unable to install`, `no acceptable proposal found`, `no acceptable traffic selectors found` (`ike_auth.c`, `ike_init.c`, `child_create.c`, `task_manager_v2.c`, the authenticators, `auth_cfg.c`) | the same |
 /// | a failed command's reason among its `control-log` lines | lines saying `failed`, a `received … notify`, a parsed `N(…)` that is no DELETE (`[ D ]`) | the same |
 public struct CharonLog: Hashable, Sendable {
     /// A major version of charon whose words differ.
@@ -71,18 +71,52 @@ public struct CharonLog: Hashable, Sendable {
         return name.isEmpty ? nil : String(name)
     }
 
-    /// Whether a `log` line of a negotiation's IKE SA says the negotiation is failing (a refusal, a peer that does
-    /// not answer, a child not built). A line read this way only hints: the backend then asks `initiate` itself,
-    /// whose answer is what is classified, so a hint wrongly taken costs time, never a wrong outcome.
-    public func failureHint(_ line: String) -> Bool {
-        Self.failureWords.contains { line.contains($0) }
+    /// Whether a `log` line of a negotiation's IKE SA says, for good, that the negotiation failed: a refusal the
+    /// peer sent, one this charon made, a peer given up on, a child not built or not installed. Matched on the
+    /// line's own words, with quoted identities and subjects left out (a peer named `failed` is not a failure);
+    /// what charon retries by itself (`trying again in`, `will retry later`) and what it carries on after (a CRL or
+    /// OCSP fetch that failed) is not a failure here. The lines are then classified as a waiting `initiate`'s
+    /// `control-log` would be.
+    public func endsNegotiation(_ line: String, child: String) -> Bool {
+        let words = Self.unquoted(line)
+        if words.hasPrefix("not establishing CHILD_SA \(child){") { return true }
+        if words.hasPrefix("received ") {
+            return words.hasSuffix(" notify error") || words.contains(" notify, no CHILD_SA built")
+                || words.hasPrefix("received IDr ") && words.contains(", but require ")
+                || words.hasPrefix("received proposals unacceptable")
+        }
+        if words.hasPrefix("traffic selectors ") { return words.hasSuffix(" unacceptable") }
+        if words.hasPrefix("selected peer config ") { return words.contains(" unacceptable") }
+        if words.hasPrefix("tried ") { return words.hasSuffix("MAC mismatched") }
+        return Self.failurePrefixes.contains { words.hasPrefix($0) }
+            || words.contains("mode requested by responder is unacceptable")
     }
 
-    static let failureWords = [
-        "failed", "unacceptable", "giving up", "no CHILD_SA built", "notify error", "no acceptable", "no matching",
-        "no alternative", "but require", "canceling", "no trusted", "no shared key", "MAC mismatched", "unable to",
-        "not establishing CHILD_SA",
+    /// How charon 5.9 and 6.0 begin the lines of a failure that ends a negotiation (`ike_auth.c`, `ike_init.c`,
+    /// `child_create.c`, `task_manager_v2.c`, the authenticators, `auth_cfg.c`).
+    static let failurePrefixes = [
+        "failed to establish CHILD_SA", "giving up after ", "constraint check failed", "no alternative config found",
+        "no matching peer config found", "no trusted ", "no shared key found",
+        "closing IKE_SA due CHILD_SA setup failure",
+        "unable to install", "no acceptable proposal found", "no acceptable traffic selectors found",
+        "peer requested EAP, config unacceptable", "authorization forbids IKE_SA", "canceling IKE_SA setup",
     ]
+
+    /// The line without its quoted parts (`'…'`, `"…"`).
+    static func unquoted(_ line: String) -> String {
+        var result = ""
+        var quote: Character?
+        for character in line {
+            if let open = quote {
+                if character == open { quote = nil }
+            } else if character == "'" || character == "\"" {
+                quote = character
+            } else {
+                result.append(character)
+            }
+        }
+        return result
+    }
 
     static let authenticationFailures = [
         "AUTHENTICATION_FAILED", "AUTH_FAILED", "EAP_FAILURE", "authentication failed", "constraint check failed",

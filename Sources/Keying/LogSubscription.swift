@@ -7,6 +7,8 @@ import VICI
 final class LogSubscription: Sendable {
     private struct State {
         var stream: VICIEventStream?
+        /// Which stream `stream` is, for its `ended` callback (set before its reader can end).
+        var holder: StreamHolder?
         var watching = 0
         var lastWatched = ContinuousClock.now
     }
@@ -14,28 +16,37 @@ final class LogSubscription: Sendable {
     private let state = Mutex(State())
     private let path: String
     private let deliver: @Sendable (ControlLog) -> Void
+    private let lost: @Sendable () -> Void
 
     /// How long the stream stays after the last watched negotiation ended.
     static let idle: Duration = .seconds(5)
 
-    init(path: String, deliver: @escaping @Sendable (ControlLog) -> Void) {
+    /// `deliver` gets each line; `lost` is called when the stream ends on its own (charon went away).
+    init(
+        path: String, deliver: @escaping @Sendable (ControlLog) -> Void, lost: @escaping @Sendable () -> Void
+    ) {
         self.path = path
         self.deliver = deliver
+        self.lost = lost
     }
 
     /// Before a negotiation starts: the stream is registered with charon when this returns, so none of the
-    /// negotiation's lines is missed. Balanced by ``release()``.
-    func retain() throws(VICIError) {
+    /// negotiation's lines is missed; subscribing waits at most `timeout`. Balanced by ``release()``.
+    func retain(timeout: Duration) throws(VICIError) {
         try state.withLock { (state) throws(VICIError) in
             if state.stream == nil {
                 // A stream that ends (charon went away) is forgotten, so the next negotiation subscribes again.
                 let holder = StreamHolder()
-                let stream = try VICIEventStream(
-                    path: path, events: ["log"], timeout: .seconds(5),
-                    handle: { [weak self] event in self?.received(event) },
-                    ended: { [weak self] _ in self?.forget(holder) })
-                holder.identity.withLock { $0 = ObjectIdentifier(stream) }
-                state.stream = stream
+                state.holder = holder
+                do throws(VICIError) {
+                    state.stream = try VICIEventStream(
+                        path: path, events: ["log"], timeout: timeout,
+                        handle: { [weak self] event in self?.received(event) },
+                        ended: { [weak self] error in self?.ended(holder, error: error) })
+                } catch {
+                    state.holder = nil
+                    throw error
+                }
             }
             state.watching += 1
         }
@@ -51,12 +62,16 @@ final class LogSubscription: Sendable {
 
     /// Stops the stream (the backend shuts down).
     func stop() {
-        state.withLock { $0.stream.take() }?.stop()
+        state.withLock { state -> VICIEventStream? in
+            state.holder = nil
+            return state.stream.take()
+        }?.stop()
     }
 
     private func received(_ event: VICIEvent) {
         let idle = state.withLock { state -> VICIEventStream? in
             guard state.watching == 0, ContinuousClock.now - state.lastWatched > Self.idle else { return nil }
+            state.holder = nil
             return state.stream.take()
         }
         if let idle {
@@ -66,15 +81,18 @@ final class LogSubscription: Sendable {
         deliver(ControlLog(event.message))
     }
 
-    private func forget(_ holder: StreamHolder) {
-        guard let ended = holder.identity.withLock({ $0 }) else { return }
-        state.withLock { state in
-            if let stream = state.stream, ObjectIdentifier(stream) == ended { state.stream = nil }
+    /// The reader of the stream `holder` names ended: stopped on purpose (nil error, or a stream already
+    /// replaced) or lost.
+    private func ended(_ holder: StreamHolder, error: VICIError?) {
+        let current = state.withLock { state -> Bool in
+            guard state.holder === holder else { return false }
+            state.holder = nil
+            state.stream = nil
+            return true
         }
+        if current { lost() }
     }
 
-    /// Which stream an `ended` callback belongs to (known only once the stream exists).
-    private final class StreamHolder: Sendable {
-        let identity = Mutex<ObjectIdentifier?>(nil)
-    }
+    /// Names one subscription, so that a late `ended` of an older one changes nothing.
+    private final class StreamHolder: Sendable {}
 }

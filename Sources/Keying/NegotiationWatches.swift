@@ -2,18 +2,29 @@ import Synchronization
 import SystemSupport
 import VICI
 
-/// Negotiations started without a waiting `initiate`, and what charon's `log` stream says about them.
+/// Negotiations started without a waiting `initiate`, and what charon's `log` stream says about them: the lines a
+/// waiting `initiate` would have streamed as its `control-log`, and whether one of them ended the negotiation.
 ///
-/// A negotiation's lines are those of its own IKE SA (named after its conn) and, when its CHILD_SA rides on an IKE SA
-/// charon already had (another conn's), those of that IKE SA from the line that starts the child on. Charon runs
-/// one exchange at a time per IKE SA as initiator, so no other child of ours is started there meanwhile; a peer's
-/// exchange on it can still log a failure, which is then taken for ours (``CharonLog/failureHint(_:)``: it costs
-/// time, never a wrong outcome).
+/// A negotiation's lines are those of its own IKE SA (named after its conn), those of the IKE SA a line starting its
+/// child puts it on (`establishing CHILD_SA NAME{ID}`, when charon uses an IKE SA it already had), and those naming
+/// its child. The backend starts negotiations this way only where charon makes a new IKE SA for the conn (no IKE SA
+/// with that peer, no other negotiation of its own to it under way), so the lines of another negotiation are not
+/// taken for its own.
 final class NegotiationWatches: Sendable {
+    /// What a watched negotiation's lines said.
+    struct Outcome: Sendable {
+        /// Its lines, oldest first (at most ``linesKept``).
+        var lines: [ControlLog] = []
+        /// Whether one of them ended it (``CharonLog/endsNegotiation(_:child:)``).
+        var ended = false
+        /// Whether the `log` stream went away while it was watched (charon gone): its end may not be seen.
+        var streamLost = false
+    }
+
     private struct Watch {
         var conn: String
         var ikeSAIDs: Set<Int> = []
-        var failure: ControlLog?
+        var outcome = Outcome()
     }
 
     private struct State {
@@ -24,8 +35,12 @@ final class NegotiationWatches: Sendable {
         var words = CharonLog.fallback
     }
 
+    /// As many lines as a waiting `initiate`'s error keeps, and more than a negotiation logs at level 1.
+    static let linesKept = 1_000
+
     private let state = Mutex(State())
-    /// Woken when a watched negotiation fails, and by the backend when a child is recorded.
+    /// Woken when a watched negotiation's lines end it or the stream is lost, and by the backend when a child is
+    /// recorded.
     let changed = ChangeSignal()
 
     /// Starts watching CHILD config `child` of conn `conn` (before it is initiated), in a charon that speaks
@@ -50,30 +65,47 @@ final class NegotiationWatches: Sendable {
         }
     }
 
-    /// The line that said `child`'s negotiation is failing, if one has.
-    func failure(child: String) -> ControlLog? {
-        state.withLock { $0.byChild[child]?.failure }
+    /// What `child`'s lines have said so far.
+    func outcome(child: String) -> Outcome? {
+        state.withLock { $0.byChild[child]?.outcome }
     }
 
     /// One line of charon's `log` stream.
     func record(_ line: ControlLog) {
-        let failed = state.withLock { state -> Bool in
+        let ended = state.withLock { state -> Bool in
             guard !state.byChild.isEmpty else { return false }
             let words = state.words
             if let id = line.ikeSAID, let child = words.startedChild(line.message), state.byChild[child] != nil {
                 state.byChild[child]?.ikeSAIDs.insert(id)
                 state.byIKESA[id, default: []].insert(child)
             }
-            guard words.failureHint(line.message) else { return false }
-            var affected = line.ikeSAID.flatMap { state.byIKESA[$0] } ?? []
-            if let name = line.ikeSAName, let child = state.byConn[name] { affected.insert(child) }
-            var failed = false
-            for child in affected where state.byChild[child]?.failure == nil {
-                state.byChild[child]?.failure = line
-                failed = true
+            var concerned = line.ikeSAID.flatMap { state.byIKESA[$0] } ?? []
+            if let name = line.ikeSAName, let child = state.byConn[name] { concerned.insert(child) }
+            if line.message.contains("CHILD_SA ") {
+                for child in state.byChild.keys where line.message.contains("CHILD_SA \(child){") {
+                    concerned.insert(child)
+                }
             }
-            return failed
+            var ended = false
+            for child in concerned {
+                guard var watch = state.byChild[child], !watch.outcome.ended else { continue }
+                if watch.outcome.lines.count < Self.linesKept { watch.outcome.lines.append(line) }
+                if words.endsNegotiation(line.message, child: child) {
+                    watch.outcome.ended = true
+                    ended = true
+                }
+                state.byChild[child] = watch
+            }
+            return ended
         }
-        if failed { changed.notify() }
+        if ended { changed.notify() }
+    }
+
+    /// The `log` stream went away: every watched negotiation is told.
+    func streamLost() {
+        state.withLock { state in
+            for child in state.byChild.keys { state.byChild[child]?.outcome.streamLost = true }
+        }
+        changed.notify()
     }
 }

@@ -90,6 +90,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private let children = ChildRegistry()
     /// Negotiations started without a waiting `initiate`, followed through charon's `log` stream.
     private let watches = NegotiationWatches()
+    /// Negotiations under way, by peer.
+    private let negotiatingPeers = Mutex<[IPAddress: Int]>([:])
+    /// charon's established IKE SAs by unique id, with their peer (from `ike-updown`).
+    private let peerIKESAs = Mutex<[Int: String]>([:])
     private let logLines: LogSubscription
     private let events = Mutex<VICIEventStream?>(nil)
     /// Wakes the event supervisor's back-off when the backend stops.
@@ -115,7 +119,9 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         self.vici = vici
         self.daemon = daemon
         self.credentials = credentials
-        logLines = LogSubscription(path: vici.path) { [watches] line in watches.record(line) }
+        logLines = LogSubscription(
+            path: vici.path, deliver: { [watches] line in watches.record(line) },
+            lost: { [watches] in watches.streamLost() })
         for folder in daemon?.reclaimedFolders ?? [] {
             logger.notice(
                 "removed the private charon folder of a process that died without stopping its charon",
@@ -166,7 +172,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private func followEvents() throws(VICIError) {
         let generation = eventGeneration.add(1, ordering: .acquiringAndReleasing).newValue
         let stream = try VICIEventStream(
-            path: vici.path, events: ["child-updown", "child-rekey"],
+            path: vici.path, events: ["child-updown", "child-rekey", "ike-updown"],
             handle: { [weak self] event in self?.handle(event) },
             ended: { [weak self] error in
                 guard let self, eventGeneration.load(ordering: .acquiring) == generation else { return }
@@ -211,6 +217,16 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     /// One of charon's child events: recorded, then acted on (a refused child terminated, the sockets above told).
     private func handle(_ event: VICIEvent) {
+        if event.name == "ike-updown" {
+            let up = event.isUp ?? false
+            peerIKESAs.withLock { known in
+                for ike in event.ikeSAs {
+                    guard let id = ike.uniqueID else { continue }
+                    known[id] = up ? ike.remoteHost : nil
+                }
+            }
+            return
+        }
         defer { watches.changed.notify() }
         if event.name == "child-rekey" { logger.trace("charon event", metadata: ["event": "\(event)"]) }
         for outcome in children.record(event) {
@@ -291,6 +307,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             }
         }
         vici.disconnect()
+        // A restarted charon has none of the IKE SAs the events told of (its down events may never have come).
+        peerIKESAs.withLock { $0.removeAll() }
         do {
             let version = try vici.version()
             logWords.withLock { $0 = CharonLog(version: version.version) }
@@ -533,11 +551,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 } catch {
                     throw KeyingError(.unavailable, "load-conn \(conn)", underlying: error)
                 }
-                let child = try initiate(child: childName, conn: conn, peer: flow.remote, deadline: deadline) {
-                    // The IKE SA did not answer: a new generation of the conn, loaded before the next attempt.
-                    self.generations.withLock { $0[flow.remote, default: 0] += 1 }
-                    config.extra = self.connOptions(for: flow.remote)
-                    try? self.vici.loadConn(config)
+                let child = try negotiating(with: flow.remote) { () throws(KeyingError) in
+                    try initiate(child: childName, conn: conn, peer: flow.remote, deadline: deadline) {
+                        // The IKE SA did not answer: a new generation of the conn, loaded before the next attempt.
+                        self.generations.withLock { $0[flow.remote, default: 0] += 1 }
+                        config.extra = self.connOptions(for: flow.remote)
+                        try? self.vici.loadConn(config)
+                    }
                 }
                 // The registration names its child config (childNames): release terminates every CHILD_SA of that
                 // config, rekeyed ones included, so the unique id is not kept (one array less per connection).
@@ -557,48 +577,78 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         throw KeyingError(.unavailable, "charon went away during the negotiation")
     }
 
-    /// How a negotiation started without a waiting `initiate` went.
-    private enum StartedNegotiation {
-        /// Its CHILD_SA is up.
-        case up(KeyedProtection)
-        /// charon's log said it is failing, or charon would not start it: `initiate` is asked, and its answer says why.
-        case failing
-        /// Nothing came back within the first attempt's bound: the IKE SA it rides on may be stale.
-        case unanswered
-    }
-
-    /// Starts the negotiation and waits for its `child-updown` event, or for a line of charon's log that says it is
-    /// failing, at most `bound`. Its cost to charon is the exchange's: a waiting `initiate` makes charon format every
-    /// log message meanwhile (``VICIClient/startInitiate(child:ike:)``).
-    private func start(child childName: String, conn: String, bound: Duration) -> StartedNegotiation {
+    /// Starts the negotiation without a waiting `initiate` and waits, at most `bound`, for its CHILD_SA's
+    /// `child-updown` event or for a line of charon's `log` stream that ends it. It then fails as a waiting
+    /// `initiate` would have: with charon's answer and the negotiation's lines as its `control-log`, or with "not
+    /// established after" when nothing came. Its cost to charon is the exchange's: a waiting `initiate` makes
+    /// charon format every log message meanwhile (``VICIClient/startInitiate(child:ike:)``).
+    private func start(child childName: String, conn: String, bound: Duration) throws(VICIError) -> KeyedProtection {
+        let until = Deadline(after: bound)
+        try logLines.retain(timeout: min(bound, .seconds(2)))
+        defer { logLines.release() }
         watches.begin(child: childName, conn: conn, words: charonLog)
         defer { watches.end(child: childName) }
         do {
-            try logLines.retain()
-        } catch {
-            return .failing
-        }
-        defer { logLines.release() }
-        do {
             // A session of its own: charon starts the IKE SA before it answers, which waits while that SA is busy.
-            let session = try VICIClient(path: vici.path, timeout: bound + .seconds(5))
+            let session = try VICIClient(path: vici.path, timeout: max(until.remaining, .milliseconds(1)))
             defer { session.disconnect() }
             try session.startInitiate(child: childName, ike: conn)
-        } catch {
-            return .failing
+        } catch  where error.code == .timedOut {
+            // charon may have started it all the same: its outcome is awaited, not asked for again.
         }
-        let outcome = watches.changed.wait(until: Deadline(after: bound)) { () -> StartedNegotiation? in
-            if let child = children.takeChild(named: childName) { return .up(child) }
-            return watches.failure(child: childName).map { _ in .failing }
+        let outcome = watches.changed.wait(until: until) { () -> Result<KeyedProtection, VICIError>? in
+            if let child = children.takeChild(named: childName) { return .success(child) }
+            guard let outcome = watches.outcome(child: childName) else { return nil }
+            if outcome.streamLost {
+                return .failure(VICIError(.io, command: "initiate", detail: "charon's log stream ended"))
+            }
+            guard outcome.ended else { return nil }
+            var failed = VICIError(
+                .commandFailed, command: "initiate", errmsg: "establishing CHILD_SA '\(childName)' failed")
+            failed.controlLog = outcome.lines
+            return .failure(failed)
         }
-        return outcome ?? .unanswered
+        switch outcome {
+        case .success(let child)?:
+            return child
+        case .failure(let error)?:
+            throw error
+        case nil:
+            var unanswered = VICIError(
+                .commandFailed, command: "initiate",
+                errmsg: "CHILD_SA '\(childName)' not established after \(Int(bound / .milliseconds(1)))ms")
+            unanswered.controlLog = watches.outcome(child: childName)?.lines ?? []
+            throw unanswered
+        }
+    }
+
+    /// Whether a negotiation to `peer` may start without a waiting `initiate`: only in a private charon (the
+    /// `log` stream it needs costs a shared charon's other tenants too), while charon has no IKE SA with that peer
+    /// and no other negotiation of this backend to it is under way. charon then makes an IKE SA for this conn, and
+    /// the lines of that IKE SA are this negotiation's.
+    private func mayStart(peer: IPAddress) -> Bool {
+        guard daemon != nil, negotiatingPeers.withLock({ $0[peer] }) == 1 else { return false }
+        let text = "\(peer)"
+        return !peerIKESAs.withLock { $0.values.contains(text) }
+    }
+
+    /// Counts a negotiation to `peer` while `body` runs.
+    private func negotiating<T>(with peer: IPAddress, _ body: () throws(KeyingError) -> T) throws(KeyingError) -> T {
+        negotiatingPeers.withLock { $0[peer, default: 0] += 1 }
+        defer {
+            negotiatingPeers.withLock { peers in
+                peers[peer, default: 1] -= 1
+                if peers[peer] == 0 { peers[peer] = nil }
+            }
+        }
+        return try body()
     }
 
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
     /// answers as a host whose listener is not ready yet; then the child as charon lists it.
     ///
-    /// The first attempt is started without waiting (``start(child:conn:bound:)``); only one that fails or is not
-    /// answered is asked again with a waiting `initiate`, whose answer and log decide what happens next.
+    /// Where it may (``mayStart(peer:)``), the first attempt is started without waiting (``start(child:conn:bound:)``)
+    /// and fails as a waiting `initiate` would, so what follows a failure is the same either way.
     private func initiate(
         child childName: String, conn: String, peer: IPAddress, deadline: ContinuousClock.Instant,
         onStaleIKESA: () -> Void
@@ -606,19 +656,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         let started = ContinuousClock.now
         var pause: Duration = .milliseconds(50)
         var staleChecked = false
-        switch start(child: childName, conn: conn, bound: min(deadline - started, Self.staleIKESABound)) {
-        case .up(let child):
-            return child
-        case .failing:
-            _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
-        case .unanswered:
-            // As a waiting first attempt that timed out: the IKE SA it rides on is dropped and a fresh one made.
-            _ = try? vici.terminate(child: childName, force: true, timeout: .seconds(1))
-            if deadline - ContinuousClock.now > .milliseconds(500) {
-                staleChecked = true
-                onStaleIKESA()
-            }
-        }
+        var startWithoutWaiting = deadline - started > Self.startedNegotiationMinimum && mayStart(peer: peer)
         var transientRetries = 0
         var duplicatesTerminated = 0
         while true {
@@ -628,6 +666,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             // answered: the first attempt is bounded, and then such IKE SAs are dropped and a fresh one made.
             let attempt = staleChecked ? left : min(left, Self.staleIKESABound)
             do {
+                if startWithoutWaiting {
+                    startWithoutWaiting = false
+                    return try start(child: childName, conn: conn, bound: attempt)
+                }
                 let session = try VICIClient(path: vici.path, timeout: attempt + .seconds(5))
                 defer { session.disconnect() }
                 try session.initiate(child: childName, ike: conn, timeout: attempt)
@@ -707,6 +749,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
 
     /// How long a first `initiate` may take before the IKE SA it rides on is taken for stale.
     static let staleIKESABound: Duration = .seconds(4)
+
+    /// Below this budget a negotiation is not started without waiting: its log subscription and `initiate` could
+    /// eat the whole of it.
+    static let startedNegotiationMinimum: Duration = .seconds(1)
 
     /// Conns to a peer whose IKE SA went unanswered get a new generation: charon reuses an IKE SA only for an
     /// equal conn, and the generation makes ours differ (in `rekey_time`, by that many seconds modulo 16), so the next
