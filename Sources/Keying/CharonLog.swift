@@ -83,13 +83,20 @@ public struct CharonLog: Hashable, Sendable {
         if words.hasPrefix("received ") {
             return words.hasSuffix(" notify error") || words.contains(" notify, no CHILD_SA built")
                 || words.hasPrefix("received IDr ") && words.contains(", but require ")
-                || words.hasPrefix("received proposals unacceptable")
+                || words.hasPrefix("received proposals unacceptable") || words.hasPrefix("received EAP_FAILURE")
+                || words.hasPrefix("received unexpected EAP_SUCCESS")
+                || words.hasPrefix("received EAP_SUCCESS, but failed")
+                || words.hasPrefix("received EAP_SUCCESS but failed")
         }
+        // This charon tells the peer that its authentication failed (`ike_auth.c`, `process_i`).
+        if words.hasPrefix("generating INFORMATIONAL request") { return words.contains("N(AUTH_FAILED)") }
+        if words.hasPrefix("authentication of ") { return words.hasSuffix(" failed") }
+        if words.hasPrefix("verification of AUTH payload") { return words.hasSuffix(" failed") }
         if words.hasPrefix("traffic selectors ") { return words.hasSuffix(" unacceptable") }
         if words.hasPrefix("selected peer config ") { return words.contains(" unacceptable") }
         if words.hasPrefix("tried ") { return words.hasSuffix("MAC mismatched") }
         return Self.failurePrefixes.contains { words.hasPrefix($0) }
-            || words.contains("mode requested by responder is unacceptable")
+            || words.hasSuffix("mode requested by responder is unacceptable")
     }
 
     /// How charon 5.9 and 6.0 begin the lines of a failure that ends a negotiation (`ike_auth.c`, `ike_init.c`,
@@ -100,16 +107,24 @@ public struct CharonLog: Hashable, Sendable {
         "closing IKE_SA due CHILD_SA setup failure",
         "unable to install", "no acceptable proposal found", "no acceptable traffic selectors found",
         "peer requested EAP, config unacceptable", "authorization forbids IKE_SA", "canceling IKE_SA setup",
+        "final authorization hook forbids IKE_SA", "do not allow non-mutual EAP-only authentication",
+        "IDr payload missing", "no private key found", "peers proposal selection invalid",
+        "peer DH group selection invalid", "key derivation failed",
     ]
 
-    /// The line without its quoted parts (`'…'`, `"…"`).
+    /// The line without its quoted parts (`'…'`, `"…"`). A quote opens at the start of the line or after a space,
+    /// `(`, `[` or `=`, and closes before the end, a space, `,`, `)` or `]`: an apostrophe inside an identity
+    /// (`'O'Brien'`) neither opens nor closes one.
     static func unquoted(_ line: String) -> String {
+        let characters = Array(line)
         var result = ""
         var quote: Character?
-        for character in line {
+        for (index, character) in characters.enumerated() {
+            let before = index > 0 ? characters[index - 1] : " "
+            let after = index + 1 < characters.count ? characters[index + 1] : " "
             if let open = quote {
-                if character == open { quote = nil }
-            } else if character == "'" || character == "\"" {
+                if character == open, " ,)]".contains(after) { quote = nil }
+            } else if character == "'" || character == "\"", " ([=".contains(before) {
                 quote = character
             } else {
                 result.append(character)

@@ -41,7 +41,7 @@ final class LogSubscription: Sendable {
                 do throws(VICIError) {
                     state.stream = try VICIEventStream(
                         path: path, events: ["log"], timeout: timeout,
-                        handle: { [weak self] event in self?.received(event) },
+                        handle: { [weak self] event in self?.received(event, from: holder) },
                         ended: { [weak self] error in self?.ended(holder, error: error) })
                 } catch {
                     state.holder = nil
@@ -68,17 +68,24 @@ final class LogSubscription: Sendable {
         }?.stop()
     }
 
-    private func received(_ event: VICIEvent) {
-        let idle = state.withLock { state -> VICIEventStream? in
-            guard state.watching == 0, ContinuousClock.now - state.lastWatched > Self.idle else { return nil }
+    /// A line of the stream `holder` names; a stream already replaced (stopped, still reading for up to 100 ms)
+    /// delivers nothing more.
+    private func received(_ event: VICIEvent, from holder: StreamHolder) {
+        enum Next {
+            case deliver, drop
+            case stop(VICIEventStream?)
+        }
+        let next = state.withLock { state -> Next in
+            guard state.holder === holder else { return .drop }
+            guard state.watching == 0, ContinuousClock.now - state.lastWatched > Self.idle else { return .deliver }
             state.holder = nil
-            return state.stream.take()
+            return .stop(state.stream.take())
         }
-        if let idle {
-            idle.stop()
-            return
+        switch next {
+        case .deliver: deliver(ControlLog(event.message))
+        case .drop: break
+        case .stop(let stream): stream?.stop()
         }
-        deliver(ControlLog(event.message))
     }
 
     /// The reader of the stream `holder` names ended: stopped on purpose (nil error, or a stream already

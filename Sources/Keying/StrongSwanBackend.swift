@@ -92,6 +92,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private let watches = NegotiationWatches()
     /// Negotiations under way, by peer.
     private let negotiatingPeers = Mutex<[IPAddress: Int]>([:])
+    /// Peers a negotiation failed with, until when (``mayStart(peer:)``).
+    private let unsettledPeers = Mutex<[IPAddress: ContinuousClock.Instant]>([:])
     /// charon's established IKE SAs by unique id, with their peer (from `ike-updown`).
     private let peerIKESAs = Mutex<[Int: String]>([:])
     private let logLines: LogSubscription
@@ -179,6 +181,19 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 eventsEnded(error)
             })
         events.withLock { $0 = stream }
+        seedIKESAs()
+    }
+
+    /// What charon's IKE SAs are now, in any state, once the events follow them (events missed while no stream
+    /// was subscribed are not waited for). Only a private charon's: only there are first contacts started without
+    /// a waiting `initiate` (``mayStart(peer:)``).
+    private func seedIKESAs() {
+        guard daemon != nil, let sas = try? vici.listSAs(noblock: true) else { return }
+        var known: [Int: String] = [:]
+        for ike in sas {
+            if let id = ike.uniqueID, let host = ike.remoteHost { known[id] = host }
+        }
+        peerIKESAs.withLock { $0.merge(known) { _, listed in listed } }
     }
 
     /// The event stream ended (on its finishing thread): unless the backend stopped, subscribe again and resync
@@ -302,13 +317,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     func resync() throws(KeyingError) {
         guard !stopped.load(ordering: .acquiring) else { return }
         if let daemon, !daemon.isRunning {
+            // A restarted charon has none of the IKE SAs the events told of (their down events never came).
+            peerIKESAs.withLock { $0.removeAll() }
             do { try daemon.restart() } catch {
                 throw KeyingError(.unavailable, "restarting the private charon", underlying: error)
             }
         }
         vici.disconnect()
-        // A restarted charon has none of the IKE SAs the events told of (its down events may never have come).
-        peerIKESAs.withLock { $0.removeAll() }
         do {
             let version = try vici.version()
             logWords.withLock { $0 = CharonLog(version: version.version) }
@@ -582,9 +597,16 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// `initiate` would have: with charon's answer and the negotiation's lines as its `control-log`, or with "not
     /// established after" when nothing came. Its cost to charon is the exchange's: a waiting `initiate` makes
     /// charon format every log message meanwhile (``VICIClient/startInitiate(child:ike:)``).
-    private func start(child childName: String, conn: String, bound: Duration) throws(VICIError) -> KeyedProtection {
+    ///
+    /// Nil when charon's `log` stream cannot be followed: the attempt is then made with a waiting `initiate`.
+    private func start(child childName: String, conn: String, bound: Duration) throws(VICIError) -> KeyedProtection? {
         let until = Deadline(after: bound)
-        try logLines.retain(timeout: min(bound, .seconds(2)))
+        do {
+            try logLines.retain(timeout: min(bound / 4, .seconds(1)))
+        } catch {
+            logger.notice("charon's log stream cannot be followed", metadata: ["error": "\(error)"])
+            return nil
+        }
         defer { logLines.release() }
         watches.begin(child: childName, conn: conn, words: charonLog)
         defer { watches.end(child: childName) }
@@ -603,10 +625,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 return .failure(VICIError(.io, command: "initiate", detail: "charon's log stream ended"))
             }
             guard outcome.ended else { return nil }
-            var failed = VICIError(
-                .commandFailed, command: "initiate", errmsg: "establishing CHILD_SA '\(childName)' failed")
-            failed.controlLog = outcome.lines
-            return .failure(failed)
+            return .failure(Self.startedFailure(child: childName, lines: outcome.lines))
         }
         switch outcome {
         case .success(let child)?:
@@ -622,15 +641,31 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         }
     }
 
+    /// The error a waiting `initiate` of `child` answers when it fails (`vici_control.c`), with the negotiation's
+    /// `log` lines as its `control-log`.
+    static func startedFailure(child: String, lines: [ControlLog]) -> VICIError {
+        var failed = VICIError(.commandFailed, command: "initiate", errmsg: "establishing CHILD_SA '\(child)' failed")
+        failed.controlLog = lines
+        return failed
+    }
+
     /// Whether a negotiation to `peer` may start without a waiting `initiate`: only in a private charon (the
     /// `log` stream it needs costs a shared charon's other tenants too), while charon has no IKE SA with that peer
     /// and no other negotiation of this backend to it is under way. charon then makes an IKE SA for this conn, and
     /// the lines of that IKE SA are this negotiation's.
+    ///
+    /// A peer a negotiation failed with is not eligible for ``unsettledPeerSpan``: its IKE SA may still be trying
+    /// (charon retransmits for minutes), no `ike-updown` tells of it, and charon would reuse it for an equal conn.
     private func mayStart(peer: IPAddress) -> Bool {
         guard daemon != nil, negotiatingPeers.withLock({ $0[peer] }) == 1 else { return false }
+        if let until = unsettledPeers.withLock({ $0[peer] }), ContinuousClock.now < until { return false }
         let text = "\(peer)"
         return !peerIKESAs.withLock { $0.values.contains(text) }
     }
+
+    /// How long a peer a negotiation failed with keeps its negotiations on the waiting `initiate`: charon's
+    /// default retransmission span (5 tries, 165 s), rounded up.
+    static let unsettledPeerSpan: Duration = .seconds(180)
 
     /// Counts a negotiation to `peer` while `body` runs.
     private func negotiating<T>(with peer: IPAddress, _ body: () throws(KeyingError) -> T) throws(KeyingError) -> T {
@@ -641,7 +676,16 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 if peers[peer] == 0 { peers[peer] = nil }
             }
         }
-        return try body()
+        do {
+            return try body()
+        } catch {
+            let now = ContinuousClock.now
+            unsettledPeers.withLock { peers in
+                peers = peers.filter { $0.value > now }
+                peers[peer] = now + Self.unsettledPeerSpan
+            }
+            throw error
+        }
     }
 
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
@@ -668,7 +712,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             do {
                 if startWithoutWaiting {
                     startWithoutWaiting = false
-                    return try start(child: childName, conn: conn, bound: attempt)
+                    if let child = try start(child: childName, conn: conn, bound: attempt) { return child }
+                    continue
                 }
                 let session = try VICIClient(path: vici.path, timeout: attempt + .seconds(5))
                 defer { session.disconnect() }

@@ -57,6 +57,7 @@ final class NegotiationWatchesTests: XCTestCase {
             // Identities and subjects that say "failed" are quoted, and not read.
             "authentication of 'failed.example' with pre-shared key successful",
             "received end entity cert \"CN=unable to install, O=no trusted\"",
+            "authentication of 'O'Brien failed' (myself) with pre-shared key successful",
         ]
         for message in success {
             XCTAssertFalse(words.endsNegotiation(message, child: "c1150402816-2"), message)
@@ -69,7 +70,7 @@ final class NegotiationWatchesTests: XCTestCase {
         XCTAssertEqual(outcome?.lines.count, success.count, "every line of its IKE SA is kept, as control-log would")
     }
 
-    /// charon's refusals and silences, as they reach the initiator: each is read as failing.
+    /// charon's refusals and silences, either side's: each ends the negotiation.
     func testRefusalsAndSilencesEndTheNegotiation() {
         for message in [
             "received AUTHENTICATION_FAILED notify error",
@@ -86,6 +87,11 @@ final class NegotiationWatchesTests: XCTestCase {
             "no alternative config found",
             "traffic selectors 10.77.0.1/32[tcp/43451] === 10.77.0.2/32[tcp/5001] unacceptable",
             "unable to install inbound and outbound IPsec SA (SAD) in kernel",
+            "received EAP_FAILURE, EAP authentication failed",
+            "generating INFORMATIONAL request 2 [ N(AUTH_FAILED) ]",
+            "authentication of 'a.example' (myself) failed",
+            "tried 1 shared key for 'a.example' - 'O'Brien', but MAC mismatched",
+            "no private key found for 'a.example'",
         ] {
             XCTAssertTrue(words.endsNegotiation(message, child: "c1125964544-2"), message)
         }
@@ -150,5 +156,40 @@ final class NegotiationWatchesTests: XCTestCase {
         XCTAssertEqual(words.startedChild("establishing CHILD_SA c1-2{3} reqid 7"), "c1-2")
         XCTAssertNil(words.startedChild("not establishing CHILD_SA c1-2{9} due to existing duplicate {5}"))
         XCTAssertNil(words.startedChild("CHILD_SA c1-2{3} established with SPIs c5e1f3a3_i c8a7e2b1_o"))
+    }
+
+    /// A first contact's lines, read as the `control-log` of the error the started attempt fails with, are classified
+    /// as a waiting `initiate`'s failure was: the same code, and a peer not ready yet is retried.
+    func testTheStartedAttemptsFailureIsClassifiedAsAWaitingInitiatesWas() {
+        let start = [
+            "initiating IKE_SA wss1x0-c7-1[1] to 10.77.0.2",
+            "parsed IKE_SA_INIT response 0 [ SA KE No N(NATD_S_IP) N(NATD_D_IP) N(FRAG_SUP) N(HASH_ALG) N(MULT_AUTH) ]",
+            "authentication of 'a.example' (myself) with pre-shared key",
+            "establishing CHILD_SA c7-1{1}",
+            "generating IKE_AUTH request 1 [ IDi N(INIT_CONTACT) IDr AUTH N(USE_TRANSP) SA TSi TSr N(MOBIKE_SUP) ]",
+        ]
+        func failure(_ ending: [String]) -> VICIError {
+            let watches = NegotiationWatches()
+            watches.begin(child: "c7-1", conn: "wss1x0-c7-1", words: words)
+            for message in start + ending { watches.record(line(message, ike: "wss1x0-c7-1", id: 1)) }
+            let outcome = watches.outcome(child: "c7-1")
+            XCTAssertEqual(outcome?.ended, true, "\(ending)")
+            return StrongSwanBackend.startedFailure(child: "c7-1", lines: outcome?.lines ?? [])
+        }
+        let refused = failure([
+            "parsed IKE_AUTH response 1 [ N(AUTH_FAILED) ]", "received AUTHENTICATION_FAILED notify error",
+        ])
+        XCTAssertEqual(words.classify(refused).code, .authenticationFailed)
+        let eap = failure([
+            "parsed IKE_AUTH response 2 [ EAP/FAIL ]", "received EAP_FAILURE, EAP authentication failed",
+        ])
+        XCTAssertEqual(words.classify(eap).code, .authenticationFailed)
+        let notReady = failure([
+            "parsed IKE_AUTH response 1 [ IDr AUTH N(TS_UNACCEPT) ]",
+            "IKE_SA wss1x0-c7-1[1] established between 10.77.0.1[a.example]...10.77.0.2[b.example]",
+            "received TS_UNACCEPTABLE notify, no CHILD_SA built",
+        ])
+        XCTAssertTrue(words.peerNotReady(words.classify(notReady).detail), "retried as a listener not ready yet")
+        XCTAssertEqual(refused.errmsg, "establishing CHILD_SA 'c7-1' failed", "what vici_control.c answers")
     }
 }
