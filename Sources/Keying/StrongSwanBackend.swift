@@ -90,12 +90,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     private let children = ChildRegistry()
     /// Negotiations started without a waiting `initiate`, followed through charon's `log` stream.
     private let watches = NegotiationWatches()
-    /// Negotiations under way, by peer.
-    private let negotiatingPeers = Mutex<[IPAddress: Int]>([:])
-    /// Peers a negotiation failed with, until when (``mayStart(peer:)``).
-    private let unsettledPeers = Mutex<[IPAddress: ContinuousClock.Instant]>([:])
-    /// charon's established IKE SAs by unique id, with their peer (from `ike-updown`).
-    private let peerIKESAs = Mutex<[Int: String]>([:])
+    /// How negotiations to each peer may start.
+    private let peers = PeerNegotiations()
     private let logLines: LogSubscription
     private let events = Mutex<VICIEventStream?>(nil)
     /// Wakes the event supervisor's back-off when the backend stops.
@@ -189,11 +185,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// a waiting `initiate` (``mayStart(peer:)``).
     private func seedIKESAs() {
         guard daemon != nil, let sas = try? vici.listSAs(noblock: true) else { return }
-        var known: [Int: String] = [:]
-        for ike in sas {
-            if let id = ike.uniqueID, let host = ike.remoteHost { known[id] = host }
-        }
-        peerIKESAs.withLock { $0.merge(known) { _, listed in listed } }
+        peers.add(listed: sas)
     }
 
     /// The event stream ended (on its finishing thread): unless the backend stopped, subscribe again and resync
@@ -233,13 +225,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// One of charon's child events: recorded, then acted on (a refused child terminated, the sockets above told).
     private func handle(_ event: VICIEvent) {
         if event.name == "ike-updown" {
-            let up = event.isUp ?? false
-            peerIKESAs.withLock { known in
-                for ike in event.ikeSAs {
-                    guard let id = ike.uniqueID else { continue }
-                    known[id] = up ? ike.remoteHost : nil
-                }
-            }
+            peers.record(ikeUpdown: event)
             return
         }
         defer { watches.changed.notify() }
@@ -317,8 +303,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     func resync() throws(KeyingError) {
         guard !stopped.load(ordering: .acquiring) else { return }
         if let daemon, !daemon.isRunning {
-            // A restarted charon has none of the IKE SAs the events told of (their down events never came).
-            peerIKESAs.withLock { $0.removeAll() }
+            peers.forgetIKESAs()
             do { try daemon.restart() } catch {
                 throw KeyingError(.unavailable, "restarting the private charon", underlying: error)
             }
@@ -566,7 +551,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 } catch {
                     throw KeyingError(.unavailable, "load-conn \(conn)", underlying: error)
                 }
-                let child = try negotiating(with: flow.remote) { () throws(KeyingError) in
+                let child = try peers.negotiating(with: flow.remote) { () throws(KeyingError) in
                     try initiate(child: childName, conn: conn, peer: flow.remote, deadline: deadline) {
                         // The IKE SA did not answer: a new generation of the conn, loaded before the next attempt.
                         self.generations.withLock { $0[flow.remote, default: 0] += 1 }
@@ -650,42 +635,10 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     }
 
     /// Whether a negotiation to `peer` may start without a waiting `initiate`: only in a private charon (the
-    /// `log` stream it needs costs a shared charon's other tenants too), while charon has no IKE SA with that peer
-    /// and no other negotiation of this backend to it is under way. charon then makes an IKE SA for this conn, and
-    /// the lines of that IKE SA are this negotiation's.
-    ///
-    /// A peer a negotiation failed with is not eligible for ``unsettledPeerSpan``: its IKE SA may still be trying
-    /// (charon retransmits for minutes), no `ike-updown` tells of it, and charon would reuse it for an equal conn.
+    /// `log` stream it needs costs a shared charon's other tenants too), and where charon will make an IKE SA for
+    /// its conn (``PeerNegotiations``).
     private func mayStart(peer: IPAddress) -> Bool {
-        guard daemon != nil, negotiatingPeers.withLock({ $0[peer] }) == 1 else { return false }
-        if let until = unsettledPeers.withLock({ $0[peer] }), ContinuousClock.now < until { return false }
-        let text = "\(peer)"
-        return !peerIKESAs.withLock { $0.values.contains(text) }
-    }
-
-    /// How long a peer a negotiation failed with keeps its negotiations on the waiting `initiate`: charon's
-    /// default retransmission span (5 tries, 165 s), rounded up.
-    static let unsettledPeerSpan: Duration = .seconds(180)
-
-    /// Counts a negotiation to `peer` while `body` runs.
-    private func negotiating<T>(with peer: IPAddress, _ body: () throws(KeyingError) -> T) throws(KeyingError) -> T {
-        negotiatingPeers.withLock { $0[peer, default: 0] += 1 }
-        defer {
-            negotiatingPeers.withLock { peers in
-                peers[peer, default: 1] -= 1
-                if peers[peer] == 0 { peers[peer] = nil }
-            }
-        }
-        do {
-            return try body()
-        } catch {
-            let now = ContinuousClock.now
-            unsettledPeers.withLock { peers in
-                peers = peers.filter { $0.value > now }
-                peers[peer] = now + Self.unsettledPeerSpan
-            }
-            throw error
-        }
+        daemon != nil && peers.mayStartWithoutWaiting(peer)
     }
 
     /// `initiate` on a connection of its own (a slow peer never holds up other calls), retried while the peer
