@@ -34,7 +34,23 @@ final class VICIConnection {
         let fd = socket(
             AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw .syscall(command, "socket(AF_UNIX)", errno: Errno(rawValue: errno)) }
+        // The descriptor becomes the connection's only once connected: a failed connect closes it here, once
+        // (a throw after every stored property is set would also run deinit, and a second close could hit a
+        // descriptor another thread has opened meanwhile under the same number).
+        do throws(VICIError) {
+            try Self.connect(fd, to: address, path: path, deadline: deadline, command: command)
+        } catch {
+            close(fd)
+            throw error
+        }
         self.fd = fd
+    }
+
+    /// Connects `fd` to `address`, retrying while the listen backlog is full until `deadline`. Closes nothing.
+    private static func connect(
+        _ fd: CInt, to address: sockaddr_un, path: String, deadline: Deadline, command: String
+    ) throws(VICIError) {
+        var address = address
         let length = socklen_t(MemoryLayout<sockaddr_un>.size)
         // Bounded: each try either connects, fails for good, or (backlog full) sleeps 5 ms until the deadline.
         for _ in 0..<100_000 {
@@ -51,19 +67,16 @@ final class VICIConnection {
                 continue
             case .nowInProgress:
                 // Not expected for AF_UNIX, but honour it: wait for writability, then read SO_ERROR.
-                try waitFor(CShort(POLLOUT), deadline: deadline, command: command)
+                try waitFor(fd, CShort(POLLOUT), path: path, deadline: deadline, command: command)
                 var soError: CInt = 0
                 var soLength = socklen_t(MemoryLayout<CInt>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &soLength)
                 if soError == 0 { return }
-                close(fd)
                 throw Self.connectError(Errno(rawValue: soError), path: path, command: command)
             default:
-                close(fd)
                 throw Self.connectError(error, path: path, command: command)
             }
         }
-        close(fd)
         throw VICIError(.timedOut, command: command, detail: "connect to \(path): listen backlog stayed full")
     }
 
@@ -80,6 +93,12 @@ final class VICIConnection {
 
     /// Waits until `events` are ready on the socket or the deadline passes (``VICIError/Code/timedOut``).
     private func waitFor(_ events: CShort, deadline: Deadline, command: String) throws(VICIError) {
+        try Self.waitFor(fd, events, path: path, deadline: deadline, command: command)
+    }
+
+    private static func waitFor(
+        _ fd: CInt, _ events: CShort, path: String, deadline: Deadline, command: String
+    ) throws(VICIError) {
         for _ in 0..<1_000_000 {
             var entry = pollfd(fd: fd, events: events, revents: 0)
             let rc = poll(&entry, 1, deadline.pollMilliseconds)
