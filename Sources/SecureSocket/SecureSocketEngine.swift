@@ -94,6 +94,9 @@ public final class SecureSocketEngine: Sendable {
     /// Connections peers made children for, awaited among this process's sockets until a deadline (see
     /// ``adoptAwaitedConnections()``).
     let pendingAccepts = Mutex<[(reqid: UInt32, flow: KeyedFlow?, deadline: Deadline)]>([])
+    /// Held while an accepted connection is registered and bound (``adopt(_:facts:listener:port:)``), so that a
+    /// query on another thread reads it bound and pinned, never between the two.
+    let adoptions = Mutex<Void>(())
     /// The SPD policies that cover a listener's (or UDP responder's) port, by its reqid (see
     /// ``deferToSPD(_:local:)``).
     let portCovers = Mutex<[UInt32: [XFRMPolicy]]>([:])

@@ -148,10 +148,12 @@ extension SecureSocketEngine {
         child.peer = facts.peer?.address
         child.client = listener.client
         child.registeredAt = ContinuousClock.now
-        guard (try? table.insert(child)) != nil else { return }
-        if child.keying != nil, let flow {
-            pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
-            bindAccepted(cookie: facts.cookie, flow: flow)
+        adoptions.withLock { _ in
+            guard (try? table.insert(child)) != nil else { return }
+            if child.keying != nil, let flow {
+                pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
+                bindAccepted(cookie: facts.cookie, flow: flow)
+            }
         }
     }
 

@@ -167,7 +167,13 @@ extension SecureSocketEngine {
     /// The endpoint for `fd`: registered, or an accepted socket that inherited a registered listener's
     /// policies (same family, same local port); the latter is registered on first sight.
     func endpoint(for fd: CInt, facts: SocketFacts) -> Endpoint? {
-        if let endpoint = table.endpoint(cookie: facts.cookie) { return endpoint }
+        if let endpoint = table.endpoint(cookie: facts.cookie) {
+            // An accepted connection that another thread (the event pump's scan for awaited connections) is
+            // registering right now is read once that thread has bound and pinned it.
+            guard endpoint.role == .accepted, endpoint.pinned == nil else { return endpoint }
+            adoptions.withLock { _ in }
+            return table.endpoint(cookie: facts.cookie)
+        }
         guard facts.kind == .stream, facts.isConnected, let port = facts.local?.port else { return nil }
         let client = Self.servingClient
         for candidate in table.all
