@@ -102,6 +102,13 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// How often charon was found gone and the backend's state loaded into it again.
     public var resyncs: Int { resyncCount.load(ordering: .relaxed) }
     private let resyncCount = Atomic<Int>(0)
+    /// How many negotiations were started without a waiting `initiate` (``start(child:conn:bound:)``), and how
+    /// many of those a line of charon's log ended (inspection, tests).
+    public var startedNegotiations: (started: Int, endedByLog: Int) {
+        (startedCount.load(ordering: .relaxed), endedByLogCount.load(ordering: .relaxed))
+    }
+    private let startedCount = Atomic<Int>(0)
+    private let endedByLogCount = Atomic<Int>(0)
     /// The peer certificate of each IKE SA (certificate credentials only).
     private let peerCertificates: PeerCertificateCache?
 
@@ -593,6 +600,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
             return nil
         }
         defer { logLines.release() }
+        startedCount.add(1, ordering: .relaxed)
         watches.begin(child: childName, conn: conn, words: charonLog)
         defer { watches.end(child: childName) }
         do {
@@ -610,6 +618,7 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
                 return .failure(VICIError(.io, command: "initiate", detail: "charon's log stream ended"))
             }
             guard outcome.ended else { return nil }
+            endedByLogCount.add(1, ordering: .relaxed)
             return .failure(Self.startedFailure(child: childName, lines: outcome.lines))
         }
         switch outcome {

@@ -107,6 +107,7 @@ final class CharonFlowTests: XCTestCase {
             let client = try TestSocket.make(in: ends.pair.a.namespace, family: .inet, kind: .tcp)
             try ends.a.setSecurity(client.fd.rawValue)
             try ends.a.setPeerTargetName(client.fd.rawValue, SocketPeerTargetName(name: "host/b.example"))
+            let started = ContinuousClock.now
             XCTAssertThrowsError(
                 try ends.a.connect(
                     client.fd.rawValue,
@@ -114,6 +115,13 @@ final class CharonFlowTests: XCTestCase {
             ) {
                 XCTAssertEqual(($0 as? SecureSocketError)?.code, .accessDenied, "\($0)")
             }
+            // A first contact starts without a waiting initiate; charon's log line that ends it answers the
+            // refusal at once, long before the 4-s bound a silent negotiation waits out.
+            let refusedAfter = ContinuousClock.now - started
+            print("first contact refused (wrong name) after \(refusedAfter)")
+            XCTAssertEqual(ends.backendA.startedNegotiations.started, 1, "the first contact was started, not waited on")
+            XCTAssertEqual(ends.backendA.startedNegotiations.endedByLog, 1, "and charon's log line ended it")
+            XCTAssertLessThan(refusedAfter, .seconds(3), "refused without waiting out the 4-s bound")
             let endpoint = try XCTUnwrap(ends.a.endpoint(client.fd.rawValue))
             guard case .failed(.peerNameMismatch(let expected, _)) = endpoint.state else {
                 return XCTFail("state \(endpoint.state)")
