@@ -102,8 +102,8 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
     /// How often charon was found gone and the backend's state loaded into it again.
     public var resyncs: Int { resyncCount.load(ordering: .relaxed) }
     private let resyncCount = Atomic<Int>(0)
-    /// How many negotiations were started without a waiting `initiate` (``start(child:conn:bound:)``), and how
-    /// many of those a line of charon's log ended (inspection, tests).
+    /// How many negotiations were started without a waiting `initiate` (a first contact: charon's answer comes
+    /// as events), and how many of those a line of charon's log ended (inspection, tests).
     public var startedNegotiations: (started: Int, endedByLog: Int) {
         (startedCount.load(ordering: .relaxed), endedByLogCount.load(ordering: .relaxed))
     }

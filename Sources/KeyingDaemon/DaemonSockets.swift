@@ -71,11 +71,11 @@ public final class DaemonSockets: ClientSockets {
         for transport in [InetTransport.tcp, .udp] {
             for family in [IPAddressFamily.inet, .inet6] where endpoints.contains(where: { $0.family == family }) {
                 // A table the kernel cannot list (a diagnostics module missing) leaves its sockets to their clients.
-                guard let records = try? diagnostics.sockets(transport, family: family, states: Self.socketStates)
+                guard
+                    let records = try? diagnostics.sockets(
+                        transport, family: family, states: InetSocketRecord.socketStates)
                 else { continue }
-                // An orphan in FIN_WAIT2 delivered everything and had its FIN acknowledged: it is gone.
-                for record in records
-                where wanted.contains(record.cookie) && !(record.isOrphan && record.state == .finWait2) {
+                for record in records where wanted.contains(record.cookie) && record.isLiveSocket {
                     listed[record.cookie] = Self.facts(record)
                 }
             }
@@ -109,7 +109,7 @@ public final class DaemonSockets: ClientSockets {
                 }
             }
             if kinds.contains(.datagram),
-                let records = try? diagnostics.sockets(.udp, family: family, states: Self.socketStates)
+                let records = try? diagnostics.sockets(.udp, family: family, states: InetSocketRecord.socketStates)
             {
                 for record in records where wanted.contains(record.cookie) {
                     listed[record.cookie] = Self.facts(record)
@@ -118,10 +118,6 @@ public final class DaemonSockets: ClientSockets {
         }
         return listed
     }
-
-    /// The states of a socket proper: not TIME_WAIT (the connection's socket is gone, a small record keeps its
-    /// cookie; its flow's cover outlives it), nor a connection request not yet accepted.
-    static let socketStates = TCPState.all.subtracting([.timeWait, .synReceived, .newSynReceived])
 
     public func rule(for client: UInt64) -> ClientUserRule? {
         daemon.withLock { $0.daemon }?.rule(for: client)

@@ -2,6 +2,7 @@ import ALE
 import Foundation
 import Keying
 import Logging
+import SocketDiagnostics
 import Synchronization
 import SystemSupport
 import XFRM
@@ -24,6 +25,9 @@ final class EndpointEventPump: Sendable {
     private let logger: Logger
     private let engine: SecureSocketEngine.EngineHooks
     private let monitor = Mutex<XFRMMonitor?>(nil)
+    /// The kernel's socket-destroy notifications for the engine's own sockets (nil when it serves clients, whose
+    /// sockets its client presence follows, or when the kernel refused them).
+    private let destroyMonitor = Mutex<SocketDestroyMonitor?>(nil)
     private let stopped = Atomic<Bool>(false)
     /// Wakes the timer threads when the pump stops.
     private let wake = ChangeSignal()
@@ -37,7 +41,8 @@ final class EndpointEventPump: Sendable {
     /// kernel and on charon.
     init(
         table: EndpointTable, namespace: NetworkNamespace, engine: SecureSocketEngine.EngineHooks,
-        sweepInterval: Duration = .seconds(1), logger: Logger = Logger(label: "wss.secure-socket")
+        followsOwnSockets: Bool = true, sweepInterval: Duration = .seconds(1),
+        logger: Logger = Logger(label: "wss.secure-socket")
     ) throws(XFRMError) {
         self.table = table
         self.namespace = namespace
@@ -46,6 +51,25 @@ final class EndpointEventPump: Sendable {
         self.sweepInterval = sweepInterval
         let first = try makeMonitor()
         monitor.withLock { $0 = first }
+        if followsOwnSockets {
+            // Sockets closed without release() are known gone when the kernel destroys them; the sweep then only
+            // looks at every socket as a safety net.
+            do {
+                let destroyed = try SocketDestroyMonitor(namespace: namespace) { event in
+                    switch event {
+                    case .destroyed(let record): engine.ownSocketDestroyed(cookie: record.cookie)
+                    case .eventsLost: engine.ownSocketDestructionsLost()
+                    default: break
+                    }
+                }
+                destroyMonitor.withLock { $0 = destroyed }
+                engine.followOwnSocketDestruction(true)
+            } catch {
+                logger.warning(
+                    "socket-destroy notifications unavailable: every secured socket is looked at each second",
+                    metadata: ["error": "\(error)"])
+            }
+        }
         do {
             // Sockets closed without release(): their endpoints, reqids and keying are freed within a second.
             try Threads.detach { [weak self] in
@@ -122,6 +146,10 @@ final class EndpointEventPump: Sendable {
         monitor.withLock {
             $0?.stop()
             $0 = nil
+        }
+        if let destroyed = destroyMonitor.withLock({ $0.take() }) {
+            destroyed.stop()
+            engine.followOwnSocketDestruction(false)
         }
     }
 

@@ -6,8 +6,8 @@ import Synchronization
 import SystemSupport
 
 /// Async variants for Swift concurrency. The blocking work (negotiation with the keying daemon, the bounded
-/// connect loop) runs on a thread of its own, never on the cooperative pool; cancelling the task abandons the
-/// connection attempt.
+/// connect loop) runs on the engine's blocking executor (a bounded set of threads), never on the cooperative pool
+/// and never on a thread per call; cancelling the task abandons the connection attempt.
 extension SecureSocketEngine {
     /// `connect(_:to:timeout:)` for async code. Cancelling the task ends the wait for SAs within 5 ms and aborts
     /// a `connect()` blocked in SYN_SENT (shutdown); a negotiation already handed to the keying daemon still ends
@@ -18,7 +18,7 @@ extension SecureSocketEngine {
         let cancelled = CancelFlag()
         let result: Result<Void, SecureSocketError> = await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                Self.detachBlocking(continuation) {
+                self.runBlocking(continuation) {
                     do throws(SecureSocketError) {
                         try self.connect(fd, to: peer, timeout: timeout, cancelled: cancelled)
                         return cancelled.isSet
@@ -45,7 +45,7 @@ extension SecureSocketEngine {
         -> SocketSecurityQueryInfo
     {
         let result: Result<SocketSecurityQueryInfo, SecureSocketError> = await withCheckedContinuation { continuation in
-            Self.detachBlocking(continuation) {
+            self.runBlocking(continuation) {
                 do throws(SecureSocketError) {
                     return .success(try self.query(fd, template))
                 } catch {
@@ -56,18 +56,18 @@ extension SecureSocketEngine {
         return try result.get()
     }
 
-    /// Runs `body` on a thread of its own (through `Threads`, so a thread started while the caller impersonates
-    /// a peer starts as the process) and resumes `continuation` with its result, or with the error that kept the
-    /// thread from starting.
-    private static func detachBlocking<T: Sendable>(
+    /// Runs `body` on the engine's blocking executor and resumes `continuation` with its result, or with an error
+    /// when the executor takes no more work (it stopped, or its queue is full).
+    private func runBlocking<T: Sendable>(
         _ continuation: CheckedContinuation<Result<T, SecureSocketError>, Never>,
         _ body: @escaping @Sendable () -> Result<T, SecureSocketError>
     ) {
-        do {
-            try Threads.detach { continuation.resume(returning: body()) }
-        } catch {
+        guard blocking.submit({ continuation.resume(returning: body()) }) else {
             continuation.resume(
-                returning: .failure(SecureSocketError(.systemCallFailure, "no thread for the call", errno: error)))
+                returning: .failure(
+                    SecureSocketError(.systemCallFailure, "the engine takes no more blocking work (shut down or busy)"))
+            )
+            return
         }
     }
 }

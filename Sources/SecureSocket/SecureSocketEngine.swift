@@ -85,8 +85,17 @@ public final class SecureSocketEngine: Sendable {
     let changeSignal = ChangeSignal()
     /// When the sweep last looked at every client socket.
     let lastPresenceCheck = Mutex<ContinuousClock.Instant?>(nil)
+    /// How this process's own sockets are known gone (see ``OwnSocketPresence``).
+    let ownPresence = Mutex(OwnSocketPresence())
+    /// How many times the sweep looked at every one of this process's own sockets.
+    let ownFullLooks = Atomic<Int>(0)
+    /// The last search of this process's descriptors for sockets whose registered descriptor was closed.
+    let movedDescriptors = Mutex<(at: ContinuousClock.Instant?, byCookie: [UInt64: CInt])>((nil, [:]))
     /// ACQUIREs being answered, by reqid and flow (at most a few at once).
     let acquires = InFlightSet(limit: 8)
+    /// Where the engine's blocking work that outlives its caller runs (an ACQUIRE's negotiation, the async API's
+    /// calls): a bounded set of threads, started on demand, never the cooperative pool and never a thread per call.
+    let blocking: BlockingExecutor
     /// The SAs (by SPI) of each connection a listener accepted, as the kernel reported them, and the reqid; the
     /// flow is covered while it has any, and for ``closedFlowCover`` after the last is gone (a rekey adds before it
     /// deletes).
@@ -114,6 +123,12 @@ public final class SecureSocketEngine: Sendable {
     public init(_ configuration: Configuration) throws(SecureSocketError) {
         self.configuration = configuration
         do {
+            blocking = try BlockingExecutor(
+                maximumThreads: Self.blockingThreads, keepAlive: .seconds(10), capacity: 1024)
+        } catch {
+            throw SecureSocketError(.systemCallFailure, "blocking executor", errno: error)
+        }
+        do {
             reqids = try ReqidAllocator(
                 directory: configuration.reqidDirectory
                     ?? ReqidAllocator.defaultDirectory(for: configuration.namespace))
@@ -125,7 +140,7 @@ public final class SecureSocketEngine: Sendable {
             // Off the start-up path (it may read every process's descriptors).
             let own = URL(fileURLWithPath: reqids.directory).deletingLastPathComponent().path
             let logger = configuration.logger
-            try? Threads.detach {
+            blocking.submit {
                 for path in AbandonedNamespaceFolders.remove(keeping: own) {
                     logger.notice("removed the folder of a deleted namespace", metadata: ["path": "\(path)"])
                 }
@@ -145,7 +160,8 @@ public final class SecureSocketEngine: Sendable {
             do {
                 let started = try EndpointEventPump(
                     table: table, namespace: configuration.namespace,
-                    engine: EngineHooks(engine: self), logger: configuration.logger)
+                    engine: EngineHooks(engine: self), followsOwnSockets: configuration.clientSockets == nil,
+                    logger: configuration.logger)
                 pump.withLock { $0 = started }
             } catch {
                 throw SecureSocketError(.systemCallFailure, "XFRM event monitor", errno: error.errno, underlying: error)
@@ -193,6 +209,9 @@ public final class SecureSocketEngine: Sendable {
             engine?.acceptedFlowSA(flow, reqid: reqid, spi: spi, installed: installed)
         }
         func stateAdded(spi: UInt32) { engine?.stateAdded(spi: spi) }
+        func ownSocketDestroyed(cookie: UInt64) { engine?.ownSocketDestroyed(cookie: cookie) }
+        func ownSocketDestructionsLost() { engine?.ownSocketDestructionsLost() }
+        func followOwnSocketDestruction(_ followed: Bool) { engine?.followOwnSocketDestruction(followed) }
     }
 
     // MARK: - The process-wide engine the C ABI uses
@@ -303,14 +322,29 @@ public final class SecureSocketEngine: Sendable {
         for (flow, reqid) in acceptedFlowReqids() { coverFlow(flow, reqid: reqid, for: Self.closedFlowCover) }
         reqids.releaseAll()
         keying?.shutdown()
+        blocking.stop()
     }
+
+    /// How many times the sweep looked at every one of this process's own sockets (inspection, tests): once
+    /// per sweep unless the kernel's destroy notifications are followed, then once per
+    /// ``presenceCheckInterval`` and after the kernel dropped notifications.
+    public var ownSocketFullLooks: Int { ownFullLooks.load(ordering: .relaxed) }
+
+    /// Threads of the engine's blocking executor running now (tests).
+    package var blockingThreadsRunning: Int { blocking.threadsRunning }
+
+    /// At most this many threads run the engine's blocking work at once (``blocking``); more waits its turn.
+    static let blockingThreads = 16
 
     /// Waits (at most `bound` in all) until the connected TCP sockets have no unsent data (`SIOCOUTQ`),
     /// so what the application wrote before exiting leaves under its SAs instead of being stranded when they
     /// are released.
     func drainSendQueues(within bound: Duration) {
         let deadline = Deadline(after: bound)
-        var pending = table.all.filter { $0.kind == .stream && $0.client == nil }.map(\.descriptor)
+        // Only descriptors that still name their socket (one closed already may have been reused).
+        var pending = table.all.filter {
+            $0.kind == .stream && $0.client == nil && SocketInspector.cookie(of: $0.descriptor) == $0.cookie
+        }.map(\.descriptor)
         while !pending.isEmpty, !deadline.hasPassed {
             pending = pending.filter { fd in
                 var queued: CInt = 0

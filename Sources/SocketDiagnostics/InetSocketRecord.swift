@@ -60,6 +60,16 @@ public struct InetSocketRecord: Hashable, Sendable, CustomStringConvertible {
             && ![TCPState.timeWait, .synReceived, .newSynReceived, .listen, .close].contains(state)
     }
 
+    /// Whether a socket of this record still needs what protects it: a socket proper (not a time-wait record,
+    /// whose connection's socket is gone, nor a connection request not yet accepted), and not an orphan in
+    /// FIN_WAIT2 (it delivered everything and its FIN was acknowledged).
+    public var isLiveSocket: Bool {
+        Self.socketStates.contains(state) && !(isOrphan && state == .finWait2)
+    }
+
+    /// The states of a socket proper: not TIME_WAIT, nor a connection request (dump filter for ``isLiveSocket``).
+    public static let socketStates = TCPState.all.subtracting([.timeWait, .synReceived, .newSynReceived])
+
     /// Has a peer the kernel exchanges data with: a connected UDP socket, or a TCP connection from ESTABLISHED
     /// until it reaches TIME_WAIT or CLOSE.
     public var isConnected: Bool {

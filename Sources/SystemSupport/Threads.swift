@@ -33,6 +33,15 @@ public enum Threads {
 
     private static let startGuards = Mutex<[any ThreadStartGuard]>([])
 
+    /// Puts the calling thread back to the process's state wherever a start guard says it differs: a pooled
+    /// thread between two jobs, so a job that left its thread changed (an impersonation not reverted) never
+    /// hands that to the next. Throws what a guard threw (the thread should then run nothing more).
+    public static func resetCurrentThread() throws(Errno) {
+        for guardian in startGuards.withLock({ $0 }) where guardian.newThreadNeedsReset() {
+            try guardian.resetNewThread()
+        }
+    }
+
     /// How long the creating thread waits for a new thread's reset before giving up on it (the reset is a few
     /// system calls; the bound only keeps a broken guard from hanging the caller).
     static let resetTimeout: Duration = .seconds(30)

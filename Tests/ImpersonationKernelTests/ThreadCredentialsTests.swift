@@ -530,6 +530,43 @@ final class ThreadCredentialsKernelTests: XCTestCase {
         XCTAssertEqual(ThreadCredentials.processCredentials, ThreadCredentials.current())
     }
 
+    /// A pooled thread of the library's blocking executor whose job impersonated and never reverted is put back
+    /// to the process's credentials before its next job: a job never runs as the account an earlier one left.
+    func testAPooledThreadIsPutBackBeforeItsNextJob() throws {
+        let nobody = self.nobody
+        let process = Self.kernelCredentials(thread: ThreadCredentials.currentThreadID)
+        let executor = try BlockingExecutor(maximumThreads: 1, keepAlive: .seconds(5))
+        defer { executor.stop() }
+        struct Seen: Sendable {
+            var thread: pid_t
+            var credentials: [String: [String]]
+            var impersonating: Bool
+        }
+        let seen = Mutex<[Seen]>([])
+        let signal = ChangeSignal()
+        @Sendable func record() {
+            let me = ThreadCredentials.currentThreadID
+            let entry = Seen(
+                thread: me, credentials: Self.kernelCredentials(thread: me),
+                impersonating: ThreadCredentials.isImpersonating)
+            seen.withLock { $0.append(entry) }
+            signal.notify()
+        }
+        XCTAssertTrue(
+            executor.submit {
+                _ = try? ThreadCredentials.impersonate(nobody)
+                record() // as nobody, left so on purpose
+            })
+        XCTAssertTrue(executor.submit { record() })
+        let both = signal.wait(until: Deadline(after: .seconds(30))) { seen.withLock { $0.count == 2 ? $0 : nil } }
+        let jobs = try XCTUnwrap(both)
+        XCTAssertEqual(jobs[0].thread, jobs[1].thread, "one pooled thread ran both jobs")
+        XCTAssertTrue(jobs[0].impersonating)
+        XCTAssertEqual(jobs[0].credentials["Uid"], ["65534", "65534", "0", "65534"])
+        XCTAssertFalse(jobs[1].impersonating, "the next job does not run as the account the first one left")
+        XCTAssertEqual(jobs[1].credentials, process, "ids, groups and capability sets are the process's again")
+    }
+
     /// An inherited impersonation counts as one: impersonating another account from it goes through the process's
     /// credentials, and one revert returns to them; a nested scope returns to the inherited account.
     func testInheritedImpersonationSwitchesAndScopesLikeAnyOther() throws {

@@ -5,6 +5,7 @@ import Keying
 import NetnsTestSupport
 import SecureSocket
 import SystemPackage
+import SystemSupport
 import TierTesting
 import XCTest
 import XFRM
@@ -223,6 +224,44 @@ final class SecureSocketEngineTests: XCTestCase {
         guard case .insecure = endpoint.state else { return XCTFail("endpoint state \(endpoint.state)") }
     }
 
+    /// The async API runs on the engine's bounded blocking executor: 64 overlapping async queries never run on
+    /// more than its bound of threads, and calls one after another start none (no thread per call).
+    func testAsyncCallsRunOnTheEnginesBoundedThreads() async throws {
+        let sockets = try (0..<8).map { _ in try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp) }
+        for socket in sockets { try engine.setSecurity(socket.fd.rawValue) }
+        let engine = try XCTUnwrap(engine)
+        let descriptors = sockets.map(\.fd.rawValue)
+        let errors = try await withThrowingTaskGroup(of: SecureSocketError.Code?.self) { group in
+            for index in 0..<64 {
+                group.addTask {
+                    do {
+                        _ = try await engine.query(descriptors[index % descriptors.count])
+                        return nil
+                    } catch {
+                        return (error as? SecureSocketError)?.code
+                    }
+                }
+            }
+            var codes: [SecureSocketError.Code?] = []
+            for try await code in group {
+                XCTAssertLessThanOrEqual(engine.blockingThreadsRunning, 16, "bounded while calls overlap")
+                codes.append(code)
+            }
+            return codes
+        }
+        XCTAssertEqual(
+            errors, Array(repeating: SecureSocketError.Code.notConnected, count: 64), "each call ran and answered")
+        XCTAssertGreaterThanOrEqual(engine.blockingThreadsRunning, 1)
+        XCTAssertLessThanOrEqual(engine.blockingThreadsRunning, 16)
+        // Calls one after another take the idle threads: none starts for them.
+        let afterBurst = engine.blockingThreadsRunning
+        for index in 0..<32 {
+            await XCTAssertThrowsErrorAsync(try await engine.query(descriptors[index % descriptors.count]))
+        }
+        XCTAssertLessThanOrEqual(engine.blockingThreadsRunning, afterBurst, "32 sequential calls start no thread")
+        for socket in sockets { socket.close() }
+    }
+
     func testPeerTargetNamesPerPeerAndDelete() throws {
         let udp = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .udp)
         try engine.setSecurity(udp.fd.rawValue)
@@ -274,15 +313,65 @@ final class SecureSocketEngineTests: XCTestCase {
         try engine.setPeerTargetName(raw.fd.rawValue, SocketPeerTargetName(name: "CN=b.example, O=Example"))
     }
 
-    func testSweepReleasesClosedSockets() throws {
+    func testClosedSocketsAreReleased() throws {
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)
         let reqid = try XCTUnwrap(engine.endpoints.first?.reqid)
         XCTAssertEqual(engine.endpointCount, 1)
         socket.close()
-        XCTAssertEqual(engine.sweep(), 1)
-        XCTAssertEqual(engine.endpointCount, 0)
+        // The kernel's destroy notification releases it (or, without them, the next sweep).
+        XCTAssertTrue(eventually { engine.endpointCount == 0 }, "released")
         XCTAssertTrue(engine.holdsReqid(reqid) == false, "the reqid is given back")
+    }
+
+    /// With the kernel's socket-destroy notifications followed, a closed socket is known gone when the kernel
+    /// destroys it, and the sweep no longer looks at every secured socket each second (only every
+    /// presenceCheckInterval): the cost of knowing follows the sockets that close, not the ones held. A socket
+    /// still open through a duplicate descriptor stays secured and reachable.
+    func testOwnSocketsAreKnownGoneFromTheKernelsDestroyNotifications() throws {
+        let looksBefore = engine.ownSocketFullLooks
+        var sockets: [TestSocket] = []
+        for index in 0..<100 {
+            let socket = try TestSocket.make(
+                in: pair.a.namespace, family: index % 2 == 0 ? .inet : .inet6, kind: index % 3 == 0 ? .udp : .tcp)
+            try engine.setSecurity(socket.fd.rawValue)
+            sockets.append(socket)
+        }
+        usleep(2_500_000) // two or three sweeps
+        let looksHeld = engine.ownSocketFullLooks - looksBefore
+        XCTAssertLessThanOrEqual(looksHeld, 1, "100 held sockets: at most the first sweep looked at them all")
+        for socket in sockets.suffix(50) { socket.close() }
+        XCTAssertTrue(eventually(within: .seconds(3)) { engine.endpointCount == 50 }, "\(engine.endpointCount) left")
+        XCTAssertEqual(
+            engine.ownSocketFullLooks - looksBefore, looksHeld, "known gone from the kernel, not from a look")
+
+        // A socket closed through its registered descriptor while a duplicate holds it open is not gone.
+        let kept = sockets[2] // TCP over IPv4
+        let cookie = try XCTUnwrap(SocketInspector.cookie(of: kept.fd.rawValue))
+        let duplicate = dup(kept.fd.rawValue)
+        XCTAssertGreaterThanOrEqual(duplicate, 0)
+        kept.close()
+        usleep(1_200_000)
+        XCTAssertNotNil(engine.endpoint(cookie: cookie), "a descriptor still names the socket")
+        // The engine reaches it through the duplicate: its role watch sees it listen.
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(duplicate, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        XCTAssertEqual(bound, 0)
+        XCTAssertEqual(listen(duplicate, 4), 0)
+        XCTAssertTrue(
+            eventually { engine.endpoint(cookie: cookie)?.role.isResponder == true },
+            "the role watch saw it listen through the duplicate: \(String(describing: engine.endpoint(cookie: cookie)?.role))"
+        )
+        close(duplicate)
+        XCTAssertTrue(eventually { engine.endpoint(cookie: cookie) == nil }, "the last descriptor closed: released")
+        for (index, socket) in sockets.prefix(50).enumerated() where index != 2 { socket.close() }
+        XCTAssertTrue(eventually { engine.endpointCount == 0 })
     }
 }
 
@@ -420,6 +509,14 @@ extension SecureSocketEngineTests {
     /// Liveness is the socket's, not its first descriptor's: after `dup` and closing the original, the sweep
     /// finds the duplicate and keeps the endpoint (and its keying); closing the last descriptor releases it.
     func testADuplicatedSocketKeepsItsEndpointAfterTheOriginalDescriptorCloses() throws {
+        // An engine that follows no events: only its sweep's look at every socket tells it they are gone.
+        let engine = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: .seconds(1),
+                keying: try StaticKeyBackend(peers: [], namespace: pair.a.namespace),
+                reqidDirectory: reqidFolder + "-d", namespace: pair.a.namespace,
+                followEvents: false, closeGrace: .zero))
+        defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-d") }
         let socket = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
         try engine.setSecurity(socket.fd.rawValue)
         let cookie = try XCTUnwrap(SocketInspector.cookie(of: socket.fd.rawValue))
@@ -520,6 +617,7 @@ extension SecureSocketEngineTests {
                 if index % 500 == 499 { engine.sweep() }
             }
             engine.sweep()
+            XCTAssertTrue(eventually { engine.endpointCount == 0 }, "every closed socket released")
         }
         let fdsBefore = descriptors()
         try cycles(2_000) // warm-up: the first blocks, tables and code paths
@@ -566,7 +664,7 @@ extension SecureSocketEngineTests {
         engine.publish()
         XCTAssertEqual(try snapshot().inode, inode, "nothing changed: not rewritten")
         sockets.removeLast()
-        engine.sweep()
+        XCTAssertTrue(eventually { engine.endpointCount == 2 }, "the closed socket is released")
         engine.publish()
         let (second, newInode) = try snapshot()
         XCTAssertNotEqual(newInode, inode)
@@ -575,4 +673,24 @@ extension SecureSocketEngineTests {
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: folder).filter { $0.hasSuffix(".tmp") }
         XCTAssertEqual(leftovers, [], "no temporary file is left")
     }
+}
+
+/// `XCTAssertThrowsError` for an async expression.
+func XCTAssertThrowsErrorAsync<T>(
+    _ expression: @autoclosure () async throws -> T, file: StaticString = #filePath, line: UInt = #line
+) async {
+    do {
+        _ = try await expression()
+        XCTFail("no error thrown", file: file, line: line)
+    } catch {}
+}
+
+/// Waits (bounded) until `condition` holds; returns whether it does.
+func eventually(within bound: Duration = .seconds(2), _ condition: () -> Bool) -> Bool {
+    let deadline = Deadline(after: bound)
+    while !condition() {
+        if deadline.hasPassed { return false }
+        usleep(10_000)
+    }
+    return true
 }

@@ -49,8 +49,10 @@ extension SecureSocketEngine {
     /// nil when none reaches the socket any more.
     func withSocket<T>(_ endpoint: Endpoint, _ body: (CInt) -> T) -> T? {
         guard let client = endpoint.client else {
-            guard SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie else { return nil }
-            return body(endpoint.descriptor)
+            if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie { return body(endpoint.descriptor) }
+            // Closed after a `dup`: another descriptor here may still name it (none does once it is closing).
+            if case .closing = endpoint.state { return nil }
+            return movedDescriptor(cookie: endpoint.cookie).map(body)
         }
         if let fd = lent.descriptor(cookie: endpoint.cookie) { return body(fd) }
         guard let sockets = configuration.clientSockets,

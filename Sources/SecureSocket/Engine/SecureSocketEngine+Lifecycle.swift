@@ -11,11 +11,13 @@ import XFRM
 
 // The endpoints' life cycle: the sweep, accepted sockets adopted, snapshots published.
 extension SecureSocketEngine {
-    /// Releases endpoints whose socket is gone, and notes the local port of the live ones. O(endpoints); the
-    /// event pump runs it every second. A socket is gone when no descriptor of this process names its cookie:
-    /// when its registered descriptor no longer does (closed, perhaps after a `dup`), the process's descriptors
-    /// are searched for it once per sweep, and a duplicate found becomes the registered descriptor. (A socket
-    /// passed to another process with `SCM_RIGHTS` and closed here counts as gone.)
+    /// Releases endpoints whose socket is gone once their close grace period ends; the event pump runs it every
+    /// second. This process's own sockets are known gone from the kernel's socket-destroy notifications when the
+    /// pump follows them (then the sweep only ticks the grace periods under way, and looks at every socket every
+    /// ``presenceCheckInterval`` as a safety net); otherwise each sweep looks at every socket, and one is gone when
+    /// no descriptor of this process names its cookie, or (when the notifications are followed) when the kernel
+    /// no longer has it either. A keying daemon's clients' sockets are asked of the kernel and their clients
+    /// (``ClientSockets``).
     ///
     /// A listener that is closed while connections it accepted are still open keeps its reqid and keying: the
     /// accepted sockets (found among this process's descriptors by local port) are adopted as endpoints first,
@@ -30,46 +32,11 @@ extension SecureSocketEngine {
     private func sweepOnce() -> Int {
         // What the sweep changed is published with the pump's next tick (at most once a second).
         defer { endpointsChanged() }
-        var released = 0
         let now = ContinuousClock.now
         if sweeps.add(1, ordering: .relaxed).newValue % 10 == 0 { reclaimDeadProcesses() }
-        var descriptors: [UInt64: CInt]?
         let all = table.all
         sweepClientEndpoints(all.filter { $0.client != nil }, now: now)
-        for var endpoint in all where endpoint.client == nil {
-            if SocketInspector.cookie(of: endpoint.descriptor) != endpoint.cookie {
-                if descriptors == nil { descriptors = SocketInspector.descriptorsByCookie() }
-                if let moved = descriptors?[endpoint.cookie] {
-                    table.update(cookie: endpoint.cookie) { $0.descriptor = moved }
-                    endpoint.descriptor = moved
-                    apply(.socketFound, cookie: endpoint.cookie)
-                }
-            }
-            if SocketInspector.cookie(of: endpoint.descriptor) == endpoint.cookie {
-                // Only a socket that is or may become a listener needs its address noted (its accepted sockets are
-                // adopted by it when it closes): one system call per connection and sweep, not eight.
-                let mayListen = endpoint.role == .undetermined || endpoint.role.isResponder
-                if mayListen, let facts = try? SocketInspector.facts(of: endpoint.descriptor) {
-                    table.update(cookie: endpoint.cookie) {
-                        $0.lastLocalPort = facts.local?.port
-                        $0.lastLocalAddress = facts.local?.address
-                        $0.wasListening = facts.isListening
-                    }
-                }
-                continue
-            }
-            // Gone: the machine gives the kernel's socket a grace period to finish (its FIN or last data still
-            // need the SAs) before the keying is torn down. A listener's accepted sockets are adopted at once.
-            if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
-                adoptAcceptedSockets(of: endpoint, port: port)
-            }
-            if case .closing = endpoint.state {
-                apply(.tick(now: now), cookie: endpoint.cookie)
-            } else {
-                apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
-            }
-            if table.endpoint(cookie: endpoint.cookie) == nil { released += 1 }
-        }
+        var released = sweepOwnEndpoints(all.filter { $0.client == nil }, now: now)
         released += all.filter { $0.client != nil && table.endpoint(cookie: $0.cookie) == nil }.count
         // An idle engine keeps no reqid claim in the namespace.
         if table.count == 0 { reqids.releaseIfUnused() }

@@ -174,25 +174,24 @@ extension SecureSocketEngine {
         // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
         // first (terminated by config name, whatever rekeys renamed its id to).
         let staleRegistrations = stale ? table.takeRegistrations(cookie: endpoint.cookie, where: \.isNegotiation) : []
-        do {
-            // Through Threads: a negotiation thread never starts as a peer some thread impersonates.
-            try Threads.detach {
-                defer { hooks.done(key) }
-                for registration in staleRegistrations { keying.release(registration) }
-                do throws(KeyingError) {
-                    let negotiated = try keying.negotiate(
-                        finalRequest, flow: finalFlow, timeout: timeout)
-                    hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
-                } catch {
-                    hooks.failed(
-                        Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
-                        cookie: endpoint.cookie)
-                }
+        // On the engine's blocking executor, whose threads start as the process (never as a peer some thread
+        // impersonates).
+        let queued = blocking.submit {
+            defer { hooks.done(key) }
+            for registration in staleRegistrations { keying.release(registration) }
+            do throws(KeyingError) {
+                let negotiated = try keying.negotiate(finalRequest, flow: finalFlow, timeout: timeout)
+                hooks.succeeded(negotiated, flow: finalFlow, cookie: endpoint.cookie)
+            } catch {
+                hooks.failed(
+                    Self.failure(error, expected: finalRequest.requiredPeerIdentity, timeout: timeout),
+                    cookie: endpoint.cookie)
             }
-        } catch {
+        }
+        if !queued {
+            for registration in staleRegistrations { keying.release(registration) }
             hooks.done(key)
-            hooks.failed(
-                .keyingUnavailable("no thread to negotiate on (\(error))"), cookie: endpoint.cookie)
+            hooks.failed(.keyingUnavailable("no thread to negotiate on: the engine is busy"), cookie: endpoint.cookie)
         }
     }
 
