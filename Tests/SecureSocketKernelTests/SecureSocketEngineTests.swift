@@ -413,6 +413,39 @@ extension SecureSocketEngineTests {
 }
 
 extension SecureSocketEngineTests {
+    /// A listener released (the application's closesocket) while a connection it accepted is open and was never
+    /// queried: the accepted socket is adopted first, so it keeps the listener's reqid, which its inherited
+    /// policies carry and which therefore must not go to another socket.
+    func testReleasingAListenerKeepsItsUnqueriedAcceptedConnectionsReqid() throws {
+        let serverEngine = try SecureSocketEngine(
+            .init(
+                negotiationTimeout: .seconds(1),
+                keying: try StaticKeyBackend(peers: [], namespace: pair.b.namespace),
+                reqidDirectory: reqidFolder + "-r", namespace: pair.b.namespace,
+                followEvents: false, closeGrace: .zero))
+        defer { try? FileManager.default.removeItem(atPath: reqidFolder + "-r") }
+        let listener = try TestSocket.make(in: pair.b.namespace, family: .inet, kind: .tcp)
+        try serverEngine.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+        try listener.bind(pair.addressB4, port: 0)
+        try listener.listen()
+        let client = try TestSocket.make(in: pair.a.namespace, family: .inet, kind: .tcp)
+        client.setTimeouts(5)
+        try client.connect(pair.addressB4, port: listener.localPort)
+        let accepted = try listener.accept(timeout: 5)
+        let reqid = try XCTUnwrap(serverEngine.endpoints.first?.reqid)
+
+        serverEngine.release(listener.fd.rawValue)
+        listener.close()
+        let adopted = try XCTUnwrap(serverEngine.endpoint(accepted.fd.rawValue), "the accepted socket is adopted")
+        XCTAssertEqual(adopted.reqid, reqid)
+        XCTAssertEqual(adopted.role, .accepted)
+        XCTAssertTrue(serverEngine.holdsReqid(reqid), "the reqid its policies carry is still held")
+        serverEngine.release(accepted.fd.rawValue)
+        XCTAssertFalse(serverEngine.holdsReqid(reqid), "released with the last user")
+        accepted.close()
+        client.close()
+    }
+
     /// A socket closed without release keeps its keying for the grace period (its FIN still needs the SAs),
     /// then the sweep frees everything.
     func testClosedSocketsKeepTheirKeyingForTheGracePeriod() throws {

@@ -116,7 +116,8 @@ extension SecureSocketEngine {
         child.client = listener.client
         child.registeredAt = ContinuousClock.now
         adoptions.withLock { _ in
-            guard (try? table.insert(child)) != nil else { return }
+            // The descriptor still names the socket (not closed and reused since its facts were read).
+            guard SocketInspector.cookie(of: fd) == facts.cookie, (try? table.insert(child)) != nil else { return }
             if child.keying != nil, let flow {
                 pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
                 bindAccepted(cookie: facts.cookie, flow: flow)

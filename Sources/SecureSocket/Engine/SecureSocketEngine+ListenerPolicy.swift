@@ -35,7 +35,20 @@ extension SecureSocketEngine {
         for policy in policies {
             do { try xfrm.addPolicy(policy) } catch { try xfrm.updatePolicy(policy) }
         }
-        portCovers.withLock { $0[reqid] = policies }
+        // Recorded only while the endpoint is still registered: a release that ran meanwhile found no cover to end,
+        // so these end here (lock order: portCovers, then the table; nothing takes them the other way round).
+        let recorded = portCovers.withLock { covers -> Bool in
+            guard table.contains(cookie: endpoint.cookie) else { return false }
+            covers[reqid] = policies
+            return true
+        }
+        guard recorded else {
+            for var policy in policies {
+                policy.lifetime.hardAddExpiresSeconds = Self.closedFlowCover
+                try? xfrm.updatePolicy(policy)
+            }
+            return
+        }
         let failure = withSocket(endpoint) { fd -> XFRMError? in
             do throws(XFRMError) {
                 try SocketPolicy.deferToSPD(template, on: FileDescriptor(rawValue: fd), family: endpoint.family)

@@ -103,7 +103,12 @@ extension SecureSocketEngine {
     /// in the kernel (now, or when the kernel reports it: ``stateAdded(spi:)``).
     func rekeyed(oldInboundSPI: UInt32, replacement: KeyedProtection, reqid: UInt32, flow: KeyedFlow?) {
         guard let newIn = replacement.inboundSPI, let newOut = replacement.outboundSPI else { return }
-        guard let endpoint = table.endpoint(pinnedInboundSPI: oldInboundSPI), var pinned = endpoint.pinned else {
+        // A connection being adopted right now (bound to the old child, not pinned yet) is looked for once its
+        // adoption is done: otherwise it would be pinned to the SA this rekey replaces.
+        let pinnedToOld =
+            table.endpoint(pinnedInboundSPI: oldInboundSPI)
+            ?? adoptions.withLock { _ in table.endpoint(pinnedInboundSPI: oldInboundSPI) }
+        guard let endpoint = pinnedToOld, var pinned = endpoint.pinned else {
             // A listener's flow whose connection nobody holds yet: its SPD policies name the reqid only until the
             // connection is bound (pinned policies would block once the old SAs go).
             if let flow, portCovers.withLock({ $0[reqid] != nil }) {
@@ -196,6 +201,11 @@ extension SecureSocketEngine {
     func bindAccepted(cookie: UInt64, flow: KeyedFlow) {
         guard let keying, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
         let binding = keying.bindAccepted(flow, reqid: reqid)
+        guard table.contains(cookie: cookie) else {
+            // Released while the keying bound it: the binding would outlive it and refuse the flow's next peers.
+            keying.unbindAccepted(flow)
+            return
+        }
         logger.trace("accepted connection's binding", metadata: ["flow": "\(flow)", "binding": "\(binding)"])
         switch binding {
         case .pair(let protection):
@@ -270,7 +280,12 @@ extension SecureSocketEngine {
                 let flow = KeyedFlow(facts)
             else { continue }
             guard awaited.contains(where: { $0.1 == nil || $0.1 == flow }) else { continue }
-            _ = endpoint(for: fd, facts: facts)
+            // Still awaited (the application's own query or release may have registered it, and released it,
+            // since the list was read): only then is it registered here.
+            let stillAwaited = adoptions.withLock { _ in
+                pendingAccepts.withLock { $0.contains { $0.flow == nil || $0.flow == flow } }
+            }
+            if stillAwaited { _ = endpoint(for: fd, facts: facts) }
         }
         return pendingAccepts.withLock { !$0.isEmpty }
     }

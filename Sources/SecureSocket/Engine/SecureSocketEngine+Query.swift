@@ -106,6 +106,9 @@ extension SecureSocketEngine {
             }
         }
         guard let found else { return info }
+        // An accepted connection not bound yet whose flow has several peers' exact SA pairs is contested: it is
+        // refused once the keying's events are in, and never reported secured meanwhile.
+        if endpoint.role == .accepted, endpoint.pinned == nil, found.exact, found.exactCount > 1 { return info }
         let out = found.outbound
         let into = found.inbound
         info.flags.insert(.secured)
@@ -178,14 +181,18 @@ extension SecureSocketEngine {
         let client = Self.servingClient
         for candidate in table.all
         where candidate.kind == .stream && candidate.family == facts.family && candidate.client == client {
-            // A client's listener as the sweep last saw it (its role says it listens); this process's, asked now.
+            // A client's listener as the sweep last saw it (its role says it listens); this process's, asked now,
+            // or, when its socket is gone already (closed before this query, its endpoint not released yet), as it
+            // was last seen (the sweep adopts through it by the same rule).
+            let lastSeen: (port: UInt16?, address: IPAddress?)? =
+                candidate.wasListening ? (candidate.lastLocalPort, candidate.lastLocalAddress) : nil
             let listening: (port: UInt16?, address: IPAddress?)? =
                 client == nil
                 ? withSocket(candidate) { fd in
                     (try? SocketInspector.facts(of: fd)).flatMap {
                         $0.isListening ? ($0.local?.port, $0.local?.address) : nil
                     }
-                } ?? nil
+                } ?? lastSeen
                 : (candidate.role == .responder(port: port) ? (port, candidate.lastLocalAddress) : nil)
             guard let listening, listening.port == port,
                 Self.sameListenerAddress(listening.address, facts.local?.address)

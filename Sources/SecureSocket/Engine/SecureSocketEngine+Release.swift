@@ -25,6 +25,16 @@ extension SecureSocketEngine {
         guard let facts = try? SocketInspector.facts(of: fd) else { return }
         // An accepted connection the application never queried is registered now, so its own SAs go too.
         _ = endpoint(for: fd, facts: facts)
+        // A listener released while connections it accepted are open: they are adopted first, so they keep its
+        // reqid and keying (their inherited policies carry that reqid: it must not go to another socket), as the
+        // sweep does for a listener closed without a release.
+        if var listener = table.endpoint(cookie: facts.cookie), listener.client == nil, listener.kind == .stream,
+            facts.isListening || listener.role.isResponder, let port = facts.local?.port ?? listener.lastLocalPort,
+            port != 0
+        {
+            if let local = facts.local { listener.lastLocalAddress = local.address }
+            adoptAcceptedSockets(of: listener, port: port)
+        }
         release(cookie: facts.cookie)
     }
 
