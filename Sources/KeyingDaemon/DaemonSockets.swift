@@ -119,6 +119,14 @@ public final class DaemonSockets: ClientSockets {
         return listed
     }
 
+    /// Connected TCP sockets proper on `port` (one dump of the family's connections): a closing listener's
+    /// accepted connections, held by a client or still delivering after their close.
+    public func connections(onPort port: UInt16, family: IPAddressFamily) -> [SocketFacts] {
+        let connected: Set<TCPState> = [.established, .finWait1, .finWait2, .closeWait, .closing, .lastAck]
+        guard let records = try? diagnostics.sockets(.tcp, family: family, states: connected) else { return [] }
+        return records.filter { $0.local.port == port && $0.isLiveSocket && $0.isConnected }.map(Self.facts)
+    }
+
     public func rule(for client: UInt64) -> ClientUserRule? {
         daemon.withLock { $0.daemon }?.rule(for: client)
     }

@@ -84,4 +84,66 @@ final class DaemonSocketsTests: XCTestCase {
         client.release(kept.fd.rawValue)
         kept.close()
     }
+
+    /// A client's listener closed while a connection it accepted is open and was never queried (the daemon has
+    /// never seen that socket): the daemon finds the connection in the kernel's tables and adopts it, so the
+    /// listener's reqid, which the connection's inherited policies carry, stays held until it closes too.
+    func testAClientsClosedListenerLeavesItsUnqueriedConnectionsTheirReqid() throws {
+        try requireTier(.hostKernel)
+        let ns = try TestNamespace(prefix: "kdacc")
+        defer { ns.remove() }
+        let reqids = FileManager.default.temporaryDirectory.appendingPathComponent("kd-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: reqids) }
+        let name = "wss-test-keyd-\(UUID().uuidString.prefix(8))"
+        let logger = Logger(label: "test.keyd")
+        let sockets = try DaemonSockets(namespace: ns.namespace)
+        var configuration = SecureSocketEngine.Configuration(
+            negotiationTimeout: .seconds(1), keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
+            reqidDirectory: reqids, namespace: ns.namespace, closeGrace: .milliseconds(200))
+        configuration.clientSockets = sockets
+        let engine = try SecureSocketEngine(configuration)
+        defer { engine.shutdown() }
+        let listenerName = try ns.namespace.perform { try ControlChannel.listen(name: name) }
+        let daemon = try KeyingDaemon(
+            engine: engine, listener: listenerName, admission: ClientAdmission(clientUsers: []), logger: logger)
+        sockets.attach(daemon)
+        defer {
+            daemon.stop()
+            sockets.stop()
+        }
+        try Threads.detach { daemon.acceptClients() }
+        let client = try ns.namespace.perform { try KeyingDaemonClient(name: name, identityMap: nil, logger: logger) }
+
+        let listener = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
+        try client.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
+        try listener.bind("127.0.0.1", port: 0)
+        try listener.listen()
+        let listenerCookie = try XCTUnwrap(SocketInspector.cookie(of: listener.fd.rawValue))
+        let reqid = try XCTUnwrap(engine.endpoint(cookie: listenerCookie)?.reqid)
+        let responding = Date().addingTimeInterval(3)
+        while Date() < responding, engine.endpoint(cookie: listenerCookie)?.role.isResponder != true { usleep(10_000) }
+        XCTAssertEqual(engine.endpoint(cookie: listenerCookie)?.role.isResponder, true, "the role watch saw it listen")
+
+        let peer = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
+        peer.setTimeouts(5)
+        _ = try peer.connect("127.0.0.1", port: listener.localPort)
+        let accepted = try listener.accept(timeout: 5)
+        let acceptedCookie = try XCTUnwrap(SocketInspector.cookie(of: accepted.fd.rawValue))
+        XCTAssertNil(engine.endpoint(cookie: acceptedCookie), "never queried: the daemon has not seen it")
+
+        client.release(listener.fd.rawValue)
+        listener.close()
+        let adopted = try XCTUnwrap(engine.endpoint(cookie: acceptedCookie), "adopted from the kernel's tables")
+        XCTAssertEqual(adopted.role, .accepted)
+        XCTAssertEqual(adopted.reqid, reqid)
+        XCTAssertTrue(engine.holdsReqid(reqid), "the reqid its policies carry stays held")
+        XCTAssertNil(engine.endpoint(cookie: listenerCookie), "the listener itself is released")
+
+        accepted.close()
+        peer.close()
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, engine.endpoint(cookie: acceptedCookie) != nil { usleep(10_000) }
+        XCTAssertNil(engine.endpoint(cookie: acceptedCookie), "released once the kernel destroyed it")
+        XCTAssertFalse(engine.holdsReqid(reqid), "and the reqid with it")
+    }
 }

@@ -1,5 +1,6 @@
 import ALE
 import Glibc
+import IPAddressing
 import Keying
 import Synchronization
 
@@ -26,12 +27,16 @@ public protocol ClientSockets: AnyObject, Sendable {
     func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts]
     /// What limits `client` (its user's rule in the keying file: which peers, which settings); nil for none.
     func rule(for client: UInt64) -> ClientUserRule?
+    /// The namespace's connected TCP sockets of `family` whose local port is `port` (a listener's accepted
+    /// connections, whoever holds them now), from the kernel's tables.
+    func connections(onPort port: UInt16, family: IPAddressFamily) -> [SocketFacts]
 }
 
 extension ClientSockets {
     public var reportsEveryDestruction: Bool { false }
     public func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts] { presentSockets(endpoints) ?? [:] }
     public func rule(for client: UInt64) -> ClientUserRule? { nil }
+    public func connections(onPort port: UInt16, family: IPAddressFamily) -> [SocketFacts] { [] }
 }
 
 /// The descriptors requests lend the engine while they run, by socket cookie (a client's socket is reachable
@@ -102,9 +107,13 @@ extension SecureSocketEngine {
     /// closing. O(client endpoints), one kernel dump.
     /// A client's socket was destroyed (the kernel said so): its endpoint starts its close grace period now,
     /// instead of at the next sweep's look.
+    /// A listener's connections that are still open are adopted first (they keep its reqid and keying).
     public func clientSocketDestroyed(cookie: UInt64) {
         guard let endpoint = table.endpoint(cookie: cookie), endpoint.client != nil else { return }
         if case .closing = endpoint.state { return }
+        if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
+            adoptAcceptedSockets(of: endpoint, port: port)
+        }
         apply(.socketGone(at: .now, grace: closeGrace), cookie: cookie)
     }
 
@@ -137,6 +146,9 @@ extension SecureSocketEngine {
             if case .closing = endpoint.state {
                 apply(.tick(now: now), cookie: endpoint.cookie)
             } else {
+                if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
+                    adoptAcceptedSockets(of: endpoint, port: port)
+                }
                 apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
             }
         }

@@ -75,8 +75,19 @@ extension SecureSocketEngine {
         }
     }
 
-    /// Registers this process's connected TCP sockets on `port` as children of a (closed) listener endpoint.
+    /// Registers the connected TCP sockets on `port` as children of a (closing) listener endpoint: this
+    /// process's, found among its descriptors; a client's, found in the kernel's tables (a connection its
+    /// application never queried is known to the daemon only there), registered without a descriptor.
     func adoptAcceptedSockets(of listener: Endpoint, port: UInt16) {
+        if listener.client != nil {
+            for facts in configuration.clientSockets?.connections(onPort: port, family: listener.family) ?? []
+            where Self.sameListenerAddress(listener.lastLocalAddress, facts.local?.address)
+                && table.endpoint(cookie: facts.cookie) == nil
+            {
+                adopt(nil, facts: facts, listener: listener, port: port)
+            }
+            return
+        }
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return }
         for entry in entries.prefix(65_536) {
             guard let fd = CInt(entry), let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream,
@@ -98,10 +109,10 @@ extension SecureSocketEngine {
     /// Registers an accepted connection of `listener`: same reqid and settings, role `accepted`; then binds it to
     /// its own CHILD_SA and pins its socket (``bindAccepted(cookie:flow:)``). Its keying is the listener's as the
     /// table holds it now: a listener released meanwhile gives it none, so nothing is bound for it.
-    func adopt(_ fd: CInt, facts: SocketFacts, listener: Endpoint, port: UInt16) {
+    func adopt(_ fd: CInt?, facts: SocketFacts, listener: Endpoint, port: UInt16) {
         let flow = KeyedFlow(facts)
         var child = Endpoint(
-            cookie: facts.cookie, descriptor: fd, family: facts.family, kind: .stream,
+            cookie: facts.cookie, descriptor: fd ?? -1, family: facts.family, kind: .stream,
             reqid: listener.reqid, allowInsecure: listener.machine.allowInsecure,
             summary: listener.summary + " (accepted)", role: .accepted,
             keying: table.keyingRequest(cookie: listener.cookie).map { request in
@@ -117,7 +128,8 @@ extension SecureSocketEngine {
         child.registeredAt = ContinuousClock.now
         adoptions.withLock { _ in
             // The descriptor still names the socket (not closed and reused since its facts were read).
-            guard SocketInspector.cookie(of: fd) == facts.cookie, (try? table.insert(child)) != nil else { return }
+            guard fd.map({ SocketInspector.cookie(of: $0) == facts.cookie }) ?? true, (try? table.insert(child)) != nil
+            else { return }
             if child.keying != nil, let flow {
                 pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
                 bindAccepted(cookie: facts.cookie, flow: flow)

@@ -56,7 +56,16 @@ extension SecureSocketEngine {
             ? .ipsec2
             : (template?.securityProtocol == .ipsec ? .ipsec : .ipsec)
         var info = SocketSecurityQueryInfo(securityProtocol: securityProtocol, flags: [])
-        guard let endpoint = endpoint(for: fd, facts: facts) else { return info }
+        guard var endpoint = endpoint(for: fd, facts: facts) else { return info }
+        // A client's connection the daemon adopted from the kernel's tables when its listener closed had no
+        // descriptor to pin: the one this query lends is used now, once.
+        if endpoint.client != nil, endpoint.descriptor == -1, endpoint.role == .accepted, endpoint.pinned == nil,
+            let flow = endpoint.keying?.flow
+        {
+            table.update(cookie: endpoint.cookie) { $0.descriptor = fd }
+            bindAccepted(cookie: endpoint.cookie, flow: flow)
+            endpoint = table.endpoint(cookie: endpoint.cookie) ?? endpoint
+        }
         if facts.kind == .datagram, endpoint.reqid != nil, refuseSharedPort(endpoint) {
             info.negotiationError = 13800
             return info

@@ -28,7 +28,7 @@ extension SecureSocketEngine {
         // A listener released while connections it accepted are open: they are adopted first, so they keep its
         // reqid and keying (their inherited policies carry that reqid: it must not go to another socket), as the
         // sweep does for a listener closed without a release.
-        if var listener = table.endpoint(cookie: facts.cookie), listener.client == nil, listener.kind == .stream,
+        if var listener = table.endpoint(cookie: facts.cookie), listener.kind == .stream,
             facts.isListening || listener.role.isResponder, let port = facts.local?.port ?? listener.lastLocalPort,
             port != 0
         {
