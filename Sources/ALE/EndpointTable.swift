@@ -171,6 +171,13 @@ public final class EndpointTable: Sendable {
         /// ``PinnedSAs/pendingOutboundSPI``): the kernel's report of a new SA finds its sockets. Several may wait
         /// for one SPI: outbound SPIs are chosen by the peers, so two peers may pick the same.
         var byPendingSPI: [UInt32: [UInt64]] = [:]
+        /// Endpoints in their close grace period (``EndpointState/closing(until:previous:)``): the sweep's ticks
+        /// go to these only.
+        var closing: Set<UInt64> = []
+
+        mutating func reindexClosing(cookie: UInt64, _ endpoint: Endpoint?) {
+            if let endpoint, case .closing = endpoint.state { closing.insert(cookie) } else { closing.remove(cookie) }
+        }
 
         /// Keeps the SPI indexes in step with an endpoint's pins (`old` before a change, `new` after).
         mutating func reindexPins(cookie: UInt64, old: PinnedSAs?, new: PinnedSAs?) {
@@ -250,8 +257,12 @@ public final class EndpointTable: Sendable {
                 s.byReqid[reqid] = .adding(endpoint.cookie, to: s.byReqid.removeValue(forKey: reqid))
             }
             s.reindexPins(cookie: endpoint.cookie, old: nil, new: endpoint.pinned)
+            s.reindexClosing(cookie: endpoint.cookie, endpoint)
         }
     }
+
+    /// The endpoints in their close grace period.
+    public var closingCookies: [UInt64] { storage.withLock { Array($0.closing) } }
 
     /// The endpoint pinned to the inbound SA `spi`.
     public func endpoint(pinnedInboundSPI spi: UInt32) -> Endpoint? {
@@ -288,6 +299,14 @@ public final class EndpointTable: Sendable {
     public var cookies: [UInt64] { storage.withLock { Array($0.byCookie.keys) } }
     public var count: Int { storage.withLock { $0.byCookie.count } }
 
+    /// Whether an endpoint satisfies `predicate` (read in place, stopping at the first).
+    public func contains(where predicate: (borrowing Endpoint) -> Bool) -> Bool {
+        storage.withLock { s in
+            for slot in s.byCookie.values where predicate(slot.endpoint) { return true }
+            return false
+        }
+    }
+
     /// Changes an endpoint in place; returns what `body` returns, or nil if the cookie is unknown.
     @discardableResult
     public func update<T>(cookie: UInt64, _ body: (inout Endpoint) -> T) -> T? {
@@ -300,6 +319,7 @@ public final class EndpointTable: Sendable {
             if oldPins != slot.endpoint.pinned {
                 s.reindexPins(cookie: cookie, old: oldPins, new: slot.endpoint.pinned)
             }
+            s.reindexClosing(cookie: cookie, slot.endpoint)
             if oldReqid != newReqid {
                 if let oldReqid {
                     s.byReqid[oldReqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: oldReqid))
@@ -323,6 +343,7 @@ public final class EndpointTable: Sendable {
         storage.withLock { s in
             guard let endpoint = s.byCookie.removeValue(forKey: cookie)?.endpoint else { return nil }
             s.reindexPins(cookie: cookie, old: endpoint.pinned, new: nil)
+            s.reindexClosing(cookie: cookie, nil)
             if let reqid = endpoint.reqid {
                 s.byReqid[reqid] = .removing(cookie, from: s.byReqid.removeValue(forKey: reqid))
             }

@@ -15,7 +15,9 @@ struct SecureSocketBench: ParsableCommand {
         commandName: "secure-socket-bench",
         abstract:
             "Benchmarks of the secure-socket layer (not tests): figures and ratios against a baseline measured in the same run.",
-        subcommands: [WarmPath.self, QueryBench.self, FirstContact.self, NewConnection.self, DaemonPath.self])
+        subcommands: [
+            WarmPath.self, QueryBench.self, FirstContact.self, NewConnection.self, DaemonPath.self, PresenceBench.self,
+        ])
 
     static func main() {
         // The engines log a line per connection at info: warnings and worse only, or the writes cost the figures.

@@ -250,6 +250,24 @@ final class EndpointTableTests: XCTestCase {
     }
 
     /// A reqid's users: one, then many (a listener and its accepted sockets), then one and none again.
+    /// The table knows which endpoints are in their close grace period, so the sweep ticks those only.
+    func testEndpointsInTheirGracePeriodAreIndexed() throws {
+        let table = EndpointTable()
+        for cookie in 1...3 as ClosedRange<UInt64> { try table.insert(endpoint(cookie, reqid: 7)) }
+        XCTAssertEqual(table.closingCookies, [])
+        let now = ContinuousClock.now
+        _ = table.handle(.socketGone(at: now, grace: .seconds(2)), cookie: 1)
+        _ = table.handle(.socketGone(at: now, grace: .seconds(2)), cookie: 2)
+        XCTAssertEqual(Set(table.closingCookies), [1, 2])
+        _ = table.handle(.socketFound, cookie: 2)
+        XCTAssertEqual(table.closingCookies, [1], "found again: no longer closing")
+        _ = table.handle(.tick(now: now + .seconds(3)), cookie: 1)
+        XCTAssertEqual(table.closingCookies, [], "closed after its grace period")
+        _ = table.handle(.socketGone(at: now, grace: .seconds(2)), cookie: 3)
+        table.remove(cookie: 3)
+        XCTAssertEqual(table.closingCookies, [], "removed while closing")
+    }
+
     func testReqidUsersGrowAndShrink() throws {
         let table = EndpointTable()
         for cookie in 1...3 as ClosedRange<UInt64> { try table.insert(endpoint(cookie, reqid: 7)) }
