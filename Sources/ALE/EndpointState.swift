@@ -78,6 +78,9 @@ public indirect enum EndpointState: Hashable, Sendable, CustomStringConvertible 
         }
     }
 
+    /// Whether the socket is gone and the endpoint in its close grace period.
+    public var isClosing: Bool { if case .closing = self { true } else { false } }
+
     /// The state apart from a closing grace period: what the socket's traffic still has.
     public var settled: EndpointState {
         if case .closing(_, let previous) = self { previous } else { self }

@@ -39,8 +39,11 @@ public final class DaemonSockets: ClientSockets {
             let monitor = try SocketDestroyMonitor(namespace: namespace) { [weak engine, weak self] event in
                 switch event {
                 case .destroyed(let record): engine?.clientSocketDestroyed(cookie: record.cookie)
-                case .eventsLost: self?.complete.store(false, ordering: .releasing)
-                default: break
+                case .eventsLost, .unreadable: self?.complete.store(false, ordering: .releasing)
+                // The reader ended: nothing is reported any more, and every sweep looks at every socket.
+                case .failed:
+                    self?.complete.store(false, ordering: .releasing)
+                    _ = self?.destroyMonitor.withLock { $0.take() }
                 }
             }
             destroyMonitor.withLock { $0 = monitor }
@@ -119,12 +122,18 @@ public final class DaemonSockets: ClientSockets {
         return listed
     }
 
-    /// Connected TCP sockets proper on `port` (one dump of the family's connections): a closing listener's
-    /// accepted connections, held by a client or still delivering after their close.
-    public func connections(onPort port: UInt16, family: IPAddressFamily) -> [SocketFacts] {
+    /// Connected TCP sockets proper on `port` that `client`'s user created (one dump of the family's connections):
+    /// a closing listener's accepted connections, held by the client or still delivering after their close.
+    /// Another user's sockets on the port never count, nor, for IPv6, a v4-mapped local address (a socket bound
+    /// there may share the port with an IPv6-only listener).
+    public func connections(onPort port: UInt16, family: IPAddressFamily, of client: UInt64) -> [SocketFacts] {
+        guard let uid = daemon.withLock({ $0.daemon })?.uid(of: client) else { return [] }
         let connected: Set<TCPState> = [.established, .finWait1, .finWait2, .closeWait, .closing, .lastAck]
         guard let records = try? diagnostics.sockets(.tcp, family: family, states: connected) else { return [] }
-        return records.filter { $0.local.port == port && $0.isLiveSocket && $0.isConnected }.map(Self.facts)
+        return records.filter {
+            $0.local.port == port && $0.isLiveSocket && $0.isConnected && $0.uid == uid
+                && !$0.local.isV4Mapped
+        }.map(Self.facts)
     }
 
     public func rule(for client: UInt64) -> ClientUserRule? {

@@ -143,6 +143,9 @@ public final class KeyingDaemon: Sendable {
         return admission.rule(for: credentials)
     }
 
+    /// The user id of the client with this id, while it is connected or an endpoint it registered remains.
+    func uid(of client: UInt64) -> uid_t? { owners.withLock { $0[client]?.uid } }
+
     /// The client with this id, if still connected.
     func session(_ id: UInt64) -> ClientSession? { sessions.withLock { $0.open[id] } }
 

@@ -58,8 +58,9 @@ final class EndpointEventPump: Sendable {
                 let destroyed = try SocketDestroyMonitor(namespace: namespace) { event in
                     switch event {
                     case .destroyed(let record): engine.ownSocketDestroyed(cookie: record.cookie)
-                    case .eventsLost: engine.ownSocketDestructionsLost()
-                    default: break
+                    case .eventsLost, .unreadable: engine.ownSocketDestructionsLost()
+                    // The monitor's reader ended: every sweep looks at every socket from now on.
+                    case .failed: engine.followOwnSocketDestruction(false)
                     }
                 }
                 destroyMonitor.withLock { $0 = destroyed }

@@ -92,10 +92,15 @@ public final class SecureSocketEngine: Sendable {
     /// The last search of this process's descriptors for sockets whose registered descriptor was closed.
     let movedDescriptors = Mutex<(at: ContinuousClock.Instant?, byCookie: [UInt64: CInt])>((nil, [:]))
     /// ACQUIREs being answered, by reqid and flow (at most a few at once).
-    let acquires = InFlightSet(limit: 8)
+    let acquires = InFlightSet(limit: SecureSocketEngine.acquireLimit)
+    /// At most this many ACQUIREs are answered at once.
+    static let acquireLimit = 8
     /// Where the engine's blocking work that outlives its caller runs (an ACQUIRE's negotiation, the async API's
     /// calls): a bounded set of threads, started on demand, never the cooperative pool and never a thread per call.
     let blocking: BlockingExecutor
+    /// ACQUIREs' negotiations run on a lane of their own (at most ``acquires``' limit at once), so a plain
+    /// `connect()` retry or a rekey after a flush never waits behind long async calls on ``blocking``.
+    let acquireLane: BlockingExecutor
     /// The SAs (by SPI) of each connection a listener accepted, as the kernel reported them, and the reqid; the
     /// flow is covered while it has any, and for ``closedFlowCover`` after the last is gone (a rekey adds before it
     /// deletes).
@@ -125,6 +130,8 @@ public final class SecureSocketEngine: Sendable {
         do {
             blocking = try BlockingExecutor(
                 maximumThreads: Self.blockingThreads, keepAlive: .seconds(10), capacity: 1024)
+            acquireLane = try BlockingExecutor(
+                maximumThreads: Self.acquireLimit, keepAlive: .seconds(10), capacity: Self.acquireLimit)
         } catch {
             throw SecureSocketError(.systemCallFailure, "blocking executor", errno: error)
         }
@@ -323,6 +330,7 @@ public final class SecureSocketEngine: Sendable {
         reqids.releaseAll()
         keying?.shutdown()
         blocking.stop()
+        acquireLane.stop()
     }
 
     /// How many times the sweep looked at every one of this process's own sockets (inspection, tests): once

@@ -27,16 +27,18 @@ public protocol ClientSockets: AnyObject, Sendable {
     func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts]
     /// What limits `client` (its user's rule in the keying file: which peers, which settings); nil for none.
     func rule(for client: UInt64) -> ClientUserRule?
-    /// The namespace's connected TCP sockets of `family` whose local port is `port` (a listener's accepted
-    /// connections, whoever holds them now), from the kernel's tables.
-    func connections(onPort port: UInt16, family: IPAddressFamily) -> [SocketFacts]
+    /// The namespace's connected TCP sockets of `family` whose local port is `port` and that `client`'s user
+    /// created (a listener's accepted connections, whoever holds them now), from the kernel's tables.
+    func connections(onPort port: UInt16, family: IPAddressFamily, of client: UInt64) -> [SocketFacts]
 }
 
 extension ClientSockets {
     public var reportsEveryDestruction: Bool { false }
     public func roleFacts(_ endpoints: [Endpoint]) -> [UInt64: SocketFacts] { presentSockets(endpoints) ?? [:] }
     public func rule(for client: UInt64) -> ClientUserRule? { nil }
-    public func connections(onPort port: UInt16, family: IPAddressFamily) -> [SocketFacts] { [] }
+    public func connections(onPort port: UInt16, family: IPAddressFamily, of client: UInt64) -> [SocketFacts] {
+        []
+    }
 }
 
 /// The descriptors requests lend the engine while they run, by socket cookie (a client's socket is reachable
@@ -60,7 +62,8 @@ extension SecureSocketEngine {
             return movedDescriptor(cookie: endpoint.cookie).map(body)
         }
         if let fd = lent.descriptor(cookie: endpoint.cookie) { return body(fd) }
-        guard let sockets = configuration.clientSockets,
+        // Adopted from the kernel's tables (its client never passed it): the client holds no descriptor to lend.
+        guard endpoint.descriptor != -1, let sockets = configuration.clientSockets,
             let fd = sockets.borrow(cookie: endpoint.cookie, from: client)
         else { return nil }
         defer { Glibc.close(fd) }

@@ -103,10 +103,11 @@ extension SecureSocketEngine {
     /// process's, found among its descriptors; a client's, found in the kernel's tables (a connection its
     /// application never queried is known to the daemon only there), registered without a descriptor.
     func adoptAcceptedSockets(of listener: Endpoint, port: UInt16) {
-        if listener.client != nil {
-            for facts in configuration.clientSockets?.connections(onPort: port, family: listener.family) ?? []
+        if let client = listener.client {
+            let found = configuration.clientSockets?.connections(onPort: port, family: listener.family, of: client)
+            for facts in found ?? []
             where Self.sameListenerAddress(listener.lastLocalAddress, facts.local?.address)
-                && table.endpoint(cookie: facts.cookie) == nil
+                && table.endpoint(cookie: facts.cookie) == nil && carriesListenersSAs(facts, listener: listener)
             {
                 adopt(nil, facts: facts, listener: listener, port: port)
             }
@@ -121,6 +122,15 @@ extension SecureSocketEngine {
             else { continue }
             adopt(fd, facts: facts, listener: listener, port: port)
         }
+    }
+
+    /// Whether a connection found in the kernel's tables (no descriptor says whose it is) shows it is `listener`'s:
+    /// the kernel holds SAs with the listener's reqid for its flow, or, for a listener that lets connections run
+    /// in clear, nothing says otherwise. (An outgoing socket bound to the port has SAs with a reqid of its own.)
+    func carriesListenersSAs(_ facts: SocketFacts, listener: Endpoint) -> Bool {
+        guard let reqid = listener.reqid, let flow = KeyedFlow(facts) else { return false }
+        if listener.machine.allowInsecure { return true }
+        return (try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: false)) != nil
     }
 
     /// Whether a connection whose local address is `accepted` can be a child of a listener bound to `listener`:
@@ -156,7 +166,9 @@ extension SecureSocketEngine {
             else { return }
             if child.keying != nil, let flow {
                 pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
-                bindAccepted(cookie: facts.cookie, flow: flow)
+                // Without a descriptor (a client's connection found in the kernel's tables) it is bound in the
+                // keying only: no client holds a descriptor to pin it through until its first query lends one.
+                bindAccepted(cookie: facts.cookie, flow: flow, pin: fd != nil)
             }
         }
     }

@@ -198,7 +198,7 @@ extension SecureSocketEngine {
     /// (``KeyingBackend/bindAccepted(_:reqid:)``); without keying knowledge (static keys) the kernel's one
     /// flow-exact pair is taken. A flow contested between peers is refused: the connection is shut down and never
     /// reported secured.
-    func bindAccepted(cookie: UInt64, flow: KeyedFlow) {
+    func bindAccepted(cookie: UInt64, flow: KeyedFlow, pin pinning: Bool = true) {
         guard let keying, let endpoint = table.endpoint(cookie: cookie), let reqid = endpoint.reqid else { return }
         let binding = keying.bindAccepted(flow, reqid: reqid)
         guard table.contains(cookie: cookie) else {
@@ -210,6 +210,10 @@ extension SecureSocketEngine {
         switch binding {
         case .pair(let protection):
             guard let spiIn = protection.inboundSPI, let spiOut = protection.outboundSPI else { return }
+            guard pinning else {
+                table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
+                return
+            }
             if pin(
                 cookie: cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut, ikeSAID: protection.ikeSAID,
                 how: "accepted")
@@ -217,7 +221,7 @@ extension SecureSocketEngine {
                 table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
             }
         case .unknown:
-            guard
+            guard pinning,
                 let found = try? FlowAttribution.find(in: xfrm, flow: flow, reqid: reqid, exactOnly: true),
                 found.exactCount == 1
             else {

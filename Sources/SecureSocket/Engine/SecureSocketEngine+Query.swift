@@ -62,8 +62,11 @@ extension SecureSocketEngine {
         if endpoint.client != nil, endpoint.descriptor == -1, endpoint.role == .accepted, endpoint.pinned == nil,
             let flow = endpoint.keying?.flow
         {
-            table.update(cookie: endpoint.cookie) { $0.descriptor = fd }
-            bindAccepted(cookie: endpoint.cookie, flow: flow)
+            // Under the adoption lock, as every binding of a connection being adopted (a rekey waits for it).
+            adoptions.withLock { _ in
+                table.update(cookie: endpoint.cookie) { $0.descriptor = fd }
+                bindAccepted(cookie: endpoint.cookie, flow: flow)
+            }
             endpoint = table.endpoint(cookie: endpoint.cookie) ?? endpoint
         }
         if facts.kind == .datagram, endpoint.reqid != nil, refuseSharedPort(endpoint) {
@@ -188,8 +191,12 @@ extension SecureSocketEngine {
         }
         guard facts.kind == .stream, facts.isConnected, let port = facts.local?.port else { return nil }
         let client = Self.servingClient
-        for candidate in table.all
-        where candidate.kind == .stream && candidate.family == facts.family && candidate.client == client {
+        let candidates = table.all.filter {
+            $0.kind == .stream && $0.family == facts.family && $0.client == client
+        }
+        // A listener whose socket still listens is taken before one that is gone (a new listener on the port of
+        // one closed moments ago, in its grace period, is the connection's).
+        for candidate in candidates.filter({ !$0.state.isClosing }) + candidates.filter(\.state.isClosing) {
             // A client's listener as the sweep last saw it (its role says it listens); this process's, asked now,
             // or, when its socket is gone already (closed before this query, its endpoint not released yet), as it
             // was last seen (the sweep adopts through it by the same rule).

@@ -174,9 +174,9 @@ extension SecureSocketEngine {
         // charon still counts the connection's old CHILD_SA as installed and would refuse a duplicate: it goes
         // first (terminated by config name, whatever rekeys renamed its id to).
         let staleRegistrations = stale ? table.takeRegistrations(cookie: endpoint.cookie, where: \.isNegotiation) : []
-        // On the engine's blocking executor, whose threads start as the process (never as a peer some thread
+        // On the engine's ACQUIRE lane, whose threads start as the process (never as a peer some thread
         // impersonates).
-        let queued = blocking.submit {
+        let queued = acquireLane.submit {
             defer { hooks.done(key) }
             for registration in staleRegistrations { keying.release(registration) }
             do throws(KeyingError) {
