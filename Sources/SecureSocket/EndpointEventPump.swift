@@ -79,7 +79,10 @@ final class EndpointEventPump: Sendable {
             // Young secured sockets are looked at every 10 ms until they listen or connect (a peer's IKE may
             // arrive right after listen()), older ones every 250 ms.
             try Threads.detach { [weak self] in
-                Self.every({ self }, { young in young ? .milliseconds(10) : .milliseconds(250) }) {
+                Self.every(
+                    { self }, nudged: { $0.roleWatchNudged.exchange(false, ordering: .acquiringAndReleasing) },
+                    { young in young ? .milliseconds(10) : .milliseconds(250) }
+                ) {
                     $0.engine.settleRoles()
                 }
             }
@@ -91,14 +94,29 @@ final class EndpointEventPump: Sendable {
 
     /// Runs `work` until the pump stops or is gone, pausing after each run for what `pause` makes of its result
     /// (the pump is held only during a turn, so a pump nobody else holds ends its threads).
+    /// With `nudged`, a turn also starts early when it says so (it clears what it read).
     private static func every<T>(
-        _ pump: () -> EndpointEventPump?, _ pause: (T) -> Duration, _ work: (EndpointEventPump) -> T
+        _ pump: () -> EndpointEventPump?, nudged: ((EndpointEventPump) -> Bool)? = nil,
+        _ pause: (T) -> Duration, _ work: (EndpointEventPump) -> T
     ) {
-        // Bounded by the pump's life: each turn ends at its deadline or when the pump stops.
+        // Bounded by the pump's life: each turn ends at its deadline, when the pump stops, or when nudged.
         while let pump = pump(), !pump.stopped.load(ordering: .acquiring) {
             let deadline = Deadline(after: pause(work(pump)))
-            _ = pump.wake.wait(until: deadline) { pump.stopped.load(ordering: .acquiring) ? () : nil }
+            _ = pump.wake.wait(until: deadline) { () -> Void? in
+                if pump.stopped.load(ordering: .acquiring) { return () }
+                guard let nudged else { return nil }
+                return nudged(pump) ? () : nil
+            }
         }
+    }
+
+    /// Set to start the role watch's next turn now (a peer's new child: its accepted connection is looked for).
+    let roleWatchNudged = Atomic<Bool>(false)
+
+    /// The role watch looks now instead of at its next turn.
+    func nudgeRoleWatch() {
+        roleWatchNudged.store(true, ordering: .releasing)
+        wake.notify()
     }
 
     /// A monitor whose events this pump handles on the monitor's thread, and whose end starts the next one.

@@ -105,17 +105,15 @@ public final class SecureSocketEngine: Sendable {
     /// flow is covered while it has any, and for ``closedFlowCover`` after the last is gone (a rekey adds before it
     /// deletes).
     let acceptedFlows = Mutex<[KeyedFlow: (reqid: UInt32, spis: Set<UInt32>)]>([:])
-    /// Connections peers made children for, awaited among this process's sockets until a deadline (see
+    /// Connections peers made children for, awaited among this process's sockets (see
     /// ``adoptAwaitedConnections()``).
-    let pendingAccepts = Mutex<[(reqid: UInt32, flow: KeyedFlow?, deadline: Deadline)]>([])
+    let awaitedAccepts = AwaitedAccepts(watch: SecureSocketEngine.acceptWatch)
     /// Held while an accepted connection is registered and bound (``adopt(_:facts:listener:port:)``), so that a
     /// query on another thread reads it bound and pinned, never between the two.
     let adoptions = Mutex<Void>(())
     /// The SPD policies that cover a listener's (or UDP responder's) port, by its reqid (see
     /// ``deferToSPD(_:local:)``).
     let portCovers = Mutex<[UInt32: [XFRMPolicy]]>([:])
-    /// When the descriptors are next looked through for awaited connections, and the interval after that.
-    let acceptScan = Mutex<(next: ContinuousClock.Instant, interval: Duration)>((.now, .milliseconds(10)))
     /// Sweeps so far: every tenth also reclaims what dead processes left.
     let sweeps = Atomic<Int>(0)
     /// Sweeps whose batched keying releases have not all been made yet (see ``batchingReleases(_:)``).

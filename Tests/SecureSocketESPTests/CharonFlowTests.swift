@@ -54,6 +54,20 @@ final class CharonFlowTests: XCTestCase {
         XCTAssertEqual(try accepted.receiveExactly(marker.count, timeout: 5), marker)
         try accepted.send(Array("91011121314".utf8))
         XCTAssertEqual(try client.receiveExactly(11, timeout: 5), Array("91011121314".utf8))
+        // The server's engine found the accepted connection by itself (the peer's child made it look at once),
+        // bound and pinned it, and holds it secured before any query.
+        let acceptedAt = ContinuousClock.now
+        var known: Endpoint?
+        while ContinuousClock.now - acceptedAt < .seconds(3) {
+            known = ends.b.endpoint(accepted.fd.rawValue)
+            if known?.pinned != nil, case .secured = known?.state { break }
+            usleep(2_000)
+        }
+        XCTAssertNotNil(known?.pinned, "pinned without a query")
+        guard case .secured(let info)? = known?.state else {
+            return XCTFail("not secured before a query: \(String(describing: known?.state))")
+        }
+        XCTAssertEqual(info.peerIdentity, "a.example")
 
         let clientView = try ends.a.query(client.fd.rawValue)
         XCTAssertEqual(clientView.flags, [.secured, .encrypted], "\(clientView)")

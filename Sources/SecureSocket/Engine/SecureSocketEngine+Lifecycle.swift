@@ -165,7 +165,7 @@ extension SecureSocketEngine {
             guard fd.map({ SocketInspector.cookie(of: $0) == facts.cookie }) ?? true, (try? table.insert(child)) != nil
             else { return }
             if child.keying != nil, let flow {
-                pendingAccepts.withLock { $0.removeAll { $0.flow == flow } }
+                awaitedAccepts.found(flow)
                 // Without a descriptor (a client's connection found in the kernel's tables) it is bound in the
                 // keying only: no client holds a descriptor to pin it through until its first query lends one.
                 bindAccepted(cookie: facts.cookie, flow: flow, pin: fd != nil)

@@ -210,15 +210,19 @@ extension SecureSocketEngine {
         switch binding {
         case .pair(let protection):
             guard let spiIn = protection.inboundSPI, let spiOut = protection.outboundSPI else { return }
-            guard pinning else {
-                table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
-                return
-            }
-            if pin(
-                cookie: cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut, ikeSAID: protection.ikeSAID,
-                how: "accepted")
-            {
-                table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
+            guard
+                !pinning
+                    || pin(
+                        cookie: cookie, flow: flow, inboundSPI: spiIn, outboundSPI: spiOut,
+                        ikeSAID: protection.ikeSAID, how: "accepted")
+            else { return }
+            table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
+            // Its own CHILD_SA, named by the keying with the peer's identity: secured now, whether or not the
+            // application ever queries it (what an inspector shows).
+            if case .secured = endpoint.state.settled {
+            } else {
+                logSecured(endpoint.descriptor, reqid: reqid, flow: flow, protection, how: "accepted")
+                apply(.childUp(Self.info(protection)), cookie: cookie)
             }
         case .unknown:
             guard pinning,
@@ -253,8 +257,9 @@ extension SecureSocketEngine {
                 return
             }
         }
-        pendingAccepts.withLock { $0.append((reqid, flow, Deadline(after: Self.acceptWatch))) }
-        acceptScan.withLock { $0 = (ContinuousClock.now, .milliseconds(10)) }
+        awaitedAccepts.expect(reqid: reqid, flow: flow)
+        // The role watch looks at once, not at its next turn (up to 250 ms away).
+        pump.withLock { $0?.nudgeRoleWatch() }
     }
 
     /// How long a peer's new child makes the engine look for the connection it carries among this process's
@@ -266,31 +271,15 @@ extension SecureSocketEngine {
     /// 10 ms after a new child and then twice as long each time (at most a second). Returns whether any are
     /// still awaited.
     func adoptAwaitedConnections() -> Bool {
-        let awaited = pendingAccepts.withLock { list -> [(UInt32, KeyedFlow?)] in
-            list.removeAll { $0.deadline.hasPassed }
-            return list.map { ($0.reqid, $0.flow) }
-        }
-        guard !awaited.isEmpty else { return false }
-        let now = ContinuousClock.now
-        let due = acceptScan.withLock { schedule -> Bool in
-            guard now >= schedule.next else { return false }
-            schedule.interval = min(schedule.interval * 2, .seconds(1))
-            schedule.next = now + schedule.interval
-            return true
-        }
-        guard due else { return true }
+        guard awaitedAccepts.lookDue() else { return !awaitedAccepts.isEmpty }
         for (cookie, fd) in SocketInspector.descriptorsByCookie() where !table.contains(cookie: cookie) {
             guard let facts = try? SocketInspector.facts(of: fd), facts.kind == .stream, facts.isConnected,
-                let flow = KeyedFlow(facts)
+                let flow = KeyedFlow(facts), awaitedAccepts.awaits(flow)
             else { continue }
-            guard awaited.contains(where: { $0.1 == nil || $0.1 == flow }) else { continue }
-            // Still awaited (the application's own query or release may have registered it, and released it,
-            // since the list was read): only then is it registered here.
-            let stillAwaited = adoptions.withLock { _ in
-                pendingAccepts.withLock { $0.contains { $0.flow == nil || $0.flow == flow } }
-            }
-            if stillAwaited { _ = endpoint(for: fd, facts: facts) }
+            // Still awaited under the adoption lock (the application's own query or release may have registered
+            // it, and released it, since the descriptors were listed): only then is it registered here.
+            if adoptions.withLock({ _ in awaitedAccepts.awaits(flow) }) { _ = endpoint(for: fd, facts: facts) }
         }
-        return pendingAccepts.withLock { !$0.isEmpty }
+        return !awaitedAccepts.isEmpty
     }
 }
