@@ -355,19 +355,25 @@ public final class StrongSwanBackend: KeyingBackend, Sendable {
         return try StrongSwanBackend(vici: daemon.vici, credentials: credentials, daemon: daemon, logger: logger)
     }
 
+    /// Stops following charon, unloads the responder conns and stops the private charon. Once: a second call
+    /// (the engine's shutdown, then its owner's) does nothing.
     public func shutdown() {
-        stopped.store(true, ordering: .releasing)
+        guard !stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         events.withLock { $0?.stop() }
         logLines.stop()
         eventsWake.notify()
-        for family in [IPAddressFamily.inet, .inet6] {
+        // A private charon that is gone took its conns along.
+        let charonGone = daemon.map { !$0.isRunning } ?? false
+        for family in [IPAddressFamily.inet, .inet6] where !charonGone {
             let name = responderName(family)
-            // charon may still be busy with the deletions just asked for: a refused or late unload is tried again.
+            // charon may still be busy with the deletions just asked for: a refused or late unload is tried again;
+            // a charon that does not answer at all is not.
             for attempt in 1...3 {
                 do throws(VICIError) {
                     try vici.unloadConn(name: name)
                     break
                 } catch {
+                    guard error.code != .daemonUnavailable else { break }
                     logger.notice(
                         "unloading the responder conn failed",
                         metadata: ["conn": "\(name)", "attempt": "\(attempt)", "error": "\(error)"])
