@@ -17,6 +17,7 @@ import VICI
 /// | traffic selectors refused, or no config yet | `TS_UNACCEPTABLE`, `no IKE config` | the same |
 /// | the peer does not answer | `timeout`, `giving up after`, `retransmit`, `not established after` (`vici_control.c`) | the same |
 /// | a started CHILD_SA's IKE SA | `establishing CHILD_SA NAME{ID}` (`child_create.c`, `build_i`) | the same |
+/// | a line about one CHILD config | `CHILD_SA NAME{ID}` (the `%s{%d}` charon prints a child with) | the same |
 /// | a negotiation that failed for good (its `log` lines, quoted parts left out) | `received … notify error`, `received … notify, no CHILD_SA built`, `received IDr …, but require …`, `received proposals unacceptable`, `traffic selectors … unacceptable`, `selected peer config … unacceptable`, `tried … MAC mismatched`, `not establishing CHILD_SA NAME{`, and lines beginning `failed to establish CHILD_SA`, `giving up after`, `constraint check failed`, `no alternative config found`, `no matching peer config found`, `no trusted`, `no shared key found`, `closing IKE_SA due CHILD_SA setup failure`, `unable to install`, `no acceptable proposal found`, `no acceptable traffic selectors found` (`ike_auth.c`, `ike_init.c`, `child_create.c`, `task_manager_v2.c`, the authenticators, `auth_cfg.c`) | the same |
 /// | a failed command's reason among its `control-log` lines | lines saying `failed`, a `received … notify`, a parsed `N(…)` that is no DELETE (`[ D ]`) | the same |
 public struct CharonLog: Hashable, Sendable {
@@ -70,6 +71,9 @@ public struct CharonLog: Hashable, Sendable {
         let name = line[range.upperBound...].prefix { $0 != "{" && $0 != " " }
         return name.isEmpty ? nil : String(name)
     }
+
+    /// Whether a `log` line names the CHILD config `child` (charon prints a child as `CHILD_SA NAME{ID}`).
+    public func namesChild(_ line: String, _ child: String) -> Bool { line.contains("CHILD_SA \(child){") }
 
     /// Whether a `log` line of a negotiation's IKE SA says, for good, that the negotiation failed: a refusal the
     /// peer sent, one this charon made, a peer given up on, a child not built or not installed. Matched on the

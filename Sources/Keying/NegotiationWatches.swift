@@ -81,11 +81,7 @@ final class NegotiationWatches: Sendable {
             }
             var concerned = line.ikeSAID.flatMap { state.byIKESA[$0] } ?? []
             if let name = line.ikeSAName, let child = state.byConn[name] { concerned.insert(child) }
-            if line.message.contains("CHILD_SA ") {
-                for child in state.byChild.keys where line.message.contains("CHILD_SA \(child){") {
-                    concerned.insert(child)
-                }
-            }
+            for child in state.byChild.keys where words.namesChild(line.message, child) { concerned.insert(child) }
             var ended = false
             for child in concerned {
                 guard var watch = state.byChild[child], !watch.outcome.ended else { continue }
