@@ -72,6 +72,9 @@ public struct CharonLog: Hashable, Sendable {
         return name.isEmpty ? nil : String(name)
     }
 
+    /// Whether a `log` line names a CHILD config at all (most do not: one cheap look before ``namesChild(_:_:)``).
+    public func namesAChild(_ line: String) -> Bool { line.contains("CHILD_SA ") }
+
     /// Whether a `log` line names the CHILD config `child` (charon prints a child as `CHILD_SA NAME{ID}`).
     public func namesChild(_ line: String, _ child: String) -> Bool { line.contains("CHILD_SA \(child){") }
 

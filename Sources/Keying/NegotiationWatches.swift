@@ -81,7 +81,9 @@ final class NegotiationWatches: Sendable {
             }
             var concerned = line.ikeSAID.flatMap { state.byIKESA[$0] } ?? []
             if let name = line.ikeSAName, let child = state.byConn[name] { concerned.insert(child) }
-            for child in state.byChild.keys where words.namesChild(line.message, child) { concerned.insert(child) }
+            if words.namesAChild(line.message) {
+                for child in state.byChild.keys where words.namesChild(line.message, child) { concerned.insert(child) }
+            }
             var ended = false
             for child in concerned {
                 guard var watch = state.byChild[child], !watch.outcome.ended else { continue }

@@ -10,6 +10,7 @@ final class AwaitedAccepts: Sendable {
         var awaited: [(reqid: UInt32, flow: KeyedFlow?, deadline: Deadline)] = []
         var next = ContinuousClock.now
         var interval: Duration = .milliseconds(10)
+        var lastLook = ContinuousClock.now - .seconds(1)
     }
     private let state = Mutex(State())
 
@@ -18,12 +19,18 @@ final class AwaitedAccepts: Sendable {
 
     init(watch: Duration) { self.watch = watch }
 
-    /// A peer made a child for `flow` (nil: a selector wider than one flow) on `reqid`: looked for from now.
-    func expect(reqid: UInt32, flow: KeyedFlow?) {
+    /// A peer made a child for `flow` (nil: a selector wider than one flow) on `reqid`: looked for from now, but
+    /// never sooner than 10 ms after the last look (children that come back to back share looks). Returns whether
+    /// nothing was awaited before (the watcher then needs waking; otherwise it already looks every 10 ms).
+    @discardableResult
+    func expect(reqid: UInt32, flow: KeyedFlow?) -> Bool {
         state.withLock { state in
+            state.awaited.removeAll { $0.deadline.hasPassed }
+            let first = state.awaited.isEmpty
             state.awaited.append((reqid, flow, Deadline(after: watch)))
-            state.next = .now
+            state.next = max(.now, state.lastLook + .milliseconds(10))
             state.interval = .milliseconds(10)
+            return first
         }
     }
 
@@ -50,6 +57,7 @@ final class AwaitedAccepts: Sendable {
             guard !state.awaited.isEmpty, now >= state.next else { return false }
             state.interval = min(state.interval * 2, .seconds(1))
             state.next = now + state.interval
+            state.lastLook = now
             return true
         }
     }

@@ -223,8 +223,18 @@ final class EndpointEventPump: Sendable {
         }
     }
 
-    /// Whether the SA's selector covers the endpoint's connected flow, in either direction.
+    /// Whether the SA's selector covers the endpoint's connected flow, in either direction. A socket pinned to
+    /// other SAs (the old SA of a rekey it has moved from, a refused rival's child) never used this one, and one
+    /// whose replacement is known (a rekey's, pending) is not lost with it.
     private func covers(_ state: XFRMState, _ endpoint: Endpoint) -> Bool {
+        if let pinned = endpoint.pinned {
+            let spi = state.id.spi
+            let lost =
+                (spi == pinned.inboundSPI && pinned.pendingInboundSPI == nil)
+                || (spi == pinned.outboundSPI && pinned.pendingOutboundSPI == nil)
+                || spi == pinned.pendingInboundSPI || spi == pinned.pendingOutboundSPI
+            guard lost else { return false }
+        }
         guard let flow = connectedFlow(endpoint) else { return false }
         return flow.isCovered(by: state.selector, outbound: true) || flow.isCovered(by: state.selector, outbound: false)
     }

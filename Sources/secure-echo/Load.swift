@@ -89,12 +89,30 @@ extension SecureEcho {
                 _ = message.withUnsafeBytes { send(s, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
                 var buffer = [UInt8](repeating: 0, count: 256)
                 var got: [UInt8] = []
+                var ended = "ok"
                 while got.count < message.count {
                     let n = recv(s, &buffer, buffer.count, 0)
-                    guard n > 0 else { break }
+                    guard n > 0 else {
+                        ended = n == 0 ? "end of stream" : String(cString: strerror(errno))
+                        break
+                    }
                     got += buffer.prefix(n)
                 }
-                if got == message { echoed += 1 }
+                if got == message {
+                    echoed += 1
+                } else {
+                    // Which connection, and how it ended, so that a lost echo can be found in the server's log.
+                    var address = sockaddr_storage()
+                    var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                    let port =
+                        withUnsafeMutablePointer(to: &address) {
+                            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(s, $0, &length) }
+                        } == 0
+                        ? withUnsafeBytes(of: &address) {
+                            UInt16(bigEndian: $0.load(fromByteOffset: 2, as: UInt16.self))
+                        } : 0
+                    print("connection \(index) (local port \(port)): no echo (\(got.count) bytes, \(ended))")
+                }
             }
             print("echoed \(echoed)/\(connections)")
             fflush(nil)

@@ -140,6 +140,11 @@ extension CharonFlowTests {
             XCTAssertEqual(rekeyed.count, 2, "the rekeyed pair, the old one deleted")
             XCTAssertTrue(rekeyed.isDisjoint(with: first), "new SPIs after the rekey: \(first) → \(rekeyed)")
             XCTAssertTrue(stream.progresses(within: 5), "the stream goes on over the rekeyed SAs")
+            // The old pair's deletion is no event of the socket's: it moved to the new pair, so its endpoint stays
+            // secured in the table (before any query asks).
+            guard case .secured? = ends.a.endpoint(cookie: cookie)?.state else {
+                return XCTFail("after the rekey: \(String(describing: ends.a.endpoint(cookie: cookie)?.state))")
+            }
             XCTAssertTrue(secured())
 
             // 2. The client's SAD is flushed: the next segment raises an ACQUIRE for exactly this flow, and the

@@ -279,6 +279,16 @@ final class ServerBindingTests: XCTestCase {
                 XCTAssertNotNil(moved, "\(label): both sockets moved to the new SA pair: \(before) -> \(pins())")
                 XCTAssertTrue(up.progresses(within: 5), "\(label): client to server goes on")
                 XCTAssertTrue(down.progresses(within: 5), "\(label): server to client goes on")
+                // Both ends stay secured in their tables across the rekey (the old pair's deletion is not theirs).
+                for (side, state) in [
+                    ("client", ends.a.endpoint(client.fd.rawValue)?.state),
+                    ("server", ends.b.endpoint(accepted.fd.rawValue)?.state),
+                ] {
+                    guard case .secured? = state else {
+                        XCTFail("\(label): the \(side)'s endpoint is \(String(describing: state))")
+                        continue
+                    }
+                }
                 usleep(1_000_000)
                 let gaps = (up: up.takeLongestGap(), down: down.takeLongestGap())
                 figures.append(

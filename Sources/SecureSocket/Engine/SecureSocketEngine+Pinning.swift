@@ -126,6 +126,14 @@ extension SecureSocketEngine {
         }
         guard settled != nil else { return }
         movePendingPins(cookie: endpoint.cookie)
+        // The replacement is up (charon said so): a socket that the old pair's deletion, seen before this event,
+        // set negotiating is secured again, by the pair the keying names.
+        if case .negotiating? = table.endpoint(cookie: endpoint.cookie)?.state.settled,
+            let peer = endpoint.peer ?? flow?.remote
+        {
+            let named = keying?.protection(inboundSPI: newIn, peer: peer) ?? replacement
+            apply(.childUp(Self.info(named)), cookie: endpoint.cookie)
+        }
     }
 
     /// The kernel reported a new SA: a socket waiting for it (a rekey's new SA) moves to it (each waiting for that
@@ -217,8 +225,10 @@ extension SecureSocketEngine {
                         ikeSAID: protection.ikeSAID, how: "accepted")
             else { return }
             table.setOwnChild(spi: spiIn, peer: flow.remote, cookie: cookie)
-            // Its own CHILD_SA, named by the keying with the peer's identity: secured now, whether or not the
-            // application ever queries it (what an inspector shows).
+            // Pinned to its own CHILD_SA, which the keying names with the peer's identity: secured now, whether or
+            // not the application ever queries it (what an inspector shows). One bound without a descriptor is
+            // not pinned, so the kernel has not been asked: it waits for its query.
+            guard pinning else { return }
             if case .secured = endpoint.state.settled {
             } else {
                 logSecured(endpoint.descriptor, reqid: reqid, flow: flow, protection, how: "accepted")
@@ -257,9 +267,9 @@ extension SecureSocketEngine {
                 return
             }
         }
-        awaitedAccepts.expect(reqid: reqid, flow: flow)
-        // The role watch looks at once, not at its next turn (up to 250 ms away).
-        pump.withLock { $0?.nudgeRoleWatch() }
+        // The role watch looks at once, not at its next turn (up to 250 ms away); while connections are awaited
+        // it looks every 10 ms anyway.
+        if awaitedAccepts.expect(reqid: reqid, flow: flow) { pump.withLock { $0?.nudgeRoleWatch() } }
     }
 
     /// How long a peer's new child makes the engine look for the connection it carries among this process's
