@@ -21,30 +21,10 @@ import XFRM
 final class DaemonSocketsTests: XCTestCase {
     func testAClosedSocketIsReleasedAtOnceAndOpenOnesAreNotPolled() throws {
         try requireTier(.hostKernel)
-        let ns = try TestNamespace(prefix: "kdsock")
-        defer { ns.remove() }
-        let reqids = FileManager.default.temporaryDirectory.appendingPathComponent("kd-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: reqids) }
-        let name = "wss-test-keyd-\(UUID().uuidString.prefix(8))"
-        let logger = Logger(label: "test.keyd")
-        let sockets = try DaemonSockets(namespace: ns.namespace)
-        var configuration = SecureSocketEngine.Configuration(
-            negotiationTimeout: .seconds(1), keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
-            reqidDirectory: reqids, namespace: ns.namespace, closeGrace: .milliseconds(200))
-        configuration.clientSockets = sockets
-        let engine = try SecureSocketEngine(configuration)
-        defer { engine.shutdown() }
-        let listener = try ns.namespace.perform { try ControlChannel.listen(name: name) }
-        let daemon = try KeyingDaemon(
-            engine: engine, listener: listener, admission: ClientAdmission(clientUsers: []), logger: logger)
-        sockets.attach(daemon)
-        defer {
-            daemon.stop()
-            sockets.stop()
-        }
-        try Threads.detach { daemon.acceptClients() }
+        let bed = try DaemonInProcess(prefix: "kdsock")
+        defer { bed.close() }
+        let (ns, engine, sockets, client) = (bed.ns, bed.engine, bed.sockets, bed.client)
         XCTAssertTrue(sockets.reportsEveryDestruction || sockets.fullLooks == 0, "the destroy monitor is joined")
-        let client = try ns.namespace.perform { try KeyingDaemonClient(name: name, identityMap: nil, logger: logger) }
 
         let kept = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
         try client.setSecurity(kept.fd.rawValue, .default)
@@ -90,29 +70,9 @@ final class DaemonSocketsTests: XCTestCase {
     /// listener's reqid, which the connection's inherited policies carry, stays held until it closes too.
     func testAClientsClosedListenerLeavesItsUnqueriedConnectionsTheirReqid() throws {
         try requireTier(.hostKernel)
-        let ns = try TestNamespace(prefix: "kdacc")
-        defer { ns.remove() }
-        let reqids = FileManager.default.temporaryDirectory.appendingPathComponent("kd-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: reqids) }
-        let name = "wss-test-keyd-\(UUID().uuidString.prefix(8))"
-        let logger = Logger(label: "test.keyd")
-        let sockets = try DaemonSockets(namespace: ns.namespace)
-        var configuration = SecureSocketEngine.Configuration(
-            negotiationTimeout: .seconds(1), keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
-            reqidDirectory: reqids, namespace: ns.namespace, closeGrace: .milliseconds(200))
-        configuration.clientSockets = sockets
-        let engine = try SecureSocketEngine(configuration)
-        defer { engine.shutdown() }
-        let listenerName = try ns.namespace.perform { try ControlChannel.listen(name: name) }
-        let daemon = try KeyingDaemon(
-            engine: engine, listener: listenerName, admission: ClientAdmission(clientUsers: []), logger: logger)
-        sockets.attach(daemon)
-        defer {
-            daemon.stop()
-            sockets.stop()
-        }
-        try Threads.detach { daemon.acceptClients() }
-        let client = try ns.namespace.perform { try KeyingDaemonClient(name: name, identityMap: nil, logger: logger) }
+        let bed = try DaemonInProcess(prefix: "kdacc")
+        defer { bed.close() }
+        let (ns, engine, client) = (bed.ns, bed.engine, bed.client)
 
         let listener = try TestSocket.make(in: ns.namespace, family: .inet, kind: .tcp)
         try client.setSecurity(listener.fd.rawValue, SocketSecuritySettings(flags: .allowInsecure))
@@ -145,5 +105,62 @@ final class DaemonSocketsTests: XCTestCase {
         while Date() < deadline, engine.endpoint(cookie: acceptedCookie) != nil { usleep(10_000) }
         XCTAssertNil(engine.endpoint(cookie: acceptedCookie), "released once the kernel destroyed it")
         XCTAssertFalse(engine.holdsReqid(reqid), "and the reqid with it")
+    }
+}
+
+/// A keying daemon (its engine with no keying peers, a 200-ms close grace) and one client in this test process, in
+/// a namespace of the test's own.
+final class DaemonInProcess {
+    let ns: TestNamespace
+    let engine: SecureSocketEngine
+    let sockets: DaemonSockets
+    let daemon: KeyingDaemon
+    let client: KeyingDaemonClient
+    private let reqids: String
+
+    init(prefix: String) throws {
+        let ns = try TestNamespace(prefix: prefix)
+        self.ns = ns
+        let reqids = FileManager.default.temporaryDirectory.appendingPathComponent("kd-\(UUID().uuidString)").path
+        self.reqids = reqids
+        // Whatever was made before a failure goes with it (no namespace is left behind).
+        var made = false
+        defer {
+            if !made {
+                ns.remove()
+                try? FileManager.default.removeItem(atPath: reqids)
+            }
+        }
+        let name = "wss-test-keyd-\(UUID().uuidString.prefix(8))"
+        let logger = Logger(label: "test.keyd")
+        sockets = try DaemonSockets(namespace: ns.namespace)
+        var configuration = SecureSocketEngine.Configuration(
+            negotiationTimeout: .seconds(1), keying: try StaticKeyBackend(peers: [], namespace: ns.namespace),
+            reqidDirectory: reqids, namespace: ns.namespace, closeGrace: .milliseconds(200))
+        configuration.clientSockets = sockets
+        engine = try SecureSocketEngine(configuration)
+        let listener = try ns.namespace.perform { try ControlChannel.listen(name: name) }
+        daemon = try KeyingDaemon(
+            engine: engine, listener: listener, admission: ClientAdmission(clientUsers: []), logger: logger)
+        sockets.attach(daemon)
+        let daemon = self.daemon
+        try Threads.detach { daemon.acceptClients() }
+        do {
+            client = try ns.namespace.perform { try KeyingDaemonClient(name: name, identityMap: nil, logger: logger) }
+        } catch {
+            daemon.stop()
+            sockets.stop()
+            engine.shutdown()
+            throw error
+        }
+        made = true
+    }
+
+    func close() {
+        daemon.stop()
+        sockets.stop()
+        engine.shutdown()
+        ns.remove()
+        try? FileManager.default.removeItem(atPath: reqids)
     }
 }

@@ -112,12 +112,9 @@ extension SecureSocketEngine {
     /// instead of at the next sweep's look.
     /// A listener's connections that are still open are adopted first (they keep its reqid and keying).
     public func clientSocketDestroyed(cookie: UInt64) {
-        guard let endpoint = table.endpoint(cookie: cookie), endpoint.client != nil else { return }
-        if case .closing = endpoint.state { return }
-        if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
-            adoptAcceptedSockets(of: endpoint, port: port)
-        }
-        apply(.socketGone(at: .now, grace: closeGrace), cookie: cookie)
+        guard let endpoint = table.endpoint(cookie: cookie), endpoint.client != nil, !endpoint.state.isClosing
+        else { return }
+        socketGone(endpoint, at: .now)
     }
 
     /// How often the sweep looks at every client socket when destruction is reported (a safety net: a socket
@@ -146,14 +143,7 @@ extension SecureSocketEngine {
                 }
                 continue
             }
-            if case .closing = endpoint.state {
-                apply(.tick(now: now), cookie: endpoint.cookie)
-            } else {
-                if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
-                    adoptAcceptedSockets(of: endpoint, port: port)
-                }
-                apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
-            }
+            socketGone(endpoint, at: now)
         }
     }
 

@@ -47,15 +47,26 @@ extension SecureSocketEngine {
     /// period now. A listener's accepted connections that are still open are adopted first (they keep its reqid
     /// and keying).
     func ownSocketDestroyed(cookie: UInt64) {
-        guard let endpoint = table.endpoint(cookie: cookie), endpoint.client == nil else { return }
-        if case .closing = endpoint.state { return }
-        if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
-            adoptAcceptedSockets(of: endpoint, port: port)
-        }
-        apply(.socketGone(at: .now, grace: closeGrace), cookie: cookie)
+        guard let endpoint = table.endpoint(cookie: cookie), endpoint.client == nil, !endpoint.state.isClosing
+        else { return }
+        socketGone(endpoint, at: .now)
         endpointsChanged()
         // An idle engine keeps no reqid claim in the namespace (the sweep's rule, here at once).
         if table.count == 0 { reqids.releaseIfUnused() }
+    }
+
+    /// `endpoint`'s socket is gone (seen at `now`): a closing endpoint's grace period ticks; any other starts its
+    /// grace period, in which the kernel's socket may still finish (its FIN or last data need the SAs) before the
+    /// keying is torn down. A listener's open connections are adopted first (they keep its reqid and keying).
+    func socketGone(_ endpoint: Endpoint, at now: ContinuousClock.Instant) {
+        if endpoint.state.isClosing {
+            apply(.tick(now: now), cookie: endpoint.cookie)
+            return
+        }
+        if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
+            adoptAcceptedSockets(of: endpoint, port: port)
+        }
+        apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
     }
 
     /// The sweep's view of this process's sockets. While the kernel's destroy notifications are followed and
@@ -68,17 +79,7 @@ extension SecureSocketEngine {
         guard !endpoints.isEmpty else { return 0 }
         var released = 0
         func advance(_ endpoint: Endpoint) {
-            if case .closing = endpoint.state {
-                apply(.tick(now: now), cookie: endpoint.cookie)
-            } else {
-                // Gone: the machine gives the kernel's socket a grace period to finish (its FIN or last data
-                // still need the SAs) before the keying is torn down. A listener's accepted sockets are adopted
-                // at once.
-                if endpoint.wasListening, let port = endpoint.lastLocalPort, port != 0 {
-                    adoptAcceptedSockets(of: endpoint, port: port)
-                }
-                apply(.socketGone(at: now, grace: closeGrace), cookie: endpoint.cookie)
-            }
+            socketGone(endpoint, at: now)
             if table.endpoint(cookie: endpoint.cookie) == nil { released += 1 }
         }
         if ownPresence.withLock({ $0.reportsEveryDestruction(now: now) }) {
